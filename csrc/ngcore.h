@@ -1,0 +1,67 @@
+/* ngcore.h -- the C core of ngstore: shared definitions and the grid hash.
+ *
+ * Plain C99, no Python headers. Compiled into the private extension
+ * ngstore._ngcore by build_ffi.py; the typed Python face is ngstore/_native.py.
+ *
+ * Status codes: every function that can fail returns 0 on success or one of
+ * the negative NG_E* codes below; ng_strerror() names them.
+ *
+ * The grid hash (bit-exact with the original core's compute_grid_hash):
+ *   for each layer d = 0..7 with raw i16 axes x, y, z and shift s[d]:
+ *     q(v)  = ((uint64_t)(int64_t)v) >> s[d]     (sign-extend, then LOGICAL shift)
+ *     r     = 13 + 7 d
+ *     mix   = (q(x) ^ rotl(d, r)) ^ rotl(q(y), r + 5) ^ rotl(q(z), r + 11)
+ *     hash ^= rotl(mix, r)                         (hash starts at 0)
+ *   rotations are modulo 64. A Token's coordinates are 24 little-endian i16 at
+ *   offset 0 of its 64-byte record (layer L, axis A at byte 6L + 2A).
+ */
+#ifndef NGCORE_H
+#define NGCORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Bumped whenever a declaration in any csrc/*.cdef changes meaning. */
+#define NG_ABI_VERSION 1
+
+#define NG_OK 0
+#define NG_EINVAL (-1)    /* bad argument (NULL pointer, zero size, bad shift) */
+#define NG_ENOMEM (-2)    /* allocation failed */
+#define NG_EFULL (-3)     /* table or buffer full */
+#define NG_ECORRUPT (-4)  /* stored bytes fail a structural check */
+#define NG_ENOTFOUND (-5) /* key not present */
+#define NG_ERANGE (-6)    /* index or size out of range */
+
+#define NG_TOKEN_SIZE 64
+#define NG_LAYERS 8
+
+static inline uint64_t ng_rotl64(uint64_t v, unsigned r) {
+    r &= 63u;
+    return r ? (v << r) | (v >> (64u - r)) : v;
+}
+
+/* Grid hash of 24 raw coordinates (layer-major: x0 y0 z0 x1 ...). */
+static inline uint64_t ng_grid_hash_coords(const int16_t c[24], const uint8_t shifts[8]) {
+    uint64_t h = 0;
+    for (unsigned d = 0; d < NG_LAYERS; d++) {
+        unsigned s = shifts[d];
+        unsigned r = 13u + 7u * d;
+        uint64_t x = ((uint64_t)(int64_t)c[3 * d + 0]) >> s;
+        uint64_t y = ((uint64_t)(int64_t)c[3 * d + 1]) >> s;
+        uint64_t z = ((uint64_t)(int64_t)c[3 * d + 2]) >> s;
+        uint64_t mix = (x ^ ng_rotl64((uint64_t)d, r)) ^ ng_rotl64(y, r + 5u) ^ ng_rotl64(z, r + 11u);
+        h ^= ng_rotl64(mix, r);
+    }
+    return h;
+}
+
+/* Reads the 24 coordinates of a packed 64-byte token record (alignment 1). */
+static inline void ng_load_coords(const uint8_t *rec, int16_t out[24]) {
+    for (unsigned i = 0; i < 24; i++)
+        out[i] = (int16_t)(uint16_t)(rec[2 * i] | ((uint16_t)rec[2 * i + 1] << 8));
+}
+
+int ng_abi_version(void);
+const char *ng_strerror(int code);
+
+#endif

@@ -1,0 +1,94 @@
+"""The exception tree of ngstore: one root, a few leaves.
+
+Each leaf also inherits the built-in exception a caller would naturally catch
+(``KeyError`` for a missing record, ``ValueError`` for bad input), and each message
+says what failed and what to do about it. OS errors are not wrapped: they pass
+through with their errno and path. LMDB's exceptions are translated in ``kv`` only.
+"""
+from __future__ import annotations
+
+
+class NgStoreError(Exception):
+    """Root of every error raised by ngstore itself."""
+
+
+class InvalidArgumentError(NgStoreError, ValueError):
+    """Bad input: wrong dtype or shape, out-of-range ids, NaN where not allowed.
+
+    Raised before anything is written: the store is exactly as it was.
+    """
+
+
+class NotFoundError(NgStoreError, KeyError):
+    """A record that does not exist was asked for by key."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message; show it plainly
+        return str(self.args[0]) if self.args else "not found"
+
+
+class StoreLockedError(NgStoreError):
+    """Another writer (this process or another) holds the store, or recovery is running."""
+
+
+class StoreClosedError(NgStoreError):
+    """The store, snapshot or view was used after ``close()``."""
+
+
+class CorruptionError(NgStoreError):
+    """Stored bytes fail a check. Carries ``path``, ``offset`` and ``reason`` when known."""
+
+    def __init__(self, reason: str, *, path: str | None = None, offset: int | None = None) -> None:
+        where = ""
+        if path is not None:
+            where = f" in {path}" + (f" at offset {offset}" if offset is not None else "")
+        super().__init__(f"corruption{where}: {reason}")
+        self.reason = reason
+        self.path = path
+        self.offset = offset
+
+
+class FormatVersionError(NgStoreError):
+    """The store was written by a newer (or unknown) format version than this code reads."""
+
+
+class NotAStoreError(NgStoreError):
+    """The path exists but is not an ngstore directory (a file, or a foreign directory)."""
+
+
+class QuotaExceededError(NgStoreError):
+    """A Guardian quota would be exceeded; nothing of the write happened.
+
+    ``quota`` names the limit (``"max_tokens"``, ``"max_bytes"``, ``"memory_threshold"``),
+    ``current`` the value before the write, ``requested`` what the write would add and
+    ``limit`` the refusing bound.
+    """
+
+    def __init__(self, quota: str, current: int, requested: int, limit: int, detail: str = "") -> None:
+        msg = (f"{quota} quota exceeded: {current} + {requested} > {limit}"
+               + (f" ({detail})" if detail else "")
+               + "; raise the limit with ngstore.open(..., "
+               + ("max_tokens=" if quota == "max_tokens" else "max_bytes=")
+               + "...) or delete data first")
+        super().__init__(msg)
+        self.quota = quota
+        self.current = current
+        self.requested = requested
+        self.limit = limit
+
+
+class ValidationError(NgStoreError, ValueError):
+    """A record fails Guardian validation; ``errors`` lists ``(field, message, value)``."""
+
+    def __init__(self, what: str, errors: list[tuple[str, str, object]]) -> None:
+        detail = "; ".join(f"{f}: {m} (got {v!r})" for f, m, v in errors)
+        super().__init__(f"{what} failed validation: {detail}")
+        self.errors = errors
+
+
+class NativeError(NgStoreError):
+    """A C function of the compiled core returned an error status."""
+
+    def __init__(self, function: str, code: int, message: str) -> None:
+        super().__init__(f"{function} failed with status {code}: {message}")
+        self.function = function
+        self.code = code
