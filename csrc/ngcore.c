@@ -1,5 +1,8 @@
-/* ngcore.c -- status strings and the ABI stamp; see ngcore.h. */
+/* ngcore.c -- status strings, the ABI stamp, the batch grid hash and the
+ * chunk gather; see ngcore.h for the contracts and the layouts. */
 #include "ngcore.h"
+
+#include <string.h>
 
 int ng_abi_version(void) { return NG_ABI_VERSION; }
 
@@ -14,4 +17,125 @@ const char *ng_strerror(int code) {
     case NG_ERANGE: return "out of range";
     default: return "unknown status";
     }
+}
+
+/* ---- Batch grid hash --------------------------------------------------------
+ *
+ * The per-record work is ng_grid_hash_coords (ngcore.h), shared with the reflex
+ * table so that every hash in the process comes from one formula. These loops
+ * only validate, load and encode.
+ */
+
+/* Layer scales as float: the state encode multiplies in single precision,
+ * exactly like the original's `value as f32 * scale as f32` and like
+ * ngstore.codec.encode_state (numpy float32 multiply, IEEE round-to-nearest).
+ * Only a multiply, so no FMA contraction can change the rounding. */
+static const float ng_scales_f32[NG_LAYERS] = {100.0f, 10000.0f, 1000.0f, 10000.0f,
+                                               10000.0f, 10000.0f, 100.0f, 10000.0f};
+
+static int ng_check_shifts(const uint8_t shifts[8]) {
+    if (!shifts) return NG_EINVAL;
+    for (unsigned d = 0; d < NG_LAYERS; d++)
+        if (shifts[d] > NG_MAX_SHIFT) return NG_EINVAL;
+    return NG_OK;
+}
+
+/* Rust's `f as i16`: NaN -> 0, saturate, truncate toward zero. The range checks
+ * come first so the C conversion below is always defined. */
+static inline int16_t ng_encode_f32(float v) {
+    if (v != v) return 0;
+    if (v >= 32767.0f) return 32767;
+    if (v <= -32768.0f) return -32768;
+    return (int16_t)v;
+}
+
+int ng_grid_hash_tokens(const uint8_t *records, size_t n, size_t stride,
+                        const uint8_t shifts[8], uint64_t *out) {
+    int rc = ng_check_shifts(shifts);
+    if (rc != NG_OK) return rc;
+    if (n == 0) return NG_OK;
+    if (!records || !out || stride < NG_TOKEN_SIZE) return NG_EINVAL;
+    if (n > SIZE_MAX / stride) return NG_ERANGE;
+    int16_t c[24];
+    for (size_t i = 0; i < n; i++) {
+        ng_load_coords(records + i * stride, c);
+        out[i] = ng_grid_hash_coords(c, shifts);
+    }
+    return NG_OK;
+}
+
+int ng_grid_hash_states(const float *states, size_t n, const uint8_t shifts[8],
+                        uint64_t *out) {
+    int rc = ng_check_shifts(shifts);
+    if (rc != NG_OK) return rc;
+    if (n == 0) return NG_OK;
+    if (!states || !out) return NG_EINVAL;
+    if (n > SIZE_MAX / (NG_LAYERS * sizeof(float))) return NG_ERANGE;
+    int16_t c[24] = {0};
+    for (size_t i = 0; i < n; i++) {
+        const float *s = states + NG_LAYERS * i;
+        for (unsigned d = 0; d < NG_LAYERS; d++) c[3 * d] = ng_encode_f32(s[d] * ng_scales_f32[d]);
+        out[i] = ng_grid_hash_coords(c, shifts);
+    }
+    return NG_OK;
+}
+
+/* ---- Gather -------------------------------------------------------------------
+ *
+ * Layout of a chunk value (see ngcore.h): S*64 record bytes, then S/8 bitmap
+ * bytes. Lengths are checked for every chunk up front -- one pass over nchunks
+ * -- so the per-id loop can index without bounds checks and an error leaves the
+ * outputs untouched.
+ *
+ * Lookup: callers usually pass ids grouped by chunk (sorted, or clustered), so
+ * the previous chunk is tried before a binary search. A linear merge would need
+ * sorted ids; a hash of keys would need allocation. Neither is worth it here.
+ */
+int ng_gather64(const uint32_t *ids, size_t n, const uint32_t *chunk_keys,
+                const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens,
+                size_t nchunks, unsigned slot_shift, uint8_t *out, uint8_t *found) {
+    if (slot_shift < NG_MIN_SLOT_SHIFT || slot_shift > NG_MAX_SLOT_SHIFT) return NG_EINVAL;
+    if (n > 0 && (!ids || !out || !found)) return NG_EINVAL;
+    if (nchunks > 0 && (!chunk_keys || !chunk_ptrs || !chunk_lens)) return NG_EINVAL;
+    const uint64_t slots = (uint64_t)1 << slot_shift;
+    const uint64_t bitmap_off = slots * NG_TOKEN_SIZE;
+    const uint64_t value_len = bitmap_off + slots / 8;
+    for (size_t k = 0; k < nchunks; k++) {
+        if (k > 0 && chunk_keys[k] <= chunk_keys[k - 1]) return NG_EINVAL;
+        if (!chunk_ptrs[k]) return NG_EINVAL;
+        if (chunk_lens[k] != value_len) return NG_ECORRUPT;
+    }
+    if (n == 0) return NG_OK;
+
+    const uint32_t slot_mask = (uint32_t)(slots - 1);
+    size_t cur = (size_t)-1;   /* index of the last chunk found, or none */
+    uint32_t cur_key = 0;
+    int have_cur = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t id = ids[i];
+        const uint32_t key = id >> slot_shift;
+        uint8_t *dst = out + (size_t)NG_TOKEN_SIZE * i;
+        if (!have_cur || key != cur_key) {
+            size_t lo = 0, hi = nchunks; /* first index with chunk_keys[idx] >= key */
+            while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                if (chunk_keys[mid] < key) lo = mid + 1; else hi = mid;
+            }
+            have_cur = 1;
+            cur_key = key;
+            cur = (lo < nchunks && chunk_keys[lo] == key) ? lo : (size_t)-1;
+        }
+        if (cur != (size_t)-1) {
+            const uint8_t *v = chunk_ptrs[cur];
+            const uint32_t slot = id & slot_mask;
+            if (v[bitmap_off + (slot >> 3)] & (uint8_t)(1u << (slot & 7u))) {
+                memcpy(dst, v + (size_t)slot * NG_TOKEN_SIZE, NG_TOKEN_SIZE);
+                found[i] = 1;
+                continue;
+            }
+        }
+        memset(dst, 0, NG_TOKEN_SIZE);
+        found[i] = 0;
+    }
+    return NG_OK;
 }

@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Bumped whenever a declaration in any csrc/*.cdef changes meaning. */
+/* Bumped whenever a declaration in any csrc .cdef file changes meaning. */
 #define NG_ABI_VERSION 1
 
 #define NG_OK 0
@@ -63,5 +63,55 @@ static inline void ng_load_coords(const uint8_t *rec, int16_t out[24]) {
 
 int ng_abi_version(void);
 const char *ng_strerror(int code);
+
+/* ---- Batch grid hash ------------------------------------------------------
+ *
+ * Both functions validate every argument before writing anything: on a
+ * non-zero return, out[] is untouched. n == 0 is a no-op returning NG_OK (the
+ * pointers may then be NULL). shifts[] must hold 8 values in 0..NG_MAX_SHIFT.
+ * Returns NG_OK, NG_EINVAL (NULL pointer, bad shift, stride < 64) or NG_ERANGE
+ * (n records would span more than SIZE_MAX bytes).
+ */
+#define NG_MAX_SHIFT 15
+
+/* Hash of n packed 64-byte token records; record i starts at records + i*stride
+ * (stride >= 64, so rows never overlap). Writes n hashes to out. */
+int ng_grid_hash_tokens(const uint8_t *records, size_t n, size_t stride,
+                        const uint8_t shifts[8], uint64_t *out);
+
+/* Hash of n states of 8 floats (contiguous, state i at states + 8*i): each
+ * state[d] is encoded to layer d's X axis exactly like ngstore.codec does --
+ * float multiply by the layer scale in single precision, truncation toward
+ * zero, saturation to int16, NaN -> 0 -- with Y = Z = 0, then hashed. */
+int ng_grid_hash_states(const float *states, size_t n, const uint8_t shifts[8],
+                        uint64_t *out);
+
+/* ---- Gather of token records from chunk values ------------------------------
+ *
+ * Storage (docs/format.md owns the definitive text): tokens live in chunks of
+ * S = 1 << slot_shift consecutive id slots; chunk key = id >> slot_shift, slot
+ * = id & (S - 1). A chunk value is S records of 64 bytes at offset 0, followed
+ * by a presence bitmap of S/8 bytes (slot i present iff bit (i & 7) of byte
+ * (i >> 3) is set, LSB first). Its length must be exactly S*64 + S/8.
+ *
+ * chunk_keys[0..nchunks) is strictly ascending; chunk_ptrs[k]/chunk_lens[k]
+ * is the value of chunk_keys[k]. For each ids[i]: if its chunk is listed and
+ * its bit is set, the record is copied to out + 64*i and found[i] = 1;
+ * otherwise out's row is zeroed and found[i] = 0.
+ *
+ * slot_shift must be in NG_MIN_SLOT_SHIFT..NG_MAX_SLOT_SHIFT. Returns NG_OK,
+ * NG_EINVAL (NULL pointer with a non-zero count, bad slot_shift, keys not
+ * strictly ascending) or NG_ECORRUPT (a chunk value of the wrong length). All
+ * chunks are checked before anything is written, so on error out[] and found[]
+ * are untouched, and no byte outside [chunk_ptrs[k], chunk_ptrs[k] +
+ * chunk_lens[k]) is ever read. Pure C, no allocation: safe without the GIL
+ * while the chunk memory stays mapped.
+ */
+#define NG_MIN_SLOT_SHIFT 3
+#define NG_MAX_SLOT_SHIFT 24
+
+int ng_gather64(const uint32_t *ids, size_t n, const uint32_t *chunk_keys,
+                const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens,
+                size_t nchunks, unsigned slot_shift, uint8_t *out, uint8_t *found);
 
 #endif

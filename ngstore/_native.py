@@ -1,0 +1,234 @@
+"""The one typed wrapper of the compiled core ``ngstore._ngcore`` (``csrc/``, built by cffi).
+
+Everything else in ngstore calls C through this module: it checks at import that the
+compiled module matches the sources (``ABI_VERSION``), checks dtypes, shapes and
+contiguity of numpy arguments (``InvalidArgumentError``) and turns every negative C
+status into ``NativeError`` naming the function, the code and its ``ng_strerror`` text.
+Other wrappers (the reflex table) share the loaded module through :data:`ffi`,
+:data:`lib` and :func:`check_status`.
+
+The GIL: cffi in API mode releases the GIL around every C call, so the batch functions
+here let other Python threads run. The C side never calls back into Python. Buffers passed
+to C are kept alive by this module's locals for the whole call; the caller must not
+mutate or unmap them concurrently (for LMDB memory: keep the read transaction open until
+the call returns -- the results are copies and stay valid after it).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .codec import DEFAULT_SHIFTS, check_shifts
+from .errors import InvalidArgumentError, NativeError, NgStoreError
+from .records import RAW64, TOKEN_DTYPE, TOKEN_SIZE
+
+#: Must equal ``NG_ABI_VERSION`` in ``csrc/ngcore.h``; bump both together whenever a
+#: declaration in a ``csrc/*.cdef`` changes meaning.
+ABI_VERSION = 1
+
+_FIX = "reinstall it with `pip install .` (or `pip install -e .` in a checkout); a C compiler and cffi are needed"
+
+try:
+    from . import _ngcore  # type: ignore[attr-defined]
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    raise NgStoreError(f"the compiled extension ngstore._ngcore is missing or cannot load ({exc}): {_FIX}") from exc
+
+#: The cffi FFI object and the compiled library, for other typed wrappers.
+ffi: Any = _ngcore.ffi
+lib: Any = _ngcore.lib
+
+#: C functions this wrapper needs; a stale build that lacks one is refused at import.
+_REQUIRED = ("ng_abi_version", "ng_strerror", "ng_grid_hash_tokens", "ng_grid_hash_states", "ng_gather64")
+
+
+def _check_build() -> None:
+    missing = [name for name in _REQUIRED if not hasattr(lib, name)]
+    found = lib.ng_abi_version() if "ng_abi_version" not in missing else None
+    if found != ABI_VERSION or missing:
+        detail = f"ABI version {found}, expected {ABI_VERSION}" + (f"; missing {', '.join(missing)}" if missing else "")
+        raise NgStoreError(f"the compiled extension ngstore._ngcore is stale ({detail}): {_FIX}")
+
+
+_check_build()
+
+#: Bounds of ``slot_shift`` accepted by :func:`gather64` (``NG_MIN/MAX_SLOT_SHIFT``).
+MIN_SLOT_SHIFT = 3
+MAX_SLOT_SHIFT = 24
+
+_DEFAULT_SHIFTS_C = ffi.new("uint8_t[8]", list(DEFAULT_SHIFTS))
+
+
+def strerror(code: int) -> str:
+    """The C core's one-line description of a status code."""
+    return ffi.string(lib.ng_strerror(code)).decode("ascii", "replace")
+
+
+def check_status(function: str, code: int, hint: str = "") -> None:
+    """Raises NativeError if ``code`` (returned by C ``function``) is not NG_OK."""
+    if code != 0:
+        message = strerror(code) + (f" ({hint})" if hint else "")
+        raise NativeError(function, code, message)
+
+
+def _shifts_c(shifts: Sequence[int] | npt.ArrayLike) -> Any:
+    if shifts is DEFAULT_SHIFTS:
+        return _DEFAULT_SHIFTS_C
+    return ffi.new("uint8_t[8]", check_shifts(shifts).tolist())
+
+
+def _address(arr: np.ndarray) -> Any:
+    """A ``const uint8_t *`` to ``arr``'s first element; ``arr`` must outlive its use."""
+    return ffi.cast("const uint8_t *", arr.__array_interface__["data"][0])
+
+
+def _record_rows(records: Any) -> tuple[np.ndarray, int]:
+    """Returns (rows, stride): a 1-D array of 64-byte rows and its positive byte stride.
+
+    Accepts TOKEN_DTYPE or RAW64 arrays (0-d or 1-d, any strides) and (n, 64) uint8
+    arrays; objects with ``__array__`` (TokenArray, Token) work too. Rows with a stride
+    the C side cannot walk (zero, negative, < 64) are copied to a contiguous array.
+    """
+    arr = np.asarray(records)
+    if arr.dtype == TOKEN_DTYPE or arr.dtype == RAW64:
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if arr.ndim != 1:
+            raise InvalidArgumentError(f"token records must be a 1-D array, got shape {arr.shape}")
+    elif arr.dtype == np.uint8:
+        if arr.ndim != 2 or arr.shape[1] != TOKEN_SIZE:
+            raise InvalidArgumentError(f"raw token rows must have shape (n, {TOKEN_SIZE}), got {arr.shape}")
+        if arr.strides[1] != 1:
+            arr = np.ascontiguousarray(arr)
+    else:
+        raise InvalidArgumentError(
+            f"token records must be a TOKEN_DTYPE, RAW64 or (n, 64) uint8 array, got dtype {arr.dtype}")
+    stride = arr.strides[0] if arr.shape[0] > 1 else TOKEN_SIZE
+    if stride < TOKEN_SIZE:
+        arr = np.ascontiguousarray(arr)
+        stride = TOKEN_SIZE
+    return arr, int(stride)
+
+
+def grid_hash_tokens(records: Any, shifts: Sequence[int] | npt.ArrayLike = DEFAULT_SHIFTS) -> np.ndarray:
+    """Grid hash of each token record, in C; bit-identical to ``codec.grid_hash_reference``.
+
+    ``records``: a TOKEN_DTYPE array, a RAW64 array or an (n, 64) uint8 array, contiguous
+    or strided (the stride is passed to C, nothing is copied unless the stride is zero or
+    negative). ``shifts``: 8 ints in 0..15. Returns a new ``uint64`` array of length n.
+    """
+    rows, stride = _record_rows(records)
+    sh = _shifts_c(shifts)
+    n = rows.shape[0]
+    out = np.empty(n, dtype=np.uint64)
+    if n == 0:
+        return out
+    rc = lib.ng_grid_hash_tokens(_address(rows), n, stride, sh, ffi.from_buffer("uint64_t[]", out))
+    check_status("ng_grid_hash_tokens", rc)
+    return out
+
+
+def grid_hash_states(states: npt.ArrayLike, shifts: Sequence[int] | npt.ArrayLike = DEFAULT_SHIFTS) -> np.ndarray:
+    """Grid hash of 8-float states, shape ``(..., 8)`` -> ``uint64`` of shape ``(...)``, in C.
+
+    Each state is converted to float32 and mapped to the X axes like
+    ``codec.encode_state`` (float32 multiply, truncate, saturate, NaN -> 0; Y = Z = 0);
+    the result is bit-identical to ``grid_hash_reference(state_coordinates(states))``.
+    """
+    arr = np.asarray(states)
+    if arr.dtype.kind not in "biuf":
+        raise InvalidArgumentError(f"states must be real numbers, got dtype {arr.dtype}")
+    if arr.ndim < 1 or arr.shape[-1] != 8:
+        raise InvalidArgumentError(f"states must have shape (..., 8), got {arr.shape}")
+    with np.errstate(over="ignore"):  # beyond float32 becomes +-inf, which saturates
+        flat = np.ascontiguousarray(arr.reshape(-1, 8), dtype=np.float32)
+    sh = _shifts_c(shifts)
+    n = flat.shape[0]
+    out = np.empty(n, dtype=np.uint64)
+    if n:
+        rc = lib.ng_grid_hash_states(ffi.from_buffer("float[]", flat), n, sh, ffi.from_buffer("uint64_t[]", out))
+        check_status("ng_grid_hash_states", rc)
+    return out.reshape(arr.shape[:-1])
+
+
+def _as_u32(values: npt.ArrayLike, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise InvalidArgumentError(f"{what} must be a 1-D array of uint32, got shape {arr.shape}")
+    if arr.dtype != np.uint32:
+        if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and arr.size == 0):
+            raise InvalidArgumentError(f"{what} must be integers in 0..2**32-1, got dtype {arr.dtype}")
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 0xFFFF_FFFF):
+            raise InvalidArgumentError(f"{what} must be in 0..2**32-1, got values in {arr.min()}..{arr.max()}")
+        arr = arr.astype(np.uint32)
+    return np.ascontiguousarray(arr)
+
+
+def chunk_value_size(slot_shift: int) -> int:
+    """Exact length of a token chunk value with ``2**slot_shift`` slots (records + bitmap)."""
+    slots = 1 << slot_shift
+    return slots * TOKEN_SIZE + slots // 8
+
+
+def gather64(
+    ids: npt.ArrayLike,
+    chunk_keys: npt.ArrayLike,
+    chunk_buffers: Sequence[Any],
+    slot_shift: int,
+    *,
+    dtype: np.dtype = RAW64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gathers the 64-byte records of ``ids`` from token chunk values, in one C call.
+
+    ``chunk_keys``: strictly ascending uint32 chunk keys (``id >> slot_shift``);
+    ``chunk_buffers[k]``: the value of ``chunk_keys[k]``, any buffer object (bytes,
+    memoryview from LMDB, numpy array); its length must be exactly
+    ``chunk_value_size(slot_shift)``. The layout is in ``csrc/ngcore.h`` / docs/format.md.
+
+    Returns ``(out, found)``: ``out`` a new array of ``len(ids)`` records of ``dtype``
+    (RAW64 by default, or TOKEN_DTYPE), ``found`` a bool array; rows of absent ids
+    (chunk missing or presence bit clear) are all-zero with ``found`` False. The outputs
+    are copies: they stay valid after the buffers are released.
+
+    Raises InvalidArgumentError for bad arguments and NativeError (code NG_ECORRUPT)
+    when a chunk value has the wrong length; no byte outside a buffer is ever read.
+    """
+    if isinstance(slot_shift, bool) or not isinstance(slot_shift, (int, np.integer)) \
+            or not MIN_SLOT_SHIFT <= slot_shift <= MAX_SLOT_SHIFT:
+        raise InvalidArgumentError(f"slot_shift must be an int in {MIN_SLOT_SHIFT}..{MAX_SLOT_SHIFT}, got {slot_shift!r}")
+    dt = np.dtype(dtype)
+    if dt != RAW64 and dt != TOKEN_DTYPE:
+        raise InvalidArgumentError(f"dtype must be RAW64 or TOKEN_DTYPE, got {dt}")
+    id_arr = _as_u32(ids, "ids")
+    keys = _as_u32(chunk_keys, "chunk_keys")
+    nchunks = keys.shape[0]
+    if len(chunk_buffers) != nchunks:
+        raise InvalidArgumentError(f"got {nchunks} chunk keys but {len(chunk_buffers)} chunk buffers")
+    if nchunks > 1 and bool(np.any(keys[1:] <= keys[:-1])):
+        raise InvalidArgumentError("chunk_keys must be strictly ascending")
+    n = id_arr.shape[0]
+    out = np.empty(n, dtype=dt)
+    found = np.empty(n, dtype=np.bool_)
+    # The cdata objects own the buffer exports: keep them referenced until C returns.
+    views = [ffi.from_buffer("uint8_t[]", b) for b in chunk_buffers]
+    ptrs = ffi.new("const uint8_t *[]", views) if nchunks else ffi.NULL
+    lens = np.fromiter((len(v) for v in views), dtype=np.uint64, count=nchunks)
+    if n == 0 and nchunks == 0:
+        return out, found
+    rc = lib.ng_gather64(
+        ffi.from_buffer("uint32_t[]", id_arr) if n else ffi.NULL, n,
+        ffi.from_buffer("uint32_t[]", keys) if nchunks else ffi.NULL, ptrs,
+        ffi.from_buffer("uint64_t[]", lens) if nchunks else ffi.NULL, nchunks, slot_shift,
+        ffi.from_buffer("uint8_t[]", out, require_writable=True) if n else ffi.NULL,
+        ffi.from_buffer("uint8_t[]", found, require_writable=True) if n else ffi.NULL,
+    )
+    if rc != 0:
+        want = chunk_value_size(int(slot_shift))
+        bad = [int(keys[k]) for k in range(nchunks) if int(lens[k]) != want]
+        hint = (f"chunk key {bad[0]} has {int(lens[keys.tolist().index(bad[0])])} bytes, "
+                f"a chunk of {1 << int(slot_shift)} slots must have exactly {want}") if bad else ""
+        check_status("ng_gather64", rc, hint)
+    del views
+    return out, found

@@ -1,0 +1,376 @@
+"""The LMDB layer: the only module of ngstore that imports ``lmdb``.
+
+What it owns
+------------
+* One ``lmdb.Environment`` per store directory per process (LMDB forbids opening the
+  same environment twice in a process: its POSIX locks would be released by the first
+  close). A read-only open in a process that already has the store open shares the
+  environment, reference-counted.
+* The named databases (``docs/format.md`` §3) and translation of LMDB's exceptions into
+  ngstore's (``errors``), in one place.
+* Durability of the LMDB side. The environment runs with ``sync=False`` (MDB_NOSYNC):
+  a commit writes its pages with ``pwrite`` and costs no fsync, and survives a process
+  crash through the page cache. Durability against power loss comes from two things
+  together:
+
+  - the write-ahead log, which holds every batch applied since the last checkpoint, and
+  - the **checkpoint**: ``env.sync(force=True)`` makes transaction C durable; a copy of
+    C's meta page is saved (fsynced) in the ``checkpoint`` file; and a read transaction
+    is kept open on C until the next checkpoint ("the pin"), so LMDB never reuses a page
+    reachable from C. C's tree therefore stays intact on disk whatever later unsynced
+    commits do.
+
+  After a power loss (detected by a changed boot id, see ``store``) the newest meta page
+  on disk may name pages that never reached the disk -- the corruption DESIGN §5
+  invariant 7 warns about. :func:`restore_checkpoint_meta` writes the saved meta page of
+  C back into both meta slots before LMDB opens the file, which rolls LMDB back to C
+  exactly; the log then replays everything after C. After a mere process crash the page
+  cache is intact and the newest meta is trusted (no rollback; the log replays after
+  the position stored in it).
+
+  Rejected alternatives: ``sync=True, metasync=False`` costs one fdatasync of data.mdb
+  per commit *on top of* the log's, doubling small-commit latency, and makes async
+  commits no faster than sync ones; ``sync=False`` without the pin and the saved meta is
+  not power-loss safe on ext4.
+
+* Map size: the environment is opened with a large virtual map (default 1 TiB; no
+  disk space is used until written -- ``writemap=False``) so growth is practically never
+  needed. If it is, :meth:`KV.write` grows the map, but only while no read transaction
+  of this process is open: remapping under an open zero-copy view would leave it
+  pointing at unmapped memory.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import lmdb
+
+from .errors import CorruptionError, NgStoreError, StoreLockedError
+from .fileio import DEFAULT_IO, FileIO
+
+T = TypeVar("T")
+
+DB_META = b"meta"
+DB_TOKENS = b"tokens"
+DB_CONNECTIONS = b"connections"
+DB_CONN_REVERSE = b"conn_by_b"
+DB_EVENTS = b"events"
+DB_REFLEXES = b"reflexes"
+ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES)
+
+DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; disk use follows the data
+MAX_MAP_SIZE = 1 << 46
+
+# LMDB meta page layout (lmdb.h / mdb.c, 64-bit builds): a 16-byte page header, then
+# MDB_meta. Checked at every use against the magic and the P_META flag.
+_PAGE_FLAGS_OFF = 10
+_P_META = 0x08
+_META_MAGIC_OFF = 16
+_META_MAGIC = 0xBEEFC0DE
+_META_TXNID_OFF = 144
+
+CHECKPOINT_FILE = "checkpoint"
+_CKPT_MAGIC = b"NGCKPT01"
+_CKPT_HEAD = struct.Struct("<8sIIQQ")  # magic, format version, page size, txnid, applied position
+CKPT_FORMAT_VERSION = 1
+
+
+class _Shared:
+    """An environment shared by the opens of one directory in this process."""
+
+    def __init__(self, env: lmdb.Environment, dbs: dict[bytes, Any], readonly: bool) -> None:
+        self.env = env
+        self.dbs = dbs
+        self.readonly = readonly
+        self.refs = 0
+
+
+_registry: dict[str, _Shared] = {}
+_registry_lock = threading.Lock()
+
+
+def _open_env(path: str, readonly: bool, map_size: int, max_readers: int) -> lmdb.Environment:
+    return lmdb.open(
+        path,
+        subdir=True,
+        readonly=readonly,
+        create=not readonly,
+        map_size=map_size,
+        max_dbs=len(ALL_DBS) + 2,
+        max_readers=max_readers,
+        sync=False,
+        metasync=False,
+        writemap=False,
+        map_async=False,
+        meminit=False,
+        readahead=True,
+        lock=True,
+    )
+
+
+class KV:
+    """A store's LMDB environment and named databases.
+
+    ``readonly`` opens never write. A writable KV must be created by the one writer
+    (the store holds the writer lock before creating it).
+    """
+
+    def __init__(self, path: str, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE,
+                 max_readers: int = 126, io: FileIO = DEFAULT_IO) -> None:
+        self.path = os.path.realpath(path)
+        self.readonly = readonly
+        self.io = io
+        self._pin: lmdb.Transaction | None = None
+        #: Called (with no transaction open) before the map is remapped larger; the store
+        #: sets it to a checkpoint so that the pin can move to the current transaction.
+        self.before_grow: Callable[[], None] | None = None
+        self._open_readers = 0
+        self._readers_lock = threading.Lock()
+        with _registry_lock:
+            shared = _registry.get(self.path)
+            if shared is None:
+                try:
+                    env = _open_env(self.path, readonly, map_size, max_readers)
+                except lmdb.Error as exc:
+                    raise translate(exc, f"opening the LMDB environment in {self.path}") from exc
+                dbs = {}
+                try:
+                    if readonly:
+                        with env.begin() as txn:
+                            for name in ALL_DBS:
+                                try:
+                                    dbs[name] = env.open_db(name, txn=txn, create=False)
+                                except lmdb.NotFoundError:
+                                    dbs[name] = None
+                    else:
+                        for name in ALL_DBS:
+                            dbs[name] = env.open_db(name, create=True)
+                except lmdb.Error as exc:
+                    env.close()
+                    raise translate(exc, f"opening the databases of {self.path}") from exc
+                shared = _Shared(env, dbs, readonly)
+                _registry[self.path] = shared
+            elif not readonly and shared.readonly:
+                raise StoreLockedError(
+                    f"{self.path} is already open read-only in this process; close that handle "
+                    "before opening it for writing")
+            shared.refs += 1
+        self._shared = shared
+        self.env: lmdb.Environment = shared.env
+        self.dbs = shared.dbs
+
+    # -- transactions -------------------------------------------------------------
+
+    def begin_read(self) -> lmdb.Transaction:
+        """A read transaction yielding buffers (memoryviews into the map).
+
+        The buffers are valid only until the transaction ends; callers tie the
+        lifetime of every view to it (see ``store.Snapshot``).
+        """
+        try:
+            txn = self.env.begin(write=False, buffers=True)
+        except lmdb.MapResizedError:
+            # Another process grew the map; adopt the new size (no txn of ours is open
+            # on this path, or LMDB would not have let us get here).
+            self.env.set_mapsize(0)
+            txn = self.env.begin(write=False, buffers=True)
+        except lmdb.Error as exc:
+            raise translate(exc, "beginning a read transaction") from exc
+        with self._readers_lock:
+            self._open_readers += 1
+        return txn
+
+    def end_read(self, txn: lmdb.Transaction) -> None:
+        try:
+            txn.abort()
+        finally:
+            with self._readers_lock:
+                self._open_readers -= 1
+
+    def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Runs ``fn(txn)`` in one write transaction and commits it (no fsync).
+
+        ``fn`` must be re-runnable: if the map fills, the transaction is aborted, the map
+        grown, and ``fn`` runs again from scratch. An exception from ``fn`` aborts the
+        transaction and nothing of it is visible.
+        """
+        if self.readonly:
+            raise NgStoreError("this store handle is read-only")
+        while True:
+            txn = self.env.begin(write=True, buffers=True)
+            try:
+                result = fn(txn)
+                txn.commit()
+                return result
+            except lmdb.MapFullError:
+                txn.abort()
+                self._grow()
+            except BaseException:
+                txn.abort()
+                raise
+
+    def _grow(self) -> None:
+        size = self.env.info()["map_size"]
+        with self._readers_lock:
+            busy = self._open_readers
+        if busy:
+            raise NgStoreError(
+                f"the LMDB map of {self.path} is full at {size} bytes and cannot grow while "
+                f"{busy} snapshot(s) of this process are open; close them and retry")
+        if size * 2 > MAX_MAP_SIZE:
+            raise NgStoreError(f"the LMDB map of {self.path} reached its maximum size {size}")
+        # The pin must stay on the checkpointed transaction, and remapping needs it
+        # closed: so checkpoint now (the store's hook), then remap and pin afresh.
+        if self.before_grow is not None:
+            self.before_grow()
+        self.unpin()
+        self.env.set_mapsize(size * 2)
+        self.pin()
+
+    # -- durability -----------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Makes every committed transaction durable (one fdatasync of data.mdb)."""
+        self.env.sync(True)
+
+    def last_txnid(self) -> int:
+        return int(self.env.info()["last_txnid"])
+
+    def page_size(self) -> int:
+        return int(self.env.stat()["psize"])
+
+    def read_meta_page(self, txnid: int) -> bytes:
+        """The meta page bytes of committed transaction ``txnid`` (must be current)."""
+        ps = self.page_size()
+        data_path = os.path.join(self.path, "data.mdb")
+        fd = self.io.open(data_path, os.O_RDONLY)
+        try:
+            for slot in (txnid & 1, (txnid & 1) ^ 1):
+                page = self.io.pread(fd, ps, slot * ps)
+                if len(page) == ps and _meta_txnid(page) == txnid:
+                    return page
+        finally:
+            self.io.close(fd)
+        raise CorruptionError(f"no meta page carries transaction {txnid}", path=data_path)
+
+    def pin(self) -> None:
+        """Keeps the current committed state's pages from reuse until :meth:`unpin`."""
+        self.unpin()
+        self._pin = self.env.begin(write=False)
+
+    def unpin(self) -> None:
+        if self._pin is not None:
+            self._pin.abort()
+            self._pin = None
+
+    # -- information ------------------------------------------------------------------
+
+    def info(self) -> dict[str, int]:
+        info = self.env.info()
+        stat = self.env.stat()
+        return {
+            "map_size_bytes": int(info["map_size"]),
+            "map_used_bytes": int((info["last_pgno"] + 1) * stat["psize"]),
+            "readers_used": int(info["num_readers"]),
+            "readers_max": int(info["max_readers"]),
+            "last_txnid": int(info["last_txnid"]),
+            "page_size": int(stat["psize"]),
+        }
+
+    def close(self) -> None:
+        self.unpin()
+        with _registry_lock:
+            shared = self._shared
+            shared.refs -= 1
+            if shared.refs == 0:
+                _registry.pop(self.path, None)
+                shared.env.close()
+
+
+def _meta_txnid(page: bytes) -> int | None:
+    flags = struct.unpack_from("<H", page, _PAGE_FLAGS_OFF)[0]
+    magic = struct.unpack_from("<I", page, _META_MAGIC_OFF)[0]
+    if not flags & _P_META or magic != _META_MAGIC:
+        return None
+    return struct.unpack_from("<Q", page, _META_TXNID_OFF)[0]
+
+
+# -- the checkpoint file (docs/format.md §4) -------------------------------------------
+
+def encode_checkpoint(page_size: int, txnid: int, applied_position: int, meta_page: bytes) -> bytes:
+    if len(meta_page) != page_size:
+        raise ValueError("meta page size mismatch")
+    body = _CKPT_HEAD.pack(_CKPT_MAGIC, CKPT_FORMAT_VERSION, page_size, txnid, applied_position) + meta_page
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def decode_checkpoint(data: bytes, path: str) -> tuple[int, int, int, bytes]:
+    """Returns ``(page_size, txnid, applied_position, meta_page)`` or raises CorruptionError."""
+    if len(data) < _CKPT_HEAD.size + 4:
+        raise CorruptionError("checkpoint file is truncated", path=path, offset=len(data))
+    magic, version, page_size, txnid, applied = _CKPT_HEAD.unpack_from(data, 0)
+    if magic != _CKPT_MAGIC:
+        raise CorruptionError("bad checkpoint magic", path=path, offset=0)
+    if version != CKPT_FORMAT_VERSION:
+        from .errors import FormatVersionError
+        raise FormatVersionError(
+            f"{path}: checkpoint format version {version}; this ngstore reads version "
+            f"{CKPT_FORMAT_VERSION} -- upgrade ngstore")
+    end = _CKPT_HEAD.size + page_size
+    if len(data) != end + 4:
+        raise CorruptionError("checkpoint file has the wrong length", path=path, offset=len(data))
+    (crc,) = struct.unpack_from("<I", data, end)
+    if zlib.crc32(data[:end]) != crc:
+        raise CorruptionError("checkpoint checksum mismatch", path=path, offset=end)
+    meta = data[_CKPT_HEAD.size:end]
+    if _meta_txnid(meta) != txnid:
+        raise CorruptionError("checkpoint meta page does not match its transaction id", path=path,
+                              offset=_CKPT_HEAD.size)
+    return page_size, txnid, applied, meta
+
+
+def restore_checkpoint_meta(store_path: str, page_size: int, meta_page: bytes, io: FileIO) -> None:
+    """Rolls data.mdb back to the checkpointed transaction (before LMDB opens it).
+
+    Writes the saved meta page into both meta slots (page 0 and page 1, each with its
+    own page number) and fsyncs. Safe only because the checkpointed tree was pinned
+    while the writer lived (see the module essay) and no process has the file open.
+    """
+    data_path = os.path.join(store_path, "data.mdb")
+    fd = io.open(data_path, os.O_RDWR)
+    try:
+        for slot in (0, 1):
+            page = bytearray(meta_page)
+            struct.pack_into("<Q", page, 0, slot)
+            io.pwrite(fd, bytes(page), slot * page_size)
+        io.fsync(fd)
+    finally:
+        io.close(fd)
+
+
+# -- errors ----------------------------------------------------------------------------
+
+def translate(exc: lmdb.Error, doing: str) -> NgStoreError:
+    """One place that turns LMDB's exceptions into ngstore's, with a hint."""
+    if isinstance(exc, lmdb.ReadersFullError):
+        return NgStoreError(f"{doing}: all LMDB reader slots are in use ({exc}); close snapshots "
+                            "or open the store with a larger max_readers=")
+    if isinstance(exc, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError,
+                        lmdb.BadValsizeError)):
+        return CorruptionError(f"{doing}: LMDB reports {type(exc).__name__}: {exc}")
+    if isinstance(exc, lmdb.VersionMismatchError):
+        return NgStoreError(f"{doing}: the LMDB file was written by an incompatible LMDB version: {exc}")
+    if isinstance(exc, lmdb.LockError):
+        return StoreLockedError(f"{doing}: {exc}")
+    return NgStoreError(f"{doing}: LMDB error {type(exc).__name__}: {exc}")
+
+
+def iter_db(txn: lmdb.Transaction, db: Any) -> Iterator[tuple[bytes, memoryview]]:
+    if db is None:
+        return iter(())
+    return iter(txn.cursor(db=db))

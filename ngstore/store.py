@@ -1,0 +1,1195 @@
+"""The Store: one directory on disk, one writer process, any number of readers.
+
+Write path
+----------
+A :class:`Batch` collects operations. Committing it:
+
+1. checks Guardian quotas against the store's counters (nothing written on refusal);
+2. appends the batch to the write-ahead log as ONE record -- concurrent committers
+   share one ``write`` and one ``fdatasync`` (group commit: the first committer to
+   find no leader becomes the leader and commits everything queued so far, in queue
+   order = log order);
+3. applies the group to LMDB in ONE transaction that also stores the last applied log
+   position (so replay is exact and idempotent), committed without an fsync;
+4. returns. ``durability="sync"``: the log record was fdatasync'ed before return;
+   ``"async"``: it was written (page cache) and a flusher fdatasyncs within
+   ``flush_interval``; ``"none"``: it was written and becomes durable only at the next
+   sync commit, ``flush()``, checkpoint or close.
+
+Very large ``sync`` batches (``direct_threshold`` bytes and up) skip the log: they are
+applied to LMDB directly and a checkpoint follows before the call returns. The
+checkpoint makes them durable, and they never need replay.
+
+What a crash can do, in syscall terms:
+
+* process crash (kill -9), any mode: nothing visible is lost -- every batch was
+  ``write()``-n to the log and committed to LMDB in the page cache before it became
+  visible. Recovery replays the log after LMDB's applied position.
+* power loss / OS crash: ``sync`` batches that returned are kept (their log record
+  was fdatasync'ed). ``async`` batches of at most the last ``flush_interval`` and
+  ``none`` batches since the last durable point may be lost -- always a suffix of the
+  commit order, never part of a batch, never a corruption: LMDB is rolled back to
+  the last checkpoint (see ``kv``) and the surviving log is replayed.
+
+Read path
+---------
+:meth:`Store.snapshot` opens an LMDB read transaction. Its token views are numpy
+arrays pointing into the memory map (no copy). **Lifetime rule:** a view keeps its
+read transaction alive for as long as the view (or any array derived from it) is
+referenced -- even after ``snapshot.close()`` or ``store.close()`` -- so a view can
+never show freed or reused memory. Closing the snapshot only forbids new reads
+through it. The cost of a long-lived view is LMDB's: pages it can see are not reused,
+so the file grows while it lives. Drop views (or copy what you keep) promptly.
+"""
+from __future__ import annotations
+
+import builtins
+import errno
+import fcntl
+import json
+import os
+import struct
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import batchops
+from .batchops import ApplyStats, ChunkLayout, Op
+from .errors import (
+    FormatVersionError,
+    InvalidArgumentError,
+    NgStoreError,
+    NotAStoreError,
+    NotFoundError,
+    StoreClosedError,
+    StoreLockedError,
+)
+from .fileio import DEFAULT_IO, FileIO
+from .guardian import Guardian, Usage
+from .kv import (
+    CHECKPOINT_FILE,
+    DB_META,
+    DB_TOKENS,
+    DEFAULT_MAP_SIZE,
+    KV,
+    decode_checkpoint,
+    encode_checkpoint,
+    restore_checkpoint_meta,
+)
+from .records import MAX_TOKEN_ID, TOKEN_DTYPE
+from . import wal as wal_mod
+
+FORMAT_VERSION = 1
+MARKER_FILE = "NGSTORE"
+MARKER_TEXT = "ngstore store directory\nformat {version}\n"
+STATE_FILE = "state"
+WRITER_LOCK = "writer.lock"
+READERS_LOCK = "readers.lock"
+WAL_DIR = "wal"
+#: Files ngstore itself creates in a store directory (anything else makes it foreign).
+OWN_FILES = {MARKER_FILE, STATE_FILE, WRITER_LOCK, READERS_LOCK, WAL_DIR, CHECKPOINT_FILE,
+             "data.mdb", "lock.mdb", CHECKPOINT_FILE + ".tmp", STATE_FILE + ".tmp"}
+
+_builtin_open = builtins.open  # this module defines its own open()
+
+DURABILITY_MODES = ("sync", "async", "none")
+RECOVERY_MODES = ("strict", "tolerate-tail", "salvage")
+DEFAULT_CHUNK_SLOTS = 1024
+
+_U64 = struct.Struct("<Q")
+
+# meta keys (docs/format.md §3.1); every value is a little-endian u64 unless noted
+M_FORMAT = b"format_version"
+M_CHUNK_SLOTS = b"chunk_slots"
+M_APPLIED = b"applied_position"
+M_CREATED = b"created_unix"
+M_STORE_ID = b"store_id"  # 16 bytes
+M_TOKENS_LIVE = b"tokens_live"
+M_TOKENS_CREATED = b"tokens_created_total"
+M_TOKENS_DELETED = b"tokens_deleted_total"
+COUNTER_KEYS = (M_TOKENS_LIVE, M_TOKENS_CREATED, M_TOKENS_DELETED)
+
+
+def _boot_id() -> str:
+    """Changes at every boot: tells a process crash (same boot) from a power loss / OS crash."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def open(path: str | os.PathLike, *, readonly: bool = False, create: bool = True,
+         durability: str = "sync", recovery: str = "tolerate-tail",
+         max_tokens: int | None = 10_000_000, max_bytes: int | None = 1_024_000_000,
+         memory_threshold: float = 0.8, chunk_slots: int = DEFAULT_CHUNK_SLOTS,
+         map_size: int = DEFAULT_MAP_SIZE, max_readers: int = 126,
+         flush_interval: float = 0.010, checkpoint_bytes: int = 256 << 20,
+         checkpoint_interval: float = 300.0, direct_threshold: int = 16 << 20,
+         segment_bytes: int = 64 << 20, io: FileIO = DEFAULT_IO) -> "Store":
+    """Opens (or creates) the store in directory ``path``.
+
+    ``readonly=True`` opens never write, may run in any number of processes next to
+    the writer, and see every batch the writer has applied. ``create`` makes a new
+    store when ``path`` does not exist or is an empty directory. ``durability`` is the
+    default of every commit (see the module docstring for what each mode loses);
+    ``recovery`` says what to do with a damaged log: ``"tolerate-tail"`` (default:
+    truncate a torn last record, refuse mid-log corruption), ``"strict"`` (refuse any
+    damage) or ``"salvage"`` (skip damaged records and report them).
+    ``chunk_slots`` (tokens per LMDB value, a power of two) applies at creation only.
+    """
+    return Store(os.fspath(path), readonly=readonly, create=create, durability=durability,
+                 recovery=recovery, max_tokens=max_tokens, max_bytes=max_bytes,
+                 memory_threshold=memory_threshold, chunk_slots=chunk_slots, map_size=map_size,
+                 max_readers=max_readers, flush_interval=flush_interval,
+                 checkpoint_bytes=checkpoint_bytes, checkpoint_interval=checkpoint_interval,
+                 direct_threshold=direct_threshold, segment_bytes=segment_bytes, io=io)
+
+
+@dataclass
+class _Pending:
+    """A batch waiting in the group-commit queue."""
+
+    ops: list[Op]
+    durability: str
+    payload: bytes | None = None
+    add_tokens: int = 0
+    done: bool = False
+    position: int = 0
+    error: BaseException | None = None
+
+
+@dataclass
+class RecoveryInfo:
+    """What opening the store had to do; ``store.recovery`` after open."""
+
+    power_loss_rollback: bool = False
+    rolled_back_to_txn: int | None = None
+    replayed_records: int = 0
+    replayed_from: int = 0
+    replayed_to: int = 0
+    log_report: Any = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Store:
+    """An open store. Use :func:`ngstore.open` to make one; close it (or use ``with``)."""
+
+    def __init__(self, path: str, *, readonly: bool, create: bool, durability: str,
+                 recovery: str, max_tokens: int | None, max_bytes: int | None,
+                 memory_threshold: float, chunk_slots: int, map_size: int, max_readers: int,
+                 flush_interval: float, checkpoint_bytes: int, checkpoint_interval: float,
+                 direct_threshold: int, segment_bytes: int, io: FileIO) -> None:
+        if durability not in DURABILITY_MODES:
+            raise InvalidArgumentError(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
+        if recovery not in RECOVERY_MODES:
+            raise InvalidArgumentError(f"recovery must be one of {RECOVERY_MODES}, got {recovery!r}")
+        if flush_interval <= 0:
+            raise InvalidArgumentError(f"flush_interval must be > 0 seconds, got {flush_interval!r}")
+        ChunkLayout(chunk_slots)  # validates
+        self.path = os.path.realpath(path)
+        self.readonly = readonly
+        self.durability = durability
+        self._io = io
+        self._closed = False
+        self._failed: BaseException | None = None
+        self._guardian = Guardian(max_tokens, max_bytes, memory_threshold)
+        self._flush_interval = flush_interval
+        self._checkpoint_bytes = checkpoint_bytes
+        self._checkpoint_interval = checkpoint_interval
+        self._direct_threshold = direct_threshold
+        self._segment_bytes = segment_bytes
+        self._lock_fd: int | None = None
+        self._readers_fd: int | None = None
+        self._kv: KV | None = None
+        self._log: Any = None
+        self.recovery = RecoveryInfo()
+        # group commit
+        self._cv = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._leader = False
+        self._unsynced = False
+        self._flusher: threading.Thread | None = None
+        self._flusher_stop = threading.Event()
+        self._last_checkpoint = time.time()
+        self._counters: dict[bytes, int] = {k: 0 for k in COUNTER_KEYS}
+        self._stats = {"commits_total": 0, "commit_errors_total": 0, "checkpoints_total": 0,
+                       "wal_records_written_total": 0, "wal_records_replayed_total": 0,
+                       "direct_commits_total": 0}
+        try:
+            if readonly:
+                self._open_readonly()
+            else:
+                self._open_writer(create, recovery, chunk_slots, map_size, max_readers)
+        except BaseException:
+            self._release_files()
+            raise
+
+    # ------------------------------------------------------------------ opening
+
+    def _check_directory(self, create: bool) -> bool:
+        """Returns True when a new store must be created here."""
+        p = self.path
+        if os.path.exists(p) and not os.path.isdir(p):
+            raise NotAStoreError(f"{p} is a file, not a store directory")
+        if not os.path.exists(p):
+            if not create or self.readonly:
+                raise NotAStoreError(f"{p} does not exist (pass create=True to make a new store)")
+            os.makedirs(p, exist_ok=True)
+            return True
+        names = set(os.listdir(p))
+        if MARKER_FILE in names:
+            self._check_marker()
+            return False
+        if names - OWN_FILES:
+            raise NotAStoreError(f"{p} is a directory that is not an ngstore store "
+                                 f"(it holds {sorted(names - OWN_FILES)[:5]})")
+        if not create or self.readonly:
+            raise NotAStoreError(f"{p} is not an ngstore store (no {MARKER_FILE} file)")
+        return True  # empty, or an interrupted creation of ours: (re)create
+
+    def _check_marker(self) -> None:
+        try:
+            with _builtin_open(os.path.join(self.path, MARKER_FILE)) as f:
+                text = f.read()
+        except OSError as exc:
+            raise NotAStoreError(f"{self.path}: cannot read {MARKER_FILE}: {exc}") from exc
+        lines = text.splitlines()
+        if len(lines) < 2 or not lines[0].startswith("ngstore") or not lines[1].startswith("format "):
+            raise NotAStoreError(f"{self.path}: {MARKER_FILE} is not an ngstore marker")
+        try:
+            version = int(lines[1].split()[1])
+        except (IndexError, ValueError) as exc:
+            raise NotAStoreError(f"{self.path}: unreadable format line in {MARKER_FILE}") from exc
+        if version > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{self.path} has store format {version}; this ngstore reads format "
+                f"{FORMAT_VERSION} and older -- upgrade ngstore to open it")
+
+    def _lock(self, name: str, mode: int, what: str) -> int:
+        fd = os.open(os.path.join(self.path, name), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreLockedError(f"{self.path}: {what}") from None
+            raise
+        return fd
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            with _builtin_open(os.path.join(self.path, STATE_FILE)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {"clean": True}
+        except (OSError, ValueError):
+            return {"clean": False, "boot_id": "unreadable"}
+
+    def _write_state(self, clean: bool) -> None:
+        data = json.dumps({"clean": clean, "boot_id": _boot_id(), "pid": os.getpid()}).encode()
+        self._io.atomic_write(os.path.join(self.path, STATE_FILE), data)
+
+    def _open_readonly(self) -> None:
+        self._check_directory(create=False)
+        try:
+            self._readers_fd = self._lock(READERS_LOCK, fcntl.LOCK_SH,
+                                          "a writer is recovering this store; retry in a moment")
+        except PermissionError:
+            self._readers_fd = None  # a read-only file system or directory: no coordination possible
+        state = self._read_state()
+        if not state.get("clean", True) and state.get("boot_id") != _boot_id():
+            raise NgStoreError(
+                f"{self.path} was being written when the system went down; it needs recovery "
+                "before it can be read: open it once for writing, or run `ngstore recover PATH`")
+        self._kv = KV(self.path, readonly=True)
+        with self._read_txn() as txn:
+            self._load_meta(txn)
+
+    def _open_writer(self, create: bool, recovery: str, chunk_slots: int, map_size: int,
+                     max_readers: int) -> None:
+        new = self._check_directory(create)
+        self._lock_fd = self._lock(WRITER_LOCK, fcntl.LOCK_EX,
+                                   "another writer (this process or another) has the store open; "
+                                   "open it with readonly=True, or close the other handle")
+        os.ftruncate(self._lock_fd, 0)
+        os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+        if new:
+            self._create(chunk_slots, map_size, max_readers)
+            return
+        state = self._read_state()
+        if not state.get("clean", True) and state.get("boot_id") != _boot_id():
+            self._rollback_to_checkpoint()
+        self._write_state(clean=False)
+        self._kv = KV(self.path, readonly=False, map_size=map_size, max_readers=max_readers, io=self._io)
+        self._kv.before_grow = lambda: self._write_checkpoint(pin=False)
+        with self._read_txn() as txn:
+            self._load_meta(txn)
+        self._open_log(recovery)
+        self._replay()
+        ckpt_txn = self._checkpoint_txnid()
+        if self.recovery.replayed_records or ckpt_txn != self._kv.last_txnid():
+            # The pin must sit on the checkpointed transaction before anything is written.
+            self._write_checkpoint(pin=True)
+        else:
+            self._kv.pin()
+
+    def _rollback_to_checkpoint(self) -> None:
+        """After a power loss / OS crash: LMDB back to the checkpoint (see kv)."""
+        readers = self._lock(READERS_LOCK, fcntl.LOCK_EX,
+                             "recovery after a system crash needs every read-only handle closed")
+        try:
+            path = os.path.join(self.path, CHECKPOINT_FILE)
+            with _builtin_open(path, "rb") as f:
+                page_size, txnid, _applied, meta = decode_checkpoint(f.read(), path)
+            restore_checkpoint_meta(self.path, page_size, meta, self._io)
+            self.recovery.power_loss_rollback = True
+            self.recovery.rolled_back_to_txn = txnid
+        finally:
+            fcntl.flock(readers, fcntl.LOCK_UN)
+            os.close(readers)
+
+    def _create(self, chunk_slots: int, map_size: int, max_readers: int) -> None:
+        # An interrupted earlier creation may have left our files: start clean.
+        for name in ("data.mdb", "lock.mdb", CHECKPOINT_FILE, STATE_FILE):
+            p = os.path.join(self.path, name)
+            if os.path.exists(p):
+                self._io.unlink(p)
+        self._write_state(clean=False)
+        self._kv = KV(self.path, readonly=False, map_size=map_size, max_readers=max_readers, io=self._io)
+        self._kv.before_grow = lambda: self._write_checkpoint(pin=False)
+        meta = self._kv.dbs[DB_META]
+
+        def init(txn) -> None:
+            txn.put(M_FORMAT, _U64.pack(FORMAT_VERSION), db=meta)
+            txn.put(M_CHUNK_SLOTS, _U64.pack(chunk_slots), db=meta)
+            txn.put(M_APPLIED, _U64.pack(0), db=meta)
+            txn.put(M_CREATED, _U64.pack(int(time.time())), db=meta)
+            txn.put(M_STORE_ID, uuid.uuid4().bytes, db=meta)
+            for k in COUNTER_KEYS:
+                txn.put(k, _U64.pack(0), db=meta)
+
+        self._kv.write(init)
+        with self._read_txn() as txn:
+            self._load_meta(txn)
+        self._open_log("tolerate-tail")
+        self._write_checkpoint(pin=True)
+        self._io.atomic_write(os.path.join(self.path, MARKER_FILE),
+                              MARKER_TEXT.format(version=FORMAT_VERSION).encode())
+
+    def _load_meta(self, txn) -> None:
+        meta = self._kv.dbs[DB_META]
+        if meta is None:
+            raise NotAStoreError(f"{self.path}: the LMDB file has no ngstore meta database")
+
+        def u64(key: bytes) -> int | None:
+            v = txn.get(key, db=meta)
+            return None if v is None else _U64.unpack(bytes(v))[0]
+
+        version = u64(M_FORMAT)
+        if version is None:
+            raise NotAStoreError(f"{self.path}: missing format version in the meta database")
+        if version > FORMAT_VERSION:
+            raise FormatVersionError(f"{self.path} has store format {version}; this ngstore reads "
+                                     f"up to {FORMAT_VERSION} -- upgrade ngstore")
+        self._layout = ChunkLayout(int(u64(M_CHUNK_SLOTS) or DEFAULT_CHUNK_SLOTS))
+        self._applied = int(u64(M_APPLIED) or 0)
+        for k in COUNTER_KEYS:
+            self._counters[k] = int(u64(k) or 0)
+
+    def _open_log(self, recovery: str) -> None:
+        wal_dir = os.path.join(self.path, WAL_DIR)
+        self._log, report = wal_mod.Log.open(wal_dir, io=self._io, segment_bytes=self._segment_bytes,
+                                             recovery=recovery, start_after=self._applied)
+        self.recovery.log_report = report
+
+    def _checkpoint_txnid(self) -> int | None:
+        path = os.path.join(self.path, CHECKPOINT_FILE)
+        try:
+            with _builtin_open(path, "rb") as f:
+                return decode_checkpoint(f.read(), path)[1]
+        except FileNotFoundError:
+            return None
+
+    def _replay(self) -> None:
+        """Applies every log record after the applied position, in order."""
+        start = self._applied
+        group: list[tuple[int, list[Op]]] = []
+        size = 0
+        n = 0
+        for rec in self._log.iter_records(self._applied):
+            if rec.position <= self._applied:
+                continue
+            group.append((rec.position, batchops.decode_ops(rec.payload, f"log record {rec.position}")))
+            size += len(rec.payload)
+            n += 1
+            if size >= 64 << 20 or len(group) >= 4096:
+                self._apply([g for g in group])
+                group, size = [], 0
+        if group:
+            self._apply(group)
+        self._stats["wal_records_replayed_total"] += n
+        self.recovery.replayed_records = n
+        self.recovery.replayed_from = start
+        self.recovery.replayed_to = self._applied
+
+    # ------------------------------------------------------------------ guards
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"the store {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise NgStoreError(f"the store {self.path} was opened read-only")
+        if self._failed is not None:
+            raise NgStoreError(
+                f"the store {self.path} stopped accepting writes after an I/O error "
+                f"({self._failed!r}); close it and open it again to recover")
+
+    # ------------------------------------------------------------------ writing
+
+    def batch(self, durability: str | None = None) -> "Batch":
+        """A new batch; ``with store.batch() as b: ...`` commits on success, discards on error."""
+        self._check_writable()
+        d = self.durability if durability is None else durability
+        if d not in DURABILITY_MODES:
+            raise InvalidArgumentError(f"durability must be one of {DURABILITY_MODES}, got {d!r}")
+        return Batch(self, d)
+
+    def put_tokens(self, tokens: Any, *, durability: str | None = None) -> int:
+        """Stores tokens (a TokenArray, a Token-dtype array, a Token, or a list of Tokens).
+
+        Atomic; a later record with the same id wins. Returns the commit's log position.
+        """
+        b = self.batch(durability)
+        b._put_tokens(tokens, copy=False)
+        return b.commit()
+
+    def delete_tokens(self, ids: Any, *, durability: str | None = None) -> int:
+        """Deletes tokens by id (absent ids are ignored). Atomic."""
+        b = self.batch(durability)
+        b.delete_tokens(ids)
+        return b.commit()
+
+    def _commit(self, ops: list[Op], durability: str) -> int:
+        self._check_writable()
+        if not ops:
+            return self._applied
+        p = _Pending(ops, durability)
+        nbytes = sum(op.data.nbytes for op in ops)
+        if durability == "sync" and nbytes >= self._direct_threshold:
+            return self._run_exclusive(lambda: self._commit_direct(p))
+        p.payload = batchops.encode_ops(ops)
+        with self._cv:
+            self._queue.append(p)
+            while not p.done:
+                if not self._leader:
+                    self._leader = True
+                    group, self._queue = self._queue, []
+                    self._cv.release()
+                    try:
+                        self._commit_group(group)
+                        self._maybe_checkpoint()
+                    finally:
+                        self._cv.acquire()
+                        self._leader = False
+                        self._cv.notify_all()
+                else:
+                    self._cv.wait()
+        if p.error is not None:
+            raise p.error
+        return p.position
+
+    def _run_exclusive(self, fn):
+        """Runs ``fn`` as the commit leader (no group commit runs meanwhile)."""
+        with self._cv:
+            while self._leader:
+                self._cv.wait()
+            self._leader = True
+        try:
+            return fn()
+        finally:
+            with self._cv:
+                self._leader = False
+                self._cv.notify_all()
+
+    def _quota_check(self, p: _Pending, pending_tokens: int) -> None:
+        add_tokens = 0
+        add_bytes = 0
+        for op in p.ops:
+            if op.kind == batchops.OP_TOKEN_PUT:
+                n = op.count
+                usage = self._usage()
+                if self._guardian.max_tokens is not None and \
+                        usage.tokens + pending_tokens + n > self._guardian.max_tokens or \
+                        self._guardian.byte_limit is not None and \
+                        usage.bytes + (pending_tokens + n) * 64 > self._guardian.byte_limit:
+                    n = self._count_absent(op.data["id"])  # exact, only near the limits
+                add_tokens += n
+                add_bytes += n * 64
+        usage = self._usage()
+        usage.tokens += pending_tokens
+        self._guardian.check(usage, add_tokens, add_bytes)
+        p.add_tokens = add_tokens
+
+    def _count_absent(self, ids: np.ndarray) -> int:
+        ids = np.unique(np.asarray(ids, dtype=np.uint32))
+        present = self._presence(ids)
+        return int(ids.size - np.count_nonzero(present))
+
+    def _usage(self) -> Usage:
+        return Usage(tokens=self._counters[M_TOKENS_LIVE])
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        accepted: list[_Pending] = []
+        pending_tokens = 0
+        for p in group:
+            try:
+                self._quota_check(p, pending_tokens)
+            except BaseException as exc:  # refused: nothing of it is written
+                p.error, p.done = exc, True
+                continue
+            pending_tokens += p.add_tokens
+            accepted.append(p)
+        if not accepted:
+            return
+        try:
+            positions = self._log.append([(wal_mod.RECORD_BATCH, p.payload) for p in accepted])
+            self._stats["wal_records_written_total"] += len(accepted)
+            if any(p.durability == "sync" for p in accepted):
+                self._log.sync()
+                self._unsynced = False
+            else:
+                self._unsynced = True
+                if any(p.durability == "async" for p in accepted):
+                    self._ensure_flusher()
+        except BaseException as exc:
+            # fsyncgate: after a failed write or fsync the log's state is unknown; stop
+            # writing. Reopening recovers whatever reached the log, each batch whole.
+            self._failed = exc
+            self._stats["commit_errors_total"] += len(accepted)
+            for p in accepted:
+                p.error, p.done = exc, True
+            return
+        try:
+            self._apply([(pos, p.ops) for pos, p in zip(positions, accepted)])
+        except BaseException as exc:
+            self._failed = exc
+            self._stats["commit_errors_total"] += len(accepted)
+            for p in accepted:
+                p.error, p.done = exc, True
+            return
+        self._stats["commits_total"] += len(accepted)
+        for pos, p in zip(positions, accepted):
+            p.position, p.done = pos, True
+
+    def _commit_direct(self, p: _Pending) -> int:
+        """A large sync batch: straight into LMDB, then a checkpoint makes it durable."""
+        self._check_writable()
+        self._quota_check(p, 0)
+        try:
+            self._apply([(self._applied, p.ops)])
+            self._write_checkpoint(pin=True)
+        except BaseException as exc:
+            self._failed = exc
+            self._stats["commit_errors_total"] += 1
+            raise
+        self._stats["commits_total"] += 1
+        self._stats["direct_commits_total"] += 1
+        return self._applied
+
+    def _apply(self, entries: list[tuple[int, list[Op]]]) -> ApplyStats:
+        """Applies ops in one LMDB transaction with the last position; updates counters."""
+        kv = self._kv
+        tokens_db, meta = kv.dbs[DB_TOKENS], kv.dbs[DB_META]
+        layout = self._layout
+        result: dict[str, Any] = {}
+
+        def fn(txn) -> ApplyStats:
+            total = ApplyStats()
+            for _pos, ops in entries:
+                for op in ops:
+                    if op.kind == batchops.OP_TOKEN_PUT:
+                        total.add(batchops.apply_token_put(txn, tokens_db, layout, op.data))
+                    elif op.kind == batchops.OP_TOKEN_DELETE:
+                        total.add(batchops.apply_token_delete(txn, tokens_db, layout, op.data))
+                    else:
+                        raise NgStoreError(f"unknown op kind {op.kind}")
+            counters = {}
+            for k in COUNTER_KEYS:
+                v = txn.get(k, db=meta)
+                counters[k] = _U64.unpack(bytes(v))[0] if v is not None else 0
+            counters[M_TOKENS_LIVE] += total.tokens_added - total.tokens_removed
+            counters[M_TOKENS_CREATED] += total.tokens_added
+            counters[M_TOKENS_DELETED] += total.tokens_removed
+            for k, v in counters.items():
+                txn.put(k, _U64.pack(v), db=meta)
+            last = max(pos for pos, _ in entries)
+            txn.put(M_APPLIED, _U64.pack(last), db=meta)
+            result["counters"], result["applied"] = counters, last
+            return total
+
+        stats = kv.write(fn)
+        self._counters.update(result["counters"])
+        self._applied = result["applied"]
+        return stats
+
+    # ------------------------------------------------------------------ durability
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher_stop.clear()
+            self._flusher = threading.Thread(target=self._flush_loop, name="ngstore-flusher", daemon=True)
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._flusher_stop.wait(self._flush_interval):
+            if self._unsynced and self._failed is None:
+                try:
+                    self._unsynced = False
+                    self._log.sync()
+                except BaseException as exc:  # the next commit reports it
+                    self._failed = exc
+
+    def flush(self) -> None:
+        """Makes every batch committed so far durable (one fdatasync of the log)."""
+        self._check_writable()
+
+        def do() -> None:
+            self._log.sync()
+            self._unsynced = False
+
+        self._run_exclusive(do)
+
+    def checkpoint(self) -> None:
+        """Makes LMDB durable, then drops the log segments it covers.
+
+        Readers are never blocked; writers wait for the duration (one fdatasync of the
+        LMDB file plus a small atomic file write).
+        """
+        self._check_writable()
+        self._run_exclusive(lambda: self._write_checkpoint(pin=True))
+
+    def _maybe_checkpoint(self) -> None:
+        if self._failed is not None:
+            return
+        if (self._log.size_bytes >= self._checkpoint_bytes
+                or time.time() - self._last_checkpoint >= self._checkpoint_interval):
+            try:
+                self._write_checkpoint(pin=True)
+            except BaseException as exc:
+                self._failed = exc
+
+    def _write_checkpoint(self, pin: bool) -> None:
+        kv = self._kv
+        if self._log is not None:
+            self._log.sync()  # invariant 1: the log is durable before LMDB is
+            self._unsynced = False
+        kv.sync()
+        txnid = kv.last_txnid()
+        page = kv.read_meta_page(txnid)
+        self._io.atomic_write(os.path.join(self.path, CHECKPOINT_FILE),
+                              encode_checkpoint(kv.page_size(), txnid, self._applied, page))
+        if pin:
+            kv.pin()
+        if self._log is not None:
+            self._log.drop_through(self._applied)
+        self._stats["checkpoints_total"] += 1
+        self._last_checkpoint = time.time()
+
+    # ------------------------------------------------------------------ reading
+
+    def _read_txn(self):
+        return _ReadTxn(self._kv)
+
+    def snapshot(self) -> "Snapshot":
+        """A consistent read view of the store (one LMDB read transaction)."""
+        self._check_open()
+        return Snapshot(self)
+
+    def count(self) -> int:
+        """Number of tokens present."""
+        self._check_open()
+        if self.readonly:
+            with self._read_txn() as txn:
+                self._load_meta(txn)
+        return self._counters[M_TOKENS_LIVE]
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def contains(self, token_id: int) -> bool:
+        ids = _ids_array([token_id])
+        return bool(self._presence(ids)[0])
+
+    def __contains__(self, token_id: object) -> bool:
+        try:
+            return self.contains(token_id)  # type: ignore[arg-type]
+        except InvalidArgumentError:
+            return False
+
+    def _presence(self, ids: np.ndarray) -> np.ndarray:
+        self._check_open()
+        with self.snapshot() as snap:
+            return snap.tokens._presence(ids)
+
+    def get_token(self, token_id: int):
+        """The stored token ``token_id`` (a copy), or NotFoundError (a KeyError)."""
+        from .tokens import Token
+
+        arr = self.get_tokens([token_id])
+        return Token._from_record(arr.data[0:1].copy())
+
+    def get_tokens(self, ids: Any, *, missing: str = "raise"):
+        """Tokens for ``ids`` in the given order, as a TokenArray (a copy).
+
+        ``missing="raise"`` raises NotFoundError naming the absent ids; ``"skip"``
+        leaves them out.
+        """
+        self._check_open()
+        with self.snapshot() as snap:
+            return snap.tokens.get(ids, missing=missing)
+
+    # ------------------------------------------------------------------ information
+
+    def stats(self) -> dict[str, Any]:
+        """Live counters and sizes (what metrics and ``ngstore info`` show)."""
+        out: dict[str, Any] = {"path": self.path, "readonly": self.readonly, "closed": self._closed}
+        if self._closed:
+            return out
+        if self.readonly:
+            with self._read_txn() as txn:
+                self._load_meta(txn)
+        out.update(self._stats)
+        out["tokens_live"] = self._counters[M_TOKENS_LIVE]
+        out["tokens_created_total"] = self._counters[M_TOKENS_CREATED]
+        out["tokens_deleted_total"] = self._counters[M_TOKENS_DELETED]
+        out["applied_position"] = self._applied
+        out["quota_exceeded_total"] = self._guardian.quota_exceeded_total
+        out["aggressive_cleanups_total"] = self._guardian.aggressive_cleanups_total
+        usage = self._usage()
+        out["memory_used_bytes"] = usage.bytes
+        out["memory_limit_bytes"] = self._guardian.max_bytes or 0
+        out["token_limit"] = self._guardian.max_tokens or 0
+        out["last_checkpoint_unix"] = self._last_checkpoint
+        out.update(self._kv.info())
+        if self._log is not None:
+            out["wal_bytes"] = self._log.size_bytes
+            out["wal_segments"] = self._log.segment_count
+            out["wal_position"] = self._log.last_position
+        out["chunk_slots"] = self._layout.slots
+        out["format_version"] = FORMAT_VERSION
+        return out
+
+    def check(self) -> "CheckReport":
+        """Verifies internal consistency; returns a report (``report.ok``)."""
+        self._check_open()
+        from .check import check_store
+
+        return check_store(self)
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Checkpoints (writer), releases locks. Views already handed out stay valid."""
+        if self._closed:
+            return
+        try:
+            if not self.readonly and self._kv is not None and self._failed is None:
+                self._flusher_stop.set()
+                if self._flusher is not None:
+                    self._flusher.join()
+                self._run_exclusive(lambda: self._write_checkpoint(pin=False))
+                self._write_state(clean=True)
+        finally:
+            self._closed = True
+            self._flusher_stop.set()
+            self._release_files()
+
+    def _release_files(self) -> None:
+        if self._log is not None:
+            try:
+                self._log.close()
+            finally:
+                self._log = None
+        if self._kv is not None:
+            self._kv.close()
+            self._kv = None
+        for fd in (self._lock_fd, self._readers_fd):
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(fd)
+        self._lock_fd = self._readers_fd = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("read-only" if self.readonly else "writable")
+        return f"<ngstore.Store {self.path!r} {state}>"
+
+
+def _ids_array(ids: Any) -> np.ndarray:
+    """Validated uint32 id array from ints / arrays (InvalidArgumentError otherwise)."""
+    if isinstance(ids, (int, np.integer)):
+        ids = [ids]
+    try:
+        a = np.asarray(ids)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"ids must be integers, got {type(ids).__name__}") from exc
+    if a.ndim != 1:
+        a = a.reshape(-1) if a.ndim == 0 else a
+        if a.ndim != 1:
+            raise InvalidArgumentError(f"ids must be a 1-D sequence, got shape {a.shape}")
+    if a.size == 0:
+        return a.astype(np.uint32)
+    if a.dtype.kind not in "iu":
+        if a.dtype.kind == "O" and all(isinstance(x, (int, np.integer)) for x in a.tolist()):
+            a = np.array(a.tolist(), dtype=np.int64)
+        else:
+            raise InvalidArgumentError(f"ids must be integers, got dtype {a.dtype}")
+    if a.dtype.kind == "i" and a.min() < 0 or a.max() > MAX_TOKEN_ID:
+        raise InvalidArgumentError(
+            f"ids must be in 0..{MAX_TOKEN_ID}; got values in {int(a.min())}..{int(a.max())}")
+    return a.astype(np.uint32, copy=False)
+
+
+class Batch:
+    """Operations committed together: all visible after commit, or none, after any crash."""
+
+    def __init__(self, store: Store, durability: str) -> None:
+        self._store = store
+        self.durability = durability
+        self._ops: list[Op] = []
+        self._done = False
+        self.position: int | None = None
+
+    def _check(self) -> None:
+        if self._done:
+            raise NgStoreError("this batch was already committed or discarded")
+
+    def put_tokens(self, tokens: Any) -> None:
+        """Adds token records (copied now: later changes to ``tokens`` do not leak in)."""
+        self._put_tokens(tokens, copy=True)
+
+    def _put_tokens(self, tokens: Any, copy: bool) -> None:
+        from .tokens import as_token_array
+
+        self._check()
+        arr = as_token_array(tokens)
+        if arr.size == 0:
+            return
+        _validate_tokens(arr)
+        data = np.array(arr, dtype=TOKEN_DTYPE, copy=True) if copy else np.ascontiguousarray(arr)
+        self._ops.append(Op(batchops.OP_TOKEN_PUT, data))
+
+    def delete_tokens(self, ids: Any) -> None:
+        self._check()
+        a = _ids_array(ids)
+        if a.size:
+            self._ops.append(Op(batchops.OP_TOKEN_DELETE, np.ascontiguousarray(a, dtype="<u4")))
+
+    def commit(self) -> int:
+        """Commits; returns the log position. Raises and writes nothing on refusal."""
+        self._check()
+        self._done = True
+        self.position = self._store._commit(self._ops, self.durability)
+        return self.position
+
+    def discard(self) -> None:
+        self._done = True
+        self._ops = []
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def _validate_tokens(arr: np.ndarray) -> None:
+    """Rejects records a store must not hold (NaN/inf weight). Vectorised."""
+    w = arr["weight"]
+    bad = ~np.isfinite(w)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidArgumentError(
+            f"token id {int(arr['id'][i])} has a non-finite weight {float(w[i])!r}; "
+            f"{int(bad.sum())} record(s) of the batch are invalid and nothing was written")
+
+
+# ---------------------------------------------------------------------- snapshots
+
+class _ReadTxn:
+    """A plain read transaction for internal use (no views escape it)."""
+
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+        self.txn = kv.begin_read()
+
+    def __enter__(self):
+        return self.txn
+
+    def __exit__(self, *exc: object) -> None:
+        self._kv.end_read(self.txn)
+
+
+class _Lease:
+    """Owns a read transaction; ends it when the snapshot is closed AND no view lives."""
+
+    def __init__(self, kv: KV) -> None:
+        self.kv = kv
+        self.txn = kv.begin_read()
+        self._refs = 1  # the snapshot itself
+        self._lock = threading.Lock()
+        info = kv.env.info()
+        self.map_addr = int(info["map_addr"])
+        self._region: np.ndarray | None = None
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._refs += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            self.kv.end_read(self.txn)
+
+    def region(self) -> np.ndarray:
+        """A read-only uint8 array over the whole map whose lifetime holds this lease."""
+        if self._region is None:
+            base = _MappedRegion(self.map_addr, self.kv.env.info()["map_size"], self)
+            self._region = np.asarray(base)
+        return self._region
+
+    def address_of(self, value: memoryview) -> int:
+        return np.frombuffer(value, dtype=np.uint8).ctypes.data if len(value) else 0
+
+
+class _MappedRegion:
+    """The base object of every zero-copy view of a snapshot.
+
+    numpy keeps it as the final ``base`` of each view and of every array derived from
+    one; when the last of them is collected, the finalizer releases the lease (and so,
+    eventually, the read transaction). ``data=(addr, True)`` makes the arrays read-only
+    in a way numpy will not let a caller undo.
+    """
+
+    __slots__ = ("__array_interface__", "__weakref__")
+
+    def __init__(self, addr: int, size: int, lease: _Lease) -> None:
+        self.__array_interface__ = {"data": (addr, True), "shape": (size,), "typestr": "|u1", "version": 3}
+        lease.acquire()
+        weakref.finalize(self, lease.release)
+
+
+class Snapshot:
+    """A consistent, read-only view of the store at one moment.
+
+    ``snapshot.tokens`` gives zero-copy numpy views; see the module docstring for how
+    long they stay valid. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lease = _Lease(store._kv)
+        self._closed = False
+        self._layout = store._layout
+        self.tokens = TokenView(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _txn(self):
+        if self._closed:
+            raise StoreClosedError("this snapshot is closed")
+        return self._lease.txn
+
+    def close(self) -> None:
+        """Ends the snapshot. Views handed out stay valid until they are dropped."""
+        if not self._closed:
+            self._closed = True
+            self._lease.release()
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class TokenView:
+    """The tokens of a snapshot."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+        self._layout = snap._layout
+
+    def _db(self):
+        return self._snap._store._kv.dbs[DB_TOKENS] if self._snap._store._kv is not None \
+            else self._snap._lease.kv.dbs[DB_TOKENS]
+
+    def count(self) -> int:
+        txn = self._snap._txn()
+        v = txn.get(M_TOKENS_LIVE, db=self._snap._lease.kv.dbs[DB_META])
+        return 0 if v is None else _U64.unpack(bytes(v))[0]
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields ``(first_id, array)``: zero-copy, read-only views of runs of present ids.
+
+        A full chunk is one run. Each array is a TOKEN_DTYPE view into the LMDB map,
+        valid for as long as it is referenced (see the module docstring).
+        """
+        txn = self._snap._txn()
+        lease = self._snap._lease
+        region = lease.region()
+        layout = self._layout
+        map_addr = lease.map_addr
+        full = layout.full_bitmap
+        for key, value in txn.cursor(db=lease.kv.dbs[DB_TOKENS]):
+            chunk = ChunkLayout.chunk_of(key)
+            layout.check(value, chunk)
+            off = lease.address_of(value) - map_addr
+            rows = region[off:off + layout.records_bytes].view(TOKEN_DTYPE)
+            first = chunk << layout.shift
+            bitmap = value[layout.records_bytes:]
+            if bitmap == full:
+                yield first, rows
+                continue
+            bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little").astype(np.int8)
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], bits, [0]))))
+            for s, e in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+                yield first + s, rows[s:e]
+
+    def __iter__(self) -> Iterator[Any]:
+        """Yields a Token (a copy) per present token, in id order."""
+        from .tokens import Token
+
+        for _first, arr in self.chunks():
+            for i in range(arr.shape[0]):
+                yield Token._from_record(arr[i:i + 1].copy())
+
+    def ids(self) -> np.ndarray:
+        parts = [a["id"].copy() for _f, a in self.chunks()]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+
+    def column(self, name: str) -> np.ndarray:
+        """One field of every present token, in id order (a copy)."""
+        if name not in TOKEN_DTYPE.names:
+            raise InvalidArgumentError(f"no token field {name!r}; fields are {TOKEN_DTYPE.names}")
+        parts = [a[name] for _f, a in self.chunks()]
+        if not parts:
+            return np.zeros((0,) + TOKEN_DTYPE[name].shape, TOKEN_DTYPE[name].base)
+        return np.concatenate(parts)
+
+    def to_array(self) -> np.ndarray:
+        """Every present token as one TOKEN_DTYPE array (a copy)."""
+        parts = [a for _f, a in self.chunks()]
+        return np.concatenate(parts) if parts else np.zeros(0, TOKEN_DTYPE)
+
+    def _chunk_values(self, ids: np.ndarray) -> tuple[np.ndarray, list[memoryview]]:
+        txn = self._snap._txn()
+        db = self._snap._lease.kv.dbs[DB_TOKENS]
+        layout = self._layout
+        if ids.size == 0:
+            return np.zeros(0, np.uint32), []
+        chunks = ids >> layout.shift
+        lo, hi = int(chunks.min()), int(chunks.max())
+        if hi - lo < 4 * ids.size + 1024:
+            seen = np.zeros(hi - lo + 1, dtype=bool)
+            seen[chunks - lo] = True
+            uniq = np.flatnonzero(seen).astype(np.uint32) + np.uint32(lo)
+        else:
+            uniq = np.unique(chunks)
+        keys, bufs = [], []
+        for c in uniq.tolist():
+            v = txn.get(ChunkLayout.key(c), db=db)
+            if v is not None:
+                layout.check(v, c)
+                keys.append(c)
+                bufs.append(v)
+        return np.asarray(keys, dtype=np.uint32), bufs
+
+    def get(self, ids: Any, *, missing: str = "raise"):
+        """Tokens for ``ids`` (in order) by a vectorised gather; a TokenArray copy."""
+        from . import _native
+        from .tokens import TokenArray
+
+        if missing not in ("raise", "skip"):
+            raise InvalidArgumentError(f"missing must be 'raise' or 'skip', got {missing!r}")
+        ids = _ids_array(ids)
+        keys, bufs = self._chunk_values(ids)
+        out, found = _native.gather64(ids, keys, bufs, self._layout.shift)
+        if not found.all():
+            if missing == "raise":
+                absent = ids[~found]
+                shown = ", ".join(str(int(x)) for x in absent[:5])
+                more = f" and {absent.size - 5} more" if absent.size > 5 else ""
+                raise NotFoundError(f"no token with id {shown}{more} in {self._snap._store.path}")
+            out = out[found]
+        return TokenArray(out.view(TOKEN_DTYPE) if out.dtype != TOKEN_DTYPE else out)
+
+    def _presence(self, ids: np.ndarray) -> np.ndarray:
+        keys, bufs = self._chunk_values(ids)
+        layout = self._layout
+        present = np.zeros(ids.size, dtype=bool)
+        if not bufs:
+            return present
+        pos = np.searchsorted(keys, ids >> layout.shift)
+        pos_c = np.minimum(pos, keys.size - 1)
+        has_chunk = keys[pos_c] == (ids >> layout.shift)
+        bitmaps = np.stack([layout.bitmap(b) for b in bufs])
+        slots = (ids & layout.mask).astype(np.intp)
+        bits = bitmaps[pos_c, slots >> 3] >> (slots & 7) & 1
+        present[:] = has_chunk & (bits == 1)
+        return present
+
+    def __contains__(self, token_id: object) -> bool:
+        try:
+            ids = _ids_array([token_id])
+        except InvalidArgumentError:
+            return False
+        return bool(self._presence(ids)[0])
+
+
+@dataclass
+class CheckReport:
+    ok: bool
+    problems: list[str]
+    facts: dict[str, Any]
+
+    def __str__(self) -> str:
+        lines = [f"check: {'OK' if self.ok else 'PROBLEMS FOUND'}"]
+        lines += [f"  {k}: {v}" for k, v in self.facts.items()]
+        lines += [f"  problem: {p}" for p in self.problems]
+        return "\n".join(lines)

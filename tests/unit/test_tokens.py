@@ -1,0 +1,481 @@
+"""tokens: the original Token API on numpy storage (reference §1, Appendix A1/A2)."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ngstore.errors import InvalidArgumentError
+from ngstore.records import RAW64, TOKEN_DTYPE, EntityType, TokenFlags
+from ngstore.tokens import Token, TokenArray, as_token_array, create_batch
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+A1_IMAGE = bytes.fromhex(
+    "640006ff4501" "000000000000" "000000000000" "88133cf6e803" "000000000000" "000000000000"
+    "000000000000" "000000000000" "04030201" "0105" "0000003f" "7d" "bf" "00f15365"
+)
+
+
+def a1_token() -> Token:
+    t = Token(0x01020304)
+    t.timestamp = 1_700_000_000
+    t.set_coordinates(0, 1.0, -2.5, 3.25)
+    t.set_coordinates(3, 0.5, -0.25, 0.1)
+    t.weight = 0.5
+    t.field_radius = 1.25
+    t.field_strength = 0.75
+    t.entity_type = EntityType.CONCEPT
+    return t
+
+
+# -- Token(id) -------------------------------------------------------------------
+
+
+def test_new_token_has_the_original_defaults():
+    before = int(time.time())
+    t = Token(42)
+    after = int(time.time())
+    assert t.id == 42
+    assert t.coordinates == [[0.0, 0.0, 0.0]] * 8
+    assert t.raw_coordinates == [[0, 0, 0]] * 8
+    assert t.flags == TokenFlags.ACTIVE
+    assert t.entity_type == EntityType.UNDEFINED
+    assert t.weight == 0.0 and t.field_radius == 0.0 and t.field_strength == 0.0
+    assert before <= t.timestamp <= after
+
+
+@pytest.mark.parametrize("tid", [0, 1, 2**32 - 1])
+def test_token_accepts_every_u32_id(tid):
+    assert Token(tid).id == tid
+
+
+@pytest.mark.parametrize("tid", [-1, 2**32, 1.0, "1", None, True])
+def test_token_refuses_ids_outside_u32_or_not_int(tid):
+    with pytest.raises(InvalidArgumentError, match="id"):
+        Token(tid)
+
+
+def test_token_accepts_numpy_integer_ids():
+    assert Token(np.uint32(7)).id == 7
+
+
+def test_id_is_read_only():
+    with pytest.raises(AttributeError):
+        Token(1).id = 2  # type: ignore[misc]
+
+
+def test_repr_and_str_are_the_originals():
+    assert repr(Token(42)) == "Token(id=42)"
+    assert str(Token(42)) == "Token #42"
+
+
+# -- Appendix A1 ---------------------------------------------------------------------
+
+
+def test_token_built_through_setters_has_the_appendix_a1_image():
+    assert a1_token().to_bytes() == A1_IMAGE
+
+
+def test_appendix_a1_image_decodes_to_its_fields():
+    t = Token.from_bytes(A1_IMAGE)
+    assert t.id == 0x01020304
+    assert t.raw_coordinates[0] == [100, -250, 325] and t.raw_coordinates[3] == [5000, -2500, 1000]
+    assert t.coordinates[0] == [1.0, -2.5, 3.25] and t.coordinates[3] == [0.5, -0.25, 0.1]
+    assert t.flags == 0x0501 and t.entity_type == EntityType.CONCEPT
+    assert t.weight == 0.5 and t.field_radius == 1.25 and t.field_strength == 191 / 255
+    assert t.timestamp == 0x6553F100
+    assert t.to_bytes() == A1_IMAGE
+
+
+@pytest.mark.parametrize("size", [0, 63, 65, 128])
+def test_from_bytes_needs_exactly_64_bytes(size):
+    with pytest.raises(InvalidArgumentError, match="64"):
+        Token.from_bytes(bytes(size))
+
+
+def test_from_bytes_refuses_non_bytes():
+    with pytest.raises(InvalidArgumentError):
+        Token.from_bytes("x" * 64)  # type: ignore[arg-type]
+
+
+def test_from_bytes_copies_so_the_source_can_change():
+    src = bytearray(A1_IMAGE)
+    t = Token.from_bytes(src)
+    src[48] = 0
+    assert t.id == 0x01020304
+
+
+# -- Appendix A2: state mapping ---------------------------------------------------------
+
+
+def test_from_state_puts_the_state_on_the_x_axes_appendix_a2():
+    t = Token.from_state(0, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    assert [c[0] for c in t.raw_coordinates] == [10, 2000, 300, 4000, 5000, 6000, 70, 8000]
+    assert all(c[1] == 0 and c[2] == 0 for c in t.raw_coordinates)
+    assert t.flags == TokenFlags.ACTIVE
+
+
+def test_to_state_reads_the_x_axes_back():
+    state = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    assert Token.from_state(0, state).to_state() == pytest.approx(state)
+
+
+def test_grid_hash_of_the_a2_state_token_is_appendix_a3():
+    t = Token.from_state(0, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    assert t.grid_hash() == 0xB0DC1DFD4FC00037
+
+
+def test_from_state_refuses_a_state_of_the_wrong_length():
+    with pytest.raises(InvalidArgumentError):
+        Token.from_state(0, [0.0] * 7)
+
+
+# -- setters ----------------------------------------------------------------------------------
+
+
+def test_coordinates_are_settable_as_8_by_3_floats_and_read_back_decoded():
+    t = Token(1)
+    values = [[float(layer) / 10 + axis / 100 for axis in range(3)] for layer in range(8)]
+    t.coordinates = values
+    assert np.allclose(t.coordinates, values, atol=0.011)
+    assert t.raw_coordinates[1] == [1000, 1100, 1200]
+
+
+def test_coordinates_setter_uses_float32_arithmetic_like_the_original():
+    t = Token(1)
+    t.set_coordinates(6, 0.7, 0.29, -0.7)
+    assert t.raw_coordinates[6] == [70, 29, -70]
+
+
+def test_coordinates_saturate_out_of_range_values():
+    t = Token(1)
+    t.set_coordinates(1, 5.0, -5.0, math.inf)
+    assert t.raw_coordinates[1] == [32767, -32768, 32767]
+
+
+@pytest.mark.parametrize("bad", [[[0.0] * 3] * 7, [[0.0] * 2] * 8, [[math.nan, 0, 0]] + [[0.0] * 3] * 7, "x"])
+def test_coordinates_setter_refuses_wrong_shape_or_nan(bad):
+    with pytest.raises(InvalidArgumentError):
+        Token(1).coordinates = bad
+
+
+def test_set_coordinates_refuses_a_bad_layer_or_nan():
+    t = Token(1)
+    for layer in (-1, 8, 1.0):
+        with pytest.raises(InvalidArgumentError, match="layer"):
+            t.set_coordinates(layer, 0, 0, 0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="NaN"):
+        t.set_coordinates(0, math.nan, 0, 0)
+
+
+def test_raw_coordinates_round_trip_exactly_and_refuse_non_int16():
+    t = Token(1)
+    raw = [[layer * 3 + axis - 12 for axis in range(3)] for layer in range(8)]
+    t.raw_coordinates = raw
+    assert t.raw_coordinates == raw
+    with pytest.raises(InvalidArgumentError):
+        t.raw_coordinates = [[40000, 0, 0]] + [[0, 0, 0]] * 7
+    with pytest.raises(InvalidArgumentError):
+        t.raw_coordinates = [[0.5, 0, 0]] + [[0, 0, 0]] * 7
+
+
+def test_weight_is_a_float32_and_refuses_non_finite_values():
+    t = Token(1)
+    t.weight = 0.1
+    assert t.weight == float(np.float32(0.1))
+    for bad in (math.nan, math.inf, 1e39, "heavy"):
+        with pytest.raises(InvalidArgumentError, match="weight"):
+            t.weight = bad  # type: ignore[assignment]
+
+
+def test_flags_are_16_bits():
+    t = Token(1)
+    t.flags = TokenFlags.ACTIVE | TokenFlags.PERSISTENT | TokenFlags.USER4
+    assert t.flags == 0x8003
+    for bad in (-1, 0x10000, 1.5):
+        with pytest.raises(InvalidArgumentError, match="flags"):
+            t.flags = bad  # type: ignore[assignment]
+
+
+def test_entity_type_lives_in_bits_8_to_11_and_keeps_other_flags():
+    t = Token(1)
+    t.flags = 0xF0FF
+    t.entity_type = EntityType.SENSOR
+    assert t.flags == 0xFBFF and t.entity_type is EntityType.SENSOR
+    with pytest.raises(InvalidArgumentError):
+        t.entity_type = 16
+
+
+def test_field_radius_is_stored_times_100_truncated_and_saturated():
+    t = Token(1)
+    t.field_radius = 1.25
+    assert t.field_radius == 1.25
+    t.field_radius = 0.019
+    assert t.field_radius == 0.01
+    t.field_radius = 9.0
+    assert t.field_radius == 2.55
+    t.field_radius = -1.0
+    assert t.field_radius == 0.0
+    with pytest.raises(InvalidArgumentError):
+        t.field_radius = math.nan
+
+
+def test_field_strength_is_stored_times_255():
+    t = Token(1)
+    t.field_strength = 0.75
+    assert t.to_bytes()[59] == 191
+    t.field_strength = 2.0
+    assert t.field_strength == 1.0
+
+
+def test_timestamp_is_u32_seconds():
+    t = Token(1)
+    t.timestamp = 2**32 - 1
+    assert t.timestamp == 2**32 - 1
+    for bad in (-1, 2**32):
+        with pytest.raises(InvalidArgumentError, match="timestamp"):
+            t.timestamp = bad
+
+
+# -- equality, copies, pickling -------------------------------------------------------------------
+
+
+def test_tokens_are_equal_by_bytes_and_unhashable():
+    a, b = a1_token(), Token.from_bytes(A1_IMAGE)
+    assert a == b and a != Token(1) and a != "token"
+    with pytest.raises(TypeError):
+        hash(a)
+
+
+def test_copy_is_independent():
+    a = a1_token()
+    for b in (a.copy(), copy.copy(a), copy.deepcopy(a)):
+        b.weight = 9.0
+        assert a.weight == 0.5
+
+
+def test_pickling_round_trips_the_bytes():
+    t = a1_token()
+    u = pickle.loads(pickle.dumps(t))
+    assert u == t and u.to_bytes() == A1_IMAGE
+
+
+def test_a_pickled_view_unpickles_as_an_independent_token():
+    arr = create_batch(3)
+    u = pickle.loads(pickle.dumps(arr[1]))
+    u.weight = 3.0
+    assert arr.weights[1] == 0.0
+
+
+# -- create_batch -------------------------------------------------------------------------------------
+
+
+def test_create_batch_makes_n_tokens_with_consecutive_ids_and_the_defaults():
+    before = int(time.time())
+    arr = Token.create_batch(5, start=10)
+    assert isinstance(arr, TokenArray) and len(arr) == 5
+    assert arr.ids.tolist() == [10, 11, 12, 13, 14]
+    assert (arr.flags == TokenFlags.ACTIVE).all()
+    assert not arr.raw_coordinates.any() and not arr.weights.any()
+    assert not arr.data["field_radius"].any() and not arr.data["field_strength"].any()
+    assert (arr.timestamps >= before).all() and (arr.timestamps <= int(time.time())).all()
+
+
+def test_create_batch_defaults_equal_token_defaults_byte_for_byte():
+    arr = Token.create_batch(3)
+    for i, t in enumerate(arr):
+        ref = Token(i)
+        ref.timestamp = t.timestamp
+        assert t == ref
+
+
+def test_create_batch_spanning_several_fill_blocks_has_every_id():
+    arr = create_batch(100_003, start=7)
+    assert np.array_equal(arr.ids, np.arange(7, 100_010, dtype=np.uint32))
+    assert (arr.flags == 1).all()
+
+
+def test_create_batch_of_zero_is_empty_and_the_last_id_may_be_u32_max():
+    assert len(create_batch(0)) == 0
+    assert create_batch(2, start=2**32 - 2).ids.tolist() == [2**32 - 2, 2**32 - 1]
+
+
+@pytest.mark.parametrize("count,start", [(-1, 0), (2, 2**32 - 1), (1, -1), (1.5, 0)])
+def test_create_batch_refuses_counts_and_starts_outside_u32(count, start):
+    with pytest.raises(InvalidArgumentError):
+        create_batch(count, start)
+
+
+# -- TokenArray -----------------------------------------------------------------------------------------
+
+
+def test_indexing_returns_token_views_that_write_through():
+    arr = create_batch(4)
+    t = arr[2]
+    assert isinstance(t, Token) and t.id == 2
+    t.weight = 0.25
+    t.set_coordinates(0, 1.0, 2.0, 3.0)
+    assert arr.weights[2] == 0.25 and arr.raw_coordinates[2, 0].tolist() == [100, 200, 300]
+    arr.weights[2] = 0.5
+    assert t.weight == 0.5
+
+
+def test_negative_indices_count_from_the_end_and_out_of_range_is_index_error():
+    arr = create_batch(4)
+    assert arr[-1].id == 3 and arr[-4].id == 0
+    for i in (4, -5):
+        with pytest.raises(IndexError):
+            arr[i]
+
+
+def test_slices_are_views_and_fancy_or_boolean_indexes_are_copies():
+    arr = create_batch(6)
+    s = arr[1:5:2]
+    assert isinstance(s, TokenArray) and s.ids.tolist() == [1, 3]
+    s[0].weight = 1.0
+    assert arr.weights[1] == 1.0
+    f = arr[[0, 5]]
+    assert f.ids.tolist() == [0, 5]
+    f[0].weight = 2.0
+    assert arr.weights[0] == 0.0
+    assert arr[arr.ids % 2 == 0].ids.tolist() == [0, 2, 4]
+    assert len(arr[[]]) == 0
+
+
+def test_iteration_yields_token_views_in_order():
+    arr = create_batch(3, start=5)
+    tokens = list(arr)
+    assert [t.id for t in tokens] == [5, 6, 7]
+    tokens[1].flags = 0
+    assert arr.flags[1] == 0
+
+
+def test_columns_are_views_of_the_structured_array():
+    arr = create_batch(3)
+    assert arr.ids.dtype == np.uint32 and arr.raw_coordinates.shape == (3, 8, 3)
+    assert arr.raw_coordinates.dtype == np.int16 and arr.weights.dtype == np.float32
+    assert arr.flags.dtype == np.uint16 and arr.timestamps.dtype == np.uint32
+    arr.raw_coordinates[0, 1, 0] = 1000
+    assert arr.coordinates[0, 1, 0] == 0.1 and arr.coordinates.shape == (3, 8, 3)
+    assert np.shares_memory(arr.ids, arr.data)
+
+
+def test_array_coordinates_setter_encodes_like_the_token_setter():
+    arr = create_batch(2)
+    values = np.zeros((2, 8, 3))
+    values[:, 6, 0] = 0.7
+    arr.coordinates = values
+    assert arr.raw_coordinates[:, 6, 0].tolist() == [70, 70]
+    with pytest.raises(InvalidArgumentError):
+        arr.coordinates = np.zeros((3, 8, 3))
+
+
+def test_setitem_copies_records_into_rows():
+    arr = create_batch(3)
+    arr[1] = a1_token()
+    assert arr[1].to_bytes() == A1_IMAGE
+    arr[0:2] = create_batch(2, start=100)
+    assert arr.ids.tolist() == [100, 101, 2]
+    with pytest.raises(IndexError):
+        arr[3] = Token(1)
+
+
+def test_token_array_wraps_token_dtype_raw64_and_uint8_rows_without_copying():
+    data = create_batch(3).data
+    for wrapped in (TokenArray(data), TokenArray.from_array(data.view(RAW64)),
+                    TokenArray(data.view(np.uint8).reshape(3, 64))):
+        assert wrapped.ids.tolist() == [0, 1, 2]
+        assert np.shares_memory(wrapped.data, data)
+
+
+@pytest.mark.parametrize("bad", [np.zeros(3, np.int64), np.zeros((3, 63), np.uint8), np.zeros((2, 2), TOKEN_DTYPE),
+                                 [1, 2, 3], b"x" * 64])
+def test_token_array_refuses_wrong_dtype_or_shape(bad):
+    with pytest.raises(InvalidArgumentError):
+        TokenArray(bad)
+
+
+def test_token_array_bytes_round_trip_and_equality():
+    arr = create_batch(4)
+    back = TokenArray.from_bytes(arr.to_bytes())
+    assert back == arr and back is not arr
+    back[0].weight = 1.0
+    assert back != arr and arr != create_batch(3)
+    with pytest.raises(InvalidArgumentError):
+        TokenArray.from_bytes(b"x" * 65)
+    with pytest.raises(TypeError):
+        hash(arr)
+
+
+def test_token_array_is_an_array_for_numpy():
+    arr = create_batch(2)
+    assert np.asarray(arr).dtype == TOKEN_DTYPE and np.shares_memory(np.asarray(arr), arr.data)
+    assert np.asarray(arr[0]).shape == (1,)
+
+
+def test_token_array_pickles_and_reprs():
+    arr = create_batch(8)
+    assert pickle.loads(pickle.dumps(arr)) == arr
+    assert pickle.loads(pickle.dumps(arr[::2])) == arr[::2]
+    assert repr(arr) == "TokenArray(n=8, ids=[0, 1, 2, ..., 6, 7])"
+    assert repr(TokenArray()) == "TokenArray(n=0, ids=[])"
+
+
+def test_concat_joins_arrays_tokens_and_lists_in_order():
+    joined = TokenArray.concat([create_batch(2), Token(7), [Token(8), Token(9)], create_batch(1, 20).data])
+    assert joined.ids.tolist() == [0, 1, 7, 8, 9, 20]
+    assert len(TokenArray.concat([])) == 0
+
+
+def test_read_only_views_refuse_writes_with_a_clear_error():
+    ro = np.frombuffer(create_batch(2).to_bytes(), TOKEN_DTYPE)
+    t = TokenArray(ro)[0]
+    with pytest.raises(InvalidArgumentError, match="read-only"):
+        t.weight = 1.0
+    assert t.copy().weight == 0.0
+
+
+# -- as_token_array ------------------------------------------------------------------------------------
+
+
+def test_as_token_array_accepts_every_documented_form():
+    arr = create_batch(3)
+    assert np.shares_memory(as_token_array(arr), arr.data)
+    assert as_token_array(arr.data[::2])["id"].tolist() == [0, 2]
+    assert as_token_array(arr.data[::2]).flags.c_contiguous
+    assert as_token_array(arr.data[1])["id"].tolist() == [1]  # 0-d record
+    assert as_token_array(np.asarray(arr.data[1]))["id"].tolist() == [1]
+    assert as_token_array(Token(9))["id"].tolist() == [9]
+    assert as_token_array([Token(4), Token(5)])["id"].tolist() == [4, 5]
+    assert as_token_array([]).dtype == TOKEN_DTYPE
+    assert all(as_token_array(x).ndim == 1 for x in (arr, Token(1), [Token(1)]))
+
+
+@pytest.mark.parametrize("bad", [[1, 2, 3], np.zeros(3, np.int64), np.zeros((2, 2), TOKEN_DTYPE),
+                                 np.zeros(2, RAW64), "tokens", None, 42, [Token(1), 2]])
+def test_as_token_array_refuses_anything_else_with_a_value_error(bad):
+    with pytest.raises(InvalidArgumentError) as info:
+        as_token_array(bad)
+    assert isinstance(info.value, ValueError) and "token" in str(info.value).lower()
+
+
+# -- the original README ---------------------------------------------------------------------------------
+
+
+def test_original_readme_example_runs_on_ngstore():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "original_readme.py"), "2000"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "ID: 42" in proc.stdout
+    assert "Coordinates: [[0.0, 0.0, 0.0]," in proc.stdout
+    assert "created 2000 tokens" in proc.stdout
