@@ -1,0 +1,421 @@
+"""Metrics: cheap histograms on the hot path, a Prometheus collector read at scrape time.
+
+Two halves, deliberately apart:
+
+* ``Histogram`` is what the store touches while it works: ``observe`` is one ``bisect`` and
+  one list increment. No prometheus_client object is on the hot path (its ``Histogram.observe``
+  takes a lock and walks every bucket).
+* ``StoreCollector`` is a prometheus_client custom collector. Nothing is registered lazily
+  and nothing is kept in a global registry: at scrape time it calls ``store.stats()`` once,
+  reads the store's ``obs`` histograms and sampler counters, and yields every family in
+  ``METRICS`` (so every metric is present from the first scrape, zero or not; the original
+  registered lazily and showed four of its 21 metrics until each was first touched).
+
+Gauges mean live values: ``neurograph_tokens_active`` is the live token count (the original
+set it to the lifetime created count, which never decreases).
+
+Several stores, one registry: one collector serves them all, each series carrying a constant
+``store`` label (the store's path unless named otherwise). Use ``register(registry, store)``,
+which reuses the collector already on that registry, or ``StoreCollector(a, b)``.
+Registering two separate ``StoreCollector`` objects on one registry is refused by
+prometheus_client with ``ValueError: Duplicated timeseries`` (``describe()`` gives the names).
+The alternative, letting both register and emit each family twice, would break the text
+format ("all lines for a given metric must be one group"), so it was rejected.
+The HTTP sidecar gives each server its own registry.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+__all__ = ["Histogram", "MetricSpec", "METRICS", "HISTOGRAMS", "StoreCollector", "register",
+           "LATENCY_BUCKETS", "ORIGINAL_CREATION_BUCKETS", "ORIGINAL_WAL_BUCKETS",
+           "BATCH_BUCKETS", "metric_names"]
+
+_log = logging.getLogger("ngstore.obs")
+
+# The original's boundaries (§8.1): creation/validation 1e-5 … 1, WAL write 1e-4 … 1. They are
+# kept (dashboards written against them still work) inside a finer set that starts at 25 µs,
+# because an LMDB commit without fsync and a WAL append are sub-millisecond operations.
+ORIGINAL_CREATION_BUCKETS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0)
+ORIGINAL_WAL_BUCKETS: tuple[float, ...] = (1e-4, 1e-3, 0.01, 0.1, 1.0)
+LATENCY_BUCKETS: tuple[float, ...] = (25e-6, 50e-6, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
+                                      0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CREATION_BUCKETS: tuple[float, ...] = tuple(sorted(set(LATENCY_BUCKETS)
+                                                   | set(ORIGINAL_CREATION_BUCKETS)))
+WAL_BUCKETS: tuple[float, ...] = tuple(sorted(set(LATENCY_BUCKETS) | set(ORIGINAL_WAL_BUCKETS)))
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000,
+                                    10_000, 20_000, 50_000, 100_000, 1_000_000)
+# The original declared this one with the library default buckets (5 ms … 10 s) and never
+# observed it; ngstore observes the time spent building a recorded OTel span, a microsecond
+# quantity, so the buckets start at 1 µs.
+TRACING_OVERHEAD_BUCKETS: tuple[float, ...] = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4,
+                                               2.5e-4, 1e-3, 5e-3, 0.01, 0.1, 1.0)
+
+
+class Histogram:
+    """A fixed-bucket histogram whose ``observe`` is a bisect and a list increment.
+
+    Buckets are upper bounds (Prometheus ``le``), ascending; an implicit ``+Inf`` bucket
+    follows. ``observe`` is not atomic across threads (two concurrent observes can lose one
+    increment); the store observes under its writer lock, and a scrape reading a count that
+    is one behind is harmless. A lock was rejected: it would triple the cost of ``observe``.
+    """
+
+    __slots__ = ("buckets", "_counts", "_sum")
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        b = tuple(float(x) for x in buckets)
+        if not b or list(b) != sorted(set(b)):
+            raise ValueError(f"histogram buckets must be ascending and distinct: {buckets!r}")
+        self.buckets = b
+        self._counts = [0] * (len(b) + 1)
+        self._sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation (``value`` in base units: seconds, records)."""
+        self._counts[bisect_left(self.buckets, value)] += 1
+        self._sum += value
+
+    def snapshot(self) -> tuple[list[tuple[float, int]], int, float]:
+        """``([(le, cumulative_count), …, (inf, count)], count, sum)``."""
+        counts = self._counts[:]  # one C-level copy
+        total = 0
+        cumulative: list[tuple[float, int]] = []
+        for le, c in zip(self.buckets + (float("inf"),), counts):
+            total += c
+            cumulative.append((le, total))
+        return cumulative, total, self._sum
+
+    @property
+    def count(self) -> int:
+        return sum(self._counts)
+
+    @property
+    def sum(self) -> float:
+        return self._sum
+
+
+# ---------------------------------------------------------------------------------------------
+# The metric table. One row per family; docs/observability.md renders the same table.
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported family. ``source`` is a ``store.stats()`` key, or a function of the stats
+    dict for derived values; histograms name an attribute of ``store.obs``."""
+
+    name: str            # full exposition name (counters include ``_total``)
+    kind: str            # "counter" | "gauge" | "histogram"
+    help: str
+    source: str | Callable[[dict[str, Any]], float]
+    origin: str = "ngstore"   # "original" for the upstream 21 (+7 tracing), else "ngstore"
+
+
+def _pct(num: str, den: str) -> Callable[[dict[str, Any]], float]:
+    def f(s: dict[str, Any]) -> float:
+        d = _num(s.get(den))
+        return 100.0 * _num(s.get(num)) / d if d > 0 else 0.0
+    f.__doc__ = f"100 * {num} / {den} (0 when {den} is 0)"
+    return f
+
+
+def _flag(key: str, invert: bool = False) -> Callable[[dict[str, Any]], float]:
+    def f(s: dict[str, Any]) -> float:
+        return float(bool(s.get(key)) != invert)
+    f.__doc__ = f"{'not ' if invert else ''}{key} as 1/0"
+    return f
+
+
+C, G, H = "counter", "gauge", "histogram"
+O = "original"
+
+METRICS: tuple[MetricSpec, ...] = (
+    # --- the original's 21 (v0.42.0), live meanings ----------------------------------------
+    MetricSpec("neurograph_tokens_created_total", C, "Tokens created (lifetime of the store).",
+               "tokens_created_total", O),
+    MetricSpec("neurograph_connections_created_total", C, "Connections created.",
+               "connections_created_total", O),
+    MetricSpec("neurograph_tokens_validated_total", C, "Tokens that passed Guardian validation.",
+               "tokens_validated_total", O),
+    MetricSpec("neurograph_tokens_rejected_total", C, "Tokens rejected by Guardian validation.",
+               "tokens_rejected_total", O),
+    MetricSpec("neurograph_connections_validated_total", C,
+               "Connections that passed Guardian validation.", "connections_validated_total", O),
+    MetricSpec("neurograph_connections_rejected_total", C,
+               "Connections rejected by Guardian validation.", "connections_rejected_total", O),
+    MetricSpec("neurograph_quota_exceeded_total", C, "Writes refused by a quota.",
+               "quota_exceeded_total", O),
+    MetricSpec("neurograph_aggressive_cleanups_total", C, "Aggressive cleanups run.",
+               "aggressive_cleanups_total", O),
+    MetricSpec("neurograph_panics_recovered_total", C,
+               "Errors caught inside the store and recorded in the black box.",
+               "panics_recovered_total", O),
+    MetricSpec("neurograph_wal_entries_written_total", C, "Log records written.",
+               "wal_records_written_total", O),
+    MetricSpec("neurograph_wal_entries_replayed_total", C,
+               "Log records replayed by recovery (since open).", "wal_records_replayed_total", O),
+    MetricSpec("neurograph_tokens_active", G, "Live tokens (not the lifetime created count).",
+               "tokens_live", O),
+    MetricSpec("neurograph_connections_active", G, "Live connections.", "connections_live", O),
+    MetricSpec("neurograph_memory_used_bytes", G, "Bytes accounted by the Guardian.",
+               "memory_used_bytes", O),
+    MetricSpec("neurograph_memory_usage_percent", G,
+               "memory_used_bytes / memory_limit_bytes * 100 (0 with no limit).",
+               _pct("memory_used_bytes", "memory_limit_bytes"), O),
+    MetricSpec("neurograph_intuition_queue_size", G, "Events waiting for intuition analysis.",
+               "intuition_queue_size", O),
+    MetricSpec("neurograph_guardian_event_queue_size", G, "Guardian events waiting.",
+               "guardian_event_queue_size", O),
+    MetricSpec("neurograph_token_creation_duration_seconds", H,
+               "Time to create a batch of tokens.", "token_creation_seconds", O),
+    MetricSpec("neurograph_connection_creation_duration_seconds", H,
+               "Time to create a batch of connections.", "connection_creation_seconds", O),
+    MetricSpec("neurograph_validation_duration_seconds", H, "Time to validate a batch.",
+               "validation_seconds", O),
+    MetricSpec("neurograph_wal_write_duration_seconds", H,
+               "Time to append and sync one log write (a group commit's batch).",
+               "wal_write_seconds", O),
+    # --- the original's tracing metrics (v0.44.3) ----------------------------------------
+    MetricSpec("neurograph_tracing_samples_total", C, "Sampling decisions made.",
+               "tracing_total", O),
+    MetricSpec("neurograph_tracing_samples_recorded_total", C, "Operations recorded as spans.",
+               "tracing_recorded", O),
+    MetricSpec("neurograph_tracing_samples_skipped_total", C, "Operations not recorded.",
+               "tracing_skipped", O),
+    MetricSpec("neurograph_tracing_error_operations_total", C,
+               "Traced operations that ended in an error.", "tracing_error_ops", O),
+    MetricSpec("neurograph_tracing_slow_operations_total", C,
+               "Traced operations at or over the slow threshold.", "tracing_slow_ops", O),
+    MetricSpec("neurograph_tracing_sample_rate", G, "Current base sampling rate (0-1).",
+               "tracing_sample_rate", O),
+    MetricSpec("neurograph_tracing_overhead_seconds", H,
+               "Time spent building and ending a recorded span.", "tracing_overhead_seconds", O),
+    # --- operator metrics (ngstore) --------------------------------------------------------
+    MetricSpec("neurograph_store_open", G, "1 while the store is open, 0 once closed.",
+               _flag("closed", invert=True)),
+    MetricSpec("neurograph_store_readonly", G, "1 if the store was opened read-only.",
+               _flag("readonly")),
+    MetricSpec("neurograph_tokens_deleted_total", C, "Tokens deleted.", "tokens_deleted_total"),
+    MetricSpec("neurograph_token_limit", G, "max_tokens quota (0 = unlimited).", "token_limit"),
+    MetricSpec("neurograph_token_quota_usage_percent", G,
+               "tokens_live / token_limit * 100 (0 with no limit).",
+               _pct("tokens_live", "token_limit")),
+    MetricSpec("neurograph_memory_limit_bytes", G, "max_bytes quota (0 = unlimited).",
+               "memory_limit_bytes"),
+    MetricSpec("neurograph_commits_total", C, "Committed write batches.", "commits_total"),
+    MetricSpec("neurograph_commit_errors_total", C, "Write batches that failed.",
+               "commit_errors_total"),
+    MetricSpec("neurograph_commit_duration_seconds", H,
+               "Time of one commit, log write to LMDB apply.", "commit_seconds"),
+    MetricSpec("neurograph_commit_batch_records", H, "Records per committed batch.",
+               "batch_records"),
+    MetricSpec("neurograph_map_size_bytes", G, "LMDB map size.", "map_size_bytes"),
+    MetricSpec("neurograph_map_used_bytes", G, "LMDB pages in use, in bytes.", "map_used_bytes"),
+    MetricSpec("neurograph_map_usage_percent", G, "map_used_bytes / map_size_bytes * 100.",
+               _pct("map_used_bytes", "map_size_bytes")),
+    MetricSpec("neurograph_readers_used", G, "LMDB reader slots in use.", "readers_used"),
+    MetricSpec("neurograph_readers_max", G, "LMDB reader slots available.", "readers_max"),
+    MetricSpec("neurograph_wal_bytes", G, "Bytes in the log segments on disk.", "wal_bytes"),
+    MetricSpec("neurograph_wal_segments", G, "Log segment files on disk.", "wal_segments"),
+    MetricSpec("neurograph_wal_position", G, "Position of the last written log record.",
+               "wal_position"),
+    MetricSpec("neurograph_wal_applied_position", G,
+               "Position of the last log record applied to LMDB.", "applied_position"),
+    MetricSpec("neurograph_checkpoints_total", C, "Checkpoints completed.", "checkpoints_total"),
+    MetricSpec("neurograph_last_checkpoint_timestamp_seconds", G,
+               "Unix time of the last checkpoint (0 = none).", "last_checkpoint_unix"),
+    MetricSpec("neurograph_reflex_table_entries", G, "Live reflexes in the table.",
+               "reflexes_live"),
+    MetricSpec("neurograph_reflex_table_capacity", G, "Reflex table capacity (slots).",
+               "reflex_capacity"),
+    MetricSpec("neurograph_reflex_lookups_total", C, "Reflex lookups.", "reflex_lookups_total"),
+    MetricSpec("neurograph_reflex_hits_total", C, "Reflex lookups that found a reflex.",
+               "reflex_hits_total"),
+    MetricSpec("neurograph_reflex_misses_total", C, "Reflex lookups that found none.",
+               "reflex_misses_total"),
+    MetricSpec("neurograph_reflex_collisions_total", C, "Reflex table hash collisions.",
+               "reflex_collisions_total"),
+    MetricSpec("neurograph_reflexes_created_total", C, "Reflexes created.",
+               "reflexes_created_total"),
+    MetricSpec("neurograph_experience_events", G, "Events in the experience stream.",
+               "events_live"),
+    MetricSpec("neurograph_experience_events_written_total", C, "Experience events written.",
+               "events_written_total"),
+    MetricSpec("neurograph_experience_events_trimmed_total", C,
+               "Experience events trimmed by retention.", "events_trimmed_total"),
+    MetricSpec("neurograph_blackbox_events_recorded_total", C, "Black-box events recorded.",
+               "blackbox_total_recorded"),
+    MetricSpec("neurograph_blackbox_events_dropped_total", C,
+               "Black-box events pushed out of the ring.", "blackbox_total_dropped"),
+)
+
+#: histogram family → (``store.obs`` attribute, buckets)
+HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "commit_seconds": ("commit_seconds", LATENCY_BUCKETS),
+    "wal_write_seconds": ("wal_write_seconds", WAL_BUCKETS),
+    "batch_records": ("batch_records", BATCH_BUCKETS),
+    "validation_seconds": ("validation_seconds", CREATION_BUCKETS),
+    "token_creation_seconds": ("token_creation_seconds", CREATION_BUCKETS),
+    "connection_creation_seconds": ("connection_creation_seconds", CREATION_BUCKETS),
+    "tracing_overhead_seconds": ("tracing_overhead_seconds", TRACING_OVERHEAD_BUCKETS),
+}
+
+
+def metric_names() -> list[str]:
+    """Every exposition family name the collector yields."""
+    return [m.name for m in METRICS]
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v) if v is not None else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _store_name(store: Any) -> str:
+    path = getattr(store, "path", None)
+    if path is None:
+        try:
+            path = store.stats().get("path")
+        except Exception:
+            path = None
+    return str(path) if path is not None else f"store-{id(store):x}"
+
+
+class StoreCollector:
+    """A prometheus_client collector for one or more stores.
+
+    ``StoreCollector(store, name=None)``; ``add(store, name=None)`` for more. Each series gets
+    the constant label ``store=<name>`` (default: the store's path) unless ``labeled=False``,
+    which gives the original's unlabeled series and allows a single store only.
+    Stores are held weakly: a collected store disappears from the output.
+    """
+
+    def __init__(self, *stores: Any, name: str | None = None, labeled: bool = True) -> None:
+        self._labeled = labeled
+        self._lock = threading.Lock()
+        self._stores: list[tuple[weakref.ref[Any] | Callable[[], Any], str]] = []
+        for s in stores:
+            self.add(s, name=name if len(stores) == 1 else None)
+
+    def add(self, store: Any, name: str | None = None) -> None:
+        """Add a store; its ``name`` (label value) must be unique in this collector."""
+        label = name if name is not None else _store_name(store)
+        with self._lock:
+            if not self._labeled and self._stores:
+                raise ValueError("an unlabeled StoreCollector exposes exactly one store")
+            if any(n == label for _, n in self._stores):
+                raise ValueError(f"a store named {label!r} is already in this collector")
+            try:
+                ref: Any = weakref.ref(store)
+            except TypeError:  # objects without weakref support are held strongly
+                ref = (lambda s=store: s)
+            self._stores.append((ref, label))
+
+    def remove(self, store: Any) -> None:
+        with self._lock:
+            self._stores = [(r, n) for r, n in self._stores if r() is not store]
+
+    def describe(self) -> list[Any]:
+        """Families without samples, so a registry can refuse a second collector."""
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+
+        out: list[Any] = []
+        for m in METRICS:
+            base = m.name[:-len("_total")] if m.kind == C else m.name
+            cls = {C: CounterMetricFamily, G: GaugeMetricFamily, H: HistogramMetricFamily}[m.kind]
+            out.append(cls(base, m.help))
+        return out
+
+    def collect(self) -> Iterator[Any]:
+        """Build every family from one ``stats()`` call per store."""
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+
+        with self._lock:
+            stores = [(r(), n) for r, n in self._stores]
+        rows: list[tuple[list[str], dict[str, Any], Any]] = []
+        for store, label in stores:
+            if store is None:
+                continue
+            try:
+                stats = dict(store.stats())
+            except Exception as exc:  # a closed/broken store must not break the other stores
+                _log.warning("stats() failed for store %s: %s", label, exc)
+                stats = {"closed": True}
+            obs = getattr(store, "obs", None)
+            stats.update(_obs_values(obs))
+            rows.append(([label] if self._labeled else [], stats, obs))
+        labels = ["store"] if self._labeled else []
+        for m in METRICS:
+            if m.kind == H:
+                hfam = HistogramMetricFamily(m.name, m.help, labels=labels)
+                attr = HISTOGRAMS[str(m.source)][0]
+                for lv, _stats, obs in rows:
+                    h = getattr(obs, attr, None) if obs is not None else None
+                    if isinstance(h, Histogram):
+                        cum, _count, total = h.snapshot()
+                    else:
+                        cum, total = [(float("inf"), 0)], 0.0
+                    hfam.add_metric(lv, [(_le(le), float(c)) for le, c in cum], total)
+                yield hfam
+                continue
+            if m.kind == C:
+                fam: Any = CounterMetricFamily(m.name, m.help, labels=labels)
+            else:
+                fam = GaugeMetricFamily(m.name, m.help, labels=labels)
+            for lv, stats, _obs in rows:
+                value = m.source(stats) if callable(m.source) else _num(stats.get(m.source))
+                fam.add_metric(lv, value)
+            yield fam
+
+
+def _le(le: float) -> str:
+    from prometheus_client.utils import floatToGoString
+
+    return floatToGoString(le)
+
+
+def _obs_values(obs: Any) -> dict[str, Any]:
+    """Sampler counters and black-box counters of an ``Observability`` (zeros without one)."""
+    out: dict[str, Any] = {}
+    if obs is None:
+        return out
+    sampler = getattr(obs, "sampler", None)
+    if sampler is not None:
+        c = sampler.counters()
+        out.update(tracing_total=c["total"], tracing_recorded=c["recorded"],
+                   tracing_skipped=c["skipped"], tracing_error_ops=c["error_operations"],
+                   tracing_slow_ops=c["slow_operations"],
+                   tracing_sample_rate=sampler.config.base_rate)
+    bb = getattr(obs, "blackbox", None)
+    if bb is not None:
+        s = bb.stats()
+        out.update(blackbox_total_recorded=s["total_recorded"],
+                   blackbox_total_dropped=s["total_dropped"])
+    return out
+
+
+_registered: "weakref.WeakKeyDictionary[Any, StoreCollector]" = weakref.WeakKeyDictionary()
+_registered_lock = threading.Lock()
+
+
+def register(registry: Any, store: Any, name: str | None = None) -> StoreCollector:
+    """Expose ``store`` on ``registry``, sharing one collector among all stores registered on
+    that registry through this function (so two stores never collide). Returns the collector."""
+    with _registered_lock:
+        coll = _registered.get(registry)
+        if coll is None:
+            coll = StoreCollector(store, name=name)
+            registry.register(coll)
+            _registered[registry] = coll
+        else:
+            coll.add(store, name=name)
+    return coll

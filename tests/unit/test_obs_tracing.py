@@ -1,0 +1,220 @@
+"""Tracing: the sampler's rules, decided after the operation, against the OTel SDK in memory."""
+from __future__ import annotations
+
+import random
+import sys
+from typing import Any, Iterator
+
+import pytest
+
+from ngstore.obs import Observability
+from ngstore.obs.tracing import (NOOP_SPAN, SamplerConfig, TraceSampler, from_headers,
+                                 noop_span, parse_traceparent)
+
+otel_sdk = pytest.importorskip("opentelemetry.sdk.trace")
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+from opentelemetry.trace import StatusCode  # noqa: E402
+
+PARENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+SAMPLED_PARENT = f"00-{PARENT_TRACE}-00f067aa0ba902b7-01"
+UNSAMPLED_PARENT = f"00-{PARENT_TRACE}-00f067aa0ba902b7-00"
+
+
+class FakeClock:
+    """Each call advances by ``step`` seconds: every span lasts exactly ``step``."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    exp = InMemorySpanExporter()
+    yield exp
+    exp.clear()
+
+
+def make_obs(tmp_path: Any, exporter: InMemorySpanExporter, *, rate: float = 0.01,
+             step: float = 0.001, seed: int = 1234, config: SamplerConfig | None = None) -> Observability:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return Observability(str(tmp_path), tracing=config if config is not None else True,
+                         sample_rate=rate, tracer_provider=provider, clock=FakeClock(step),
+                         rng=random.Random(seed))
+
+
+def test_at_one_percent_few_operations_are_recorded(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
+    obs = make_obs(tmp_path, exporter)
+    for i in range(2000):
+        with obs.span("commit", batch_id=i):
+            pass
+    spans = exporter.get_finished_spans()
+    c = obs.sampler.counters()
+    assert c["total"] == 2000 and c["recorded"] == len(spans)
+    assert 1 <= len(spans) <= 60            # ~20 expected; seeded, so deterministic anyway
+    assert c["skipped"] == 2000 - len(spans)
+    assert all(s.name == "commit" for s in spans)
+
+
+def test_errors_are_always_recorded(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
+    obs = make_obs(tmp_path, exporter)
+    for i in range(50):
+        with pytest.raises(RuntimeError):
+            with obs.span("commit"):
+                raise RuntimeError(f"fail {i}")
+    for i in range(50):
+        with obs.span("checkpoint") as sp:
+            sp.error(OSError("disk full"))     # an error reported without raising
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 100
+    assert all(s.status.status_code == StatusCode.ERROR for s in spans)
+    assert any(ev.name == "exception" for ev in spans[0].events)
+    assert obs.sampler.counters()["error_operations"] == 100
+
+
+def test_slow_operations_are_recorded_at_half_rate(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
+    obs = make_obs(tmp_path, exporter, rate=0.0, step=0.2)   # every op takes 200 ms
+    for _ in range(400):
+        with obs.span("checkpoint"):
+            pass
+    n = len(exporter.get_finished_spans())
+    assert 140 <= n <= 260
+    assert obs.sampler.counters()["slow_operations"] == 400
+
+
+def test_fast_operations_at_rate_zero_are_never_recorded(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
+    obs = make_obs(tmp_path, exporter, rate=0.0, step=0.01)
+    for _ in range(200):
+        with obs.span("commit"):
+            pass
+    assert exporter.get_finished_spans() == ()
+    assert obs.sampler.counters()["slow_operations"] == 0
+
+
+def test_a_recorded_span_carries_the_measured_start_and_duration(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
+    obs = make_obs(tmp_path, exporter, rate=1.0, step=0.25)
+    with obs.span("recovery", mode="strict") as sp:
+        sp.set("records", 12)
+        sp.set("path", tmp_path)          # non-primitive attributes become strings
+    (span,) = exporter.get_finished_spans()
+    assert span.end_time - span.start_time == 250_000_000
+    assert span.attributes["mode"] == "strict" and span.attributes["records"] == 12
+    assert span.attributes["path"] == str(tmp_path)
+    assert obs.tracing_overhead_seconds.count == 1
+
+
+def test_a_sampled_parent_forces_recording_and_is_the_parent(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
+    obs = make_obs(tmp_path, exporter, rate=0.0)
+    with obs.span("commit", traceparent=SAMPLED_PARENT) as sp:
+        assert sp.trace_id == PARENT_TRACE
+    (span,) = exporter.get_finished_spans()
+    assert format(span.context.trace_id, "032x") == PARENT_TRACE
+    assert format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
+
+
+def test_an_unsampled_parent_falls_through_to_the_rules(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
+    obs = make_obs(tmp_path, exporter, rate=0.0)
+    with obs.span("commit", traceparent=UNSAMPLED_PARENT):
+        pass
+    assert exporter.get_finished_spans() == ()
+    with pytest.raises(ValueError):
+        with obs.span("commit", traceparent=UNSAMPLED_PARENT):
+            raise ValueError("x")
+    assert len(exporter.get_finished_spans()) == 1
+
+
+def test_force_flag_records(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
+    obs = make_obs(tmp_path, exporter, rate=0.0)
+    with obs.span("analysis", **from_headers({"X-Force-Trace": "true"})):
+        pass
+    assert len(exporter.get_finished_spans()) == 1
+
+
+def test_kill_switch_records_nothing_and_counts_skips(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
+    obs = make_obs(tmp_path, exporter, rate=1.0)
+    obs.sampler.config.enabled = False
+    for _ in range(10):
+        with pytest.raises(RuntimeError):
+            with obs.span("commit", force=True, traceparent=SAMPLED_PARENT):
+                raise RuntimeError("x")
+    assert exporter.get_finished_spans() == ()
+    assert obs.sampler.counters() == {"total": 10, "recorded": 0, "skipped": 10,
+                                      "error_operations": 0, "slow_operations": 0}
+    assert not obs.tracing_enabled
+
+
+def test_a_sampled_out_span_creates_no_otel_span(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
+    obs = make_obs(tmp_path, exporter, rate=0.0)
+
+    def refuse(*a: Any, **k: Any) -> Any:
+        raise AssertionError("start_span called for a sampled-out operation")
+
+    assert obs.tracer is not None
+    obs.tracer._otel.start_span = refuse  # type: ignore[method-assign]
+    for _ in range(100):
+        with obs.span("commit"):
+            pass
+    assert obs.sampler.counters()["skipped"] == 100
+
+
+def test_tracing_false_gives_the_shared_noop(tmp_path: Any) -> None:
+    obs = Observability(str(tmp_path), tracing=False)
+    assert obs.span is noop_span
+    with obs.span("commit", a=1) as sp:
+        sp.set("k", "v")
+        sp.error(RuntimeError())
+    assert sp is NOOP_SPAN and obs.sampler.counters()["total"] == 0
+
+
+def test_without_opentelemetry_span_is_the_noop(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m == "opentelemetry" or m.startswith("opentelemetry.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)   # makes `import` raise ImportError
+    obs = Observability(str(tmp_path))
+    assert obs.tracer is None and obs.span is noop_span
+    with obs.span("commit"):
+        pass
+    with pytest.raises(ImportError):
+        Observability(str(tmp_path), tracing=True)
+
+
+def test_the_environment_kill_switch_turns_auto_tracing_off(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NGSTORE_TRACING", "off")
+    assert Observability(str(tmp_path)).span is noop_span
+
+
+def test_sampler_rules_in_isolation() -> None:
+    s = TraceSampler(SamplerConfig(base_rate=0.0), rng=random.Random(0))
+    assert s.decide(0.0, is_error=True)
+    assert s.decide(0.0, force=True)
+    assert s.decide(0.0, parent_sampled=True)
+    assert s.decide(0.0, rate=5.0)            # clamped to 1
+    assert not s.decide(0.0, rate=-1.0)       # clamped to 0
+    assert not s.decide(0.0)
+    s.config.base_rate = 0.2
+    assert s.decide(0.0, priority="high")     # 0.2 × 10 → 1
+    assert s.counters()["total"] == 7
+
+
+def test_traceparent_parsing() -> None:
+    assert parse_traceparent(SAMPLED_PARENT) == (PARENT_TRACE, "00f067aa0ba902b7", True)
+    assert parse_traceparent(UNSAMPLED_PARENT)[2] is False  # type: ignore[index]
+    for bad in ("", "garbage", f"00-{'0' * 32}-00f067aa0ba902b7-01",
+                f"ff-{PARENT_TRACE}-00f067aa0ba902b7-01", f"00-{PARENT_TRACE}-xyz-01",
+                f"00-{PARENT_TRACE}-00f067aa0ba902b7-01-extra"):
+        assert parse_traceparent(bad) is None, bad
+
+
+def test_headers_become_span_arguments() -> None:
+    h = {"TraceParent": SAMPLED_PARENT, "x-force-trace": "1", "X-Sampling-Rate": "0.5",
+         "x-sampling-priority": "LOW"}
+    assert from_headers(h) == {"traceparent": SAMPLED_PARENT, "force": True, "rate": 0.5,
+                               "priority": "low"}
+    assert from_headers({"x-sampling-rate": "nan?"}) == {}
