@@ -1,0 +1,167 @@
+"""The file seam: every durability-relevant system call ngstore makes on its own files.
+
+Only this module calls ``fsync``/``fdatasync``/``rename``/``truncate``/``unlink`` on store
+files and fsyncs directories. Every component that writes files takes an ``io: FileIO``
+argument (default :data:`DEFAULT_IO`), so a test can substitute a subclass that records
+each call (to reconstruct what a power loss can leave) or fails the Nth one with ``EIO``
+(see ``tests/walfaults.py``).
+
+The methods are deliberately thin and fd-based: they do what ``os`` does, plus loops for
+short reads/writes. OS errors pass through unwrapped, with errno and (where ``os`` gives
+one) the path.
+
+Crash consequences, in syscall terms:
+
+* ``pwrite``/``write`` put bytes in the page cache: they survive a process crash, not a
+  power loss, until ``fdatasync``/``fsync`` of that file returns.
+* A new file name, an unlink or a rename is durable only after ``fsync_dir`` of its
+  directory returns (invariant 5).
+* ``atomic_write`` is the one composite: after it returns the file holds exactly ``data``
+  durably; after a crash at any point it holds either the old content or the new one.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Union
+
+Buffer = Union[bytes, bytearray, memoryview]
+
+#: Linux accepts at most this many buffers in one pwritev.
+try:
+    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
+except (AttributeError, ValueError, OSError):  # pragma: no cover - non-Linux
+    _IOV_MAX = 1024
+
+
+class FileIO:
+    """Thin, substitutable wrapper of the file system calls the store makes.
+
+    Subclasses override single methods to observe or break them; composite methods
+    (``atomic_write``, ``write``, ``pwritev``) are written in terms of the primitive
+    ones only where a test needs to see the primitive steps.
+    """
+
+    # -- descriptors ---------------------------------------------------------------
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        """``os.open`` with ``O_CLOEXEC`` added."""
+        return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def file_size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    # -- data ----------------------------------------------------------------------
+    def pwrite(self, fd: int, data: Buffer, offset: int) -> None:
+        """Write all of ``data`` at ``offset`` (loops over short writes)."""
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:], offset + done)
+
+    def pwritev(self, fd: int, buffers: Sequence[Buffer], offset: int) -> None:
+        """Write the concatenation of ``buffers`` at ``offset`` with as few syscalls as
+        possible (one, unless there are more than IOV_MAX buffers or a write is short).
+
+        Avoids joining a large payload to its frame header (a copy of the whole batch)."""
+        views = [memoryview(b).cast("B") for b in buffers]
+        views = [v for v in views if len(v)]
+        while views:
+            chunk = views[:_IOV_MAX]
+            n = os.pwritev(fd, chunk, offset)
+            offset += n
+            while n and views:
+                if n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                else:
+                    views[0] = views[0][n:]
+                    n = 0
+
+    def write(self, fd: int, data: Buffer) -> None:
+        """Write all of ``data`` at the descriptor's current offset."""
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        """Read up to ``n`` bytes at ``offset``; fewer only at end of file."""
+        first = os.pread(fd, n, offset)
+        if len(first) == n or not first:
+            return first
+        parts = [first]
+        got = len(first)
+        while got < n:
+            more = os.pread(fd, n - got, offset + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    # -- durability ----------------------------------------------------------------
+    def fdatasync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        """fsync a directory, making creations, unlinks and renames in it durable."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- names ---------------------------------------------------------------------
+    def rename(self, src: str, dst: str) -> None:
+        """``os.replace``: atomic, replaces ``dst``. Durable after ``fsync_dir``."""
+        os.replace(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: str, mode: int = 0o755) -> None:
+        os.mkdir(path, mode)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    # -- composites ----------------------------------------------------------------
+    def atomic_write(self, path: str, data: Buffer, mode: int = 0o644) -> None:
+        """Replace ``path`` by a file holding exactly ``data``, durably (invariant 5).
+
+        tmp file in the same directory → write → fsync → rename over ``path`` → fsync the
+        directory. A crash leaves the old file or the new one (and possibly a stale
+        ``.tmp`` sibling, which the next call overwrites)."""
+        tmp = path + ".tmp"
+        fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            self.pwrite(fd, data, 0)
+            self.fsync(fd)
+        finally:
+            self.close(fd)
+        self.rename(tmp, path)
+        self.fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+    def read_file(self, path: str) -> bytes:
+        """The whole content of ``path`` (one fstat and one pread loop)."""
+        fd = self.open(path, os.O_RDONLY)
+        try:
+            return self.pread(fd, self.file_size(fd), 0)
+        finally:
+            self.close(fd)
+
+
+#: The real file system.
+DEFAULT_IO = FileIO()
