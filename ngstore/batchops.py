@@ -30,6 +30,7 @@ OP_CONNECTION_DELETE = 4
 OP_EVENT_APPEND = 5
 OP_REFLEX_PUT = 6
 OP_REFLEX_DELETE = 7
+OP_EVENT_TRIM = 8
 
 _PAYLOAD_HEAD = struct.Struct("<II")  # magic, op count
 _OP_HEAD = struct.Struct("<HHIQ")     # op type, reserved, item count, body bytes
@@ -40,9 +41,10 @@ OP_ITEM_SIZE = {
     OP_TOKEN_DELETE: 4,
     OP_CONNECTION_PUT: 64,
     OP_CONNECTION_DELETE: 12,
-    OP_EVENT_APPEND: 128 + 8,
-    OP_REFLEX_PUT: 32 + 64,
-    OP_REFLEX_DELETE: 16,
+    OP_EVENT_APPEND: 128,
+    OP_REFLEX_PUT: 48 + 64,
+    OP_REFLEX_DELETE: 60,
+    OP_EVENT_TRIM: 8,
 }
 
 
@@ -245,3 +247,116 @@ def apply_token_delete(txn, db, layout: ChunkLayout, ids: np.ndarray) -> ApplySt
         else:
             txn.put(key, bytes(buf), db=db)
     return stats
+
+
+# -- connections (docs/format.md §3: `connections` and its reverse index `conn_by_b`) ---
+
+from .records import CONNECTION_DTYPE, EVENT_DTYPE  # noqa: E402
+
+CONN_DELETE_DTYPE = np.dtype({"names": ["token_a", "token_b", "connection_type"],
+                              "formats": ["<u4", "<u4", "u1"], "offsets": [0, 4, 8], "itemsize": 12})
+register_op_dtype(OP_CONNECTION_PUT, CONNECTION_DTYPE)
+register_op_dtype(OP_CONNECTION_DELETE, CONN_DELETE_DTYPE)
+register_op_dtype(OP_EVENT_APPEND, EVENT_DTYPE)
+register_op_dtype(OP_EVENT_TRIM, np.dtype('<u8'))
+
+_CONN_KEY = struct.Struct(">IIB")
+
+
+def conn_key(a: int, b: int, t: int) -> bytes:
+    return _CONN_KEY.pack(a, b, t)
+
+
+def conn_rkey(a: int, b: int, t: int) -> bytes:
+    return _CONN_KEY.pack(b, a, t)
+
+
+def apply_connection_put(txn, db, rdb, records: np.ndarray) -> ApplyStats:
+    stats = ApplyStats()
+    a = records["token_a"].tolist()
+    b = records["token_b"].tolist()
+    t = records["connection_type"].tolist()
+    raw = np.ascontiguousarray(records).view(np.uint8).reshape(-1, 64)
+    added = 0
+    for i in range(len(a)):
+        key = _CONN_KEY.pack(a[i], b[i], t[i])
+        if txn.put(key, raw[i].tobytes(), db=db, overwrite=True) and txn.put(
+                _CONN_KEY.pack(b[i], a[i], t[i]), b"", db=rdb, overwrite=False):
+            added += 1
+    stats.extra["connections_added"] = added
+    return stats
+
+
+def apply_connection_delete(txn, db, rdb, keys: np.ndarray) -> ApplyStats:
+    stats = ApplyStats()
+    removed = 0
+    for a, b, t in zip(keys["token_a"].tolist(), keys["token_b"].tolist(),
+                       keys["connection_type"].tolist()):
+        if txn.delete(_CONN_KEY.pack(a, b, t), db=db):
+            txn.delete(_CONN_KEY.pack(b, a, t), db=rdb)
+            removed += 1
+    stats.extra["connections_removed"] = removed
+    return stats
+
+
+# -- experience events (`events`: sequence u64 BE -> 128-byte event) --------------------
+
+_SEQ = struct.Struct(">Q")
+
+
+def apply_event_append(txn, db, events: np.ndarray, next_seq: int, capacity: int,
+                       live: int) -> tuple[ApplyStats, int, int]:
+    """Appends events with sequence numbers ``next_seq, next_seq+1, ...`` and trims the
+    oldest beyond ``capacity``. Returns (stats, new next_seq, new live count)."""
+    stats = ApplyStats()
+    n = int(events.shape[0])
+    rows = np.array(events, dtype=EVENT_DTYPE, copy=True)
+    rows["sequence"] = (np.arange(next_seq, next_seq + n, dtype=np.uint64) & 0xFFFFFFFF).astype(np.uint32)
+    raw = rows.view(np.uint8).reshape(-1, 128)
+    first_kept = max(next_seq, next_seq + n - capacity)  # a batch larger than capacity keeps its tail
+    for i in range(first_kept - next_seq, n):
+        txn.put(_SEQ.pack(next_seq + i), raw[i].tobytes(), db=db, append=True)
+    live += n - (first_kept - next_seq)
+    next_seq += n
+    trimmed = first_kept - (next_seq - n)  # events of this batch dropped at once
+    oldest_allowed = next_seq - capacity
+    if live > capacity:
+        cur = txn.cursor(db=db)
+        if cur.first():
+            while live > capacity:
+                seq = _SEQ.unpack(bytes(cur.key()))[0]
+                if seq >= oldest_allowed:
+                    break
+                cur.delete()
+                live -= 1
+                trimmed += 1
+    stats.extra["events_appended"] = n
+    stats.extra["events_trimmed"] = trimmed
+    return stats, next_seq, live
+
+
+# -- reflexes (`reflexes`: b"H" -> table header, b"S" + u32 BE -> segment) ----------------
+
+REFLEX_PUT_DTYPE = np.dtype({"names": ["state", "connection"],
+                             "formats": [("<i2", (8, 3)), CONNECTION_DTYPE], "offsets": [0, 48],
+                             "itemsize": 112})
+REFLEX_DELETE_DTYPE = np.dtype({"names": ["state", "token_a", "token_b", "connection_type", "all"],
+                                "formats": [("<i2", (8, 3)), "<u4", "<u4", "u1", "u1"],
+                                "offsets": [0, 48, 52, 56, 57], "itemsize": 60})
+register_op_dtype(OP_REFLEX_PUT, REFLEX_PUT_DTYPE)
+register_op_dtype(OP_REFLEX_DELETE, REFLEX_DELETE_DTYPE)
+REFLEX_HEADER_KEY = b"H"
+
+
+def reflex_segment_key(index: int) -> bytes:
+    return b"S" + struct.pack(">I", index)
+
+
+def apply_event_trim(txn, db, count: int, live: int) -> tuple[int, int]:
+    """Removes the ``count`` oldest events; returns (removed, new live count)."""
+    removed = 0
+    cur = txn.cursor(db=db)
+    if cur.first():
+        while removed < count and cur.delete():
+            removed += 1
+    return removed, live - removed

@@ -67,6 +67,8 @@ def check_store(store: "Store") -> "CheckReport":
         facts["tokens_live_counter"] = live
         if present != live:
             problems.append(f"tokens_live counter is {live} but {present} tokens are present")
+        _check_connections(txn, kv, problems, facts)
+        _check_events(txn, kv, problems, facts)
     ckpt = os.path.join(store.path, CHECKPOINT_FILE)
     try:
         with open(ckpt, "rb") as f:
@@ -86,3 +88,66 @@ def check_store(store: "Store") -> "CheckReport":
             problems.append(f"LMDB applied position {store._applied} is past the log's end "
                             f"{store._log.last_position}")
     return CheckReport(ok=not problems, problems=problems, facts=facts)
+
+
+def _meta_u64(txn, kv, key: bytes) -> int:
+    v = txn.get(key, db=kv.dbs[b"meta"])
+    return 0 if v is None else int.from_bytes(bytes(v), "little")
+
+
+def _check_connections(txn, kv, problems: list[str], facts: dict[str, object]) -> None:
+    from .kv import DB_CONN_REVERSE, DB_CONNECTIONS
+
+    db, rdb = kv.dbs[DB_CONNECTIONS], kv.dbs[DB_CONN_REVERSE]
+    forward = set()
+    n = 0
+    for key, value in (txn.cursor(db=db) if db is not None else ()):
+        key = bytes(key)
+        n += 1
+        if len(key) != 9 or len(value) != 64:
+            problems.append(f"connection entry with a {len(key)}-byte key / {len(value)}-byte value")
+            continue
+        rec = bytes(value)
+        a, b, t = int.from_bytes(key[0:4], "big"), int.from_bytes(key[4:8], "big"), key[8]
+        ra, rb, rt = int.from_bytes(rec[0:4], "little"), int.from_bytes(rec[4:8], "little"), rec[8]
+        if (a, b, t) != (ra, rb, rt):
+            problems.append(f"connection key {(a, b, t)} holds a record of {(ra, rb, rt)}")
+        if a > b:
+            problems.append(f"connection {(a, b, t)} is not in canonical order")
+        forward.add(key)
+    reverse = 0
+    for key, _value in (txn.cursor(db=rdb) if rdb is not None else ()):
+        key = bytes(key)
+        reverse += 1
+        if key[4:8] + key[0:4] + key[8:9] not in forward:
+            problems.append(f"reverse index entry {key.hex()} has no connection")
+    if reverse != n:
+        problems.append(f"{n} connections but {reverse} reverse index entries")
+    live = _meta_u64(txn, kv, b"connections_live")
+    if live != n:
+        problems.append(f"connections_live counter is {live} but {n} connections are stored")
+    facts["connections"] = n
+
+
+def _check_events(txn, kv, problems: list[str], facts: dict[str, object]) -> None:
+    from .kv import DB_EVENTS
+
+    db = kv.dbs[DB_EVENTS]
+    n = 0
+    first = last = None
+    for key, value in (txn.cursor(db=db) if db is not None else ()):
+        seq = int.from_bytes(bytes(key), "big")
+        if len(value) != 128:
+            problems.append(f"event {seq} is {len(value)} bytes")
+        if last is not None and seq != last + 1:
+            problems.append(f"events jump from {last} to {seq}")
+        first = seq if first is None else first
+        last = seq
+        n += 1
+    live = _meta_u64(txn, kv, b"events_live")
+    nxt = _meta_u64(txn, kv, b"events_next_seq")
+    if live != n:
+        problems.append(f"events_live counter is {live} but {n} events are stored")
+    if last is not None and last != nxt - 1:
+        problems.append(f"the newest event is {last} but events_next_seq is {nxt}")
+    facts["events"] = n

@@ -140,13 +140,12 @@ class KV:
                     raise translate(exc, f"opening the LMDB environment in {self.path}") from exc
                 dbs = {}
                 try:
-                    if readonly:
-                        with env.begin() as txn:
-                            for name in ALL_DBS:
-                                try:
-                                    dbs[name] = env.open_db(name, txn=txn, create=False)
-                                except lmdb.NotFoundError:
-                                    dbs[name] = None
+                    if readonly:  # py-lmdb opens (and keeps) the handles in its own read txn
+                        for name in ALL_DBS:
+                            try:
+                                dbs[name] = env.open_db(name, create=False)
+                            except lmdb.NotFoundError:
+                                dbs[name] = None
                     else:
                         for name in ALL_DBS:
                             dbs[name] = env.open_db(name, create=True)
@@ -183,6 +182,8 @@ class KV:
             raise translate(exc, "beginning a read transaction") from exc
         with self._readers_lock:
             self._open_readers += 1
+        with _registry_lock:
+            self._shared.refs += 1  # the environment outlives its handles while a txn is open
         return txn
 
     def end_read(self, txn: lmdb.Transaction) -> None:
@@ -191,6 +192,7 @@ class KV:
         finally:
             with self._readers_lock:
                 self._open_readers -= 1
+            self._unref()
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Runs ``fn(txn)`` in one write transaction and commits it (no fsync).
@@ -283,12 +285,19 @@ class KV:
         }
 
     def close(self) -> None:
+        """Releases this handle. The environment (its memory map) closes when the last
+        handle is closed AND the last read transaction has ended, so a view that keeps
+        its transaction alive never sees unmapped memory."""
         self.unpin()
+        self._unref()
+
+    def _unref(self) -> None:
         with _registry_lock:
             shared = self._shared
             shared.refs -= 1
             if shared.refs == 0:
-                _registry.pop(self.path, None)
+                if _registry.get(self.path) is shared:
+                    del _registry[self.path]
                 shared.env.close()
 
 

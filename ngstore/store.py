@@ -74,7 +74,11 @@ from .fileio import DEFAULT_IO, FileIO
 from .guardian import Guardian, Usage
 from .kv import (
     CHECKPOINT_FILE,
+    DB_CONN_REVERSE,
+    DB_CONNECTIONS,
+    DB_EVENTS,
     DB_META,
+    DB_REFLEXES,
     DB_TOKENS,
     DEFAULT_MAP_SIZE,
     KV,
@@ -82,7 +86,7 @@ from .kv import (
     encode_checkpoint,
     restore_checkpoint_meta,
 )
-from .records import MAX_TOKEN_ID, TOKEN_DTYPE
+from .records import CONNECTION_DTYPE, EVENT_DTYPE, MAX_TOKEN_ID, TOKEN_DTYPE
 from . import wal as wal_mod
 
 FORMAT_VERSION = 1
@@ -113,13 +117,23 @@ M_STORE_ID = b"store_id"  # 16 bytes
 M_TOKENS_LIVE = b"tokens_live"
 M_TOKENS_CREATED = b"tokens_created_total"
 M_TOKENS_DELETED = b"tokens_deleted_total"
-COUNTER_KEYS = (M_TOKENS_LIVE, M_TOKENS_CREATED, M_TOKENS_DELETED)
+M_CONN_LIVE = b"connections_live"
+M_CONN_CREATED = b"connections_created_total"
+M_EVENTS_NEXT = b"events_next_seq"
+M_EVENTS_LIVE = b"events_live"
+M_EVENTS_TRIMMED = b"events_trimmed_total"
+M_EVENT_CAPACITY = b"event_capacity"
+COUNTER_KEYS = (M_TOKENS_LIVE, M_TOKENS_CREATED, M_TOKENS_DELETED, M_CONN_LIVE, M_CONN_CREATED,
+                M_EVENTS_NEXT, M_EVENTS_LIVE, M_EVENTS_TRIMMED)
+DEFAULT_EVENT_CAPACITY = 1_000_000
+DEFAULT_REFLEX_CAPACITY = 65_536
+M_REFLEX_CAPACITY = b"reflex_capacity"
 
 
 def _boot_id() -> str:
     """Changes at every boot: tells a process crash (same boot) from a power loss / OS crash."""
     try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
+        with _builtin_open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()
     except OSError:
         return "unknown"
@@ -129,10 +143,14 @@ def open(path: str | os.PathLike, *, readonly: bool = False, create: bool = True
          durability: str = "sync", recovery: str = "tolerate-tail",
          max_tokens: int | None = 10_000_000, max_bytes: int | None = 1_024_000_000,
          memory_threshold: float = 0.8, chunk_slots: int = DEFAULT_CHUNK_SLOTS,
-         map_size: int = DEFAULT_MAP_SIZE, max_readers: int = 126,
+         event_capacity: int = DEFAULT_EVENT_CAPACITY,
+         reflex_capacity: int = DEFAULT_REFLEX_CAPACITY, map_size: int = DEFAULT_MAP_SIZE, max_readers: int = 126,
          flush_interval: float = 0.010, checkpoint_bytes: int = 256 << 20,
          checkpoint_interval: float = 300.0, direct_threshold: int = 16 << 20,
-         segment_bytes: int = 64 << 20, io: FileIO = DEFAULT_IO) -> "Store":
+         segment_bytes: int = 64 << 20, io: FileIO = DEFAULT_IO,
+         progress: bool = False, observability: bool = True, tracing: Any = None,
+         sample_rate: float = 0.01, blackbox_capacity: int = 1000,
+         crash_handlers: bool = True) -> "Store":
     """Opens (or creates) the store in directory ``path``.
 
     ``readonly=True`` opens never write, may run in any number of processes next to
@@ -142,14 +160,28 @@ def open(path: str | os.PathLike, *, readonly: bool = False, create: bool = True
     ``recovery`` says what to do with a damaged log: ``"tolerate-tail"`` (default:
     truncate a torn last record, refuse mid-log corruption), ``"strict"`` (refuse any
     damage) or ``"salvage"`` (skip damaged records and report them).
-    ``chunk_slots`` (tokens per LMDB value, a power of two) applies at creation only.
+    ``chunk_slots`` (tokens per LMDB value, a power of two), ``event_capacity`` (how
+    many experience events are retained; older ones are trimmed) and
+    ``reflex_capacity`` (the reflex table's size; the weakest reflexes are evicted
+    beyond it) apply at creation only.
+    ``progress=True`` shows a progress bar while the log is replayed (the CLI uses it).
+
+    Observability (``docs/observability.md``): ``observability=False`` turns off the
+    black box, histograms and spans; ``tracing`` (None: on if OpenTelemetry is
+    installed and ``NGSTORE_TRACING`` is not ``off``) with ``sample_rate`` (1 %);
+    ``crash_handlers`` makes a writer dump its black box on an unhandled exception
+    or a fatal signal.
     """
     return Store(os.fspath(path), readonly=readonly, create=create, durability=durability,
                  recovery=recovery, max_tokens=max_tokens, max_bytes=max_bytes,
-                 memory_threshold=memory_threshold, chunk_slots=chunk_slots, map_size=map_size,
+                 memory_threshold=memory_threshold, chunk_slots=chunk_slots,
+                 event_capacity=event_capacity, reflex_capacity=reflex_capacity, map_size=map_size,
                  max_readers=max_readers, flush_interval=flush_interval,
                  checkpoint_bytes=checkpoint_bytes, checkpoint_interval=checkpoint_interval,
-                 direct_threshold=direct_threshold, segment_bytes=segment_bytes, io=io)
+                 direct_threshold=direct_threshold, segment_bytes=segment_bytes, io=io,
+                 progress=progress, observability=observability, tracing=tracing,
+                 sample_rate=sample_rate, blackbox_capacity=blackbox_capacity,
+                 crash_handlers=crash_handlers)
 
 
 @dataclass
@@ -183,9 +215,14 @@ class Store:
 
     def __init__(self, path: str, *, readonly: bool, create: bool, durability: str,
                  recovery: str, max_tokens: int | None, max_bytes: int | None,
-                 memory_threshold: float, chunk_slots: int, map_size: int, max_readers: int,
+                 memory_threshold: float, chunk_slots: int, event_capacity: int,
+                 reflex_capacity: int, map_size: int,
+                 max_readers: int,
                  flush_interval: float, checkpoint_bytes: int, checkpoint_interval: float,
-                 direct_threshold: int, segment_bytes: int, io: FileIO) -> None:
+                 direct_threshold: int, segment_bytes: int, io: FileIO,
+                 progress: bool = False, observability: bool = True, tracing: Any = None,
+                 sample_rate: float = 0.01, blackbox_capacity: int = 1000,
+                 crash_handlers: bool = True) -> None:
         if durability not in DURABILITY_MODES:
             raise InvalidArgumentError(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
         if recovery not in RECOVERY_MODES:
@@ -193,6 +230,17 @@ class Store:
         if flush_interval <= 0:
             raise InvalidArgumentError(f"flush_interval must be > 0 seconds, got {flush_interval!r}")
         ChunkLayout(chunk_slots)  # validates
+        if not isinstance(event_capacity, int) or event_capacity < 1:
+            raise InvalidArgumentError(f"event_capacity must be a positive int, got {event_capacity!r}")
+        self._event_capacity = event_capacity
+        if not isinstance(reflex_capacity, int) or reflex_capacity < 1:
+            raise InvalidArgumentError(f"reflex_capacity must be a positive int, got {reflex_capacity!r}")
+        self._reflex_capacity = reflex_capacity
+        self._reflex_version = None  # reflex_store.ReflexVersion, swapped after each reflex commit
+        self._reflex_carry = {}      # C counters of versions already swapped out
+        self._reflexes_written_total = 0
+        self._experience = None
+        self._intuition = None
         self.path = os.path.realpath(path)
         self.readonly = readonly
         self.durability = durability
@@ -205,6 +253,7 @@ class Store:
         self._checkpoint_interval = checkpoint_interval
         self._direct_threshold = direct_threshold
         self._segment_bytes = segment_bytes
+        self._progress = progress
         self._lock_fd: int | None = None
         self._readers_fd: int | None = None
         self._kv: KV | None = None
@@ -222,14 +271,45 @@ class Store:
         self._stats = {"commits_total": 0, "commit_errors_total": 0, "checkpoints_total": 0,
                        "wal_records_written_total": 0, "wal_records_replayed_total": 0,
                        "direct_commits_total": 0}
+        self._obs = None
+        if observability:
+            from .obs import Observability
+
+            self._obs = Observability(self.path, blackbox_capacity=blackbox_capacity,
+                                      tracing=tracing, sample_rate=sample_rate)
         try:
             if readonly:
                 self._open_readonly()
             else:
-                self._open_writer(create, recovery, chunk_slots, map_size, max_readers)
-        except BaseException:
+                span = self._obs.span("recovery") if self._obs else None
+                if span is not None:
+                    with span:
+                        self._open_writer(create, recovery, chunk_slots, map_size, max_readers)
+                        span.set("replayed_records", self.recovery.replayed_records)
+                else:
+                    self._open_writer(create, recovery, chunk_slots, map_size, max_readers)
+        except BaseException as exc:
+            if self._obs is not None:
+                self._obs.event("error", op="open", error=repr(exc))
+                self._obs.close()
             self._release_files()
             raise
+        if self._obs is not None:
+            r = self.recovery
+            self._obs.event("open", readonly=readonly, applied_position=self._applied,
+                            tokens=self._counters[M_TOKENS_LIVE])
+            if r.power_loss_rollback or r.replayed_records or (
+                    r.log_report is not None and not r.log_report.clean):
+                torn = getattr(r.log_report, "torn_tail", None)
+                self._obs.event("recovery", rollback_to_txn=r.rolled_back_to_txn,
+                                replayed=r.replayed_records, replayed_to=r.replayed_to,
+                                torn_tail_bytes=torn.bytes_dropped if torn else 0,
+                                skipped=len(getattr(r.log_report, "skipped", []) or []))
+                self._obs.logger.warning("recovered %s: %d record(s) replayed%s", self.path,
+                                         r.replayed_records,
+                                         "; LMDB rolled back to the checkpoint" if r.power_loss_rollback else "")
+            if crash_handlers and not readonly:
+                self._obs.install_crash_handlers(self._safe_stats)
 
     # ------------------------------------------------------------------ opening
 
@@ -311,6 +391,9 @@ class Store:
         self._kv = KV(self.path, readonly=True)
         with self._read_txn() as txn:
             self._load_meta(txn)
+        from . import reflex_store
+
+        self._reflex_version = reflex_store.attach(self._kv)
 
     def _open_writer(self, create: bool, recovery: str, chunk_slots: int, map_size: int,
                      max_readers: int) -> None:
@@ -331,6 +414,9 @@ class Store:
         self._kv.before_grow = lambda: self._write_checkpoint(pin=False)
         with self._read_txn() as txn:
             self._load_meta(txn)
+        from . import reflex_store
+
+        self._reflex_version = reflex_store.attach(self._kv)
         self._open_log(recovery)
         self._replay()
         ckpt_txn = self._checkpoint_txnid()
@@ -372,6 +458,8 @@ class Store:
             txn.put(M_APPLIED, _U64.pack(0), db=meta)
             txn.put(M_CREATED, _U64.pack(int(time.time())), db=meta)
             txn.put(M_STORE_ID, uuid.uuid4().bytes, db=meta)
+            txn.put(M_EVENT_CAPACITY, _U64.pack(self._event_capacity), db=meta)
+            txn.put(M_REFLEX_CAPACITY, _U64.pack(self._reflex_capacity), db=meta)
             for k in COUNTER_KEYS:
                 txn.put(k, _U64.pack(0), db=meta)
 
@@ -400,6 +488,8 @@ class Store:
                                      f"up to {FORMAT_VERSION} -- upgrade ngstore")
         self._layout = ChunkLayout(int(u64(M_CHUNK_SLOTS) or DEFAULT_CHUNK_SLOTS))
         self._applied = int(u64(M_APPLIED) or 0)
+        self._event_capacity = int(u64(M_EVENT_CAPACITY) or DEFAULT_EVENT_CAPACITY)
+        self._reflex_capacity = int(u64(M_REFLEX_CAPACITY) or DEFAULT_REFLEX_CAPACITY)
         for k in COUNTER_KEYS:
             self._counters[k] = int(u64(k) or 0)
 
@@ -423,7 +513,15 @@ class Store:
         group: list[tuple[int, list[Op]]] = []
         size = 0
         n = 0
-        for rec in self._log.iter_records(self._applied):
+        records = self._log.iter_records(self._applied)
+        bar = None
+        if self._progress:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="replaying log", unit="rec", total=max(0, self._log.last_position - start))
+        for rec in records:
+            if bar is not None:
+                bar.update(1)
             if rec.position <= self._applied:
                 continue
             group.append((rec.position, batchops.decode_ops(rec.payload, f"log record {rec.position}")))
@@ -434,6 +532,8 @@ class Store:
                 group, size = [], 0
         if group:
             self._apply(group)
+        if bar is not None:
+            bar.close()
         self._stats["wal_records_replayed_total"] += n
         self.recovery.replayed_records = n
         self.recovery.replayed_from = start
@@ -479,6 +579,141 @@ class Store:
         b.delete_tokens(ids)
         return b.commit()
 
+    def put_connections(self, connections: Any, *, durability: str | None = None) -> int:
+        """Stores connections keyed by (token_a, token_b, connection_type); atomic."""
+        b = self.batch(durability)
+        b._put_connections(connections, copy=False)
+        return b.commit()
+
+    def delete_connections(self, keys: Any, *, durability: str | None = None) -> int:
+        """Deletes connections by key: connections, or (a, b, type) triples."""
+        b = self.batch(durability)
+        b.delete_connections(keys)
+        return b.commit()
+
+    def write_events(self, events: Any, *, durability: str | None = None) -> int:
+        """Appends experience events (an EVENT_DTYPE array, an Event, or a dict of fields).
+
+        Returns the sequence number of the first. Retention keeps the newest
+        ``event_capacity`` events.
+        """
+        b = self.batch(durability)
+        b.append_events(events)
+        b.commit()
+        return self._counters[M_EVENTS_NEXT] - b._event_count
+
+    def get_connection(self, a: int, b: int, connection_type: int | None = None):
+        """The connection (a, b[, type]) as a Connection copy; NotFoundError if absent.
+
+        Without ``connection_type`` the pair must hold exactly one connection."""
+        from .connections import Connection
+
+        found = self.connections_between(a, b)
+        if connection_type is not None:
+            found = found.data[found.data["connection_type"] == connection_type]
+        else:
+            found = found.data
+        if found.shape[0] == 0:
+            raise NotFoundError(f"no connection {a}-{b}" + (f" of type {connection_type:#x}"
+                                                           if connection_type is not None else ""))
+        if found.shape[0] > 1:
+            raise InvalidArgumentError(f"{found.shape[0]} connections join {a} and {b}; "
+                                       "pass connection_type=")
+        return Connection.from_record(found[0:1].copy())
+
+    def connections_between(self, a: int, b: int):
+        """Every connection joining tokens a and b (any order), as a ConnectionArray."""
+        lo, hi = (a, b) if a <= b else (b, a)
+        _ids_array([lo, hi])
+        prefix = struct.pack(">II", lo, hi)
+        return self._scan_connections(DB_CONNECTIONS, prefix, reverse=False)
+
+    def neighbors(self, token_id: int, direction: str = "both"):
+        """Connections of ``token_id`` as a ConnectionArray (copies).
+
+        ``"out"``: where it is ``token_a``; ``"in"``: where it is ``token_b``;
+        ``"both"``: the union (a self-connection appears once)."""
+        if direction not in ("out", "in", "both"):
+            raise InvalidArgumentError(f"direction must be 'out', 'in' or 'both', got {direction!r}")
+        from .connections import ConnectionArray
+
+        _ids_array([token_id])
+        prefix = struct.pack(">I", token_id)
+        parts = []
+        if direction in ("out", "both"):
+            parts.append(self._scan_connections(DB_CONNECTIONS, prefix, reverse=False).data)
+        if direction in ("in", "both"):
+            inn = self._scan_connections(DB_CONN_REVERSE, prefix, reverse=True).data
+            if direction == "both":
+                inn = inn[inn["token_a"] != inn["token_b"]]
+            parts.append(inn)
+        return ConnectionArray(np.concatenate(parts) if parts else np.zeros(0, CONNECTION_DTYPE))
+
+    def _scan_connections(self, dbname: bytes, prefix: bytes, reverse: bool):
+        from .connections import ConnectionArray
+
+        self._check_open()
+        out = []
+        with self._read_txn() as txn:
+            db = self._kv.dbs[dbname]
+            cdb = self._kv.dbs[DB_CONNECTIONS]
+            if db is not None:
+                cur = txn.cursor(db=db)
+                if cur.set_range(prefix):
+                    for key, value in cur:
+                        key = bytes(key)
+                        if not key.startswith(prefix):
+                            break
+                        if reverse:  # key = b, a, type -> fetch the record by its forward key
+                            value = txn.get(key[4:8] + key[0:4] + key[8:9], db=cdb)
+                        out.append(bytes(value))
+        arr = np.frombuffer(b"".join(out), dtype=CONNECTION_DTYPE).copy() if out \
+            else np.zeros(0, CONNECTION_DTYPE)
+        return ConnectionArray(arr)
+
+    def count_connections(self) -> int:
+        self._check_open()
+        if self.readonly:
+            with self._read_txn() as txn:
+                self._load_meta(txn)
+        return self._counters[M_CONN_LIVE]
+
+    def experience(self, channel_size: int = 1000):
+        """The store's ExperienceStream: the newest events, loaded from the store, and
+        kept current with every commit. Writing to it commits through the store."""
+        self._check_open()
+        if self._experience is None:
+            from .experience_store import StoreExperienceStream
+
+            self._experience = StoreExperienceStream(self, channel_size=channel_size)
+        return self._experience
+
+    def intuition(self, config: Any = None):
+        """The store's IntuitionEngine: persistent reflexes, the store's experience.
+
+        One engine per store handle; a later call with a different ``config`` replaces
+        the engine's configuration (the reflexes are the store's either way)."""
+        from .config import IntuitionConfig
+        from .intuition import IntuitionEngine
+
+        self._check_open()
+        if config is not None and not isinstance(config, IntuitionConfig):
+            raise InvalidArgumentError(f"config must be an IntuitionConfig, got {type(config).__name__}")
+        if self._intuition is None or (config is not None and config != self._intuition.config):
+            if self._intuition is not None:
+                self._intuition.stop()
+            self._intuition = IntuitionEngine._for_store(self, config)
+        return self._intuition
+
+    def refresh(self) -> None:
+        """Read-only handles: look up reflexes in the newest committed table (the writer
+        process sees its own commits at once)."""
+        self._check_open()
+        if self.readonly:
+            from . import reflex_store
+
+            self._reflex_version = reflex_store.attach(self._kv)
+
     def _commit(self, ops: list[Op], durability: str) -> int:
         self._check_writable()
         if not ops:
@@ -497,6 +732,7 @@ class Store:
                     self._cv.release()
                     try:
                         self._commit_group(group)
+                        self._maybe_cleanup()
                         self._maybe_checkpoint()
                     finally:
                         self._cv.acquire()
@@ -535,6 +771,13 @@ class Store:
                     n = self._count_absent(op.data["id"])  # exact, only near the limits
                 add_tokens += n
                 add_bytes += n * 64
+            elif op.kind == batchops.OP_CONNECTION_PUT:
+                add_bytes += op.count * 64  # an upper bound: overwrites add nothing
+            elif op.kind == batchops.OP_EVENT_APPEND:
+                live = self._counters[M_EVENTS_LIVE]
+                add_bytes += (min(self._event_capacity, live + op.count) - live) * 128
+            elif op.kind == batchops.OP_REFLEX_PUT:
+                add_bytes += op.count * 128  # an upper bound: updates add nothing
         usage = self._usage()
         usage.tokens += pending_tokens
         self._guardian.check(usage, add_tokens, add_bytes)
@@ -546,21 +789,36 @@ class Store:
         return int(ids.size - np.count_nonzero(present))
 
     def _usage(self) -> Usage:
-        return Usage(tokens=self._counters[M_TOKENS_LIVE])
+        v = self._reflex_version
+        return Usage(tokens=self._counters[M_TOKENS_LIVE], connections=self._counters[M_CONN_LIVE],
+                     events=self._counters[M_EVENTS_LIVE],
+                     reflex_bytes=len(v.table) * 128 if v is not None else 0)
 
     def _commit_group(self, group: list[_Pending]) -> None:
         accepted: list[_Pending] = []
         pending_tokens = 0
+        obs = self._obs
+        t0 = time.perf_counter()
         for p in group:
             try:
                 self._quota_check(p, pending_tokens)
             except BaseException as exc:  # refused: nothing of it is written
                 p.error, p.done = exc, True
+                if obs is not None:
+                    obs.event("quota_refused", error=str(exc))
                 continue
             pending_tokens += p.add_tokens
             accepted.append(p)
         if not accepted:
             return
+        if obs is None:
+            self._commit_accepted(accepted, None, t0)
+            return
+        with obs.span("group_commit", batches=len(accepted)) as span:
+            self._commit_accepted(accepted, span, t0)
+
+    def _commit_accepted(self, accepted: list[_Pending], span: Any, t0: float) -> None:
+        obs = self._obs
         try:
             positions = self._log.append([(wal_mod.RECORD_BATCH, p.payload) for p in accepted])
             self._stats["wal_records_written_total"] += len(accepted)
@@ -574,36 +832,67 @@ class Store:
         except BaseException as exc:
             # fsyncgate: after a failed write or fsync the log's state is unknown; stop
             # writing. Reopening recovers whatever reached the log, each batch whole.
-            self._failed = exc
-            self._stats["commit_errors_total"] += len(accepted)
-            for p in accepted:
-                p.error, p.done = exc, True
+            self._fail(accepted, exc, "log append/sync", span)
             return
+        t_logged = time.perf_counter()
         try:
             self._apply([(pos, p.ops) for pos, p in zip(positions, accepted)])
         except BaseException as exc:
-            self._failed = exc
-            self._stats["commit_errors_total"] += len(accepted)
-            for p in accepted:
-                p.error, p.done = exc, True
+            self._fail(accepted, exc, "LMDB apply", span)
             return
         self._stats["commits_total"] += len(accepted)
         for pos, p in zip(positions, accepted):
             p.position, p.done = pos, True
+        if obs is not None:
+            t1 = time.perf_counter()
+            obs.wal_write_seconds.observe(t_logged - t0)
+            records = 0
+            for p in accepted:
+                n = sum(op.count for op in p.ops)
+                records += n
+                obs.batch_records.observe(n)
+                obs.commit_seconds.observe(t1 - t0)
+            obs.event("commit", batches=len(accepted), first=positions[0], last=positions[-1],
+                      records=records, durability=accepted[0].durability)
+            if span is not None:
+                span.set("last_position", positions[-1])
+                span.set("records", records)
+
+    def _fail(self, accepted: list[_Pending], exc: BaseException, where: str, span: Any) -> None:
+        self._failed = exc
+        self._stats["commit_errors_total"] += len(accepted)
+        for p in accepted:
+            p.error, p.done = exc, True
+        if self._obs is not None:
+            self._obs.event("error", op=where, error=repr(exc))
+            self._obs.logger.error("commit failed in %s: %r; the store refuses writes until "
+                                   "reopened", where, exc)
+            if span is not None:
+                span.error(exc)
 
     def _commit_direct(self, p: _Pending) -> int:
         """A large sync batch: straight into LMDB, then a checkpoint makes it durable."""
         self._check_writable()
-        self._quota_check(p, 0)
+        t0 = time.perf_counter()
+        try:
+            self._quota_check(p, 0)
+        except BaseException as exc:
+            if self._obs is not None:
+                self._obs.event("quota_refused", error=str(exc))
+            raise
         try:
             self._apply([(self._applied, p.ops)])
             self._write_checkpoint(pin=True)
         except BaseException as exc:
-            self._failed = exc
-            self._stats["commit_errors_total"] += 1
+            self._fail([p], exc, "direct commit", None)
             raise
         self._stats["commits_total"] += 1
         self._stats["direct_commits_total"] += 1
+        if self._obs is not None:
+            n = sum(op.count for op in p.ops)
+            self._obs.commit_seconds.observe(time.perf_counter() - t0)
+            self._obs.batch_records.observe(n)
+            self._obs.event("commit", batches=1, direct=True, records=n, last=self._applied)
         return self._applied
 
     def _apply(self, entries: list[tuple[int, list[Op]]]) -> ApplyStats:
@@ -613,33 +902,84 @@ class Store:
         layout = self._layout
         result: dict[str, Any] = {}
 
+        conn_db, rconn_db, events_db = kv.dbs[DB_CONNECTIONS], kv.dbs[DB_CONN_REVERSE], kv.dbs[DB_EVENTS]
+        reflex_db = kv.dbs[DB_REFLEXES]
+        capacity = self._event_capacity
+        from . import reflex_store
+
         def fn(txn) -> ApplyStats:
+            counters = {}
+            for k in COUNTER_KEYS:
+                v = txn.get(k, db=meta)
+                counters[k] = _U64.unpack(bytes(v))[0] if v is not None else 0
             total = ApplyStats()
+            appended: list[tuple[int, np.ndarray]] = []
+            reflexes = None  # a writable copy, made at the first reflex op (fn may re-run)
+            trims: list[int] = []
             for _pos, ops in entries:
                 for op in ops:
                     if op.kind == batchops.OP_TOKEN_PUT:
                         total.add(batchops.apply_token_put(txn, tokens_db, layout, op.data))
                     elif op.kind == batchops.OP_TOKEN_DELETE:
                         total.add(batchops.apply_token_delete(txn, tokens_db, layout, op.data))
+                    elif op.kind == batchops.OP_CONNECTION_PUT:
+                        total.add(batchops.apply_connection_put(txn, conn_db, rconn_db, op.data))
+                    elif op.kind == batchops.OP_CONNECTION_DELETE:
+                        total.add(batchops.apply_connection_delete(txn, conn_db, rconn_db, op.data))
+                    elif op.kind == batchops.OP_EVENT_APPEND:
+                        first = counters[M_EVENTS_NEXT]
+                        st, counters[M_EVENTS_NEXT], counters[M_EVENTS_LIVE] = batchops.apply_event_append(
+                            txn, events_db, op.data, first, capacity, counters[M_EVENTS_LIVE])
+                        total.add(st)
+                        appended.append((first, op.data))
+                    elif op.kind == batchops.OP_EVENT_TRIM:
+                        n, counters[M_EVENTS_LIVE] = batchops.apply_event_trim(
+                            txn, events_db, int(op.data.sum()), counters[M_EVENTS_LIVE])
+                        total.extra["events_trimmed"] = total.extra.get("events_trimmed", 0) + n
+                        trims.append(n)
+                    elif op.kind in (batchops.OP_REFLEX_PUT, batchops.OP_REFLEX_DELETE):
+                        if reflexes is None:
+                            reflexes = reflex_store.writable_copy(self._reflex_version, self._reflex_capacity)
+                        if op.kind == batchops.OP_REFLEX_PUT:
+                            reflex_store.apply_put(reflexes, op.data)
+                            total.extra["reflexes_written"] = total.extra.get("reflexes_written", 0) + op.count
+                        else:
+                            reflex_store.apply_delete(reflexes, op.data)
                     else:
                         raise NgStoreError(f"unknown op kind {op.kind}")
-            counters = {}
-            for k in COUNTER_KEYS:
-                v = txn.get(k, db=meta)
-                counters[k] = _U64.unpack(bytes(v))[0] if v is not None else 0
+            ex = total.extra
             counters[M_TOKENS_LIVE] += total.tokens_added - total.tokens_removed
             counters[M_TOKENS_CREATED] += total.tokens_added
             counters[M_TOKENS_DELETED] += total.tokens_removed
+            counters[M_CONN_LIVE] += ex.get("connections_added", 0) - ex.get("connections_removed", 0)
+            counters[M_CONN_CREATED] += ex.get("connections_added", 0)
+            counters[M_EVENTS_TRIMMED] += ex.get("events_trimmed", 0)
             for k, v in counters.items():
                 txn.put(k, _U64.pack(v), db=meta)
+            if reflexes is not None:
+                reflex_store.persist(txn, reflex_db, reflexes)
             last = max(pos for pos, _ in entries)
             txn.put(M_APPLIED, _U64.pack(last), db=meta)
-            result["counters"], result["applied"] = counters, last
+            result["counters"], result["applied"], result["appended"] = counters, last, appended
+            result["reflexes"] = reflexes
+            result["trims"] = trims
             return total
 
         stats = kv.write(fn)
         self._counters.update(result["counters"])
         self._applied = result["applied"]
+        if result["reflexes"] is not None:  # swap in the new version; lookups never wait
+            old = self._reflex_version
+            for k, v in reflex_store.counters(old).items():
+                self._reflex_carry[k] = self._reflex_carry.get(k, 0) + v
+            self._reflex_version = reflex_store.ReflexVersion(result["reflexes"])
+            self._reflexes_written_total += stats.extra.get("reflexes_written", 0)
+        if self._experience is not None:  # the in-memory ring follows the commit order
+            for first, events in result["appended"]:
+                self._experience._append_committed(first, events)
+            if result["trims"]:
+                oldest = self._counters[M_EVENTS_NEXT] - self._counters[M_EVENTS_LIVE]
+                self._experience.trim_before(min(oldest, self._experience.total_written))
         return stats
 
     # ------------------------------------------------------------------ durability
@@ -678,6 +1018,31 @@ class Store:
         self._check_writable()
         self._run_exclusive(lambda: self._write_checkpoint(pin=True))
 
+    #: Fraction of the refusal point from which aggressive cleanup runs, and what it trims.
+    CLEANUP_MARGIN = 0.9
+    CLEANUP_EVENT_FRACTION = 0.25
+
+    def _maybe_cleanup(self) -> None:
+        """Guardian's aggressive cleanup: near the byte quota, trim the oldest quarter of
+        the experience events (through a logged batch, so replay does the same)."""
+        g = self._guardian
+        if self._failed is not None or not g.should_cleanup(self._usage(), self.CLEANUP_MARGIN):
+            return
+        n = int(self._counters[M_EVENTS_LIVE] * self.CLEANUP_EVENT_FRACTION)
+        if n == 0:
+            return
+        p = _Pending([Op(batchops.OP_EVENT_TRIM, np.array([n], dtype="<u8"))], "sync")
+        p.payload = batchops.encode_ops(p.ops)
+        before = self._usage().bytes
+        self._commit_group([p])
+        if p.error is None:
+            g.aggressive_cleanups_total += 1
+            if self._obs is not None:
+                self._obs.event("cleanup", events_trimmed=n, bytes_before=before,
+                                bytes_after=self._usage().bytes)
+                self._obs.logger.warning("aggressive cleanup: trimmed the %d oldest events "
+                                         "(%d -> %d accounted bytes)", n, before, self._usage().bytes)
+
     def _maybe_checkpoint(self) -> None:
         if self._failed is not None:
             return
@@ -689,6 +1054,15 @@ class Store:
                 self._failed = exc
 
     def _write_checkpoint(self, pin: bool) -> None:
+        if self._obs is None:
+            self._write_checkpoint_inner(pin)
+            return
+        with self._obs.span("checkpoint"):
+            self._write_checkpoint_inner(pin)
+        self._obs.event("checkpoint", applied_position=self._applied,
+                        wal_segments=self._log.segment_count if self._log is not None else 0)
+
+    def _write_checkpoint_inner(self, pin: bool) -> None:
         kv = self._kv
         if self._log is not None:
             self._log.sync()  # invariant 1: the log is durable before LMDB is
@@ -746,7 +1120,7 @@ class Store:
         from .tokens import Token
 
         arr = self.get_tokens([token_id])
-        return Token._from_record(arr.data[0:1].copy())
+        return Token._view(arr.data[0:1].copy())
 
     def get_tokens(self, ids: Any, *, missing: str = "raise"):
         """Tokens for ``ids`` in the given order, as a TokenArray (a copy).
@@ -772,6 +1146,13 @@ class Store:
         out["tokens_live"] = self._counters[M_TOKENS_LIVE]
         out["tokens_created_total"] = self._counters[M_TOKENS_CREATED]
         out["tokens_deleted_total"] = self._counters[M_TOKENS_DELETED]
+        out["connections_live"] = self._counters[M_CONN_LIVE]
+        out["connections_created_total"] = self._counters[M_CONN_CREATED]
+        out["events_live"] = self._counters[M_EVENTS_LIVE]
+        out["events_written_total"] = self._counters[M_EVENTS_NEXT]
+        out["events_trimmed_total"] = self._counters[M_EVENTS_TRIMMED]
+        out["event_capacity"] = self._event_capacity
+        out.update(self._reflex_stats())
         out["applied_position"] = self._applied
         out["quota_exceeded_total"] = self._guardian.quota_exceeded_total
         out["aggressive_cleanups_total"] = self._guardian.aggressive_cleanups_total
@@ -789,6 +1170,56 @@ class Store:
         out["format_version"] = FORMAT_VERSION
         return out
 
+    def _reflex_stats(self) -> dict[str, Any]:
+        from . import reflex_store
+
+        v = self._reflex_version
+        c = reflex_store.counters(v)
+        tot = {k: c[k] + self._reflex_carry.get(k, 0) for k in c}
+        return {"reflexes_live": len(v.table) if v is not None else 0,
+                "reflex_capacity": v.table.capacity if v is not None else self._reflex_capacity,
+                "reflex_table_bytes": (v.table.slot_count * 96 + 128) if v is not None else 0,
+                "reflex_lookups_total": tot["lookups"], "reflex_hits_total": tot["hits"],
+                "reflex_misses_total": tot["misses"], "reflex_collisions_total": tot["collisions"],
+                "reflex_answers_total": tot["answers"], "reflex_evictions_total": tot["evictions"],
+                "reflexes_created_total": self._reflexes_written_total}
+
+    def _safe_stats(self) -> dict[str, Any]:
+        try:
+            return self.stats()
+        except Exception as exc:  # a crash dump must not fail on a half-closed store
+            return {"path": self.path, "error": repr(exc)}
+
+    def metrics_collector(self, name: str | None = None):
+        """A prometheus_client collector of this store's metrics, to register on the
+        registry you choose: ``registry.register(store.metrics_collector())``."""
+        from .obs.metrics import StoreCollector
+
+        return StoreCollector(self, name=name)
+
+    def serve_metrics(self, host: str = "127.0.0.1", port: int = 0):
+        """Starts the HTTP sidecar (``/metrics``, ``/health``, ``/ready``) in a daemon
+        thread; returns the server (``.url``, ``.port``, ``.close()``)."""
+        from .obs.http import serve
+
+        return serve(self, host=host, port=port)
+
+    def ready_checks(self) -> dict[str, tuple[bool, str]]:
+        """The real readiness checks of ``/ready``."""
+        checks: dict[str, tuple[bool, str]] = {}
+        checks["store_open"] = (not self._closed, "open" if not self._closed else "closed")
+        if self._closed:
+            return checks
+        if not self.readonly:
+            ok = self._failed is None and self._log is not None and self._log.failed is None
+            checks["log_writable"] = (ok, "ok" if ok else f"I/O error: {self._failed!r}")
+        info = self._kv.info()
+        frac = info["map_used_bytes"] / max(1, info["map_size_bytes"])
+        checks["map_not_full"] = (frac < 0.9, f"{frac:.1%} of the map used")
+        q = self._guardian.fraction_used(self._usage())
+        checks["quotas_below_threshold"] = (q < 0.8, f"{q:.1%} of the nearest quota")
+        return checks
+
     def check(self) -> "CheckReport":
         """Verifies internal consistency; returns a report (``report.ok``)."""
         self._check_open()
@@ -803,6 +1234,8 @@ class Store:
         if self._closed:
             return
         try:
+            if self._intuition is not None:
+                self._intuition.stop()
             if not self.readonly and self._kv is not None and self._failed is None:
                 self._flusher_stop.set()
                 if self._flusher is not None:
@@ -812,6 +1245,9 @@ class Store:
         finally:
             self._closed = True
             self._flusher_stop.set()
+            if self._obs is not None:
+                self._obs.event("close")
+                self._obs.close()
             self._release_files()
 
     def _release_files(self) -> None:
@@ -902,6 +1338,115 @@ class Batch:
         if a.size:
             self._ops.append(Op(batchops.OP_TOKEN_DELETE, np.ascontiguousarray(a, dtype="<u4")))
 
+    def put_connections(self, connections: Any) -> None:
+        """Adds connection records (copied now)."""
+        self._put_connections(connections, copy=True)
+
+    def _put_connections(self, connections: Any, copy: bool) -> None:
+        from .connections import as_connection_array
+        from .validation import check_connections
+
+        self._check()
+        arr = as_connection_array(connections)
+        if arr.size == 0:
+            return
+        res = check_connections(arr)
+        if not res.all_ok:
+            from .errors import ValidationError
+
+            raise ValidationError(f"{res.n_failed} connection(s) of the batch",
+                                  [(f, m, v) for _i, f, m, v in res.reasons])
+        data = np.array(arr, dtype=CONNECTION_DTYPE, copy=True) if copy else np.ascontiguousarray(arr)
+        self._ops.append(Op(batchops.OP_CONNECTION_PUT, data))
+
+    def delete_connections(self, keys: Any) -> None:
+        """Deletes by key: connections (their a, b, type) or (a, b, type) triples."""
+        self._check()
+        if isinstance(keys, tuple) and len(keys) == 3 and all(isinstance(k, (int, np.integer)) for k in keys):
+            keys = [keys]
+        if isinstance(keys, list) and keys and all(isinstance(k, tuple) for k in keys):
+            try:
+                trip = np.array(keys, dtype=np.int64)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(f"bad connection keys: {exc}") from None
+            if trip.ndim != 2 or trip.shape[1] != 3:
+                raise InvalidArgumentError("connection keys must be (a, b, type) triples")
+            a, b, t = trip[:, 0], trip[:, 1], trip[:, 2]
+        else:
+            from .connections import as_connection_array
+
+            arr = as_connection_array(keys)
+            a, b, t = arr["token_a"], arr["token_b"], arr["connection_type"]
+        _ids_array(a)
+        _ids_array(b)
+        if len(t) and (np.min(t) < 0 or np.max(t) > 255):
+            raise InvalidArgumentError("connection_type must be in 0..255")
+        k = np.zeros(len(a), dtype=batchops.CONN_DELETE_DTYPE)
+        k["token_a"], k["token_b"] = np.minimum(a, b), np.maximum(a, b)
+        k["connection_type"] = t
+        if k.size:
+            self._ops.append(Op(batchops.OP_CONNECTION_DELETE, k))
+
+    _event_count = 0
+
+    def put_reflexes(self, states: Any, connections: Any) -> None:
+        """Adds reflexes: ``connections[i]`` for ``states[i]`` (8-float states, Token
+        records, or raw (n, 8, 3) int16 coordinates). Validated with ``validate_reflex``."""
+        from .connections import as_connection_array
+        from .validation import check_reflexes
+
+        self._check()
+        coords = _state_coords(states)
+        conns = as_connection_array(connections)
+        if conns.shape[0] != coords.shape[0]:
+            raise InvalidArgumentError(f"{coords.shape[0]} states but {conns.shape[0]} connections")
+        res = check_reflexes(conns)
+        if not res.all_ok:
+            from .errors import ValidationError
+
+            raise ValidationError(f"{res.n_failed} reflex(es) of the batch",
+                                  [(f, m, v) for _i, f, m, v in res.reasons])
+        data = np.zeros(coords.shape[0], dtype=batchops.REFLEX_PUT_DTYPE)
+        data["state"] = coords
+        data["connection"] = conns
+        if data.size:
+            self._ops.append(Op(batchops.OP_REFLEX_PUT, data))
+
+    def delete_reflexes(self, states: Any, connections: Any = None) -> None:
+        """Deletes the reflex of each state with the identity (token_a, token_b, type) of
+        the matching connection, or every reflex of the states when ``connections`` is None."""
+        from .connections import as_connection_array
+
+        self._check()
+        coords = _state_coords(states)
+        data = np.zeros(coords.shape[0], dtype=batchops.REFLEX_DELETE_DTYPE)
+        data["state"] = coords
+        if connections is None:
+            data["all"] = 1
+        else:
+            conns = as_connection_array(connections)
+            if conns.shape[0] != coords.shape[0]:
+                raise InvalidArgumentError(f"{coords.shape[0]} states but {conns.shape[0]} connections")
+            data["token_a"], data["token_b"] = conns["token_a"], conns["token_b"]
+            data["connection_type"] = conns["connection_type"]
+        if data.size:
+            self._ops.append(Op(batchops.OP_REFLEX_DELETE, data))
+
+    def append_events(self, events: Any) -> None:
+        """Adds experience events (copied now); sequence numbers are assigned at commit."""
+        from .experience import _as_event_rows
+
+        self._check()
+        try:
+            rows = _as_event_rows(events)
+        except InvalidArgumentError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"not experience events: {exc}") from None
+        if rows.size:
+            self._event_count += int(rows.size)
+            self._ops.append(Op(batchops.OP_EVENT_APPEND, np.array(rows, dtype=EVENT_DTYPE, copy=True)))
+
     def commit(self) -> int:
         """Commits; returns the log position. Raises and writes nothing on refusal."""
         self._check()
@@ -923,6 +1468,30 @@ class Batch:
             self.commit()
         else:
             self.discard()
+
+
+def _state_coords(states: Any) -> np.ndarray:
+    """Raw (n, 8, 3) int16 coordinates of states given as 8 floats, Tokens or raw coords."""
+    from . import codec
+    from .tokens import Token, TokenArray
+
+    if isinstance(states, Token):
+        return states._a["coordinates"].reshape(1, 8, 3).copy()
+    if isinstance(states, TokenArray):
+        return states.data["coordinates"].copy()
+    a = np.asarray(states)
+    if a.dtype == TOKEN_DTYPE:
+        return a.reshape(-1)["coordinates"].copy()
+    if a.dtype == np.int16 and a.shape[-2:] == (8, 3):
+        return a.reshape(-1, 8, 3).copy()
+    if a.dtype.kind in "fiu" and a.shape[-1:] == (8,):
+        a = a.reshape(-1, 8)
+        out = np.zeros((a.shape[0], 8, 3), dtype=np.int16)
+        out[:, :, 0] = codec.encode_state(a.astype(np.float32))
+        return out
+    raise InvalidArgumentError(
+        f"states must be (n, 8) floats, Token records or (n, 8, 3) int16 coordinates; got "
+        f"{getattr(a, 'dtype', type(states))} {getattr(a, 'shape', '')}")
 
 
 def _validate_tokens(arr: np.ndarray) -> None:
@@ -960,8 +1529,8 @@ class _Lease:
         self.txn = kv.begin_read()
         self._refs = 1  # the snapshot itself
         self._lock = threading.Lock()
-        info = kv.env.info()
-        self.map_addr = int(info["map_addr"])
+        self._map_size = int(kv.env.info()["map_size"])
+        self._anchor = 0
         self._region: np.ndarray | None = None
 
     def acquire(self) -> None:
@@ -975,15 +1544,24 @@ class _Lease:
         if last:
             self.kv.end_read(self.txn)
 
-    def region(self) -> np.ndarray:
-        """A read-only uint8 array over the whole map whose lifetime holds this lease."""
-        if self._region is None:
-            base = _MappedRegion(self.map_addr, self.kv.env.info()["map_size"], self)
-            self._region = np.asarray(base)
-        return self._region
+    def view(self, value: memoryview, nbytes: int) -> np.ndarray:
+        """A read-only uint8 array over the first ``nbytes`` of an LMDB value, zero copy,
+        whose lifetime holds this lease.
 
-    def address_of(self, value: memoryview) -> int:
-        return np.frombuffer(value, dtype=np.uint8).ctypes.data if len(value) else 0
+        All views of a snapshot share one base object spanning the whole map (py-lmdb
+        does not expose the map's address, so the span is anchored ``map_size`` below
+        the first value seen: every value lies within ``map_size`` of it). One base per
+        snapshot keeps the per-chunk cost to a slice.
+        """
+        addr = int(np.frombuffer(value, dtype=np.uint8).ctypes.data)
+        if self._region is None:
+            self._anchor = max(4096, addr - self._map_size)
+            self._region = np.asarray(_MappedRegion(self._anchor, 2 * self._map_size + addr - self._anchor
+                                                    if self._anchor == 4096 else 2 * self._map_size, self))
+        off = addr - self._anchor
+        if 0 <= off and off + nbytes <= self._region.shape[0]:
+            return self._region[off:off + nbytes]
+        return np.asarray(_MappedRegion(addr, nbytes, self))  # not expected; still correct
 
 
 class _MappedRegion:
@@ -1072,15 +1650,12 @@ class TokenView:
         """
         txn = self._snap._txn()
         lease = self._snap._lease
-        region = lease.region()
         layout = self._layout
-        map_addr = lease.map_addr
         full = layout.full_bitmap
         for key, value in txn.cursor(db=lease.kv.dbs[DB_TOKENS]):
             chunk = ChunkLayout.chunk_of(key)
             layout.check(value, chunk)
-            off = lease.address_of(value) - map_addr
-            rows = region[off:off + layout.records_bytes].view(TOKEN_DTYPE)
+            rows = lease.view(value, layout.records_bytes).view(TOKEN_DTYPE)
             first = chunk << layout.shift
             bitmap = value[layout.records_bytes:]
             if bitmap == full:
@@ -1097,7 +1672,7 @@ class TokenView:
 
         for _first, arr in self.chunks():
             for i in range(arr.shape[0]):
-                yield Token._from_record(arr[i:i + 1].copy())
+                yield Token._view(arr[i:i + 1].copy())
 
     def ids(self) -> np.ndarray:
         parts = [a["id"].copy() for _f, a in self.chunks()]

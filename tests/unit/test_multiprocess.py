@@ -1,6 +1,7 @@
 """Writer and read-only readers in other processes; a second writer process is refused."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -35,7 +36,7 @@ WRITER = textwrap.dedent("""
 
 def test_readers_in_other_processes_see_every_committed_write(store):
     readers = [subprocess.Popen([sys.executable, "-c", READER, store.path, "3000"],
-                                stdout=subprocess.PIPE, text=True) for _ in range(3)]
+                                stdout=subprocess.PIPE, text=True, cwd=store.path) for _ in range(3)]
     for k in range(3):
         store.put_tokens(make_tokens(range(k * 1000, (k + 1) * 1000)))
     for r in readers:
@@ -46,7 +47,8 @@ def test_readers_in_other_processes_see_every_committed_write(store):
 
 
 def test_a_second_writer_process_gets_store_locked_error(store):
-    r = subprocess.run([sys.executable, "-c", WRITER, store.path], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", WRITER, store.path], capture_output=True, text=True,
+                       timeout=60, cwd=store.path)
     assert r.returncode == 0, r.stderr
     assert "locked" in r.stdout
 
@@ -54,7 +56,8 @@ def test_a_second_writer_process_gets_store_locked_error(store):
 def test_the_lock_is_released_when_the_writer_closes(store_path):
     s = ngstore.open(store_path)
     s.close()
-    r = subprocess.run([sys.executable, "-c", WRITER, store_path], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", WRITER, store_path], capture_output=True, text=True,
+                       timeout=60, cwd=os.path.dirname(store_path))
     assert r.returncode == 5  # it opened fine
 
 
