@@ -1,0 +1,113 @@
+"""The reflex table of a store: versions for lock-free lookups, and how ops apply.
+
+Lookups never take a lock. They run on a :class:`ReflexVersion`, an immutable table:
+
+* at open (and in read-only processes) the version is attached **zero-copy** to the
+  LMDB values of one read transaction (a lease, see ``store``), so opening a store with
+  a million reflexes costs one ``get`` per segment, not a rebuild;
+* a commit that writes reflexes copies the current version into a writable table,
+  applies its ops, stores the header and the changed segments in the same LMDB
+  transaction as the rest of the batch, and -- only after LMDB committed -- swaps the
+  new version in. A lookup already running keeps the old version alive through its
+  Python reference; the old version's memory (and lease) go when the last lookup
+  holding it returns.
+
+The copy is O(table) per reflex-writing commit. Reflexes are written by consolidation
+(a few per analysis cycle), so this is cheap where it matters; a bulk load should put
+all its reflexes in one batch.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .batchops import REFLEX_HEADER_KEY, reflex_segment_key
+from .errors import NotFoundError
+from .kv import DB_REFLEXES
+from .reflex import ReflexTable, parse_header
+
+if TYPE_CHECKING:
+    from .kv import KV
+
+COUNTER_NAMES = ("lookups", "hits", "misses", "answers", "collisions", "candidates",
+                 "inserts", "updates", "deletes", "evictions")
+
+
+class ReflexVersion:
+    """One immutable table for lookups, and whatever keeps its memory valid."""
+
+    __slots__ = ("table", "__weakref__")
+
+    def __init__(self, table: ReflexTable, lease: Any = None) -> None:
+        self.table = table
+        if lease is not None:
+            weakref.finalize(self, lease.release)
+
+
+def attach(kv: "KV") -> ReflexVersion | None:
+    """The stored table, zero-copy over a fresh read transaction (None if no table)."""
+    from .store import _Lease
+
+    lease = _Lease(kv)
+    try:
+        db = kv.dbs[DB_REFLEXES]
+        hdr = lease.txn.get(REFLEX_HEADER_KEY, db=db) if db is not None else None
+        if hdr is None:
+            lease.release()
+            return None
+        nseg = parse_header(hdr)["segment_count"]
+        segs = []
+        for i in range(nseg):
+            v = lease.txn.get(reflex_segment_key(i), db=db)
+            segs.append(v if v is not None else b"")  # attach reports the missing segment
+        table = ReflexTable.attach(hdr, segs, writable=False)
+    except BaseException:
+        lease.release()
+        raise
+    return ReflexVersion(table, lease)
+
+
+def writable_copy(current: ReflexVersion | None, capacity: int) -> ReflexTable:
+    if current is None:
+        return ReflexTable.create(capacity)
+    t = current.table
+    return ReflexTable.attach(t.header(), [bytearray(s) for s in t.all_segments()], writable=True)
+
+
+def apply_put(table: ReflexTable, data: np.ndarray) -> None:
+    table.insert_batch(np.ascontiguousarray(data["state"]), np.ascontiguousarray(data["connection"]))
+
+
+def apply_delete(table: ReflexTable, data: np.ndarray) -> int:
+    from .records import CONNECTION_DTYPE
+
+    removed = 0
+    for row in data:
+        state = np.ascontiguousarray(row["state"]).reshape(1, 8, 3)
+        conn = None
+        if not row["all"]:
+            conn = np.zeros(1, CONNECTION_DTYPE)
+            conn["token_a"], conn["token_b"] = row["token_a"], row["token_b"]
+            conn["connection_type"] = row["connection_type"]
+        try:
+            removed += table.delete(state, conn)
+        except NotFoundError:
+            pass  # deleting an absent reflex is not an error (idempotent, like tokens)
+    return removed
+
+
+def persist(txn: Any, db: Any, table: ReflexTable) -> None:
+    """Stores the header and every segment changed since the table's last persist."""
+    header, dirty = table.segments()
+    txn.put(REFLEX_HEADER_KEY, header, db=db)
+    for index, seg in dirty:
+        txn.put(reflex_segment_key(index), bytes(seg), db=db)
+
+
+def counters(version: ReflexVersion | None) -> dict[str, int]:
+    if version is None:
+        return {k: 0 for k in COUNTER_NAMES}
+    s = version.table.stats()
+    return {k: int(s[k]) for k in COUNTER_NAMES}
