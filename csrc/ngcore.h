@@ -63,6 +63,9 @@ static inline void ng_load_coords(const uint8_t *rec, int16_t out[24]) {
 
 int ng_abi_version(void);
 const char *ng_strerror(int code);
+int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens, size_t nchunks,
+                     unsigned slot_shift, unsigned field_off, unsigned field_size,
+                     uint8_t *out, size_t out_cap, size_t *n_out);
 
 /* ---- Batch grid hash ------------------------------------------------------
  *

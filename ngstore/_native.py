@@ -232,3 +232,34 @@ def gather64(
         check_status("ng_gather64", rc, hint)
     del views
     return out, found
+
+
+def gather_column(chunk_buffers: Sequence[Any], slot_shift: int, field_offset: int,
+                  field_dtype: np.dtype, capacity: int) -> np.ndarray:
+    """One field of every present record of the given token chunk values, in order.
+
+    ``chunk_buffers`` are whole chunk values (docs/format.md §3.2), read in place (zero
+    copy, GIL released); the result is a new array of ``field_dtype`` (at most
+    ``capacity`` rows: pass the number of present tokens). A chunk of the wrong length
+    raises NativeError before anything is read from it."""
+    dt = np.dtype(field_dtype)
+    if not isinstance(slot_shift, int) or not MIN_SLOT_SHIFT <= slot_shift <= MAX_SLOT_SHIFT:
+        raise InvalidArgumentError(f"slot_shift must be an int in {MIN_SLOT_SHIFT}..{MAX_SLOT_SHIFT}")
+    if field_offset < 0 or field_offset + dt.itemsize > 64:
+        raise InvalidArgumentError("the field must lie inside the 64-byte record")
+    out = np.empty(max(int(capacity), 0), dtype=dt)
+    nchunks = len(chunk_buffers)
+    if nchunks == 0:
+        return out[:0]
+    views = [ffi.from_buffer("uint8_t[]", b) for b in chunk_buffers]
+    ptrs = ffi.new("const uint8_t *[]", views)
+    lens = np.fromiter((len(v) for v in views), dtype=np.uint64, count=nchunks)
+    n_out = ffi.new("size_t *")
+    rc = lib.ng_gather_column(ptrs, ffi.from_buffer("uint64_t[]", lens), nchunks, slot_shift,
+                              field_offset, dt.itemsize,
+                              ffi.from_buffer("uint8_t[]", out.view(np.uint8), require_writable=True)
+                              if out.size else ffi.NULL, out.shape[0], n_out)
+    check_status("ng_gather_column", rc, "a chunk value has the wrong length, or the counter "
+                  "of present tokens is lower than the chunks' presence bits")
+    del views
+    return out[: int(n_out[0])]

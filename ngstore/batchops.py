@@ -194,7 +194,44 @@ def _groups(chunks: np.ndarray) -> Iterable[tuple[int, int, int]]:
         yield int(chunks[s]), s, e
 
 
+_SMALL_PUT = 16  # below this many records, plain Python beats numpy's per-call overhead
+
+
+def _apply_small_token_put(txn, db, layout: ChunkLayout, records: np.ndarray) -> ApplyStats:
+    """The same as the general path, for a handful of records (the common small commit)."""
+    raw = np.ascontiguousarray(records).tobytes()
+    latest: dict[int, int] = {}
+    for i, tid in enumerate(records["id"].tolist()):
+        latest[tid] = i  # the last record of an id wins
+    by_chunk: dict[int, list[int]] = {}
+    for tid in sorted(latest):
+        by_chunk.setdefault(tid >> layout.shift, []).append(tid)
+    stats = ApplyStats(tokens_written=len(latest))
+    rb = layout.records_bytes
+    for chunk, tids in by_chunk.items():
+        key = layout.key(chunk)
+        old = txn.get(key, db=db)
+        if old is not None:
+            layout.check(old, chunk)
+            buf = bytearray(old)
+        else:
+            buf = bytearray(layout.value_bytes)
+        for tid in tids:
+            slot = tid & layout.mask
+            i = latest[tid]
+            buf[slot * 64:slot * 64 + 64] = raw[i * 64:i * 64 + 64]
+            byte = rb + (slot >> 3)
+            bit = 1 << (slot & 7)
+            if not buf[byte] & bit:
+                buf[byte] |= bit
+                stats.tokens_added += 1
+        txn.put(key, buf, db=db)
+    return stats
+
+
 def apply_token_put(txn, db, layout: ChunkLayout, records: np.ndarray) -> ApplyStats:
+    if records.shape[0] <= _SMALL_PUT:
+        return _apply_small_token_put(txn, db, layout, records)
     ids = records["id"].astype(np.uint32, copy=False)
     records, ids = sort_unique_last(records, ids)
     stats = ApplyStats(tokens_written=int(ids.size))
@@ -219,7 +256,7 @@ def apply_token_put(txn, db, layout: ChunkLayout, records: np.ndarray) -> ApplyS
         rows[slots] = raw[s:e]
         np.bitwise_or.at(bitmap, slots >> 3, (1 << (slots & 7)).astype(np.uint8))
         stats.tokens_added += popcount(bitmap) - before
-        txn.put(key, bytes(buf), db=db)
+        txn.put(key, buf, db=db)
     return stats
 
 

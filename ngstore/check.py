@@ -23,15 +23,14 @@ if TYPE_CHECKING:
 
 
 def check_store(store: "Store") -> "CheckReport":
-    from .store import M_TOKENS_LIVE, CheckReport, _ReadTxn
+    from .store import CheckReport, _ReadTxn
 
     problems: list[str] = []
     facts: dict[str, object] = {}
     layout: ChunkLayout = store._layout
     kv = store._kv
     with _ReadTxn(kv) as txn:
-        live = txn.get(M_TOKENS_LIVE, db=kv.dbs[b"meta"])
-        live = 0 if live is None else int.from_bytes(bytes(live), "little")
+        live = _meta_u64(txn, kv, b"tokens_live")
         present = 0
         n_chunks = 0
         db = kv.dbs[DB_TOKENS]
@@ -91,8 +90,13 @@ def check_store(store: "Store") -> "CheckReport":
 
 
 def _meta_u64(txn, kv, key: bytes) -> int:
-    v = txn.get(key, db=kv.dbs[b"meta"])
-    return 0 if v is None else int.from_bytes(bytes(v), "little")
+    """One of the counters packed in meta/counters (docs/format.md §3.1)."""
+    from .store import _COUNTERS, COUNTER_KEYS, M_COUNTERS
+
+    v = txn.get(M_COUNTERS, db=kv.dbs[b"meta"])
+    if v is None or len(v) != _COUNTERS.size:
+        return -1
+    return _COUNTERS.unpack(bytes(v))[COUNTER_KEYS.index(key)]
 
 
 def _check_connections(txn, kv, problems: list[str], facts: dict[str, object]) -> None:

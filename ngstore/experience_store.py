@@ -39,13 +39,12 @@ class StoreExperienceStream(ExperienceStream):
             self._loading = False
 
     def _load(self) -> None:
+        from .check import _meta_u64
         from .store import M_EVENTS_NEXT, _ReadTxn
 
         store = self._store
         with _ReadTxn(store._kv) as txn:
-            meta = store._kv.dbs[b"meta"]
-            v = txn.get(M_EVENTS_NEXT, db=meta)
-            next_seq = 0 if v is None else int.from_bytes(bytes(v), "little")
+            next_seq = _meta_u64(txn, store._kv, M_EVENTS_NEXT)
             first = max(0, next_seq - self.capacity)
             db = store._kv.dbs[DB_EVENTS]
             rows = []

@@ -125,6 +125,8 @@ M_EVENTS_TRIMMED = b"events_trimmed_total"
 M_EVENT_CAPACITY = b"event_capacity"
 COUNTER_KEYS = (M_TOKENS_LIVE, M_TOKENS_CREATED, M_TOKENS_DELETED, M_CONN_LIVE, M_CONN_CREATED,
                 M_EVENTS_NEXT, M_EVENTS_LIVE, M_EVENTS_TRIMMED)
+M_COUNTERS = b"counters"  # u64[len(COUNTER_KEYS)] in COUNTER_KEYS order (docs/format.md §3.1)
+_COUNTERS = struct.Struct("<" + "Q" * len(COUNTER_KEYS))
 DEFAULT_EVENT_CAPACITY = 1_000_000
 DEFAULT_REFLEX_CAPACITY = 65_536
 M_REFLEX_CAPACITY = b"reflex_capacity"
@@ -266,6 +268,7 @@ class Store:
         self._unsynced = False
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
+        self._applier_thread: _Applier | None = None
         self._last_checkpoint = time.time()
         self._counters: dict[bytes, int] = {k: 0 for k in COUNTER_KEYS}
         self._stats = {"commits_total": 0, "commit_errors_total": 0, "checkpoints_total": 0,
@@ -460,8 +463,7 @@ class Store:
             txn.put(M_STORE_ID, uuid.uuid4().bytes, db=meta)
             txn.put(M_EVENT_CAPACITY, _U64.pack(self._event_capacity), db=meta)
             txn.put(M_REFLEX_CAPACITY, _U64.pack(self._reflex_capacity), db=meta)
-            for k in COUNTER_KEYS:
-                txn.put(k, _U64.pack(0), db=meta)
+            txn.put(M_COUNTERS, _COUNTERS.pack(*([0] * len(COUNTER_KEYS))), db=meta)
 
         self._kv.write(init)
         with self._read_txn() as txn:
@@ -490,8 +492,12 @@ class Store:
         self._applied = int(u64(M_APPLIED) or 0)
         self._event_capacity = int(u64(M_EVENT_CAPACITY) or DEFAULT_EVENT_CAPACITY)
         self._reflex_capacity = int(u64(M_REFLEX_CAPACITY) or DEFAULT_REFLEX_CAPACITY)
-        for k in COUNTER_KEYS:
-            self._counters[k] = int(u64(k) or 0)
+        raw = txn.get(M_COUNTERS, db=meta)
+        if raw is None or len(raw) != _COUNTERS.size:
+            from .errors import CorruptionError
+
+            raise CorruptionError(f"{self.path}: the meta counters are missing or malformed")
+        self._counters.update(zip(COUNTER_KEYS, _COUNTERS.unpack(bytes(raw))))
 
     def _open_log(self, recovery: str) -> None:
         wal_dir = os.path.join(self.path, WAL_DIR)
@@ -822,10 +828,8 @@ class Store:
         try:
             positions = self._log.append([(wal_mod.RECORD_BATCH, p.payload) for p in accepted])
             self._stats["wal_records_written_total"] += len(accepted)
-            if any(p.durability == "sync" for p in accepted):
-                self._log.sync()
-                self._unsynced = False
-            else:
+            need_sync = any(p.durability == "sync" for p in accepted)
+            if not need_sync:
                 self._unsynced = True
                 if any(p.durability == "async" for p in accepted):
                     self._ensure_flusher()
@@ -835,10 +839,27 @@ class Store:
             self._fail(accepted, exc, "log append/sync", span)
             return
         t_logged = time.perf_counter()
+        entries = [(pos, p.ops) for pos, p in zip(positions, accepted)]
         try:
-            self._apply([(pos, p.ops) for pos, p in zip(positions, accepted)])
+            if need_sync:
+                # The LMDB apply (no fsync) runs in the applier thread while this thread
+                # waits in the log's fdatasync, so a durable commit costs about one
+                # fdatasync. Safe for invariant 1: LMDB becomes durable only at a
+                # checkpoint, and a checkpoint fdatasyncs the log first.
+                job = self._applier().submit(lambda: self._apply(entries))
+                sync_error: BaseException | None = None
+                try:
+                    self._log.sync()
+                    self._unsynced = False
+                except BaseException as exc:
+                    sync_error = exc
+                job.wait()  # raises what the apply raised
+                if sync_error is not None:
+                    raise sync_error
+            else:
+                self._apply(entries)
         except BaseException as exc:
-            self._fail(accepted, exc, "LMDB apply", span)
+            self._fail(accepted, exc, "log sync / LMDB apply", span)
             return
         self._stats["commits_total"] += len(accepted)
         for pos, p in zip(positions, accepted):
@@ -908,10 +929,9 @@ class Store:
         from . import reflex_store
 
         def fn(txn) -> ApplyStats:
-            counters = {}
-            for k in COUNTER_KEYS:
-                v = txn.get(k, db=meta)
-                counters[k] = _U64.unpack(bytes(v))[0] if v is not None else 0
+            # The writer's in-memory counters equal the stored ones (only it writes), and
+            # they change only after a commit: so fn can re-run from the same start.
+            counters = dict(self._counters)
             total = ApplyStats()
             appended: list[tuple[int, np.ndarray]] = []
             reflexes = None  # a writable copy, made at the first reflex op (fn may re-run)
@@ -954,8 +974,7 @@ class Store:
             counters[M_CONN_LIVE] += ex.get("connections_added", 0) - ex.get("connections_removed", 0)
             counters[M_CONN_CREATED] += ex.get("connections_added", 0)
             counters[M_EVENTS_TRIMMED] += ex.get("events_trimmed", 0)
-            for k, v in counters.items():
-                txn.put(k, _U64.pack(v), db=meta)
+            txn.put(M_COUNTERS, _COUNTERS.pack(*(counters[k] for k in COUNTER_KEYS)), db=meta)
             if reflexes is not None:
                 reflex_store.persist(txn, reflex_db, reflexes)
             last = max(pos for pos, _ in entries)
@@ -983,6 +1002,11 @@ class Store:
         return stats
 
     # ------------------------------------------------------------------ durability
+
+    def _applier(self) -> "_Applier":
+        if self._applier_thread is None:
+            self._applier_thread = _Applier()
+        return self._applier_thread
 
     def _ensure_flusher(self) -> None:
         if self._flusher is None or not self._flusher.is_alive():
@@ -1101,8 +1125,7 @@ class Store:
         return self.count()
 
     def contains(self, token_id: int) -> bool:
-        ids = _ids_array([token_id])
-        return bool(self._presence(ids)[0])
+        return self._get_record(token_id) is not None
 
     def __contains__(self, token_id: object) -> bool:
         try:
@@ -1116,11 +1139,46 @@ class Store:
             return snap.tokens._presence(ids)
 
     def get_token(self, token_id: int):
-        """The stored token ``token_id`` (a copy), or NotFoundError (a KeyError)."""
+        """The stored token ``token_id`` (a copy), or NotFoundError (a KeyError).
+
+        One read transaction, one LMDB get, 64 bytes copied: the batch API is for many."""
         from .tokens import Token
 
-        arr = self.get_tokens([token_id])
-        return Token._view(arr.data[0:1].copy())
+        raw = self._get_record(token_id)
+        if raw is None:
+            raise NotFoundError(f"no token with id {token_id} in {self.path}")
+        return Token._view(np.frombuffer(bytearray(raw), dtype=TOKEN_DTYPE))  # owns its bytes
+
+    def _get_record(self, token_id: int) -> bytes | None:
+        if self._closed:
+            raise StoreClosedError(f"the store {self.path} is closed")
+        if type(token_id) is not int or not 0 <= token_id <= MAX_TOKEN_ID:
+            token_id = int(_ids_array([token_id])[0])
+        layout = self._layout
+        env = self._kv.env
+        try:
+            txn = env.begin(buffers=True)
+        except Exception:  # map resized by another process, reader slots: the slow path says why
+            with self._read_txn() as txn2:
+                v = txn2.get(layout.key(token_id >> layout.shift), db=self._kv.dbs[DB_TOKENS])
+                return self._record_of(v, token_id)
+        try:
+            v = txn.get(layout.key(token_id >> layout.shift), db=self._kv.dbs[DB_TOKENS])
+            return self._record_of(v, token_id)
+        finally:
+            txn.abort()
+            del txn  # the reader slot is freed with the object (see _Lease.release)
+
+    def _record_of(self, v: Any, token_id: int) -> bytes | None:
+        if v is None:
+            return None
+        layout = self._layout
+        if len(v) != layout.value_bytes:
+            layout.check(v, token_id >> layout.shift)
+        slot = token_id & layout.mask
+        if not v[layout.records_bytes + (slot >> 3)] >> (slot & 7) & 1:
+            return None
+        return v[slot * 64:slot * 64 + 64].tobytes()
 
     def get_tokens(self, ids: Any, *, missing: str = "raise"):
         """Tokens for ``ids`` in the given order, as a TokenArray (a copy).
@@ -1251,6 +1309,9 @@ class Store:
             self._release_files()
 
     def _release_files(self) -> None:
+        if self._applier_thread is not None:
+            self._applier_thread.close()
+            self._applier_thread = None
         if self._log is not None:
             try:
                 self._log.close()
@@ -1301,6 +1362,66 @@ def _ids_array(ids: Any) -> np.ndarray:
         raise InvalidArgumentError(
             f"ids must be in 0..{MAX_TOKEN_ID}; got values in {int(a.min())}..{int(a.max())}")
     return a.astype(np.uint32, copy=False)
+
+
+class _Job:
+    def __init__(self, owner: "_Applier") -> None:
+        self._owner = owner
+
+    def wait(self) -> Any:
+        return self._owner._wait()
+
+
+class _Applier:
+    """A thread that runs one LMDB apply at a time for the commit leader, so that the
+    apply overlaps the leader's log fdatasync. Each apply's write transaction begins and
+    commits in this thread (LMDB's rule for write transactions)."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._fn: Any = None
+        self._result: tuple[bool, Any] | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="ngstore-applier", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Any) -> _Job:
+        with self._cv:
+            self._fn, self._result = fn, None
+            self._cv.notify_all()
+        return _Job(self)
+
+    def _wait(self) -> Any:
+        with self._cv:
+            while self._result is None:
+                self._cv.wait()
+            ok, value = self._result
+            self._result = None
+        if not ok:
+            raise value
+        return value
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._fn is None and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                fn, self._fn = self._fn, None
+            try:
+                result: tuple[bool, Any] = (True, fn())
+            except BaseException as exc:  # handed to the waiting leader
+                result = (False, exc)
+            with self._cv:
+                self._result = result
+                self._cv.notify_all()
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join()
 
 
 class Batch:
@@ -1518,7 +1639,8 @@ class _ReadTxn:
         return self.txn
 
     def __exit__(self, *exc: object) -> None:
-        self._kv.end_read(self.txn)
+        txn, self.txn = self.txn, None  # see _Lease.release: the slot goes with the object
+        self._kv.end_read(txn)
 
 
 class _Lease:
@@ -1532,6 +1654,8 @@ class _Lease:
         self._map_size = int(kv.env.info()["map_size"])
         self._anchor = 0
         self._region: np.ndarray | None = None
+        self._tokens: np.ndarray | None = None
+        self._tokens_base = 0
 
     def acquire(self) -> None:
         with self._lock:
@@ -1542,7 +1666,12 @@ class _Lease:
             self._refs -= 1
             last = self._refs == 0
         if last:
-            self.kv.end_read(self.txn)
+            txn, self.txn = self.txn, None
+            # py-lmdb frees the reader slot only when the transaction object is freed: an
+            # aborted transaction still referenced keeps its slot (and so would exhaust
+            # max_readers). Drop every reference here.
+            self._region = self._tokens = None
+            self.kv.end_read(txn)
 
     def view(self, value: memoryview, nbytes: int) -> np.ndarray:
         """A read-only uint8 array over the first ``nbytes`` of an LMDB value, zero copy,
@@ -1553,15 +1682,42 @@ class _Lease:
         the first value seen: every value lies within ``map_size`` of it). One base per
         snapshot keeps the per-chunk cost to a slice.
         """
-        addr = int(np.frombuffer(value, dtype=np.uint8).ctypes.data)
+        addr = _address(value)
+        region = self._region_for(addr)
+        off = addr - self._anchor
+        if 0 <= off and off + nbytes <= region.shape[0]:
+            return region[off:off + nbytes]
+        return np.asarray(_MappedRegion(addr, nbytes, self))  # not expected; still correct
+
+    def records(self, value: memoryview, count: int) -> np.ndarray:
+        """``count`` TOKEN_DTYPE records at the start of an LMDB value, zero copy.
+
+        LMDB places a large value at 16 bytes into a page, so every chunk value of a
+        snapshot sits at the same address modulo 64: a region typed as TOKEN_DTYPE,
+        anchored at that residue, turns each chunk into a plain slice."""
+        addr = _address(value)
+        self._region_for(addr)
+        if self._tokens is None:
+            self._tokens = self._region[(addr - self._anchor) % 64:].view(np.uint8)
+            self._tokens = self._tokens[: self._tokens.shape[0] // 64 * 64].view(TOKEN_DTYPE)
+            self._tokens_base = self._anchor + (addr - self._anchor) % 64
+        off = addr - self._tokens_base
+        if off >= 0 and off % 64 == 0 and off // 64 + count <= self._tokens.shape[0]:
+            return self._tokens[off // 64: off // 64 + count]
+        return self.view(value, count * 64).view(TOKEN_DTYPE)
+
+    def _region_for(self, addr: int) -> np.ndarray:
         if self._region is None:
             self._anchor = max(4096, addr - self._map_size)
-            self._region = np.asarray(_MappedRegion(self._anchor, 2 * self._map_size + addr - self._anchor
-                                                    if self._anchor == 4096 else 2 * self._map_size, self))
-        off = addr - self._anchor
-        if 0 <= off and off + nbytes <= self._region.shape[0]:
-            return self._region[off:off + nbytes]
-        return np.asarray(_MappedRegion(addr, nbytes, self))  # not expected; still correct
+            span = 2 * self._map_size if self._anchor > 4096 else 2 * self._map_size + addr
+            self._region = np.asarray(_MappedRegion(self._anchor, span, self))
+        return self._region
+
+
+def _address(value: memoryview) -> int:
+    from . import _native
+
+    return int(_native.ffi.cast("uintptr_t", _native.ffi.from_buffer(value)))
 
 
 class _MappedRegion:
@@ -1593,7 +1749,11 @@ class Snapshot:
         self._lease = _Lease(store._kv)
         self._closed = False
         self._layout = store._layout
-        self.tokens = TokenView(self)
+
+    @property
+    def tokens(self) -> "TokenView":
+        """The snapshot's tokens (zero-copy views, gathers, columns)."""
+        return TokenView(self)
 
     @property
     def closed(self) -> bool:
@@ -1608,7 +1768,11 @@ class Snapshot:
         """Ends the snapshot. Views handed out stay valid until they are dropped."""
         if not self._closed:
             self._closed = True
-            self._lease.release()
+            lease = self._lease
+            # The lease must not hold the region base: views alone keep it (and so the
+            # transaction) alive from now on.
+            lease._region = lease._tokens = None
+            lease.release()
 
     def __enter__(self) -> "Snapshot":
         return self
@@ -1627,7 +1791,7 @@ class TokenView:
     """The tokens of a snapshot."""
 
     def __init__(self, snap: Snapshot) -> None:
-        self._snap = snap
+        self._snap = snap  # Snapshot.tokens makes a new view each time: no reference cycle
         self._layout = snap._layout
 
     def _db(self):
@@ -1636,8 +1800,8 @@ class TokenView:
 
     def count(self) -> int:
         txn = self._snap._txn()
-        v = txn.get(M_TOKENS_LIVE, db=self._snap._lease.kv.dbs[DB_META])
-        return 0 if v is None else _U64.unpack(bytes(v))[0]
+        v = txn.get(M_COUNTERS, db=self._snap._lease.kv.dbs[DB_META])
+        return 0 if v is None else _COUNTERS.unpack(bytes(v))[COUNTER_KEYS.index(M_TOKENS_LIVE)]
 
     def __len__(self) -> int:
         return self.count()
@@ -1652,12 +1816,15 @@ class TokenView:
         lease = self._snap._lease
         layout = self._layout
         full = layout.full_bitmap
+        rb, vb, slots, shift = layout.records_bytes, layout.value_bytes, layout.slots, layout.shift
+        records = lease.records
+        from_bytes = int.from_bytes
         for key, value in txn.cursor(db=lease.kv.dbs[DB_TOKENS]):
-            chunk = ChunkLayout.chunk_of(key)
-            layout.check(value, chunk)
-            rows = lease.view(value, layout.records_bytes).view(TOKEN_DTYPE)
-            first = chunk << layout.shift
-            bitmap = value[layout.records_bytes:]
+            if len(value) != vb:
+                layout.check(value, from_bytes(key, "big"))
+            first = from_bytes(key, "big") << shift
+            rows = records(value, slots)
+            bitmap = value[rb:]
             if bitmap == full:
                 yield first, rows
                 continue
@@ -1679,13 +1846,21 @@ class TokenView:
         return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
 
     def column(self, name: str) -> np.ndarray:
-        """One field of every present token, in id order (a copy)."""
+        """One field of every present token, in id order (a new array).
+
+        One C call reads the field straight out of the mapped chunk values (GIL
+        released), so this is the fast way to scan a column: about the cost of the same
+        field access on an in-RAM array."""
+        from . import _native
+
         if name not in TOKEN_DTYPE.names:
             raise InvalidArgumentError(f"no token field {name!r}; fields are {TOKEN_DTYPE.names}")
-        parts = [a[name] for _f, a in self.chunks()]
-        if not parts:
-            return np.zeros((0,) + TOKEN_DTYPE[name].shape, TOKEN_DTYPE[name].base)
-        return np.concatenate(parts)
+        field_dt, offset = TOKEN_DTYPE.fields[name][:2]
+        txn = self._snap._txn()
+        bufs = [v for _k, v in txn.cursor(db=self._snap._lease.kv.dbs[DB_TOKENS])]
+        raw_dt = np.dtype((np.void, field_dt.itemsize))
+        out = _native.gather_column(bufs, self._layout.shift, offset, raw_dt, self.count())
+        return out.view(field_dt.base).reshape((-1,) + field_dt.shape)
 
     def to_array(self) -> np.ndarray:
         """Every present token as one TOKEN_DTYPE array (a copy)."""

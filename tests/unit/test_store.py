@@ -331,3 +331,30 @@ def test_stats_reports_counts_and_sizes(store):
     assert st["tokens_live"] == 10 and st["tokens_created_total"] == 10
     assert st["map_used_bytes"] > 0 and st["readers_max"] > 0
     assert st["format_version"] == 1
+
+
+def test_column_reads_every_field_of_present_tokens_in_id_order(store):
+    toks = make_tokens([9, 2, 5000, 7])
+    store.put_tokens(toks)
+    store.delete_tokens([7])
+    order = np.argsort(toks["id"])
+    order = order[toks["id"][order] != 7]
+    with store.snapshot() as snap:
+        for name in TOKEN_DTYPE.names:
+            np.testing.assert_array_equal(snap.tokens.column(name), toks[name][order])
+
+
+def test_column_of_a_corrupt_chunk_is_an_error_not_a_crash(store_path):
+    import lmdb
+
+    with ngstore.open(store_path) as s:
+        s.put_tokens(make_tokens([1, 2]))
+    env = lmdb.open(store_path, max_dbs=8)
+    with env.begin(write=True, db=env.open_db(b"tokens")) as txn:
+        txn.put((0).to_bytes(4, "big"), b"short")
+    env.close()
+    with ngstore.open(store_path) as s, s.snapshot() as snap:
+        with pytest.raises(ngstore.NgStoreError):
+            snap.tokens.column("weight")
+        with pytest.raises(ngstore.CorruptionError):
+            list(snap.tokens.chunks())
