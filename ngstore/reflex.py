@@ -5,7 +5,7 @@ action) filed under a state. A state is a Token (its 24 coordinates), 8 floats m
 the X axes of the 8 layers (the original ``from_state_f32``), or 24 raw ``int16``
 coordinates. It is keyed by the original grid hash plus an independent fingerprint
 (XXH3-64 of the quantized coordinates), so states whose grid hashes collide are told
-apart. The bytes are specified in ``docs/format-reflex.md``.
+apart. The bytes are specified in ``docs/format.md §7``.
 
 Memory and lifetimes:
 

@@ -1,6 +1,6 @@
 """The write-ahead log: segment files of CRC-framed records with consecutive positions.
 
-The format, byte by byte, is ``docs/format-wal.md``; this module holds its constants and is
+The format, byte by byte, is ``docs/format.md §6``; this module holds its constants and is
 the only code that reads or writes those bytes.
 
 What the log is for
@@ -252,7 +252,7 @@ def _check_header(data: bytes, name_first: int) -> tuple[int, int] | str:
 
 
 def _frame_problem(hdr: tuple, salt: int, expected: int | None) -> str | None:
-    """Checks 4..6 of format-wal.md §3 on a CRC-valid header; None if the frame is valid."""
+    """Checks 4..6 of docs/format.md §6.3 on a CRC-valid header; None if the frame is valid."""
     _crc, length, fsalt, pos, synced, typ, flags, res, raw = hdr
     if fsalt != salt:
         return f"stale record (salt {fsalt:#018x}, segment salt {salt:#018x})"
@@ -586,7 +586,7 @@ class Log:
         ``start_after``: the last position the caller has durably applied. If the log ends
         before it, the log restarts at ``start_after + 1`` (old segments are all applied and
         are deleted); if the log starts after ``start_after + 1`` records are missing:
-        ``CorruptionError`` (salvage: reported). ``recovery``: see ``docs/format-wal.md`` §7.
+        ``CorruptionError`` (salvage: reported). ``recovery``: see ``docs/format.md §6`` §7.
         On ``CorruptionError`` nothing on disk was changed.
         """
         if recovery not in RECOVERY_MODES:

@@ -1,6 +1,6 @@
 """Corrupted logs: every single-byte change, every truncation, and byte surgery.
 
-The rule under test (docs/format-wal.md §5): a bad point with no evidence of durability
+The rule under test (docs/format.md §6.5): a bad point with no evidence of durability
 after it is a torn tail (truncated, the log is a prefix); with evidence it is corruption
 (tolerate-tail raises CorruptionError naming file and offset; salvage skips it and returns
 a subset in order; strict raises on either).
