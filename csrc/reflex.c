@@ -1,5 +1,5 @@
 /* reflex.c -- the persistent reflex table (see reflex.h for the API manual and
- * docs/format-reflex.md for the same bytes with validity rules).
+ * docs/format.md §7 for the same bytes with validity rules).
  *
  * WHAT IS STORED
  *

@@ -6,7 +6,7 @@
  * caller-provided memory cut into equal SEGMENTS, so that it can be stored as
  * several LMDB values and persisted one changed segment at a time. The byte
  * layout, the probing scheme and the eviction policy are described at the top of
- * reflex.c and in docs/format-reflex.md.
+ * reflex.c and in docs/format.md §7.
  *
  * Status codes: every function returning int returns NG_OK (0) or a negative
  * NG_E* code of ngcore.h; ng_reflex_strerror() (= ng_strerror) names them.

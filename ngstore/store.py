@@ -147,7 +147,7 @@ def open(path: str | os.PathLike, *, readonly: bool = False, create: bool = True
          memory_threshold: float = 0.8, chunk_slots: int = DEFAULT_CHUNK_SLOTS,
          event_capacity: int = DEFAULT_EVENT_CAPACITY,
          reflex_capacity: int = DEFAULT_REFLEX_CAPACITY, map_size: int = DEFAULT_MAP_SIZE, max_readers: int = 126,
-         flush_interval: float = 0.010, checkpoint_bytes: int = 256 << 20,
+         flush_interval: float = 0.010, checkpoint_bytes: int = 64 << 20,
          checkpoint_interval: float = 300.0, direct_threshold: int = 16 << 20,
          segment_bytes: int = 64 << 20, io: FileIO = DEFAULT_IO,
          progress: bool = False, observability: bool = True, tracing: Any = None,
@@ -270,6 +270,8 @@ class Store:
         self._flusher_stop = threading.Event()
         self._applier_thread: _Applier | None = None
         self._last_checkpoint = time.time()
+        self._pgno_at_checkpoint = 0
+        self._page_size = 4096
         self._counters: dict[bytes, int] = {k: 0 for k in COUNTER_KEYS}
         self._stats = {"commits_total": 0, "commit_errors_total": 0, "checkpoints_total": 0,
                        "wal_records_written_total": 0, "wal_records_replayed_total": 0,
@@ -1068,25 +1070,30 @@ class Store:
                                          "(%d -> %d accounted bytes)", n, before, self._usage().bytes)
 
     def _maybe_checkpoint(self) -> None:
+        """Checkpoints when the log, or LMDB's file since the last checkpoint, has grown
+        by ``checkpoint_bytes``, or ``checkpoint_interval`` has passed. The LMDB trigger
+        matters: the pinned checkpoint keeps LMDB from reusing the pages later commits
+        free, so many small updates grow the file until the next checkpoint."""
         if self._failed is not None:
             return
-        if (self._log.size_bytes >= self._checkpoint_bytes
+        grown = (self._kv.env.info()["last_pgno"] - self._pgno_at_checkpoint) * self._page_size
+        if (self._log.size_bytes >= self._checkpoint_bytes or grown >= self._checkpoint_bytes
                 or time.time() - self._last_checkpoint >= self._checkpoint_interval):
             try:
                 self._write_checkpoint(pin=True)
             except BaseException as exc:
                 self._failed = exc
 
-    def _write_checkpoint(self, pin: bool) -> None:
+    def _write_checkpoint(self, pin: bool, final: bool = False) -> None:
         if self._obs is None:
-            self._write_checkpoint_inner(pin)
+            self._write_checkpoint_inner(pin, final)
             return
         with self._obs.span("checkpoint"):
-            self._write_checkpoint_inner(pin)
+            self._write_checkpoint_inner(pin, final)
         self._obs.event("checkpoint", applied_position=self._applied,
                         wal_segments=self._log.segment_count if self._log is not None else 0)
 
-    def _write_checkpoint_inner(self, pin: bool) -> None:
+    def _write_checkpoint_inner(self, pin: bool, final: bool = False) -> None:
         kv = self._kv
         if self._log is not None:
             self._log.sync()  # invariant 1: the log is durable before LMDB is
@@ -1098,7 +1105,11 @@ class Store:
                               encode_checkpoint(kv.page_size(), txnid, self._applied, page))
         if pin:
             kv.pin()
+        self._pgno_at_checkpoint = kv.env.info()["last_pgno"]
+        self._page_size = kv.page_size()
         if self._log is not None:
+            if final:  # closing: every record is applied and durable, keep none of them
+                self._log.rotate()
             self._log.drop_through(self._applied)
         self._stats["checkpoints_total"] += 1
         self._last_checkpoint = time.time()
@@ -1298,7 +1309,7 @@ class Store:
                 self._flusher_stop.set()
                 if self._flusher is not None:
                     self._flusher.join()
-                self._run_exclusive(lambda: self._write_checkpoint(pin=False))
+                self._run_exclusive(lambda: self._write_checkpoint(pin=False, final=True))
                 self._write_state(clean=True)
         finally:
             self._closed = True

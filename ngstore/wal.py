@@ -844,6 +844,17 @@ class Log:
                 self._durable = max(self._durable, target)
             return self._durable
 
+    def rotate(self) -> None:
+        """Seals the active segment and starts a new one (no-op when the active segment
+        holds no record). Lets ``drop_through`` delete every record up to ``last_position``,
+        e.g. after the closing checkpoint."""
+        self._check_writable()
+        with self._sync_lock:
+            with self._lock:
+                empty = self._segs[-1].records == 0
+            if not empty:
+                self._rotate()
+
     def drop_through(self, position: int) -> int:
         """Deletes every segment (never the active one) all of whose records are ≤
         ``position``, oldest first, each unlink followed by an fsync of the directory.
