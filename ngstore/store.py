@@ -195,6 +195,7 @@ class _Pending:
     payload: bytes | None = None
     add_tokens: int = 0
     done: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)
     position: int = 0
     error: BaseException | None = None
 
@@ -733,24 +734,55 @@ class Store:
         p.payload = batchops.encode_ops(ops)
         with self._cv:
             self._queue.append(p)
-            while not p.done:
-                if not self._leader:
-                    self._leader = True
-                    group, self._queue = self._queue, []
-                    self._cv.release()
-                    try:
-                        self._commit_group(group)
-                        self._maybe_cleanup()
-                        self._maybe_checkpoint()
-                    finally:
-                        self._cv.acquire()
-                        self._leader = False
-                        self._cv.notify_all()
-                else:
-                    self._cv.wait()
+            lead = not self._leader
+            if lead:
+                self._leader = True
+        while True:
+            if lead:
+                self._lead(p)
+            p.wake.wait()
+            if p.done:
+                break
+            p.wake.clear()  # asked to lead: the previous leader handed over
+            lead = True
         if p.error is not None:
             raise p.error
         return p.position
+
+    #: Groups a leader commits before handing leadership to a waiting committer: more
+    #: rounds save thread handoffs, fewer bound the leader's own latency.
+    LEADER_ROUNDS = 8
+
+    def _lead(self, mine: _Pending) -> None:
+        """Commits queued groups until the queue is empty (or LEADER_ROUNDS), waking each
+        committer whose batch is done; then hands over or gives up leadership."""
+        rounds = 0
+        while True:
+            with self._cv:
+                group, self._queue = self._queue, []
+                if not group:
+                    self._leader = False
+                    self._cv.notify_all()  # _run_exclusive waits for the leadership
+                    return
+            try:
+                self._commit_group(group)
+                self._maybe_cleanup()
+                self._maybe_checkpoint()
+            finally:
+                for q in group:
+                    if not q.done:  # only on an unexpected internal error
+                        q.error = q.error or NgStoreError("the commit was abandoned by an internal error")
+                        q.done = True
+                    q.wake.set()
+            rounds += 1
+            if rounds >= self.LEADER_ROUNDS:
+                with self._cv:
+                    if self._queue:  # hand over to the oldest waiting committer
+                        self._queue[0].wake.set()
+                    else:
+                        self._leader = False
+                        self._cv.notify_all()
+                return
 
     def _run_exclusive(self, fn):
         """Runs ``fn`` as the commit leader (no group commit runs meanwhile)."""
@@ -762,8 +794,11 @@ class Store:
             return fn()
         finally:
             with self._cv:
-                self._leader = False
-                self._cv.notify_all()
+                if self._queue:  # committers queued meanwhile: the oldest leads next
+                    self._queue[0].wake.set()
+                else:
+                    self._leader = False
+                    self._cv.notify_all()
 
     def _quota_check(self, p: _Pending, pending_tokens: int) -> None:
         add_tokens = 0
@@ -938,8 +973,7 @@ class Store:
             appended: list[tuple[int, np.ndarray]] = []
             reflexes = None  # a writable copy, made at the first reflex op (fn may re-run)
             trims: list[int] = []
-            for _pos, ops in entries:
-                for op in ops:
+            for op in _coalesce_puts(entries):
                     if op.kind == batchops.OP_TOKEN_PUT:
                         total.add(batchops.apply_token_put(txn, tokens_db, layout, op.data))
                     elif op.kind == batchops.OP_TOKEN_DELETE:
@@ -1600,6 +1634,25 @@ class Batch:
             self.commit()
         else:
             self.discard()
+
+
+def _coalesce_puts(entries: list[tuple[int, list[Op]]]) -> Iterator[Op]:
+    """The ops of ``entries`` in order, with runs of adjacent TOKEN_PUT ops (across
+    batches) merged into one: a group of small commits then rewrites each chunk once.
+    Same result: within a put the last record of an id wins, and only adjacent puts
+    merge, so no delete or other op is reordered."""
+    run: list[np.ndarray] = []
+    for _pos, ops in entries:
+        for op in ops:
+            if op.kind == batchops.OP_TOKEN_PUT:
+                run.append(op.data)
+                continue
+            if run:
+                yield Op(batchops.OP_TOKEN_PUT, run[0] if len(run) == 1 else np.concatenate(run))
+                run = []
+            yield op
+    if run:
+        yield Op(batchops.OP_TOKEN_PUT, run[0] if len(run) == 1 else np.concatenate(run))
 
 
 def _state_coords(states: Any) -> np.ndarray:

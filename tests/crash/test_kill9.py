@@ -83,7 +83,7 @@ def _verify(path: str, acked: dict[int, int]) -> tuple[int, int]:
 def test_kill9_never_loses_an_acknowledged_batch_nor_keeps_part_of_one(tmp_path):
     path = str(tmp_path / "store")
     ngstore.open(path).close()
-    budget = float(os.environ.get("NGSTORE_CRASH_SECONDS", "150"))
+    budget = float(os.environ.get("NGSTORE_CRASH_SECONDS", "200"))
     max_iter = int(os.environ.get("NGSTORE_CRASH_ITERATIONS", "300"))
     rng = random.Random(12345)
     acked: dict[int, int] = {}
