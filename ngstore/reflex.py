@@ -92,6 +92,9 @@ ENTRY_DTYPE = np.dtype({
 _HIT_DTYPE = np.dtype({"names": ["similarity", "action", "connection"],
                        "formats": ["<f4", ("<f4", (8,)), CONNECTION_DTYPE], "offsets": [0, 4, 36], "itemsize": 100})
 
+_HIT_ACTION_OFF = _HIT_DTYPE.fields["action"][1]
+_HIT_CONN_OFF = _HIT_DTYPE.fields["connection"][1]
+
 _HEADER = struct.Struct("<8sHHHHIIQQQ8sI64sI")
 assert _HEADER.size == HEADER_SIZE
 
@@ -236,10 +239,38 @@ class LookupResult(NamedTuple):
     connections: np.ndarray | None  #: CONNECTION_DTYPE (n,) or None (with_connections=False)
 
 
-class ReflexHit(NamedTuple):
-    connection: np.void      #: CONNECTION_DTYPE record (read-only, owns its bytes)
-    action: np.ndarray       #: float32 (8,), read-only, owns its bytes
-    similarity: float
+class ReflexHit:
+    """The answer of :meth:`ReflexTable.lookup`: ``connection`` (a CONNECTION_DTYPE record),
+    ``action`` (float32 (8,), the decoded target_vector) and ``similarity``.
+
+    It holds one copy of the C result; the numpy views are made on first access (and
+    read-only, owning their bytes), so a caller that only needs the similarity or the
+    action does not pay for the record. Unpacks like the tuple it replaces."""
+
+    __slots__ = ("_raw", "similarity", "_conn", "_action")
+
+    def __init__(self, raw: bytes, similarity: float) -> None:
+        self._raw = raw
+        self.similarity = similarity
+        self._conn = self._action = None
+
+    @property
+    def connection(self) -> np.void:
+        if self._conn is None:
+            self._conn = np.frombuffer(self._raw, CONNECTION_DTYPE, 1, _HIT_CONN_OFF)[0]
+        return self._conn
+
+    @property
+    def action(self) -> np.ndarray:
+        if self._action is None:
+            self._action = np.frombuffer(self._raw, np.float32, LAYERS, _HIT_ACTION_OFF)
+        return self._action
+
+    def __iter__(self):
+        return iter((self.connection, self.action, self.similarity))
+
+    def __repr__(self) -> str:
+        return f"ReflexHit(similarity={self.similarity:.3f}, action={self.action.tolist()})"
 
 
 class ReflexEntry(NamedTuple):
@@ -550,8 +581,7 @@ class ReflexTable:
             return None
         # Views of fresh bytes objects (read-only, owned by the result): numpy's structured
         # copy is ~10x slower than this on a single record.
-        return ReflexHit(np.frombuffer(ffi.buffer(out.connection)[:], CONNECTION_DTYPE)[0],
-                         np.frombuffer(ffi.buffer(out.action)[:], np.float32), out.similarity)
+        return ReflexHit(ffi.buffer(out)[:], out.similarity)
 
     def lookup_batch(self, states: Any, *, min_confidence: int = 150, hypothesis_threshold: int = 200,
                      similarity_threshold: float = 0.85, with_connections: bool = True) -> LookupResult:
