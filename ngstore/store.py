@@ -630,6 +630,33 @@ class Store:
                                        "pass connection_type=")
         return Connection.from_record(found[0:1].copy())
 
+    def get_connections(self, keys: Any, *, missing: str = "raise"):
+        """Connections for ``keys`` — (a, b, type) triples, or connections whose key to
+        use — in order, as a ConnectionArray (copies). One read transaction.
+
+        ``missing="raise"`` raises NotFoundError naming absent keys; ``"skip"`` leaves
+        them out."""
+        from .connections import ConnectionArray
+
+        if missing not in ("raise", "skip"):
+            raise InvalidArgumentError(f"missing must be 'raise' or 'skip', got {missing!r}")
+        k = _connection_keys(keys)
+        self._check_open()
+        out, absent = [], []
+        with self._read_txn() as txn:
+            db = self._kv.dbs[DB_CONNECTIONS]
+            for a_, b_, t_ in zip(k["token_a"].tolist(), k["token_b"].tolist(), k["connection_type"].tolist()):
+                v = txn.get(batchops.conn_key(a_, b_, t_), db=db) if db is not None else None
+                if v is None:
+                    absent.append((a_, b_, t_))
+                else:
+                    out.append(bytes(v))
+        if absent and missing == "raise":
+            shown = ", ".join(map(str, absent[:5])) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+            raise NotFoundError(f"no connection {shown} in {self.path}")
+        arr = np.frombuffer(b"".join(out), dtype=CONNECTION_DTYPE).copy() if out else np.zeros(0, CONNECTION_DTYPE)
+        return ConnectionArray(arr)
+
     def connections_between(self, a: int, b: int):
         """Every connection joining tokens a and b (any order), as a ConnectionArray."""
         lo, hi = (a, b) if a <= b else (b, a)
@@ -1528,28 +1555,7 @@ class Batch:
     def delete_connections(self, keys: Any) -> None:
         """Deletes by key: connections (their a, b, type) or (a, b, type) triples."""
         self._check()
-        if isinstance(keys, tuple) and len(keys) == 3 and all(isinstance(k, (int, np.integer)) for k in keys):
-            keys = [keys]
-        if isinstance(keys, list) and keys and all(isinstance(k, tuple) for k in keys):
-            try:
-                trip = np.array(keys, dtype=np.int64)
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgumentError(f"bad connection keys: {exc}") from None
-            if trip.ndim != 2 or trip.shape[1] != 3:
-                raise InvalidArgumentError("connection keys must be (a, b, type) triples")
-            a, b, t = trip[:, 0], trip[:, 1], trip[:, 2]
-        else:
-            from .connections import as_connection_array
-
-            arr = as_connection_array(keys)
-            a, b, t = arr["token_a"], arr["token_b"], arr["connection_type"]
-        _ids_array(a)
-        _ids_array(b)
-        if len(t) and (np.min(t) < 0 or np.max(t) > 255):
-            raise InvalidArgumentError("connection_type must be in 0..255")
-        k = np.zeros(len(a), dtype=batchops.CONN_DELETE_DTYPE)
-        k["token_a"], k["token_b"] = np.minimum(a, b), np.maximum(a, b)
-        k["connection_type"] = t
+        k = _connection_keys(keys)
         if k.size:
             self._ops.append(Op(batchops.OP_CONNECTION_DELETE, k))
 
@@ -1634,6 +1640,34 @@ class Batch:
             self.commit()
         else:
             self.discard()
+
+
+def _connection_keys(keys: Any) -> np.ndarray:
+    """Connection keys (CONN_DELETE_DTYPE, canonical a <= b) from (a, b, type) triples or
+    from connections; InvalidArgumentError for anything else."""
+    if isinstance(keys, tuple) and len(keys) == 3 and all(isinstance(k, (int, np.integer)) for k in keys):
+        keys = [keys]
+    if isinstance(keys, list) and keys and all(isinstance(k, tuple) for k in keys):
+        try:
+            trip = np.array(keys, dtype=np.int64)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"bad connection keys: {exc}") from None
+        if trip.ndim != 2 or trip.shape[1] != 3:
+            raise InvalidArgumentError("connection keys must be (a, b, type) triples")
+        a, b, t = trip[:, 0], trip[:, 1], trip[:, 2]
+    else:
+        from .connections import as_connection_array
+
+        arr = as_connection_array(keys)
+        a, b, t = arr["token_a"], arr["token_b"], arr["connection_type"]
+    _ids_array(a)
+    _ids_array(b)
+    if len(t) and (np.min(t) < 0 or np.max(t) > 255):
+        raise InvalidArgumentError("connection_type must be in 0..255")
+    k = np.zeros(len(a), dtype=batchops.CONN_DELETE_DTYPE)
+    k["token_a"], k["token_b"] = np.minimum(a, b), np.maximum(a, b)
+    k["connection_type"] = t
+    return k
 
 
 def _coalesce_puts(entries: list[tuple[int, list[Op]]]) -> Iterator[Op]:
