@@ -212,6 +212,12 @@ class KV:
             except lmdb.MapFullError:
                 txn.abort()
                 self._grow()
+            except lmdb.Error as exc:
+                txn.abort()
+                raise NgStoreError(f"LMDB write in {self.path} failed ({exc}); if the batch reached "
+                                   "the write-ahead log it is applied, whole, when the store is "
+                                   "reopened; no more writes are taken: close the store and open it "
+                                   "again to recover") from exc
             except BaseException:
                 txn.abort()
                 raise
@@ -238,7 +244,12 @@ class KV:
 
     def sync(self) -> None:
         """Makes every committed transaction durable (one fdatasync of data.mdb)."""
-        self.env.sync(True)
+        try:
+            self.env.sync(True)
+        except lmdb.Error as exc:
+            raise NgStoreError(f"fdatasync of {self.path}/data.mdb failed ({exc}); what it covered "
+                               "is safe in the write-ahead log, but no more writes are taken: close "
+                               "the store and open it again to recover") from exc
 
     def last_txnid(self) -> int:
         return int(self.env.info()["last_txnid"])

@@ -1,0 +1,341 @@
+"""Ordering of the store's durability steps, checked directly (DESIGN §5, invariants 1, 5, 6).
+
+A ``RecordingIO`` passed as ``io=`` records every file operation of the store (create,
+write, truncate, fdatasync, fsync, rename, unlink, fsync_dir) in one sequence; the test
+adds to the same sequence (``mark``) each LMDB commit (``_kv.write``, no fsync) and each
+LMDB sync (``_kv.sync``, the fdatasync of data.mdb run by checkpoints), with what the log
+and the store had at that moment, and the call/return of every API call. The checks then
+read the sequence:
+
+(a) a ``sync`` commit's log record is written and fdatasync'ed before the call returns;
+    an ``async``/``none`` commit returns after the write and before any fdatasync, and
+    ``flush()`` fdatasyncs;
+(b) invariant 1: LMDB is synced only when every log write before it was fdatasync'ed and
+    the log's durable position covers the applied position; an LMDB commit never holds a
+    log position that was not written to the log before it;
+(c) invariant 5/6: the checkpoint file is written (tmp write, fsync, rename, fsync of the
+    directory) after LMDB's sync and names the synced transaction; a log segment is
+    unlinked only after a durable checkpoint (rename + fsync_dir) whose applied position
+    covers every record of the segment;
+(d) invariant 5: every created, renamed or unlinked name is followed by an fsync of its
+    directory before the next call returns.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import ngstore
+from conftest import make_tokens
+from ngstore.kv import DB_META, KV, decode_checkpoint
+from ngstore.store import Store
+from storefaults import FAST, big_mixed, workload
+from walfaults import RecordingIO
+
+
+class Traced:
+    """A store on a RecordingIO, with LMDB commits/syncs and API calls marked in the stream.
+
+    LMDB is hooked at the class (``KV.write``/``KV.sync``) before the store opens, so the
+    syncs of store creation and recovery are in the stream too."""
+
+    def __init__(self, path: str, monkeypatch, **kw) -> None:
+        self.rec = rec = RecordingIO(path if os.path.isdir(path) else os.path.dirname(path))
+        self.obj = None
+        traced = self
+        real_open_writer = Store._open_writer
+        real_write, real_sync = KV.write, KV.sync
+
+        def open_writer(store, *a, **k):
+            traced.obj = store
+            return real_open_writer(store, *a, **k)
+
+        def write(kv, fn):
+            st = traced.obj
+            log = getattr(st, "_log", None)
+            log_last = log.last_position if log is not None else 0
+            out = real_write(kv, fn)
+            with kv.env.begin() as txn:
+                applied = struct.unpack("<Q", txn.get(b"applied_position", db=kv.dbs[DB_META]))[0]
+            rec.mark(("lmdb_commit", applied, log_last))
+            return out
+
+        def sync(kv):
+            st = traced.obj
+            log = st._log
+            assert log is not None, "LMDB synced before the log was open"
+            rec.mark(("lmdb_sync", st._applied, log.durable_position, log.last_position, kv.last_txnid()))
+            real_sync(kv)
+
+        monkeypatch.setattr(Store, "_open_writer", open_writer)
+        monkeypatch.setattr(KV, "write", write)
+        monkeypatch.setattr(KV, "sync", sync)
+        self.store = ngstore.open(path, io=rec, **FAST, **kw)
+        assert self.obj is self.store
+        self.path = self.store.path
+        self.wal = os.path.join(self.path, "wal")
+
+    def call(self, label, fn):
+        self.rec.mark(("call", label))
+        fn()
+        log = self.store._log
+        # one committing thread: the call's record (if any) is the newest one
+        pos = log.last_position if log is not None else None
+        self.rec.mark(("ret", label, pos, log.durable_position if log is not None else None))
+
+    def close(self) -> None:
+        self.call("close", self.store.close)
+
+
+def _is_wal(path: str) -> bool:
+    return path.endswith(".wal")
+
+
+def _wal_first(path: str) -> int:
+    return int(os.path.basename(path)[:16], 16)
+
+
+def check_invariants(t: Traced) -> Counter:
+    """Checks (b), (c), (d) over the whole recording; returns counts of what it checked."""
+    ops = t.rec.ops
+    n = Counter()
+    dirty: set[str] = set()          # wal files written/truncated since their last fdatasync
+    live_segments = {p for p in t.rec.baseline if _is_wal(p)}  # wal files that exist
+    last_lmdb_sync = None            # index of the last lmdb_sync mark
+    synced_txnid = None
+    ckpt_data: bytes | None = None   # content written to checkpoint.tmp (current attempt)
+    ckpt_after_sync = False
+    renamed_ckpt = None              # (applied, txnid) of a checkpoint renamed, not yet dir-synced
+    durable_ckpt_applied = 0         # applied position of the last durable checkpoint file
+    undirsynced: dict[str, list[str]] = {}  # dir -> names changed since its last fsync_dir
+    ckpt_path = os.path.join(t.path, "checkpoint")
+    for i, op in enumerate(ops):
+        if op.kind == "mark":
+            what = op.label[0]
+            if what == "lmdb_sync":
+                _, applied, durable, last, txnid = op.label
+                # (b) invariant 1, in the log's terms and in syscall terms
+                assert durable >= applied, f"op {i}: LMDB synced at applied {applied} > log durable {durable}"
+                assert durable == last, f"op {i}: the checkpoint left log records {durable + 1}..{last} unsynced"
+                assert not dirty, f"op {i}: LMDB synced while log writes to {sorted(dirty)} were not fdatasync'ed"
+                last_lmdb_sync, synced_txnid, ckpt_after_sync = i, txnid, False
+                n["lmdb syncs"] += 1
+            elif what == "lmdb_commit":
+                _, applied, log_last = op.label
+                assert applied <= log_last, f"op {i}: LMDB committed position {applied} before the log held it ({log_last})"
+                n["lmdb commits"] += 1
+            elif what == "ret":
+                # (d) every name change is made durable before the call returns
+                pending = {d: v for d, v in undirsynced.items() if v}
+                assert not pending, f"op {i}: {op.label[1]} returned with name changes not dir-synced: {pending}"
+            continue
+        d = os.path.dirname(op.path)
+        if op.kind in ("create", "unlink"):
+            undirsynced.setdefault(d, []).append(f"{op.kind} {os.path.basename(op.path)}")
+        if op.kind == "rename":
+            undirsynced.setdefault(os.path.dirname(op.dst), []).append(f"rename {os.path.basename(op.dst)}")
+        if op.kind == "fsync_dir":
+            if undirsynced.get(op.path):
+                n["dir fsyncs after name changes"] += 1
+            undirsynced[op.path] = []
+        if _is_wal(op.path):
+            if op.kind == "create":
+                live_segments.add(op.path)
+                n["segments created"] += 1
+            elif op.kind in ("write", "truncate"):
+                dirty.add(op.path)
+            elif op.kind == "fdatasync":
+                dirty.discard(op.path)
+                n["log fdatasyncs"] += 1
+            elif op.kind == "unlink":
+                # (c) invariant 6: a durable checkpoint covers every record of the segment
+                later = sorted((p for p in live_segments if _wal_first(p) > _wal_first(op.path)), key=_wal_first)
+                assert later, f"op {i}: the active segment {op.path} was unlinked"
+                last_in_seg = _wal_first(later[0]) - 1
+                assert renamed_ckpt is None, f"op {i}: segment unlinked before the checkpoint rename was dir-synced"
+                assert durable_ckpt_applied >= last_in_seg, (
+                    f"op {i}: unlinked {os.path.basename(op.path)} (records ≤ {last_in_seg}) but the durable "
+                    f"checkpoint covers only ≤ {durable_ckpt_applied}")
+                live_segments.discard(op.path)
+                n["segments unlinked after a durable checkpoint"] += 1
+        elif op.path == ckpt_path + ".tmp":
+            if op.kind == "write":
+                # (c) the checkpoint file is written after LMDB's sync, naming the synced txn
+                assert last_lmdb_sync is not None and not ckpt_after_sync, \
+                    f"op {i}: checkpoint file written without an LMDB sync before it"
+                _ps, txnid, applied, _meta = decode_checkpoint(op.data, ckpt_path)
+                assert txnid == synced_txnid, f"op {i}: checkpoint names txn {txnid}, LMDB synced {synced_txnid}"
+                ckpt_data, ckpt_after_sync = op.data, True
+            elif op.kind == "fsync":
+                assert ckpt_data is not None
+                n["checkpoint tmp fsyncs"] += 1
+            elif op.kind == "rename":
+                assert ckpt_data is not None and op.dst == ckpt_path
+                prev = ops[i - 1]
+                assert prev.kind == "fsync" and prev.path == op.path, f"op {i}: rename of an unsynced checkpoint.tmp"
+                _ps, txnid, applied, _meta = decode_checkpoint(ckpt_data, ckpt_path)
+                renamed_ckpt = (applied, txnid)
+                ckpt_data = None
+        elif op.kind == "fsync_dir" and op.path == t.path and renamed_ckpt is not None:
+            durable_ckpt_applied = max(durable_ckpt_applied, renamed_ckpt[0])
+            renamed_ckpt = None
+            n["durable checkpoints"] += 1
+    return n
+
+
+def _calls_between(ops, label):
+    """The ops between ("call", label) and ("ret", label, ...), and the ret mark."""
+    start = next(i for i, o in enumerate(ops) if o.kind == "mark" and o.label == ("call", label))
+    end = next(i for i, o in enumerate(ops) if i > start and o.kind == "mark" and o.label[:2] == ("ret", label))
+    return ops[start + 1:end], ops[end].label
+
+
+def _check_sync_commit(t: Traced, label) -> None:
+    inside, ret = _calls_between(t.rec.ops, label)
+    _, _, pos, durable = ret
+    writes = [j for j, o in enumerate(inside) if o.kind == "write" and _is_wal(o.path)]
+    assert writes, f"{label}: no log write"
+    w = writes[-1]
+    syncs = [o for o in inside[w + 1:] if o.kind == "fdatasync" and o.path == inside[w].path]
+    assert syncs, f"{label}: returned without an fdatasync of {inside[w].path} after its write"
+    assert durable >= pos, f"{label}: returned position {pos} but the log is durable only to {durable}"
+
+
+def _check_unsynced_commit(t: Traced, label) -> None:
+    inside, ret = _calls_between(t.rec.ops, label)
+    _, _, pos, durable = ret
+    assert any(o.kind == "write" and _is_wal(o.path) for o in inside), f"{label}: returned before the log write"
+    assert not any(o.kind == "fdatasync" for o in inside), f"{label}: an async/none commit waited for an fdatasync"
+    assert durable < pos, f"{label}: durable {durable} ≥ {pos} without an fdatasync"
+
+
+def test_sync_commits_checkpoints_direct_commits_and_close_keep_the_durability_order(tmp_path, monkeypatch, capsys):
+    t = Traced(str(tmp_path / "s"), monkeypatch, segment_bytes=2048, direct_threshold=64 << 10, flush_interval=3600.0)
+    steps = workload(36)
+    sync_labels = []
+    for i, st in enumerate(steps):
+        d = ("sync", "sync", "async", "none")[i % 4]
+        t.call(st.name, lambda st=st, d=d: st.run(t.store, d))
+        (sync_labels if d == "sync" else []).append(st.name)
+        if i % 9 == 8:
+            t.call(f"checkpoint{i}", t.store.checkpoint)
+        if i == 20:
+            t.call("direct", lambda: big_mixed(0)(t.store, "sync"))
+    assert t.store.stats()["direct_commits_total"] == 1
+    t.close()
+    for label in sync_labels:
+        _check_sync_commit(t, label)
+    n = check_invariants(t)
+    with capsys.disabled():
+        print(f"\n[store ordering] {len(sync_labels)} sync commits; " + ", ".join(f"{k}: {v}" for k, v in sorted(n.items())))
+    assert n["lmdb syncs"] >= 6          # creation, 4 checkpoints, the direct commit, close
+    assert n["durable checkpoints"] == n["lmdb syncs"]
+    assert n["segments created"] >= 5 and n["segments unlinked after a durable checkpoint"] >= 4
+    assert n["lmdb commits"] >= len(steps)
+
+
+def test_automatic_checkpoints_inside_commits_keep_the_durability_order(tmp_path, monkeypatch, capsys):
+    t = Traced(str(tmp_path / "s"), monkeypatch, segment_bytes=2048, checkpoint_bytes=5000, flush_interval=3600.0)
+    steps = workload(40, seed=9)
+    for i, st in enumerate(steps):
+        d = "sync" if i % 3 else "none"
+        t.call(st.name, lambda st=st, d=d: st.run(t.store, d))
+        if d == "sync":
+            _check_sync_commit(t, st.name)
+    auto = t.store.stats()["checkpoints_total"]
+    t.close()
+    n = check_invariants(t)
+    with capsys.disabled():
+        print(f"\n[store ordering] automatic: {auto} checkpoints; " + ", ".join(f"{k}: {v}" for k, v in sorted(n.items())))
+    assert auto >= 3
+    assert n["segments unlinked after a durable checkpoint"] >= 3
+
+
+def test_async_and_none_commits_return_after_the_write_and_flush_fdatasyncs(tmp_path, monkeypatch):
+    t = Traced(str(tmp_path / "s"), monkeypatch, durability="async", segment_bytes=1 << 20, flush_interval=3600.0)
+    steps = workload(12, seed=2)
+    for i, st in enumerate(steps):
+        d = "none" if i % 2 else None
+        t.call(st.name, lambda st=st, d=d: st.run(t.store, d or "async"))
+        _check_unsynced_commit(t, st.name)
+        if i % 4 == 3:
+            t.call(f"flush{i}", t.store.flush)
+            inside, ret = _calls_between(t.rec.ops, f"flush{i}")
+            assert any(o.kind == "fdatasync" and _is_wal(o.path) for o in inside), "flush() did not fdatasync the log"
+            assert t.store._log.durable_position == t.store._log.last_position
+    t.call("sync", lambda: t.store.put_tokens(make_tokens([1, 2]), durability="sync"))
+    _check_sync_commit(t, "sync")
+    t.close()
+    check_invariants(t)
+
+
+def test_the_async_flusher_makes_commits_durable_without_a_flush(tmp_path):
+    with ngstore.open(str(tmp_path / "s"), durability="async", flush_interval=0.005, **FAST) as s:
+        pos = s.put_tokens(make_tokens(np.arange(10)))
+        deadline = time.monotonic() + 20.0  # liveness only: generous
+        while s._log.durable_position < pos and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert s._log.durable_position >= pos, "the flusher never fdatasync'ed an async commit"
+
+
+def test_a_checkpoint_after_unsynced_commits_syncs_the_log_before_lmdb(tmp_path, monkeypatch):
+    t = Traced(str(tmp_path / "s"), monkeypatch, durability="none", flush_interval=3600.0)
+    for i, st in enumerate(workload(6)):
+        t.call(st.name, lambda st=st: st.run(t.store, "none"))
+    assert t.store._log.durable_position < t.store._log.last_position
+    t.call("checkpoint", t.store.checkpoint)
+    inside, _ = _calls_between(t.rec.ops, "checkpoint")
+    kinds = [(o.kind, o.label[0] if o.kind == "mark" else os.path.basename(o.path)) for o in inside]
+    i_sync = next(j for j, k in enumerate(kinds) if k[0] == "fdatasync" and k[1].endswith(".wal"))
+    i_lmdb = next(j for j, k in enumerate(kinds) if k == ("mark", "lmdb_sync"))
+    i_rename = next(j for j, o in enumerate(inside) if o.kind == "rename")
+    i_dir = next(j for j, o in enumerate(inside) if o.kind == "fsync_dir" and j > i_rename)
+    assert i_sync < i_lmdb < i_rename < i_dir
+    t.close()
+    check_invariants(t)
+
+
+@pytest.mark.parametrize("power_loss", [False, True], ids=["process-crash", "power-loss"])
+def test_recovery_restores_lmdb_and_checkpoints_before_accepting_writes(tmp_path, monkeypatch, power_loss):
+    src = str(tmp_path / "live")
+    s = ngstore.open(src, segment_bytes=2048, **FAST)
+    for st in workload(8):
+        st.run(s, "sync")
+    s.checkpoint()
+    for st in workload(14)[8:]:
+        st.run(s, "sync")
+    dst = tmp_path / "crashed"
+    dst.mkdir()
+    for name in ("data.mdb", "checkpoint", "state", "NGSTORE"):  # the directory as kill -9 leaves it
+        with open(os.path.join(src, name), "rb") as f, open(dst / name, "wb") as g:
+            g.write(f.read())
+    os.mkdir(dst / "wal")
+    for name in os.listdir(os.path.join(src, "wal")):
+        with open(os.path.join(src, "wal", name), "rb") as f, open(dst / "wal" / name, "wb") as g:
+            g.write(f.read())
+    s.close()
+    if power_loss:
+        monkeypatch.setattr(ngstore.store, "_boot_id", lambda: "another-boot")
+    t = Traced(str(dst), monkeypatch, segment_bytes=2048)
+    assert t.store.recovery.power_loss_rollback is power_loss
+    # after a process crash LMDB's newest transaction is trusted: nothing to replay
+    assert (t.store.recovery.replayed_records >= 1) is power_loss
+    ops = t.rec.ops
+    first_commit = next((i for i, o in enumerate(ops) if o.kind == "mark" and o.label[0] == "lmdb_commit"), 0)
+    if power_loss:
+        meta_writes = [i for i, o in enumerate(ops) if o.kind == "write" and o.path.endswith("data.mdb")]
+        meta_sync = [i for i, o in enumerate(ops) if o.kind == "fsync" and o.path.endswith("data.mdb")]
+        assert len(meta_writes) == 2 and meta_sync and max(meta_writes) < meta_sync[0] < first_commit, \
+            "the checkpoint's meta page must be durably restored before LMDB is written"
+    # the recovered state is checkpointed before open returns
+    assert any(o.kind == "mark" and o.label[0] == "lmdb_sync" for o in ops[first_commit:])
+    assert t.store.check().ok
+    t.call("after", lambda: t.store.put_tokens(make_tokens([1])))
+    _check_sync_commit(t, "after")
+    t.close()
+    check_invariants(t)
