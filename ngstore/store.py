@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from . import batchops
+from . import _native, batchops
 from .batchops import ApplyStats, ChunkLayout, Op
 from .errors import (
     FormatVersionError,
@@ -86,7 +86,8 @@ from .kv import (
     encode_checkpoint,
     restore_checkpoint_meta,
 )
-from .records import CONNECTION_DTYPE, EVENT_DTYPE, MAX_TOKEN_ID, TOKEN_DTYPE
+from .records import CONNECTION_DTYPE, EVENT_DTYPE, MAX_TOKEN_ID, RAW64, TOKEN_DTYPE
+from .tokens import Token as _Token
 from . import wal as wal_mod
 
 FORMAT_VERSION = 1
@@ -275,6 +276,9 @@ class Store:
         self._page_size = 4096
         self._counters: dict[bytes, int] = {k: 0 for k in COUNTER_KEYS}
         self._stats = {"commits_total": 0, "commit_errors_total": 0, "checkpoints_total": 0,
+                       "panics_recovered_total": 0, "tokens_validated_total": 0,
+                       "tokens_rejected_total": 0, "connections_validated_total": 0,
+                       "connections_rejected_total": 0,
                        "wal_records_written_total": 0, "wal_records_replayed_total": 0,
                        "direct_commits_total": 0}
         self._obs = None
@@ -413,9 +417,14 @@ class Store:
             self._create(chunk_slots, map_size, max_readers)
             return
         state = self._read_state()
-        if not state.get("clean", True) and state.get("boot_id") != _boot_id():
+        system_crash = not state.get("clean", True) and state.get("boot_id") != _boot_id()
+        if system_crash:
             self._rollback_to_checkpoint()
-        self._write_state(clean=False)
+            # The state keeps the old boot id until replay and a checkpoint have caught
+            # LMDB up: readers must not see the rolled-back state as current, and a crash
+            # during recovery simply rolls back to the same checkpoint again.
+        else:
+            self._write_state(clean=False)
         self._kv = KV(self.path, readonly=False, map_size=map_size, max_readers=max_readers, io=self._io)
         self._kv.before_grow = lambda: self._write_checkpoint(pin=False)
         with self._read_txn() as txn:
@@ -424,13 +433,21 @@ class Store:
 
         self._reflex_version = reflex_store.attach(self._kv)
         self._open_log(recovery)
-        self._replay()
-        ckpt_txn = self._checkpoint_txnid()
-        if self.recovery.replayed_records or ckpt_txn != self._kv.last_txnid():
-            # The pin must sit on the checkpointed transaction before anything is written.
+        # Nothing may be written while the checkpoint is unprotected. After a process
+        # crash LMDB is ahead of checkpoint C, whose pin died with the writer: a replay
+        # commit could reuse C's freed pages, and a power loss before the next checkpoint
+        # would then roll back onto a damaged tree. So make the current transaction the
+        # checkpoint first (the log is fdatasync'ed first, as always). After a rollback
+        # LMDB is at C: pin it.
+        if self._checkpoint_txnid() != self._kv.last_txnid():
             self._write_checkpoint(pin=True)
         else:
             self._kv.pin()
+        self._replay()
+        if self.recovery.replayed_records:
+            self._write_checkpoint(pin=True)
+        if system_crash:
+            self._write_state(clean=False)
 
     def _rollback_to_checkpoint(self) -> None:
         """After a power loss / OS crash: LMDB back to the checkpoint (see kv)."""
@@ -937,6 +954,11 @@ class Store:
                 records += n
                 obs.batch_records.observe(n)
                 obs.commit_seconds.observe(t1 - t0)
+                kinds = {op.kind for op in p.ops}
+                if batchops.OP_TOKEN_PUT in kinds:
+                    obs.token_creation_seconds.observe(t1 - t0)
+                if batchops.OP_CONNECTION_PUT in kinds:
+                    obs.connection_creation_seconds.observe(t1 - t0)
             obs.event("commit", batches=len(accepted), first=positions[0], last=positions[-1],
                       records=records, durability=accepted[0].durability)
             if span is not None:
@@ -946,6 +968,7 @@ class Store:
     def _fail(self, accepted: list[_Pending], exc: BaseException, where: str, span: Any) -> None:
         self._failed = exc
         self._stats["commit_errors_total"] += len(accepted)
+        self._stats["panics_recovered_total"] += 1  # the original's name for a caught failure
         for p in accepted:
             p.error, p.done = exc, True
         if self._obs is not None:
@@ -1103,7 +1126,15 @@ class Store:
         LMDB file plus a small atomic file write).
         """
         self._check_writable()
-        self._run_exclusive(lambda: self._write_checkpoint(pin=True))
+
+        def do() -> None:
+            try:
+                self._write_checkpoint(pin=True)
+            except BaseException as exc:  # fsyncgate: after a failed sync nothing is known
+                self._failed = exc
+                raise
+
+        self._run_exclusive(do)
 
     #: Fraction of the refusal point from which aggressive cleanup runs, and what it trims.
     CLEANUP_MARGIN = 0.9
@@ -1214,12 +1245,10 @@ class Store:
         """The stored token ``token_id`` (a copy), or NotFoundError (a KeyError).
 
         One read transaction, one LMDB get, 64 bytes copied: the batch API is for many."""
-        from .tokens import Token
-
         raw = self._get_record(token_id)
         if raw is None:
             raise NotFoundError(f"no token with id {token_id} in {self.path}")
-        return Token._view(np.frombuffer(bytearray(raw), dtype=TOKEN_DTYPE))  # owns its bytes
+        return _Token._view(np.frombuffer(bytearray(raw), dtype=TOKEN_DTYPE))  # owns its bytes
 
     def _get_record(self, token_id: int) -> bytes | None:
         if self._closed:
@@ -1283,6 +1312,10 @@ class Store:
         out["events_trimmed_total"] = self._counters[M_EVENTS_TRIMMED]
         out["event_capacity"] = self._event_capacity
         out.update(self._reflex_stats())
+        eng = self._intuition
+        out["intuition_queue_size"] = max(0, self._counters[M_EVENTS_NEXT] - eng._analyzed_through) \
+            if eng is not None else 0
+        out["guardian_event_queue_size"] = 0  # no queue: Guardian events go to the black box at once
         out["applied_position"] = self._applied
         out["quota_exceeded_total"] = self._guardian.quota_exceeded_total
         out["aggressive_cleanups_total"] = self._guardian.aggressive_cleanups_total
@@ -1319,6 +1352,12 @@ class Store:
             return self.stats()
         except Exception as exc:  # a crash dump must not fail on a half-closed store
             return {"path": self.path, "error": repr(exc)}
+
+    @property
+    def obs(self):
+        """The store's Observability (black box, histograms, spans); None when opened
+        with ``observability=False``."""
+        return self._obs
 
     def metrics_collector(self, name: str | None = None):
         """A prometheus_client collector of this store's metrics, to register on the
@@ -1521,7 +1560,19 @@ class Batch:
         arr = as_token_array(tokens)
         if arr.size == 0:
             return
-        _validate_tokens(arr)
+        st = self._store._stats
+        obs = self._store._obs
+        t0 = time.perf_counter()
+        try:
+            _validate_tokens(arr)
+        except InvalidArgumentError:
+            st["tokens_rejected_total"] += int(arr.size)
+            if obs is not None:
+                obs.event("validation_failed", what="tokens", count=int(arr.size))
+            raise
+        st["tokens_validated_total"] += int(arr.size)
+        if obs is not None:
+            obs.validation_seconds.observe(time.perf_counter() - t0)
         data = np.array(arr, dtype=TOKEN_DTYPE, copy=True) if copy else np.ascontiguousarray(arr)
         self._ops.append(Op(batchops.OP_TOKEN_PUT, data))
 
@@ -1543,12 +1594,23 @@ class Batch:
         arr = as_connection_array(connections)
         if arr.size == 0:
             return
+        st = self._store._stats
+        obs = self._store._obs
+        t0 = time.perf_counter()
         res = check_connections(arr)
+        if obs is not None:
+            obs.validation_seconds.observe(time.perf_counter() - t0)
         if not res.all_ok:
             from .errors import ValidationError
 
+            st["connections_rejected_total"] += int(res.n_failed)
+            st["connections_validated_total"] += int(arr.size - res.n_failed)
+            if obs is not None:
+                obs.event("validation_failed", what="connections", count=int(res.n_failed),
+                          first=str(res.reasons[:1]))
             raise ValidationError(f"{res.n_failed} connection(s) of the batch",
                                   [(f, m, v) for _i, f, m, v in res.reasons])
+        st["connections_validated_total"] += int(arr.size)
         data = np.array(arr, dtype=CONNECTION_DTYPE, copy=True) if copy else np.ascontiguousarray(arr)
         self._ops.append(Op(batchops.OP_CONNECTION_PUT, data))
 
@@ -1682,11 +1744,19 @@ def _coalesce_puts(entries: list[tuple[int, list[Op]]]) -> Iterator[Op]:
                 run.append(op.data)
                 continue
             if run:
-                yield Op(batchops.OP_TOKEN_PUT, run[0] if len(run) == 1 else np.concatenate(run))
+                yield Op(batchops.OP_TOKEN_PUT, _concat_records(run))
                 run = []
             yield op
     if run:
-        yield Op(batchops.OP_TOKEN_PUT, run[0] if len(run) == 1 else np.concatenate(run))
+        yield Op(batchops.OP_TOKEN_PUT, _concat_records(run))
+
+
+def _concat_records(run: list[np.ndarray]) -> np.ndarray:
+    """Concatenates token record arrays as opaque 64-byte rows (numpy's concatenate of
+    a structured dtype is several times slower)."""
+    if len(run) == 1:
+        return run[0]
+    return np.concatenate([np.ascontiguousarray(r).view(RAW64) for r in run]).view(TOKEN_DTYPE)
 
 
 def _state_coords(states: Any) -> np.ndarray:
@@ -1812,10 +1882,11 @@ class _Lease:
         return self._region
 
 
-def _address(value: memoryview) -> int:
-    from . import _native
+_ffi = _native.ffi
 
-    return int(_native.ffi.cast("uintptr_t", _native.ffi.from_buffer(value)))
+
+def _address(value: memoryview) -> int:
+    return int(_ffi.cast("uintptr_t", _ffi.from_buffer(value)))
 
 
 class _MappedRegion:
