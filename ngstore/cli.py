@@ -344,13 +344,23 @@ def cmd_check(a: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_UNSOUND
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
 def _cli_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ngstore", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     sp = sub.add_parser("stress", help="the main job: token stress on a real store")
     sp.add_argument("path", nargs="?", default=None, help="store directory (default: a temporary one)")
-    sp.add_argument("--tokens", type=int, default=1_000_000)
+    sp.add_argument("--tokens", type=_positive_int, default=1_000_000)
     sp.add_argument("--json", action="store_true", help="print the figures as JSON")
     sp.set_defaults(fn=cmd_stress)
 
@@ -371,7 +381,14 @@ def _cli_main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    sys.exit(_cli_main(argv))
+    try:
+        code = _cli_main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `ngstore wal dump PATH | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 141
+    sys.exit(code)
 
 
 if __name__ == "__main__":

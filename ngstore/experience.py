@@ -904,7 +904,8 @@ class ExperienceStream:
         first_seq = self._check_seq(first_seq)
         rows = _as_event_rows(events)
         with self._cond:
-            self._ring[:] = np.zeros(1, dtype=EVENT_DTYPE)
+            if self._total:  # a stream that never held an event is all zeros already:
+                self._ring[:] = np.zeros(1, dtype=EVENT_DTYPE)  # (don't touch 128 MB to clear it)
             self._total = first_seq
             self._floor = first_seq
             hooks, self._hooks = self._hooks, []

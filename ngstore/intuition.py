@@ -128,6 +128,8 @@ class IntuitionEngine:
         self._stop = threading.Event()
         self._analysis_lock = threading.Lock()
         self.last_report: AnalysisReport | None = None
+        #: events written before the last analysis cycle started (intuition_queue_size)
+        self._analyzed_through = 0
         self.last_error: BaseException | None = None
         cfg = config
         self._default_thresholds = (cfg.fast_path_min_confidence == 150 and cfg.hypothesis_threshold == 200
@@ -279,6 +281,7 @@ class IntuitionEngine:
 
     def _analyze(self, rng: Any) -> AnalysisReport:
         t0 = time.perf_counter()
+        self._analyzed_through = self._stream.total_written
         patterns = analyze_stream(self._stream, self._config, rng=rng)
         states, conns, rejected = [], [], []
         for p in patterns:

@@ -68,7 +68,7 @@ def cmd_wal_dump(a: argparse.Namespace) -> int:
     print(f"{'position':>10} {'type':>6} {'bytes':>10} {'raw':>10} {'z':>2}  file@offset")
     for r in rows:
         print(f"{r['position']:>10} {r['type']:>6} {r['size']:>10} {r.get('raw_size', r['size']):>10} "
-              f"{'z' if r.get('compressed') else '':>2}  {os.path.basename(r['path'])}@{r['offset']}")
+              f"{'z' if r.get('compressed') else '':>2}  {os.path.basename(r['file'])}@{r['offset']}")
     print(f"{len(rows)} record(s)")
     return 0
 
@@ -112,12 +112,16 @@ def cmd_checkpoint(a: argparse.Namespace) -> int:
     except ngstore.NgStoreError as exc:
         print(f"ngstore: cannot open {a.path}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_OPEN
+    from . import wal
+
     with s:
         before = s.stats()
         s.checkpoint()
-        after = s.stats()
-    print(f"checkpoint of {a.path}: applied position {after['applied_position']}, "
-          f"log {before.get('wal_bytes', 0)} -> {after.get('wal_bytes', 0)} bytes")
+        applied = s.stats()["applied_position"]
+    # the closing checkpoint seals the log, so its size is final only after close
+    after = wal.verify(os.path.join(a.path, "wal"))
+    print(f"checkpoint of {a.path}: applied position {applied}, "
+          f"log {before.get('wal_bytes', 0)} -> {after.bytes} bytes ({after.records} records)")
     return 0
 
 

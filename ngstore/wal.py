@@ -209,6 +209,20 @@ class RecoveryReport:
     def clean(self) -> bool:
         return self.torn_tail is None and not self.skipped
 
+    def __str__(self) -> str:
+        lines = [f"{self.records} record(s) kept, positions {self.first_position}..{self.last_position} "
+                 f"in {self.segments} segment(s) (mode {self.mode})"]
+        t = self.torn_tail
+        if t is not None:
+            lines.append(f"torn tail dropped: {t.bytes_dropped} bytes from {t.path} at offset {t.offset} "
+                         f"({t.reason}; {t.discarded_records} unsynced record(s))")
+        for p in self.skipped:
+            lines.append(f"skipped {p.kind}: {p.path} at {p.offset}..{p.end}: {p.reason}"
+                         + (f" (positions {p.lost[0]}..{p.lost[1]} lost)" if p.lost else ""))
+        for f in self.foreign_files:
+            lines.append(f"foreign file ignored: {f}")
+        return "\n".join(lines)
+
 
 @dataclass(slots=True)
 class VerifyReport:
@@ -228,6 +242,13 @@ class VerifyReport:
     def ok(self) -> bool:
         """Alias of ``sound`` (the name the store's check report uses)."""
         return self.sound
+
+    def __str__(self) -> str:
+        lines = [f"log: {'SOUND' if self.sound else 'UNSOUND'}; {self.records} record(s), positions "
+                 f"{self.first_position}..{self.last_position}, {self.segments} segment(s), {self.bytes} bytes"]
+        lines += [f"  {p.kind}: {p.path} at offset {p.offset}: {p.reason}"
+                  + (f" (positions {p.lost[0]}..{p.lost[1]} lost)" if p.lost else "") for p in self.problems]
+        return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------- parsing helpers --
