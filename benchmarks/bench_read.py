@@ -1,0 +1,191 @@
+"""How fast are reads: one token by id, a batch of random ids, a full column scan (warm and
+with the file's page cache dropped)?
+
+Peers read the datasets ``bench_ingest`` wrote (the same tokens). The limits are an in-RAM
+numpy array: ``arr[i]`` for a point read, an opaque 64-byte view ``take`` for a gather, a
+strided ``arr["weight"].sum()`` for a scan.
+
+Targets: ``get_token`` ≤ 2 µs; ``get_tokens`` of 1M random ids ≤ 200 ns/token; a column scan
+over the snapshot's views ≤ 1.5× the same scan of an in-RAM array.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import lmdb
+import numpy as np
+
+import ngstore
+from _harness import LIMITS, Bench, drop_file_cache, repeat
+from bench_ingest import (CHUNK_TOKENS, LMDB_MAP, dataset, rocks_open, rocksdict_available, sqlite_connect,
+                          store_options, token_data)
+
+W_POINT = "point read"
+W_GATHER = "batch random gather"
+W_SCAN = "column scan, warm"
+W_COLD = "column scan, cold"
+LIMITS[W_POINT] = "numpy in-RAM arr[i]"
+LIMITS[W_GATHER] = "numpy in-RAM V64 take"
+LIMITS[W_SCAN] = "numpy in-RAM column"
+LIMITS[W_COLD] = "numpy memmap .npy"
+V64 = np.dtype("V64")
+
+
+def ng_scan(s: Any) -> float:
+    total = 0.0
+    with s.snapshot() as snap:
+        for _first, a in snap.tokens.chunks():
+            total += float(a["weight"].sum())
+    return total
+
+
+def ng_column_scan(s: Any) -> float:
+    with s.snapshot() as snap:
+        return float(snap.tokens.column("weight").sum())
+
+
+def lmdb_chunk_scan(env: Any) -> float:
+    total = 0.0
+    with env.begin(buffers=True) as txn:
+        for _k, v in txn.cursor():
+            total += float(np.frombuffer(v, ngstore.TOKEN_DTYPE)["weight"].sum())
+    return total
+
+
+def npy_path(b: Bench, n: int) -> str:
+    return os.path.join(dataset(b, "numpy .npy + fsync", n), "tokens.npy")
+
+
+def run(b: Bench) -> None:
+    b.log("## reads")
+    rng = np.random.default_rng(7)
+    reps = b.repeats
+    for n in b.sizes:
+        arr = token_data(b, n)
+        s = ngstore.open(dataset(b, "ngstore", n), **store_options(n))
+        env_k = lmdb.open(dataset(b, "lmdb key per record", n), map_size=LMDB_MAP, readonly=True, lock=False)
+        env_c = lmdb.open(dataset(b, "lmdb 64 KiB chunks", n), map_size=LMDB_MAP, readonly=True, lock=False)
+        mm = np.load(npy_path(b, n), mmap_mode="r")
+        sq = sqlite_connect(dataset(b, "sqlite3 WAL FULL", n)) if n <= 1_000_000 else None
+        rk = rocks_open(dataset(b, "rocksdict sync batch", n)) if rocksdict_available() and n <= 1_000_000 else None
+        d = {i: ngstore.Token.from_bytes(arr[i:i + 1].tobytes()) for i in range(n)} if n <= (
+            100_000 if b.quick else 1_000_000) else None
+
+        # -- point reads
+        k = 20_000
+        ids = rng.integers(0, n, k).tolist()
+        kb = [i.to_bytes(8, "big") for i in ids]
+        it: dict[str, Callable[[], Any]] = {}
+        get_token = s.get_token
+        it["ngstore get_token"] = lambda: [get_token(i) for i in ids]
+        it["numpy in-RAM arr[i]"] = lambda: [arr[i] for i in ids]
+        tk = env_k.begin(buffers=True)
+        it["lmdb key per record"] = lambda: [tk.get(x) for x in kb]
+        tc = env_c.begin(buffers=True)
+        ck = [(i // CHUNK_TOKENS).to_bytes(8, "big") for i in ids]
+        offs = [(i % CHUNK_TOKENS) * 64 for i in ids]
+        it["lmdb 64 KiB chunks (get + slice)"] = lambda: [tc.get(c)[o:o + 64] for c, o in zip(ck, offs)]
+        if sq is not None:
+            ex = sq.execute
+            it["sqlite3 SELECT by pk"] = lambda: [ex("SELECT data FROM t WHERE id=?", (i,)).fetchone() for i in ids]
+        if rk is not None:
+            it["rocksdict get"] = lambda: [rk.get(x) for x in kb]
+        if d is not None:
+            it["python dict of Token"] = lambda: [d[i] for i in ids]
+        for name, fn in it.items():
+            b.record(W_POINT, name, n, "ns/read", repeat(fn, reps, scale=1e9 / k, warmup=True))
+
+        # -- batch random gathers (n random ids)
+        g = rng.integers(0, n, n).astype(np.uint32)
+        gl = g.tolist()
+        raw = arr.view(V64)
+        mmraw = mm.view(V64)
+        b.record(W_GATHER, "ngstore get_tokens", n, "ns/token",
+                 repeat(lambda: s.get_tokens(g), reps, scale=1e9 / n, warmup=True))
+        b.record(W_GATHER, "numpy in-RAM V64 take", n, "ns/token",
+                 repeat(lambda: raw[g], reps, scale=1e9 / n, warmup=True))
+        b.record(W_GATHER, "numpy in-RAM structured take", n, "ns/token",
+                 repeat(lambda: arr[g], reps, scale=1e9 / n, warmup=True))
+        b.record(W_GATHER, "numpy memmap V64 take", n, "ns/token",
+                 repeat(lambda: mmraw[g], reps, scale=1e9 / n, warmup=True))
+        m = min(n, 100_000)
+        gb = [i.to_bytes(8, "big") for i in gl[:m]]
+        b.record(W_GATHER, "lmdb key per record", n, "ns/token",
+                 repeat(lambda: [tk.get(x) for x in gb], reps, scale=1e9 / m, warmup=True),
+                 note="" if m == n else f"{m:,} of the ids")
+        if d is not None:
+            b.record(W_GATHER, "python dict of Token", n, "ns/token",
+                     repeat(lambda: [d[i] for i in gl], reps, scale=1e9 / n, warmup=True))
+        tk.abort()
+        tc.abort()
+
+        # -- warm column scans
+        b.record(W_SCAN, "ngstore snapshot views", n, "ns/token",
+                 repeat(lambda: ng_scan(s), reps, scale=1e9 / n, warmup=True))
+        b.record(W_SCAN, "ngstore column()", n, "ns/token",
+                 repeat(lambda: ng_column_scan(s), reps, scale=1e9 / n, warmup=True))
+        b.record(W_SCAN, "numpy in-RAM column", n, "ns/token",
+                 repeat(lambda: float(arr["weight"].sum()), reps, scale=1e9 / n, warmup=True))
+        b.record(W_SCAN, "numpy memmap .npy", n, "ns/token",
+                 repeat(lambda: float(mm["weight"].sum()), reps, scale=1e9 / n, warmup=True))
+        b.record(W_SCAN, "lmdb 64 KiB chunks", n, "ns/token",
+                 repeat(lambda: lmdb_chunk_scan(env_c), reps, scale=1e9 / n, warmup=True))
+        if sq is not None:
+            def sq_scan() -> float:
+                rows = sq.execute("SELECT data FROM t ORDER BY id").fetchall()
+                return float(np.frombuffer(b"".join(r[0] for r in rows), ngstore.TOKEN_DTYPE)["weight"].sum())
+
+            b.record(W_SCAN, "sqlite3 SELECT all", n, "ns/token",
+                     repeat(sq_scan, max(2, reps // 2), scale=1e9 / n, warmup=True))
+        if d is not None:
+            b.record(W_SCAN, "python dict of Token", n, "ns/token",
+                     repeat(lambda: sum(t.weight for t in d.values()), max(2, reps // 2), scale=1e9 / n))
+        want = float(arr["weight"].sum())
+        assert abs(ng_scan(s) - want) <= 1e-3 * abs(want) + 1, "ngstore scan disagrees with numpy"
+
+        # -- cold column scans: close, drop the file's page cache, reopen (untimed), scan
+        s.close()
+        env_c.close()
+        mm = mmraw = None  # a live mapping keeps its pages cached
+        cold_reps = max(2, reps - 2)
+        dropped: list[float] = []
+
+        def cold(label: str, files: list[str], open_fn: Callable[[], Any], scan: Callable[[Any], float],
+                 close: Callable[[Any], None]) -> None:
+            out = []
+            for _ in range(cold_reps):
+                ok, mb = drop_file_cache(files)
+                dropped.append(mb)
+                h = open_fn()
+                out += repeat(lambda: scan(h), 1, scale=1e9 / n)
+                close(h)
+            b.record(W_COLD, label, n, "ns/token", out, note=f"dropped ≈{np.median(dropped):.0f} MB")
+
+        ngp = dataset(b, "ngstore", n)
+        cold("ngstore snapshot views", [os.path.join(ngp, "data.mdb")],
+             lambda: ngstore.open(ngp, **store_options(n)), ng_scan, lambda h: h.close())
+        cold("numpy memmap .npy", [npy_path(b, n)], lambda: np.load(npy_path(b, n), mmap_mode="r"),
+             lambda h: float(h["weight"].sum()), lambda h: None)
+        lcp = dataset(b, "lmdb 64 KiB chunks", n)
+        cold("lmdb 64 KiB chunks", [lcp],
+             lambda: lmdb.open(lcp, map_size=LMDB_MAP, readonly=True, lock=False), lmdb_chunk_scan,
+             lambda h: h.close())
+        env_k.close()
+        if sq is not None:
+            sq.close()
+        if rk is not None:
+            rk.close()
+        d = None
+
+    n = 1_000_000 if b.max_size >= 1_000_000 else b.max_size
+    g = b.get(W_GATHER, "ngstore get_tokens", n)
+    if g:
+        b.check("store core", f"get_tokens of {n:,} random ids, ns/token", g.median, "<=", 200, "absolute", n)
+    p = b.get(W_POINT, "ngstore get_token", n)
+    if p:
+        b.check("store core", "get_token of one id, µs", p.median / 1e3, "<=", 2.0,
+                f"{p.median:.0f} ns per call, store of {n:,}", n)
+    b.ratio_check("store core", "column scan over snapshot views ÷ in-RAM numpy", W_SCAN,
+                  "ngstore snapshot views", "numpy in-RAM column", "<=", 1.5, n)

@@ -1,0 +1,196 @@
+"""How fast is the reflex fast path of a store's IntuitionEngine?
+
+A store holding n reflexes (random 8-float states, eligible connections), its
+``intuition()`` engine, queried with n known states (hits) and n fresh ones (misses):
+batch (``try_fast_path_batch``, one C call, hash included) against the bare C loop
+(``ng_reflex_bench_loop``, no Python around it: the limit) and a Python dict of the
+precomputed grid-hash ints; single ``try_fast_path`` against an empty cffi call; two
+threads against one; open + first lookup; memory per reflex; one ``analyze()`` over
+100 000 events. Helpers (states, connections) come from ``benchmarks/reflex_lookup.py``.
+
+Targets (table of 1M): batch ≤ 1.5× the C loop and ≥ 20× faster than the dict; single
+≤ 3× an empty cffi call; two threads ≥ 1.7× one; open + first lookup ≤ 50 ms;
+analyze() of 100k events ≤ 1 s.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+import ngstore
+from _harness import LIMITS, Bench, disk_bytes, per_call_ns, repeat
+from ngstore import _native
+from ngstore.reflex import ReflexTable, state_keys
+from reflex_lookup import random_states, rss_mib
+
+W_HIT = "reflex batch lookup, hits"
+W_MISS = "reflex batch lookup, misses"
+W_ONE = "reflex single lookup"
+LIMITS[W_HIT] = LIMITS[W_MISS] = "bare C loop"
+LIMITS[W_ONE] = "empty cffi call"
+
+
+def connections(n: int, rng: np.random.Generator) -> np.ndarray:
+    conns = np.zeros(n, ngstore.CONNECTION_DTYPE)
+    conns["token_a"] = np.arange(n, dtype=np.uint32)
+    conns["token_b"] = np.arange(n, dtype=np.uint32) + 1
+    conns["connection_type"] = 0x50
+    conns["mutability"] = 1
+    conns["pull_strength"] = 50.0
+    conns["rigidity"] = 200
+    conns["confidence"] = rng.integers(150, 256, n)
+    conns["target_vector"] = rng.integers(-32768, 32767, (n, 8))
+    return conns
+
+
+def events(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n experience events over 64 state clusters with 4 actions of different mean reward."""
+    ev = np.zeros(n, ngstore.EVENT_DTYPE)
+    cluster = rng.integers(0, 64, n)
+    centers = rng.uniform(-0.9, 0.9, (64, 8)).astype(np.float32)
+    ev["state"] = centers[cluster] + rng.normal(0, 0.01, (n, 8)).astype(np.float32)
+    act = rng.integers(0, 4, n)
+    ev["action"] = (act[:, None] * 0.2).astype(np.float32)
+    ev["reward_goal"] = (act == cluster % 4) * 1.0 + rng.normal(0, 0.1, n)
+    ev["timestamp_us"] = np.arange(n) + 1
+    ev["event_id_lo"] = np.arange(n) + 1
+    ev["step"] = np.arange(n) % 1000
+    return ev
+
+
+def run(b: Bench) -> None:
+    b.log("## reflexes")
+    lib, ffi = _native.lib, _native.ffi
+    rng = np.random.default_rng(42)
+    reps = b.repeats
+    for n in b.sizes:
+        if n > 1_000_000:
+            continue  # the table is the store's reflex capacity: 10^7 reflexes are out of scope here
+        states = random_states(rng, n)
+        conns = connections(n, rng)
+        p = b.tmpdir("reflex", str(n))
+        empty_alloc = 0
+        s = ngstore.open(p, reflex_capacity=n)
+        empty_alloc = disk_bytes(p)[0]
+        with s.batch() as bt:
+            bt.put_reflexes(states, conns)
+        eng = s.intuition()
+        table = eng.table
+        hits = states[rng.permutation(n)]
+        misses = random_states(rng, n)
+        for w, q in ((W_HIT, hits), (W_MISS, misses)):
+            b.record(w, "ngstore try_fast_path_batch", n, "ns/state",
+                     repeat(lambda q=q: eng.try_fast_path_batch(q, with_connections=False), reps,
+                            scale=1e9 / n, warmup=True))
+            b.record(w, "ngstore batch + connection records", n, "ns/state",
+                     repeat(lambda q=q: eng.try_fast_path_batch(q), reps, scale=1e9 / n, warmup=True))
+            params = ffi.new("ng_reflex_params *", (150, 200, 0.85))
+            answered = ffi.new("uint64_t *")
+            qbuf = ffi.from_buffer(np.ascontiguousarray(q))
+
+            def c_loop(qbuf=qbuf) -> None:
+                rc = lib.ng_reflex_bench_loop(table._handle(), 0, qbuf, n, params, answered)
+                assert rc == 0
+
+            b.record(w, "bare C loop", n, "ns/state", repeat(c_loop, reps, scale=1e9 / n, warmup=True))
+            hashes = {int(h): i for i, h in enumerate(state_keys(states)[0])}
+            qkeys = [int(h) for h in state_keys(q)[0]]
+
+            def dict_loop(qkeys=qkeys) -> None:
+                get = hashes.get
+                for k in qkeys:
+                    get(k)
+
+            b.record(w, "python dict.get of grid-hash ints", n, "ns/state",
+                     repeat(dict_loop, max(2, reps // 2), scale=1e9 / n), note="hash precomputed, not timed")
+            hashes = {}
+
+        # single lookups
+        hit_state = states[0].tolist()
+        assert eng.try_fast_path(hit_state) is not None
+        miss_state = misses[0].tolist()
+        k = 50_000 if b.quick else 200_000
+        empty = lib.ng_abi_version
+        b.record(W_ONE, "ngstore try_fast_path, hit", n, "ns/call",
+                 per_call_ns(lambda: eng.try_fast_path(hit_state), k, reps))
+        b.record(W_ONE, "ngstore try_fast_path, miss", n, "ns/call",
+                 per_call_ns(lambda: eng.try_fast_path(miss_state), k, reps))
+        b.record(W_ONE, "empty cffi call", n, "ns/call", per_call_ns(empty, k, reps))
+        b.record(W_ONE, "lambda calling an empty cffi call", n, "ns/call", per_call_ns(lambda: empty(), k, reps),
+                 note="the harness's own call overhead, included in the ngstore rows")
+        hk = int(state_keys(states[:1])[0][0])
+        dd = {hk: 0}
+        b.record(W_ONE, "python dict.get", n, "ns/call", per_call_ns(lambda: dd.get(hk), k, reps))
+
+        if n == max(x for x in b.sizes if x <= 1_000_000):
+            # two threads vs one, same total work
+            def one_thread() -> None:
+                eng.try_fast_path_batch(hits, with_connections=False)
+                eng.try_fast_path_batch(hits, with_connections=False)
+
+            def two_threads() -> None:
+                ts = [threading.Thread(target=eng.try_fast_path_batch, args=(hits,),
+                                       kwargs={"with_connections": False}) for _ in range(2)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+
+            t1 = repeat(one_thread, reps, warmup=True)
+            t2 = repeat(two_threads, reps, warmup=True)
+            b.record("reflex 2 × batch, 1 vs 2 threads", "one thread", n, "ms", [x * 1e3 for x in t1])
+            b.record("reflex 2 × batch, 1 vs 2 threads", "two threads", n, "ms", [x * 1e3 for x in t2])
+            b.check("reflexes", "two threads ÷ one thread (speed-up)", float(np.median(t1) / np.median(t2)),
+                    ">=", 1.7, f"{np.median(t1) * 1e3:.1f} ms vs {np.median(t2) * 1e3:.1f} ms for 2 × {n:,} states",
+                    n)
+            # memory per reflex
+            seg = table.segment_count * table.slots_per_segment * 96
+            s.close()
+            alloc = disk_bytes(p)[0] - empty_alloc
+            r0 = rss_mib()
+            t = ReflexTable.create(n)
+            t.insert_batch(states, conns)
+            r1 = rss_mib()
+            t.close()
+            b.record("memory per reflex", "table segments (RAM = mapped)", n, "B/reflex", [seg / n])
+            b.record("memory per reflex", "RSS growth, in-memory table", n, "B/reflex", [(r1 - r0) * 2**20 / n])
+            b.record("memory per reflex", "on disk (store growth)", n, "B/reflex", [alloc / n])
+            b.notes.append(f"memory per reflex: {seg / n:.0f} B of table segments (RAM = mapped), "
+                           f"{(r1 - r0) * 2**20 / n:.0f} B RSS growth in memory, {alloc / n:.0f} B on disk")
+
+            # open + first lookup
+            def open_first() -> None:
+                with ngstore.open(p) as s2:
+                    assert s2.intuition().try_fast_path(hit_state) is not None
+
+            t_of = repeat(open_first, reps, warmup=True)
+            b.record("open + first reflex lookup", "ngstore", n, "ms", [x * 1e3 for x in t_of],
+                     note="warm page cache; includes close")
+            b.check("reflexes", f"open a store with {n:,} reflexes + first lookup, ms", float(np.median(t_of)) * 1e3,
+                    "<=", 50, "median, warm page cache, open+lookup+close", n)
+        else:
+            s.close()
+
+    nmax = max(x for x in b.sizes if x <= 1_000_000)
+    b.ratio_check("reflexes", "batch fast path ÷ bare C loop (hits)", W_HIT, "ngstore try_fast_path_batch",
+                  "bare C loop", "<=", 1.5, nmax)
+    b.ratio_check("reflexes", "python dict ÷ batch fast path (speed-up, hits)", W_HIT, "ngstore try_fast_path_batch",
+                  "python dict.get of grid-hash ints", ">=", 20, nmax, invert=True)
+    b.ratio_check("reflexes", "single try_fast_path (hit) ÷ empty cffi call", W_ONE, "ngstore try_fast_path, hit",
+                  "empty cffi call", "<=", 3.0, nmax)
+
+    # analyze() over 100 000 events
+    m = 100_000
+    p = b.tmpdir("reflex", "analyze")
+    with ngstore.open(p) as s:
+        ev = events(m, rng)
+        for i in range(0, m, 10_000):
+            s.write_events(ev[i:i + 10_000], durability="none")
+        eng = s.intuition(ngstore.IntuitionConfig(batch_size=m))
+        t = repeat(lambda: eng.analyze(rng=np.random.default_rng(1)), max(2, reps // 2))
+        rep = eng.last_report
+        b.record("analyze()", "ngstore IntuitionEngine.analyze", m, "s", t,
+                 note=f"{len(rep.patterns)} patterns, {rep.consolidated} consolidated")
+        b.check("reflexes", f"analyze() over {m:,} events, s", float(np.median(t)), "<=", 1.0,
+                f"{len(rep.patterns)} patterns found", m)
