@@ -107,7 +107,11 @@ def test_kill9_never_loses_an_acknowledged_batch_nor_keeps_part_of_one(tmp_path)
             if line.startswith("ack "):
                 _, b, k = line.split()
                 acked[int(b)] = int(k)
-        start = (max(acked) + 1 if acked else start) + 10_000  # never reuse a region
+        # Never reuse a region. A thread prints its ack right after its commit returns, so
+        # a kill leaves at most one committed-but-unacknowledged batch per thread: either
+        # just past its last ack, or its first batch (start + t) if it acked nothing.
+        # (Regions must also stay below 2**32 / REGION over hundreds of iterations.)
+        start = max(start, max(acked) + 1 if acked else 0) + 2 * THREADS
         # Half the time the next child finds the store dirty and recovers it itself, so
         # kills also land during replay and the checkpoint that follows it.
         if rng.random() < 0.5:
@@ -117,3 +121,4 @@ def test_kill9_never_loses_an_acknowledged_batch_nor_keeps_part_of_one(tmp_path)
           f"{len(acked)} acknowledged batches, {batches} batches / {tokens} tokens present, "
           "0 lost, 0 partial")
     assert iterations >= 20 and len(acked) > 0
+    assert (max(acked) + 2 * THREADS) * REGION < 2**32  # no id overflowed
