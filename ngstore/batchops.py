@@ -238,6 +238,7 @@ def apply_token_put(txn, db, layout: ChunkLayout, records: np.ndarray) -> ApplyS
     raw = records.view(np.uint8).reshape(-1, 64) if records.flags.c_contiguous else \
         np.ascontiguousarray(records).view(np.uint8).reshape(-1, 64)
     chunks = ids >> layout.shift
+    scratch: bytearray | None = None  # one value buffer reused for every whole chunk
     for chunk, s, e in _groups(chunks):
         key = layout.key(chunk)
         old = txn.get(key, db=db)
@@ -245,7 +246,11 @@ def apply_token_put(txn, db, layout: ChunkLayout, records: np.ndarray) -> ApplyS
             layout.check(old, chunk)
         if e - s == layout.slots:  # the whole chunk is replaced: no read-modify-write
             before = popcount(layout.bitmap(old)) if old is not None else 0
-            txn.put(key, raw[s:e].tobytes() + layout.full_bitmap, db=db)
+            if scratch is None:
+                scratch = bytearray(layout.value_bytes)
+                scratch[layout.records_bytes:] = layout.full_bitmap
+            scratch[:layout.records_bytes] = raw[s:e].data  # one copy; LMDB copies it again
+            txn.put(key, scratch, db=db)
             stats.tokens_added += layout.slots - before
             continue
         buf = bytearray(old) if old is not None else bytearray(layout.value_bytes)
