@@ -807,14 +807,11 @@ int ng_reflex_insert_batch(ng_reflex_table *t, int kind, const void *states, siz
     return NG_OK;
 }
 
-int ng_reflex_delete(ng_reflex_table *t, int kind, const void *state, const uint8_t *connection,
-                     uint32_t *deleted) {
-    if (deleted) *deleted = 0;
-    if (!t || !state || !kind_ok(kind) || !t->writable) return NG_EINVAL;
+/* Deletes the reflexes filed under (h, fp) -- all of them, or the one whose identity
+ * (bytes 0..8 of the connection) matches. Shared by the by-state and by-key entry points. */
+static int delete_by_key(ng_reflex_table *t, uint64_t h, uint64_t fp, const uint8_t *connection,
+                         uint32_t *deleted) {
     const uint64_t n = t->slot_count;
-    int16_t c[24];
-    load_coords(kind, (const uint8_t *)state, c);
-    uint64_t h = ng_grid_hash_coords(c, t->shifts), fp = fingerprint_of(c, t->shifts);
     uint64_t home = home_of(t, h);
     uint32_t count = 0;
     for (uint64_t round = 0; round < n; round++) { /* one deletion per round */
@@ -845,6 +842,23 @@ int ng_reflex_delete(ng_reflex_table *t, int kind, const void *state, const uint
     }
     if (deleted) *deleted = count;
     return count ? NG_OK : NG_ENOTFOUND;
+}
+
+int ng_reflex_delete(ng_reflex_table *t, int kind, const void *state, const uint8_t *connection,
+                     uint32_t *deleted) {
+    if (deleted) *deleted = 0;
+    if (!t || !state || !kind_ok(kind) || !t->writable) return NG_EINVAL;
+    int16_t c[24];
+    load_coords(kind, (const uint8_t *)state, c);
+    return delete_by_key(t, ng_grid_hash_coords(c, t->shifts), fingerprint_of(c, t->shifts),
+                         connection, deleted);
+}
+
+int ng_reflex_delete_key(ng_reflex_table *t, uint64_t grid_hash, uint64_t fingerprint,
+                         const uint8_t *connection, uint32_t *deleted) {
+    if (deleted) *deleted = 0;
+    if (!t || !t->writable) return NG_EINVAL;
+    return delete_by_key(t, grid_hash, fingerprint, connection, deleted);
 }
 
 /* ---------------------------------------------------------------- iteration, check, stats */

@@ -168,6 +168,10 @@ int ng_reflex_insert_batch(ng_reflex_table *t, int kind, const void *states, siz
  * *deleted gets the count; NG_ENOTFOUND if it is 0. */
 int ng_reflex_delete(ng_reflex_table *t, int kind, const void *state, const uint8_t *connection,
                      uint32_t *deleted);
+/* The same, by key: the grid hash and fingerprint of the state (as ng_reflex_export
+ * reports them), for a caller that does not have the state. */
+int ng_reflex_delete_key(ng_reflex_table *t, uint64_t grid_hash, uint64_t fingerprint,
+                         const uint8_t *connection, uint32_t *deleted);
 
 /* The main interface: n states, hash + fingerprint + probe in one call.
  * Per state i: status[i] = 0 unknown state, 1 reflex answered, 2 state known but

@@ -31,6 +31,7 @@ OP_EVENT_APPEND = 5
 OP_REFLEX_PUT = 6
 OP_REFLEX_DELETE = 7
 OP_EVENT_TRIM = 8
+OP_REFLEX_DELETE_KEY = 9
 
 _PAYLOAD_HEAD = struct.Struct("<II")  # magic, op count
 _OP_HEAD = struct.Struct("<HHIQ")     # op type, reserved, item count, body bytes
@@ -45,6 +46,7 @@ OP_ITEM_SIZE = {
     OP_REFLEX_PUT: 48 + 64,
     OP_REFLEX_DELETE: 60,
     OP_EVENT_TRIM: 8,
+    OP_REFLEX_DELETE_KEY: 32,
 }
 
 
@@ -309,10 +311,6 @@ def conn_key(a: int, b: int, t: int) -> bytes:
     return _CONN_KEY.pack(a, b, t)
 
 
-def conn_rkey(a: int, b: int, t: int) -> bytes:
-    return _CONN_KEY.pack(b, a, t)
-
-
 def apply_connection_put(txn, db, rdb, records: np.ndarray) -> ApplyStats:
     stats = ApplyStats()
     a = records["token_a"].tolist()
@@ -387,6 +385,11 @@ REFLEX_DELETE_DTYPE = np.dtype({"names": ["state", "token_a", "token_b", "connec
                                 "offsets": [0, 48, 52, 56, 57], "itemsize": 60})
 register_op_dtype(OP_REFLEX_PUT, REFLEX_PUT_DTYPE)
 register_op_dtype(OP_REFLEX_DELETE, REFLEX_DELETE_DTYPE)
+REFLEX_DELETE_KEY_DTYPE = np.dtype({"names": ["grid_hash", "fingerprint", "token_a", "token_b",
+                                              "connection_type", "all"],
+                                    "formats": ["<u8", "<u8", "<u4", "<u4", "u1", "u1"],
+                                    "offsets": [0, 8, 16, 20, 24, 25], "itemsize": 32})
+register_op_dtype(OP_REFLEX_DELETE_KEY, REFLEX_DELETE_KEY_DTYPE)
 REFLEX_HEADER_KEY = b"H"
 
 

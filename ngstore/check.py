@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .batchops import ChunkLayout, popcount
+from .batchops import ChunkLayout
 from .errors import CorruptionError
 from .kv import CHECKPOINT_FILE, DB_TOKENS, decode_checkpoint
 

@@ -74,7 +74,7 @@ def _best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def stress(path: str | None, n: int, quiet: bool = False, repeats: int = 3) -> dict[str, Any]:
     """The original README's token stress, on a real store. Returns the figures."""
     import ngstore
-    from ngstore import Token, TokenArray
+    from ngstore import Token
 
     own_tmp = path is None
     root = tempfile.mkdtemp(prefix="ngstore-stress-") if own_tmp else path

@@ -45,7 +45,7 @@ import os
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import lmdb
@@ -389,8 +389,3 @@ def translate(exc: lmdb.Error, doing: str) -> NgStoreError:
         return StoreLockedError(f"{doing}: {exc}")
     return NgStoreError(f"{doing}: LMDB error {type(exc).__name__}: {exc}")
 
-
-def iter_db(txn: lmdb.Transaction, db: Any) -> Iterator[tuple[bytes, memoryview]]:
-    if db is None:
-        return iter(())
-    return iter(txn.cursor(db=db))

@@ -542,6 +542,18 @@ class ReflexTable:
                                                                            " with that identity"))
         return int(out[0])
 
+    def delete_key(self, grid_hash: int, fingerprint: int, connection: Any = None) -> int:
+        """Like :meth:`delete`, by the state's key (``grid_hash``, ``fingerprint``, as
+        :meth:`entries` reports them) for a caller that does not have the state. Returns
+        how many were deleted; raises NotFoundError if none."""
+        h = self._writable_handle()
+        raw = ffi.NULL if connection is None else _connection_bytes(connection)
+        out = ffi.new("uint32_t *")
+        rc = lib.ng_reflex_delete_key(h, int(grid_hash), int(fingerprint), raw, out)
+        if rc != 0:
+            self._raise("ng_reflex_delete_key", rc, "no reflex with that key")
+        return int(out[0])
+
     # ---- lookups
 
     def lookup(self, state: Any, *, min_confidence: int = 150, hypothesis_threshold: int = 200,

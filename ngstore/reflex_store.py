@@ -98,6 +98,50 @@ def apply_delete(table: ReflexTable, data: np.ndarray) -> int:
     return removed
 
 
+def apply_delete_key(table: ReflexTable, data: np.ndarray) -> int:
+    from .records import CONNECTION_DTYPE
+
+    removed = 0
+    for row in data:
+        conn = None
+        if not row["all"]:
+            conn = np.zeros(1, CONNECTION_DTYPE)
+            conn["token_a"], conn["token_b"] = row["token_a"], row["token_b"]
+            conn["connection_type"] = row["connection_type"]
+        try:
+            removed += table.delete_key(int(row["grid_hash"]), int(row["fingerprint"]), conn)
+        except NotFoundError:
+            pass
+    return removed
+
+
+#: A Hypothesis reflex is evicted by the Guardian's cleanup when it has decayed: marked
+#: DECAYING, below the confidence at which the original clears ACTIVE (25 ~ 10 %), or not
+#: updated for longer than the original's decay period (3600 s).
+DECAYED_CONFIDENCE = 25
+DECAY_PERIOD_S = 3600
+
+
+def decayed_hypotheses(version: ReflexVersion | None, now: int) -> np.ndarray:
+    """Keys of the decayed Hypothesis reflexes (REFLEX_DELETE_KEY rows) of a table."""
+    from .batchops import REFLEX_DELETE_KEY_DTYPE
+    from .records import ConnectionFlags, Mutability
+
+    out = np.zeros(0, REFLEX_DELETE_KEY_DTYPE)
+    if version is None or len(version.table) == 0:
+        return out
+    e = version.table.entries()
+    c = e["connection"]
+    decayed = (c["mutability"] == Mutability.HYPOTHESIS) & (
+        ((c["flags"] & ConnectionFlags.DECAYING) != 0) | (c["confidence"] < DECAYED_CONFIDENCE)
+        | (now - c["last_update"].astype(np.int64) > DECAY_PERIOD_S))
+    e, c = e[decayed], c[decayed]
+    out = np.zeros(e.shape[0], REFLEX_DELETE_KEY_DTYPE)
+    out["grid_hash"], out["fingerprint"] = e["grid_hash"], e["fingerprint"]
+    out["token_a"], out["token_b"], out["connection_type"] = c["token_a"], c["token_b"], c["connection_type"]
+    return out
+
+
 def persist(txn: Any, db: Any, table: ReflexTable) -> None:
     """Stores the header and every segment changed since the table's last persist."""
     header, dirty = table.segments()

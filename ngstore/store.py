@@ -53,7 +53,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,7 +211,6 @@ class RecoveryInfo:
     replayed_from: int = 0
     replayed_to: int = 0
     log_report: Any = None
-    notes: list[str] = field(default_factory=list)
 
 
 class Store:
@@ -1043,14 +1042,18 @@ class Store:
                             txn, events_db, int(op.data.sum()), counters[M_EVENTS_LIVE])
                         total.extra["events_trimmed"] = total.extra.get("events_trimmed", 0) + n
                         trims.append(n)
-                    elif op.kind in (batchops.OP_REFLEX_PUT, batchops.OP_REFLEX_DELETE):
+                    elif op.kind in (batchops.OP_REFLEX_PUT, batchops.OP_REFLEX_DELETE,
+                                     batchops.OP_REFLEX_DELETE_KEY):
                         if reflexes is None:
                             reflexes = reflex_store.writable_copy(self._reflex_version, self._reflex_capacity)
                         if op.kind == batchops.OP_REFLEX_PUT:
                             reflex_store.apply_put(reflexes, op.data)
                             total.extra["reflexes_written"] = total.extra.get("reflexes_written", 0) + op.count
-                        else:
+                        elif op.kind == batchops.OP_REFLEX_DELETE:
                             reflex_store.apply_delete(reflexes, op.data)
+                        else:
+                            total.extra["reflexes_evicted"] = (total.extra.get("reflexes_evicted", 0)
+                                                               + reflex_store.apply_delete_key(reflexes, op.data))
                     else:
                         raise NgStoreError(f"unknown op kind {op.kind}")
             ex = total.extra
@@ -1141,25 +1144,35 @@ class Store:
     CLEANUP_EVENT_FRACTION = 0.25
 
     def _maybe_cleanup(self) -> None:
-        """Guardian's aggressive cleanup: near the byte quota, trim the oldest quarter of
-        the experience events (through a logged batch, so replay does the same)."""
+        """Guardian's aggressive cleanup, near the byte quota: evict decayed Hypothesis
+        reflexes and trim the oldest quarter of the experience events, through one logged
+        batch (so replay does the same)."""
         g = self._guardian
         if self._failed is not None or not g.should_cleanup(self._usage(), self.CLEANUP_MARGIN):
             return
+        from . import reflex_store
+
+        ops = []
+        stale = reflex_store.decayed_hypotheses(self._reflex_version, int(time.time()))
+        if stale.size:
+            ops.append(Op(batchops.OP_REFLEX_DELETE_KEY, stale))
         n = int(self._counters[M_EVENTS_LIVE] * self.CLEANUP_EVENT_FRACTION)
-        if n == 0:
+        if n:
+            ops.append(Op(batchops.OP_EVENT_TRIM, np.array([n], dtype="<u8")))
+        if not ops:
             return
-        p = _Pending([Op(batchops.OP_EVENT_TRIM, np.array([n], dtype="<u8"))], "sync")
+        p = _Pending(ops, "sync")
         p.payload = batchops.encode_ops(p.ops)
         before = self._usage().bytes
         self._commit_group([p])
         if p.error is None:
             g.aggressive_cleanups_total += 1
             if self._obs is not None:
-                self._obs.event("cleanup", events_trimmed=n, bytes_before=before,
-                                bytes_after=self._usage().bytes)
-                self._obs.logger.warning("aggressive cleanup: trimmed the %d oldest events "
-                                         "(%d -> %d accounted bytes)", n, before, self._usage().bytes)
+                self._obs.event("cleanup", events_trimmed=n, hypotheses_evicted=int(stale.size),
+                                bytes_before=before, bytes_after=self._usage().bytes)
+                self._obs.logger.warning(
+                    "aggressive cleanup: trimmed the %d oldest events, evicted %d decayed hypothesis "
+                    "reflexes (%d -> %d accounted bytes)", n, int(stale.size), before, self._usage().bytes)
 
     def _maybe_checkpoint(self) -> None:
         """Checkpoints when the log, or LMDB's file since the last checkpoint, has grown
@@ -1625,16 +1638,22 @@ class Batch:
 
     def put_reflexes(self, states: Any, connections: Any) -> None:
         """Adds reflexes: ``connections[i]`` for ``states[i]`` (8-float states, Token
-        records, or raw (n, 8, 3) int16 coordinates). Validated with ``validate_reflex``."""
+        records, or raw (n, 8, 3) int16 coordinates).
+
+        Each must be a valid connection (``validate_connection``). The stricter
+        ``validate_reflex`` is the auto-consolidation gate (``try_auto_consolidate``,
+        ``analyze``), not a storage rule: like the original's ``consolidate_reflex``, a
+        store may hold Hypothesis reflexes, which the fast path answers only from
+        confidence 200 and the Guardian's cleanup evicts once they decay."""
         from .connections import as_connection_array
-        from .validation import check_reflexes
+        from .validation import check_connections
 
         self._check()
         coords = _state_coords(states)
         conns = as_connection_array(connections)
         if conns.shape[0] != coords.shape[0]:
             raise InvalidArgumentError(f"{coords.shape[0]} states but {conns.shape[0]} connections")
-        res = check_reflexes(conns)
+        res = check_connections(conns)
         if not res.all_ok:
             from .errors import ValidationError
 
@@ -1962,10 +1981,6 @@ class TokenView:
     def __init__(self, snap: Snapshot) -> None:
         self._snap = snap  # Snapshot.tokens makes a new view each time: no reference cycle
         self._layout = snap._layout
-
-    def _db(self):
-        return self._snap._store._kv.dbs[DB_TOKENS] if self._snap._store._kv is not None \
-            else self._snap._lease.kv.dbs[DB_TOKENS]
 
     def count(self) -> int:
         txn = self._snap._txn()

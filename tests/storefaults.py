@@ -19,7 +19,7 @@ import numpy as np
 from conftest import make_tokens
 from ngstore.connections import new_connections
 from ngstore.experience import new_events
-from ngstore.kv import DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, iter_db
+from ngstore.kv import DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS
 from walfaults import RecordingIO
 
 #: Options every store of these tests is opened with (no quotas, no observability threads,
@@ -43,7 +43,7 @@ def state_of(store) -> tuple:
         raw = {}
         for name in (DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS):
             db = kv.dbs[name]
-            raw[name] = tuple((bytes(k), bytes(v)) for k, v in iter_db(txn, db)) if db is not None else ()
+            raw[name] = tuple((bytes(k), bytes(v)) for k, v in txn.cursor(db=db)) if db is not None else ()
     st = store.stats()
     counters = (st["tokens_live"], st["tokens_created_total"], st["tokens_deleted_total"],
                 st["connections_live"], st["connections_created_total"], st["events_live"],

@@ -13,7 +13,6 @@ garbled, and the check (run in a subprocess, so a crash is a failure, not a hang
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

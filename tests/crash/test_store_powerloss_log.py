@@ -24,7 +24,6 @@ import os
 import shutil
 import time
 
-import pytest
 
 import ngstore
 import ngstore.store

@@ -179,7 +179,7 @@ def test_a_read_only_process_looks_reflexes_up_without_building_a_table(store_pa
 
 def test_invalid_reflexes_are_refused_by_the_store(store):
     bad = reflex()
-    bad["pull_strength"] = 0.0
+    bad["pull_strength"] = np.nan
     with pytest.raises(ngstore.ValidationError):
         with store.batch() as b:
             b.put_reflexes(STATES[:1], bad)
@@ -200,3 +200,31 @@ def test_background_analysis_runs_and_stops():
     finally:
         e.stop()
     assert not e.running and e.stats()["slow_path_uses"] >= 1 and e.stats()["total_reflexes"] >= 1
+
+
+def test_cleanup_evicts_decayed_hypotheses_and_keeps_the_rest(store_path):
+    import time
+
+    now = int(time.time())
+    fresh_hyp = reflex(a=1, b=2, mutability=2, confidence=230)
+    old_hyp = reflex(a=3, b=4, mutability=2, confidence=230)
+    old_hyp["last_update"] = now - 2 * 3600  # past the original's decay period
+    weak_hyp = reflex(a=5, b=6, mutability=2, confidence=20)  # below 25: decayed
+    learnable = reflex(a=7, b=8)
+    learnable["last_update"] = now - 2 * 3600  # old, but not a hypothesis: kept
+    # refusal point 0.8 * 64_000 = 51_200 bytes; cleanup from 90 % = 46_080
+    with ngstore.open(store_path, max_bytes=64_000, max_tokens=None) as s:
+        with s.batch() as b:
+            b.put_reflexes(np.stack([STATES[0], STATES[1], STATES[2], NEUTRAL[0]]),
+                           np.concatenate([fresh_hyp, old_hyp, weak_hyp, learnable]))
+        assert s.stats()["reflexes_live"] == 4 and s.stats()["aggressive_cleanups_total"] == 0
+        s.write_events(new_events(360))  # 4 * 128 + 360 * 128 = 46_592 bytes > 46_080
+        st = s.stats()
+        assert st["aggressive_cleanups_total"] == 1 and st["reflexes_live"] == 2
+        engine = s.intuition()
+        assert engine.try_fast_path(STATES[0].tolist()) is not None      # fresh hypothesis kept
+        assert engine.try_fast_path(NEUTRAL[0].tolist()) is not None     # learnable kept
+        assert not engine.try_fast_path_batch(STATES[1:3]).found.any()   # decayed ones evicted
+        assert s.check().ok
+    with ngstore.open(store_path) as s:  # the eviction was a logged batch: it persists
+        assert s.stats()["reflexes_live"] == 2 and s.check().ok

@@ -31,7 +31,7 @@ from ngstore.obs import StoreCollector, register
 from ngstore.obs.blackbox import list_dumps, load_dump
 from ngstore.obs.logs import disable_json_logging, enable_json_logging
 from ngstore.obs.metrics import METRICS, metric_names
-from ngstore.store import Store
+
 
 TIMEOUT = 120
 

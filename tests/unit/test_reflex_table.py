@@ -371,3 +371,18 @@ def test_bad_inputs_raise_invalid_argument():
         t.lookup(np.zeros((2, 8)))
     with pytest.raises(CorruptionError):
         ReflexTable.attach(b"x" * 128, [])
+
+
+def test_delete_by_key_removes_what_entries_reports():
+    t = ReflexTable.create(100)
+    c1, c2 = conn(), conn()
+    c2["token_a"], c2["token_b"] = 10, 11
+    t.insert(STATE, c1)
+    t.insert(STATE, c2)
+    e = t.entries()
+    key = (int(e["grid_hash"][0]), int(e["fingerprint"][0]))
+    assert t.delete_key(*key, c2) == 1 and len(t) == 1
+    assert t.delete_key(*key) == 1 and len(t) == 0
+    with pytest.raises(NotFoundError):
+        t.delete_key(*key)
+    t.check()
