@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 
 
 def check_store(store: "Store") -> "CheckReport":
-    from .store import CheckReport, _ReadTxn
+    from .store import CheckReport, _ReadTxn, read_counter
 
     problems: list[str] = []
     facts: dict[str, object] = {}
     layout: ChunkLayout = store._layout
     kv = store._kv
     with _ReadTxn(kv) as txn:
-        live = _meta_u64(txn, kv, b"tokens_live")
+        live = read_counter(txn, kv, b"tokens_live")
         present = 0
         n_chunks = 0
         db = kv.dbs[DB_TOKENS]
@@ -89,18 +89,9 @@ def check_store(store: "Store") -> "CheckReport":
     return CheckReport(ok=not problems, problems=problems, facts=facts)
 
 
-def _meta_u64(txn, kv, key: bytes) -> int:
-    """One of the counters packed in meta/counters (docs/format.md §3.1)."""
-    from .store import _COUNTERS, COUNTER_KEYS, M_COUNTERS
-
-    v = txn.get(M_COUNTERS, db=kv.dbs[b"meta"])
-    if v is None or len(v) != _COUNTERS.size:
-        return -1
-    return _COUNTERS.unpack(bytes(v))[COUNTER_KEYS.index(key)]
-
-
 def _check_connections(txn, kv, problems: list[str], facts: dict[str, object]) -> None:
     from .kv import DB_CONN_REVERSE, DB_CONNECTIONS
+    from .store import read_counter
 
     db, rdb = kv.dbs[DB_CONNECTIONS], kv.dbs[DB_CONN_REVERSE]
     forward = set()
@@ -127,7 +118,7 @@ def _check_connections(txn, kv, problems: list[str], facts: dict[str, object]) -
             problems.append(f"reverse index entry {key.hex()} has no connection")
     if reverse != n:
         problems.append(f"{n} connections but {reverse} reverse index entries")
-    live = _meta_u64(txn, kv, b"connections_live")
+    live = read_counter(txn, kv, b"connections_live")
     if live != n:
         problems.append(f"connections_live counter is {live} but {n} connections are stored")
     facts["connections"] = n
@@ -135,6 +126,7 @@ def _check_connections(txn, kv, problems: list[str], facts: dict[str, object]) -
 
 def _check_events(txn, kv, problems: list[str], facts: dict[str, object]) -> None:
     from .kv import DB_EVENTS
+    from .store import read_counter
 
     db = kv.dbs[DB_EVENTS]
     n = 0
@@ -148,8 +140,8 @@ def _check_events(txn, kv, problems: list[str], facts: dict[str, object]) -> Non
         first = seq if first is None else first
         last = seq
         n += 1
-    live = _meta_u64(txn, kv, b"events_live")
-    nxt = _meta_u64(txn, kv, b"events_next_seq")
+    live = read_counter(txn, kv, b"events_live")
+    nxt = read_counter(txn, kv, b"events_next_seq")
     if live != n:
         problems.append(f"events_live counter is {live} but {n} events are stored")
     if last is not None and last != nxt - 1:

@@ -39,12 +39,11 @@ class StoreExperienceStream(ExperienceStream):
             self._loading = False
 
     def _load(self) -> None:
-        from .check import _meta_u64
-        from .store import M_EVENTS_NEXT, _ReadTxn
+        from .store import M_EVENTS_NEXT, _ReadTxn, read_counter
 
         store = self._store
         with _ReadTxn(store._kv) as txn:
-            next_seq = _meta_u64(txn, store._kv, M_EVENTS_NEXT)
+            next_seq = read_counter(txn, store._kv, M_EVENTS_NEXT)
             first = max(0, next_seq - self.capacity)
             db = store._kv.dbs[DB_EVENTS]
             rows = []

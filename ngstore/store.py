@@ -129,6 +129,14 @@ COUNTER_KEYS = (M_TOKENS_LIVE, M_TOKENS_CREATED, M_TOKENS_DELETED, M_CONN_LIVE, 
 M_COUNTERS = b"counters"  # u64[len(COUNTER_KEYS)] in COUNTER_KEYS order (docs/format.md §3.1)
 _COUNTERS = struct.Struct("<" + "Q" * len(COUNTER_KEYS))
 DEFAULT_EVENT_CAPACITY = 1_000_000
+
+
+def read_counter(txn: Any, kv: KV, key: bytes) -> int:
+    """One of the counters packed in meta/counters (docs/format.md §3.1); -1 if malformed."""
+    v = txn.get(M_COUNTERS, db=kv.dbs[DB_META])
+    if v is None or len(v) != _COUNTERS.size:
+        return -1
+    return _COUNTERS.unpack(bytes(v))[COUNTER_KEYS.index(key)]
 DEFAULT_REFLEX_CAPACITY = 65_536
 M_REFLEX_CAPACITY = b"reflex_capacity"
 
