@@ -77,12 +77,15 @@ class QuotaExceededError(NgStoreError):
 
 
 class ValidationError(NgStoreError, ValueError):
-    """A record fails Guardian validation; ``errors`` lists ``(field, message, value)``."""
+    """A record fails Guardian validation; ``errors`` lists ``(field, message, value)``
+    (for the first failing records), ``n_failed`` counts every failing record."""
 
-    def __init__(self, what: str, errors: list[tuple[str, str, object]]) -> None:
+    def __init__(self, what: str, errors: list[tuple[str, str, object]],
+                 n_failed: int | None = None) -> None:
         detail = "; ".join(f"{f}: {m} (got {v!r})" for f, m, v in errors)
         super().__init__(f"{what} failed validation: {detail}")
         self.errors = errors
+        self.n_failed = len(errors) if n_failed is None else n_failed
 
 
 class NativeError(NgStoreError):

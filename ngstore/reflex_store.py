@@ -80,36 +80,36 @@ def apply_put(table: ReflexTable, data: np.ndarray) -> None:
     table.insert_batch(np.ascontiguousarray(data["state"]), np.ascontiguousarray(data["connection"]))
 
 
-def apply_delete(table: ReflexTable, data: np.ndarray) -> int:
+def _identity_record(row: np.void) -> np.ndarray | None:
+    """The connection whose identity (token_a, token_b, type) a delete row names, or None
+    when the row deletes every reflex of its state."""
     from .records import CONNECTION_DTYPE
 
+    if row["all"]:
+        return None
+    conn = np.zeros(1, CONNECTION_DTYPE)
+    conn["token_a"], conn["token_b"] = row["token_a"], row["token_b"]
+    conn["connection_type"] = row["connection_type"]
+    return conn
+
+
+def apply_delete(table: ReflexTable, data: np.ndarray) -> int:
     removed = 0
     for row in data:
         state = np.ascontiguousarray(row["state"]).reshape(1, 8, 3)
-        conn = None
-        if not row["all"]:
-            conn = np.zeros(1, CONNECTION_DTYPE)
-            conn["token_a"], conn["token_b"] = row["token_a"], row["token_b"]
-            conn["connection_type"] = row["connection_type"]
         try:
-            removed += table.delete(state, conn)
+            removed += table.delete(state, _identity_record(row))
         except NotFoundError:
             pass  # deleting an absent reflex is not an error (idempotent, like tokens)
     return removed
 
 
 def apply_delete_key(table: ReflexTable, data: np.ndarray) -> int:
-    from .records import CONNECTION_DTYPE
-
     removed = 0
     for row in data:
-        conn = None
-        if not row["all"]:
-            conn = np.zeros(1, CONNECTION_DTYPE)
-            conn["token_a"], conn["token_b"] = row["token_a"], row["token_b"]
-            conn["connection_type"] = row["connection_type"]
         try:
-            removed += table.delete_key(int(row["grid_hash"]), int(row["fingerprint"]), conn)
+            removed += table.delete_key(int(row["grid_hash"]), int(row["fingerprint"]),
+                                        _identity_record(row))
         except NotFoundError:
             pass
     return removed

@@ -69,6 +69,7 @@ from .errors import (
     NotFoundError,
     StoreClosedError,
     StoreLockedError,
+    ValidationError,
 )
 from .fileio import DEFAULT_IO, FileIO
 from .guardian import Guardian, Usage
@@ -1609,7 +1610,6 @@ class Batch:
 
     def _put_connections(self, connections: Any, copy: bool) -> None:
         from .connections import as_connection_array
-        from .validation import check_connections
 
         self._check()
         arr = as_connection_array(connections)
@@ -1618,22 +1618,33 @@ class Batch:
         st = self._store._stats
         obs = self._store._obs
         t0 = time.perf_counter()
-        res = check_connections(arr)
-        if obs is not None:
-            obs.validation_seconds.observe(time.perf_counter() - t0)
-        if not res.all_ok:
-            from .errors import ValidationError
-
-            st["connections_rejected_total"] += int(res.n_failed)
-            st["connections_validated_total"] += int(arr.size - res.n_failed)
+        try:
+            self._validate_connections(arr, "connection(s)")
+        except ValidationError as exc:
+            st["connections_rejected_total"] += exc.n_failed
+            st["connections_validated_total"] += int(arr.size) - exc.n_failed
+            raise
+        finally:
             if obs is not None:
-                obs.event("validation_failed", what="connections", count=int(res.n_failed),
-                          first=str(res.reasons[:1]))
-            raise ValidationError(f"{res.n_failed} connection(s) of the batch",
-                                  [(f, m, v) for _i, f, m, v in res.reasons])
+                obs.validation_seconds.observe(time.perf_counter() - t0)
         st["connections_validated_total"] += int(arr.size)
         data = np.array(arr, dtype=CONNECTION_DTYPE, copy=True) if copy else np.ascontiguousarray(arr)
         self._ops.append(Op(batchops.OP_CONNECTION_PUT, data))
+
+    def _validate_connections(self, arr: np.ndarray, what: str) -> None:
+        """Raises ValidationError unless every record is a valid connection; records the
+        failure in the black box."""
+        from .validation import check_connections
+
+        res = check_connections(arr)
+        if res.all_ok:
+            return
+        obs = self._store._obs
+        if obs is not None:
+            obs.event("validation_failed", what=what, count=int(res.n_failed),
+                      first=str(res.reasons[:1]))
+        raise ValidationError(f"{res.n_failed} {what} of the batch",
+                              [(f, m, v) for _i, f, m, v in res.reasons], int(res.n_failed))
 
     def delete_connections(self, keys: Any) -> None:
         """Deletes by key: connections (their a, b, type) or (a, b, type) triples."""
@@ -1654,19 +1665,13 @@ class Batch:
         store may hold Hypothesis reflexes, which the fast path answers only from
         confidence 200 and the Guardian's cleanup evicts once they decay."""
         from .connections import as_connection_array
-        from .validation import check_connections
 
         self._check()
         coords = _state_coords(states)
         conns = as_connection_array(connections)
         if conns.shape[0] != coords.shape[0]:
             raise InvalidArgumentError(f"{coords.shape[0]} states but {conns.shape[0]} connections")
-        res = check_connections(conns)
-        if not res.all_ok:
-            from .errors import ValidationError
-
-            raise ValidationError(f"{res.n_failed} reflex(es) of the batch",
-                                  [(f, m, v) for _i, f, m, v in res.reasons])
+        self._validate_connections(conns, "reflex(es)")
         data = np.zeros(coords.shape[0], dtype=batchops.REFLEX_PUT_DTYPE)
         data["state"] = coords
         data["connection"] = conns
