@@ -26,7 +26,7 @@ import numpy as np
 import ngstore
 from _harness import LIMITS, Bench
 from bench_ingest import LMDB_MAP, dataset, rocks_open, rocksdict_available, sqlite_connect, store_options
-from ngstore import batchops
+from ngstore import ops
 
 W_LAT = "small durable commit"
 W_CONC = "concurrent commits (n = threads)"
@@ -44,7 +44,7 @@ def one_token(i: int) -> np.ndarray:
 
 def record_bytes() -> int:
     """Bytes of the log frame of a one-token batch (40-byte frame header + payload)."""
-    return 40 + len(batchops.encode_ops([batchops.Op(batchops.OP_TOKEN_PUT, one_token(0))]))
+    return 40 + len(ops.encode_ops([ops.Op(ops.OP_TOKEN_PUT, one_token(0))]))
 
 
 def latencies(fn: Callable[[int], None], k: int) -> list[float]:

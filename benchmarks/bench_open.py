@@ -23,10 +23,10 @@ import lmdb
 import numpy as np
 
 import ngstore
-import ngstore.store as ngstore_store
 from _harness import Bench, repeat
 from bench_ingest import LMDB_MAP, dataset, rocks_open, rocksdict_available, sqlite_connect, store_options
-from ngstore import batchops
+from ngstore import ops
+from ngstore.fileio import FileIO
 
 W_OPEN = "open (clean) + first read"
 W_REPLAY = "recovery: log replay"
@@ -52,7 +52,14 @@ def build_crashed(path: str, n: int) -> None:
 
 def frame_bytes(tokens: int) -> int:
     arr = ngstore.Token.create_batch(tokens).data
-    return 40 + len(batchops.encode_ops([batchops.Op(batchops.OP_TOKEN_PUT, arr)]))
+    return 40 + len(ops.encode_ops([ops.Op(ops.OP_TOKEN_PUT, arr)]))
+
+
+class _AfterPowerLoss(FileIO):
+    """The real file system, on a machine that has booted since the store was written."""
+
+    def boot_id(self) -> str | None:
+        return "benchmark-simulated-power-loss"
 
 
 def time_replay(b: Bench, n: int, reps: int) -> None:
@@ -63,25 +70,21 @@ def time_replay(b: Bench, n: int, reps: int) -> None:
     work = os.path.join(b.root, "open", f"replay-{n}")
     secs: list[float] = []
     replayed = []
-    real_boot_id = ngstore_store._boot_id
-    try:
-        ngstore_store._boot_id = lambda: "benchmark-simulated-power-loss"
-        for _ in range(reps):
-            if os.path.exists(work):
-                shutil.rmtree(work)
-            shutil.copytree(src, work)
-            holder = {}
+    for _ in range(reps):
+        if os.path.exists(work):
+            shutil.rmtree(work)
+        shutil.copytree(src, work)
+        holder = {}
 
-            def do_open() -> None:
-                holder["s"] = ngstore.open(work, max_tokens=None, max_bytes=None, crash_handlers=False)
+        def do_open() -> None:
+            holder["s"] = ngstore.open(work, max_tokens=None, max_bytes=None, crash_handlers=False,
+                                       io=_AfterPowerLoss())
 
-            secs += repeat(do_open, 1)
-            s = holder["s"]
-            replayed.append(s.recovery.replayed_records)
-            assert s.count() == n, (s.count(), n)
-            s.close()
-    finally:
-        ngstore_store._boot_id = real_boot_id
+        secs += repeat(do_open, 1)
+        s = holder["s"]
+        replayed.append(s.recovery.replayed_records)
+        assert s.count() == n, (s.count(), n)
+        s.close()
     if min(replayed) != records:
         b.notes.append(f"replay at n={n}: replayed {min(replayed)} of {records} records")
     b.record(W_REPLAY, "ngstore open (replay)", n, "MB/s", [log_mb / s for s in secs], higher_is_better=True,

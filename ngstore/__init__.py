@@ -8,6 +8,7 @@ from .errors import (
     CorruptionError,
     FormatVersionError,
     InvalidArgumentError,
+    NativeError,
     NgStoreError,
     NotAStoreError,
     NotFoundError,
@@ -39,7 +40,10 @@ from .experience import (
     Uniform,
 )
 from .intuition import IntuitionEngine
-from .store import Batch, Snapshot, Store, open
+from .batch import Batch
+from .options import Options
+from .snapshot import Snapshot
+from .store import Store, open
 from .tokens import Token, TokenArray
 
 __version__ = "0.1.0"
@@ -47,12 +51,12 @@ __author__ = "ngstore developers (after the NeuroGraph OS core by Chernov Denys)
 __license__ = "AGPL-3.0"
 
 __all__ = [
-    "open", "Store", "Batch", "Snapshot", "Token", "TokenArray",
+    "open", "Options", "Store", "Batch", "Snapshot", "Token", "TokenArray",
     "Connection", "ConnectionArray", "IntuitionEngine", "IntuitionConfig",
     "ExperienceStream", "Event", "Uniform", "PrioritizedByReward", "RecencyWeighted", "Mixed",
     "TOKEN_DTYPE", "CONNECTION_DTYPE", "EVENT_DTYPE", "SCALE_FACTORS",
     "TokenFlags", "EntityType", "EventType", "ConnectionFlags", "Mutability", "create_id",
     "NgStoreError", "InvalidArgumentError", "NotFoundError", "StoreLockedError",
     "StoreClosedError", "CorruptionError", "FormatVersionError", "NotAStoreError",
-    "QuotaExceededError", "ValidationError",
+    "QuotaExceededError", "ValidationError", "NativeError",
 ]

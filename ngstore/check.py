@@ -9,28 +9,56 @@ the end of the log.
 """
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .batchops import ChunkLayout
+from .directory import Directory
 from .errors import CorruptionError
-from .kv import CHECKPOINT_FILE, DB_TOKENS, decode_checkpoint
+from .kv import KV, ReadTxn
+from .layout import (
+    DB_CONN_REVERSE,
+    DB_CONNECTIONS,
+    DB_EVENTS,
+    DB_META,
+    DB_TOKENS,
+    M_COUNTERS,
+    ChunkLayout,
+    Counters,
+    forward_of_reverse,
+)
 
-if TYPE_CHECKING:
-    from .store import CheckReport, Store
+
+@dataclass
+class CheckReport:
+    """What ``check()`` found: ``ok`` when ``problems`` is empty; ``facts`` are what it
+    counted on the way."""
+
+    ok: bool
+    problems: list[str]
+    facts: dict[str, Any]
+
+    def __str__(self) -> str:
+        lines = [f"check: {'OK' if self.ok else 'PROBLEMS FOUND'}"]
+        lines += [f"  {k}: {v}" for k, v in self.facts.items()]
+        lines += [f"  problem: {p}" for p in self.problems]
+        return "\n".join(lines)
 
 
-def check_store(store: "Store") -> "CheckReport":
-    from .store import CheckReport, _ReadTxn, read_counter
-
+def check_store(kv: KV, layout: ChunkLayout, directory: Directory, applied_position: int,
+                log_last_position: int | None) -> CheckReport:
+    """Checks the store of ``kv`` as of one read transaction; ``log_last_position`` is the
+    writer's log end (None for a read-only handle, which has no log)."""
     problems: list[str] = []
     facts: dict[str, object] = {}
-    layout: ChunkLayout = store._layout
-    kv = store._kv
-    with _ReadTxn(kv) as txn:
-        live = read_counter(txn, kv, b"tokens_live")
+    with ReadTxn(kv) as txn:
+        try:
+            counters = Counters.decode(txn.get(M_COUNTERS, db=kv.dbs[DB_META]), kv.path)
+        except CorruptionError as exc:
+            problems.append(str(exc))
+            counters = Counters()
+        live = counters.tokens_live
         present = 0
         n_chunks = 0
         db = kv.dbs[DB_TOKENS]
@@ -66,38 +94,36 @@ def check_store(store: "Store") -> "CheckReport":
         facts["tokens_live_counter"] = live
         if present != live:
             problems.append(f"tokens_live counter is {live} but {present} tokens are present")
-        _check_connections(txn, kv, problems, facts)
-        _check_events(txn, kv, problems, facts)
-    ckpt = os.path.join(store.path, CHECKPOINT_FILE)
+        _check_connections(txn, kv, counters, problems, facts)
+        _check_events(txn, kv, counters, problems, facts)
     try:
-        with open(ckpt, "rb") as f:
-            _ps, txnid, applied, _meta = decode_checkpoint(f.read(), ckpt)
-        facts["checkpoint_txn"] = txnid
-        facts["checkpoint_applied_position"] = applied
-        if applied > store._applied:
-            problems.append(f"checkpoint claims position {applied} beyond LMDB's {store._applied}")
-    except FileNotFoundError:
-        problems.append("no checkpoint file")
+        ckpt = directory.read_checkpoint()
+        if ckpt is None:
+            problems.append("no checkpoint file")
+        else:
+            facts["checkpoint_txn"] = ckpt.txnid
+            facts["checkpoint_applied_position"] = ckpt.applied_position
+            if ckpt.applied_position > applied_position:
+                problems.append(f"checkpoint claims position {ckpt.applied_position} beyond LMDB's "
+                                f"{applied_position}")
     except CorruptionError as exc:
         problems.append(str(exc))
-    facts["applied_position"] = store._applied
-    if store._log is not None:
-        facts["log_last_position"] = store._log.last_position
-        if store._applied > store._log.last_position:
-            problems.append(f"LMDB applied position {store._applied} is past the log's end "
-                            f"{store._log.last_position}")
+    facts["applied_position"] = applied_position
+    if log_last_position is not None:
+        facts["log_last_position"] = log_last_position
+        if applied_position > log_last_position:
+            problems.append(f"LMDB applied position {applied_position} is past the log's end "
+                            f"{log_last_position}")
     return CheckReport(ok=not problems, problems=problems, facts=facts)
 
 
-def _check_connections(txn, kv, problems: list[str], facts: dict[str, object]) -> None:
-    from .kv import DB_CONN_REVERSE, DB_CONNECTIONS
-    from .store import read_counter
-
+def _check_connections(txn: Any, kv: KV, counters: Counters, problems: list[str],
+                       facts: dict[str, object]) -> None:
     db, rdb = kv.dbs[DB_CONNECTIONS], kv.dbs[DB_CONN_REVERSE]
     forward = set()
     n = 0
-    for key, value in (txn.cursor(db=db) if db is not None else ()):
-        key = bytes(key)
+    for raw_key, value in (txn.cursor(db=db) if db is not None else ()):
+        key = bytes(raw_key)
         n += 1
         if len(key) != 9 or len(value) != 64:
             problems.append(f"connection entry with a {len(key)}-byte key / {len(value)}-byte value")
@@ -111,23 +137,20 @@ def _check_connections(txn, kv, problems: list[str], facts: dict[str, object]) -
             problems.append(f"connection {(a, b, t)} is not in canonical order")
         forward.add(key)
     reverse = 0
-    for key, _value in (txn.cursor(db=rdb) if rdb is not None else ()):
-        key = bytes(key)
+    for raw_key, _value in (txn.cursor(db=rdb) if rdb is not None else ()):
+        key = bytes(raw_key)
         reverse += 1
-        if key[4:8] + key[0:4] + key[8:9] not in forward:
+        if forward_of_reverse(key) not in forward:
             problems.append(f"reverse index entry {key.hex()} has no connection")
     if reverse != n:
         problems.append(f"{n} connections but {reverse} reverse index entries")
-    live = read_counter(txn, kv, b"connections_live")
+    live = counters.connections_live
     if live != n:
         problems.append(f"connections_live counter is {live} but {n} connections are stored")
     facts["connections"] = n
 
 
-def _check_events(txn, kv, problems: list[str], facts: dict[str, object]) -> None:
-    from .kv import DB_EVENTS
-    from .store import read_counter
-
+def _check_events(txn: Any, kv: KV, counters: Counters, problems: list[str], facts: dict[str, object]) -> None:
     db = kv.dbs[DB_EVENTS]
     n = 0
     first = last = None
@@ -140,8 +163,8 @@ def _check_events(txn, kv, problems: list[str], facts: dict[str, object]) -> Non
         first = seq if first is None else first
         last = seq
         n += 1
-    live = read_counter(txn, kv, b"events_live")
-    nxt = read_counter(txn, kv, b"events_next_seq")
+    live = counters.events_live
+    nxt = counters.events_next_seq
     if live != n:
         problems.append(f"events_live counter is {live} but {n} events are stored")
     if last is not None and last != nxt - 1:

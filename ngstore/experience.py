@@ -402,7 +402,7 @@ class Event:
                 f"step={self.step}, reward={self.total_reward:g})")
 
 
-def _as_event_rows(event: Any) -> np.ndarray:
+def as_event_rows(event: Any) -> np.ndarray:
     if isinstance(event, Event):
         return event.record
     if isinstance(event, Mapping):
@@ -690,7 +690,7 @@ class ExperienceStream:
         Returns its 0-based sequence number. The stored copy's ``sequence`` is that number
         (mod 2**32).
         """
-        rows = _as_event_rows(event)
+        rows = as_event_rows(event)
         if len(rows) != 1:
             raise InvalidArgumentError(f"write_event takes one event, got {len(rows)}; use write_events")
         return self.write_events(rows)
@@ -703,7 +703,7 @@ class ExperienceStream:
         counted in ``total_written`` and ``trimmed``). An empty array writes nothing and
         returns ``total_written``.
         """
-        rows = _as_event_rows(events)
+        rows = as_event_rows(events)
         n = len(rows)
         with self._cond:
             first = self._total
@@ -902,7 +902,7 @@ class ExperienceStream:
         exist (existing subscriptions see the jump as lag or as nothing new).
         """
         first_seq = self._check_seq(first_seq)
-        rows = _as_event_rows(events)
+        rows = as_event_rows(events)
         with self._cond:
             if self._total:  # a stream that never held an event is all zeros already:
                 self._ring[:] = np.zeros(1, dtype=EVENT_DTYPE)  # (don't touch 128 MB to clear it)
@@ -927,7 +927,7 @@ class ExperienceStream:
             first, events, total = int(state["first_seq"]), state["events"], int(state["total_written"])
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidArgumentError(f"not an ExperienceStream state: {e}") from None
-        rows = _as_event_rows(events)
+        rows = as_event_rows(events)
         if first + len(rows) != total:
             raise InvalidArgumentError(
                 f"inconsistent state: first_seq {first} + {len(rows)} events != total_written {total}")

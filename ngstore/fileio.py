@@ -1,10 +1,13 @@
-"""The file seam: every durability-relevant system call ngstore makes on its own files.
+"""The file seam: every system call ngstore makes on the files of a store.
 
-Only this module calls ``fsync``/``fdatasync``/``rename``/``truncate``/``unlink`` on store
-files and fsyncs directories. Every component that writes files takes an ``io: FileIO``
+Only this module opens, writes, syncs, renames, truncates, unlinks, locks or lists store
+files, makes directories, or reads the boot id; and it is where LMDB's two durability
+points (a write transaction's commit, the environment's sync) are called, so that LMDB's
+own I/O can be observed and failed at the same seam (LMDB's reads and page writes stay
+inside LMDB, behind ``kv``). Every layer that touches files takes an ``io: FileIO``
 argument (default :data:`DEFAULT_IO`), so a test can substitute a subclass that records
 each call (to reconstruct what a power loss can leave) or fails the Nth one with ``EIO``
-(see ``tests/walfaults.py``).
+(see ``tests/walfaults.py``) -- without patching any other module.
 
 The methods are deliberately thin and fd-based: they do what ``os`` does, plus loops for
 short reads/writes. OS errors pass through unwrapped, with errno and (where ``os`` gives
@@ -21,11 +24,27 @@ Crash consequences, in syscall terms:
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
-from collections.abc import Sequence
-from typing import Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, Union
 
 Buffer = Union[bytes, bytearray, memoryview]
+
+#: Where Linux publishes an id that changes at every boot.
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+class LockBusyError(OSError):
+    """A non-blocking ``flock`` found the lock held by another open file description."""
+
+
+class KVHandle(Protocol):
+    """What :meth:`FileIO.lmdb_commit` is told about the environment it commits to."""
+
+    path: str
+    dbs: Mapping[bytes, Any]
 
 #: Linux accepts at most this many buffers in one pwritev.
 try:
@@ -137,6 +156,89 @@ class FileIO:
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
 
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def makedirs(self, path: str, mode: int = 0o755) -> None:
+        """Makes ``path`` and any missing parents, each durably: after every directory
+        created, its parent is fsynced (a new directory entry is durable only then)."""
+        path = os.path.abspath(path)
+        missing = []
+        p = path
+        while not os.path.isdir(p):
+            missing.append(p)
+            parent = os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+        for d in reversed(missing):
+            try:
+                self.mkdir(d, mode)
+            except FileExistsError:
+                if not os.path.isdir(d):
+                    raise
+            self.fsync_dir(os.path.dirname(d))
+
+    # -- locks ---------------------------------------------------------------------
+    def lock(self, path: str, exclusive: bool, mode: int = 0o644) -> int:
+        """Opens (creating) ``path`` and takes an ``flock`` on it without waiting; returns
+        the descriptor, which holds the lock until :meth:`unlock`. Raises
+        :class:`LockBusyError` when another holder has it."""
+        fd = self.open(path, os.O_RDWR | os.O_CREAT, mode)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except OSError as exc:
+            self.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LockBusyError(exc.errno, f"{path} is locked", path) from None
+            raise
+        return fd
+
+    def unlock(self, fd: int) -> None:
+        """Releases a lock taken by :meth:`lock` and closes its descriptor."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self.close(fd)
+
+    def probe_lock(self, path: str) -> bool:
+        """True when someone holds an exclusive or shared ``flock`` on ``path`` that
+        excludes ours (the file is not created when absent)."""
+        try:
+            fd = self.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return True
+            raise
+        finally:
+            self.close(fd)  # closing the only descriptor releases a lock we took
+        return False
+
+    # -- the machine -----------------------------------------------------------------
+    def boot_id(self) -> str | None:
+        """An id that changes at every boot of the machine, or None when it cannot be
+        read (callers must then assume the worst: that the machine went down)."""
+        try:
+            with open(BOOT_ID_PATH, "rb") as f:
+                text = f.read(128).decode("ascii", "replace").strip()
+        except OSError:
+            return None
+        return text or None
+
+    # -- LMDB's durability points -------------------------------------------------------
+    def lmdb_commit(self, txn: Any, kv: KVHandle) -> None:
+        """Commits an LMDB write transaction of ``kv`` (no fsync: see ``kv``)."""
+        txn.commit()
+
+    def lmdb_sync(self, env: Any, kv: KVHandle) -> None:
+        """Makes every committed transaction of LMDB environment ``env`` durable
+        (``mdb_env_sync(force)``: one fdatasync of data.mdb)."""
+        env.sync(True)
+
     # -- composites ----------------------------------------------------------------
     def atomic_write(self, path: str, data: Buffer, mode: int = 0o644) -> None:
         """Replace ``path`` by a file holding exactly ``data``, durably (invariant 5).
@@ -154,11 +256,26 @@ class FileIO:
         self.rename(tmp, path)
         self.fsync_dir(os.path.dirname(os.path.abspath(path)))
 
-    def read_file(self, path: str) -> bytes:
-        """The whole content of ``path`` (one fstat and one pread loop)."""
+    def read_file(self, path: str, limit: int | None = None) -> bytes:
+        """The whole content of ``path`` (reads until end of file, so files whose size is
+        not known in advance -- ``/proc`` -- work too). With ``limit``, reading stops
+        after that many bytes (a small file must not make the reader allocate much)."""
         fd = self.open(path, os.O_RDONLY)
         try:
-            return self.pread(fd, self.file_size(fd), 0)
+            size = self.file_size(fd)
+            want = size if limit is None else min(size, limit)
+            data = self.pread(fd, want, 0) if want else b""
+            if len(data) < want or (limit is not None and len(data) >= limit):
+                return data
+            parts = [data]
+            got = len(data)
+            while limit is None or got < limit:
+                more = self.pread(fd, 1 << 16 if limit is None else min(1 << 16, limit - got), got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            return b"".join(parts)
         finally:
             self.close(fd)
 

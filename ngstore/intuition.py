@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -38,9 +38,29 @@ from .config import IntuitionConfig
 from .connections import as_connection_array
 from .errors import InvalidArgumentError, NgStoreError
 from .experience import ExperienceStream
+from .inputs import state_coords
 from .records import CONNECTION_DTYPE, Mutability
 from .reflex import ReflexTable
 from .validation import check_reflex
+
+if TYPE_CHECKING:
+    from .batch import Batch
+    from .obs import Observability
+
+
+class ReflexStore(Protocol):
+    """What a store engine needs from its store (``Store`` provides it)."""
+
+    @property
+    def obs(self) -> Observability | None: ...
+
+    def reflex_table(self) -> ReflexTable | None: ...
+
+    def reflex_stats(self) -> dict[str, Any]: ...
+
+    def batch(self, durability: str | None = None) -> Batch: ...
+
+    def experience(self, channel_size: int = 1000) -> ExperienceStream: ...
 
 
 class FastPathBatch(NamedTuple):
@@ -74,9 +94,7 @@ class _MemoryReflexes:
         return self.table_
 
     def put(self, states: Any, connections: np.ndarray) -> None:
-        from .store import _state_coords
-
-        coords = _state_coords(states)
+        coords = state_coords(states)
         with self.lock:  # writes are serialised; lookups do not wait for this
             self.table_.insert_batch(coords, np.ascontiguousarray(connections))
             self.created += len(connections)
@@ -86,19 +104,18 @@ class _MemoryReflexes:
 
 
 class _StoreReflexes:
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: ReflexStore) -> None:
         self.store = store
 
     def table(self) -> ReflexTable | None:
-        v = self.store._reflex_version
-        return v.table if v is not None else None
+        return self.store.reflex_table()
 
     def put(self, states: Any, connections: np.ndarray) -> None:
         with self.store.batch() as b:
             b.put_reflexes(states, connections)
 
     def stats(self) -> dict[str, Any]:
-        s = self.store._reflex_stats()
+        s = self.store.reflex_stats()
         t = self.table()
         return {"fast_path_hits": s["reflex_hits_total"], "misses": s["reflex_misses_total"],
                 "lookups": s["reflex_lookups_total"], "collisions": s["reflex_collisions_total"],
@@ -112,7 +129,7 @@ class IntuitionEngine:
     ``store.intuition()``."""
 
     def __init__(self, config: IntuitionConfig, stream: ExperienceStream, reflexes: Any,
-                 store: Any = None) -> None:
+                 store: ReflexStore | None = None) -> None:
         self._config = config
         self._stream = stream
         self._reflexes = reflexes
@@ -155,11 +172,18 @@ class IntuitionEngine:
         return IntuitionEngine(cfg, stream, _MemoryReflexes(cfg.reflex_capacity, cfg.shifts))
 
     @staticmethod
-    def _for_store(store: Any, config: IntuitionConfig | None) -> "IntuitionEngine":
+    def for_store(store: ReflexStore, config: IntuitionConfig | None = None) -> IntuitionEngine:
+        """The engine of a store: its reflexes and experience are the store's (use
+        ``store.intuition()``, which keeps one engine per handle)."""
         cfg = config or IntuitionConfig()
         return IntuitionEngine(cfg, store.experience(), _StoreReflexes(store), store=store)
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def analyzed_through(self) -> int:
+        """Events written before the last analysis cycle started (what it could see)."""
+        return self._analyzed_through
 
     @property
     def config(self) -> IntuitionConfig:
@@ -265,7 +289,7 @@ class IntuitionEngine:
     def analyze(self, rng: Any = None) -> AnalysisReport:
         """One analysis cycle: sample, find patterns, consolidate the accepted ones as
         reflexes (all in one batch for a store engine)."""
-        obs = getattr(self._store, "_obs", None)
+        obs = self._store.obs if self._store is not None else None
         with self._analysis_lock:
             if obs is not None:
                 with obs.span("analysis") as span:

@@ -42,42 +42,21 @@ What it owns
 from __future__ import annotations
 
 import os
-import struct
 import threading
-import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import lmdb
 
+from . import layout
 from .errors import CorruptionError, NgStoreError, StoreLockedError
 from .fileio import DEFAULT_IO, FileIO
+from .layout import ALL_DBS, DATA_FILE, DB_META, META_KEYS, Checkpoint, Meta
 
 T = TypeVar("T")
 
-DB_META = b"meta"
-DB_TOKENS = b"tokens"
-DB_CONNECTIONS = b"connections"
-DB_CONN_REVERSE = b"conn_by_b"
-DB_EVENTS = b"events"
-DB_REFLEXES = b"reflexes"
-ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES)
-
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; disk use follows the data
 MAX_MAP_SIZE = 1 << 46
-
-# LMDB meta page layout (lmdb.h / mdb.c, 64-bit builds): a 16-byte page header, then
-# MDB_meta. Checked at every use against the magic and the P_META flag.
-_PAGE_FLAGS_OFF = 10
-_P_META = 0x08
-_META_MAGIC_OFF = 16
-_META_MAGIC = 0xBEEFC0DE
-_META_TXNID_OFF = 144
-
-CHECKPOINT_FILE = "checkpoint"
-_CKPT_MAGIC = b"NGCKPT01"
-_CKPT_HEAD = struct.Struct("<8sIIQQ")  # magic, format version, page size, txnid, applied position
-CKPT_FORMAT_VERSION = 1
 
 
 class _Shared:
@@ -88,6 +67,9 @@ class _Shared:
         self.dbs = dbs
         self.readonly = readonly
         self.refs = 0
+        self.open_readers = 0
+        #: (start, length) of the memory map, found once (see KV.map_span); None: unknown.
+        self.map_span: tuple[int, int] | None = None
 
 
 _registry: dict[str, _Shared] = {}
@@ -126,11 +108,9 @@ class KV:
         self.readonly = readonly
         self.io = io
         self._pin: lmdb.Transaction | None = None
-        #: Called (with no transaction open) before the map is remapped larger; the store
+        #: Called (with no transaction open) before the map is remapped larger; the writer
         #: sets it to a checkpoint so that the pin can move to the current transaction.
         self.before_grow: Callable[[], None] | None = None
-        self._open_readers = 0
-        self._readers_lock = threading.Lock()
         with _registry_lock:
             shared = _registry.get(self.path)
             if shared is None:
@@ -138,7 +118,7 @@ class KV:
                     env = _open_env(self.path, readonly, map_size, max_readers)
                 except lmdb.Error as exc:
                     raise translate(exc, f"opening the LMDB environment in {self.path}") from exc
-                dbs = {}
+                dbs: dict[bytes, Any] = {}
                 try:
                     if readonly:  # py-lmdb opens (and keeps) the handles in its own read txn
                         for name in ALL_DBS:
@@ -161,28 +141,34 @@ class KV:
             shared.refs += 1
         self._shared = shared
         self.env: lmdb.Environment = shared.env
-        self.dbs = shared.dbs
+        self.dbs: dict[bytes, Any] = shared.dbs
 
     # -- transactions -------------------------------------------------------------
 
     def begin_read(self) -> lmdb.Transaction:
         """A read transaction yielding buffers (memoryviews into the map).
 
-        The buffers are valid only until the transaction ends; callers tie the
-        lifetime of every view to it (see ``store.Snapshot``).
+        The buffers are valid only until :meth:`end_read`; callers tie the lifetime of
+        every view to it (see :class:`ReadLease` and ``snapshot``). Every read
+        transaction of ngstore begins here: map growth counts them (it must not remap
+        under one) and LMDB's errors are translated.
         """
         try:
             txn = self.env.begin(write=False, buffers=True)
         except lmdb.MapResizedError:
             # Another process grew the map; adopt the new size (no txn of ours is open
             # on this path, or LMDB would not have let us get here).
-            self.env.set_mapsize(0)
-            txn = self.env.begin(write=False, buffers=True)
+            try:
+                with _registry_lock:
+                    self._shared.map_span = None
+                self.env.set_mapsize(0)
+                txn = self.env.begin(write=False, buffers=True)
+            except lmdb.Error as exc:
+                raise translate(exc, "beginning a read transaction") from exc
         except lmdb.Error as exc:
             raise translate(exc, "beginning a read transaction") from exc
-        with self._readers_lock:
-            self._open_readers += 1
         with _registry_lock:
+            self._shared.open_readers += 1
             self._shared.refs += 1  # the environment outlives its handles while a txn is open
         return txn
 
@@ -190,9 +176,22 @@ class KV:
         try:
             txn.abort()
         finally:
-            with self._readers_lock:
-                self._open_readers -= 1
+            with _registry_lock:
+                self._shared.open_readers -= 1
             self._unref()
+
+    def read_meta(self, txn: lmdb.Transaction) -> Meta:
+        """The store's ``meta`` as of ``txn`` (``layout.decode_meta`` rules)."""
+        db = self.dbs[DB_META]
+        if db is None:
+            from .errors import NotAStoreError
+
+            raise NotAStoreError(f"{self.path}: the LMDB file has no ngstore meta database")
+        try:
+            values = {k: txn.get(k, db=db) for k in META_KEYS}
+        except lmdb.Error as exc:
+            raise translate(exc, f"reading the meta database of {self.path}") from exc
+        return layout.decode_meta(values, self.path)
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Runs ``fn(txn)`` in one write transaction and commits it (no fsync).
@@ -204,10 +203,13 @@ class KV:
         if self.readonly:
             raise NgStoreError("this store handle is read-only")
         while True:
-            txn = self.env.begin(write=True, buffers=True)
+            try:
+                txn = self.env.begin(write=True, buffers=True)
+            except lmdb.Error as exc:
+                raise translate(exc, "beginning a write transaction") from exc
             try:
                 result = fn(txn)
-                txn.commit()
+                self.io.lmdb_commit(txn, self)
                 return result
             except lmdb.MapFullError:
                 txn.abort()
@@ -223,9 +225,9 @@ class KV:
                 raise
 
     def _grow(self) -> None:
-        size = self.env.info()["map_size"]
-        with self._readers_lock:
-            busy = self._open_readers
+        size = int(self.env.info()["map_size"])
+        with _registry_lock:
+            busy = self._shared.open_readers
         if busy:
             raise NgStoreError(
                 f"the LMDB map of {self.path} is full at {size} bytes and cannot grow while "
@@ -233,19 +235,65 @@ class KV:
         if size * 2 > MAX_MAP_SIZE:
             raise NgStoreError(f"the LMDB map of {self.path} reached its maximum size {size}")
         # The pin must stay on the checkpointed transaction, and remapping needs it
-        # closed: so checkpoint now (the store's hook), then remap and pin afresh.
+        # closed: so checkpoint now (the writer's hook), then remap and pin afresh.
         if self.before_grow is not None:
             self.before_grow()
         self.unpin()
+        with _registry_lock:
+            self._shared.map_span = None
         self.env.set_mapsize(size * 2)
         self.pin()
+
+    # -- the memory map -------------------------------------------------------------
+
+    def map_span(self, address: int) -> tuple[int, int] | None:
+        """``(start, length)`` of the readable part of the memory map that contains
+        ``address`` (the address of a value returned by a read transaction), or None when
+        it cannot be told (then each zero-copy view must be bounded to its own value).
+
+        The map is found in ``/proc/self/maps`` once per mapping; its readable length is
+        the file's extent in use, ``(last_pgno + 1) * page_size`` read now: every page a
+        transaction begun before this call can reach lies below it, and data.mdb never
+        shrinks while it is mapped (LMDB does not truncate it, nor does recovery). Reading
+        past the file's end would fault (SIGBUS); anything below it is mapped file data.
+        """
+        with _registry_lock:
+            span = self._shared.map_span
+        if span is None or not span[0] <= address < span[0] + span[1]:
+            span = self._find_mapping(address)
+            if span is None:
+                return None
+            with _registry_lock:
+                self._shared.map_span = span
+        info = self.env.info()
+        extent = (int(info["last_pgno"]) + 1) * self.page_size()
+        start, length = span
+        if not start <= address < start + min(length, extent):
+            return None
+        return start, min(length, extent)
+
+    def _find_mapping(self, address: int) -> tuple[int, int] | None:
+        try:
+            text = self.io.read_file("/proc/self/maps").decode("ascii", "replace")
+        except OSError:
+            return None
+        data_path = os.path.join(self.path, DATA_FILE)
+        for line in text.splitlines():
+            parts = line.split(None, 5)
+            if len(parts) < 6 or os.path.realpath(parts[5].strip()) != data_path:
+                continue
+            lo, _, hi = parts[0].partition("-")
+            start, end = int(lo, 16), int(hi, 16)
+            if start <= address < end:
+                return start, end - start
+        return None
 
     # -- durability -----------------------------------------------------------------
 
     def sync(self) -> None:
         """Makes every committed transaction durable (one fdatasync of data.mdb)."""
         try:
-            self.env.sync(True)
+            self.io.lmdb_sync(self.env, self)
         except lmdb.Error as exc:
             raise NgStoreError(f"fdatasync of {self.path}/data.mdb failed ({exc}); what it covered "
                                "is safe in the write-ahead log, but no more writes are taken: close "
@@ -254,18 +302,21 @@ class KV:
     def last_txnid(self) -> int:
         return int(self.env.info()["last_txnid"])
 
+    def last_pgno(self) -> int:
+        return int(self.env.info()["last_pgno"])
+
     def page_size(self) -> int:
         return int(self.env.stat()["psize"])
 
     def read_meta_page(self, txnid: int) -> bytes:
         """The meta page bytes of committed transaction ``txnid`` (must be current)."""
         ps = self.page_size()
-        data_path = os.path.join(self.path, "data.mdb")
+        data_path = os.path.join(self.path, DATA_FILE)
         fd = self.io.open(data_path, os.O_RDONLY)
         try:
             for slot in (txnid & 1, (txnid & 1) ^ 1):
                 page = self.io.pread(fd, ps, slot * ps)
-                if len(page) == ps and _meta_txnid(page) == txnid:
+                if len(page) == ps and layout.meta_page_txnid(page) == txnid:
                     return page
         finally:
             self.io.close(fd)
@@ -274,7 +325,10 @@ class KV:
     def pin(self) -> None:
         """Keeps the current committed state's pages from reuse until :meth:`unpin`."""
         self.unpin()
-        self._pin = self.env.begin(write=False)
+        try:
+            self._pin = self.env.begin(write=False)
+        except lmdb.Error as exc:
+            raise translate(exc, "pinning the checkpoint") from exc
 
     def unpin(self) -> None:
         if self._pin is not None:
@@ -312,62 +366,74 @@ class KV:
                 shared.env.close()
 
 
-def _meta_txnid(page: bytes) -> int | None:
-    flags = struct.unpack_from("<H", page, _PAGE_FLAGS_OFF)[0]
-    magic = struct.unpack_from("<I", page, _META_MAGIC_OFF)[0]
-    if not flags & _P_META or magic != _META_MAGIC:
-        return None
-    return struct.unpack_from("<Q", page, _META_TXNID_OFF)[0]
+class ReadLease:
+    """A read transaction shared by several owners; it ends when the last one releases it.
+
+    A snapshot and every zero-copy view of it hold the lease of the snapshot's transaction
+    (``acquire``/``release``), as does a reflex table attached over LMDB values: LMDB
+    memory is valid only while its transaction lives, so the transaction must outlive
+    every object that points into it.
+    """
+
+    __slots__ = ("_lock", "_refs", "kv", "txn")
+
+    def __init__(self, kv: KV) -> None:
+        self.kv = kv
+        self.txn: lmdb.Transaction | None = kv.begin_read()
+        self._refs = 1
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._refs <= 0:
+                raise NgStoreError("a released read lease cannot be acquired again")
+            self._refs += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            txn, self.txn = self.txn, None
+            # py-lmdb frees the reader slot only when the transaction object is freed: an
+            # aborted transaction still referenced keeps its slot (and would exhaust
+            # max_readers), so no reference may remain after this.
+            if txn is not None:
+                self.kv.end_read(txn)
 
 
-# -- the checkpoint file (docs/format.md §4) -------------------------------------------
+class ReadTxn:
+    """``with ReadTxn(kv) as txn:`` a read transaction for one short internal read (no
+    view of its memory may escape the block)."""
 
-def encode_checkpoint(page_size: int, txnid: int, applied_position: int, meta_page: bytes) -> bytes:
-    if len(meta_page) != page_size:
-        raise ValueError("meta page size mismatch")
-    body = _CKPT_HEAD.pack(_CKPT_MAGIC, CKPT_FORMAT_VERSION, page_size, txnid, applied_position) + meta_page
-    return body + struct.pack("<I", zlib.crc32(body))
+    __slots__ = ("_kv", "_txn")
 
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+        self._txn: lmdb.Transaction | None = None
 
-def decode_checkpoint(data: bytes, path: str) -> tuple[int, int, int, bytes]:
-    """Returns ``(page_size, txnid, applied_position, meta_page)`` or raises CorruptionError."""
-    if len(data) < _CKPT_HEAD.size + 4:
-        raise CorruptionError("checkpoint file is truncated", path=path, offset=len(data))
-    magic, version, page_size, txnid, applied = _CKPT_HEAD.unpack_from(data, 0)
-    if magic != _CKPT_MAGIC:
-        raise CorruptionError("bad checkpoint magic", path=path, offset=0)
-    if version != CKPT_FORMAT_VERSION:
-        from .errors import FormatVersionError
-        raise FormatVersionError(
-            f"{path}: checkpoint format version {version}; this ngstore reads version "
-            f"{CKPT_FORMAT_VERSION} -- upgrade ngstore")
-    end = _CKPT_HEAD.size + page_size
-    if len(data) != end + 4:
-        raise CorruptionError("checkpoint file has the wrong length", path=path, offset=len(data))
-    (crc,) = struct.unpack_from("<I", data, end)
-    if zlib.crc32(data[:end]) != crc:
-        raise CorruptionError("checkpoint checksum mismatch", path=path, offset=end)
-    meta = data[_CKPT_HEAD.size:end]
-    if _meta_txnid(meta) != txnid:
-        raise CorruptionError("checkpoint meta page does not match its transaction id", path=path,
-                              offset=_CKPT_HEAD.size)
-    return page_size, txnid, applied, meta
+    def __enter__(self) -> lmdb.Transaction:
+        self._txn = self._kv.begin_read()
+        return self._txn
+
+    def __exit__(self, *exc: object) -> None:
+        txn, self._txn = self._txn, None
+        if txn is not None:
+            self._kv.end_read(txn)
 
 
-def restore_checkpoint_meta(store_path: str, page_size: int, meta_page: bytes, io: FileIO) -> None:
+def restore_checkpoint_meta(store_path: str, ckpt: Checkpoint, io: FileIO) -> None:
     """Rolls data.mdb back to the checkpointed transaction (before LMDB opens it).
 
     Writes the saved meta page into both meta slots (page 0 and page 1, each with its
     own page number) and fsyncs. Safe only because the checkpointed tree was pinned
     while the writer lived (see the module essay) and no process has the file open.
     """
-    data_path = os.path.join(store_path, "data.mdb")
+    data_path = os.path.join(store_path, DATA_FILE)
     fd = io.open(data_path, os.O_RDWR)
     try:
         for slot in (0, 1):
-            page = bytearray(meta_page)
-            struct.pack_into("<Q", page, 0, slot)
-            io.pwrite(fd, bytes(page), slot * page_size)
+            io.pwrite(fd, layout.meta_page_for_slot(ckpt.meta_page, slot), slot * ckpt.page_size)
         io.fsync(fd)
     finally:
         io.close(fd)
@@ -388,4 +454,3 @@ def translate(exc: lmdb.Error, doing: str) -> NgStoreError:
     if isinstance(exc, lmdb.LockError):
         return StoreLockedError(f"{doing}: {exc}")
     return NgStoreError(f"{doing}: LMDB error {type(exc).__name__}: {exc}")
-

@@ -3,7 +3,7 @@
 Lookups never take a lock. They run on a :class:`ReflexVersion`, an immutable table:
 
 * at open (and in read-only processes) the version is attached **zero-copy** to the
-  LMDB values of one read transaction (a lease, see ``store``), so opening a store with
+  LMDB values of one read transaction (a ``kv.ReadLease``), so opening a store with
   a million reflexes costs one ``get`` per segment, not a rebuild;
 * a commit that writes reflexes copies the current version into a writable table,
   applies its ops, stores the header and the changed segments in the same LMDB
@@ -19,17 +19,16 @@ all its reflexes in one batch.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .batchops import REFLEX_HEADER_KEY, reflex_segment_key
 from .errors import NotFoundError
-from .kv import DB_REFLEXES
+from .kv import KV, ReadLease
+from .layout import DB_REFLEXES, REFLEX_HEADER_KEY, reflex_segment_key
+from .ops import REFLEX_DELETE_KEY_DTYPE
+from .records import CONNECTION_DTYPE, ConnectionFlags, Mutability
 from .reflex import ReflexTable, parse_header
-
-if TYPE_CHECKING:
-    from .kv import KV
 
 COUNTER_NAMES = ("lookups", "hits", "misses", "answers", "collisions", "candidates",
                  "inserts", "updates", "deletes", "evictions")
@@ -40,27 +39,27 @@ class ReflexVersion:
 
     __slots__ = ("table", "__weakref__")
 
-    def __init__(self, table: ReflexTable, lease: Any = None) -> None:
+    def __init__(self, table: ReflexTable, lease: ReadLease | None = None) -> None:
         self.table = table
         if lease is not None:
             weakref.finalize(self, lease.release)
 
 
-def attach(kv: "KV") -> ReflexVersion | None:
+def attach(kv: KV) -> ReflexVersion | None:
     """The stored table, zero-copy over a fresh read transaction (None if no table)."""
-    from .store import _Lease
-
-    lease = _Lease(kv)
+    lease = ReadLease(kv)
     try:
         db = kv.dbs[DB_REFLEXES]
-        hdr = lease.txn.get(REFLEX_HEADER_KEY, db=db) if db is not None else None
+        txn = lease.txn
+        assert txn is not None
+        hdr = txn.get(REFLEX_HEADER_KEY, db=db) if db is not None else None
         if hdr is None:
             lease.release()
             return None
         nseg = parse_header(hdr)["segment_count"]
         segs = []
         for i in range(nseg):
-            v = lease.txn.get(reflex_segment_key(i), db=db)
+            v = txn.get(reflex_segment_key(i), db=db)
             segs.append(v if v is not None else b"")  # attach reports the missing segment
         table = ReflexTable.attach(hdr, segs, writable=False)
     except BaseException:
@@ -69,11 +68,11 @@ def attach(kv: "KV") -> ReflexVersion | None:
     return ReflexVersion(table, lease)
 
 
-def writable_copy(current: ReflexVersion | None, capacity: int) -> ReflexTable:
+def writable_copy(current: ReflexTable | None, capacity: int) -> ReflexTable:
+    """A writable copy of ``current`` (a new table of ``capacity`` when there is none)."""
     if current is None:
         return ReflexTable.create(capacity)
-    t = current.table
-    return ReflexTable.attach(t.header(), [bytearray(s) for s in t.all_segments()], writable=True)
+    return ReflexTable.attach(current.header(), [bytearray(s) for s in current.all_segments()], writable=True)
 
 
 def apply_put(table: ReflexTable, data: np.ndarray) -> None:
@@ -83,8 +82,6 @@ def apply_put(table: ReflexTable, data: np.ndarray) -> None:
 def _identity_record(row: np.void) -> np.ndarray | None:
     """The connection whose identity (token_a, token_b, type) a delete row names, or None
     when the row deletes every reflex of its state."""
-    from .records import CONNECTION_DTYPE
-
     if row["all"]:
         return None
     conn = np.zeros(1, CONNECTION_DTYPE)
@@ -122,15 +119,12 @@ DECAYED_CONFIDENCE = 25
 DECAY_PERIOD_S = 3600
 
 
-def decayed_hypotheses(version: ReflexVersion | None, now: int) -> np.ndarray:
+def decayed_hypotheses(table: ReflexTable | None, now: int) -> np.ndarray:
     """Keys of the decayed Hypothesis reflexes (REFLEX_DELETE_KEY rows) of a table."""
-    from .batchops import REFLEX_DELETE_KEY_DTYPE
-    from .records import ConnectionFlags, Mutability
-
     out = np.zeros(0, REFLEX_DELETE_KEY_DTYPE)
-    if version is None or len(version.table) == 0:
+    if table is None or len(table) == 0:
         return out
-    e = version.table.entries()
+    e = table.entries()
     c = e["connection"]
     decayed = (c["mutability"] == Mutability.HYPOTHESIS) & (
         ((c["flags"] & ConnectionFlags.DECAYING) != 0) | (c["confidence"] < DECAYED_CONFIDENCE)
@@ -150,8 +144,9 @@ def persist(txn: Any, db: Any, table: ReflexTable) -> None:
         txn.put(reflex_segment_key(index), bytes(seg), db=db)
 
 
-def counters(version: ReflexVersion | None) -> dict[str, int]:
-    if version is None:
-        return {k: 0 for k in COUNTER_NAMES}
-    s = version.table.stats()
+def counters(table: ReflexTable | None) -> dict[str, int]:
+    """The lookup and write counters of ``table`` (zeros when there is none)."""
+    if table is None:
+        return dict.fromkeys(COUNTER_NAMES, 0)
+    s = table.stats()
     return {k: int(s[k]) for k in COUNTER_NAMES}

@@ -19,7 +19,8 @@ import numpy as np
 from conftest import make_tokens
 from ngstore.connections import new_connections
 from ngstore.experience import new_events
-from ngstore.kv import DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS
+from ngstore.kv import KV, ReadTxn
+from ngstore.layout import DB_CONN_REVERSE, DB_CONNECTIONS, DB_EVENTS
 from walfaults import RecordingIO
 
 #: Options every store of these tests is opened with (no quotas, no observability threads,
@@ -32,18 +33,22 @@ NOW = 1_700_000_000
 
 # ------------------------------------------------------------------------- state --
 def state_of(store) -> tuple:
-    """Everything a batch changes, as a hashable value (equal iff the stores hold the same)."""
-    from ngstore.store import _ReadTxn
+    """Everything a batch changes, as a hashable value (equal iff the stores hold the same).
 
+    Connections, their reverse index and events are read straight from LMDB (a second
+    read-only handle of the LMDB layer), not through the store's read API."""
     with store.snapshot() as snap:
         arr = snap.tokens.to_array().copy()
     tokens = tuple((int(r["id"]), r.tobytes()) for r in arr)
-    kv = store._kv
-    with _ReadTxn(kv) as txn:
-        raw = {}
-        for name in (DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS):
-            db = kv.dbs[name]
-            raw[name] = tuple((bytes(k), bytes(v)) for k, v in txn.cursor(db=db)) if db is not None else ()
+    kv = KV(store.path, readonly=True)
+    try:
+        with ReadTxn(kv) as txn:
+            raw = {}
+            for name in (DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS):
+                db = kv.dbs[name]
+                raw[name] = tuple((bytes(k), bytes(v)) for k, v in txn.cursor(db=db)) if db is not None else ()
+    finally:
+        kv.close()
     st = store.stats()
     counters = (st["tokens_live"], st["tokens_created_total"], st["tokens_deleted_total"],
                 st["connections_live"], st["connections_created_total"], st["events_live"],

@@ -5,7 +5,8 @@
   (:func:`simulate_power_loss`). ``mark(label)`` inserts a marker (e.g. "batch 3 was
   acknowledged") into the same stream.
 * :class:`FaultyIO` raises ``OSError(EIO)`` on the Nth call of a kind ("write", "fdatasync",
-  "fsync", "fsync_dir", "rename", "unlink", "truncate", "open", "mkdir"), optionally only for
+  "fsync", "fsync_dir", "rename", "unlink", "truncate", "open", "mkdir"; and LMDB's
+  "lmdb_commit" and "lmdb_sync", which raise what py-lmdb raises), optionally only for
   paths matching a glob, and counts calls so a test can loop N = 1, 2, … until an operation
   completes without reaching N (SQLite's fail-the-Nth-I/O test).
 * :class:`NoSyncIO` skips fsyncs: for recovering thousands of simulated states quickly.
@@ -23,8 +24,9 @@ import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from ngstore.fileio import DEFAULT_IO, Buffer, FileIO
+from ngstore.fileio import DEFAULT_IO, Buffer, FileIO, KVHandle
 
 
 class _Delegating(FileIO):
@@ -80,6 +82,30 @@ class _Delegating(FileIO):
 
     def exists(self, path: str) -> bool:
         return self.inner.exists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return self.inner.is_dir(path)
+
+    def boot_id(self) -> str | None:
+        return self.inner.boot_id()
+
+    def lmdb_commit(self, txn: Any, kv: KVHandle) -> None:
+        self.inner.lmdb_commit(txn, kv)
+
+    def lmdb_sync(self, env: Any, kv: KVHandle) -> None:
+        self.inner.lmdb_sync(env, kv)
+
+
+class AnotherBoot(_Delegating):
+    """A FileIO on which the machine has booted again since the store was last written
+    (``boot_id`` returns ``boot``): what a writer sees after a power loss or OS crash."""
+
+    def __init__(self, boot: str | None = "a-boot-after-the-power-loss", inner: FileIO = DEFAULT_IO) -> None:
+        super().__init__(inner)
+        self.boot = boot
+
+    def boot_id(self) -> str | None:
+        return self.boot
 
 
 class NoSyncIO(_Delegating):
@@ -205,7 +231,8 @@ class FaultyIO(_Delegating):
     bytes (a short write that then errors). ``counts`` holds the calls seen per kind;
     ``fired`` the (kind, path) of each injected failure."""
 
-    KINDS = ("open", "write", "truncate", "fdatasync", "fsync", "fsync_dir", "rename", "unlink", "mkdir")
+    KINDS = ("open", "write", "truncate", "fdatasync", "fsync", "fsync_dir", "rename", "unlink", "mkdir",
+             "lmdb_commit", "lmdb_sync")
 
     def __init__(self, fail_on: dict[str, int] | None = None, *, path_glob: str | None = None,
                  partial_write: bool = False, inner: FileIO = DEFAULT_IO) -> None:
@@ -296,6 +323,27 @@ class FaultyIO(_Delegating):
         if self._check("rename", src):
             self._fail("rename", src)
         self.inner.rename(src, dst)
+
+    # LMDB's durability points fail as py-lmdb fails them on EIO: with an ``lmdb.Error``
+    # (a failed mdb_txn_commit leaves nothing committed).
+    def lmdb_commit(self, txn: Any, kv: KVHandle) -> None:
+        path = os.path.join(kv.path, "data.mdb")
+        if self._check("lmdb_commit", path):
+            import lmdb
+
+            txn.abort()
+            self.fired.append(("lmdb_commit", path))
+            raise lmdb.Error("mdb_txn_commit: Input/output error (injected)")
+        self.inner.lmdb_commit(txn, kv)
+
+    def lmdb_sync(self, env: Any, kv: KVHandle) -> None:
+        path = os.path.join(kv.path, "data.mdb")
+        if self._check("lmdb_sync", path):
+            import lmdb
+
+            self.fired.append(("lmdb_sync", path))
+            raise lmdb.Error("mdb_env_sync: Input/output error (injected)")
+        self.inner.lmdb_sync(env, kv)
 
     def unlink(self, path: str) -> None:
         if self._check("unlink", path):

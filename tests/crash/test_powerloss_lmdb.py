@@ -21,6 +21,8 @@ import textwrap
 import numpy as np
 import pytest
 
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 CHILD = textwrap.dedent("""
     import json, os, shutil, sys, numpy as np, ngstore
     from ngstore.records import TOKEN_DTYPE
@@ -55,10 +57,9 @@ CHILD = textwrap.dedent("""
 
 VERIFY = textwrap.dedent("""
     import json, os, sys, ngstore
-    import ngstore.store as st
-    st._boot_id = lambda: "a-boot-after-the-power-loss"
+    from walfaults import AnotherBoot
     path = sys.argv[1]
-    with ngstore.open(path, max_tokens=None, max_bytes=None) as s:
+    with ngstore.open(path, max_tokens=None, max_bytes=None, io=AnotherBoot()) as s:
         assert s.recovery.power_loss_rollback, "expected a rollback"
         report = s.check()
         assert report.ok, str(report)
@@ -95,8 +96,9 @@ def test_garbage_in_every_page_written_after_the_checkpoint_recovers_exactly(tmp
     assert r.returncode == 0, r.stderr
     changed = _garble_changed_pages(os.path.join(path, "data.mdb"), str(tmp_path / "data.ckpt"), seed=after)
     assert changed >= 2  # at least the meta page and the new data pages
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")])))
     v = subprocess.run([sys.executable, "-c", VERIFY, path], capture_output=True, text=True,
-                       cwd=str(tmp_path), timeout=300)
+                       cwd=str(tmp_path), timeout=300, env=env)
     assert v.returncode == 0, f"recovery failed (exit {v.returncode}):\n{v.stdout}\n{v.stderr}"
     assert v.stdout.split()[0] == "ok" and int(v.stdout.split()[1]) >= after
     print(f"\n{changed} garbled pages; {v.stdout.split()[1]} log records replayed")

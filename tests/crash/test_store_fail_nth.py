@@ -37,7 +37,9 @@ import pytest
 
 import ngstore
 from conftest import make_tokens
+from ngstore.directory import Directory
 from ngstore.errors import NgStoreError, StoreClosedError
+from ngstore.fileio import DEFAULT_IO
 from storefaults import FAST, big_mixed, describe, state_of, workload
 from walfaults import FaultyIO, NoSyncIO
 
@@ -47,9 +49,9 @@ REFUSED = re.compile(r"stopped accepting writes|refuses writes")
 KINDS = [("open", False), ("write", False), ("write", True), ("fdatasync", False),
          ("fsync", False), ("fsync_dir", False), ("rename", False), ("unlink", False),
          ("truncate", False)]
-#: LMDB's own I/O does not go through FileIO: its fdatasync of data.mdb (``env.sync``, run by
-#: checkpoints) and its commits (pwrite of the pages, no fsync) are failed through a proxy of
-#: the ``lmdb.Environment``, raising what py-lmdb raises for EIO.
+#: LMDB's two durability points go through the same seam: its fdatasync of data.mdb (run by
+#: checkpoints) and its commits (pwrite of the pages, no fsync); FaultyIO fails them with what
+#: py-lmdb raises for EIO.
 LMDB_KINDS = ("lmdb_sync", "lmdb_commit")
 PROBE_IDS = np.arange(900_000, 900_004, dtype=np.uint32)
 
@@ -164,59 +166,6 @@ def _strip_probe(state: tuple) -> tuple:
     return kept, conns, rconns, events, tuple(c)
 
 
-class _TxnProxy:
-    """A write transaction whose commit can fail (delegates everything else)."""
-
-    def __init__(self, txn, env: "_EnvProxy") -> None:
-        self._txn, self._envp = txn, env
-
-    def __getattr__(self, name):
-        return getattr(self._txn, name)
-
-    def commit(self):
-        if self._envp.hit("lmdb_commit"):
-            self._txn.abort()  # a failed mdb_txn_commit leaves nothing committed
-            raise lmdb.Error("mdb_txn_commit: Input/output error")
-        return self._txn.commit()
-
-
-class _EnvProxy:
-    """Stands in for the store's ``lmdb.Environment`` (``KV.env``): the nth ``sync`` or
-    write-transaction ``commit`` raises what py-lmdb raises for EIO, below ngstore's code."""
-
-    def __init__(self, env, io: FaultyIO, kind: str, n: int, path: str) -> None:
-        self._env, self._io, self._kind, self._n, self._path = env, io, kind, n, path
-        self._calls = 0
-
-    def __getattr__(self, name):
-        return getattr(self._env, name)
-
-    def hit(self, kind: str) -> bool:
-        if kind != self._kind or not self._io.lmdb_armed:
-            return False
-        self._calls += 1
-        if self._calls == self._n:
-            self._io.fired.append((kind, self._path))
-            return True
-        return False
-
-    def sync(self, *a, **k):
-        if self.hit("lmdb_sync"):
-            raise lmdb.Error("mdb_env_sync: Input/output error")
-        return self._env.sync(*a, **k)
-
-    def begin(self, *a, **k):
-        txn = self._env.begin(*a, **k)
-        return _TxnProxy(txn, self) if k.get("write") else txn
-
-
-def _fail_lmdb(s, io: FaultyIO, kind: str, n: int) -> None:
-    """Makes the nth LMDB sync / commit of this store (from now on) raise."""
-    kv = s._kv
-    io.lmdb_armed = True
-    kv.env = _EnvProxy(kv.env, io, kind, n, os.path.join(kv.path, "data.mdb"))
-
-
 def _run_once(name: str, kind: str, partial: bool, n: int, tmp_path) -> tuple[bool, str]:
     """One run with the Nth ``kind`` call of the operation failing. Returns (fired, what)."""
     sc = SCENARIOS[name]
@@ -226,10 +175,7 @@ def _run_once(name: str, kind: str, partial: bool, n: int, tmp_path) -> tuple[bo
     s = ngstore.open(path, io=io, **FAST, **sc.kwargs)
     for st, d in sc.prelude:
         st.run(s, d)
-    if kind in LMDB_KINDS:
-        _fail_lmdb(s, io, kind, n)
-    else:
-        io.fail_on = {kind: io.counts[kind] + n}
+    io.fail_on = {kind: io.counts[kind] + n}
 
     acked_batches = 0
     error: BaseException | None = None
@@ -244,7 +190,6 @@ def _run_once(name: str, kind: str, partial: bool, n: int, tmp_path) -> tuple[bo
             acked_batches += 1
     fired = bool(io.fired)
     io.fail_on = {}  # the operation is over: the probe and close run on a healthy FileIO
-    io.lmdb_armed = False
     probe_acked = False
     if not fired:
         assert error is None, f"{name}: {error!r} raised without an injected failure"
@@ -280,7 +225,7 @@ def _run_once(name: str, kind: str, partial: bool, n: int, tmp_path) -> tuple[bo
             s.close()
         except Exception:  # noqa: BLE001 - closing a failed store may raise; reopen must cope
             pass
-    assert s._closed and s._lock_fd is None
+    assert repr(s).endswith("closed>") and Directory(path, DEFAULT_IO).live_writer_pid() is None
 
     with ngstore.open(path, **FAST, **sc.kwargs) as r:
         report = r.check()
@@ -334,7 +279,7 @@ def test_failing_the_nth_call_keeps_every_acknowledged_batch_and_no_partial_one(
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_failing_the_nth_lmdb_sync_or_commit_keeps_every_acknowledged_batch(name, tmp_path):
-    """LMDB's own I/O (not through FileIO): its fdatasync of data.mdb at checkpoints and its
+    """LMDB's own durability points: its fdatasync of data.mdb at checkpoints and its
     commits. Same rules; a failed data.mdb sync is fsyncgate too."""
     per_kind = _loop(name, [(k, False) for k in LMDB_KINDS], tmp_path, " lmdb")
     assert sum(per_kind.values()) >= 1
@@ -350,13 +295,13 @@ def test_lmdb_io_errors_reach_the_caller_as_clear_ngstore_errors(tmp_path):
         path = str(tmp_path / kind)
         io = FaultyIO(inner=NoSyncIO())
         s = ngstore.open(path, io=io, **FAST)
-        _fail_lmdb(s, io, kind, 1)
+        io.fail_on = {kind: io.counts[kind] + 1}
         try:
             action(s)
         except Exception as exc:  # noqa: BLE001 - classified below
             seen[kind] = exc
         finally:
-            io.lmdb_armed = False
+            io.fail_on = {}
             try:
                 s.close()
             except Exception:  # noqa: BLE001

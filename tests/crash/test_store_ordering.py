@@ -1,11 +1,11 @@
-"""Ordering of the store's durability steps, checked directly (DESIGN §5, invariants 1, 5, 6).
+"""Ordering of the store's durability steps, checked directly (docs/design.md, invariants 1, 5, 6).
 
-A ``RecordingIO`` passed as ``io=`` records every file operation of the store (create,
-write, truncate, fdatasync, fsync, rename, unlink, fsync_dir) in one sequence; the test
-adds to the same sequence (``mark``) each LMDB commit (``_kv.write``, no fsync) and each
-LMDB sync (``_kv.sync``, the fdatasync of data.mdb run by checkpoints), with what the log
-and the store had at that moment, and the call/return of every API call. The checks then
-read the sequence:
+A ``TracedIO`` passed as ``io=`` records every file operation of the store (create,
+write, truncate, fdatasync, fsync, rename, unlink, fsync_dir) in one sequence, and -- at
+the same seam -- each LMDB commit (no fsync) and each LMDB sync (the fdatasync of data.mdb
+run by checkpoints), with what the log held at that moment as the recorded syscalls
+show it; the test adds the call/return of every API call. The checks then read the
+sequence:
 
 (a) a ``sync`` commit's log record is written and fdatasync'ed before the call returns;
     an ``async``/``none`` commit returns after the write and before any fdatasync, and
@@ -32,61 +32,97 @@ import pytest
 
 import ngstore
 from conftest import make_tokens
-from ngstore.kv import DB_META, KV, decode_checkpoint
-from ngstore.store import Store
+from ngstore.layout import DB_META, decode_checkpoint
 from storefaults import FAST, big_mixed, workload
-from walfaults import RecordingIO
+from walfaults import AnotherBoot, RecordingIO
+
+
+_SEGMENT_MAGIC = b"NGWAL\r\n\x1a"
+_FRAME = struct.Struct("<IIQQQBBHI")  # docs/format.md §6.3: crc, length, salt, position, synced, ...
+
+
+class LogModel:
+    """The log's positions as the recorded syscalls show them: a frame's position is
+    *written* once a write containing its frame is recorded, and *durable* once its file
+    is then fdatasync'ed. Independent of the log's own bookkeeping."""
+
+    def __init__(self, baseline: dict[str, bytes]) -> None:
+        # the log files present before the recording are on disk: durable
+        self.last = self.durable = max((_frame_positions(data, 0) for path, data in baseline.items()
+                                        if _is_wal(path)), default=0)
+        self._unsynced: dict[str, int] = {}
+        self._seen = 0
+
+    def update(self, ops) -> None:
+        for op in ops[self._seen:]:
+            if op.kind == "write" and _is_wal(op.path):
+                top = _frame_positions(op.data, op.offset)
+                if top:
+                    self.last = max(self.last, top)
+                    self._unsynced[op.path] = max(self._unsynced.get(op.path, 0), top)
+            elif op.kind == "fdatasync" and _is_wal(op.path):
+                self.durable = max(self.durable, self._unsynced.pop(op.path, 0))
+        self._seen = len(ops)
+
+
+def _frame_positions(data: bytes, offset: int) -> int:
+    """The highest record position among the whole frames at the start of ``data``."""
+    pos = 0
+    if offset == 0 and data[:8] == _SEGMENT_MAGIC:
+        pos = 40
+    top = 0
+    while pos + _FRAME.size <= len(data) and any(data[pos:pos + _FRAME.size]):
+        _crc, length, _salt, position, _synced, *_ = _FRAME.unpack_from(data, pos)
+        top = max(top, position)
+        pos += _FRAME.size + length
+    return top
+
+
+class TracedIO(RecordingIO):
+    """A RecordingIO that also marks, in the same sequence, each LMDB commit (with the
+    applied position it stores and the log's end at that moment) and each LMDB sync (with
+    LMDB's applied position, the log's durable and last positions, and the transaction
+    made durable) -- at the file seam, so creation and recovery are in the stream too."""
+
+    def __init__(self, root: str, inner=None) -> None:
+        super().__init__(root, **({"inner": inner} if inner is not None else {}))
+        self.log = LogModel(self.baseline)
+        self.applied = 0
+
+    def lmdb_commit(self, txn, kv) -> None:
+        raw = txn.get(b"applied_position", db=kv.dbs[DB_META])
+        applied = struct.unpack("<Q", bytes(raw))[0] if raw is not None else 0
+        super().lmdb_commit(txn, kv)
+        self.log.update(self.ops)
+        self.applied = applied
+        self.mark(("lmdb_commit", applied, self.log.last))
+
+    def lmdb_sync(self, env, kv) -> None:
+        self.log.update(self.ops)
+        self.mark(("lmdb_sync", self.applied, self.log.durable, self.log.last, int(env.info()["last_txnid"])))
+        super().lmdb_sync(env, kv)
 
 
 class Traced:
-    """A store on a RecordingIO, with LMDB commits/syncs and API calls marked in the stream.
+    """A store on a TracedIO, with the call/return of every API call marked in the stream."""
 
-    LMDB is hooked at the class (``KV.write``/``KV.sync``) before the store opens, so the
-    syncs of store creation and recovery are in the stream too."""
-
-    def __init__(self, path: str, monkeypatch, **kw) -> None:
-        self.rec = rec = RecordingIO(path if os.path.isdir(path) else os.path.dirname(path))
-        self.obj = None
-        traced = self
-        real_open_writer = Store._open_writer
-        real_write, real_sync = KV.write, KV.sync
-
-        def open_writer(store, *a, **k):
-            traced.obj = store
-            return real_open_writer(store, *a, **k)
-
-        def write(kv, fn):
-            st = traced.obj
-            log = getattr(st, "_log", None)
-            log_last = log.last_position if log is not None else 0
-            out = real_write(kv, fn)
-            with kv.env.begin() as txn:
-                applied = struct.unpack("<Q", txn.get(b"applied_position", db=kv.dbs[DB_META]))[0]
-            rec.mark(("lmdb_commit", applied, log_last))
-            return out
-
-        def sync(kv):
-            st = traced.obj
-            log = st._log
-            assert log is not None, "LMDB synced before the log was open"
-            rec.mark(("lmdb_sync", st._applied, log.durable_position, log.last_position, kv.last_txnid()))
-            real_sync(kv)
-
-        monkeypatch.setattr(Store, "_open_writer", open_writer)
-        monkeypatch.setattr(KV, "write", write)
-        monkeypatch.setattr(KV, "sync", sync)
+    def __init__(self, path: str, inner=None, **kw) -> None:
+        self.rec = rec = TracedIO(path if os.path.isdir(path) else os.path.dirname(path), inner)
         self.store = ngstore.open(path, io=rec, **FAST, **kw)
-        assert self.obj is self.store
         self.path = self.store.path
         self.wal = os.path.join(self.path, "wal")
+
+    def positions(self) -> tuple[int, int]:
+        """(last, durable) log positions as the syscalls so far show them."""
+        self.rec.log.update(self.rec.ops)
+        return self.rec.log.last, self.rec.log.durable
 
     def call(self, label, fn):
         self.rec.mark(("call", label))
         fn()
-        log = self.store._log
         # one committing thread: the call's record (if any) is the newest one
-        pos = log.last_position if log is not None else None
-        self.rec.mark(("ret", label, pos, log.durable_position if log is not None else None))
+        last, durable = self.positions()
+        self.rec.mark(("ret", label, last, durable))
 
     def close(self) -> None:
         self.call("close", self.store.close)
@@ -168,7 +204,7 @@ def check_invariants(t: Traced) -> Counter:
                 # (c) the checkpoint file is written after LMDB's sync, naming the synced txn
                 assert last_lmdb_sync is not None and not ckpt_after_sync, \
                     f"op {i}: checkpoint file written without an LMDB sync before it"
-                _ps, txnid, applied, _meta = decode_checkpoint(op.data, ckpt_path)
+                txnid = decode_checkpoint(op.data, ckpt_path).txnid
                 assert txnid == synced_txnid, f"op {i}: checkpoint names txn {txnid}, LMDB synced {synced_txnid}"
                 ckpt_data, ckpt_after_sync = op.data, True
             elif op.kind == "fsync":
@@ -178,8 +214,8 @@ def check_invariants(t: Traced) -> Counter:
                 assert ckpt_data is not None and op.dst == ckpt_path
                 prev = ops[i - 1]
                 assert prev.kind == "fsync" and prev.path == op.path, f"op {i}: rename of an unsynced checkpoint.tmp"
-                _ps, txnid, applied, _meta = decode_checkpoint(ckpt_data, ckpt_path)
-                renamed_ckpt = (applied, txnid)
+                ck = decode_checkpoint(ckpt_data, ckpt_path)
+                renamed_ckpt = (ck.applied_position, ck.txnid)
                 ckpt_data = None
         elif op.kind == "fsync_dir" and op.path == t.path and renamed_ckpt is not None:
             durable_ckpt_applied = max(durable_ckpt_applied, renamed_ckpt[0])
@@ -214,8 +250,8 @@ def _check_unsynced_commit(t: Traced, label) -> None:
     assert durable < pos, f"{label}: durable {durable} ≥ {pos} without an fdatasync"
 
 
-def test_sync_commits_checkpoints_direct_commits_and_close_keep_the_durability_order(tmp_path, monkeypatch, capsys):
-    t = Traced(str(tmp_path / "s"), monkeypatch, segment_bytes=2048, direct_threshold=64 << 10, flush_interval=3600.0)
+def test_sync_commits_checkpoints_direct_commits_and_close_keep_the_durability_order(tmp_path, capsys):
+    t = Traced(str(tmp_path / "s"), segment_bytes=2048, direct_threshold=64 << 10, flush_interval=3600.0)
     steps = workload(36)
     sync_labels = []
     for i, st in enumerate(steps):
@@ -239,8 +275,8 @@ def test_sync_commits_checkpoints_direct_commits_and_close_keep_the_durability_o
     assert n["lmdb commits"] >= len(steps)
 
 
-def test_automatic_checkpoints_inside_commits_keep_the_durability_order(tmp_path, monkeypatch, capsys):
-    t = Traced(str(tmp_path / "s"), monkeypatch, segment_bytes=2048, checkpoint_bytes=5000, flush_interval=3600.0)
+def test_automatic_checkpoints_inside_commits_keep_the_durability_order(tmp_path, capsys):
+    t = Traced(str(tmp_path / "s"), segment_bytes=2048, checkpoint_bytes=5000, flush_interval=3600.0)
     steps = workload(40, seed=9)
     for i, st in enumerate(steps):
         d = "sync" if i % 3 else "none"
@@ -256,8 +292,8 @@ def test_automatic_checkpoints_inside_commits_keep_the_durability_order(tmp_path
     assert n["segments unlinked after a durable checkpoint"] >= 3
 
 
-def test_async_and_none_commits_return_after_the_write_and_flush_fdatasyncs(tmp_path, monkeypatch):
-    t = Traced(str(tmp_path / "s"), monkeypatch, durability="async", segment_bytes=1 << 20, flush_interval=3600.0)
+def test_async_and_none_commits_return_after_the_write_and_flush_fdatasyncs(tmp_path):
+    t = Traced(str(tmp_path / "s"), durability="async", segment_bytes=1 << 20, flush_interval=3600.0)
     steps = workload(12, seed=2)
     for i, st in enumerate(steps):
         d = "none" if i % 2 else None
@@ -267,7 +303,8 @@ def test_async_and_none_commits_return_after_the_write_and_flush_fdatasyncs(tmp_
             t.call(f"flush{i}", t.store.flush)
             inside, ret = _calls_between(t.rec.ops, f"flush{i}")
             assert any(o.kind == "fdatasync" and _is_wal(o.path) for o in inside), "flush() did not fdatasync the log"
-            assert t.store._log.durable_position == t.store._log.last_position
+            last, durable = t.positions()
+            assert durable == last
     t.call("sync", lambda: t.store.put_tokens(make_tokens([1, 2]), durability="sync"))
     _check_sync_commit(t, "sync")
     t.close()
@@ -275,19 +312,24 @@ def test_async_and_none_commits_return_after_the_write_and_flush_fdatasyncs(tmp_
 
 
 def test_the_async_flusher_makes_commits_durable_without_a_flush(tmp_path):
-    with ngstore.open(str(tmp_path / "s"), durability="async", flush_interval=0.005, **FAST) as s:
+    rec = TracedIO(str(tmp_path))
+    with ngstore.open(str(tmp_path / "s"), durability="async", flush_interval=0.005, io=rec, **FAST) as s:
         pos = s.put_tokens(make_tokens(np.arange(10)))
         deadline = time.monotonic() + 20.0  # liveness only: generous
-        while s._log.durable_position < pos and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            rec.log.update(list(rec.ops))
+            if rec.log.durable >= pos:
+                break
             time.sleep(0.005)
-        assert s._log.durable_position >= pos, "the flusher never fdatasync'ed an async commit"
+        assert rec.log.durable >= pos, "the flusher never fdatasync'ed an async commit"
 
 
-def test_a_checkpoint_after_unsynced_commits_syncs_the_log_before_lmdb(tmp_path, monkeypatch):
-    t = Traced(str(tmp_path / "s"), monkeypatch, durability="none", flush_interval=3600.0)
+def test_a_checkpoint_after_unsynced_commits_syncs_the_log_before_lmdb(tmp_path):
+    t = Traced(str(tmp_path / "s"), durability="none", flush_interval=3600.0)
     for i, st in enumerate(workload(6)):
         t.call(st.name, lambda st=st: st.run(t.store, "none"))
-    assert t.store._log.durable_position < t.store._log.last_position
+    last, durable = t.positions()
+    assert durable < last
     t.call("checkpoint", t.store.checkpoint)
     inside, _ = _calls_between(t.rec.ops, "checkpoint")
     kinds = [(o.kind, o.label[0] if o.kind == "mark" else os.path.basename(o.path)) for o in inside]
@@ -301,7 +343,7 @@ def test_a_checkpoint_after_unsynced_commits_syncs_the_log_before_lmdb(tmp_path,
 
 
 @pytest.mark.parametrize("power_loss", [False, True], ids=["process-crash", "power-loss"])
-def test_recovery_restores_lmdb_and_checkpoints_before_accepting_writes(tmp_path, monkeypatch, power_loss):
+def test_recovery_restores_lmdb_and_checkpoints_before_accepting_writes(tmp_path, power_loss):
     src = str(tmp_path / "live")
     s = ngstore.open(src, segment_bytes=2048, **FAST)
     for st in workload(8):
@@ -319,9 +361,7 @@ def test_recovery_restores_lmdb_and_checkpoints_before_accepting_writes(tmp_path
         with open(os.path.join(src, "wal", name), "rb") as f, open(dst / "wal" / name, "wb") as g:
             g.write(f.read())
     s.close()
-    if power_loss:
-        monkeypatch.setattr(ngstore.store, "_boot_id", lambda: "another-boot")
-    t = Traced(str(dst), monkeypatch, segment_bytes=2048)
+    t = Traced(str(dst), AnotherBoot() if power_loss else None, segment_bytes=2048)
     assert t.store.recovery.power_loss_rollback is power_loss
     # after a process crash LMDB's newest transaction is trusted: nothing to replay
     assert (t.store.recovery.replayed_records >= 1) is power_loss

@@ -26,9 +26,8 @@ import time
 
 
 import ngstore
-import ngstore.store
 from storefaults import FAST, ResettableRecordingIO, describe, state_of, workload
-from walfaults import NoSyncIO, simulate_power_loss
+from walfaults import AnotherBoot, NoSyncIO, simulate_power_loss
 
 CKPT_FILES = ("data.mdb", "checkpoint", "state", "NGSTORE")
 OPEN = dict(segment_bytes=4096, flush_interval=3600.0, **FAST)
@@ -74,10 +73,9 @@ def _record(tmp_path, mode: str, n_batches: int, seed: int):
     return live, rec, ref, str(ckpt), str(tmp_path / "data.mdb.late"), acks, segments
 
 
-def _recover_all(tmp_path, monkeypatch, mode: str, n_batches: int, seed: int, budget: float, capsys) -> None:
+def _recover_all(tmp_path, mode: str, n_batches: int, seed: int, budget: float, capsys) -> None:
     live, rec, ref, ckpt, late, acks, segments = _record(tmp_path, mode, n_batches, seed)
     # every recovery runs after "a reboot": the state file names the recording's boot
-    monkeypatch.setattr(ngstore.store, "_boot_id", lambda: "another-boot")
     index: dict[tuple, list[int]] = {}
     for k, st in enumerate(ref):
         index.setdefault(st, []).append(k)
@@ -98,7 +96,7 @@ def _recover_all(tmp_path, monkeypatch, mode: str, n_batches: int, seed: int, bu
         os.mkdir(os.path.join(d, "wal"))
         cs.materialize(wal_root, os.path.join(d, "wal"))
         try:
-            with ngstore.open(d, io=NoSyncIO(), **OPEN) as s:
+            with ngstore.open(d, io=NoSyncIO(AnotherBoot()), **OPEN) as s:
                 assert s.recovery.power_loss_rollback, cs.description
                 report = s.check()
                 assert report.ok, f"{cs.description}: {report}"
@@ -127,17 +125,17 @@ def _recover_all(tmp_path, monkeypatch, mode: str, n_batches: int, seed: int, bu
 
 
 def test_power_loss_under_sync_keeps_every_acknowledged_batch_and_no_partial_one(
-        tmp_path, monkeypatch, capsys):
-    _recover_all(tmp_path, monkeypatch, "sync", 36, seed=1, budget=28.0, capsys=capsys)
+        tmp_path, capsys):
+    _recover_all(tmp_path, "sync", 36, seed=1, budget=28.0, capsys=capsys)
 
 
 def test_power_loss_under_async_keeps_every_flushed_batch_and_a_prefix_of_the_rest(
-        tmp_path, monkeypatch, capsys):
-    _recover_all(tmp_path, monkeypatch, "async", 36, seed=2, budget=28.0, capsys=capsys)
+        tmp_path, capsys):
+    _recover_all(tmp_path, "async", 36, seed=2, budget=28.0, capsys=capsys)
 
 
 def test_power_loss_across_checkpoints_never_loses_a_record_lmdb_does_not_durably_hold(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, capsys):
     """The same, with checkpoints (and their log segment unlinks) inside the recorded window.
 
     The whole store directory is recorded except data.mdb, which LMDB writes itself: its
@@ -194,7 +192,6 @@ def test_power_loss_across_checkpoints_never_loses_a_record_lmdb_does_not_durabl
     unlinks = sum(1 for o in rec.ops if o.kind == "unlink" and o.path.endswith(".wal"))
     s.close()
     rec.ops = rec.ops[:n_ops]
-    monkeypatch.setattr(ngstore.store, "_boot_id", lambda: "another-boot")
     index: dict[tuple, list[int]] = {}
     for k, stt in enumerate(ref):
         index.setdefault(stt, []).append(k)
@@ -210,7 +207,7 @@ def test_power_loss_across_checkpoints_never_loses_a_record_lmdb_does_not_durabl
         with open(os.path.join(d, "data.mdb"), "wb") as f:
             f.write(mdb[now if checked % 2 else durable])
         try:
-            with ngstore.open(d, io=NoSyncIO(), **OPEN) as r:
+            with ngstore.open(d, io=NoSyncIO(AnotherBoot()), **OPEN) as r:
                 assert r.recovery.power_loss_rollback
                 report = r.check()
                 assert report.ok, f"{cs.description}: {report}"
@@ -232,11 +229,12 @@ def test_power_loss_across_checkpoints_never_loses_a_record_lmdb_does_not_durabl
 
 
 VERIFY = """
-import sys, ngstore, ngstore.store as st
+import sys, ngstore
 sys.path.insert(0, sys.argv[3])
 from storefaults import FAST, state_of
-st._boot_id = lambda: "a-third-boot"
-with ngstore.open(sys.argv[1], segment_bytes=4096, flush_interval=3600.0, **FAST) as s:
+from walfaults import AnotherBoot
+with ngstore.open(sys.argv[1], segment_bytes=4096, flush_interval=3600.0, io=AnotherBoot("a-third-boot"),
+                  **FAST) as s:
     assert s.recovery.power_loss_rollback
     report = s.check()
     assert report.ok, str(report)
@@ -264,7 +262,7 @@ def _garble_changed_pages(path: str, ckpt_copy: bytes, seed: int) -> int:
     return changed
 
 
-def test_a_power_loss_during_recovery_replay_finds_the_checkpoint_pages_intact(tmp_path, monkeypatch):
+def test_a_power_loss_during_recovery_replay_finds_the_checkpoint_pages_intact(tmp_path):
     """The pin (docs/format.md §4.1) must hold the checkpointed transaction C from the moment
     anything is written -- including the commits recovery's replay makes before its own
     checkpoint. Sequence: checkpoint C; more commits (they free pages of C's tree, which the
@@ -275,8 +273,6 @@ def test_a_power_loss_during_recovery_replay_finds_the_checkpoint_pages_intact(t
     import pickle
     import subprocess
     import sys
-
-    from ngstore.store import Store
 
     live = str(tmp_path / "live")
     s = ngstore.open(live, **OPEN)
@@ -300,17 +296,17 @@ def test_a_power_loss_during_recovery_replay_finds_the_checkpoint_pages_intact(t
     shutil.copytree(crash, before_open)
 
     after_replay = str(tmp_path / "data.mdb.after-replay")
-    real = Store._write_checkpoint
 
-    def capture(self, *a, **k):  # the page cache at the start of recovery's checkpoint
-        if not os.path.exists(after_replay):
-            shutil.copyfile(os.path.join(self.path, "data.mdb"), after_replay)
-        return real(self, *a, **k)
+    class CaptureAtFirstLmdbSync(NoSyncIO):
+        """The page cache as recovery's first checkpoint begins to make LMDB durable."""
 
-    monkeypatch.setattr(Store, "_write_checkpoint", capture)
-    with ngstore.open(str(crash), **OPEN) as r:  # same boot: no rollback, replay
+        def lmdb_sync(self, env, kv):
+            if not os.path.exists(after_replay):
+                shutil.copyfile(os.path.join(kv.path, "data.mdb"), after_replay)
+            super().lmdb_sync(env, kv)
+
+    with ngstore.open(str(crash), io=CaptureAtFirstLmdbSync(), **OPEN) as r:  # same boot: no rollback
         assert not r.recovery.power_loss_rollback and r.recovery.replayed_records == 1
-    monkeypatch.undo()
 
     pl = tmp_path / "power-lost"
     shutil.copytree(before_open, pl)  # the checkpoint file, state and log as before recovery

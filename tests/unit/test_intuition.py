@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import ngstore
+from walfaults import AnotherBoot
 from ngstore.connections import Connection
 from ngstore.experience import new_events
 
@@ -140,7 +141,7 @@ def test_store_engine_learns_persists_and_survives_reopen(store_path):
         assert s.check().ok
 
 
-def test_store_reflexes_replay_after_a_power_loss(tmp_path, monkeypatch):
+def test_store_reflexes_replay_after_a_power_loss(tmp_path):
     path = str(tmp_path / "s")
     child = textwrap.dedent(f"""
         import os, numpy as np, ngstore
@@ -155,8 +156,7 @@ def test_store_reflexes_replay_after_a_power_loss(tmp_path, monkeypatch):
     subprocess.run([sys.executable, "-c", child], check=True, cwd=str(tmp_path), timeout=120)
     # A different boot id: the store must assume the page cache is gone, roll LMDB back
     # to the checkpoint (which predates the reflex) and rebuild the table from the log.
-    monkeypatch.setattr(ngstore.store, "_boot_id", lambda: "another-boot")
-    with ngstore.open(path) as s:
+    with ngstore.open(path, io=AnotherBoot()) as s:
         assert s.recovery.power_loss_rollback and s.recovery.replayed_records == 1
         assert s.intuition().try_fast_path(STATES[0].tolist()) is not None
         assert s.check().ok

@@ -1,0 +1,368 @@
+"""Applying logged operations to LMDB: one function for live commits and for replay.
+
+:func:`apply_ops` takes the LMDB write transaction, the writer's :class:`ApplyState` (what
+the data needs beyond the transaction: the chunk layout, the retention and reflex
+capacities, the counters and the reflex table as they are before the ops) and a list of
+``(log position, ops)`` entries in log order. It writes the ops' effects, the new
+counters and the last position into the transaction and returns an :class:`ApplyResult`;
+it never mutates its inputs, so it can run again from scratch when LMDB asks for a
+larger map (``kv.KV.write``). The caller adopts the result only after the transaction
+commits.
+
+Applying is deterministic given the state before it (puts overwrite, deletes of absent
+ids do nothing, event sequence numbers continue ``events_next_seq``, reflex eviction
+follows the table's own tick), and the store never applies a record twice anyway: the
+last applied log position is stored in the same transaction (``meta/applied_position``).
+The value layouts are ``docs/format.md`` §3 (``layout``); the op bodies §5 (``ops``).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import reflex_store
+from .errors import CorruptionError
+from .layout import (
+    DB_CONN_REVERSE,
+    DB_CONNECTIONS,
+    DB_EVENTS,
+    DB_META,
+    DB_REFLEXES,
+    DB_TOKENS,
+    M_APPLIED,
+    M_COUNTERS,
+    ChunkLayout,
+    Counters,
+    conn_key,
+    conn_reverse_key,
+    encode_u64,
+    event_key,
+    event_sequence,
+    popcount,
+)
+from .ops import (
+    OP_CONNECTION_DELETE,
+    OP_CONNECTION_PUT,
+    OP_EVENT_APPEND,
+    OP_EVENT_TRIM,
+    OP_REFLEX_DELETE,
+    OP_REFLEX_DELETE_KEY,
+    OP_REFLEX_PUT,
+    OP_TOKEN_DELETE,
+    OP_TOKEN_PUT,
+    Op,
+)
+from .records import EVENT_DTYPE, RAW64, TOKEN_DTYPE
+from .reflex import ReflexTable
+
+Entry = tuple[int, list[Op]]
+
+
+@dataclass(frozen=True)
+class ApplyState:
+    """What applying needs besides the transaction; the writer's state before the ops."""
+
+    layout: ChunkLayout
+    event_capacity: int
+    reflex_capacity: int
+    counters: Counters
+    reflexes: ReflexTable | None
+
+
+@dataclass
+class ApplyResult:
+    """What a group of entries changed, to adopt once the transaction has committed."""
+
+    counters: Counters
+    applied_position: int
+    #: (first sequence number, events) of each EVENT_APPEND, in order
+    appended: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    #: log position -> sequence number of the first event its batch appended
+    first_event: dict[int, int] = field(default_factory=dict)
+    events_trimmed: int = 0
+    #: the new reflex table when a reflex op ran (already persisted in the transaction)
+    reflexes: ReflexTable | None = None
+    reflexes_written: int = 0
+    reflexes_evicted: int = 0
+    tokens_written: int = 0
+
+
+def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[Entry]) -> ApplyResult:
+    """Applies ``entries`` (non-empty, in log order) in ``txn``; see the module docstring."""
+    counters = state.counters.copy()
+    result = ApplyResult(counters, max(pos for pos, _ in entries))
+    tokens_db, conn_db, rconn_db = dbs[DB_TOKENS], dbs[DB_CONNECTIONS], dbs[DB_CONN_REVERSE]
+    events_db = dbs[DB_EVENTS]
+    layout = state.layout
+    reflexes: ReflexTable | None = None  # a writable copy, made at the first reflex op
+    for position, op in _coalesced(entries):
+        kind = op.kind
+        if kind == OP_TOKEN_PUT:
+            added, written = _token_put(txn, tokens_db, layout, op.data)
+            counters.tokens_live += added
+            counters.tokens_created_total += added
+            result.tokens_written += written
+        elif kind == OP_TOKEN_DELETE:
+            removed = _token_delete(txn, tokens_db, layout, op.data)
+            counters.tokens_live -= removed
+            counters.tokens_deleted_total += removed
+        elif kind == OP_CONNECTION_PUT:
+            added = _connection_put(txn, conn_db, rconn_db, op.data)
+            counters.connections_live += added
+            counters.connections_created_total += added
+        elif kind == OP_CONNECTION_DELETE:
+            counters.connections_live -= _connection_delete(txn, conn_db, rconn_db, op.data)
+        elif kind == OP_EVENT_APPEND:
+            first = counters.events_next_seq
+            result.first_event.setdefault(position, first)
+            trimmed = _event_append(txn, events_db, op.data, counters, state.event_capacity)
+            result.appended.append((first, op.data))
+            result.events_trimmed += trimmed
+        elif kind == OP_EVENT_TRIM:
+            removed = _event_trim(txn, events_db, int(op.data.sum()))
+            counters.events_live -= removed
+            counters.events_trimmed_total += removed
+            result.events_trimmed += removed
+        elif kind in (OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY):
+            if reflexes is None:
+                reflexes = reflex_store.writable_copy(state.reflexes, state.reflex_capacity)
+            if kind == OP_REFLEX_PUT:
+                reflex_store.apply_put(reflexes, op.data)
+                result.reflexes_written += op.count
+            elif kind == OP_REFLEX_DELETE:
+                reflex_store.apply_delete(reflexes, op.data)
+            else:
+                result.reflexes_evicted += reflex_store.apply_delete_key(reflexes, op.data)
+        else:
+            raise CorruptionError(f"log record {position}: unknown op kind {kind}")
+    meta = dbs[DB_META]
+    txn.put(M_COUNTERS, counters.encode(), db=meta)
+    if reflexes is not None:
+        reflex_store.persist(txn, dbs[DB_REFLEXES], reflexes)
+        result.reflexes = reflexes
+    txn.put(M_APPLIED, encode_u64(result.applied_position), db=meta)
+    return result
+
+
+def _coalesced(entries: list[Entry]) -> Iterator[tuple[int, Op]]:
+    """``(position, op)`` for the ops of ``entries`` in order, with runs of adjacent
+    TOKEN_PUT ops (across batches) merged into one, so a group of small commits rewrites
+    each chunk once. Same result: within a put the last record of an id wins, and only
+    adjacent puts merge, so no delete or other op is reordered."""
+    run: list[np.ndarray] = []
+    run_pos = 0
+    for position, ops in entries:
+        for op in ops:
+            if op.kind == OP_TOKEN_PUT:
+                run.append(op.data)
+                run_pos = position
+                continue
+            if run:
+                yield run_pos, Op(OP_TOKEN_PUT, _concat_records(run))
+                run = []
+            yield position, op
+    if run:
+        yield run_pos, Op(OP_TOKEN_PUT, _concat_records(run))
+
+
+def _concat_records(run: list[np.ndarray]) -> np.ndarray:
+    """Token record arrays concatenated as opaque 64-byte rows (numpy's concatenate of a
+    structured dtype is several times slower)."""
+    if len(run) == 1:
+        return run[0]
+    return np.concatenate([np.ascontiguousarray(r).view(RAW64) for r in run]).view(TOKEN_DTYPE)
+
+
+# -- token chunks ------------------------------------------------------------------------
+
+def sort_unique_last(records: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Records sorted by id with duplicates removed, the last occurrence winning."""
+    if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        return records, ids
+    order = np.argsort(ids, kind="stable")
+    ids_sorted = ids[order]
+    keep = np.ones(ids_sorted.size, dtype=bool)
+    keep[:-1] = ids_sorted[1:] != ids_sorted[:-1]  # the last of each run of equal ids
+    order = order[keep]
+    return records[order], ids_sorted[keep]
+
+
+def _groups(chunks: np.ndarray) -> Iterable[tuple[int, int, int]]:
+    """(chunk, start, end) runs of a sorted chunk-index array."""
+    if chunks.size == 0:
+        return
+    cuts = np.flatnonzero(chunks[1:] != chunks[:-1]) + 1
+    starts = np.concatenate(([0], cuts))
+    ends = np.concatenate((cuts, [chunks.size]))
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        yield int(chunks[s]), s, e
+
+
+_SMALL_PUT = 16  # below this many records, plain Python beats numpy's per-call overhead
+
+
+def _small_token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> tuple[int, int]:
+    """The same as the general path, for a handful of records (the common small commit)."""
+    raw = np.ascontiguousarray(records).tobytes()
+    latest: dict[int, int] = {}
+    for i, tid in enumerate(records["id"].tolist()):
+        latest[tid] = i  # the last record of an id wins
+    by_chunk: dict[int, list[int]] = {}
+    for tid in sorted(latest):
+        by_chunk.setdefault(tid >> layout.shift, []).append(tid)
+    added = 0
+    rb = layout.records_bytes
+    for chunk, tids in by_chunk.items():
+        key = layout.key(chunk)
+        old = txn.get(key, db=db)
+        if old is not None:
+            layout.check(old, chunk)
+            buf = bytearray(old)
+        else:
+            buf = bytearray(layout.value_bytes)
+        for tid in tids:
+            slot = tid & layout.mask
+            i = latest[tid]
+            buf[slot * 64:slot * 64 + 64] = raw[i * 64:i * 64 + 64]
+            byte = rb + (slot >> 3)
+            bit = 1 << (slot & 7)
+            if not buf[byte] & bit:
+                buf[byte] |= bit
+                added += 1
+        txn.put(key, buf, db=db)
+    return added, len(latest)
+
+
+def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> tuple[int, int]:
+    """Writes token records; returns (ids that became present, records written)."""
+    if records.shape[0] <= _SMALL_PUT:
+        return _small_token_put(txn, db, layout, records)
+    ids = records["id"].astype(np.uint32, copy=False)
+    records, ids = sort_unique_last(records, ids)
+    added = 0
+    raw = records.view(np.uint8).reshape(-1, 64) if records.flags.c_contiguous else \
+        np.ascontiguousarray(records).view(np.uint8).reshape(-1, 64)
+    chunks = ids >> layout.shift
+    scratch: bytearray | None = None  # one value buffer reused for every whole chunk
+    for chunk, s, e in _groups(chunks):
+        key = layout.key(chunk)
+        old = txn.get(key, db=db)
+        if old is not None:
+            layout.check(old, chunk)
+        if e - s == layout.slots:  # the whole chunk is replaced: no read-modify-write
+            before = popcount(layout.bitmap(old)) if old is not None else 0
+            if scratch is None:
+                scratch = bytearray(layout.value_bytes)
+                scratch[layout.records_bytes:] = layout.full_bitmap
+            scratch[:layout.records_bytes] = raw[s:e].data  # one copy; LMDB copies it again
+            txn.put(key, scratch, db=db)
+            added += layout.slots - before
+            continue
+        buf = bytearray(old) if old is not None else bytearray(layout.value_bytes)
+        rows = np.frombuffer(buf, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)
+        bitmap = np.frombuffer(buf, dtype=np.uint8, count=layout.bitmap_bytes, offset=layout.records_bytes)
+        slots = (ids[s:e] & layout.mask).astype(np.intp)
+        before = popcount(bitmap)
+        rows[slots] = raw[s:e]
+        np.bitwise_or.at(bitmap, slots >> 3, (1 << (slots & 7)).astype(np.uint8))
+        added += popcount(bitmap) - before
+        txn.put(key, buf, db=db)
+    return added, int(ids.size)
+
+
+def _token_delete(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> int:
+    """Deletes ids; returns how many were present."""
+    ids = np.unique(ids.astype(np.uint32, copy=False))
+    removed = 0
+    chunks = ids >> layout.shift
+    for chunk, s, e in _groups(chunks):
+        key = layout.key(chunk)
+        old = txn.get(key, db=db)
+        if old is None:
+            continue
+        layout.check(old, chunk)
+        buf = bytearray(old)
+        rows = np.frombuffer(buf, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)
+        bitmap = np.frombuffer(buf, dtype=np.uint8, count=layout.bitmap_bytes, offset=layout.records_bytes)
+        slots = (ids[s:e] & layout.mask).astype(np.intp)
+        before = popcount(bitmap)
+        np.bitwise_and.at(bitmap, slots >> 3, (~(1 << (slots & 7))).astype(np.uint8))
+        rows[slots] = 0  # a deleted record leaves no stale bytes behind
+        after = popcount(bitmap)
+        removed += before - after
+        if after == 0:
+            txn.delete(key, db=db)
+        else:
+            txn.put(key, bytes(buf), db=db)
+    return removed
+
+
+# -- connections (`connections` and its reverse index `conn_by_b`) ---------------------------
+
+def _connection_put(txn: Any, db: Any, rdb: Any, records: np.ndarray) -> int:
+    """Writes connection records; returns how many keys are new."""
+    a = records["token_a"].tolist()
+    b = records["token_b"].tolist()
+    t = records["connection_type"].tolist()
+    raw = np.ascontiguousarray(records).view(np.uint8).reshape(-1, 64)
+    added = 0
+    for i in range(len(a)):
+        if txn.put(conn_key(a[i], b[i], t[i]), raw[i].tobytes(), db=db, overwrite=True) and txn.put(
+                conn_reverse_key(a[i], b[i], t[i]), b"", db=rdb, overwrite=False):
+            added += 1
+    return added
+
+
+def _connection_delete(txn: Any, db: Any, rdb: Any, keys: np.ndarray) -> int:
+    """Deletes connections by key; returns how many existed."""
+    removed = 0
+    for a, b, t in zip(keys["token_a"].tolist(), keys["token_b"].tolist(),
+                       keys["connection_type"].tolist(), strict=True):
+        if txn.delete(conn_key(a, b, t), db=db):
+            txn.delete(conn_reverse_key(a, b, t), db=rdb)
+            removed += 1
+    return removed
+
+
+# -- experience events (`events`: sequence u64 BE -> 128-byte event) -------------------------
+
+def _event_append(txn: Any, db: Any, events: np.ndarray, counters: Counters, capacity: int) -> int:
+    """Appends events numbered from ``counters.events_next_seq`` and trims the oldest
+    beyond ``capacity``; updates ``counters``; returns how many events were trimmed."""
+    next_seq, live = counters.events_next_seq, counters.events_live
+    n = int(events.shape[0])
+    rows = np.array(events, dtype=EVENT_DTYPE, copy=True)
+    rows["sequence"] = (np.arange(next_seq, next_seq + n, dtype=np.uint64) & 0xFFFFFFFF).astype(np.uint32)
+    raw = rows.view(np.uint8).reshape(-1, 128)
+    first_kept = max(next_seq, next_seq + n - capacity)  # a batch larger than capacity keeps its tail
+    for i in range(first_kept - next_seq, n):
+        txn.put(event_key(next_seq + i), raw[i].tobytes(), db=db, append=True)
+    live += n - (first_kept - next_seq)
+    trimmed = first_kept - next_seq  # events of this batch dropped at once
+    next_seq += n
+    oldest_allowed = next_seq - capacity
+    if live > capacity:
+        cur = txn.cursor(db=db)
+        if cur.first():
+            while live > capacity:
+                if event_sequence(cur.key()) >= oldest_allowed:
+                    break
+                cur.delete()
+                live -= 1
+                trimmed += 1
+    counters.events_next_seq, counters.events_live = next_seq, live
+    counters.events_trimmed_total += trimmed
+    return trimmed
+
+
+def _event_trim(txn: Any, db: Any, count: int) -> int:
+    """Removes the ``count`` oldest events; returns how many were removed."""
+    removed = 0
+    cur = txn.cursor(db=db)
+    if cur.first():
+        while removed < count and cur.delete():
+            removed += 1
+    return removed

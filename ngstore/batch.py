@@ -1,0 +1,256 @@
+"""The Batch a caller fills: operations committed together, all or nothing after any crash.
+
+A batch validates and copies what it is given when it is given (so a bad record is
+refused at the call that adds it, and later changes to the caller's arrays cannot leak
+in), collects :class:`ops.Op`, and hands them to the writer's commit at ``commit()``.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .connections import as_connection_array
+from .errors import InvalidArgumentError, NgStoreError, ValidationError
+from .experience import as_event_rows
+from .inputs import connection_keys, ids_array, state_coords
+from .ops import (
+    OP_CONNECTION_DELETE,
+    OP_CONNECTION_PUT,
+    OP_EVENT_APPEND,
+    OP_REFLEX_DELETE,
+    OP_REFLEX_PUT,
+    OP_TOKEN_DELETE,
+    OP_TOKEN_PUT,
+    REFLEX_DELETE_DTYPE,
+    REFLEX_PUT_DTYPE,
+    Op,
+)
+from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
+from .tokens import as_token_array
+from .validation import check_connections
+
+if TYPE_CHECKING:
+    from .obs import Observability
+
+DURABILITY_MODES = ("sync", "async", "none")
+
+
+@dataclass
+class CommitResult:
+    """What a commit did: its log position, and the sequence number of the first event
+    it appended (None if it appended none)."""
+
+    position: int
+    first_event: int | None = None
+
+
+#: The writer's commit: (ops, durability) -> CommitResult.
+Committer = Callable[[list[Op], str], CommitResult]
+
+
+@dataclass
+class ValidationCounters:
+    """Records checked by batches of one store handle (exported as metrics)."""
+
+    tokens_validated_total: int = 0
+    tokens_rejected_total: int = 0
+    connections_validated_total: int = 0
+    connections_rejected_total: int = 0
+
+
+def check_durability(durability: str) -> str:
+    if durability not in DURABILITY_MODES:
+        raise InvalidArgumentError(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
+    return durability
+
+
+class Batch:
+    """Operations committed together: all visible after commit, or none, after any crash.
+
+    Use ``with store.batch() as b: ...`` (commits on success, discards on an exception)
+    or call :meth:`commit` / :meth:`discard`."""
+
+    def __init__(self, commit: Committer, durability: str, counters: ValidationCounters,
+                 obs: Observability | None = None) -> None:
+        self._commit = commit
+        self.durability = check_durability(durability)
+        self._counters = counters
+        self._obs = obs
+        self._ops: list[Op] = []
+        self._done = False
+        self.position: int | None = None
+        #: sequence number of the first event appended, once committed (None if none)
+        self.first_event: int | None = None
+
+    def _check(self) -> None:
+        if self._done:
+            raise NgStoreError("this batch was already committed or discarded")
+
+    # -- tokens -----------------------------------------------------------------------
+
+    def put_tokens(self, tokens: Any, *, copy: bool = True) -> None:
+        """Adds token records (a TokenArray, a TOKEN_DTYPE array, a Token or a list of
+        Tokens). They are copied now unless ``copy=False``, which the store's own one-shot
+        calls use when the caller cannot touch the array before the commit returns."""
+        self._check()
+        arr = as_token_array(tokens)
+        if arr.size == 0:
+            return
+        t0 = time.perf_counter()
+        try:
+            _validate_tokens(arr)
+        except InvalidArgumentError:
+            self._counters.tokens_rejected_total += int(arr.size)
+            if self._obs is not None:
+                self._obs.event("validation_failed", what="tokens", count=int(arr.size))
+            raise
+        self._counters.tokens_validated_total += int(arr.size)
+        if self._obs is not None:
+            self._obs.validation_seconds.observe(time.perf_counter() - t0)
+        data = np.array(arr, dtype=TOKEN_DTYPE, copy=True) if copy else np.ascontiguousarray(arr)
+        self._ops.append(Op(OP_TOKEN_PUT, data))
+
+    def delete_tokens(self, ids: Any) -> None:
+        """Deletes tokens by id (absent ids are ignored)."""
+        self._check()
+        a = ids_array(ids)
+        if a.size:
+            self._ops.append(Op(OP_TOKEN_DELETE, np.ascontiguousarray(a, dtype="<u4")))
+
+    # -- connections ------------------------------------------------------------------
+
+    def put_connections(self, connections: Any, *, copy: bool = True) -> None:
+        """Adds connection records, keyed by (token_a, token_b, connection_type)."""
+        self._check()
+        arr = as_connection_array(connections)
+        if arr.size == 0:
+            return
+        t0 = time.perf_counter()
+        try:
+            self._validate_connections(arr, "connection(s)")
+        except ValidationError as exc:
+            self._counters.connections_rejected_total += exc.n_failed
+            self._counters.connections_validated_total += int(arr.size) - exc.n_failed
+            raise
+        finally:
+            if self._obs is not None:
+                self._obs.validation_seconds.observe(time.perf_counter() - t0)
+        self._counters.connections_validated_total += int(arr.size)
+        data = np.array(arr, dtype=CONNECTION_DTYPE, copy=True) if copy else np.ascontiguousarray(arr)
+        self._ops.append(Op(OP_CONNECTION_PUT, data))
+
+    def _validate_connections(self, arr: np.ndarray, what: str) -> None:
+        """Raises ValidationError unless every record is a valid connection; records the
+        failure in the black box."""
+        res = check_connections(arr)
+        if res.all_ok:
+            return
+        if self._obs is not None:
+            self._obs.event("validation_failed", what=what, count=int(res.n_failed),
+                            first=str(res.reasons[:1]))
+        raise ValidationError(f"{res.n_failed} {what} of the batch",
+                              [(f, m, v) for _i, f, m, v in res.reasons], int(res.n_failed))
+
+    def delete_connections(self, keys: Any) -> None:
+        """Deletes by key: connections (their a, b, type) or (a, b, type) triples."""
+        self._check()
+        k = connection_keys(keys)
+        if k.size:
+            self._ops.append(Op(OP_CONNECTION_DELETE, k))
+
+    # -- reflexes -------------------------------------------------------------------
+
+    def put_reflexes(self, states: Any, connections: Any) -> None:
+        """Adds reflexes: ``connections[i]`` for ``states[i]`` (8-float states, Token
+        records, or raw (n, 8, 3) int16 coordinates).
+
+        Each must be a valid connection (``validate_connection``). The stricter
+        ``validate_reflex`` is the auto-consolidation gate (``try_auto_consolidate``,
+        ``analyze``), not a storage rule: like the original's ``consolidate_reflex``, a
+        store may hold Hypothesis reflexes, which the fast path answers only from
+        confidence 200 and the Guardian's cleanup evicts once they decay."""
+        self._check()
+        coords = state_coords(states)
+        conns = as_connection_array(connections)
+        if conns.shape[0] != coords.shape[0]:
+            raise InvalidArgumentError(f"{coords.shape[0]} states but {conns.shape[0]} connections")
+        self._validate_connections(conns, "reflex(es)")
+        data = np.zeros(coords.shape[0], dtype=REFLEX_PUT_DTYPE)
+        data["state"] = coords
+        data["connection"] = conns
+        if data.size:
+            self._ops.append(Op(OP_REFLEX_PUT, data))
+
+    def delete_reflexes(self, states: Any, connections: Any = None) -> None:
+        """Deletes the reflex of each state with the identity (token_a, token_b, type) of
+        the matching connection, or every reflex of the states when ``connections`` is None."""
+        self._check()
+        coords = state_coords(states)
+        data = np.zeros(coords.shape[0], dtype=REFLEX_DELETE_DTYPE)
+        data["state"] = coords
+        if connections is None:
+            data["all"] = 1
+        else:
+            conns = as_connection_array(connections)
+            if conns.shape[0] != coords.shape[0]:
+                raise InvalidArgumentError(f"{coords.shape[0]} states but {conns.shape[0]} connections")
+            data["token_a"], data["token_b"] = conns["token_a"], conns["token_b"]
+            data["connection_type"] = conns["connection_type"]
+        if data.size:
+            self._ops.append(Op(OP_REFLEX_DELETE, data))
+
+    # -- events ---------------------------------------------------------------------
+
+    def append_events(self, events: Any) -> None:
+        """Adds experience events (copied now); sequence numbers are assigned at commit."""
+        self._check()
+        try:
+            rows = as_event_rows(events)
+        except InvalidArgumentError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"not experience events: {exc}") from None
+        if rows.size:
+            self._ops.append(Op(OP_EVENT_APPEND, np.array(rows, dtype=EVENT_DTYPE, copy=True)))
+
+    # -- ending -----------------------------------------------------------------------
+
+    def commit(self) -> int:
+        """Commits; returns the log position. Raises and writes nothing on refusal."""
+        self._check()
+        self._done = True
+        result = self._commit(self._ops, self.durability)
+        self.position, self.first_event = result.position, result.first_event
+        return result.position
+
+    def discard(self) -> None:
+        self._done = True
+        self._ops = []
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def _validate_tokens(arr: np.ndarray) -> None:
+    """Rejects records a store must not hold (NaN/inf weight). Vectorised."""
+    w = arr["weight"]
+    bad = ~np.isfinite(w)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidArgumentError(
+            f"token id {int(arr['id'][i])} has a non-finite weight {float(w[i])!r}; "
+            f"{int(bad.sum())} record(s) of the batch are invalid and nothing was written")

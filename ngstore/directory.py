@@ -1,0 +1,207 @@
+"""The store directory: which directory is a store, its marker, state and checkpoint
+files, its locks, and the machine's boot id (``docs/format.md`` §1, §4).
+
+A :class:`Directory` owns the descriptors of the locks it takes and releases them in
+:meth:`Directory.release`. Every call goes through the store's ``io`` (``fileio``), so
+the crash and fault tests see and break each of them.
+
+Locks (``flock``, so they die with the process that holds them):
+
+* ``writer.lock``, exclusive, for the writer's whole life; it holds the writer's pid.
+* ``readers.lock``, shared by every read-only handle for its life, exclusive only while a
+  writer rolls LMDB back after a power loss (no reader may have the file mapped then).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .errors import NgStoreError, NotAStoreError, StoreLockedError
+from .fileio import FileIO, LockBusyError
+from .layout import (
+    CHECKPOINT_FILE,
+    DATA_FILE,
+    LMDB_LOCK_FILE,
+    MARKER_FILE,
+    OWN_FILES,
+    READERS_LOCK,
+    STATE_FILE,
+    WAL_DIR,
+    WRITER_LOCK,
+    Checkpoint,
+    WriterState,
+    decode_checkpoint,
+    decode_marker,
+    decode_state,
+    encode_checkpoint,
+    encode_marker,
+    encode_state,
+)
+
+#: The largest marker or state file a reader will read (they are a few dozen bytes).
+_SMALL_FILE_LIMIT = 4096
+
+
+class Directory:
+    """One store directory, as seen by one handle."""
+
+    def __init__(self, path: str, io: FileIO) -> None:
+        self.path = os.path.realpath(path)
+        self.io = io
+        self._writer_fd: int | None = None
+        self._readers_fd: int | None = None
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def wal_dir(self) -> str:
+        return self.file(WAL_DIR)
+
+    # -- what is here --------------------------------------------------------------
+
+    def inspect(self, *, create: bool, readonly: bool) -> bool:
+        """Checks that the path is a store (or may become one); returns True when a new
+        store must be created here. Makes the directory when it does not exist and
+        ``create`` is set."""
+        p = self.path
+        if self.io.exists(p) and not self.io.is_dir(p):
+            raise NotAStoreError(f"{p} is a file, not a store directory")
+        if not self.io.exists(p):
+            if not create or readonly:
+                raise NotAStoreError(f"{p} does not exist (pass create=True to make a new store)")
+            self.io.makedirs(p)
+            return True
+        names = set(self.io.listdir(p))
+        if MARKER_FILE in names:
+            decode_marker(self._read_small(MARKER_FILE), p)
+            return False
+        if names - OWN_FILES:
+            raise NotAStoreError(f"{p} is a directory that is not an ngstore store "
+                                 f"(it holds {sorted(names - OWN_FILES)[:5]})")
+        if not create or readonly:
+            raise NotAStoreError(f"{p} is not an ngstore store (no {MARKER_FILE} file)")
+        return True  # empty, or an interrupted creation of ours: (re)create
+
+    def _read_small(self, name: str) -> bytes:
+        try:
+            return self.io.read_file(self.file(name), limit=_SMALL_FILE_LIMIT)
+        except OSError as exc:
+            raise NotAStoreError(f"{self.path}: cannot read {name}: {exc}") from exc
+
+    def remove_leftovers(self) -> None:
+        """Before a (re)creation: removes what an interrupted earlier creation left."""
+        for name in (DATA_FILE, LMDB_LOCK_FILE, CHECKPOINT_FILE, STATE_FILE):
+            p = self.file(name)
+            if self.io.exists(p):
+                self.io.unlink(p)
+
+    def write_marker(self) -> None:
+        """The last step of a creation: from now on the directory is a store."""
+        self.io.atomic_write(self.file(MARKER_FILE), encode_marker())
+
+    # -- the state file and the boot id ----------------------------------------------
+
+    def boot_id(self) -> str | None:
+        return self.io.boot_id()
+
+    def read_state(self) -> WriterState:
+        p = self.file(STATE_FILE)
+        try:
+            data: bytes | None = self.io.read_file(p, limit=_SMALL_FILE_LIMIT)
+        except FileNotFoundError:
+            data = None
+        except OSError:
+            data = b""  # unreadable: decode_state treats it as unclean, unknown boot
+        return decode_state(data)
+
+    def write_state(self, clean: bool) -> None:
+        self.io.atomic_write(self.file(STATE_FILE),
+                             encode_state(WriterState(clean=clean, boot_id=self.boot_id(), pid=os.getpid())))
+
+    def went_down_since(self, state: WriterState) -> bool:
+        """True when ``state`` was written by a writer that did not close, on another boot
+        of the machine: a power loss or OS crash, not a process crash."""
+        return not state.clean and state.boot_id != self.boot_id()
+
+    # -- the checkpoint file -----------------------------------------------------------
+
+    def read_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint file's content, None if there is none; CorruptionError if damaged."""
+        p = self.file(CHECKPOINT_FILE)
+        try:
+            data = self.io.read_file(p, limit=1 << 17)
+        except FileNotFoundError:
+            return None
+        return decode_checkpoint(data, p)
+
+    def write_checkpoint(self, ckpt: Checkpoint) -> None:
+        self.io.atomic_write(self.file(CHECKPOINT_FILE), encode_checkpoint(ckpt))
+
+    # -- locks -------------------------------------------------------------------------
+
+    def lock_writer(self) -> None:
+        """Takes the writer lock (StoreLockedError if another handle has it) and records
+        this process's pid in it."""
+        try:
+            fd = self.io.lock(self.file(WRITER_LOCK), exclusive=True)
+        except LockBusyError:
+            raise StoreLockedError(
+                f"{self.path}: another writer (this process or another) has the store open; "
+                "open it with readonly=True, or close the other handle") from None
+        self._writer_fd = fd
+        self.io.truncate(fd, 0)
+        self.io.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def lock_reader(self) -> None:
+        """A read-only handle's shared lock on ``readers.lock`` (StoreLockedError while a
+        writer rolls LMDB back). On a read-only file system no lock can be taken, and
+        none is needed: nothing can write there either."""
+        try:
+            self._readers_fd = self.io.lock(self.file(READERS_LOCK), exclusive=False)
+        except LockBusyError:
+            raise StoreLockedError(f"{self.path}: a writer is recovering this store; retry in a moment") from None
+        except PermissionError:
+            self._readers_fd = None
+        except OSError as exc:
+            if exc.errno != getattr(os, "EROFS", 30):
+                raise
+            self._readers_fd = None
+
+    @contextmanager
+    def readers_excluded(self) -> Iterator[None]:
+        """Holds ``readers.lock`` exclusively: no read-only handle is open meanwhile."""
+        try:
+            fd = self.io.lock(self.file(READERS_LOCK), exclusive=True)
+        except LockBusyError:
+            raise StoreLockedError(f"{self.path}: recovery after a system crash needs every "
+                                   "read-only handle closed") from None
+        try:
+            yield
+        finally:
+            self.io.unlock(fd)
+
+    def live_writer_pid(self) -> str | None:
+        """The pid written in ``writer.lock`` when a live process holds it, else None."""
+        p = self.file(WRITER_LOCK)
+        if not self.io.probe_lock(p):
+            return None
+        try:
+            return self.io.read_file(p, limit=64).decode("ascii", "replace").strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        """Releases every lock this handle holds."""
+        errors: list[BaseException] = []
+        for attr in ("_writer_fd", "_readers_fd"):
+            fd = getattr(self, attr)
+            setattr(self, attr, None)
+            if fd is not None:
+                try:
+                    self.io.unlock(fd)
+                except OSError as exc:  # pragma: no cover - closing a descriptor we own
+                    errors.append(exc)
+        if errors:
+            raise NgStoreError(f"{self.path}: releasing the store's locks failed: {errors[0]!r}") from errors[0]

@@ -1,0 +1,384 @@
+"""Every on-disk name, key and small codec of a store (``docs/format.md`` §1, §3, §4).
+
+This module is the one owner of the bytes it describes: the directory's file names, the
+marker and state files, the names of the LMDB databases and the keys inside them, the
+``meta`` counters, the token chunk layout, and the checkpoint file (which embeds a copy
+of one LMDB meta page, so the two LMDB meta-page fields we read are here too). Writers
+and readers of those bytes call these functions; nothing else packs or parses them.
+The write-ahead log's bytes belong to ``wal`` (§6), the batch payload's to ``ops`` (§5)
+and the reflex table's to ``csrc/reflex.c`` (§7).
+
+Everything here is pure: no file or LMDB access, only bytes in and values out. A value
+that fails a rule raises :class:`CorruptionError` (or :class:`FormatVersionError` when it
+is well-formed but newer than this code).
+"""
+from __future__ import annotations
+
+import json
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import Mapping
+from dataclasses import astuple, dataclass, fields
+import numpy as np
+
+from .errors import CorruptionError, FormatVersionError, NotAStoreError
+
+# -- the directory (§1) ------------------------------------------------------------------
+
+#: The store format version; a reader refuses a newer one with FormatVersionError.
+FORMAT_VERSION = 1
+
+MARKER_FILE = "NGSTORE"
+STATE_FILE = "state"
+WRITER_LOCK = "writer.lock"
+READERS_LOCK = "readers.lock"
+WAL_DIR = "wal"
+CHECKPOINT_FILE = "checkpoint"
+DATA_FILE = "data.mdb"
+LMDB_LOCK_FILE = "lock.mdb"
+
+#: Suffix of the temporary a file is written to before it is renamed into place.
+TMP_SUFFIX = ".tmp"
+
+#: Files ngstore itself creates in a store directory: a directory holding anything else
+#: and no marker is foreign, never (re)created over.
+OWN_FILES = frozenset({
+    MARKER_FILE, STATE_FILE, WRITER_LOCK, READERS_LOCK, WAL_DIR, CHECKPOINT_FILE, DATA_FILE,
+    LMDB_LOCK_FILE, CHECKPOINT_FILE + TMP_SUFFIX, STATE_FILE + TMP_SUFFIX,
+})
+
+_MARKER_TEXT = "ngstore store directory\nformat {version}\n"
+
+
+def encode_marker(version: int = FORMAT_VERSION) -> bytes:
+    return _MARKER_TEXT.format(version=version).encode("ascii")
+
+
+def decode_marker(data: bytes, where: str) -> int:
+    """The format version a marker names; NotAStoreError if it is not a marker,
+    FormatVersionError if the version is newer than this code reads."""
+    lines = data.decode("utf-8", "replace").splitlines()
+    if len(lines) < 2 or not lines[0].startswith("ngstore") or not lines[1].startswith("format "):
+        raise NotAStoreError(f"{where}: {MARKER_FILE} is not an ngstore marker")
+    try:
+        version = int(lines[1].split()[1])
+    except (IndexError, ValueError) as exc:
+        raise NotAStoreError(f"{where}: unreadable format line in {MARKER_FILE}") from exc
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{where} has store format {version}; this ngstore reads format "
+            f"{FORMAT_VERSION} and older -- upgrade ngstore to open it")
+    return version
+
+
+@dataclass(frozen=True)
+class WriterState:
+    """The ``state`` file (§4.2): whether the last writer closed cleanly, and on which boot
+    of the machine it wrote. ``boot_id`` None means "could not be read"."""
+
+    clean: bool
+    boot_id: str | None
+    pid: int = 0
+
+
+def encode_state(state: WriterState) -> bytes:
+    return json.dumps({"clean": state.clean, "boot_id": state.boot_id, "pid": state.pid}).encode()
+
+
+def decode_state(data: bytes | None) -> WriterState:
+    """A missing file (``None``) is a clean state; an unreadable one is unclean with an
+    unknown boot (so recovery assumes the machine went down)."""
+    if data is None:
+        return WriterState(clean=True, boot_id=None)
+    try:
+        obj = json.loads(data)
+        return WriterState(clean=bool(obj["clean"]), boot_id=obj.get("boot_id") or None,
+                           pid=int(obj.get("pid") or 0))
+    except (ValueError, KeyError, TypeError):
+        return WriterState(clean=False, boot_id=None)
+
+
+# -- LMDB databases and keys (§3) ----------------------------------------------------------
+
+DB_META = b"meta"
+DB_TOKENS = b"tokens"
+DB_CONNECTIONS = b"connections"
+DB_CONN_REVERSE = b"conn_by_b"
+DB_EVENTS = b"events"
+DB_REFLEXES = b"reflexes"
+ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES)
+
+_CONN_KEY = struct.Struct(">IIB")
+_SEQ_KEY = struct.Struct(">Q")
+_CHUNK_KEY = struct.Struct(">I")
+_U64 = struct.Struct("<Q")
+
+
+def conn_key(a: int, b: int, connection_type: int) -> bytes:
+    """``connections`` key: token_a ‖ token_b ‖ type, big-endian (canonical a ≤ b)."""
+    return _CONN_KEY.pack(a, b, connection_type)
+
+
+def conn_reverse_key(a: int, b: int, connection_type: int) -> bytes:
+    """``conn_by_b`` key of connection (a, b, type): b ‖ a ‖ type."""
+    return _CONN_KEY.pack(b, a, connection_type)
+
+
+def conn_key_fields(key: bytes) -> tuple[int, int, int]:
+    return _CONN_KEY.unpack(key)  # type: ignore[return-value]
+
+
+def forward_of_reverse(key: bytes) -> bytes:
+    """The ``connections`` key a ``conn_by_b`` key points at."""
+    return key[4:8] + key[0:4] + key[8:9]
+
+
+def event_key(sequence: int) -> bytes:
+    return _SEQ_KEY.pack(sequence)
+
+
+def event_sequence(key: bytes | memoryview) -> int:
+    return int(_SEQ_KEY.unpack(bytes(key))[0])
+
+
+REFLEX_HEADER_KEY = b"H"
+
+
+def reflex_segment_key(index: int) -> bytes:
+    return b"S" + _CHUNK_KEY.pack(index)
+
+
+# -- meta (§3.1) -----------------------------------------------------------------------------
+
+M_FORMAT = b"format_version"
+M_CHUNK_SLOTS = b"chunk_slots"
+M_APPLIED = b"applied_position"
+M_CREATED = b"created_unix"
+M_STORE_ID = b"store_id"  # 16 bytes
+M_COUNTERS = b"counters"
+M_EVENT_CAPACITY = b"event_capacity"
+M_REFLEX_CAPACITY = b"reflex_capacity"
+
+DEFAULT_CHUNK_SLOTS = 1024
+DEFAULT_EVENT_CAPACITY = 1_000_000
+DEFAULT_REFLEX_CAPACITY = 65_536
+
+
+def encode_u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+@dataclass(slots=True)
+class Counters:
+    """The live counters kept in ``meta/counters`` as u64[8], in field order. One value,
+    so a commit writes one key; the writer keeps the same numbers in memory."""
+
+    tokens_live: int = 0
+    tokens_created_total: int = 0
+    tokens_deleted_total: int = 0
+    connections_live: int = 0
+    connections_created_total: int = 0
+    events_next_seq: int = 0
+    events_live: int = 0
+    events_trimmed_total: int = 0
+
+    def copy(self) -> Counters:
+        return Counters(*astuple(self))
+
+    def encode(self) -> bytes:
+        return _COUNTERS.pack(*astuple(self))
+
+    @staticmethod
+    def decode(value: bytes | memoryview | None, where: str) -> Counters:
+        if value is None or len(value) != _COUNTERS.size:
+            raise CorruptionError(f"{where}: the meta counters are missing or malformed")
+        return Counters(*_COUNTERS.unpack(bytes(value)))
+
+
+_COUNTERS = struct.Struct("<" + "Q" * len(fields(Counters)))
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What ``meta`` says about a store, as read in one transaction."""
+
+    format_version: int
+    chunk_slots: int
+    applied_position: int
+    event_capacity: int
+    reflex_capacity: int
+    counters: Counters
+    store_id: bytes = b""
+    created_unix: int = 0
+
+
+def initial_meta(chunk_slots: int, event_capacity: int, reflex_capacity: int) -> list[tuple[bytes, bytes]]:
+    """The ``meta`` entries of a new store."""
+    return [(M_FORMAT, encode_u64(FORMAT_VERSION)), (M_CHUNK_SLOTS, encode_u64(chunk_slots)),
+            (M_APPLIED, encode_u64(0)), (M_CREATED, encode_u64(int(time.time()))),
+            (M_STORE_ID, uuid.uuid4().bytes), (M_EVENT_CAPACITY, encode_u64(event_capacity)),
+            (M_REFLEX_CAPACITY, encode_u64(reflex_capacity)), (M_COUNTERS, Counters().encode())]
+
+
+def decode_meta(values: Mapping[bytes, bytes | memoryview | None], where: str) -> Meta:
+    """A :class:`Meta` from the raw ``meta`` values (``values[key]`` None when absent)."""
+
+    def u64(key: bytes, default: int | None = None) -> int:
+        v = values.get(key)
+        if v is None:
+            if default is None:
+                raise NotAStoreError(f"{where}: missing {key.decode()} in the meta database")
+            return default
+        if len(v) != 8:
+            raise CorruptionError(f"{where}: meta/{key.decode()} is {len(v)} bytes, expected 8")
+        return int(_U64.unpack(bytes(v))[0])
+
+    version = u64(M_FORMAT)
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(f"{where} has store format {version}; this ngstore reads "
+                                 f"up to {FORMAT_VERSION} -- upgrade ngstore")
+    sid = values.get(M_STORE_ID)
+    return Meta(format_version=version, chunk_slots=u64(M_CHUNK_SLOTS, DEFAULT_CHUNK_SLOTS),
+                applied_position=u64(M_APPLIED, 0), event_capacity=u64(M_EVENT_CAPACITY, DEFAULT_EVENT_CAPACITY),
+                reflex_capacity=u64(M_REFLEX_CAPACITY, DEFAULT_REFLEX_CAPACITY),
+                counters=Counters.decode(values.get(M_COUNTERS), where),
+                store_id=bytes(sid) if sid is not None else b"", created_unix=u64(M_CREATED, 0))
+
+
+META_KEYS = (M_FORMAT, M_CHUNK_SLOTS, M_APPLIED, M_CREATED, M_STORE_ID, M_COUNTERS, M_EVENT_CAPACITY,
+             M_REFLEX_CAPACITY)
+
+
+# -- token chunks (§3.2) -------------------------------------------------------------------
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def popcount(bitmap: np.ndarray) -> int:
+    return int(_POPCOUNT[bitmap].sum(dtype=np.int64))
+
+
+class ChunkLayout:
+    """Tokens live in chunks of ``slots`` consecutive ids: ``slots * 64`` bytes of
+    records at offset 0, then a presence bitmap of ``slots / 8`` bytes (LSB first)."""
+
+    __slots__ = ("bitmap_bytes", "full_bitmap", "mask", "records_bytes", "shift", "slots", "value_bytes")
+
+    def __init__(self, slots: int) -> None:
+        if not isinstance(slots, int) or slots < 8 or slots & (slots - 1) or slots > 1 << 16:
+            raise ValueError(f"chunk slots must be a power of two in 8..65536, got {slots!r}")
+        self.slots = slots
+        self.shift = slots.bit_length() - 1
+        self.mask = slots - 1
+        self.records_bytes = slots * 64
+        self.bitmap_bytes = slots // 8
+        self.value_bytes = self.records_bytes + self.bitmap_bytes
+        self.full_bitmap = b"\xff" * self.bitmap_bytes
+
+    @staticmethod
+    def key(chunk: int) -> bytes:
+        return _CHUNK_KEY.pack(chunk)  # big-endian: LMDB's byte order = id order
+
+    @staticmethod
+    def chunk_of(key: bytes | memoryview) -> int:
+        return int(_CHUNK_KEY.unpack(bytes(key))[0])
+
+    def check(self, value: memoryview | bytes | bytearray, chunk: int) -> None:
+        """CorruptionError unless ``value`` has the exact length of a chunk."""
+        if len(value) != self.value_bytes:
+            raise CorruptionError(
+                f"token chunk {chunk} (key {self.key(chunk).hex()}) is {len(value)} bytes, "
+                f"expected {self.value_bytes}")
+
+    def bitmap(self, value: memoryview | bytes | bytearray) -> np.ndarray:
+        return np.frombuffer(value, dtype=np.uint8, count=self.bitmap_bytes, offset=self.records_bytes)
+
+    def present(self, value: memoryview | bytes, slot: int) -> bool:
+        return bool(value[self.records_bytes + (slot >> 3)] >> (slot & 7) & 1)
+
+
+# -- the checkpoint file (§4.1) and the LMDB meta page it embeds ----------------------------
+
+# LMDB's meta page (lmdb.h / mdb.c, 64-bit builds): a 16-byte page header, then MDB_meta.
+_PAGE_FLAGS_OFF = 10
+_P_META = 0x08
+_META_MAGIC_OFF = 16
+_META_MAGIC = 0xBEEFC0DE
+_META_TXNID_OFF = 144
+_META_LAST_PGNO_OFF = 136
+
+_CKPT_MAGIC = b"NGCKPT01"
+_CKPT_HEAD = struct.Struct("<8sIIQQ")  # magic, format version, page size, txnid, applied position
+CKPT_FORMAT_VERSION = 1
+
+
+def meta_page_txnid(page: bytes) -> int | None:
+    """The transaction id of an LMDB meta page, or None if ``page`` is not one."""
+    if len(page) < _META_TXNID_OFF + 8:
+        return None
+    flags = struct.unpack_from("<H", page, _PAGE_FLAGS_OFF)[0]
+    magic = struct.unpack_from("<I", page, _META_MAGIC_OFF)[0]
+    if not flags & _P_META or magic != _META_MAGIC:
+        return None
+    return int(struct.unpack_from("<Q", page, _META_TXNID_OFF)[0])
+
+
+def meta_page_last_pgno(page: bytes) -> int:
+    """The last page number in use that an LMDB meta page records."""
+    return int(struct.unpack_from("<Q", page, _META_LAST_PGNO_OFF)[0])
+
+
+def meta_page_for_slot(page: bytes, slot: int) -> bytes:
+    """``page`` with its page number set to ``slot`` (LMDB's meta pages are pages 0 and 1)."""
+    out = bytearray(page)
+    struct.pack_into("<Q", out, 0, slot)
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    page_size: int
+    txnid: int
+    applied_position: int
+    meta_page: bytes
+
+
+def encode_checkpoint(ckpt: Checkpoint) -> bytes:
+    if len(ckpt.meta_page) != ckpt.page_size:
+        raise ValueError("meta page size mismatch")
+    body = _CKPT_HEAD.pack(_CKPT_MAGIC, CKPT_FORMAT_VERSION, ckpt.page_size, ckpt.txnid,
+                           ckpt.applied_position) + ckpt.meta_page
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+#: The largest LMDB page size a checkpoint may name (LMDB's own maximum).
+MAX_PAGE_SIZE = 1 << 16
+
+
+def decode_checkpoint(data: bytes, path: str) -> Checkpoint:
+    """The checkpoint ``data`` holds, or CorruptionError naming what is wrong."""
+    if len(data) < _CKPT_HEAD.size + 4:
+        raise CorruptionError("checkpoint file is truncated", path=path, offset=len(data))
+    magic, version, page_size, txnid, applied = _CKPT_HEAD.unpack_from(data, 0)
+    if magic != _CKPT_MAGIC:
+        raise CorruptionError("bad checkpoint magic", path=path, offset=0)
+    if version != CKPT_FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{path}: checkpoint format version {version}; this ngstore reads version "
+            f"{CKPT_FORMAT_VERSION} -- upgrade ngstore")
+    if not 512 <= page_size <= MAX_PAGE_SIZE:
+        raise CorruptionError(f"checkpoint names a page size of {page_size}", path=path, offset=12)
+    end = _CKPT_HEAD.size + page_size
+    if len(data) != end + 4:
+        raise CorruptionError("checkpoint file has the wrong length", path=path, offset=len(data))
+    (crc,) = struct.unpack_from("<I", data, end)
+    if zlib.crc32(data[:end]) != crc:
+        raise CorruptionError("checkpoint checksum mismatch", path=path, offset=end)
+    meta = bytes(data[_CKPT_HEAD.size:end])
+    if meta_page_txnid(meta) != txnid:
+        raise CorruptionError("checkpoint meta page does not match its transaction id", path=path,
+                              offset=_CKPT_HEAD.size)
+    return Checkpoint(page_size, txnid, applied, meta)
+

@@ -1,0 +1,121 @@
+"""The operations of a batch and their encoding as a log record's payload (``docs/format.md`` §5).
+
+A batch is a list of :class:`Op`. The same bytes are written to the log and, after a
+crash, decoded and applied again; live commits and replay run the one ``apply.apply_ops``,
+so replay cannot drift from what a commit did. This module owns the payload bytes and
+the record layout of every op's items; it knows nothing of LMDB.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from .errors import CorruptionError
+from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
+
+PAYLOAD_MAGIC: Final = 0x4E47_4231  # "NGB1"
+
+OP_TOKEN_PUT: Final = 1
+OP_TOKEN_DELETE: Final = 2
+OP_CONNECTION_PUT: Final = 3
+OP_CONNECTION_DELETE: Final = 4
+OP_EVENT_APPEND: Final = 5
+OP_REFLEX_PUT: Final = 6
+OP_REFLEX_DELETE: Final = 7
+OP_EVENT_TRIM: Final = 8
+OP_REFLEX_DELETE_KEY: Final = 9
+
+_PAYLOAD_HEAD = struct.Struct("<II")  # magic, op count
+_OP_HEAD = struct.Struct("<HHIQ")     # op type, reserved, item count, body bytes
+
+#: (token_a, token_b, connection_type): the identity of a connection, the item of a delete.
+CONN_KEY_DTYPE = np.dtype({"names": ["token_a", "token_b", "connection_type"],
+                           "formats": ["<u4", "<u4", "u1"], "offsets": [0, 4, 8], "itemsize": 12})
+#: A reflex to store: the state's 24 raw coordinates and the Connection.
+REFLEX_PUT_DTYPE = np.dtype({"names": ["state", "connection"],
+                             "formats": [("<i2", (8, 3)), CONNECTION_DTYPE], "offsets": [0, 48],
+                             "itemsize": 112})
+#: A reflex to delete by state: one identity, or every reflex of the state (``all`` = 1).
+REFLEX_DELETE_DTYPE = np.dtype({"names": ["state", "token_a", "token_b", "connection_type", "all"],
+                                "formats": [("<i2", (8, 3)), "<u4", "<u4", "u1", "u1"],
+                                "offsets": [0, 48, 52, 56, 57], "itemsize": 60})
+#: A reflex to delete by its table key (the Guardian's cleanup has keys, not states).
+REFLEX_DELETE_KEY_DTYPE = np.dtype({"names": ["grid_hash", "fingerprint", "token_a", "token_b",
+                                              "connection_type", "all"],
+                                    "formats": ["<u8", "<u8", "<u4", "<u4", "u1", "u1"],
+                                    "offsets": [0, 8, 16, 20, 24, 25], "itemsize": 32})
+
+#: The item layout of each op's body; the decoder checks body = count * itemsize exactly.
+OP_DTYPES: Final[dict[int, np.dtype]] = {
+    OP_TOKEN_PUT: TOKEN_DTYPE,
+    OP_TOKEN_DELETE: np.dtype("<u4"),
+    OP_CONNECTION_PUT: CONNECTION_DTYPE,
+    OP_CONNECTION_DELETE: CONN_KEY_DTYPE,
+    OP_EVENT_APPEND: EVENT_DTYPE,
+    OP_REFLEX_PUT: REFLEX_PUT_DTYPE,
+    OP_REFLEX_DELETE: REFLEX_DELETE_DTYPE,
+    OP_EVENT_TRIM: np.dtype("<u8"),
+    OP_REFLEX_DELETE_KEY: REFLEX_DELETE_KEY_DTYPE,
+}
+OP_ITEM_SIZE: Final = {kind: dt.itemsize for kind, dt in OP_DTYPES.items()}
+assert OP_ITEM_SIZE == {1: 64, 2: 4, 3: 64, 4: 12, 5: 128, 6: 112, 7: 60, 8: 8, 9: 32}
+
+REFLEX_KINDS: Final = frozenset({OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY})
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One operation: ``data`` is a contiguous array of ``OP_DTYPES[kind]`` items."""
+
+    kind: int
+    data: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(self.data.shape[0])
+
+
+def encode_ops(ops: list[Op]) -> bytes:
+    parts = [_PAYLOAD_HEAD.pack(PAYLOAD_MAGIC, len(ops))]
+    for op in ops:
+        body = np.ascontiguousarray(op.data).tobytes()
+        if len(body) != op.count * OP_ITEM_SIZE[op.kind]:
+            raise AssertionError(f"op {op.kind}: body of {len(body)} bytes for {op.count} items")
+        parts.append(_OP_HEAD.pack(op.kind, 0, op.count, len(body)))
+        parts.append(body)
+    return b"".join(parts)
+
+
+def decode_ops(payload: bytes | memoryview, where: str = "batch payload") -> list[Op]:
+    """Inverse of :func:`encode_ops`; any inconsistency is a CorruptionError.
+
+    The log's CRC has already vouched for the bytes, so an error here means a bug or a
+    payload from an incompatible version -- never a reason to guess. The op arrays are
+    read-only views of ``payload``.
+    """
+    mv = memoryview(payload)
+    if len(mv) < _PAYLOAD_HEAD.size:
+        raise CorruptionError(f"{where}: shorter than its header")
+    magic, n_ops = _PAYLOAD_HEAD.unpack_from(mv, 0)
+    if magic != PAYLOAD_MAGIC:
+        raise CorruptionError(f"{where}: bad magic {magic:#x}")
+    pos = _PAYLOAD_HEAD.size
+    ops = []
+    for _ in range(n_ops):
+        if pos + _OP_HEAD.size > len(mv):
+            raise CorruptionError(f"{where}: op header past the end", offset=pos)
+        kind, _res, count, nbytes = _OP_HEAD.unpack_from(mv, pos)
+        pos += _OP_HEAD.size
+        dtype = OP_DTYPES.get(kind)
+        if dtype is None:
+            raise CorruptionError(f"{where}: unknown op type {kind}", offset=pos)
+        if nbytes != count * dtype.itemsize or pos + nbytes > len(mv):
+            raise CorruptionError(f"{where}: op {kind} body length {nbytes} for {count} items", offset=pos)
+        ops.append(Op(kind, np.frombuffer(mv, dtype=dtype, count=count, offset=pos)))
+        pos += nbytes
+    if pos != len(mv):
+        raise CorruptionError(f"{where}: {len(mv) - pos} trailing bytes", offset=pos)
+    return ops

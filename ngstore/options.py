@@ -1,0 +1,94 @@
+"""The options of ``ngstore.open``: one frozen, validated, documented dataclass."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .batch import DURABILITY_MODES
+from .errors import InvalidArgumentError
+from .fileio import DEFAULT_IO, FileIO
+from .guardian import DEFAULT_MAX_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_MEMORY_THRESHOLD
+from .kv import DEFAULT_MAP_SIZE
+from .layout import DEFAULT_CHUNK_SLOTS, DEFAULT_EVENT_CAPACITY, DEFAULT_REFLEX_CAPACITY, ChunkLayout
+from .wal import DEFAULT_SEGMENT_BYTES
+
+RECOVERY_MODES = ("strict", "tolerate-tail", "salvage")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a store is opened. Every field has the default ``ngstore.open`` uses."""
+
+    #: Open for reading only: never writes, may run in any number of processes beside
+    #: the writer, and sees every batch the writer has applied.
+    readonly: bool = False
+    #: Make a new store when the path does not exist or is an empty directory.
+    create: bool = True
+    #: The default durability of every commit: ``"sync"`` (durable on return),
+    #: ``"async"`` (durable within ``flush_interval``) or ``"none"`` (durable at the next
+    #: sync point). See ``docs/api.md`` for what a crash can do in each mode.
+    durability: str = "sync"
+    #: What to do with a damaged log at open: ``"tolerate-tail"`` truncates a torn last
+    #: record and refuses mid-log corruption; ``"strict"`` refuses any damage;
+    #: ``"salvage"`` skips damaged records and reports them.
+    recovery: str = "tolerate-tail"
+    #: Guardian quotas: the most tokens, the most accounted bytes (None: unlimited), and
+    #: the fraction of ``max_bytes`` from which writes are refused.
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
+    max_bytes: int | None = DEFAULT_MAX_BYTES
+    memory_threshold: float = DEFAULT_MEMORY_THRESHOLD
+    #: Tokens per LMDB value (a power of two, 8..65536); fixed at creation.
+    chunk_slots: int = DEFAULT_CHUNK_SLOTS
+    #: Experience events retained (older ones are trimmed); fixed at creation.
+    event_capacity: int = DEFAULT_EVENT_CAPACITY
+    #: Reflexes the table holds (the weakest are evicted beyond it); fixed at creation.
+    reflex_capacity: int = DEFAULT_REFLEX_CAPACITY
+    #: LMDB's virtual map size (address space, not disk) and its reader slots.
+    map_size: int = DEFAULT_MAP_SIZE
+    max_readers: int = 126
+    #: ``async`` commits are fdatasync'ed within this many seconds.
+    flush_interval: float = 0.010
+    #: A checkpoint runs when the log or LMDB's file has grown by this many bytes since
+    #: the last one, or after ``checkpoint_interval`` seconds.
+    checkpoint_bytes: int = 64 << 20
+    checkpoint_interval: float = 300.0
+    #: ``sync`` batches of this many bytes and more go straight to LMDB, made durable by
+    #: a checkpoint, instead of through the log.
+    direct_threshold: int = 16 << 20
+    #: The size at which the log starts a new segment file.
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    #: The file seam every file operation goes through (tests pass recording or failing ones).
+    io: FileIO = field(default=DEFAULT_IO, compare=False)
+    #: Show a progress bar while the log is replayed (the CLI sets it).
+    progress: bool = False
+    #: Observability (``docs/observability.md``): False turns off the black box,
+    #: histograms and spans. ``tracing``: None = on if OpenTelemetry is installed and
+    #: ``NGSTORE_TRACING`` is not ``off``; ``sample_rate`` is the base sampling rate.
+    observability: bool = True
+    tracing: Any = None
+    sample_rate: float = 0.01
+    blackbox_capacity: int = 1000
+    #: A writer dumps its black box on an unhandled exception or a fatal signal.
+    crash_handlers: bool = True
+
+    def __post_init__(self) -> None:
+        if self.durability not in DURABILITY_MODES:
+            raise InvalidArgumentError(f"durability must be one of {DURABILITY_MODES}, got {self.durability!r}")
+        if self.recovery not in RECOVERY_MODES:
+            raise InvalidArgumentError(f"recovery must be one of {RECOVERY_MODES}, got {self.recovery!r}")
+        if not isinstance(self.flush_interval, (int, float)) or self.flush_interval <= 0:
+            raise InvalidArgumentError(f"flush_interval must be > 0 seconds, got {self.flush_interval!r}")
+        try:
+            ChunkLayout(self.chunk_slots)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        for name in ("event_capacity", "reflex_capacity", "max_readers", "map_size", "segment_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.io, FileIO):
+            raise InvalidArgumentError(f"io must be a FileIO, got {type(self.io).__name__}")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))

@@ -1,0 +1,171 @@
+"""Opening a store for writing: creation, power-loss rollback, log recovery and replay.
+
+:func:`open_writer` is the one way a :class:`commit.Writer` comes to exist. In order:
+
+1. the directory is checked (``directory.Directory.inspect``) and the writer lock taken;
+2. a **new store** is created: leftovers of an interrupted creation removed, the state
+   file marked unclean, LMDB's ``meta`` initialised, the log opened, a first checkpoint
+   written -- and only then the ``NGSTORE`` marker, so a crash before it leaves a
+   directory that is created again;
+3. an **existing store**: if the state file says the last writer did not close and the
+   machine has booted since (``docs/format.md`` §4.2), LMDB's newest meta page may name
+   pages that never reached the disk, so both meta pages are overwritten with the
+   checkpoint's (``kv.restore_checkpoint_meta``; readers are excluded meanwhile) --
+   LMDB is then exactly at the checkpoint, whose pages the pin kept intact. After a mere
+   process crash the page cache survived and LMDB's newest state is trusted;
+4. the log is opened and repaired (``wal.Log.open``: torn tail vs corruption, per the
+   recovery mode), the current LMDB state protected by a checkpoint (or re-pinned), and
+   every record after LMDB's applied position replayed through the same apply as live
+   commits, in groups; a checkpoint follows a replay;
+5. after a rollback the state file keeps the old boot id until the replay and its
+   checkpoint are done, so readers never see the rolled-back state as current, and a
+   crash during recovery simply rolls back to the same checkpoint again.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import reflex_store, wal
+from .apply import Entry
+from .commit import Writer, WriterOptions
+from .directory import Directory
+from .errors import CorruptionError
+from .guardian import Guardian
+from .kv import KV, ReadTxn, restore_checkpoint_meta
+from .layout import DB_META, initial_meta
+from .ops import decode_ops
+from .options import Options
+
+if TYPE_CHECKING:
+    from .obs import Observability
+
+#: Replay applies at most this many records, or this many payload bytes, per transaction.
+REPLAY_GROUP_RECORDS = 4096
+REPLAY_GROUP_BYTES = 64 << 20
+
+
+@dataclass
+class RecoveryInfo:
+    """What opening the store had to do; ``store.recovery`` after open."""
+
+    power_loss_rollback: bool = False
+    rolled_back_to_txn: int | None = None
+    replayed_records: int = 0
+    replayed_from: int = 0
+    replayed_to: int = 0
+    log_report: wal.RecoveryReport | None = None
+
+
+def open_writer(directory: Directory, opts: Options, guardian: Guardian,
+                obs: Observability | None) -> tuple[KV, Writer, RecoveryInfo]:
+    """Opens (creating, recovering) the store in ``directory`` for writing. On failure
+    everything it opened is closed again and the writer lock released."""
+    info = RecoveryInfo()
+    kv: KV | None = None
+    writer: Writer | None = None
+    try:
+        new = directory.inspect(create=opts.create, readonly=False)
+        directory.lock_writer()
+        if new:
+            directory.remove_leftovers()
+            directory.write_state(clean=False)
+            kv = _open_kv(directory, opts)
+            meta_db = kv.dbs[DB_META]
+            entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity)
+            kv.write(lambda txn: [txn.put(k, v, db=meta_db) for k, v in entries])
+            writer = _writer(directory, kv, opts, guardian, obs, info, "tolerate-tail")
+            writer.checkpoint_now()
+            directory.write_marker()
+            return kv, writer, info
+        state = directory.read_state()
+        went_down = directory.went_down_since(state)
+        if went_down:
+            _rollback_to_checkpoint(directory, opts, info)
+        else:
+            directory.write_state(clean=False)
+        kv = _open_kv(directory, opts)
+        writer = _writer(directory, kv, opts, guardian, obs, info, opts.recovery)
+        writer.protect_checkpoint()
+        replay(writer, info, progress=opts.progress)
+        if info.replayed_records:
+            writer.checkpoint_now()
+        if went_down:
+            directory.write_state(clean=False)
+        return kv, writer, info
+    except BaseException:
+        if writer is not None:
+            writer.release()
+        if kv is not None:
+            kv.close()
+        directory.release()
+        raise
+
+
+def _open_kv(directory: Directory, opts: Options) -> KV:
+    return KV(directory.path, readonly=False, map_size=opts.map_size, max_readers=opts.max_readers,
+              io=opts.io)
+
+
+def _writer(directory: Directory, kv: KV, opts: Options, guardian: Guardian, obs: Observability | None,
+            info: RecoveryInfo, recovery: str) -> Writer:
+    with ReadTxn(kv) as txn:
+        meta = kv.read_meta(txn)
+    reflexes = reflex_store.attach(kv)
+    log, report = wal.Log.open(directory.wal_dir, io=opts.io, segment_bytes=opts.segment_bytes,
+                               recovery=recovery, start_after=meta.applied_position)
+    info.log_report = report
+    try:
+        return Writer(directory, kv, log, meta, reflexes, guardian,
+                      WriterOptions(opts.flush_interval, opts.checkpoint_bytes, opts.checkpoint_interval,
+                                    opts.direct_threshold), obs)
+    except BaseException:
+        log.close()
+        raise
+
+
+def _rollback_to_checkpoint(directory: Directory, opts: Options, info: RecoveryInfo) -> None:
+    """After a power loss / OS crash: LMDB back to the checkpoint (see the module docstring)."""
+    with directory.readers_excluded():
+        ckpt = directory.read_checkpoint()
+        if ckpt is None:
+            raise CorruptionError("the store was being written when the system went down, and its "
+                                  "checkpoint file is missing: LMDB cannot be rolled back safely",
+                                  path=directory.path)
+        restore_checkpoint_meta(directory.path, ckpt, opts.io)
+        info.power_loss_rollback = True
+        info.rolled_back_to_txn = ckpt.txnid
+
+
+def replay(writer: Writer, info: RecoveryInfo, *, progress: bool = False) -> None:
+    """Applies every log record after the writer's applied position, in order, in groups."""
+    log = writer.log
+    start = writer.applied_position
+    bar: Any = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(desc="replaying log", unit="rec", total=max(0, log.last_position - start))
+    advance: Callable[[int], Any] = bar.update if bar is not None else (lambda _n: None)
+    group: list[Entry] = []
+    size = 0
+    n = 0
+    for rec in log.iter_records(start):
+        advance(1)
+        if rec.position <= start:
+            continue
+        group.append((rec.position, decode_ops(rec.payload, f"log record {rec.position}")))
+        size += len(rec.payload)
+        n += 1
+        if size >= REPLAY_GROUP_BYTES or len(group) >= REPLAY_GROUP_RECORDS:
+            writer.apply(group)
+            group, size = [], 0
+    if group:
+        writer.apply(group)
+    if bar is not None:
+        bar.close()
+    writer.note_replayed(n)
+    info.replayed_records = n
+    info.replayed_from = start
+    info.replayed_to = writer.applied_position

@@ -1,0 +1,489 @@
+"""Snapshots: one consistent read view of a store, and zero-copy numpy views into it.
+
+A :class:`Snapshot` is one LMDB read transaction, held through a ``kv.ReadLease``. Its
+token view hands out numpy arrays that point into LMDB's memory map (no copy); its
+connection and event views return copies.
+
+Lifetime rule
+-------------
+LMDB memory is valid only while its read transaction is open, so **every zero-copy view
+keeps the transaction alive for as long as the view, or any array derived from it, is
+referenced** -- even after ``snapshot.close()`` or ``store.close()``. A view can never show
+freed or reused memory. Closing the snapshot only forbids new reads through it. The
+cost of a long-lived view is LMDB's: pages it can see are not reused, so the file grows
+while it lives. Drop views (or copy what you keep) promptly.
+
+How a view holds its transaction: numpy keeps the final ``base`` of every view alive; that
+base is a :class:`_MappedRegion`, an object exposing a span of the map through
+``__array_interface__`` that holds one reference on the lease and gives it back when it
+is collected. All views of a snapshot share one region, so the per-chunk cost of a scan
+is a slice. The region spans exactly the part of the map that is file data when the
+snapshot begins (``kv.KV.map_span``): any byte of it, reached through ``.base`` or
+otherwise, is readable -- no sequence of calls can fault. Where the map cannot be found,
+each view gets a region bounded to its own value instead.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import _native
+from .connections import ConnectionArray
+from .errors import CorruptionError, InvalidArgumentError, NotFoundError, StoreClosedError
+from .inputs import connection_keys, ids_array
+from .kv import KV, ReadLease
+from .layout import (
+    DB_CONN_REVERSE,
+    DB_CONNECTIONS,
+    DB_EVENTS,
+    DB_META,
+    DB_TOKENS,
+    M_COUNTERS,
+    ChunkLayout,
+    Counters,
+    conn_key,
+    event_key,
+    event_sequence,
+    forward_of_reverse,
+)
+from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
+from .tokens import Token, TokenArray
+
+_ffi = _native.ffi
+
+
+def _address(value: Any) -> int:
+    return int(_ffi.cast("uintptr_t", _ffi.from_buffer(value)))
+
+
+class _MappedRegion:
+    """The base object of zero-copy views: ``size`` bytes of LMDB's map at ``addr``.
+
+    numpy keeps it as the final ``base`` of each view and of every array derived from
+    one; when the last of them is collected, the finalizer releases the lease (and so,
+    eventually, the read transaction). ``data=(addr, True)`` makes the arrays read-only
+    in a way numpy will not let a caller undo.
+    """
+
+    __slots__ = ("__array_interface__", "__weakref__")
+
+    def __init__(self, addr: int, size: int, lease: ReadLease) -> None:
+        self.__array_interface__ = {"data": (addr, True), "shape": (size,), "typestr": "|u1", "version": 3}
+        lease.acquire()
+        weakref.finalize(self, lease.release)
+
+
+class _Views:
+    """Makes the zero-copy views of one lease."""
+
+    def __init__(self, lease: ReadLease) -> None:
+        self.lease = lease
+        self._region: np.ndarray | None = None
+        self._start = 0
+        self._records: np.ndarray | None = None  # the region typed as TOKEN_DTYPE rows
+        self._records_start = 0
+        self._unbounded = False  # True when the map could not be found
+
+    def drop(self) -> None:
+        """Forgets the shared region: from now on only the views hold it."""
+        self._region = self._records = None
+
+    def _shared(self, addr: int) -> np.ndarray | None:
+        if self._region is None and not self._unbounded:
+            span = self.lease.kv.map_span(addr)
+            if span is None:
+                self._unbounded = True
+                return None
+            self._start = span[0]
+            self._region = np.asarray(_MappedRegion(span[0], span[1], self.lease))
+        return self._region
+
+    def bytes_of(self, value: Any, nbytes: int) -> np.ndarray:
+        """A read-only uint8 view of the first ``nbytes`` of an LMDB value."""
+        addr = _address(value)
+        region = self._shared(addr)
+        if region is not None:
+            off = addr - self._start
+            if 0 <= off and off + nbytes <= region.shape[0]:
+                return region[off:off + nbytes]
+        return np.asarray(_MappedRegion(addr, nbytes, self.lease))
+
+    def records(self, value: Any, count: int) -> np.ndarray:
+        """``count`` TOKEN_DTYPE records at the start of an LMDB value.
+
+        LMDB places a large value 16 bytes into a page, so every chunk value of a
+        snapshot sits at the same address modulo 64: the region typed as TOKEN_DTYPE rows
+        from that residue turns each chunk into a plain slice."""
+        addr = _address(value)
+        region = self._shared(addr)
+        if region is not None:
+            if self._records is None:
+                skip = (addr - self._start) % 64
+                rows = region[skip:]
+                self._records = rows[: rows.shape[0] // 64 * 64].view(TOKEN_DTYPE)
+                self._records_start = self._start + skip
+            off = addr - self._records_start
+            if off >= 0 and off % 64 == 0 and off // 64 + count <= self._records.shape[0]:
+                return self._records[off // 64: off // 64 + count]
+        return self.bytes_of(value, count * 64).view(TOKEN_DTYPE)
+
+
+class Snapshot:
+    """A consistent, read-only view of a store at one moment.
+
+    ``snapshot.tokens`` gives zero-copy numpy views (see the module docstring for how
+    long they stay valid); ``snapshot.connections`` and ``snapshot.events`` give copies.
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, kv: KV, layout: ChunkLayout, path: str) -> None:
+        self._kv = kv
+        self._layout = layout
+        self._path = path
+        self._lease = ReadLease(kv)
+        self._views = _Views(self._lease)
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    @property
+    def tokens(self) -> TokenView:
+        """The snapshot's tokens (zero-copy views, gathers, columns)."""
+        return TokenView(self)
+
+    @property
+    def connections(self) -> ConnectionView:
+        """The snapshot's connections (copies)."""
+        return ConnectionView(self)
+
+    @property
+    def events(self) -> EventView:
+        """The snapshot's experience events (copies)."""
+        return EventView(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def counters(self) -> Counters:
+        """The store's live counters as of this snapshot."""
+        return Counters.decode(self._txn().get(M_COUNTERS, db=self._kv.dbs[DB_META]), self._path)
+
+    def _txn(self) -> Any:
+        txn = self._lease.txn
+        if self._closed or txn is None:
+            raise StoreClosedError("this snapshot is closed")
+        return txn
+
+    def _db(self, name: bytes) -> Any:
+        return self._kv.dbs[name]
+
+    def close(self) -> None:
+        """Ends the snapshot. Views handed out stay valid until they are dropped."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._views.drop()
+        self._lease.release()
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def chunk_values(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+    """The chunk keys (ascending) and values holding ``ids``; absent chunks left out."""
+    if ids.size == 0 or db is None:
+        return np.zeros(0, np.uint32), []
+    chunks = ids >> layout.shift
+    lo, hi = int(chunks.min()), int(chunks.max())
+    if hi - lo < 4 * ids.size + 1024:
+        seen = np.zeros(hi - lo + 1, dtype=bool)
+        seen[chunks - lo] = True
+        uniq = np.flatnonzero(seen).astype(np.uint32) + np.uint32(lo)
+    else:
+        uniq = np.unique(chunks)
+    keys, bufs = [], []
+    for c in uniq.tolist():
+        v = txn.get(layout.key(c), db=db)
+        if v is not None:
+            layout.check(v, c)
+            keys.append(c)
+            bufs.append(v)
+    return np.asarray(keys, dtype=np.uint32), bufs
+
+
+def presence(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> np.ndarray:
+    """A bool per id of ``ids`` (uint32): is the token present in ``txn``."""
+    keys, bufs = chunk_values(txn, db, layout, ids)
+    present = np.zeros(ids.size, dtype=bool)
+    if not bufs:
+        return present
+    pos = np.searchsorted(keys, ids >> layout.shift)
+    pos_c = np.minimum(pos, keys.size - 1)
+    has_chunk = keys[pos_c] == (ids >> layout.shift)
+    bitmaps = np.stack([layout.bitmap(b) for b in bufs])
+    slots = (ids & layout.mask).astype(np.intp)
+    bits = bitmaps[pos_c, slots >> 3] >> (slots & 7) & 1
+    present[:] = has_chunk & (bits == 1)
+    return present
+
+
+def token_record(txn: Any, db: Any, layout: ChunkLayout, token_id: int) -> bytes | None:
+    """The 64 bytes of token ``token_id`` in ``txn``, None if absent (a copy)."""
+    chunk = token_id >> layout.shift
+    v = txn.get(layout.key(chunk), db=db) if db is not None else None
+    if v is None:
+        return None
+    if len(v) != layout.value_bytes:
+        layout.check(v, chunk)
+    slot = token_id & layout.mask
+    if not v[layout.records_bytes + (slot >> 3)] >> (slot & 7) & 1:
+        return None
+    return bytes(v[slot * 64:slot * 64 + 64])
+
+
+class TokenView:
+    """The tokens of a snapshot."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap  # Snapshot.tokens makes a new view each time: no reference cycle
+        self._layout = snap._layout
+
+    def count(self) -> int:
+        return self._snap.counters().tokens_live
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields ``(first_id, array)``: zero-copy, read-only views of runs of present ids.
+
+        A full chunk is one run. Each array is a TOKEN_DTYPE view into the LMDB map,
+        valid for as long as it is referenced (see the module docstring).
+        """
+        snap = self._snap
+        txn = snap._txn()
+        views = snap._views
+        layout = self._layout
+        full = layout.full_bitmap
+        rb, vb, slots, shift = layout.records_bytes, layout.value_bytes, layout.slots, layout.shift
+        records = views.records
+        from_bytes = int.from_bytes
+        db = snap._db(DB_TOKENS)
+        if db is None:
+            return
+        for key, value in txn.cursor(db=db):
+            if len(value) != vb:
+                layout.check(value, from_bytes(key, "big"))
+            first = from_bytes(key, "big") << shift
+            rows = records(value, slots)
+            bitmap = value[rb:]
+            if bitmap == full:
+                yield first, rows
+                continue
+            bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little").astype(np.int8)
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], bits, [0]))))
+            for s, e in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+                yield first + s, rows[s:e]
+
+    def __iter__(self) -> Iterator[Token]:
+        """Yields a Token (a copy) per present token, in id order."""
+        for _first, arr in self.chunks():
+            raw = arr.tobytes()
+            for i in range(arr.shape[0]):
+                yield Token.from_bytes(raw[i * 64:i * 64 + 64])
+
+    def ids(self) -> np.ndarray:
+        parts = [a["id"].copy() for _f, a in self.chunks()]
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
+
+    def column(self, name: str) -> np.ndarray:
+        """One field of every present token, in id order (a new array).
+
+        One C call reads the field straight out of the mapped chunk values (GIL
+        released), so this is the fast way to scan a column: about the cost of the same
+        field access on an in-RAM array."""
+        if name not in (TOKEN_DTYPE.names or ()):
+            raise InvalidArgumentError(f"no token field {name!r}; fields are {TOKEN_DTYPE.names}")
+        fields = TOKEN_DTYPE.fields
+        assert fields is not None
+        field_dt, offset = fields[name][:2]
+        snap = self._snap
+        txn = snap._txn()
+        db = snap._db(DB_TOKENS)
+        layout = self._layout
+        bufs = []
+        if db is not None:
+            for key, value in txn.cursor(db=db):
+                if len(value) != layout.value_bytes:
+                    layout.check(value, ChunkLayout.chunk_of(key))
+                bufs.append(value)
+        raw_dt = np.dtype((np.void, field_dt.itemsize))
+        out = _native.gather_column(bufs, layout.shift, offset, raw_dt, self.count())
+        return out.view(field_dt.base).reshape((-1, *field_dt.shape))
+
+    def to_array(self) -> np.ndarray:
+        """Every present token as one TOKEN_DTYPE array (a copy)."""
+        parts = [a for _f, a in self.chunks()]
+        return np.concatenate(parts) if parts else np.zeros(0, TOKEN_DTYPE)
+
+    def get(self, ids: Any, *, missing: str = "raise") -> TokenArray:
+        """Tokens for ``ids`` (in order) by a vectorised gather; a TokenArray copy."""
+        if missing not in ("raise", "skip"):
+            raise InvalidArgumentError(f"missing must be 'raise' or 'skip', got {missing!r}")
+        id_arr = ids_array(ids)
+        snap = self._snap
+        keys, bufs = chunk_values(snap._txn(), snap._db(DB_TOKENS), self._layout, id_arr)
+        out, found = _native.gather64(id_arr, keys, bufs, self._layout.shift)
+        if not found.all():
+            if missing == "raise":
+                absent = id_arr[~found]
+                shown = ", ".join(str(int(x)) for x in absent[:5])
+                more = f" and {absent.size - 5} more" if absent.size > 5 else ""
+                raise NotFoundError(f"no token with id {shown}{more} in {snap._path}")
+            out = out[found]
+        return TokenArray(out.view(TOKEN_DTYPE) if out.dtype != TOKEN_DTYPE else out)
+
+    def presence(self, ids: Any) -> np.ndarray:
+        """A bool per id: is the token present."""
+        snap = self._snap
+        return presence(snap._txn(), snap._db(DB_TOKENS), self._layout, ids_array(ids))
+
+    def __contains__(self, token_id: object) -> bool:
+        try:
+            ids = ids_array([token_id])
+        except InvalidArgumentError:
+            return False
+        return bool(self.presence(ids)[0])
+
+
+def _records_array(parts: list[bytes], dtype: np.dtype) -> np.ndarray:
+    if not parts:
+        return np.zeros(0, dtype)
+    return np.frombuffer(b"".join(parts), dtype=dtype).copy()
+
+
+class ConnectionView:
+    """The connections of a snapshot (every result is a copy)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+
+    def count(self) -> int:
+        return self._snap.counters().connections_live
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def get(self, keys: Any, *, missing: str = "raise") -> ConnectionArray:
+        """Connections for ``keys`` -- (a, b, type) triples, or connections whose key to
+        use -- in order. ``missing="raise"`` raises NotFoundError naming absent keys;
+        ``"skip"`` leaves them out."""
+        if missing not in ("raise", "skip"):
+            raise InvalidArgumentError(f"missing must be 'raise' or 'skip', got {missing!r}")
+        k = connection_keys(keys)
+        snap = self._snap
+        txn, db = snap._txn(), snap._db(DB_CONNECTIONS)
+        out, absent = [], []
+        for a, b, t in zip(k["token_a"].tolist(), k["token_b"].tolist(), k["connection_type"].tolist(),
+                           strict=True):
+            v = txn.get(conn_key(a, b, t), db=db) if db is not None else None
+            if v is None:
+                absent.append((a, b, t))
+            else:
+                out.append(bytes(v))
+        if absent and missing == "raise":
+            shown = ", ".join(map(str, absent[:5])) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+            raise NotFoundError(f"no connection {shown} in {snap._path}")
+        return ConnectionArray(_records_array(out, CONNECTION_DTYPE))
+
+    def between(self, a: int, b: int) -> ConnectionArray:
+        """Every connection joining tokens a and b (any order)."""
+        lo, hi = (a, b) if a <= b else (b, a)
+        ids_array([lo, hi])
+        return ConnectionArray(self._scan(DB_CONNECTIONS, conn_key(lo, hi, 0)[:8], reverse=False))
+
+    def neighbors(self, token_id: int, direction: str = "both") -> ConnectionArray:
+        """Connections of ``token_id``: ``"out"`` where it is ``token_a``, ``"in"`` where it
+        is ``token_b``, ``"both"`` the union (a self-connection appears once)."""
+        if direction not in ("out", "in", "both"):
+            raise InvalidArgumentError(f"direction must be 'out', 'in' or 'both', got {direction!r}")
+        ids_array([token_id])
+        prefix = conn_key(token_id, 0, 0)[:4]
+        parts = []
+        if direction in ("out", "both"):
+            parts.append(self._scan(DB_CONNECTIONS, prefix, reverse=False))
+        if direction in ("in", "both"):
+            inn = self._scan(DB_CONN_REVERSE, prefix, reverse=True)
+            if direction == "both":
+                inn = inn[inn["token_a"] != inn["token_b"]]
+            parts.append(inn)
+        return ConnectionArray(np.concatenate(parts) if parts else np.zeros(0, CONNECTION_DTYPE))
+
+    def to_array(self) -> np.ndarray:
+        """Every connection, in key order (a CONNECTION_DTYPE copy)."""
+        return self._scan(DB_CONNECTIONS, b"", reverse=False)
+
+    def _scan(self, dbname: bytes, prefix: bytes, reverse: bool) -> np.ndarray:
+        snap = self._snap
+        txn, db, cdb = snap._txn(), snap._db(dbname), snap._db(DB_CONNECTIONS)
+        out = []
+        if db is not None:
+            cur = txn.cursor(db=db)
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    k = bytes(key)
+                    if not k.startswith(prefix):
+                        break
+                    if reverse:  # the reverse index is empty: fetch the record by its forward key
+                        value = txn.get(forward_of_reverse(k), db=cdb)
+                        if value is None:
+                            raise CorruptionError(f"reverse index entry {k.hex()} of {snap._path} has no connection")
+                    out.append(bytes(value))
+        return _records_array(out, CONNECTION_DTYPE)
+
+
+class EventView:
+    """The experience events of a snapshot (every result is a copy)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+
+    def next_sequence(self) -> int:
+        """The sequence number the next event will get (= events ever written)."""
+        return self._snap.counters().events_next_seq
+
+    def count(self) -> int:
+        return self._snap.counters().events_live
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def since(self, first: int) -> tuple[int, np.ndarray]:
+        """The stored events with sequence number ``first`` and later, in order:
+        ``(sequence of the first one returned, EVENT_DTYPE array)``."""
+        snap = self._snap
+        txn, db = snap._txn(), snap._db(DB_EVENTS)
+        rows: list[bytes] = []
+        first_seq = self.next_sequence()
+        if db is not None:
+            cur = txn.cursor(db=db)
+            if cur.set_range(event_key(first)):
+                for key, value in cur:
+                    if not rows:
+                        first_seq = event_sequence(key)
+                    rows.append(bytes(value))
+        return first_seq, _records_array(rows, EVENT_DTYPE)
