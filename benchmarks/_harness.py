@@ -276,7 +276,8 @@ def fadvise_works(root: str) -> tuple[bool, str]:
     ok, mb = drop_file_cache([p])
     os.unlink(p)
     worked = ok and mb > 16
-    return worked, f"POSIX_FADV_DONTNEED {'worked' if worked else 'did NOT work'} (page cache shrank {mb:.0f} MB of 32 MB)"
+    verdict = "worked" if worked else "did NOT work"
+    return worked, f"POSIX_FADV_DONTNEED {verdict} (page cache shrank {mb:.0f} MB of 32 MB)"
 
 
 # ---------------------------------------------------------------------------- environment
@@ -358,7 +359,8 @@ def environment(bench: Bench) -> dict[str, Any]:
         "fsync_us": fsync_us,
         "page_cache_drop": fadv_text,
         "page_cache_drop_works": fadv_ok,
-        "eatmydata": "LD_PRELOAD=" + os.environ.get("LD_PRELOAD", "") if "eatmydata" in os.environ.get("LD_PRELOAD", "") else "no",
+        "eatmydata": ("LD_PRELOAD=" + os.environ.get("LD_PRELOAD", "")
+                      if "eatmydata" in os.environ.get("LD_PRELOAD", "") else "no"),
         "sizes": bench.sizes,
         "repeats": bench.repeats,
         "mode": "quick" if bench.quick else "full",
@@ -395,7 +397,7 @@ def _fmt(v: float) -> str:
 
 
 def _spread_text(m: Measurement) -> str:
-    lo, hi, kind = m.spread
+    lo, hi, _kind = m.spread
     return f"{_fmt(lo)}–{_fmt(hi)}"
 
 
@@ -455,8 +457,9 @@ def markdown(bench: Bench, img_prefix: str = "") -> str:
             ratio = same.cost() / m.cost() if same and m.cost() else math.nan
             extra = "; ".join(f"{k} {_fmt(v)}" for k, v in m.extra.items())
             note = "; ".join(x for x in (m.note, extra) if x)
+            shown = _fmt(ratio) + "×" if s != (ng.system if ng else "") else "1"
             lines.append(f"| {'**' + s + '**' if s == lim else s} | {m.size:,} | {_fmt(m.median)} | {m.unit} | "
-                         f"{_spread_text(m)} ({m.spread[2]}) | {_fmt(ratio) + '×' if s != (ng.system if ng else '') else '1'} | {note} |")
+                         f"{_spread_text(m)} ({m.spread[2]}) | {shown} | {note} |")
         lines.append("")
     # scaling table: per-item cost of every system at every size
     lines.append("### Scaling (median per item at each size)\n")
@@ -504,8 +507,8 @@ def load_json(path: str) -> Bench:
               out=os.path.dirname(path), log=lambda _l: None)
     shutil.rmtree(b.root, ignore_errors=True)
     b.env, b.notes, b.module_seconds = env, doc.get("notes", []), doc.get("module_seconds", {})
-    fields_m = {f for f in Measurement.__dataclass_fields__}
-    fields_c = {f for f in Check.__dataclass_fields__}
+    fields_m = set(Measurement.__dataclass_fields__)
+    fields_c = set(Check.__dataclass_fields__)
     b.results = [Measurement(**{k: v for k, v in r.items() if k in fields_m}) for r in doc["results"]]
     b.checks = [Check(**{k: v for k, v in c.items() if k in fields_c}) for c in doc["checks"]]
     return b
@@ -531,7 +534,7 @@ def plots(bench: Bench, outdir: str) -> list[str]:
     ncol = 4
     nrow = math.ceil(len(workloads) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.9 * nrow), squeeze=False)
-    for ax, w in zip(axes.flat, workloads):
+    for ax, w in zip(axes.flat, workloads, strict=False):
         by_sys: dict[str, Measurement] = {}
         for m in bench.results:
             if m.workload == w and (m.system not in by_sys or m.size > by_sys[m.system].size):
@@ -567,7 +570,7 @@ def plots(bench: Bench, outdir: str) -> list[str]:
     if scal:
         nrow = math.ceil(len(scal) / ncol)
         fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.8 * nrow), squeeze=False)
-        for ax, w in zip(axes.flat, scal):
+        for ax, w in zip(axes.flat, scal, strict=False):
             systems = list(dict.fromkeys(m.system for m in bench.results if m.workload == w))
             for s in systems:
                 ms = sorted((m for m in bench.results if m.workload == w and m.system == s),

@@ -22,10 +22,10 @@ from collections.abc import Callable
 
 import lmdb
 import numpy as np
-
-import ngstore
 from _harness import LIMITS, Bench
 from bench_ingest import LMDB_MAP, dataset, rocks_open, rocksdict_available, sqlite_connect, store_options
+
+import ngstore
 from ngstore import ops
 
 W_LAT = "small durable commit"

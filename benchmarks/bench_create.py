@@ -8,9 +8,9 @@ Target: create_batch(1M) ≤ 2× the limit.
 from __future__ import annotations
 
 import numpy as np
+from _harness import LIMITS, Bench, repeat
 
 import ngstore
-from _harness import LIMITS, Bench, repeat
 
 W = "create tokens"
 LIMITS[W] = "numpy zeros + arange"

@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import lmdb
 import numpy as np
+from _harness import LIMITS, Bench, repeat
 
 import ngstore
-from _harness import LIMITS, Bench, repeat
 
 W = "durable ingest"
 LIMITS[W] = "lmdb 64 KiB chunks"

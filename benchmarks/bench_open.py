@@ -21,10 +21,10 @@ import textwrap
 
 import lmdb
 import numpy as np
-
-import ngstore
 from _harness import Bench, repeat
 from bench_ingest import LMDB_MAP, dataset, rocks_open, rocksdict_available, sqlite_connect, store_options
+
+import ngstore
 from ngstore import ops
 from ngstore.fileio import FileIO
 

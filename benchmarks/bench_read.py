@@ -16,11 +16,19 @@ from typing import Any
 
 import lmdb
 import numpy as np
+from _harness import LIMITS, Bench, drop_file_cache, repeat
+from bench_ingest import (
+    CHUNK_TOKENS,
+    LMDB_MAP,
+    dataset,
+    rocks_open,
+    rocksdict_available,
+    sqlite_connect,
+    store_options,
+    token_data,
+)
 
 import ngstore
-from _harness import LIMITS, Bench, drop_file_cache, repeat
-from bench_ingest import (CHUNK_TOKENS, LMDB_MAP, dataset, rocks_open, rocksdict_available, sqlite_connect,
-                          store_options, token_data)
 
 W_POINT = "point read"
 W_GATHER = "batch random gather"
@@ -86,7 +94,7 @@ def run(b: Bench) -> None:
         tc = env_c.begin(buffers=True)
         ck = [(i // CHUNK_TOKENS).to_bytes(8, "big") for i in ids]
         offs = [(i % CHUNK_TOKENS) * 64 for i in ids]
-        it["lmdb 64 KiB chunks (get + slice)"] = lambda: [tc.get(c)[o:o + 64] for c, o in zip(ck, offs)]
+        it["lmdb 64 KiB chunks (get + slice)"] = lambda: [tc.get(c)[o:o + 64] for c, o in zip(ck, offs, strict=False)]
         if sq is not None:
             ex = sq.execute
             it["sqlite3 SELECT by pk"] = lambda: [ex("SELECT data FROM t WHERE id=?", (i,)).fetchone() for i in ids]
@@ -156,7 +164,7 @@ def run(b: Bench) -> None:
                  close: Callable[[Any], None]) -> None:
             out = []
             for _ in range(cold_reps):
-                ok, mb = drop_file_cache(files)
+                _ok, mb = drop_file_cache(files)
                 dropped.append(mb)
                 h = open_fn()
                 out += repeat(lambda: scan(h), 1, scale=1e9 / n)

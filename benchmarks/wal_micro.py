@@ -19,9 +19,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from ngstore import wal  # noqa: E402
+from ngstore import wal
 
 
 def synced_appends(root: str, size: int, n: int, prealloc: int) -> float:

@@ -4,6 +4,9 @@ The public names are listed in ``__all__``; everything else is internal.
 """
 from __future__ import annotations
 
+from .batch import Batch
+from .config import IntuitionConfig
+from .connections import Connection, ConnectionArray
 from .errors import (
     CorruptionError,
     FormatVersionError,
@@ -17,6 +20,16 @@ from .errors import (
     StoreLockedError,
     ValidationError,
 )
+from .experience import (
+    Event,
+    ExperienceStream,
+    Mixed,
+    PrioritizedByReward,
+    RecencyWeighted,
+    Uniform,
+)
+from .intuition import IntuitionEngine
+from .options import Options
 from .records import (
     CONNECTION_DTYPE,
     EVENT_DTYPE,
@@ -29,19 +42,6 @@ from .records import (
     TokenFlags,
     create_id,
 )
-from .config import IntuitionConfig
-from .connections import Connection, ConnectionArray
-from .experience import (
-    Event,
-    ExperienceStream,
-    Mixed,
-    PrioritizedByReward,
-    RecencyWeighted,
-    Uniform,
-)
-from .intuition import IntuitionEngine
-from .batch import Batch
-from .options import Options
 from .snapshot import Snapshot
 from .store import Store, open
 from .tokens import Token, TokenArray
@@ -51,12 +51,42 @@ __author__ = "ngstore developers (after the NeuroGraph OS core by Chernov Denys)
 __license__ = "AGPL-3.0"
 
 __all__ = [
-    "open", "Options", "Store", "Batch", "Snapshot", "Token", "TokenArray",
-    "Connection", "ConnectionArray", "IntuitionEngine", "IntuitionConfig",
-    "ExperienceStream", "Event", "Uniform", "PrioritizedByReward", "RecencyWeighted", "Mixed",
-    "TOKEN_DTYPE", "CONNECTION_DTYPE", "EVENT_DTYPE", "SCALE_FACTORS",
-    "TokenFlags", "EntityType", "EventType", "ConnectionFlags", "Mutability", "create_id",
-    "NgStoreError", "InvalidArgumentError", "NotFoundError", "StoreLockedError",
-    "StoreClosedError", "CorruptionError", "FormatVersionError", "NotAStoreError",
-    "QuotaExceededError", "ValidationError", "NativeError",
+    "CONNECTION_DTYPE",
+    "EVENT_DTYPE",
+    "SCALE_FACTORS",
+    "TOKEN_DTYPE",
+    "Batch",
+    "Connection",
+    "ConnectionArray",
+    "ConnectionFlags",
+    "CorruptionError",
+    "EntityType",
+    "Event",
+    "EventType",
+    "ExperienceStream",
+    "FormatVersionError",
+    "IntuitionConfig",
+    "IntuitionEngine",
+    "InvalidArgumentError",
+    "Mixed",
+    "Mutability",
+    "NativeError",
+    "NgStoreError",
+    "NotAStoreError",
+    "NotFoundError",
+    "Options",
+    "PrioritizedByReward",
+    "QuotaExceededError",
+    "RecencyWeighted",
+    "Snapshot",
+    "Store",
+    "StoreClosedError",
+    "StoreLockedError",
+    "Token",
+    "TokenArray",
+    "TokenFlags",
+    "Uniform",
+    "ValidationError",
+    "create_id",
+    "open",
 ]

@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -72,6 +72,8 @@ from .snapshot import presence
 
 if TYPE_CHECKING:
     from .obs import Observability
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ class Writer:
                         self._cv.notify_all()
                 return
 
-    def _run_exclusive(self, fn: Callable[[], Any]) -> Any:
+    def _run_exclusive(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` as the commit leader (no group commit runs meanwhile)."""
         with self._cv:
             while self._leader:
@@ -630,6 +632,7 @@ class _Applier:
                 if self._stop:
                     return
                 fn, self._fn = self._fn, None
+            assert fn is not None
             try:
                 result: tuple[bool, Any] = (True, fn())
             except BaseException as exc:  # handed to the waiting leader

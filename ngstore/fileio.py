@@ -28,9 +28,9 @@ import errno
 import fcntl
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 #: Where Linux publishes an id that changes at every boot.
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
@@ -43,8 +43,11 @@ class LockBusyError(OSError):
 class KVHandle(Protocol):
     """What :meth:`FileIO.lmdb_commit` is told about the environment it commits to."""
 
-    path: str
-    dbs: Mapping[bytes, Any]
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def dbs(self) -> Mapping[bytes, Any]: ...
 
 #: Linux accepts at most this many buffers in one pwritev.
 try:

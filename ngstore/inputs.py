@@ -72,15 +72,20 @@ def connection_keys(keys: Any) -> np.ndarray:
 def state_coords(states: Any) -> np.ndarray:
     """Raw (n, 8, 3) int16 coordinates of states given as 8 floats (the X axes), Tokens,
     Token records or raw coordinates (a new array)."""
+    out: np.ndarray
     if isinstance(states, Token):
-        return np.frombuffer(states.to_bytes(), dtype=TOKEN_DTYPE)["coordinates"].reshape(1, 8, 3).copy()
+        out = np.frombuffer(states.to_bytes(), dtype=TOKEN_DTYPE)["coordinates"].reshape(1, 8, 3).copy()
+        return out
     if isinstance(states, TokenArray):
-        return np.array(states.data["coordinates"], copy=True)
+        out = np.array(states.data["coordinates"], copy=True)
+        return out
     a = np.asarray(states)
     if a.dtype == TOKEN_DTYPE:
-        return np.array(a.reshape(-1)["coordinates"], copy=True)
+        out = np.array(a.reshape(-1)["coordinates"], copy=True)
+        return out
     if a.dtype == np.int16 and a.shape[-2:] == (8, 3):
-        return a.reshape(-1, 8, 3).copy()
+        out = a.reshape(-1, 8, 3).copy()
+        return out
     if a.dtype.kind in "fiu" and a.shape[-1:] == (8,):
         a = a.reshape(-1, 8)
         out = np.zeros((a.shape[0], 8, 3), dtype=np.int16)

@@ -404,22 +404,27 @@ class ReadLease:
 
 class ReadTxn:
     """``with ReadTxn(kv) as txn:`` a read transaction for one short internal read (no
-    view of its memory may escape the block)."""
+    view of its memory may escape the block). An LMDB error raised inside the block
+    leaves it translated (:func:`translate`), like every other LMDB error."""
 
-    __slots__ = ("_kv", "_txn")
+    __slots__ = ("_doing", "_kv", "_txn")
 
-    def __init__(self, kv: KV) -> None:
+    def __init__(self, kv: KV, doing: str = "reading") -> None:
         self._kv = kv
+        self._doing = doing
         self._txn: lmdb.Transaction | None = None
 
     def __enter__(self) -> lmdb.Transaction:
         self._txn = self._kv.begin_read()
         return self._txn
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
         txn, self._txn = self._txn, None
         if txn is not None:
             self._kv.end_read(txn)
+        if isinstance(exc, lmdb.Error):
+            raise translate(exc, f"{self._doing} {self._kv.path}") from exc
 
 
 def restore_checkpoint_meta(store_path: str, ckpt: Checkpoint, io: FileIO) -> None:

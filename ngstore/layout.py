@@ -21,6 +21,7 @@ import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import astuple, dataclass, fields
+
 import numpy as np
 
 from .errors import CorruptionError, FormatVersionError, NotAStoreError
@@ -127,7 +128,8 @@ def conn_reverse_key(a: int, b: int, connection_type: int) -> bytes:
 
 
 def conn_key_fields(key: bytes) -> tuple[int, int, int]:
-    return _CONN_KEY.unpack(key)  # type: ignore[return-value]
+    a, b, t = _CONN_KEY.unpack(key)
+    return int(a), int(b), int(t)
 
 
 def forward_of_reverse(key: bytes) -> bytes:

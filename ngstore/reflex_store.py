@@ -37,7 +37,7 @@ COUNTER_NAMES = ("lookups", "hits", "misses", "answers", "collisions", "candidat
 class ReflexVersion:
     """One immutable table for lookups, and whatever keeps its memory valid."""
 
-    __slots__ = ("table", "__weakref__")
+    __slots__ = ("__weakref__", "table")
 
     def __init__(self, table: ReflexTable, lease: ReadLease | None = None) -> None:
         self.table = table

@@ -108,7 +108,7 @@ class _Views:
         region = self._shared(addr)
         if region is not None:
             off = addr - self._start
-            if 0 <= off and off + nbytes <= region.shape[0]:
+            if off >= 0 and off + nbytes <= region.shape[0]:
                 return region[off:off + nbytes]
         return np.asarray(_MappedRegion(addr, nbytes, self.lease))
 
@@ -371,9 +371,8 @@ class TokenView:
 
 
 def _records_array(parts: list[bytes], dtype: np.dtype) -> np.ndarray:
-    if not parts:
-        return np.zeros(0, dtype)
-    return np.frombuffer(b"".join(parts), dtype=dtype).copy()
+    out: np.ndarray = np.zeros(0, dtype) if not parts else np.frombuffer(b"".join(parts), dtype=dtype).copy()
+    return out
 
 
 class ConnectionView:

@@ -38,8 +38,8 @@ from .kv import KV, ReadTxn
 from .layout import DB_TOKENS, FORMAT_VERSION, ChunkLayout, Counters, Meta
 from .ops import Op
 from .options import Options
-from .recovery import RecoveryInfo, open_writer
 from .records import MAX_TOKEN_ID
+from .recovery import RecoveryInfo, open_writer
 from .reflex import ReflexTable
 from .reflex_store import ReflexVersion
 from .snapshot import Snapshot, token_record

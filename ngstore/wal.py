@@ -92,18 +92,18 @@ import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any
 
-from .errors import (CorruptionError, FormatVersionError, InvalidArgumentError, NgStoreError,
-                     StoreClosedError)
+from .errors import CorruptionError, FormatVersionError, InvalidArgumentError, NgStoreError, StoreClosedError
 from .fileio import DEFAULT_IO, FileIO
 
+_zstd: Any
 try:  # zstandard is a declared dependency; the log still reads uncompressed logs without it
     import zstandard as _zstd
 except ImportError:  # pragma: no cover
     _zstd = None
 
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 # --------------------------------------------------------------------------- constants --
 SEGMENT_MAGIC = b"NGWAL\r\n\x1a"
@@ -113,6 +113,8 @@ SEGMENT_HEADER = struct.Struct("<8sIIQQII")
 SEGMENT_HEADER_SIZE = 40
 #: crc u32, length u32, salt u64, position u64, synced u64, type u8, flags u8, reserved u16, raw length u32
 FRAME_HEADER = struct.Struct("<IIQQQBBHI")
+#: An unpacked frame header: crc, length, salt, position, synced, type, flags, reserved, raw length.
+FrameHeader = tuple[int, int, int, int, int, int, int, int, int]
 FRAME_HEADER_SIZE = 40
 _FRAME_TAIL = struct.Struct("<IQQQBBHI")  # the frame header without its CRC (bytes 4..40)
 _U32 = struct.Struct("<I")
@@ -272,7 +274,7 @@ def _check_header(data: bytes, name_first: int) -> tuple[int, int] | str:
     return salt, first
 
 
-def _frame_problem(hdr: tuple, salt: int, expected: int | None) -> str | None:
+def _frame_problem(hdr: FrameHeader, salt: int, expected: int | None) -> str | None:
     """Checks 4..6 of docs/format.md §6.3 on a CRC-valid header; None if the frame is valid."""
     _crc, length, fsalt, pos, synced, typ, flags, res, raw = hdr
     if fsalt != salt:
@@ -294,11 +296,11 @@ def _frame_problem(hdr: tuple, salt: int, expected: int | None) -> str | None:
 
 
 def _parse_frame(data: bytes, mv: memoryview, off: int, size: int, salt: int,
-                 expected: int) -> tuple | str:
+                 expected: int | None) -> FrameHeader | str:
     """The unpacked header of the valid frame at ``off``, or why it is invalid."""
     if off + FRAME_HEADER_SIZE > size:
         return f"truncated frame header ({size - off} bytes)"
-    hdr = FRAME_HEADER.unpack_from(data, off)
+    hdr: FrameHeader = FRAME_HEADER.unpack_from(data, off)
     length = hdr[1]
     if length > MAX_RECORD_BYTES:
         return f"record length {length} exceeds the limit {MAX_RECORD_BYTES}"
@@ -311,7 +313,7 @@ def _parse_frame(data: bytes, mv: memoryview, off: int, size: int, salt: int,
     return why if why is not None else hdr
 
 
-def _valid_frames_after(data: bytes, start: int, salt: int, min_pos: int) -> Iterator[tuple[int, tuple]]:
+def _valid_frames_after(data: bytes, start: int, salt: int, min_pos: int) -> Iterator[tuple[int, FrameHeader]]:
     """Every CRC-valid frame with ``salt`` starting at or after ``start`` and position ≥
     ``min_pos``, found by searching for the salt bytes (a frame's salt is at offset 8)."""
     key = struct.pack("<Q", salt)
@@ -443,6 +445,7 @@ def _scan(dirpath: str, io: FileIO) -> _Scan:
                 expected = None
                 continue
             o, h = nxt
+            assert salt_guess is not None  # frames were found with it
             problems.append(Problem("corruption", path, 0, hdr, end=o,
                                     lost=(p, h[3] - 1) if h[3] > p else None))
             salt, first, start, expected = salt_guess, name_first, o, h[3]
@@ -467,6 +470,7 @@ def _scan(dirpath: str, io: FileIO) -> _Scan:
                     segs.append(_Seg(path, 0, first, first - 1, 0, []))
                     continue
             expected = first
+        assert expected is not None
         seg = _Seg(path, salt, first, expected - 1, start, [])
         segs.append(seg)
         off = run_start = start
@@ -481,6 +485,7 @@ def _scan(dirpath: str, io: FileIO) -> _Scan:
                 seg.records += 1
                 continue
             # a bad point: is there proof that position `expected` had been durably written?
+            assert expected is not None
             later = list(_valid_frames_after(data, off + 1, salt, expected))
             proof = any(h[4] >= expected for _o, h in later) or _later_evidence(files, i + 1, io)
             if not proof:
@@ -509,7 +514,7 @@ def _scan(dirpath: str, io: FileIO) -> _Scan:
 
 
 def _iter_run(io: FileIO, fd: int, path: str, a: int, b: int, salt: int, after: int,
-              payloads: bool) -> Iterator[tuple[tuple, int, memoryview | None]]:
+              payloads: bool) -> Iterator[tuple[FrameHeader, int, memoryview | None]]:
     """Re-reads and re-checks the frames in bytes [a, b) of a segment (validated by the
     scan); yields (header, offset, stored payload view or None). Reads ≥ 16 MiB blocks."""
     off = a
@@ -522,7 +527,7 @@ def _iter_run(io: FileIO, fd: int, path: str, a: int, b: int, salt: int, after: 
         rel = off - buf_off
         if rel + FRAME_HEADER_SIZE > len(buf):
             raise CorruptionError("log segment shrank while being read", path=path, offset=off)
-        hdr = FRAME_HEADER.unpack_from(buf, rel)
+        hdr: FrameHeader = FRAME_HEADER.unpack_from(buf, rel)
         length = hdr[1]
         flen = FRAME_HEADER_SIZE + length
         if length > MAX_RECORD_BYTES or off + flen > b:
@@ -543,13 +548,13 @@ def _iter_run(io: FileIO, fd: int, path: str, a: int, b: int, salt: int, after: 
         off += flen
 
 
-def _decode_payload(hdr: tuple, stored: memoryview, path: str, off: int, dctx) -> bytes:
+def _decode_payload(hdr: FrameHeader, stored: memoryview, path: str, off: int, dctx: Any) -> bytes:
     if not hdr[6] & FLAG_ZSTD:
         return bytes(stored)
     if _zstd is None:  # pragma: no cover
         raise NgStoreError("the log holds zstd-compressed records; install 'zstandard' to read them")
     try:
-        out = dctx.decompress(stored, max_output_size=hdr[8])
+        out: bytes = dctx.decompress(stored, max_output_size=hdr[8])
     except _zstd.ZstdError as e:
         raise CorruptionError(f"zstd payload does not decompress: {e}", path=path, offset=off) from None
     if len(out) != hdr[8]:
@@ -559,7 +564,7 @@ def _decode_payload(hdr: tuple, stored: memoryview, path: str, off: int, dctx) -
 
 
 def _iter_segments(io: FileIO, segs: list[tuple[str, list[tuple[int, int]], int, int]], after: int,
-                   payloads: bool) -> Iterator[tuple[tuple, str, int, memoryview | None]]:
+                   payloads: bool) -> Iterator[tuple[FrameHeader, str, int, memoryview | None]]:
     for path, runs, salt, last in segs:
         if last <= after:
             continue
@@ -600,7 +605,7 @@ class Log:
     def open(cls, dirpath: str, *, io: FileIO = DEFAULT_IO, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
              recovery: str = "tolerate-tail", start_after: int = 0,
              preallocate_bytes: int = PREALLOCATE_BYTES, compress: bool = False,
-             create: bool = True) -> tuple["Log", RecoveryReport]:
+             create: bool = True) -> tuple[Log, RecoveryReport]:
         """Opens (creating if needed) the log in ``dirpath`` (the ``wal/`` directory itself),
         recovers it and returns it ready to append, with what recovery found and did.
 
@@ -954,7 +959,7 @@ class Log:
         if fd is not None:
             self._io.close(fd)
 
-    def __enter__(self) -> "Log":
+    def __enter__(self) -> Log:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -10,8 +10,8 @@ import pytest
 # Let tests import shared helpers (tests/walfaults.py, tests/model.py) by module name.
 sys.path.insert(0, os.path.dirname(__file__))
 
-import ngstore  # noqa: E402
-from ngstore.records import TOKEN_DTYPE  # noqa: E402
+import ngstore
+from ngstore.records import TOKEN_DTYPE
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
 from conftest import make_tokens
+from walfaults import RecordingIO
+
 from ngstore.connections import new_connections
 from ngstore.experience import new_events
 from ngstore.kv import KV, ReadTxn
 from ngstore.layout import DB_CONN_REVERSE, DB_CONNECTIONS, DB_EVENTS
-from walfaults import RecordingIO
 
 #: Options every store of these tests is opened with (no quotas, no observability threads,
 #: a modest virtual map so hundreds of opens stay cheap).
@@ -139,7 +139,8 @@ def workload(n: int, seed: int = 0) -> list[Step]:
         elif k == 2:
             steps.append(Step(f"delete{i}", _delete(rng.choice(400, size=8, replace=False))))
         elif k == 3:
-            pairs = [(int(a), int(a) + 1 + int(b)) for a, b in zip(rng.integers(0, 300, 4), rng.integers(0, 5, 4))]
+            pairs = [(int(a), int(a) + 1 + int(b))
+                     for a, b in zip(rng.integers(0, 300, 4), rng.integers(0, 5, 4), strict=True)]
             steps.append(Step(f"conns{i}", _put_conns(pairs, float(i))))
         elif k == 4:
             steps.append(Step(f"events{i}", _events(int(rng.integers(1, 6)), i)))

@@ -485,11 +485,11 @@ def simulate_power_loss(rec: RecordingIO, *, torn_points: Sequence[int] = (1, 8,
 
         variants: list[tuple[str, dict[str, int], dict[int, tuple]]] = []
         for nname, nm in name_variants:
-            variants.append((f"{nname}, no pending writes", nm, {j: ("drop",) for j in range(n)}))
+            variants.append((f"{nname}, no pending writes", nm, dict.fromkeys(range(n), ("drop",))))
             variants.append((f"{nname}, all pending writes", nm, {}))
         nm = name_variants[-1][1]
         for j in range(n):
-            later = {x: ("drop",) for x in range(j + 1, n)}
+            later = dict.fromkeys(range(j + 1, n), ("drop",))
             variants.append((f"first {j} pending writes", nm, {**later, j: ("drop",)}))
             w = pend[j][1]
             if w.kind == "write" and len(w.data) > 1:

@@ -24,24 +24,23 @@ After each injected failure:
 from __future__ import annotations
 
 import errno
-import os
 import re
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import lmdb
 import numpy as np
 import pytest
+from conftest import make_tokens
+from storefaults import FAST, big_mixed, describe, state_of, workload
+from walfaults import FaultyIO, NoSyncIO
 
 import ngstore
-from conftest import make_tokens
 from ngstore.directory import Directory
 from ngstore.errors import NgStoreError, StoreClosedError
 from ngstore.fileio import DEFAULT_IO
-from storefaults import FAST, big_mixed, describe, state_of, workload
-from walfaults import FaultyIO, NoSyncIO
 
 REOPEN = re.compile(r"reopen|open it again", re.I)
 #: what a store / log that stopped after an earlier I/O error says (nothing was written)
@@ -183,7 +182,7 @@ def _run_once(name: str, kind: str, partial: bool, n: int, tmp_path) -> tuple[bo
     for a in sc.actions:
         try:
             a.run(s)
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:
             error, failing = exc, a
             break
         if a.batch:
@@ -206,7 +205,7 @@ def _run_once(name: str, kind: str, partial: bool, n: int, tmp_path) -> tuple[bo
         # the live store: refuses writes (fsyncgate) or is consistent and keeps writing
         # fsyncgate: after a failed write/fdatasync/truncate of the log, or a failed fdatasync
         # of data.mdb, a later "successful" sync proves nothing: no more writes
-        must_refuse = (fired_kind in ("write", "fdatasync", "truncate") and fired_path.endswith(".wal")
+        must_refuse = ((fired_kind in ("write", "fdatasync", "truncate") and fired_path.endswith(".wal"))
                        or fired_kind == "lmdb_sync")
         try:
             s.put_tokens(make_tokens(PROBE_IDS, weight=0.5), durability="sync")
@@ -223,7 +222,7 @@ def _run_once(name: str, kind: str, partial: bool, n: int, tmp_path) -> tuple[bo
             assert report.ok, str(report)
         try:
             s.close()
-        except Exception:  # noqa: BLE001 - closing a failed store may raise; reopen must cope
+        except Exception:
             pass
     assert repr(s).endswith("closed>") and Directory(path, DEFAULT_IO).live_writer_pid() is None
 
@@ -298,15 +297,15 @@ def test_lmdb_io_errors_reach_the_caller_as_clear_ngstore_errors(tmp_path):
         io.fail_on = {kind: io.counts[kind] + 1}
         try:
             action(s)
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:
             seen[kind] = exc
         finally:
             io.fail_on = {}
             try:
                 s.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
     assert set(seen) == {"lmdb_commit", "lmdb_sync"}
     bad = {k: e for k, e in seen.items()
-           if not (isinstance(e, OSError) or isinstance(e, NgStoreError) and REOPEN.search(str(e)))}
+           if not (isinstance(e, OSError) or (isinstance(e, NgStoreError) and REOPEN.search(str(e))))}
     assert not bad, f"LMDB errors reach the caller raw: {bad!r}"

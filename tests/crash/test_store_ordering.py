@@ -29,13 +29,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
-import ngstore
 from conftest import make_tokens
-from ngstore.layout import DB_META, decode_checkpoint
 from storefaults import FAST, big_mixed, workload
 from walfaults import AnotherBoot, RecordingIO
 
+import ngstore
+from ngstore.layout import DB_META, decode_checkpoint
 
 _SEGMENT_MAGIC = b"NGWAL\r\n\x1a"
 _FRAME = struct.Struct("<IIQQQBBHI")  # docs/format.md §6.3: crc, length, salt, position, synced, ...
@@ -163,7 +162,8 @@ def check_invariants(t: Traced) -> Counter:
                 n["lmdb syncs"] += 1
             elif what == "lmdb_commit":
                 _, applied, log_last = op.label
-                assert applied <= log_last, f"op {i}: LMDB committed position {applied} before the log held it ({log_last})"
+                assert applied <= log_last, \
+                    f"op {i}: LMDB committed position {applied} before the log held it ({log_last})"
                 n["lmdb commits"] += 1
             elif what == "ret":
                 # (d) every name change is made durable before the call returns
@@ -268,7 +268,8 @@ def test_sync_commits_checkpoints_direct_commits_and_close_keep_the_durability_o
         _check_sync_commit(t, label)
     n = check_invariants(t)
     with capsys.disabled():
-        print(f"\n[store ordering] {len(sync_labels)} sync commits; " + ", ".join(f"{k}: {v}" for k, v in sorted(n.items())))
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(n.items()))
+        print(f"\n[store ordering] {len(sync_labels)} sync commits; {counts}")
     assert n["lmdb syncs"] >= 6          # creation, 4 checkpoints, the direct commit, close
     assert n["durable checkpoints"] == n["lmdb syncs"]
     assert n["segments created"] >= 5 and n["segments unlinked after a durable checkpoint"] >= 4
@@ -287,7 +288,8 @@ def test_automatic_checkpoints_inside_commits_keep_the_durability_order(tmp_path
     t.close()
     n = check_invariants(t)
     with capsys.disabled():
-        print(f"\n[store ordering] automatic: {auto} checkpoints; " + ", ".join(f"{k}: {v}" for k, v in sorted(n.items())))
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(n.items()))
+        print(f"\n[store ordering] automatic: {auto} checkpoints; {counts}")
     assert auto >= 3
     assert n["segments unlinked after a durable checkpoint"] >= 3
 
@@ -301,7 +303,7 @@ def test_async_and_none_commits_return_after_the_write_and_flush_fdatasyncs(tmp_
         _check_unsynced_commit(t, st.name)
         if i % 4 == 3:
             t.call(f"flush{i}", t.store.flush)
-            inside, ret = _calls_between(t.rec.ops, f"flush{i}")
+            inside, _ret = _calls_between(t.rec.ops, f"flush{i}")
             assert any(o.kind == "fdatasync" and _is_wal(o.path) for o in inside), "flush() did not fdatasync the log"
             last, durable = t.positions()
             assert durable == last

@@ -24,10 +24,10 @@ import os
 import shutil
 import time
 
-
-import ngstore
 from storefaults import FAST, ResettableRecordingIO, describe, state_of, workload
 from walfaults import AnotherBoot, NoSyncIO, simulate_power_loss
+
+import ngstore
 
 CKPT_FILES = ("data.mdb", "checkpoint", "state", "NGSTORE")
 OPEN = dict(segment_bytes=4096, flush_interval=3600.0, **FAST)

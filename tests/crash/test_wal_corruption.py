@@ -14,10 +14,10 @@ import struct
 import zlib
 
 import pytest
+from walfaults import NoSyncIO
 
 from ngstore import wal
 from ngstore.errors import CorruptionError
-from walfaults import NoSyncIO
 
 B = wal.BATCH
 FH = wal.FRAME_HEADER_SIZE

@@ -13,10 +13,10 @@ import os
 import shutil
 
 import pytest
+from walfaults import FaultyIO, NoSyncIO
 
 from ngstore import wal
 from ngstore.errors import NgStoreError
-from walfaults import FaultyIO, NoSyncIO
 
 B = wal.BATCH
 PAYLOADS = [bytes([i]) * (30 + 7 * i) for i in range(24)]
@@ -53,7 +53,7 @@ def workload(d: str, io: FaultyIO, acked: list[int], appended: list[bytes], *, d
 
 
 def check_recovery(d: str, acked: list[int], appended: list[bytes], applied: int) -> None:
-    log, rep = wal.Log.open(d, io=NoSyncIO(), start_after=applied)
+    log, _rep = wal.Log.open(d, io=NoSyncIO(), start_after=applied)
     got = [(r.position, r.payload) for r in log.iter_records(applied)]
     expected = list(enumerate(appended, start=1))
     assert got == expected[applied:applied + len(got)]
@@ -146,7 +146,7 @@ def test_a_failure_while_repairing_a_torn_tail_leaves_a_log_the_next_open_repair
         io = FaultyIO({kind: 1}, path_glob="*.wal")
         with pytest.raises(OSError):
             wal.Log.open(d, io=io)
-    log, rep = wal.Log.open(d, io=NoSyncIO())  # (the truncate may already have happened)
+    log, _rep = wal.Log.open(d, io=NoSyncIO())  # (the truncate may already have happened)
     assert [r.payload for r in log.iter_records()] == [b"a" * 50]
     assert log.append([(B, b"c")]) == [2]
     log.close()

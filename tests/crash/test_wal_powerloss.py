@@ -13,9 +13,9 @@ import random
 import shutil
 
 import pytest
+from walfaults import NoSyncIO, RecordingIO, simulate_power_loss
 
 from ngstore import wal
-from walfaults import NoSyncIO, RecordingIO, simulate_power_loss
 
 B = wal.BATCH
 

@@ -13,10 +13,10 @@ import tempfile
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from walfaults import NoSyncIO
 
 from ngstore import wal
 from ngstore.errors import CorruptionError
-from walfaults import NoSyncIO
 
 IO = NoSyncIO()
 
@@ -65,7 +65,7 @@ def test_any_prefix_truncation_of_any_segment_recovers_a_prefix_of_the_records(c
         assert log.append([(wal.BATCH, b"next")]) == [len(got) + 1]
         log.close()
         log, rep2 = wal.Log.open(d, io=IO, recovery="strict")
-        assert rep2.clean and [r.payload for r in log.iter_records()] == got + [b"next"]
+        assert rep2.clean and [r.payload for r in log.iter_records()] == [*got, b"next"]
         log.close()
     finally:
         shutil.rmtree(root)

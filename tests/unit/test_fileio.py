@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import errno
 import os
+import pathlib
 
 import pytest
+from walfaults import FaultyIO, NoSyncIO, RecordingIO, simulate_power_loss
 
 from ngstore.fileio import DEFAULT_IO, FileIO
-from walfaults import FaultyIO, NoSyncIO, RecordingIO, simulate_power_loss
 
 
 def test_pwrite_pread_round_trip_and_file_size(tmp_path):
@@ -52,7 +53,7 @@ def test_atomic_write_replaces_the_file_and_leaves_no_tmp(tmp_path):
     p = str(tmp_path / "meta")
     DEFAULT_IO.atomic_write(p, b"one")
     DEFAULT_IO.atomic_write(p, b"two")
-    assert open(p, "rb").read() == b"two"
+    assert pathlib.Path(p).read_bytes() == b"two"
     assert os.listdir(tmp_path) == ["meta"]
 
 
@@ -124,7 +125,7 @@ def test_faulty_io_partial_write_leaves_half_the_bytes(tmp_path):
     with pytest.raises(OSError):
         io.pwrite(fd, b"12345678", 0)
     io.close(fd)
-    assert open(p, "rb").read() == b"1234"
+    assert pathlib.Path(p).read_bytes() == b"1234"
 
 
 def test_faulty_io_rejects_unknown_kinds():

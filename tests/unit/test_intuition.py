@@ -7,9 +7,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from walfaults import AnotherBoot
 
 import ngstore
-from walfaults import AnotherBoot
 from ngstore.connections import Connection
 from ngstore.experience import new_events
 
@@ -180,9 +180,8 @@ def test_a_read_only_process_looks_reflexes_up_without_building_a_table(store_pa
 def test_invalid_reflexes_are_refused_by_the_store(store):
     bad = reflex()
     bad["pull_strength"] = np.nan
-    with pytest.raises(ngstore.ValidationError):
-        with store.batch() as b:
-            b.put_reflexes(STATES[:1], bad)
+    with pytest.raises(ngstore.ValidationError), store.batch() as b:
+        b.put_reflexes(STATES[:1], bad)
     assert store.stats()["reflexes_live"] == 0
 
 

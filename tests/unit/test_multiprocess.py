@@ -6,9 +6,9 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import make_tokens
 
 import ngstore
-from conftest import make_tokens
 
 READER = textwrap.dedent("""
     import sys, time, ngstore

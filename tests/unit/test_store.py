@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 import pytest
+from conftest import make_tokens
 
 import ngstore
-from conftest import make_tokens
 from ngstore.records import TOKEN_DTYPE
 
 
@@ -86,11 +86,11 @@ def test_deleting_every_token_of_a_chunk_removes_the_chunk(store):
 
 def test_snapshot_chunks_are_zero_copy_runs_of_present_ids(store):
     slots = store.stats()["chunk_slots"]
-    ids = list(range(0, slots)) + [slots + 3, slots + 4, slots + 10]
+    ids = [*list(range(0, slots)), slots + 3, slots + 4, slots + 10]
     store.put_tokens(make_tokens(ids))
     with store.snapshot() as snap:
         runs = [(first, arr["id"].tolist()) for first, arr in snap.tokens.chunks()]
-        first, arr = next(iter(snap.tokens.chunks()))
+        _first, arr = next(iter(snap.tokens.chunks()))
         assert not arr.flags.writeable and not arr.flags.owndata
         with pytest.raises(ValueError):
             arr.flags.writeable = True
@@ -282,10 +282,9 @@ def test_batch_commits_all_operations_together(store):
 
 
 def test_an_exception_inside_a_batch_discards_it(store):
-    with pytest.raises(RuntimeError):
-        with store.batch() as b:
-            b.put_tokens(make_tokens([1]))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.batch() as b:
+        b.put_tokens(make_tokens([1]))
+        raise RuntimeError("boom")
     assert store.count() == 0
 
 

@@ -128,7 +128,7 @@ def test_aggressive_cleanup_trims_old_events_near_the_byte_quota(store_path):
 def test_get_connections_gathers_many_keys_in_order(store):
     store.put_connections(_conns([(1, 2), (1, 3), (2, 3)]))
     got = store.get_connections([(2, 3, 0x50), (1, 2, 0x50)])
-    assert list(zip(got.token_a.tolist(), got.token_b.tolist())) == [(2, 3), (1, 2)]
+    assert list(zip(got.token_a.tolist(), got.token_b.tolist(), strict=False)) == [(2, 3), (1, 2)]
     with pytest.raises(KeyError, match="9"):
         store.get_connections([(1, 9, 0x50)])
     assert len(store.get_connections([(1, 9, 0x50), (1, 3, 0x50)], missing="skip")) == 1

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import os
+import pathlib
 import struct
 import threading
 import zlib
 
 import pytest
+from walfaults import NoSyncIO, RecordingIO
 
 from ngstore import wal
-from ngstore.errors import (CorruptionError, FormatVersionError, InvalidArgumentError, NgStoreError,
-                            StoreClosedError)
-from walfaults import NoSyncIO, RecordingIO
+from ngstore.errors import CorruptionError, FormatVersionError, InvalidArgumentError, NgStoreError, StoreClosedError
 
 B = wal.BATCH
 
@@ -112,7 +112,7 @@ def test_drop_through_deletes_only_segments_wholly_at_or_below_the_position(tmp_
     assert log.drop_through(cut) == 1
     assert log.segment_count == segs_before - 3
     assert log.first_position == cut + 1
-    assert [r.position for r in log.iter_records(cut)][0] == cut + 1
+    assert next(r.position for r in log.iter_records(cut)) == cut + 1
     log.drop_through(10**9)
     assert log.segment_count == 1  # never the active one
     assert log.append([(B, b"after")]) == [61]
@@ -184,7 +184,7 @@ def test_records_carry_the_synced_watermark_known_when_they_were_framed(tmp_path
     log.append([(B, b"c")])
     log.close()
     recs = list(wal.Log.open(str(d), io=NoSyncIO())[0].iter_records())
-    raw = open(recs[2].path, "rb").read()
+    raw = pathlib.Path(recs[2].path).read_bytes()
     synced = [struct.unpack_from("<Q", raw, r.offset + 24)[0] for r in recs]
     assert synced == [0, 0, 2]
 
@@ -347,7 +347,7 @@ def test_a_log_that_starts_after_start_after_plus_one_is_missing_records(tmp_pat
     log, _ = open_log(d, start_after=10)
     log.append([(B, b"k")])
     log.close()
-    with pytest.raises(CorruptionError, match="missing|applied"):
+    with pytest.raises(CorruptionError, match=r"missing|applied"):
         open_log(d, start_after=5)
     log, rep = open_log(d, start_after=5, recovery="salvage")
     assert [p.kind for p in rep.skipped] == ["missing-records"] and rep.skipped[0].lost == (6, 10)
