@@ -1,4 +1,4 @@
-"""Which token-chunk size? Measures the trade-off DESIGN §4 names, on bare py-lmdb.
+"""Which token-chunk size? Measures the trade-off docs/format.md §3.2 names, on bare py-lmdb.
 
 Larger chunk values ingest and scan faster; smaller ones make a single-token update
 cheaper (LMDB copies the whole value on every put). Run:

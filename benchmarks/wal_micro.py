@@ -3,8 +3,8 @@ replay throughput of a ~100 MB log, and what zstd does to token-like payloads.
 
     python benchmarks/wal_micro.py [--dir DIR] [--quick]
 
-Prints the environment (file system of DIR, fsync on) and medians of 3 runs. The limit
-quoted by DESIGN §5 for this machine kind: ≈3.5k fsync'd 1000-record (64 KiB) batches/s
+Prints the environment (file system of DIR, fsync on) and medians of 3 runs. The limits
+measured on this machine kind (docs/performance.md): ≈3.5k fsync'd 1000-record (64 KiB) batches/s
 appending, ≈6.8k/s into a pre-zeroed file; one fdatasync ≈ 90–146 µs.
 """
 from __future__ import annotations

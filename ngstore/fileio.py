@@ -162,6 +162,16 @@ class FileIO:
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(path)
 
+    def is_file(self, path: str) -> bool:
+        return os.path.isfile(path)
+
+    def size_of(self, path: str) -> int | None:
+        """The size of the file at ``path``, or None when there is none."""
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return None
+
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         """Makes ``path`` and any missing parents, each durably: after every directory
         created, its parent is fsynced (a new directory entry is durable only then)."""

@@ -20,9 +20,9 @@ What it owns
     reachable from C. C's tree therefore stays intact on disk whatever later unsynced
     commits do.
 
-  After a power loss (detected by a changed boot id, see ``store``) the newest meta page
-  on disk may name pages that never reached the disk -- the corruption DESIGN §5
-  invariant 7 warns about. :func:`restore_checkpoint_meta` writes the saved meta page of
+  After a power loss (detected by a changed boot id, see ``recovery``) the newest meta
+  page on disk may name pages that never reached the disk -- the corruption invariant 7
+  of ``docs/design.md`` is about. :func:`restore_checkpoint_meta` writes the saved meta page of
   C back into both meta slots before LMDB opens the file, which rolls LMDB back to C
   exactly; the log then replays everything after C. After a mere process crash the page
   cache is intact and the newest meta is trusted (no rollback; the log replays after

@@ -356,7 +356,7 @@ def _list_segments(dirpath: str, io: FileIO) -> tuple[list[tuple[int, str]], lis
     for name in sorted(io.listdir(dirpath)):
         m = _SEGMENT_NAME.match(name)
         path = os.path.join(dirpath, name)
-        if m and os.path.isfile(path):
+        if m and io.is_file(path):
             segs.append((int(m.group(1), 16), path))
         else:
             foreign.append(path)
@@ -415,7 +415,7 @@ def _scan(dirpath: str, io: FileIO) -> _Scan:
     def tear(i: int, path: str, off: int, size: int, reason: str, discarded: int) -> None:
         nonlocal torn, truncate_at, remove
         later = [p for _f, p in files[i + 1:]]
-        dropped = size - off + sum(os.path.getsize(p) for p in later if os.path.exists(p))
+        dropped = size - off + sum(io.size_of(p) or 0 for p in later)
         removed = tuple(([path] if off == 0 else []) + later)
         torn = TornTail(path, off, dropped, reason, discarded, removed)
         truncate_at = (path, off)

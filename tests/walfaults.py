@@ -86,6 +86,12 @@ class _Delegating(FileIO):
     def is_dir(self, path: str) -> bool:
         return self.inner.is_dir(path)
 
+    def is_file(self, path: str) -> bool:
+        return self.inner.is_file(path)
+
+    def size_of(self, path: str) -> int | None:
+        return self.inner.size_of(path)
+
     def boot_id(self) -> str | None:
         return self.inner.boot_id()
 

@@ -1,6 +1,6 @@
 """Power loss on the LMDB side: every page written after the checkpoint is garbage.
 
-LMDB runs without fsync (DESIGN invariant 7 warns a power loss can then corrupt it). The
+LMDB runs without fsync (invariant 7 of docs/design.md: a power loss can then corrupt it). The
 store's answer (docs/format.md §4): a checkpoint makes transaction C durable, saves C's
 meta page, and pins C so no later commit overwrites a page of C. This test takes the
 worst case literally: a child commits, checkpoints, snapshots ``data.mdb`` as it is at
