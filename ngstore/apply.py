@@ -88,6 +88,8 @@ class ApplyResult:
     reflexes_written: int = 0
     reflexes_evicted: int = 0
     tokens_written: int = 0
+    #: bytes of values put into LMDB (what the next checkpoint must make durable)
+    bytes_written: int = 0
 
 
 def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[Entry]) -> ApplyResult:
@@ -101,18 +103,21 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
     for position, op in _coalesced(entries):
         kind = op.kind
         if kind == OP_TOKEN_PUT:
-            added, written = _token_put(txn, tokens_db, layout, op.data)
+            added, written, chunks = _token_put(txn, tokens_db, layout, op.data)
             counters.tokens_live += added
             counters.tokens_created_total += added
             result.tokens_written += written
+            result.bytes_written += chunks * layout.value_bytes
         elif kind == OP_TOKEN_DELETE:
-            removed = _token_delete(txn, tokens_db, layout, op.data)
+            removed, chunks = _token_delete(txn, tokens_db, layout, op.data)
             counters.tokens_live -= removed
             counters.tokens_deleted_total += removed
+            result.bytes_written += chunks * layout.value_bytes
         elif kind == OP_CONNECTION_PUT:
             added = _connection_put(txn, conn_db, rconn_db, op.data)
             counters.connections_live += added
             counters.connections_created_total += added
+            result.bytes_written += op.count * 82
         elif kind == OP_CONNECTION_DELETE:
             counters.connections_live -= _connection_delete(txn, conn_db, rconn_db, op.data)
         elif kind == OP_EVENT_APPEND:
@@ -121,6 +126,7 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
             trimmed = _event_append(txn, events_db, op.data, counters, state.event_capacity)
             result.appended.append((first, op.data))
             result.events_trimmed += trimmed
+            result.bytes_written += op.count * 136
         elif kind == OP_EVENT_TRIM:
             removed = _event_trim(txn, events_db, int(op.data.sum()))
             counters.events_live -= removed
@@ -141,7 +147,7 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
     meta = dbs[DB_META]
     txn.put(M_COUNTERS, counters.encode(), db=meta)
     if reflexes is not None:
-        reflex_store.persist(txn, dbs[DB_REFLEXES], reflexes)
+        result.bytes_written += reflex_store.persist(txn, dbs[DB_REFLEXES], reflexes)
         result.reflexes = reflexes
     txn.put(M_APPLIED, encode_u64(result.applied_position), db=meta)
     return result
@@ -204,7 +210,7 @@ def _groups(chunks: np.ndarray) -> Iterable[tuple[int, int, int]]:
 _SMALL_PUT = 16  # below this many records, plain Python beats numpy's per-call overhead
 
 
-def _small_token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> tuple[int, int]:
+def _small_token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> tuple[int, int, int]:
     """The same as the general path, for a handful of records (the common small commit)."""
     raw = np.ascontiguousarray(records).tobytes()
     latest: dict[int, int] = {}
@@ -233,11 +239,12 @@ def _small_token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray
                 buf[byte] |= bit
                 added += 1
         txn.put(key, buf, db=db)
-    return added, len(latest)
+    return added, len(latest), len(by_chunk)
 
 
-def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> tuple[int, int]:
-    """Writes token records; returns (ids that became present, records written)."""
+def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> tuple[int, int, int]:
+    """Writes token records; returns (ids that became present, records written, chunks
+    written)."""
     if records.shape[0] <= _SMALL_PUT:
         return _small_token_put(txn, db, layout, records)
     ids = records["id"].astype(np.uint32, copy=False)
@@ -247,7 +254,9 @@ def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> t
         np.ascontiguousarray(records).view(np.uint8).reshape(-1, 64)
     chunks = ids >> layout.shift
     scratch: bytearray | None = None  # one value buffer reused for every whole chunk
+    n_chunks = 0
     for chunk, s, e in _groups(chunks):
+        n_chunks += 1
         key = layout.key(chunk)
         old = txn.get(key, db=db)
         if old is not None:
@@ -270,13 +279,14 @@ def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> t
         np.bitwise_or.at(bitmap, slots >> 3, (1 << (slots & 7)).astype(np.uint8))
         added += popcount(bitmap) - before
         txn.put(key, buf, db=db)
-    return added, int(ids.size)
+    return added, int(ids.size), n_chunks
 
 
-def _token_delete(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> int:
-    """Deletes ids; returns how many were present."""
+def _token_delete(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> tuple[int, int]:
+    """Deletes ids; returns (how many were present, chunks rewritten)."""
     ids = np.unique(ids.astype(np.uint32, copy=False))
     removed = 0
+    rewritten = 0
     chunks = ids >> layout.shift
     for chunk, s, e in _groups(chunks):
         key = layout.key(chunk)
@@ -284,6 +294,7 @@ def _token_delete(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> in
         if old is None:
             continue
         layout.check(old, chunk)
+        rewritten += 1
         buf = bytearray(old)
         rows = np.frombuffer(buf, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)
         bitmap = np.frombuffer(buf, dtype=np.uint8, count=layout.bitmap_bytes, offset=layout.records_bytes)
@@ -297,7 +308,7 @@ def _token_delete(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> in
             txn.delete(key, db=db)
         else:
             txn.put(key, bytes(buf), db=db)
-    return removed
+    return removed, rewritten
 
 
 # -- connections (`connections` and its reverse index `conn_by_b`) ---------------------------

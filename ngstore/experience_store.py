@@ -1,8 +1,10 @@
 """The ExperienceStream of a store: persistent events, the in-memory ring as a cache.
 
-Writes (``write_event``/``write_events``) commit a batch through the store. After each
-applied group, the writer calls :meth:`StoreExperienceStream.on_applied` with what it
-appended (in commit order), so the ring's sequence numbers are the store's. Reads,
+Writes (``write_event``/``write_events``) commit a batch through the store. As each
+commit becomes visible, the writer calls :meth:`StoreExperienceStream.on_committed` with
+the events it appended (in commit order), so the ring's sequence numbers are the store's
+and an event is in the ring as soon as its commit returns; after each group reaches LMDB,
+:meth:`StoreExperienceStream.on_applied` follows the events the Guardian trimmed. Reads,
 sampling, subscriptions and appraisal work on the ring exactly as for an in-memory
 stream.
 
@@ -13,6 +15,8 @@ reopened store has the rewards the events were written with.
 from __future__ import annotations
 
 from typing import Any, Protocol
+
+import numpy as np
 
 from .apply import ApplyResult
 from .experience import ExperienceStream
@@ -57,12 +61,14 @@ class StoreExperienceStream(ExperienceStream):
             return ExperienceStream.write_events(self, events)
         return self._store.write_events(events)
 
+    def on_committed(self, first_seq: int, events: np.ndarray) -> None:
+        """Events of a commit that just became visible join the ring."""
+        got = ExperienceStream.write_events(self, events)
+        if got != first_seq:  # pragma: no cover - the ring and the store disagree
+            raise AssertionError(f"experience ring at {got}, store at {first_seq}")
+
     def on_applied(self, result: ApplyResult) -> None:
-        """Follows one applied group: its events join the ring, trimmed ones leave it."""
-        for first_seq, events in result.appended:
-            got = ExperienceStream.write_events(self, events)
-            if got != first_seq:  # pragma: no cover - the ring and the store disagree
-                raise AssertionError(f"experience ring at {got}, store at {first_seq}")
+        """Events the Guardian trimmed from the store leave the ring too."""
         if result.events_trimmed:
             c = result.counters
             self.trim_before(min(c.events_next_seq - c.events_live, self.total_written))

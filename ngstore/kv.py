@@ -70,6 +70,8 @@ class _Shared:
         self.open_readers = 0
         #: (start, length) of the memory map, found once (see KV.map_span); None: unknown.
         self.map_span: tuple[int, int] | None = None
+        #: Set by a writer of this process: brings LMDB up to date with its commits.
+        self.writer_barrier: Callable[[], None] | None = None
 
 
 _registry: dict[str, _Shared] = {}
@@ -243,6 +245,19 @@ class KV:
             self._shared.map_span = None
         self.env.set_mapsize(size * 2)
         self.pin()
+
+    def set_writer_barrier(self, barrier: Callable[[], None] | None) -> None:
+        """A writer in this process registers how to bring LMDB up to date with its
+        commits (None when it closes): read-only handles of the same process then see its
+        commits at once, as readers in other processes do once the applier ran."""
+        with _registry_lock:
+            self._shared.writer_barrier = barrier
+
+    def catch_up_with_writer(self) -> None:
+        """Runs the registered writer barrier, if a writer of this process has one."""
+        barrier = self._shared.writer_barrier
+        if barrier is not None:
+            barrier()
 
     # -- the memory map -------------------------------------------------------------
 

@@ -78,6 +78,26 @@ class Op:
         return int(self.data.shape[0])
 
 
+_ID_AT_48 = struct.Struct("<48xI")
+
+
+def token_writes(ops: list[Op], limit: int) -> list[tuple[int, bytes | None]] | None:
+    """The token writes of ``ops`` in order: ``(id, 64-byte record)`` per put and
+    ``(id, None)`` per delete; None when there are more than ``limit`` of them."""
+    n = sum(op.count for op in ops if op.kind in (OP_TOKEN_PUT, OP_TOKEN_DELETE))
+    if n > limit:
+        return None
+    out: list[tuple[int, bytes | None]] = []
+    for op in ops:
+        if op.kind == OP_TOKEN_PUT:
+            raw = np.ascontiguousarray(op.data).tobytes()
+            for off in range(0, len(raw), 64):
+                out.append((_ID_AT_48.unpack_from(raw, off)[0], raw[off:off + 64]))
+        elif op.kind == OP_TOKEN_DELETE:
+            out.extend((int(i), None) for i in op.data.tolist())
+    return out
+
+
 def encode_ops(ops: list[Op]) -> bytes:
     parts = [_PAYLOAD_HEAD.pack(PAYLOAD_MAGIC, len(ops))]
     for op in ops:

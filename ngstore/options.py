@@ -48,6 +48,12 @@ class Options:
     max_readers: int = 126
     #: ``async`` commits are fdatasync'ed within this many seconds.
     flush_interval: float = 0.010
+    #: Commits reach LMDB (where snapshots of other processes see them) in groups, at
+    #: the latest when the oldest pending one is this many seconds old...
+    apply_interval: float = 0.050
+    #: ...and the overlay of commits not yet in LMDB holds at most this many bytes of
+    #: batches (a commit waits for the applier beyond it); a quarter of it starts an apply.
+    overlay_bytes: int = 64 << 20
     #: A checkpoint runs when the log or LMDB's file has grown by this many bytes since
     #: the last one, or after ``checkpoint_interval`` seconds.
     checkpoint_bytes: int = 64 << 20
@@ -76,13 +82,16 @@ class Options:
             raise InvalidArgumentError(f"durability must be one of {DURABILITY_MODES}, got {self.durability!r}")
         if self.recovery not in RECOVERY_MODES:
             raise InvalidArgumentError(f"recovery must be one of {RECOVERY_MODES}, got {self.recovery!r}")
-        if not isinstance(self.flush_interval, (int, float)) or self.flush_interval <= 0:
-            raise InvalidArgumentError(f"flush_interval must be > 0 seconds, got {self.flush_interval!r}")
+        for name in ("flush_interval", "apply_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise InvalidArgumentError(f"{name} must be > 0 seconds, got {value!r}")
         try:
             ChunkLayout(self.chunk_slots)
         except ValueError as exc:
             raise InvalidArgumentError(str(exc)) from None
-        for name in ("event_capacity", "reflex_capacity", "max_readers", "map_size", "segment_bytes"):
+        for name in ("event_capacity", "reflex_capacity", "max_readers", "map_size", "segment_bytes",
+                     "overlay_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import reflex_store, wal
+from .applier import Applier, ApplierOptions
 from .apply import Entry
 from .commit import Writer, WriterOptions
 from .directory import Directory
@@ -37,6 +38,7 @@ from .kv import KV, ReadTxn, restore_checkpoint_meta
 from .layout import DB_META, initial_meta
 from .ops import decode_ops
 from .options import Options
+from .overlay import Overlay
 
 if TYPE_CHECKING:
     from .obs import Observability
@@ -64,7 +66,8 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
     everything it opened is closed again and the writer lock released."""
     info = RecoveryInfo()
     kv: KV | None = None
-    writer: Writer | None = None
+    log: wal.Log | None = None
+    applier: Applier | None = None
     try:
         new = directory.inspect(create=opts.create, readonly=False)
         directory.lock_writer()
@@ -75,28 +78,34 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             meta_db = kv.dbs[DB_META]
             entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity)
             kv.write(lambda txn: [txn.put(k, v, db=meta_db) for k, v in entries])
-            writer = _writer(directory, kv, opts, guardian, obs, info, "tolerate-tail")
-            writer.checkpoint_now()
+            log, applier = _applier(directory, kv, opts, obs, info, "tolerate-tail")
+            applier.checkpoint_now()
             directory.write_marker()
-            return kv, writer, info
-        state = directory.read_state()
-        went_down = directory.went_down_since(state)
-        if went_down:
-            _rollback_to_checkpoint(directory, opts, info)
         else:
-            directory.write_state(clean=False)
-        kv = _open_kv(directory, opts)
-        writer = _writer(directory, kv, opts, guardian, obs, info, opts.recovery)
-        writer.protect_checkpoint()
-        replay(writer, info, progress=opts.progress)
-        if info.replayed_records:
-            writer.checkpoint_now()
-        if went_down:
-            directory.write_state(clean=False)
+            went_down = directory.went_down_since(directory.read_state())
+            if went_down:
+                _rollback_to_checkpoint(directory, opts, info)
+            else:
+                directory.write_state(clean=False)
+            kv = _open_kv(directory, opts)
+            log, applier = _applier(directory, kv, opts, obs, info, opts.recovery)
+            applier.protect_checkpoint(directory)
+            replay(applier, log, info, progress=opts.progress)
+            if info.replayed_records:
+                applier.checkpoint_now()
+            if went_down:
+                directory.write_state(clean=False)
+        writer = Writer(directory, kv, log, applier, applier.overlay, guardian,
+                        WriterOptions(opts.flush_interval, opts.direct_threshold), obs)
+        writer.note_replayed(info.replayed_records)
+        applier.start()
+        kv.set_writer_barrier(writer.barrier)
         return kv, writer, info
     except BaseException:
-        if writer is not None:
-            writer.release()
+        if applier is not None:
+            applier.close(final=False)
+        if log is not None:
+            log.close()
         if kv is not None:
             kv.close()
         directory.release()
@@ -108,8 +117,8 @@ def _open_kv(directory: Directory, opts: Options) -> KV:
               io=opts.io)
 
 
-def _writer(directory: Directory, kv: KV, opts: Options, guardian: Guardian, obs: Observability | None,
-            info: RecoveryInfo, recovery: str) -> Writer:
+def _applier(directory: Directory, kv: KV, opts: Options, obs: Observability | None, info: RecoveryInfo,
+             recovery: str) -> tuple[wal.Log, Applier]:
     with ReadTxn(kv) as txn:
         meta = kv.read_meta(txn)
     reflexes = reflex_store.attach(kv)
@@ -117,9 +126,10 @@ def _writer(directory: Directory, kv: KV, opts: Options, guardian: Guardian, obs
                                recovery=recovery, start_after=meta.applied_position)
     info.log_report = report
     try:
-        return Writer(directory, kv, log, meta, reflexes, guardian,
-                      WriterOptions(opts.flush_interval, opts.checkpoint_bytes, opts.checkpoint_interval,
-                                    opts.direct_threshold), obs)
+        overlay = Overlay(opts.overlay_bytes)
+        return log, Applier(directory, kv, log, meta, reflexes, overlay,
+                            ApplierOptions(opts.apply_interval, max(1, opts.overlay_bytes // 4),
+                                           opts.checkpoint_bytes, opts.checkpoint_interval), obs)
     except BaseException:
         log.close()
         raise
@@ -138,10 +148,10 @@ def _rollback_to_checkpoint(directory: Directory, opts: Options, info: RecoveryI
         info.rolled_back_to_txn = ckpt.txnid
 
 
-def replay(writer: Writer, info: RecoveryInfo, *, progress: bool = False) -> None:
-    """Applies every log record after the writer's applied position, in order, in groups."""
-    log = writer.log
-    start = writer.applied_position
+def replay(applier: Applier, log: wal.Log, info: RecoveryInfo, *, progress: bool = False) -> None:
+    """Applies every log record after LMDB's applied position, in order, in groups (in the
+    calling thread: the applier's thread is not running yet)."""
+    start = applier.applied_position
     bar: Any = None
     if progress:
         from tqdm import tqdm
@@ -159,13 +169,12 @@ def replay(writer: Writer, info: RecoveryInfo, *, progress: bool = False) -> Non
         size += len(rec.payload)
         n += 1
         if size >= REPLAY_GROUP_BYTES or len(group) >= REPLAY_GROUP_RECORDS:
-            writer.apply(group)
+            applier.apply_now(group)
             group, size = [], 0
     if group:
-        writer.apply(group)
+        applier.apply_now(group)
     if bar is not None:
         bar.close()
-    writer.note_replayed(n)
     info.replayed_records = n
     info.replayed_from = start
-    info.replayed_to = writer.applied_position
+    info.replayed_to = applier.applied_position

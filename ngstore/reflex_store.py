@@ -136,12 +136,16 @@ def decayed_hypotheses(table: ReflexTable | None, now: int) -> np.ndarray:
     return out
 
 
-def persist(txn: Any, db: Any, table: ReflexTable) -> None:
-    """Stores the header and every segment changed since the table's last persist."""
+def persist(txn: Any, db: Any, table: ReflexTable) -> int:
+    """Stores the header and every segment changed since the table's last persist;
+    returns the bytes written."""
     header, dirty = table.segments()
     txn.put(REFLEX_HEADER_KEY, header, db=db)
+    written = len(header)
     for index, seg in dirty:
         txn.put(reflex_segment_key(index), bytes(seg), db=db)
+        written += len(seg)
+    return written
 
 
 def counters(table: ReflexTable | None) -> dict[str, int]:

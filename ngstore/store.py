@@ -4,9 +4,12 @@ This module is the facade. It opens a store (``recovery.open_writer`` for a writ
 a read-only LMDB environment for a reader), wires the layers together and delegates:
 
 * writes: :meth:`Store.batch` makes a ``batch.Batch`` whose commit is the writer's
-  (``commit.Writer``: group commit, durability modes, the log, the LMDB apply);
+  (``commit.Writer``: group commit, durability modes, the log, the overlay); the
+  ``applier.Applier`` moves committed batches into LMDB in groups;
 * reads: :meth:`Store.snapshot` makes a ``snapshot.Snapshot`` (one LMDB read
-  transaction, zero-copy views); the one-shot reads here each use a short one;
+  transaction, zero-copy views). Through the writer's handle every read sees every
+  commit that returned before it: a token read looks in the overlay first; every other
+  read first lets the applier bring LMDB up to date (a barrier);
 * the engines: ``store.intuition()`` and ``store.experience()`` reach the store only
   through its public methods (``reflex_table``, ``reflex_stats``, ``batch``, ...);
 * information: ``stats()``, ``ready_checks()``, ``check()``.
@@ -171,10 +174,18 @@ class Store:
             raise NgStoreError(f"the store {self.path} was opened read-only")
         return self._writer
 
-    def _counters(self) -> Counters:
-        """The live counters: the writer's, or (read-only) as LMDB has them now."""
+    def _counters(self, tolerate_failure: bool = False) -> Counters:
+        """The live counters, of every commit so far (read-only: as LMDB has them now).
+        After the writer failed, ``tolerate_failure`` gives LMDB's counters instead of
+        raising (what stats and metrics show)."""
         if self._writer is not None:
-            return self._writer.counters
+            try:
+                self._writer.barrier()
+            except NgStoreError:
+                if not tolerate_failure:
+                    raise
+            return self._writer.applier.counters
+        self._kv.catch_up_with_writer()
         return self._reread_meta().counters
 
     def _reread_meta(self) -> Meta:
@@ -245,8 +256,13 @@ class Store:
     # ------------------------------------------------------------------ reading
 
     def snapshot(self) -> Snapshot:
-        """A consistent read view of the store (one LMDB read transaction)."""
+        """A consistent read view of the store (one LMDB read transaction) that includes
+        every commit that returned before it was taken."""
         self._check_open()
+        if self._writer is not None:
+            self._writer.barrier()
+        else:
+            self._kv.catch_up_with_writer()
         return Snapshot(self._kv, self._layout, self.path)
 
     def count(self) -> int:
@@ -279,6 +295,12 @@ class Store:
         self._check_open()
         if type(token_id) is not int or not 0 <= token_id <= MAX_TOKEN_ID:
             token_id = int(ids_array([token_id])[0])
+        if self._writer is not None:
+            hit, record = self._writer.overlay.token(token_id)
+            if hit:
+                return record
+        else:
+            self._kv.catch_up_with_writer()
         with ReadTxn(self._kv) as txn:
             return token_record(txn, self._kv.dbs[DB_TOKENS], self._layout, token_id)
 
@@ -343,9 +365,12 @@ class Store:
         self._check_open()
         with self._lock:
             if self._experience is None:
+                if self._writer is not None:
+                    self._writer.barrier()  # the stream loads from LMDB, then follows commits
                 stream = StoreExperienceStream(self, channel_size=channel_size)
                 if self._writer is not None:
-                    self._writer.add_listener(stream.on_applied)
+                    self._writer.add_listener(stream.on_committed)
+                    self._writer.applier.add_listener(stream.on_applied)
                 self._experience = stream
             return self._experience
 
@@ -367,7 +392,7 @@ class Store:
         """The current reflex table (an immutable version; None before the first reflex)."""
         self._check_open()
         if self._writer is not None:
-            return self._writer.reflex_table
+            return self._writer.applier.reflex_table
         v = self._reader_reflexes
         return v.table if v is not None else None
 
@@ -382,7 +407,8 @@ class Store:
         """Live size and lookup counters of the reflex table."""
         table = self.reflex_table()
         if self._writer is not None:
-            c, created = self._writer.reflex_counters(), self._writer.reflexes_written_total
+            a = self._writer.applier
+            c, created = a.reflex_counters(), a.reflexes_written_total
         else:
             c, created = reflex_store.counters(table), 0
         return {"reflexes_live": len(table) if table is not None else 0,
@@ -409,9 +435,14 @@ class Store:
         if self._closed:
             return out
         w = self._writer
-        c = self._counters()
+        c = self._counters(tolerate_failure=True)
         out.update(w.stats_counters if w is not None else dict.fromkeys(_WRITER_STATS, 0))
-        out["checkpoints_total"] = w.checkpoints_total if w is not None else 0
+        out["checkpoints_total"] = w.applier.checkpoints_total if w is not None else 0
+        if w is not None:
+            w.observe_pending()
+            out["overlay_bytes"] = w.overlay.bytes
+            out["overlay_entries"] = w.overlay.entries
+            out["apply_groups_total"] = w.applier.groups_applied_total
         out.update(vars(self._validation))
         out["tokens_live"] = c.tokens_live
         out["tokens_created_total"] = c.tokens_created_total
@@ -426,7 +457,7 @@ class Store:
         eng = self._intuition
         out["intuition_queue_size"] = max(0, c.events_next_seq - eng.analyzed_through) if eng is not None else 0
         out["guardian_event_queue_size"] = 0  # no queue: Guardian events go to the black box at once
-        out["applied_position"] = w.applied_position if w is not None else self._meta.applied_position
+        out["applied_position"] = w.applier.applied_position if w is not None else self._meta.applied_position
         g = self._guardian
         out["quota_exceeded_total"] = g.quota_exceeded_total
         out["aggressive_cleanups_total"] = g.aggressive_cleanups_total
@@ -434,7 +465,7 @@ class Store:
         out["memory_limit_bytes"] = g.max_bytes or 0
         out["token_limit"] = g.max_tokens or 0
         if w is not None:
-            out["last_checkpoint_unix"] = w.last_checkpoint_unix
+            out["last_checkpoint_unix"] = w.applier.last_checkpoint_unix
         out.update(self._kv.info())
         if w is not None:
             out["wal_bytes"] = w.log.size_bytes
@@ -490,7 +521,9 @@ class Store:
         """Verifies internal consistency; returns a report (``report.ok``)."""
         self._check_open()
         w = self._writer
-        applied = w.applied_position if w is not None else self._reread_meta().applied_position
+        if w is not None:
+            w.barrier()
+        applied = w.applier.applied_position if w is not None else self._reread_meta().applied_position
         return check_store(self._kv, self._layout, self._directory, applied,
                            w.log.last_position if w is not None else None)
 

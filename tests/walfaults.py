@@ -21,6 +21,7 @@ import fnmatch
 import hashlib
 import os
 import random
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -131,7 +132,8 @@ class NoSyncIO(_Delegating):
 @dataclass(frozen=True)
 class Op:
     """One recorded call. ``kind``: create, write, truncate, fdatasync, fsync, fsync_dir,
-    rename, unlink, mkdir or mark. ``path`` is absolute (``dst`` for rename)."""
+    rename, unlink, mkdir or mark. ``path`` is absolute (``dst`` for rename). ``thread``
+    names the thread that made the call."""
     kind: str
     path: str = ""
     offset: int = 0
@@ -139,6 +141,7 @@ class Op:
     size: int = 0
     dst: str = ""
     label: object = None
+    thread: str = field(default_factory=lambda: threading.current_thread().name)
 
 
 class RecordingIO(_Delegating):

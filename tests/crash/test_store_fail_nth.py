@@ -100,9 +100,10 @@ def _close(s) -> None:
 
 
 SCENARIOS: dict[str, Scenario] = {
-    # (a) small sync commits; small segments and checkpoint_bytes so the commits also
-    # rotate segments and run automatic checkpoints (whose failures are reported later)
-    "sync_commit": Scenario(dict(segment_bytes=2048, checkpoint_bytes=5000),
+    # (a) small sync commits; small segments and checkpoint_bytes, and an applier that
+    # runs at once, so the commits also rotate segments and make the applier run automatic
+    # checkpoints (whose failures are reported later)
+    "sync_commit": Scenario(dict(segment_bytes=2048, checkpoint_bytes=5000, apply_interval=1e-4),
                             [(st, "sync") for st in workload(4)], _sync_puts(),
                             ("open", "write", "fdatasync", "fsync", "fsync_dir", "rename",
                              "unlink", "truncate")),
@@ -165,6 +166,16 @@ def _strip_probe(state: tuple) -> tuple:
     return kept, conns, rconns, events, tuple(c)
 
 
+def _settle(s) -> None:
+    """Waits for the applier to finish what the operation left it (applying the overlay,
+    and a checkpoint that made due), so that a failure injected into that work has been
+    noticed before the probe. ``stats()`` waits for the applier and raises nothing."""
+    try:
+        s.stats()
+    except NgStoreError:
+        pass
+
+
 def _run_once(name: str, kind: str, partial: bool, n: int, tmp_path) -> tuple[bool, str]:
     """One run with the Nth ``kind`` call of the operation failing. Returns (fired, what)."""
     sc = SCENARIOS[name]
@@ -187,6 +198,7 @@ def _run_once(name: str, kind: str, partial: bool, n: int, tmp_path) -> tuple[bo
             break
         if a.batch:
             acked_batches += 1
+    _settle(s)
     fired = bool(io.fired)
     io.fail_on = {}  # the operation is over: the probe and close run on a healthy FileIO
     probe_acked = False
@@ -289,7 +301,8 @@ def test_lmdb_io_errors_reach_the_caller_as_clear_ngstore_errors(tmp_path):
     LMDB commit or sync must reach the caller as an NgStoreError saying to reopen (or an
     OSError), not as a bare ``lmdb.Error``."""
     seen = {}
-    for kind, action in (("lmdb_commit", lambda s: s.put_tokens(make_tokens([1, 2]))),
+    # the applier commits LMDB after the put returned: the read that waits for it reports it
+    for kind, action in (("lmdb_commit", lambda s: (s.put_tokens(make_tokens([1, 2])), s.get_tokens([1]))),
                          ("lmdb_sync", lambda s: s.checkpoint())):
         path = str(tmp_path / kind)
         io = FaultyIO(inner=NoSyncIO())

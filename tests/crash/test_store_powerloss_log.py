@@ -285,6 +285,7 @@ def test_a_power_loss_during_recovery_replay_finds_the_checkpoint_pages_intact(t
         st.run(s, "sync")
     crash = tmp_path / "crash"
     crash.mkdir()
+    s.flush()  # every batch so far in LMDB
     shutil.copyfile(os.path.join(live, "data.mdb"), crash / "data.mdb")  # LMDB lacks the last batch
     workload(25, seed=12)[24].run(s, "sync")
     want = dict(state_of(s)[0])

@@ -173,7 +173,7 @@ def test_histograms_and_blackbox_counters_move_with_commits(served):
     assert moved("neurograph_commit_batch_records_count") == 5
     assert moved("neurograph_wal_write_duration_seconds_count") >= 1  # one per group commit
     assert moved("neurograph_commit_batch_records_sum") == 50
-    assert moved("neurograph_blackbox_events_recorded_total") >= 5  # one "commit" each
+    assert moved("neurograph_blackbox_events_recorded_total") >= 1  # an "apply" per group applied
     buckets = {dict(k)["le"]: v for k, v in after["neurograph_commit_duration_seconds_bucket"].items()}
     assert buckets["+Inf"] == value(after, "neurograph_commit_duration_seconds_count", store)
 
@@ -256,6 +256,7 @@ def test_an_unhandled_exception_in_a_child_leaves_a_dump_with_the_events_before_
         s = ngstore.open(sys.argv[1])
         for i in range(3):
             s.put_tokens(ngstore.Token.create_batch(5, start=i * 5))
+        s.flush()  # the three commits reach LMDB: one "apply" event
         raise RuntimeError("boom after three commits")
     """, path, cwd=tmp_path)
     assert r.returncode == 1 and "boom after three commits" in r.stderr  # previous hook ran
@@ -263,13 +264,13 @@ def test_an_unhandled_exception_in_a_child_leaves_a_dump_with_the_events_before_
     assert len(dumps) == 1
     doc = load_dump(dumps[0])
     types = [e["event_type"] for e in doc["events"]]
-    assert types[types.index("open"):] == ["open", "commit", "commit", "commit", "error"]
+    assert types[types.index("open"):] == ["open", "apply", "error"]
     assert doc["reason"] == "unhandled RuntimeError"
     assert doc["exception"]["type"] == "RuntimeError"
     assert "boom after three commits" in doc["exception"]["traceback"]
     assert doc["store_stats"]["tokens_live"] == 15 and doc["store_path"] == os.path.realpath(path)
-    commit = dict(doc["events"][types.index("commit")]["data"])
-    assert commit["records"] == "5" and commit["first"] == "1"
+    applied = dict(doc["events"][types.index("apply")]["data"])
+    assert applied["entries"] == "3" and applied["first"] == "1" and applied["last"] == "3"
 
 
 SEGV_CHILD = """
@@ -277,10 +278,12 @@ SEGV_CHILD = """
     s = ngstore.open(sys.argv[1])
     s.put_tokens(ngstore.Token.create_batch(5))
     s.put_tokens(ngstore.Token.create_batch(5, start=5))
+    s.flush()  # one "apply" event
     assert any(t.name == "ngstore-blackbox-flush" for t in threading.enumerate())
     if sys.argv[2] == "flush":
         s._obs.flush_ring()   # what the periodic flusher does every 10 s
     s.put_tokens(ngstore.Token.create_batch(5, start=10))
+    s.flush()
     faulthandler._sigsegv()
 """
 
@@ -304,7 +307,7 @@ def test_sigsegv_leaves_the_faulthandler_log_and_the_last_ring_flush(tmp_path, p
     doc = load_dump(ring)
     types = [e["event_type"] for e in doc["events"]]
     assert doc["reason"] == "periodic ring flush" and doc["store_stats"] is None
-    assert types[types.index("open"):] == ["open", "commit", "commit"]  # not the third commit
+    assert types[types.index("open"):] == ["open", "apply"]  # not the apply of the third commit
 
 
 def test_quota_checkpoint_and_recovery_events_reach_the_black_box(tmp_path, path):
@@ -315,7 +318,7 @@ def test_quota_checkpoint_and_recovery_events_reach_the_black_box(tmp_path, path
         s.checkpoint()
         ev = s._obs.blackbox.get_events()
         types = [e["event_type"] for e in ev]
-        assert types[-3:] == ["commit", "quota_refused", "checkpoint"]
+        assert types[-3:] == ["apply", "quota_refused", "checkpoint"]
         assert "max_tokens" in dict(ev[-2]["data"])["error"]
         assert s._obs.blackbox.stats()["total_recorded"] >= len(ev)
     # a writer that dies after commits, then the machine "reboots": rollback + replay
