@@ -9,6 +9,7 @@ disk or the store; ``codec`` holds the coordinate arithmetic, ``tokens`` and
 from __future__ import annotations
 
 import enum
+import time
 
 import numpy as np
 
@@ -214,3 +215,35 @@ class EventFlags(enum.IntFlag):
 
 
 MAX_TOKEN_ID = 0xFFFF_FFFF
+
+
+# -- record timestamps ---------------------------------------------------------------------
+# Token.timestamp and Connection.created_at/last_update are u32 Unix seconds (the original
+# wraps in 2106: ``as u32``). ``int(time.time()) & 0xFFFFFFFF`` costs about half as much
+# as the rest of ``Token(id)``, so the record constructors keep the second they last saw:
+# a clock reading inside it needs two float comparisons, not a conversion.
+
+#: ``(start, end, seconds)``: the Unix second ``[start, end)`` last seen and its u32 value.
+#: One tuple in a list, so that a reader in another thread always sees a consistent triple.
+CURRENT_SECOND: list[tuple[float, float, int]] = [(0.0, 0.0, 0)]
+
+
+def new_second(now: float) -> tuple[float, float, int]:
+    """Makes ``now`` (``time.time()``) the current second and returns its triple.
+
+    Callers read ``CURRENT_SECOND[0]`` and call this only when ``now`` falls outside it;
+    the result's third item is ``int(now) & 0xFFFFFFFF``, as ``unix_seconds()``.
+    """
+    s = int(now)
+    sec = (float(s), float(s + 1), s & 0xFFFF_FFFF) if now >= 0 else (now, now, s & 0xFFFF_FFFF)
+    CURRENT_SECOND[0] = sec
+    return sec
+
+
+def unix_seconds() -> int:
+    """The current Unix time in whole seconds as a u32 (the original's ``as u32``)."""
+    now = time.time()
+    sec = CURRENT_SECOND[0]
+    if not sec[0] <= now < sec[1]:
+        sec = new_second(now)
+    return sec[2]

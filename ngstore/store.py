@@ -1270,7 +1270,7 @@ class Store:
         raw = self._get_record(token_id)
         if raw is None:
             raise NotFoundError(f"no token with id {token_id} in {self.path}")
-        return _Token._view(np.frombuffer(bytearray(raw), dtype=TOKEN_DTYPE))  # owns its bytes
+        return _Token.from_bytes(raw)  # shares the bytes _record_of copied out: no second copy
 
     def _get_record(self, token_id: int) -> bytes | None:
         if self._closed:
@@ -1797,7 +1797,7 @@ def _state_coords(states: Any) -> np.ndarray:
     from .tokens import Token, TokenArray
 
     if isinstance(states, Token):
-        return states._a["coordinates"].reshape(1, 8, 3).copy()
+        return states.record["coordinates"].copy()
     if isinstance(states, TokenArray):
         return states.data["coordinates"].copy()
     a = np.asarray(states)
@@ -2032,11 +2032,11 @@ class TokenView:
 
     def __iter__(self) -> Iterator[Any]:
         """Yields a Token (a copy) per present token, in id order."""
-        from .tokens import Token
+        from .tokens import TokenArray
 
         for _first, arr in self.chunks():
-            for i in range(arr.shape[0]):
-                yield Token._view(arr[i:i + 1].copy())
+            for t in TokenArray(arr):
+                yield t.copy()
 
     def ids(self) -> np.ndarray:
         parts = [a["id"].copy() for _f, a in self.chunks()]
