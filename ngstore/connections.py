@@ -353,7 +353,8 @@ def _require_struct(arr: Any) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 # The layout as struct formats (little-endian, no padding), checked against
-# CONNECTION_DTYPE at the end of the module. Writers are declared to take any buffer:
+# CONNECTION_DTYPE at the end of the module. A writer's format never has pad bytes: pack_into
+# writes them as zeros, over the fields they skip. Writers are declared to take any buffer:
 # struct refuses bytes at run time (TypeError), which is how a setter notices a
 # connection still holding its immutable bytes (see Connection._mutable).
 
@@ -378,7 +379,6 @@ _put_u8: Callable[[Any, int, int], None] = struct.Struct("<B").pack_into
 _put_u16: Callable[[Any, int, int], None] = struct.Struct("<H").pack_into
 _put_u32: Callable[[Any, int, int], None] = struct.Struct("<I").pack_into
 _put_f32: Callable[[Any, int, float], None] = struct.Struct("<f").pack_into
-_put_type: Callable[[Any, int, int, int], None] = struct.Struct("<B23xB").pack_into  # type @8, mutability @32
 _put_i16x8: Callable[..., None] = struct.Struct("<8h").pack_into
 
 # Field offsets (records.CONNECTION_DTYPE; checked at the end of the module).
@@ -610,10 +610,8 @@ class Connection:
         """Sets the type and the block's mutability; Immutable also sets confidence 255."""
         t = _check_uint("connection_type", connection_type, 8)
         mut = _MUT_OF_TYPE[t]
-        try:
-            _put_type(self._buf, _TYPE, t, mut)
-        except TypeError:
-            _put_type(self._mutable(), _TYPE, t, mut)
+        self._put(_put_u8, _TYPE, t)  # first: a read-only view fails before any write
+        self._put(_put_u8, _MUTABILITY, mut)
         if mut == Mutability.IMMUTABLE:
             self._put(_put_u8, _CONFIDENCE, 255)
 
