@@ -12,7 +12,9 @@ times per sample. The rows are **interleaved**: every round times every row once
 baseline and the rows it divides share the same load on a shared machine. Medians of the
 rounds; timeit switches the garbage collector off while timing, for every row alike.
 
-Rows: ``Token(i)``; ``Token.copy()``; ``.coordinates`` of a token whose 24 coordinates are
+Rows: ``Token(i)``; ``Token.copy()`` of a token that has been written (so its bytes are a
+private bytearray and the copy is a real 64-byte copy; a never-written token's copy shares
+its immutable bytes and costs less); ``.coordinates`` of a token whose 24 coordinates are
 all non-zero (each decoded value is a new float) and of a fresh ``Token(i)`` (all zero, the
 README's example); ``TokenArray[i]`` (a write-through row token); ``Token.from_bytes``;
 ``Connection(a, b)`` and ``Connection.copy()``. Peers for context: ``np.frombuffer`` of 64
