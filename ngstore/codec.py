@@ -120,7 +120,8 @@ def _encode_scaled(scaled: np.ndarray) -> np.ndarray:
     out = np.trunc(scaled)
     np.clip(out, _I16_MIN, _I16_MAX, out=out)  # +-inf saturate here
     out[np.isnan(out)] = 0
-    return out.astype(np.int16)
+    raw: np.ndarray = out.astype(np.int16)
+    return raw
 
 
 def _as_float(values: npt.ArrayLike) -> np.ndarray:
@@ -168,13 +169,15 @@ def decode(raw: npt.ArrayLike) -> np.ndarray:
         raise InvalidArgumentError(f"raw coordinates must have shape (..., {LAYERS}, {AXES}), got {arr.shape}")
     if arr.dtype.kind not in "iu":
         raise InvalidArgumentError(f"raw coordinates must be integers, got dtype {arr.dtype}")
-    return arr / SCALES[:, None]
+    decoded: np.ndarray = arr / SCALES[:, None]
+    return decoded
 
 
 def decode_layer(raw: npt.ArrayLike, layer: int) -> np.ndarray:
     """Decodes raw values (any shape) of layer ``layer`` to float64."""
     layer = _check_layer(layer)
-    return np.asarray(raw, dtype=np.float64) / SCALES[layer]
+    decoded: np.ndarray = np.asarray(raw, dtype=np.float64) / SCALES[layer]
+    return decoded
 
 
 def encode_state(states: npt.ArrayLike) -> np.ndarray:
@@ -200,13 +203,14 @@ def decode_state(raw_x: npt.ArrayLike) -> np.ndarray:
     arr = np.asarray(raw_x)
     if arr.ndim < 1 or arr.shape[-1] != LAYERS:
         raise InvalidArgumentError(f"raw states must have shape (..., {LAYERS}), got {arr.shape}")
-    return arr / SCALES
+    decoded: np.ndarray = arr / SCALES
+    return decoded
 
 
 def state_coordinates(states: npt.ArrayLike) -> np.ndarray:
     """Raw token coordinates ``(..., 8, 3)`` of states ``(..., 8)``: X = encoded, Y = Z = 0."""
     x = encode_state(states)
-    out = np.zeros(x.shape + (AXES,), dtype=np.int16)
+    out = np.zeros((*x.shape, AXES), dtype=np.int16)
     out[..., 0] = x
     return out
 
@@ -235,10 +239,12 @@ def _rotl(v: np.ndarray, r: int) -> np.ndarray:
     r %= 64
     if r == 0:
         return v
-    return (v << np.uint64(r)) | (v >> np.uint64(64 - r))
+    rotated: np.ndarray = (v << np.uint64(r)) | (v >> np.uint64(64 - r))
+    return rotated
 
 
-def grid_hash_reference(raw_coords: npt.ArrayLike, shifts: Sequence[int] | npt.ArrayLike = DEFAULT_SHIFTS) -> np.ndarray:
+def grid_hash_reference(raw_coords: npt.ArrayLike,
+                        shifts: Sequence[int] | npt.ArrayLike = DEFAULT_SHIFTS) -> np.ndarray:
     """Grid hash of raw ``int16`` coordinates of shape ``(..., 8, 3)`` -> ``uint64`` of shape ``(...)``.
 
     Bit-exact with the original ``compute_grid_hash`` (Appendix A3): for layer d with shift

@@ -181,14 +181,21 @@ def decode_action(raw: Any) -> np.ndarray:
 # Vectorised rules (the single implementation; the Connection methods call these)
 # --------------------------------------------------------------------------------------
 
-def mutability_for_type(connection_type: Any) -> Any:
+@overload
+def mutability_for_type(connection_type: int | np.integer[Any]) -> Mutability: ...
+@overload
+def mutability_for_type(connection_type: np.ndarray | Sequence[int]) -> np.ndarray: ...
+
+
+def mutability_for_type(connection_type: Any) -> Mutability | np.ndarray:
     """Default mutability of a connection type code (scalar -> ``Mutability``, array -> u8 array)."""
     if np.ndim(connection_type) == 0:
         return Mutability(int(_MUTABILITY_BY_TYPE[_check_uint("connection_type", connection_type, 8)]))
     t = np.asarray(connection_type)
     if t.dtype.kind not in "ui" or (t.size and (t.min() < 0 or t.max() > 255)):
         raise InvalidArgumentError("connection types must be integers in 0..255")
-    return _MUTABILITY_BY_TYPE[t.astype(np.intp)]
+    table: np.ndarray = _MUTABILITY_BY_TYPE[t.astype(np.intp)]
+    return table
 
 
 def _where(arr: np.ndarray, where: Any) -> np.ndarray:

@@ -77,9 +77,11 @@ RAW64 = np.dtype("V64")
 def _check_layouts() -> None:
     assert TOKEN_DTYPE.itemsize == TOKEN_SIZE and CONNECTION_DTYPE.itemsize == CONNECTION_SIZE
     assert EVENT_DTYPE.itemsize == EVENT_SIZE
-    assert [TOKEN_DTYPE.fields[n][1] for n in TOKEN_DTYPE.names] == [0, 48, 52, 54, 58, 59, 60]
-    assert CONNECTION_DTYPE.fields["target_vector"][1] == 48
-    assert EVENT_DTYPE.fields["sequence"][1] == 124
+    token, connection, event = TOKEN_DTYPE.fields, CONNECTION_DTYPE.fields, EVENT_DTYPE.fields
+    assert token is not None and connection is not None and event is not None
+    assert [token[n][1] for n in TOKEN_DTYPE.names or ()] == [0, 48, 52, 54, 58, 59, 60]
+    assert connection["target_vector"][1] == 48
+    assert event["sequence"][1] == 124
     assert len(SCALE_FACTORS) == LAYERS
 
 
