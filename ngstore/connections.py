@@ -54,6 +54,7 @@ of a read-only array refuses writes with ``InvalidArgumentError``.
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
@@ -415,6 +416,8 @@ _MUT_OF_TYPE = tuple(int(m) for m in _MUTABILITY_BY_TYPE)
 _FLAG_VALUES = tuple(ConnectionFlags(v) for v in range(256))
 _time = time.time
 _new = object.__new__
+#: Serialises the first write of owned records (see ``_own``).
+_FIRST_WRITE = threading.Lock()
 
 _READ_ONLY = "this Connection is a read-only view (e.g. of a snapshot); copy() it to modify it"
 
@@ -545,10 +548,7 @@ class Connection:
         A view, not a copy: writing to it writes to the connection (and, for a row
         connection, to the row); it is read-only when the connection is.
         """
-        b = self._buf
-        if type(b) is bytes:
-            b = self._buf = bytearray(b)
-        return np.frombuffer(b, dtype=CONNECTION_DTYPE)
+        return np.frombuffer(self._own(), dtype=CONNECTION_DTYPE)
 
     def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         """The one-record array over this connection (:attr:`record`; a copy if ``copy``)."""
@@ -568,15 +568,27 @@ class Connection:
         return self.copy()
 
     # -- writing ------------------------------------------------------------------------
-    def _mutable(self) -> bytearray | memoryview:
-        """The buffer to write to: own immutable bytes become a private bytearray."""
+    def _own(self) -> bytearray | memoryview:
+        """The buffer to write to, made private on the first write (copy on write).
+
+        The swap from the immutable bytes to a bytearray happens once, under a lock: two
+        threads making their first writes to the same connection at once must not each copy
+        the old bytes and lose the other's write. Later writes are one struct call each.
+        """
         b = self._buf
         if isinstance(b, bytes):
-            b = self._buf = bytearray(b)
-            return b
+            with _FIRST_WRITE:
+                b = self._buf
+                if isinstance(b, bytes):
+                    b = self._buf = bytearray(b)
+        return b
+
+    def _mutable(self) -> bytearray | memoryview:
+        """:meth:`_own`, refusing a read-only row (a snapshot view) with a clear error."""
+        b = self._own()
         if isinstance(b, memoryview) and b.readonly:
             raise InvalidArgumentError(_READ_ONLY)
-        return b  # already writable: the caller's TypeError was not about the buffer
+        return b  # writable: a caller's TypeError about a writable buffer will repeat
 
     def _put(self, put: Callable[[Any, int, Any], None], offset: int, value: Any) -> None:
         try:

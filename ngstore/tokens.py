@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import operator
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, overload
@@ -108,6 +109,8 @@ _ACTIVE = int(TokenFlags.ACTIVE)
 _ENTITY_TYPES = tuple(EntityType)
 _time = time.time
 _new = object.__new__
+#: Serialises the first write of owned records (see ``_own``).
+_FIRST_WRITE = threading.Lock()
 
 #: Rows filled per step by :func:`create_batch`: the three column writes of a block hit
 #: the same cache lines while they are still in cache (one pass over memory instead of
@@ -288,25 +291,34 @@ class Token:
         A view, not a copy: writing to it writes to the token (and, for a row token, to the
         row); it is read-only when the token is. It keeps the token's bytes alive.
         """
-        b = self._buf
-        if type(b) is bytes:
-            b = self._buf = bytearray(b)
-        return np.frombuffer(b, dtype=TOKEN_DTYPE)
+        return np.frombuffer(self._own(), dtype=TOKEN_DTYPE)
 
     def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         """The one-record TOKEN_DTYPE array over this token (:attr:`record`; a copy if ``copy``)."""
         a = self.record if dtype is None else self.record.astype(dtype)
         return a.copy() if copy else a
 
-    def _mutable(self) -> bytearray | memoryview:
-        """The buffer to write to: a token's own immutable bytes become a private bytearray."""
+    def _own(self) -> bytearray | memoryview:
+        """The buffer to write to, made private on the first write (copy on write).
+
+        The swap from the immutable bytes to a bytearray happens once, under a lock: two
+        threads making their first writes to the same token at once must not each copy
+        the old bytes and lose the other's write. Later writes are one struct call each.
+        """
         b = self._buf
         if isinstance(b, bytes):
-            b = self._buf = bytearray(b)
-            return b
+            with _FIRST_WRITE:
+                b = self._buf
+                if isinstance(b, bytes):
+                    b = self._buf = bytearray(b)
+        return b
+
+    def _mutable(self) -> bytearray | memoryview:
+        """:meth:`_own`, refusing a read-only row (a snapshot view) with a clear error."""
+        b = self._own()
         if isinstance(b, memoryview) and b.readonly:
             raise InvalidArgumentError(_READ_ONLY)
-        return b  # already writable: the caller's TypeError was not about the buffer
+        return b  # writable: a caller's TypeError about a writable buffer will repeat
 
     def _put(self, put: Callable[[Any, int, Any], None], offset: int, value: Any) -> None:
         try:

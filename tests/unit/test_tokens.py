@@ -10,6 +10,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -690,3 +691,29 @@ def test_pickled_row_tokens_and_copies_compare_equal_to_their_source():
     arr = create_batch(2)
     for t in (arr[1], arr[1].copy(), copy.deepcopy(arr[1])):
         assert pickle.loads(pickle.dumps(t)) == arr[1]
+
+
+def test_first_writes_from_two_threads_to_one_token_are_both_kept():
+    # Copy on write swaps a token's immutable bytes for a bytearray on its first write. Two
+    # threads making that first write together must not each copy the old bytes and drop the
+    # other's field (without the lock in Token._own this fails about one run in three).
+    tokens = [Token(i) for i in range(3000)]
+    barrier = threading.Barrier(2)
+
+    def writer(field: str, value: object) -> None:
+        for t in tokens:
+            barrier.wait()
+            setattr(t, field, value)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=writer, args=("weight", 0.5)),
+                   threading.Thread(target=writer, args=("flags", 7))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert [t.id for t in tokens if t.weight != 0.5 or t.flags != 7] == []
