@@ -666,3 +666,20 @@ def test_connections_pickle_and_lists_of_rows_join_into_a_new_array():
     assert joined["token_a"].tolist() == [2, 7] and joined.flags.writeable
     joined["rigidity"] = 1
     assert ca.rigidity.tolist() == [128, 128]
+
+
+@settings(max_examples=200, deadline=None)
+@given(IMAGES, st.sampled_from(["token_a", "token_b"]), U32)
+def test_end_setters_write_like_numpy_or_refuse_to_break_canonical_order(image, name, value):
+    owned, row, rec, arr = three_views(image)
+    other = int(rec["token_b" if name == "token_a" else "token_a"][0])
+    breaks = value > other if name == "token_a" else value < other
+    for c in (owned, row):
+        if breaks:
+            with pytest.raises(InvalidArgumentError, match="canonical order"):
+                setattr(c, name, value)
+        else:
+            setattr(c, name, value)
+    if not breaks:
+        rec[name] = value
+    assert owned.to_bytes() == row.to_bytes() == rec.tobytes() == arr.data[1].tobytes()
