@@ -117,7 +117,7 @@ def encode_scalar(value: float, scale: float, lo: int = _I16_MIN, hi: int = _I16
 
 def _encode_scaled(scaled: np.ndarray) -> np.ndarray:
     """Truncates toward zero, saturates to int16, NaN -> 0 (Rust's float ``as i16``)."""
-    out = np.trunc(scaled)
+    out = np.asarray(np.trunc(scaled))  # a 0-d input gives a numpy scalar, which out= refuses
     np.clip(out, _I16_MIN, _I16_MAX, out=out)  # +-inf saturate here
     out[np.isnan(out)] = 0
     raw: np.ndarray = out.astype(np.int16)

@@ -304,3 +304,10 @@ def test_encode_scalar_keeps_the_float32_product_of_the_original():
     assert codec.encode_scalar(0.7, 100) == 70
     assert codec.encode_scalar(math.nan, 100) == 0
     assert codec.encode_scalar(-0.00015, 10000) == -1
+
+
+def test_encode_layer_of_one_scalar_returns_a_0d_array():
+    # regression: np.trunc of a 0-d input is a numpy scalar, and np.clip(out=scalar) raised
+    assert codec.encode_layer(np.float32(0.7), 6).shape == ()
+    assert int(codec.encode_layer(np.float32(0.7), 6)) == 70
+    assert int(codec.encode_layer(5.0, 1)) == 32767 and int(codec.encode_layer(np.nan, 0)) == 0
