@@ -59,19 +59,28 @@ from .config import IntuitionConfig
 from .connections import Connection, encode_action
 from .errors import InvalidArgumentError
 from .experience import ExperienceStream, total_reward
-from .records import ASSOCIATED_WITH, CONNECTION_DTYPE, EVENT_DTYPE, LAYERS, ConnectionFlags, EntityType, Mutability, create_id
+from .records import (
+    ASSOCIATED_WITH,
+    CONNECTION_DTYPE,
+    EVENT_DTYPE,
+    LAYERS,
+    ConnectionFlags,
+    EntityType,
+    Mutability,
+    create_id,
+)
 
 __all__ = [
+    "GENERATED_SOURCE_ID",
+    "REFLEX_ID_DOMAIN",
+    "REFLEX_PULL_STRENGTH",
     "Pattern",
-    "state_bins",
-    "find_patterns",
     "analyze_stream",
+    "find_patterns",
     "pattern_to_connection",
     "patterns_to_connections",
     "reflex_token_ids",
-    "REFLEX_ID_DOMAIN",
-    "REFLEX_PULL_STRENGTH",
-    "GENERATED_SOURCE_ID",
+    "state_bins",
 ]
 
 #: Domain nibble of the token ids given to generated reflexes (``reflex_token_ids``).
@@ -246,7 +255,8 @@ def _group_means(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, whi
     # Gather only the rows of the selected groups, then one reduceat over them.
     idx = np.repeat(starts[uniq] - np.r_[0, np.cumsum(lens)[:-1]], lens) + np.arange(lens.sum())
     sums = np.add.reduceat(values[idx].astype(np.float64), np.r_[0, np.cumsum(lens)[:-1]], axis=0)
-    return (sums / lens[:, None])[inv]
+    means: np.ndarray = (sums / lens[:, None])[inv]
+    return means
 
 
 def analyze_stream(stream: ExperienceStream, config: IntuitionConfig | None = None, rng: Any = None,

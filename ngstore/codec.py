@@ -26,7 +26,18 @@ Callers wanting the original's behaviour for Python floats (``Token``'s setters 
 ``np.float32`` arrays.
 
 Decode divides by the scale in **float64**, so ``decode(1000)`` in a 10000-scale layer is
-the Python float ``0.1`` (float32 would show 0.10000000149...).
+the Python float ``0.1`` (float32 would show 0.10000000149...). Python's ``int / int`` is
+correctly rounded too, so a scalar ``raw / scale`` is bit-identical to ``decode``.
+
+Scalars without numpy
+---------------------
+The record objects (``Token``, ``Connection``) encode one value at a time, where a numpy
+scalar costs more than the arithmetic. :func:`to_f32` rounds a Python float to float32
+with ``struct`` (round to nearest, ties to even; +-inf beyond the float32 range), and
+:func:`encode_scalar` computes ``(value as f32 * scale as f32) as iN`` from it. That is
+exact float32 arithmetic, not an approximation: the product of two float32 values has at
+most 48 significant bits, so float64 holds it exactly, and rounding it to float32 once is
+what a float32 multiply does. The tests hold these against the numpy functions above.
 
 Grid hash
 ---------
@@ -37,6 +48,8 @@ huge bucket number, not ``floor(v / 2**s)`` as a small negative integer.
 """
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,13 +74,54 @@ MAX_SHIFT = 15
 _I16_MIN = -32768
 _I16_MAX = 32767
 
+#: The smallest magnitude that rounds to infinity in float32: FLT_MAX's mantissa is odd,
+#: so the halfway point to 2**128 rounds up (ties to even).
+F32_OVERFLOW = (2.0 - 2.0**-24) * 2.0**127
+#: The largest finite float32, as a Python float.
+F32_MAX = (2.0 - 2.0**-23) * 2.0**127
+
+_F32 = struct.Struct("<f")
+_f32_pack = _F32.pack
+_f32_unpack = _F32.unpack
+
+
+def to_f32(x: float) -> float:
+    """``x`` rounded to float32 (nearest, ties to even) as a Python float.
+
+    Beyond the float32 range the result is +-inf, and NaN stays NaN, as numpy's
+    ``np.float32(x)`` does (``struct`` alone would raise OverflowError).
+    """
+    if -F32_OVERFLOW < x < F32_OVERFLOW:
+        return float(_f32_unpack(_f32_pack(x))[0])
+    if x != x:
+        return x
+    return math.copysign(math.inf, x)
+
+
+def encode_scalar(value: float, scale: float, lo: int = _I16_MIN, hi: int = _I16_MAX) -> int:
+    """``(value as f32 * scale as f32) as int``, saturating to ``lo..hi``; NaN -> 0.
+
+    ``scale`` must be exactly representable in float32 (every layer scale, 100 and 255
+    are). With the defaults this is one coordinate of :func:`encode` / :func:`encode_layer`
+    for float32 input; ``lo=0, hi=255`` is the original's ``as u8`` of the field values.
+    """
+    p = to_f32(to_f32(value) * scale)
+    if p != p:
+        return 0
+    if p >= hi:
+        return hi
+    if p <= lo:
+        return lo
+    return int(p)  # truncation toward zero
+
 
 def _encode_scaled(scaled: np.ndarray) -> np.ndarray:
     """Truncates toward zero, saturates to int16, NaN -> 0 (Rust's float ``as i16``)."""
-    out = np.trunc(scaled)
+    out = np.asarray(np.trunc(scaled))  # a 0-d input gives a numpy scalar, which out= refuses
     np.clip(out, _I16_MIN, _I16_MAX, out=out)  # +-inf saturate here
     out[np.isnan(out)] = 0
-    return out.astype(np.int16)
+    raw: np.ndarray = out.astype(np.int16)
+    return raw
 
 
 def _as_float(values: npt.ArrayLike) -> np.ndarray:
@@ -115,13 +169,15 @@ def decode(raw: npt.ArrayLike) -> np.ndarray:
         raise InvalidArgumentError(f"raw coordinates must have shape (..., {LAYERS}, {AXES}), got {arr.shape}")
     if arr.dtype.kind not in "iu":
         raise InvalidArgumentError(f"raw coordinates must be integers, got dtype {arr.dtype}")
-    return arr / SCALES[:, None]
+    decoded: np.ndarray = arr / SCALES[:, None]
+    return decoded
 
 
 def decode_layer(raw: npt.ArrayLike, layer: int) -> np.ndarray:
     """Decodes raw values (any shape) of layer ``layer`` to float64."""
     layer = _check_layer(layer)
-    return np.asarray(raw, dtype=np.float64) / SCALES[layer]
+    decoded: np.ndarray = np.asarray(raw, dtype=np.float64) / SCALES[layer]
+    return decoded
 
 
 def encode_state(states: npt.ArrayLike) -> np.ndarray:
@@ -147,13 +203,14 @@ def decode_state(raw_x: npt.ArrayLike) -> np.ndarray:
     arr = np.asarray(raw_x)
     if arr.ndim < 1 or arr.shape[-1] != LAYERS:
         raise InvalidArgumentError(f"raw states must have shape (..., {LAYERS}), got {arr.shape}")
-    return arr / SCALES
+    decoded: np.ndarray = arr / SCALES
+    return decoded
 
 
 def state_coordinates(states: npt.ArrayLike) -> np.ndarray:
     """Raw token coordinates ``(..., 8, 3)`` of states ``(..., 8)``: X = encoded, Y = Z = 0."""
     x = encode_state(states)
-    out = np.zeros(x.shape + (AXES,), dtype=np.int16)
+    out = np.zeros((*x.shape, AXES), dtype=np.int16)
     out[..., 0] = x
     return out
 
@@ -182,10 +239,12 @@ def _rotl(v: np.ndarray, r: int) -> np.ndarray:
     r %= 64
     if r == 0:
         return v
-    return (v << np.uint64(r)) | (v >> np.uint64(64 - r))
+    rotated: np.ndarray = (v << np.uint64(r)) | (v >> np.uint64(64 - r))
+    return rotated
 
 
-def grid_hash_reference(raw_coords: npt.ArrayLike, shifts: Sequence[int] | npt.ArrayLike = DEFAULT_SHIFTS) -> np.ndarray:
+def grid_hash_reference(raw_coords: npt.ArrayLike,
+                        shifts: Sequence[int] | npt.ArrayLike = DEFAULT_SHIFTS) -> np.ndarray:
     """Grid hash of raw ``int16`` coordinates of shape ``(..., 8, 3)`` -> ``uint64`` of shape ``(...)``.
 
     Bit-exact with the original ``compute_grid_hash`` (Appendix A3): for layer d with shift

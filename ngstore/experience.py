@@ -78,7 +78,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -86,27 +86,27 @@ from .errors import InvalidArgumentError
 from .records import EVENT_DTYPE, LAYERS, EventFlags
 
 __all__ = [
-    "ExperienceStream",
-    "Subscription",
-    "PollResult",
-    "Event",
+    "APPRAISAL_EPSILON",
     "Appraiser",
     "AppraiserParams",
-    "Uniform",
+    "Event",
+    "ExperienceStream",
+    "Mixed",
+    "PollResult",
     "PrioritizedByReward",
     "RecencyWeighted",
-    "Mixed",
     "SamplingStrategy",
-    "new_events",
-    "total_reward",
-    "homeostasis_reward",
+    "Subscription",
+    "Uniform",
+    "appraise",
     "curiosity_reward",
     "efficiency_reward",
     "goal_reward",
-    "appraise",
+    "homeostasis_reward",
+    "new_events",
     "sample_indices",
     "strategy_weights",
-    "APPRAISAL_EPSILON",
+    "total_reward",
 ]
 
 #: The appraisers skip writing rewards with |r| <= this (the original's threshold).
@@ -181,14 +181,15 @@ class Mixed:
         object.__setattr__(self, "recency_weight", _finite("recency_weight", self.recency_weight))
 
 
-SamplingStrategy = Union[Uniform, PrioritizedByReward, RecencyWeighted, Mixed]
+SamplingStrategy = Uniform | PrioritizedByReward | RecencyWeighted | Mixed
 _STRATEGIES = (Uniform, PrioritizedByReward, RecencyWeighted, Mixed)
 
 
 def total_reward(events: np.ndarray) -> np.ndarray:
     """Sum of the four reward slots, float32 like the original's ``total_reward()``."""
-    return (events["reward_homeostasis"] + events["reward_curiosity"]
-            + events["reward_efficiency"] + events["reward_goal"]).astype(np.float32)
+    total: np.ndarray = (events["reward_homeostasis"] + events["reward_curiosity"]
+                         + events["reward_efficiency"] + events["reward_goal"]).astype(np.float32)
+    return total
 
 
 def _strategy_weights(rewards: np.ndarray | None, n: int, strategy: SamplingStrategy) -> np.ndarray | None:
@@ -278,7 +279,7 @@ def _assign(out: np.ndarray, name: str, value: Any) -> None:
         out["event_id_lo"] = np.asarray(lo, dtype=np.uint64) if len(lo) > 1 else lo[0]
         out["event_id_hi"] = np.asarray(hi, dtype=np.uint64) if len(hi) > 1 else hi[0]
         return
-    if name not in EVENT_DTYPE.names:
+    if name not in (EVENT_DTYPE.names or ()):
         raise InvalidArgumentError(f"events have no field {name!r}")
     target = out[name]
     v = np.asarray(value)
@@ -368,7 +369,8 @@ class Event:
 
     @property
     def state(self) -> np.ndarray:
-        return self._row["state"][0]
+        state: np.ndarray = self._row["state"][0]
+        return state
 
     @state.setter
     def state(self, v: Any) -> None:
@@ -376,7 +378,8 @@ class Event:
 
     @property
     def action(self) -> np.ndarray:
-        return self._row["action"][0]
+        action: np.ndarray = self._row["action"][0]
+        return action
 
     @action.setter
     def action(self, v: Any) -> None:
@@ -461,7 +464,8 @@ _f = np.float32
 def _outside_sq(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     lo32, hi32 = _f(lo), _f(hi)
     d = np.where(v < lo32, lo32 - v, np.where(v > hi32, v - hi32, _f(0)))
-    return d * d
+    sq: np.ndarray = d * d
+    return sq
 
 
 def homeostasis_reward(events: np.ndarray, weight: float = 0.3, penalty_multiplier: float = 1.0) -> np.ndarray:
@@ -472,7 +476,8 @@ def homeostasis_reward(events: np.ndarray, weight: float = 0.3, penalty_multipli
     """
     dev = (_outside_sq(_col(events, "state", 4), 0.2, 0.7) + _outside_sq(_col(events, "state", 5), 0.4, 0.9)
            + _outside_sq(_col(events, "state", 7), 0.5, 1.0))
-    return (-_f(weight) * _f(penalty_multiplier) * dev).astype(np.float32)
+    reward: np.ndarray = (-_f(weight) * _f(penalty_multiplier) * dev).astype(np.float32)
+    return reward
 
 
 def curiosity_reward(events: np.ndarray, weight: float = 0.2, novelty_threshold: float = 0.3,
@@ -480,7 +485,8 @@ def curiosity_reward(events: np.ndarray, weight: float = 0.2, novelty_threshold:
     """weight*multiplier*(novelty - threshold) when Novelty state[1] > threshold, else 0."""
     nov = _col(events, "state", 1)
     thr = _f(novelty_threshold)
-    return np.where(nov > thr, _f(weight) * _f(multiplier) * (nov - thr), _f(0)).astype(np.float32)
+    reward: np.ndarray = np.where(nov > thr, _f(weight) * _f(multiplier) * (nov - thr), _f(0)).astype(np.float32)
+    return reward
 
 
 def efficiency_reward(events: np.ndarray, weight: float = 0.1, motor_cost: float = 0.01,
@@ -492,14 +498,18 @@ def efficiency_reward(events: np.ndarray, weight: float = 0.1, motor_cost: float
     v = _col(events, "state", 2)
     a = _col(events, "action", 2)
     load = _col(events, "state", 4)
-    return (-_f(weight) * (_f(motor_cost) * (v * v + a * a) + _f(cognitive_cost) * load)).astype(np.float32)
+    cost = _f(motor_cost) * (v * v + a * a) + _f(cognitive_cost) * load
+    reward: np.ndarray = (-_f(weight) * cost).astype(np.float32)
+    return reward
 
 
 def goal_reward(events: np.ndarray, weight: float = 0.4) -> np.ndarray:
     """Valence = state[6]: weight*valence if > 0.5; weight*valence*0.5 if in (0, 0.5]; else 0."""
     val = _col(events, "state", 6)
     w = _f(weight)
-    return np.where(val > _f(0.5), w * val, np.where(val > _f(0), w * val * _f(0.5), _f(0))).astype(np.float32)
+    reward: np.ndarray = np.where(val > _f(0.5), w * val,
+                                  np.where(val > _f(0), w * val * _f(0.5), _f(0))).astype(np.float32)
+    return reward
 
 
 @dataclass(frozen=True)
@@ -561,7 +571,7 @@ class Subscription:
     its capacity). ``poll`` is the only consumer call; ``close`` makes further polls fail.
     """
 
-    __slots__ = ("_stream", "_cursor", "_closed", "lagged_total")
+    __slots__ = ("_closed", "_cursor", "_stream", "lagged_total")
 
     def __init__(self, stream: ExperienceStream, start_seq: int) -> None:
         self._stream = stream
@@ -753,7 +763,8 @@ class ExperienceStream:
         s = start % self._capacity
         n = end - start
         if s + n <= self._capacity:
-            return self._ring[s:s + n].copy()
+            rows: np.ndarray = self._ring[s:s + n].copy()
+            return rows
         return np.concatenate([self._ring[s:], self._ring[:n - (self._capacity - s)]])
 
     @staticmethod

@@ -9,6 +9,7 @@ disk or the store; ``codec`` holds the coordinate arithmetic, ``tokens`` and
 from __future__ import annotations
 
 import enum
+import time
 
 import numpy as np
 
@@ -76,9 +77,11 @@ RAW64 = np.dtype("V64")
 def _check_layouts() -> None:
     assert TOKEN_DTYPE.itemsize == TOKEN_SIZE and CONNECTION_DTYPE.itemsize == CONNECTION_SIZE
     assert EVENT_DTYPE.itemsize == EVENT_SIZE
-    assert [TOKEN_DTYPE.fields[n][1] for n in TOKEN_DTYPE.names] == [0, 48, 52, 54, 58, 59, 60]
-    assert CONNECTION_DTYPE.fields["target_vector"][1] == 48
-    assert EVENT_DTYPE.fields["sequence"][1] == 124
+    token, connection, event = TOKEN_DTYPE.fields, CONNECTION_DTYPE.fields, EVENT_DTYPE.fields
+    assert token is not None and connection is not None and event is not None
+    assert [token[n][1] for n in TOKEN_DTYPE.names or ()] == [0, 48, 52, 54, 58, 59, 60]
+    assert connection["target_vector"][1] == 48
+    assert event["sequence"][1] == 124
     assert len(SCALE_FACTORS) == LAYERS
 
 
@@ -214,3 +217,35 @@ class EventFlags(enum.IntFlag):
 
 
 MAX_TOKEN_ID = 0xFFFF_FFFF
+
+
+# -- record timestamps ---------------------------------------------------------------------
+# Token.timestamp and Connection.created_at/last_update are u32 Unix seconds (the original
+# wraps in 2106: ``as u32``). ``int(time.time()) & 0xFFFFFFFF`` costs about half as much
+# as the rest of ``Token(id)``, so the record constructors keep the second they last saw:
+# a clock reading inside it needs two float comparisons, not a conversion.
+
+#: ``(start, end, seconds)``: the Unix second ``[start, end)`` last seen and its u32 value.
+#: One tuple in a list, so that a reader in another thread always sees a consistent triple.
+CURRENT_SECOND: list[tuple[float, float, int]] = [(0.0, 0.0, 0)]
+
+
+def new_second(now: float) -> tuple[float, float, int]:
+    """Makes ``now`` (``time.time()``) the current second and returns its triple.
+
+    Callers read ``CURRENT_SECOND[0]`` and call this only when ``now`` falls outside it;
+    the result's third item is ``int(now) & 0xFFFFFFFF``, as ``unix_seconds()``.
+    """
+    s = int(now)
+    sec = (float(s), float(s + 1), s & 0xFFFF_FFFF) if now >= 0 else (now, now, s & 0xFFFF_FFFF)
+    CURRENT_SECOND[0] = sec
+    return sec
+
+
+def unix_seconds() -> int:
+    """The current Unix time in whole seconds as a u32 (the original's ``as u32``)."""
+    now = time.time()
+    sec = CURRENT_SECOND[0]
+    if not sec[0] <= now < sec[1]:
+        sec = new_second(now)
+    return sec[2]

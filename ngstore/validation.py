@@ -69,18 +69,24 @@ from .errors import InvalidArgumentError, ValidationError
 from .records import CONNECTION_DTYPE, MAX_CONNECTION_TYPE, TOKEN_DTYPE
 
 __all__ = [
-    "ArrayCheck",
     "ALL_CONNECTION_TYPES",
-    "DEFAULT_WEIGHT_RANGE",
     "DEFAULT_PULL_STRENGTH_RANGE",
+    "DEFAULT_WEIGHT_RANGE",
+    "MAX_FUTURE_SECS",
     "PROPOSAL_PULL_LIMIT",
+    "REFLEX_MAX_PULL_STRENGTH",
     "REFLEX_MIN_CONFIDENCE",
     "REFLEX_MIN_RIGIDITY",
-    "REFLEX_MAX_PULL_STRENGTH",
-    "MAX_FUTURE_SECS",
-    "check_token", "check_tokens", "validate_token",
-    "check_connection", "check_connections", "validate_connection",
-    "check_reflex", "check_reflexes", "validate_reflex",
+    "ArrayCheck",
+    "check_connection",
+    "check_connections",
+    "check_reflex",
+    "check_reflexes",
+    "check_token",
+    "check_tokens",
+    "validate_connection",
+    "validate_reflex",
+    "validate_token",
 ]
 
 #: Bit i set = connection type i allowed; all 176 defined codes.

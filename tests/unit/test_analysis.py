@@ -238,9 +238,9 @@ def test_analyze_stream_samples_then_finds_patterns():
 # -- consolidation ---------------------------------------------------------------------------
 
 def a_pattern(**overrides) -> Pattern:
-    fields = dict(bin=65535, better_action=A, worse_action=B, mean_better=2.0, mean_worse=0.5, delta=1.5,
-                  t=2.9, confidence=0.9, n_better=40, n_worse=30, representative_state=HIGH,
-                  better_action_vector=np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]))
+    fields = {"bin": 65535, "better_action": A, "worse_action": B, "mean_better": 2.0, "mean_worse": 0.5, "delta": 1.5,
+                  "t": 2.9, "confidence": 0.9, "n_better": 40, "n_worse": 30, "representative_state": HIGH,
+                  "better_action_vector": np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])}
     fields.update(overrides)
     return Pattern(**fields)
 

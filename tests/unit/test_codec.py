@@ -254,3 +254,60 @@ def test_bad_shift_error_names_the_layer():
 def test_reference_grid_hash_refuses_non_int16_coordinates():
     with pytest.raises(InvalidArgumentError, match="int16"):
         codec.grid_hash_reference(np.zeros((8, 3), np.int32))
+
+
+# -- scalars without numpy: to_f32 and encode_scalar (what Token and Connection use) -------------
+
+ANY_FLOAT = st.floats(allow_nan=True, allow_infinity=True, width=64)
+
+
+def numpy_f32(value: float) -> float:
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
+@settings(max_examples=500, deadline=None)
+@given(ANY_FLOAT)
+def test_to_f32_rounds_like_numpy_float32(value):
+    got, want = codec.to_f32(value), numpy_f32(value)
+    assert got == want or (math.isnan(got) and math.isnan(want))
+    assert math.copysign(1.0, got) == math.copysign(1.0, want)
+
+
+@pytest.mark.parametrize("value,expected", [
+    (codec.F32_MAX, codec.F32_MAX), (codec.F32_OVERFLOW, math.inf), (-codec.F32_OVERFLOW, -math.inf),
+    (math.nextafter(codec.F32_OVERFLOW, 0.0), codec.F32_MAX), (1e300, math.inf), (0.1, float(np.float32(0.1))),
+])
+def test_to_f32_overflows_exactly_where_float32_does(value, expected):
+    assert codec.to_f32(value) == expected == numpy_f32(value)
+
+
+@settings(max_examples=500, deadline=None)
+@given(ANY_FLOAT, st.integers(0, 7))
+def test_encode_scalar_is_encode_layer_of_a_float32(value, layer):
+    with np.errstate(over="ignore"):
+        want = int(codec.encode_layer(np.array([value], dtype=np.float32), layer)[0])
+    assert codec.encode_scalar(value, SCALE_FACTORS[layer]) == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(ANY_FLOAT.filter(lambda v: not math.isnan(v)), st.sampled_from([100.0, 255.0]))
+def test_encode_scalar_as_u8_is_the_float32_product_truncated_and_saturated(value, scale):
+    with np.errstate(over="ignore", invalid="ignore"):
+        product = np.float32(value) * np.float32(scale)
+    want = int(np.clip(np.trunc(product), 0, 255))
+    assert codec.encode_scalar(value, scale, 0, 255) == want
+
+
+def test_encode_scalar_keeps_the_float32_product_of_the_original():
+    # 0.7 in L7: float32 0.7 * 100 rounds to exactly 70.0 in float32 (float64 gives 69.99...)
+    assert codec.encode_scalar(0.7, 100) == 70
+    assert codec.encode_scalar(math.nan, 100) == 0
+    assert codec.encode_scalar(-0.00015, 10000) == -1
+
+
+def test_encode_layer_of_one_scalar_returns_a_0d_array():
+    # regression: np.trunc of a 0-d input is a numpy scalar, and np.clip(out=scalar) raised
+    assert codec.encode_layer(np.float32(0.7), 6).shape == ()
+    assert int(codec.encode_layer(np.float32(0.7), 6)) == 70
+    assert int(codec.encode_layer(5.0, 1)) == 32767 and int(codec.encode_layer(np.nan, 0)) == 0

@@ -1,11 +1,15 @@
 """Connection v3: defaults, type blocks, the learning arithmetic, views and conversions."""
 from __future__ import annotations
 
+import math
+import pickle
 import struct
 import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ngstore.connections import (
     Connection,
@@ -213,7 +217,7 @@ def test_vectorised_update_matches_the_reference_on_random_records():
     arr["learning_rate"] = rng.integers(0, 256, n)
     success = rng.random(n) < 0.5
     expected = [ref_update(int(c), int(lr), bool(s))
-                for c, lr, s in zip(arr["confidence"], arr["learning_rate"], success)]
+                for c, lr, s in zip(arr["confidence"], arr["learning_rate"], success, strict=True)]
     update_confidence_all(arr, success, now=6)
     assert arr["confidence"].tolist() == expected
     assert arr["evidence_count"].tolist() == success.astype(int).tolist()
@@ -400,7 +404,7 @@ def test_connection_array_columns_are_views_except_derived_ones():
     ca.target_vector[0] = [100] * 8
     assert ca.action[0, 0] == 1.0
     with pytest.raises(AttributeError):
-        ca.no_such_column
+        ca.no_such_column  # noqa: B018 - the lookup itself raises
 
 
 def test_connection_array_from_array_checks_the_dtype():
@@ -462,3 +466,220 @@ def test_as_connection_array_rejects_non_canonical_records():
 def test_activate_all_rejects_a_wrong_mask():
     with pytest.raises(InvalidArgumentError):
         activate_all(new_connections([1], [2], now=0), now=1, where=[True, False])
+
+
+# -- the light object against the numpy record, byte for byte (Hypothesis) -----------------------
+# An owned Connection (immutable bytes until its first write), a row of a ConnectionArray (a
+# memoryview) and the numpy record must read the same values and, after the same setters and
+# learning steps, hold the same 64 bytes.
+
+IMAGES = st.binary(min_size=64, max_size=64)
+U8, U16, U32 = st.integers(0, 0xFF), st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1)
+
+
+def three_views(image: bytes) -> tuple[Connection, Connection, np.ndarray, ConnectionArray]:
+    owned = Connection.from_bytes(image)
+    arr = ConnectionArray.from_bytes(bytes(64) + image + bytes(64))
+    rec = np.frombuffer(bytearray(image), dtype=CONNECTION_DTYPE)
+    return owned, arr[1], rec, arr
+
+
+def same_float(a: float, b: float) -> bool:
+    return struct.pack("<d", a) == struct.pack("<d", b) or (math.isnan(a) and math.isnan(b))
+
+
+INT_FIELDS = ["token_a", "token_b", "connection_type", "rigidity", "active_levels", "activation_count",
+              "created_at", "last_activation", "evidence_count", "last_update", "learning_rate",
+              "decay_rate", "source_id"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(IMAGES)
+def test_every_getter_reads_what_the_numpy_record_holds(image):
+    owned, row, rec, _ = three_views(image)
+    for c in (owned, row):
+        for name in INT_FIELDS:
+            assert getattr(c, name) == int(rec[name][0]), name
+        assert c.flags == ConnectionFlags(int(rec["flags"][0])) and isinstance(c.flags, ConnectionFlags)
+        assert same_float(c.pull_strength, float(rec["pull_strength"][0]))
+        assert same_float(c.preferred_distance, float(rec["preferred_distance"][0]))
+        assert c.confidence_raw == int(rec["confidence"][0]) and c.confidence == int(rec["confidence"][0]) / 255.0
+        m = int(rec["mutability"][0])
+        if m <= 2:
+            assert c.mutability is Mutability(m)
+        else:
+            with pytest.raises(ValueError):
+                c.mutability  # noqa: B018 - the getter raises
+        assert c.target_vector.tolist() == rec["target_vector"][0].tolist() and c.target_vector.dtype == np.int16
+        assert c.action.tolist() == decode_action(rec["target_vector"][0]).tolist()
+        assert c.to_bytes() == image and c.record.tobytes() == image and np.asarray(c).tobytes() == image
+
+
+def _numpy_reference(rec: np.ndarray, name: str, value) -> None:
+    """What each setter must do to the record, in numpy (float32 casts, the vectorised rules)."""
+    if name == "connection_type":
+        rec["connection_type"] = value
+        rec["mutability"] = int(mutability_for_type(value))
+        if rec["mutability"][0] == Mutability.IMMUTABLE:
+            rec["confidence"] = 255
+    elif name == "confidence":
+        rec["confidence"] = min(255, int(np.floor(np.float32(value) * np.float32(255))))
+    elif name == "confidence_raw":
+        rec["confidence"] = value
+    elif name in ("pull_strength", "preferred_distance"):
+        rec[name] = np.float32(value)
+    elif name == "action":
+        rec["target_vector"] = encode_action(np.array(value))
+    else:
+        rec[name] = value
+
+
+FINITE32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
+SETTERS = st.one_of(
+    st.tuples(st.sampled_from(["rigidity", "active_levels", "flags", "learning_rate", "decay_rate",
+                               "confidence_raw", "connection_type"]), U8),
+    st.tuples(st.sampled_from(["activation_count", "created_at", "last_activation", "last_update",
+                               "source_id"]), U32),
+    st.tuples(st.just("evidence_count"), U16),
+    st.tuples(st.just("mutability"), st.integers(0, 2)),
+    st.tuples(st.sampled_from(["pull_strength", "preferred_distance"]), FINITE32),
+    st.tuples(st.just("confidence"), st.floats(0.0, 1.0)),
+    st.tuples(st.just("target_vector"), st.lists(st.integers(-32768, 32767), min_size=8, max_size=8)),
+    st.tuples(st.just("action"), st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=8, max_size=8)),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(IMAGES, st.lists(SETTERS, min_size=1, max_size=4))
+def test_every_setter_writes_the_bytes_the_numpy_record_gets(image, steps):
+    owned, row, rec, arr = three_views(image)
+    for name, value in steps:
+        v = np.array(value) if name == "target_vector" else value
+        setattr(owned, name, v)
+        setattr(row, name, v)
+        _numpy_reference(rec, name, value)
+    want = rec.tobytes()
+    assert owned.to_bytes() == want and row.to_bytes() == want
+    assert arr.data[1].tobytes() == want
+    assert arr.data[0].tobytes() == bytes(64) == arr.data[2].tobytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(U32, U32, U8, U32)
+def test_connection_of_any_ends_and_type_equals_new_connections(a, b, t, now):
+    c = Connection(a, b, t, now=now)
+    assert c.to_bytes() == new_connections([a], [b], t, now=now).tobytes()
+    assert (c.token_a, c.token_b) == (min(a, b), max(a, b))
+
+
+LEARNING = st.one_of(
+    st.tuples(st.just("activate"), U32),
+    st.tuples(st.just("update_confidence"), st.tuples(st.booleans(), U32)),
+    st.tuples(st.just("apply_decay"), U32),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(U8, U8, U8, st.integers(0, 2), U32, st.lists(LEARNING, min_size=1, max_size=5))
+def test_learning_methods_on_objects_equal_the_vectorised_rules(conf, lr, dr, mut, last, steps):
+    base = new_connections([1], [2], now=0)
+    base["confidence"], base["learning_rate"], base["decay_rate"] = conf, lr, dr
+    base["mutability"], base["last_update"] = mut, last
+    owned = Connection.from_record(base)
+    arr = ConnectionArray(base.copy())
+    row = arr[0]
+    ref = base.copy()
+    for name, arg in steps:
+        if name == "activate":
+            owned.activate(arg), row.activate(arg), activate_all(ref, arg)
+        elif name == "update_confidence":
+            owned.update_confidence(*arg), row.update_confidence(*arg), update_confidence_all(ref, *arg)
+        else:
+            assert owned.apply_decay(arg) == row.apply_decay(arg) == bool(apply_decay_all(ref, arg)[0])
+    assert owned.to_bytes() == row.to_bytes() == ref.tobytes() == arr.data.tobytes()
+
+
+@settings(max_examples=100, deadline=None)
+@given(IMAGES, FINITE32)
+def test_a_copy_and_its_source_never_see_each_others_writes(image, pull):
+    owned, row, _, arr = three_views(image)
+    for src in (owned, row):
+        c = src.copy()
+        assert c == src
+        c.pull_strength = pull
+        c.source_id = 5
+        assert src.to_bytes() == image
+        c2 = src.copy()
+        src.rigidity = 7
+        assert c2.to_bytes() == image and arr.data[1].tobytes() == row.to_bytes()
+
+
+# -- where a Connection's bytes live -------------------------------------------------------------------
+
+def test_a_read_only_row_refuses_setters_and_learning_with_a_clear_error():
+    ro = np.frombuffer(new_connections([1, 2], [3, 4], now=0).tobytes(), CONNECTION_DTYPE)
+    c = ConnectionArray(ro)[1]
+    for step in (lambda: setattr(c, "rigidity", 1), lambda: c.set_connection_type(0x00),
+                 lambda: setattr(c, "action", [0.0] * 8), lambda: c.activate(now=1),
+                 lambda: c.update_confidence(True, now=1), lambda: c.apply_decay(now=10_000)):
+        with pytest.raises(InvalidArgumentError, match="read-only"):
+            step()
+    assert c.to_bytes() == ro[1].tobytes()
+    assert c.calculate_force(0.5) == ConnectionArray(ro).calculate_force(0.5)[1]
+    assert c.copy().rigidity == 128
+
+
+def test_record_and_view_write_through():
+    c = Connection(1, 2, now=0)
+    c.record["rigidity"] = 9
+    assert c.rigidity == 9
+    arr = new_connections([1, 2, 3], [4, 5, 6], now=0)
+    v = Connection.view(arr, -1)
+    v.source_id = 3
+    assert arr["source_id"].tolist() == [0, 0, 3]
+    strided = ConnectionArray(arr[::2])
+    strided[1].evidence_count = 4
+    assert arr["evidence_count"].tolist() == [0, 0, 4] and [x.token_a for x in strided] == [1, 3]
+    with pytest.raises(IndexError):
+        Connection.view(arr, 3)
+
+
+def test_from_bytes_and_from_record_copy_any_64_byte_source():
+    arr = new_connections([1, 2], [3, 4], now=0)
+    for src in (arr[1:2].tobytes(), bytearray(arr[1:2].tobytes()), memoryview(arr[1:2].tobytes()), arr[1:2]):
+        assert Connection.from_bytes(src).token_a == 2
+    for rec in (arr[1], arr[1:2]):
+        c = Connection.from_record(rec)
+        arr["token_a"][1] = 0
+        assert c.token_a == 2
+        arr["token_a"][1] = 2
+    with pytest.raises(InvalidArgumentError):
+        Connection.from_record(arr)
+    with pytest.raises(InvalidArgumentError):
+        Connection.from_bytes("x" * 64)  # type: ignore[arg-type]
+
+
+def test_connections_pickle_and_lists_of_rows_join_into_a_new_array():
+    ca = ConnectionArray.new([1, 2], [3, 4], now=0)
+    assert pickle.loads(pickle.dumps(ca[1])) == ca[1]
+    joined = as_connection_array([ca[1], Connection(7, 8, now=0)])
+    assert joined["token_a"].tolist() == [2, 7] and joined.flags.writeable
+    joined["rigidity"] = 1
+    assert ca.rigidity.tolist() == [128, 128]
+
+
+@settings(max_examples=200, deadline=None)
+@given(IMAGES, st.sampled_from(["token_a", "token_b"]), U32)
+def test_end_setters_write_like_numpy_or_refuse_to_break_canonical_order(image, name, value):
+    owned, row, rec, arr = three_views(image)
+    other = int(rec["token_b" if name == "token_a" else "token_a"][0])
+    breaks = value > other if name == "token_a" else value < other
+    for c in (owned, row):
+        if breaks:
+            with pytest.raises(InvalidArgumentError, match="canonical order"):
+                setattr(c, name, value)
+        else:
+            setattr(c, name, value)
+    if not breaks:
+        rec[name] = value
+    assert owned.to_bytes() == row.to_bytes() == rec.tobytes() == arr.data[1].tobytes()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -100,3 +101,38 @@ def test_create_id_refuses_entity_or_domain_outside_a_nibble(entity, domain):
 
 def test_max_token_id_is_u32_max():
     assert records.MAX_TOKEN_ID == 2**32 - 1
+
+
+# -- record timestamps: the cached current second -------------------------------------------------
+
+
+def test_new_second_is_int_of_now_masked_to_u32_and_becomes_current():
+    saved = records.CURRENT_SECOND[0]
+    try:
+        assert records.new_second(1_700_000_000.25) == (1_700_000_000.0, 1_700_000_001.0, 1_700_000_000)
+        assert records.CURRENT_SECOND[0] == (1_700_000_000.0, 1_700_000_001.0, 1_700_000_000)
+        assert records.new_second(2.0**32 + 5.5)[2] == 5  # the original's `as u32` wraps in 2106
+        start, end, _ = records.new_second(-0.5)  # before 1970: never cached, still int(now)
+        assert not start <= -0.5 < end
+    finally:
+        records.CURRENT_SECOND[0] = saved
+
+
+def test_unix_seconds_follows_the_clock_across_a_cached_second(monkeypatch):
+    clock = iter([1000.2, 1000.9, 1001.0, 999.5])  # within, within, next second, backwards
+    monkeypatch.setattr(records.time, "time", lambda: next(clock))
+    saved = records.CURRENT_SECOND[0]
+    records.CURRENT_SECOND[0] = (0.0, 0.0, 0)
+    try:
+        assert [records.unix_seconds() for _ in range(4)] == [1000, 1000, 1001, 999]
+    finally:
+        records.CURRENT_SECOND[0] = saved
+
+
+def test_token_and_connection_stamp_the_current_second():
+    from ngstore import Connection, Token
+
+    before = int(time.time())
+    stamps = [Token(1).timestamp, Connection(1, 2).created_at, Connection(1, 2).last_update]
+    after = int(time.time())
+    assert all(before <= s <= after for s in stamps)

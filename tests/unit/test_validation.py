@@ -227,7 +227,7 @@ def test_check_connections_is_vectorised_over_arrays():
 # -- reflexes ----------------------------------------------------------------------------------
 
 def reflex(**overrides) -> Connection:
-    fields = dict(confidence_raw=128, pull_strength=5.0, rigidity=128)
+    fields = {"confidence_raw": 128, "pull_strength": 5.0, "rigidity": 128}
     fields.update(overrides)
     return Connection(1, 2, now=NOW, **fields)
 
@@ -243,13 +243,13 @@ def test_a_fresh_connection_is_not_a_reflex_because_its_pull_is_zero():
 
 
 @pytest.mark.parametrize("overrides,failing", [
-    (dict(confidence_raw=128), []), (dict(confidence_raw=127), ["confidence"]),
-    (dict(rigidity=128), []), (dict(rigidity=127), ["rigidity"]),
-    (dict(pull_strength=100.0), []), (dict(pull_strength=ABOVE_100), ["pull_strength"]),
-    (dict(pull_strength=1e-30), []), (dict(pull_strength=0.0), ["pull_strength"]),
-    (dict(pull_strength=-1.0), ["pull_strength"]),
-    (dict(mutability=Mutability.IMMUTABLE), []), (dict(mutability=Mutability.LEARNABLE), []),
-    (dict(mutability=Mutability.HYPOTHESIS), ["mutability"]),
+    ({"confidence_raw": 128}, []), ({"confidence_raw": 127}, ["confidence"]),
+    ({"rigidity": 128}, []), ({"rigidity": 127}, ["rigidity"]),
+    ({"pull_strength": 100.0}, []), ({"pull_strength": ABOVE_100}, ["pull_strength"]),
+    ({"pull_strength": 1e-30}, []), ({"pull_strength": 0.0}, ["pull_strength"]),
+    ({"pull_strength": -1.0}, ["pull_strength"]),
+    ({"mutability": Mutability.IMMUTABLE}, []), ({"mutability": Mutability.LEARNABLE}, []),
+    ({"mutability": Mutability.HYPOTHESIS}, ["mutability"]),
 ])
 def test_reflex_boundaries(overrides, failing):
     assert fields_of(check_reflex(reflex(**overrides))) == failing
