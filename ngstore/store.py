@@ -100,7 +100,8 @@ READERS_LOCK = "readers.lock"
 WAL_DIR = "wal"
 #: Files ngstore itself creates in a store directory (anything else makes it foreign).
 OWN_FILES = {MARKER_FILE, STATE_FILE, WRITER_LOCK, READERS_LOCK, WAL_DIR, CHECKPOINT_FILE,
-             "data.mdb", "lock.mdb", CHECKPOINT_FILE + ".tmp", STATE_FILE + ".tmp"}
+             "data.mdb", "lock.mdb", CHECKPOINT_FILE + ".tmp", STATE_FILE + ".tmp",
+             "blackbox.ring", "stats.page"}  # the last two: ngstore.obs (docs/format.md §8, §9)
 
 _builtin_open = builtins.open  # this module defines its own open()
 
@@ -326,6 +327,9 @@ class Store:
                 self._obs.logger.warning("recovered %s: %d record(s) replayed%s", self.path,
                                          r.replayed_records,
                                          "; LMDB rolled back to the checkpoint" if r.power_loss_rollback else "")
+            if not readonly:
+                # the black box moves into blackbox.ring; stats.page starts being published
+                self._obs.start_writer(self._safe_stats, io=self._io)
             if crash_handlers and not readonly:
                 self._obs.install_crash_handlers(self._safe_stats)
 
@@ -967,8 +971,9 @@ class Store:
                     obs.token_creation_seconds.observe(t1 - t0)
                 if batchops.OP_CONNECTION_PUT in kinds:
                     obs.connection_creation_seconds.observe(t1 - t0)
-            obs.event("commit", batches=len(accepted), first=positions[0], last=positions[-1],
-                      records=records, durability=accepted[0].durability)
+            # obs.event("commit", batches=, first=, last=, records=, durability=), typed: cheaper
+            obs.commit_event(len(accepted), positions[0], positions[-1], records,
+                             accepted[0].durability)
             if span is not None:
                 span.set("last_position", positions[-1])
                 span.set("records", records)
@@ -1345,6 +1350,8 @@ class Store:
         out["memory_used_bytes"] = usage.bytes
         out["memory_limit_bytes"] = self._guardian.max_bytes or 0
         out["token_limit"] = self._guardian.max_tokens or 0
+        out["memory_threshold"] = self._guardian.memory_threshold
+        out["write_failed"] = self._failed is not None
         out["last_checkpoint_unix"] = self._last_checkpoint
         out.update(self._kv.info())
         if self._log is not None:
@@ -1434,6 +1441,8 @@ class Store:
                 self._run_exclusive(lambda: self._write_checkpoint(pin=False, final=True))
                 self._write_state(clean=True)
         finally:
+            if self._obs is not None:
+                self._obs.publish_stats()  # the stats page's last values, while stats() answers
             self._closed = True
             self._flusher_stop.set()
             if self._obs is not None:
