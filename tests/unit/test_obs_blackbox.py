@@ -16,8 +16,17 @@ from typing import Any
 import pytest
 
 from ngstore.obs import Observability
-from ngstore.obs.blackbox import (HEADER_BYTES, PAYLOAD_MAX, RING_FILE, BlackBox, decode_payload,
-                                  list_dumps, load_dump, read_ring, write_dump_file)
+from ngstore.obs.blackbox import (
+    HEADER_BYTES,
+    PAYLOAD_MAX,
+    RING_FILE,
+    BlackBox,
+    decode_payload,
+    list_dumps,
+    load_dump,
+    read_ring,
+    write_dump_file,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -13,8 +13,7 @@ import pytest
 
 import ngstore
 from ngstore.obs.metrics import HISTOGRAMS
-from ngstore.obs.statspage import (PAGE_BYTES, PAGE_FILE, StatsPublisher, read_stats_page,
-                                   writer_alive)
+from ngstore.obs.statspage import PAGE_BYTES, PAGE_FILE, StatsPublisher, read_stats_page, writer_alive
 
 HEAD = struct.Struct("<8sIIIIQqqIII")
 ENTRY = struct.Struct("<40sB7xdd")
@@ -128,7 +127,7 @@ def test_a_writer_publishes_every_number_of_stats_and_every_histogram(tmp_path: 
         assert got.values["memory_threshold"] == 0.5 and got.values["write_failed"] == 0
         assert got.values["blackbox_total_recorded"] >= 2 and "tracing_sample_rate" in got.values
         assert set(got.histograms) == set(HISTOGRAMS)
-        cum, count, total = got.histograms["commit_seconds"]
+        cum, count, _total = got.histograms["commit_seconds"]
         assert count == s.obs.commit_seconds.count == 1 and cum[-1] == (math.inf, 1)
     after = read_stats_page(path)
     assert after is not None and after.closed and after.alive is False

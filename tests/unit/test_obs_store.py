@@ -32,7 +32,6 @@ from ngstore.obs.blackbox import list_dumps, load_dump, read_ring
 from ngstore.obs.logs import disable_json_logging, enable_json_logging
 from ngstore.obs.metrics import METRICS, metric_names
 
-
 TIMEOUT = 120
 
 
@@ -224,7 +223,7 @@ def test_two_stores_in_one_process_have_separate_metrics(tmp_path):
         register(reg, a)
         register(reg, b)
         s = parse(generate_latest(reg).decode())
-        assert set(dict(k)["store"] for k in s["neurograph_tokens_active"]) == {a.path, b.path}
+        assert {dict(k)["store"] for k in s["neurograph_tokens_active"]} == {a.path, b.path}
         assert value(s, "neurograph_tokens_active", a) == 7
         assert value(s, "neurograph_tokens_active", b) == 6
         assert value(s, "neurograph_commits_total", a) == 1
@@ -242,7 +241,7 @@ def test_two_stores_in_one_process_have_separate_metrics(tmp_path):
             b.delete_tokens([0])
             assert value(scrape(sa), "neurograph_tokens_active", a) == 7
             assert value(scrape(sb), "neurograph_tokens_active", b) == 5
-            assert set(dict(k)["store"] for k in scrape(sa)["neurograph_tokens_active"]) == {a.path}
+            assert {dict(k)["store"] for k in scrape(sa)["neurograph_tokens_active"]} == {a.path}
     finally:
         a.close()
         b.close()
@@ -294,7 +293,7 @@ def test_sigsegv_leaves_the_ring_with_every_event_and_the_traceback_after_it(tmp
         ctypes.string_at(0)
     """, path, cwd=tmp_path)
     assert r.returncode == -signal.SIGSEGV, r.stderr
-    info, events, text = read_ring(path)
+    _info, events, text = read_ring(path)
     types = [e["event_type"] for e in events]
     assert types[types.index("open"):] == ["open", "commit", "commit", "commit"]
     assert text.startswith("Fatal Python error: Segmentation fault") and "<string>" in text
@@ -423,6 +422,7 @@ def test_at_rate_one_every_operation_is_one_span_never_one_per_token(path, expor
 
 def test_analysis_is_one_span_and_one_event(path, exporter):
     import numpy as np
+
     from ngstore.experience import new_events
 
     with ngstore.open(path, tracing=True, sample_rate=1.0) as s:

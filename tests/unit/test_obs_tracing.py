@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import random
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from ngstore.obs import Observability
-from ngstore.obs.tracing import (NOOP_SPAN, SamplerConfig, TraceSampler, from_headers,
-                                 noop_span, parse_traceparent)
+from ngstore.obs.tracing import NOOP_SPAN, SamplerConfig, TraceSampler, from_headers, noop_span, parse_traceparent
 
 otel_sdk = pytest.importorskip("opentelemetry.sdk.trace")
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
@@ -66,9 +66,8 @@ def test_at_one_percent_few_operations_are_recorded(tmp_path: Any, exporter: InM
 def test_errors_are_always_recorded(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
     obs = make_obs(tmp_path, exporter)
     for i in range(50):
-        with pytest.raises(RuntimeError):
-            with obs.span("commit"):
-                raise RuntimeError(f"fail {i}")
+        with pytest.raises(RuntimeError), obs.span("commit"):
+            raise RuntimeError(f"fail {i}")
     for i in range(50):
         with obs.span("checkpoint") as sp:
             sp.error(OSError("disk full"))     # an error reported without raising
@@ -124,9 +123,8 @@ def test_an_unsampled_parent_falls_through_to_the_rules(tmp_path: Any, exporter:
     with obs.span("commit", traceparent=UNSAMPLED_PARENT):
         pass
     assert exporter.get_finished_spans() == ()
-    with pytest.raises(ValueError):
-        with obs.span("commit", traceparent=UNSAMPLED_PARENT):
-            raise ValueError("x")
+    with pytest.raises(ValueError), obs.span("commit", traceparent=UNSAMPLED_PARENT):
+        raise ValueError("x")
     assert len(exporter.get_finished_spans()) == 1
 
 
@@ -141,9 +139,8 @@ def test_kill_switch_records_nothing_and_counts_skips(tmp_path: Any, exporter: I
     obs = make_obs(tmp_path, exporter, rate=1.0)
     obs.sampler.config.enabled = False
     for _ in range(10):
-        with pytest.raises(RuntimeError):
-            with obs.span("commit", force=True, traceparent=SAMPLED_PARENT):
-                raise RuntimeError("x")
+        with pytest.raises(RuntimeError), obs.span("commit", force=True, traceparent=SAMPLED_PARENT):
+            raise RuntimeError("x")
     assert exporter.get_finished_spans() == ()
     assert obs.sampler.counters() == {"total": 10, "recorded": 0, "skipped": 10,
                                       "error_operations": 0, "slow_operations": 0}
