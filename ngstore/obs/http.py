@@ -402,32 +402,36 @@ class SidecarView:
             self.store.close()
 
 
-def sidecar_tracer() -> Tracer | None:
-    """The tracer of ``ngstore serve``: None without OpenTelemetry or with
-    ``NGSTORE_TRACING=off``; sends spans over OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
-    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set and the ``otlp`` extra is installed."""
+def sidecar_tracer() -> tuple[Tracer | None, Any]:
+    """The tracer of ``ngstore serve`` and the tracer provider it installed (to flush at exit),
+    or ``(None, None)`` without OpenTelemetry or with ``NGSTORE_TRACING=off``. Spans go over
+    OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``)
+    is set and the ``otlp`` extra is installed; the base sampling rate is
+    ``NGSTORE_SAMPLE_RATE`` (default 0.01; a request with a sampled ``traceparent`` is always
+    recorded)."""
     if os.environ.get("NGSTORE_TRACING", "").strip().lower() in ("0", "off", "false", "no"):
-        return None
+        return None, None
     if not otel_available():
-        return None
-    _setup_otlp()
+        return None, None
+    provider = _setup_otlp()
     try:
         rate = float(os.environ.get("NGSTORE_SAMPLE_RATE", "0.01"))
     except ValueError:
         rate = 0.01
-    return Tracer(sampler=TraceSampler(SamplerConfig(base_rate=rate)))
+    return Tracer(sampler=TraceSampler(SamplerConfig(base_rate=rate))), provider
 
 
-def _setup_otlp() -> None:
-    """Install an OTLP/HTTP exporter as the global tracer provider, if asked by the standard
-    OpenTelemetry environment variables and nobody installed a provider yet."""
+def _setup_otlp() -> Any:
+    """Install an OTLP/HTTP exporter as the global tracer provider, if the standard
+    OpenTelemetry environment variables ask for one and nobody installed a provider yet.
+    Returns the provider installed, or None."""
     if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
             or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
-        return
+        return None
     from opentelemetry import trace
 
     if not type(trace.get_tracer_provider()).__name__.startswith("Proxy"):
-        return   # the application (or a test) installed its own provider
+        return None   # the application (or a test) installed its own provider
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
@@ -436,11 +440,12 @@ def _setup_otlp() -> None:
     except ImportError as exc:
         _log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter is missing (%s); "
                      "install it with: pip install 'ngstore[otlp]'", exc)
-        return
+        return None
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "ngstore-sidecar")})
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    return provider
 
 
 def main_serve(path: str, host: str = "127.0.0.1", port: int = 9818, *,
@@ -458,8 +463,13 @@ def main_serve(path: str, host: str = "127.0.0.1", port: int = 9818, *,
     from .logs import enable_json_logging
 
     view = SidecarView(path)
-    tracer = sidecar_tracer()
-    server = serve(view, host=host, port=port, name=path, tracer=tracer)
+    tracer, provider = sidecar_tracer()
+    try:
+        server = serve(view, host=host, port=port, name=path, tracer=tracer)
+    except BaseException:
+        if provider is not None:
+            provider.shutdown()
+        raise
     if not logging.getLogger("ngstore").handlers:
         enable_json_logging()
     stop = threading.Event()
@@ -487,4 +497,6 @@ def main_serve(path: str, host: str = "127.0.0.1", port: int = 9818, *,
         for sig, h in prev.items():
             signal.signal(sig, h)
         view.close()
+        if provider is not None:
+            provider.shutdown()   # flushes the spans still queued for the collector
     return 0
