@@ -441,14 +441,18 @@ class BlackBox:
                 # marshalling strings is the slow part, so they are cached by their names.
                 key = (event_type, *data)
                 p = prefixes[key] + dumps(tuple(data.values()), 2)
+                n = len(p)
                 flags = 0
-                if len(p) > room:
+                if n > room:
                     p, flags = encode_payload(event_type, tuple(data), tuple(data.values()))
+                    n = len(p)
             except KeyError:
                 p, flags = _first_of_kind(prefixes, event_type, data)
+                n = len(p)
             except (ValueError, TypeError):
                 p, flags = encode_payload(event_type, tuple(data), tuple(data.values()))
-            rec = head(len(p), flags, seq, now()) + p
+                n = len(p)
+            rec = head(n, flags, seq, now()) + p
             pack(buf, base + seq % cap * slot, crc32(rec), rec)
 
         return record
@@ -469,12 +473,15 @@ class BlackBox:
             seq = next_(seq_iter)
             try:
                 p = prefix + dumps(values, 2)
+                n = len(p)
                 flags = 0
-                if len(p) > room:
+                if n > room:
                     p, flags = encode_payload(event_type, keys, values)
+                    n = len(p)
             except ValueError:
                 p, flags = encode_payload(event_type, keys, values)
-            rec = head(len(p), flags, seq, now()) + p
+                n = len(p)
+            rec = head(n, flags, seq, now()) + p
             pack(buf, base + seq % cap * slot, crc32(rec), rec)
 
         return record_typed
