@@ -101,7 +101,7 @@ WAL_DIR = "wal"
 #: Files ngstore itself creates in a store directory (anything else makes it foreign).
 OWN_FILES = {MARKER_FILE, STATE_FILE, WRITER_LOCK, READERS_LOCK, WAL_DIR, CHECKPOINT_FILE,
              "data.mdb", "lock.mdb", CHECKPOINT_FILE + ".tmp", STATE_FILE + ".tmp",
-             "blackbox.ring", "stats.page"}  # the last two: ngstore.obs (docs/format.md §8, §9)
+             "blackbox.ring", "stats.page"}  # the last two: ngstore.obs (docs/format.md §8)
 
 _builtin_open = builtins.open  # this module defines its own open()
 
@@ -183,7 +183,8 @@ def open(path: str | os.PathLike, *, readonly: bool = False, create: bool = True
     black box, histograms and spans; ``tracing`` (None: on if OpenTelemetry is
     installed and ``NGSTORE_TRACING`` is not ``off``) with ``sample_rate`` (1 %);
     ``crash_handlers`` makes a writer dump its black box on an unhandled exception
-    or a fatal signal.
+    that involves the store, and send a fatal signal's traceback into its ring file
+    (a writer's black box is ``blackbox.ring``, which survives any process crash).
     """
     return Store(os.fspath(path), readonly=readonly, create=create, durability=durability,
                  recovery=recovery, max_tokens=max_tokens, max_bytes=max_bytes,

@@ -9,14 +9,15 @@ SIGKILL, SIGSEGV or abort runs no Python code that could flush it. Here the ring
 event copies one record into the mapping, which is the kernel's page cache. From that moment
 the event survives the death of the process, however it dies; only a power loss (or an OS
 crash) can take it, because nothing ``msync``\\ s the ring (a power loss is what the log is
-for, not the black box). ``docs/format.md`` §8 gives the layout byte by byte.
+for, not the black box). ``docs/format.md`` §8.1 gives the layout byte by byte.
 
 Recording (``BlackBox.record(event_type, **data)``)
 ---------------------------------------------------
 1. ``seq = next(counter)``: one C call under the GIL, so concurrent recorders never share a
    sequence number, and each thread then owns slot ``seq mod capacity``.
 2. The payload is ``marshal.dumps((event_type, keys, values), 2)``: one C call, and version 2
-   is a small, stable, reference-free subset of marshal (§8.3 lists its bytes). ``json`` was
+   is a small, stable, reference-free subset of marshal (docs/format.md §8.1.1 lists its
+   bytes). ``json`` was
    rejected (5x slower); ``str(data)`` too (slower, and it loses the types). A value marshal
    refuses (a numpy scalar, an exception object) makes the event slower, not lost: every value
    is turned into ``str`` and the event is encoded again. A payload longer than the slot is
@@ -103,7 +104,7 @@ _DUMP_PREFIX = "blackbox-"
 _dump_counter = itertools.count()
 
 # ----------------------------------------------------------------------------- the ring file
-#: The ring's file name in the store directory (docs/format.md §8).
+#: The ring's file name in the store directory (docs/format.md §8.1).
 RING_FILE = "blackbox.ring"
 RING_MAGIC = b"NGBLKBOX"
 RING_VERSION = 1
@@ -178,7 +179,7 @@ class _Bad(ValueError):
 
 
 def _read_value(b: bytes, i: int, depth: int = 0) -> tuple[Any, int]:
-    """One value of the marshal v2 subset of docs/format.md §8.3 (never ``marshal.loads``:
+    """One value of the marshal v2 subset of docs/format.md §8.1.1 (never ``marshal.loads``:
     marshal is not meant for untrusted bytes, and a ring is read after crashes)."""
     if depth > 8 or i >= len(b):
         raise _Bad("payload ends early or nests too deep")

@@ -7,8 +7,8 @@ latency histograms, the log's counters, reflex lookups, the Guardian's limits, t
 counters. A read-only process (the ``ngstore serve`` sidecar) reads LMDB, not the writer's
 memory, so without help it shows zeros for all of those and judges quotas against its own
 default limits. The writer therefore publishes them in ``stats.page`` in the store directory
-(``docs/format.md`` §9 gives every byte), and a reader merges the page with what it reads from
-LMDB itself (:data:`READER_KEYS`).
+(``docs/format.md`` §8.2 gives every byte), and a reader merges the page with what it reads
+from LMDB itself (:data:`READER_KEYS`).
 
 Who pays
 --------

@@ -1,5 +1,5 @@
 """The black box: ring, counters, record encoding, the ring file read byte by byte (docs/format.md
-§8), dump shape and names, and the crash hooks (which failures dump, chaining).
+§8.1), dump shape and names, and the crash hooks (which failures dump, chaining).
 
 Crashes of real writer processes are in tests/crash/test_blackbox_crash.py."""
 from __future__ import annotations

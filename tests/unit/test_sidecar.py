@@ -1,5 +1,5 @@
 """A writer process and an ``ngstore serve`` sidecar process: the sidecar shows the writer's
-metrics (its stats page, docs/format.md §9), judges quotas against the writer's limits, and
+metrics (its stats page, docs/format.md §8.2), judges quotas against the writer's limits, and
 labels everything with the writer's pid and liveness.
 
 Every process here is real (``subprocess``); metrics are parsed with prometheus_client's
