@@ -289,13 +289,18 @@ def cmd_blackbox(a: argparse.Namespace) -> int:
             raise CliError(f"no black-box ring in {a.path}",
                            "a writer creates blackbox.ring when it opens the store", EXIT_UNSOUND)
     elif a.show == "latest":
+        # the newer by the clock of the events: the ring's newest event against the time the
+        # newest dump was made (file times are too coarse); a tie goes to the dump, which also
+        # holds the exception and the store's stats
         ring = _ring_doc(a.path)
-        ring_t = max((e["timestamp_us"] for e in ring["events"]), default=0) if ring else -1
-        dump_t = os.stat(dumps[-1]).st_mtime * 1e6 if dumps else -1
         if ring is None and not dumps:
             raise CliError(f"no black-box dumps and no ring in {a.path}",
                            "a writer creates blackbox.ring when it opens the store", EXIT_UNSOUND)
-        doc = ring if ring is not None and ring_t >= dump_t else load_dump(dumps[-1])
+        newest = load_dump(dumps[-1]) if dumps else None
+        ring_t = max((e["timestamp_us"] for e in ring["events"]), default=0) if ring else -1
+        dump_t = int(newest.get("timestamp_us") or 0) if newest is not None else -1
+        doc = ring if ring is not None and (newest is None or ring_t > dump_t) else newest
+        assert doc is not None
     else:
         target = a.show if os.path.sep in a.show else os.path.join(a.path, a.show)
         if not os.path.isfile(target):

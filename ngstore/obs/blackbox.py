@@ -622,7 +622,12 @@ class BlackBox:
             self._write_file_head(STATE_OPEN)
 
     def detach(self) -> None:
-        """Mark the file closed cleanly, unmap it and go on in memory. Idempotent."""
+        """Mark the file closed cleanly and go on in memory. Idempotent.
+
+        The mapping is not closed here but dropped: a thread that took the old ``record``
+        just before (an application thread racing the store's close) then still writes a
+        valid record into the file instead of failing on a closed mapping. The kernel unmaps
+        it when the last reference goes."""
         with self._lock:
             mm, fd, io = self._mm, self._fd, self._io
             if mm is None or fd is None or io is None:
@@ -631,11 +636,7 @@ class BlackBox:
             self._buf = bytearray(mm)
             self._mm = self._fd = self._io = self._path = None
             self.record = self._make_record()
-        try:
-            mm.close()
-        except BufferError:  # a view still exported: the mapping goes with the last view
-            pass
-        io.close(fd)
+        io.close(fd)   # the mapping keeps its own reference to the file
 
     def __repr__(self) -> str:
         where = self._path or "memory"

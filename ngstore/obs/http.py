@@ -44,7 +44,7 @@ from typing import Any
 
 from ..fileio import DEFAULT_IO, FileIO
 from .metrics import StoreCollector
-from .statspage import READER_KEYS, PublishedStats, read_stats_page
+from .statspage import PageHistograms, PublishedStats, merge_published, published_labels, read_stats_page
 from .tracing import SamplerConfig, Tracer, TraceSampler, from_headers, otel_available
 
 __all__ = [
@@ -87,6 +87,9 @@ def readiness(store: Any) -> tuple[bool, dict[str, dict[str, Any]]]:
     except Exception as exc:
         checks["stats"] = {"ok": False, "detail": f"stats() failed: {type(exc).__name__}: {exc}"}
         return False, checks
+    reader = _plain_reader(store, stats)
+    if reader:   # a read-only Store: the writer's limits and counters, from its stats page
+        stats = merge_published(stats, _page_of(stats))
     closed = bool(stats.get("closed"))
     checks["store_open"] = {"ok": not closed, "detail": "closed" if closed else "open"}
     if stats.get("readonly"):
@@ -107,6 +110,8 @@ def readiness(store: Any) -> tuple[bool, dict[str, dict[str, Any]]]:
     if callable(extra_fn):
         try:
             for name, value in dict(extra_fn()).items():
+                if reader and name == "quotas_below_threshold":
+                    continue   # the reader's own Guardian: its default limits, not the writer's
                 if isinstance(value, dict):
                     checks[str(name)] = {"ok": bool(value.get("ok")),
                                          "detail": str(value.get("detail", ""))}
@@ -119,6 +124,21 @@ def readiness(store: Any) -> tuple[bool, dict[str, dict[str, Any]]]:
             checks["ready_checks"] = {"ok": False,
                                       "detail": f"ready_checks() failed: {type(exc).__name__}: {exc}"}
     return all(c["ok"] for c in checks.values()), checks
+
+
+def _plain_reader(store: Any, stats: dict[str, Any]) -> bool:
+    """A read-only store of the application's own (not the sidecar's view, which merges
+    itself): its metrics and readiness are merged with the writer's stats page."""
+    return bool(stats.get("readonly")) and not stats.get("closed") and \
+        not callable(getattr(store, "metric_labels", None)) and isinstance(stats.get("path"), str)
+
+
+def _page_of(stats: dict[str, Any]) -> PublishedStats | None:
+    try:
+        return read_stats_page(str(stats["path"]))
+    except (OSError, ValueError) as exc:
+        _log.debug("no stats page for %s: %s", stats.get("path"), exc)
+        return None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -286,28 +306,6 @@ def serve(store: Any, host: str = "127.0.0.1", port: int = 0, *,
     return MetricsServer(store, host=host, port=port, name=name, tracer=tracer)
 
 
-class _PageHistograms:
-    """The writer's histograms as the collector reads them (``getattr(obs, attr).snapshot()``)."""
-
-    def __init__(self, page: PublishedStats | None) -> None:
-        self._page = page
-
-    def __getattr__(self, name: str) -> Any:
-        page = self.__dict__.get("_page")
-        if page is None or name not in page.histograms:
-            raise AttributeError(name)
-        snap = page.histograms[name]
-        return _Frozen(snap)
-
-
-class _Frozen:
-    def __init__(self, snap: Any) -> None:
-        self._snap = snap
-
-    def snapshot(self) -> Any:
-        return self._snap
-
-
 class SidecarView:
     """What ``ngstore serve`` shows: the store opened read-only, merged with the writer's
     stats page.
@@ -350,27 +348,15 @@ class SidecarView:
             out: dict[str, Any] = {"path": self.path, "closed": True, "readonly": True}
         else:
             out = dict(self.store.stats())
-        page = self._page = self._read_page()
-        if page is not None:
-            for k, v in page.values.items():
-                if k not in READER_KEYS or k not in out:
-                    out[k] = v
-            out["writer_pid"] = page.pid
-            out["writer_alive"] = bool(page.alive)
-            out["writer_closed"] = page.closed
-            out["write_failed"] = page.write_failed
-            out["stats_age_seconds"] = page.age_seconds
-        return out
+        self._page = self._read_page()
+        return merge_published(out, self._page)
 
     @property
     def obs(self) -> Any:
-        return _PageHistograms(self._page) if self._page is not None else None
+        return PageHistograms(self._page) if self._page is not None else None
 
     def metric_labels(self) -> dict[str, str]:
-        page = self._page
-        if page is None:
-            return {"writer_pid": "", "writer_alive": "0"}
-        return {"writer_pid": str(page.pid), "writer_alive": "1" if page.alive else "0"}
+        return published_labels(self._page)
 
     def ready_checks(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}

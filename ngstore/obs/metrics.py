@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .statspage import PageHistograms, merge_published, published_labels
+
 __all__ = [
     "BATCH_BUCKETS",
     "HISTOGRAMS",
@@ -377,6 +379,14 @@ class StoreCollector:
             obs = getattr(store, "obs", None)
             stats.update(obs_values(obs))
             extra = _extra_labels(store)
+            if _is_plain_reader(store, stats):
+                # a read-only Store: the writer's counters, histograms and limits come from
+                # its stats page, as in the sidecar (docs/observability.md §3)
+                page = _read_page(str(stats["path"]))
+                stats = merge_published(stats, page)
+                if page is not None:
+                    obs = PageHistograms(page)
+                extra = published_labels(page)
             rows.append(([label] if self._labeled else [], stats, obs, extra))
         extra_names = sorted({k for *_x, e in rows for k in e})
         labels = (["store"] if self._labeled else []) + extra_names
@@ -409,6 +419,21 @@ def _le(le: float) -> str:
     from prometheus_client.utils import floatToGoString
 
     return str(floatToGoString(le))  # type: ignore[no-untyped-call]
+
+
+def _is_plain_reader(store: Any, stats: dict[str, Any]) -> bool:
+    return bool(stats.get("readonly")) and not stats.get("closed") and \
+        not callable(getattr(store, "metric_labels", None)) and isinstance(stats.get("path"), str)
+
+
+def _read_page(path: str) -> Any:
+    from .statspage import read_stats_page
+
+    try:
+        return read_stats_page(path)
+    except (OSError, ValueError) as exc:
+        _log.debug("no stats page for %s: %s", path, exc)
+        return None
 
 
 def _extra_labels(store: Any) -> dict[str, str]:

@@ -47,6 +47,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..fileio import DEFAULT_IO, FileIO
 
@@ -372,3 +373,53 @@ def read_stats_page(store_dir: str, *, io: FileIO = DEFAULT_IO, attempts: int = 
     finally:
         io.close(fd)
     raise ValueError(f"{path}: no consistent copy in {attempts} attempts (damaged?)")
+
+
+# ---------------------------------------------------------------------------- merging
+def merge_published(stats: Mapping[str, Any], page: PublishedStats | None) -> dict[str, Any]:
+    """A reader's ``stats()`` merged with the writer's page: the reader's own values for
+    :data:`READER_KEYS` (when it has them), the writer's for everything else, plus
+    ``writer_pid``, ``writer_alive``, ``writer_closed``, ``write_failed`` and
+    ``stats_age_seconds``. Without a page, a copy of ``stats``."""
+    out = dict(stats)
+    if page is None:
+        return out
+    for k, v in page.values.items():
+        if k not in READER_KEYS or k not in out:
+            out[k] = v
+    out["writer_pid"] = page.pid
+    out["writer_alive"] = bool(page.alive)
+    out["writer_closed"] = page.closed
+    out["write_failed"] = page.write_failed
+    out["stats_age_seconds"] = page.age_seconds
+    return out
+
+
+def published_labels(page: PublishedStats | None) -> dict[str, str]:
+    """The labels a reader puts on every series: ``writer_pid`` and ``writer_alive``."""
+    if page is None:
+        return {"writer_pid": "", "writer_alive": "0"}
+    return {"writer_pid": str(page.pid), "writer_alive": "1" if page.alive else "0"}
+
+
+class _Frozen:
+    """A histogram snapshot with the ``snapshot()`` method the collector calls."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self._snap = snap
+
+    def snapshot(self) -> Snapshot:
+        return self._snap
+
+
+class PageHistograms:
+    """The writer's histograms as the collector reads them (``getattr(obs, attr).snapshot()``)."""
+
+    def __init__(self, page: PublishedStats) -> None:
+        self._page = page
+
+    def __getattr__(self, name: str) -> Any:
+        page = self.__dict__.get("_page")
+        if page is None or name not in page.histograms:
+            raise AttributeError(name)
+        return _Frozen(page.histograms[name])

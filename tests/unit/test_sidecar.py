@@ -230,3 +230,36 @@ def test_without_a_writer_the_sidecar_labels_nothing_as_alive(tmp_path: Any) -> 
         assert view.ready_checks()["writer"]["ok"]
     finally:
         view.close()
+
+
+def test_a_read_only_store_of_the_application_also_shows_the_writers_metrics_and_limits(tmp_path: Any) -> None:
+    """Not only the sidecar: any read-only handle's collector and /ready merge the page."""
+    import ngstore
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    path = str(tmp_path / "s")
+    w = ngstore.open(path, max_tokens=1000, tracing=False)
+    try:
+        w.put_tokens(ngstore.Token.create_batch(900))
+        w.obs.publish_stats()
+        with ngstore.open(path, readonly=True, tracing=False) as r:
+            assert r.stats()["token_limit"] == 10_000_000          # its own Guardian's default
+            reg = CollectorRegistry()
+            reg.register(r.metrics_collector())
+            samples = _samples(generate_latest(reg).decode())
+            live = {"writer_pid": str(os.getpid()), "writer_alive": "1"}
+            assert _one(samples, "neurograph_token_limit", **live).value == 1000
+            assert _one(samples, "neurograph_commits_total", **live).value == 1
+            assert _one(samples, "neurograph_commit_duration_seconds_count", **live).value == 1
+            with r.serve_metrics() as srv:
+                code, body = _get(srv.url + "/ready")
+            ready = json.loads(body)
+            assert code == 503 and ready["failed"] == ["token_quota"], ready
+            assert "quotas_below_threshold" not in ready["checks"]   # the reader's own limits
+        # the writer's own collector is unchanged: no writer labels
+        reg = CollectorRegistry()
+        reg.register(w.metrics_collector())
+        own = _one(_samples(generate_latest(reg).decode()), "neurograph_token_limit")
+        assert own.value == 1000 and "writer_pid" not in own.labels
+    finally:
+        w.close()
