@@ -582,7 +582,8 @@ def test_blackbox_shows_the_ring_and_the_dumps_and_the_latest(tmp_path):
     assert [e["event_type"] for e in ring["events"]][-3:] == ["open", "commit", "error"]
     assert ring["ring"]["state"] == "open" and ring["reason"].startswith("ring: writer pid ")
     latest = json.loads(ng("blackbox", path, "--show", "latest", cwd=tmp_path).stdout)
-    assert latest["events"] == ring["events"]            # the ring is newer than the dump
+    assert latest["exception"]["type"] == "NotFoundError"  # the dump: made after the last event
+    assert latest["events"] == ring["events"]
     listing = json.loads(ng("blackbox", path, "--json", cwd=tmp_path).stdout)
     assert listing["ring"]["events"] == ring["events"] and len(listing["dumps"]) == 1
 
