@@ -296,7 +296,7 @@ class Store:
             from .obs import Observability
 
             self._obs = Observability(self.path, blackbox_capacity=blackbox_capacity,
-                                      tracing=tracing, sample_rate=sample_rate)
+                                      tracing=tracing, sample_rate=sample_rate, io=io)
         try:
             if readonly:
                 self._open_readonly()
