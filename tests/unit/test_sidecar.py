@@ -234,8 +234,9 @@ def test_without_a_writer_the_sidecar_labels_nothing_as_alive(tmp_path: Any) -> 
 
 def test_a_read_only_store_of_the_application_also_shows_the_writers_metrics_and_limits(tmp_path: Any) -> None:
     """Not only the sidecar: any read-only handle's collector and /ready merge the page."""
-    import ngstore
     from prometheus_client import CollectorRegistry, generate_latest
+
+    import ngstore
 
     path = str(tmp_path / "s")
     w = ngstore.open(path, max_tokens=1000, tracing=False)
