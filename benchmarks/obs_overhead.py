@@ -1,12 +1,15 @@
 """What does observability cost on the hot path, and how long does a scrape take?
 
 Question: the original's tracing cost 17x per span and its "adaptive" sampling was measured on a
-different baseline (reference §9.2-9.4). Here: ns per black-box event, per sampled-out span
-(tracing off = shared no-op, and tracing on with OpenTelemetry = decision after the operation),
-per histogram observe, and the time of one full scrape (collect + text exposition) for a fake
-store and, with ``--store PATH``, for a real one (target <= 5 ms with 1M tokens).
+different baseline (reference §9.2-9.4). Here: ns per black-box event (in memory and in the
+mapped ring file, keyword and typed forms; a bare deque append, the shape of the previous
+in-memory ring, as a reference), per sampled-out span (tracing off = shared no-op, and tracing
+on with OpenTelemetry = decision after the operation), per histogram observe; the writer's
+stats-page publish (``store.stats()`` + encoding + copy; the background thread does it once per
+interval); and the time of one full scrape (collect + text exposition) for a fake store, for a
+real store in-process and through the sidecar's view (LMDB + the stats page).
 
-    python benchmarks/obs_overhead.py [--n 200000] [--store PATH]
+    python benchmarks/obs_overhead.py [--n 200000] [--tokens 1000000]
 
 Prints the environment first. Timings are the best of 5 repeats of ``n`` calls (per-call ns).
 """
@@ -23,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ngstore.obs import Observability  # noqa: E402
-from ngstore.obs.tracing import otel_available  # noqa: E402
+from ngstore.obs import Observability
+from ngstore.obs.tracing import otel_available
 
 
 def per_call_ns(stmt: Any, n: int, repeat: int = 5) -> float:
@@ -35,9 +38,9 @@ class FakeStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self.obs = Observability(path, tracing=False)
-        keys = ("tokens_live tokens_created_total tokens_deleted_total commits_total "
-                "wal_bytes map_size_bytes map_used_bytes reflex_hits_total").split()
-        self.values = {k: 1000 for k in keys}
+        keys = ["tokens_live", "tokens_created_total", "tokens_deleted_total", "commits_total",
+                "wal_bytes", "map_size_bytes", "map_used_bytes", "reflex_hits_total"]
+        self.values = dict.fromkeys(keys, 1000)
 
     def stats(self) -> dict[str, Any]:
         return dict(self.values)
@@ -62,7 +65,8 @@ def scrape_ms(store: Any, repeat: int = 50) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=200_000)
-    ap.add_argument("--store", help="a real store to scrape (opened read-only)")
+    ap.add_argument("--tokens", type=int, default=1_000_000,
+                    help="tokens in the real store that is published and scraped (0: skip it)")
     args = ap.parse_args()
     n = args.n
 
@@ -74,12 +78,27 @@ def main() -> None:
     obs_off = Observability(d, tracing=False)
     base = per_call_ns(lambda: None, n)
     print(f"\nbaseline: empty lambda call                 {base:8.1f} ns")
+    from collections import deque
+    from itertools import count
 
-    ev = obs_off.event
-    t = per_call_ns(lambda: ev("commit", batch_id=7, records=100), n)
-    print(f"black-box event (2 data fields)             {t:8.1f} ns")
-    t = per_call_ns(lambda: ev("commit"), n)
-    print(f"black-box event (no data)                   {t:8.1f} ns")
+    ring, seq = deque(maxlen=1000), count()
+    t = per_call_ns(lambda: ring.append((next(seq), time.time_ns(), "commit", {"a": 1, "b": 2})), n)
+    print(f"reference: deque append of a tuple          {t:8.1f} ns")
+
+    for where in ("memory", "ring file"):
+        if where == "ring file":
+            obs_off.start_writer(None)      # the ring moves into <dir>/blackbox.ring
+        ev = obs_off.event
+        t = per_call_ns(lambda: ev("commit", batch_id=7, records=100), n)
+        print(f"black-box event, {where:9}, 2 fields      {t:8.1f} ns")
+        t = per_call_ns(lambda: ev("commit"), n)
+        print(f"black-box event, {where:9}, no data       {t:8.1f} ns")
+        t = per_call_ns(lambda: ev("commit", batches=1, first=123456, last=123460, records=8,
+                                   durability="sync"), n)
+        print(f"black-box event, {where:9}, 5 fields      {t:8.1f} ns")
+        ce = obs_off.commit_event
+        t = per_call_ns(lambda: ce(1, 123456, 123460, 8, "sync"), n)
+        print(f"commit_event (typed), {where:9}, 5 fields {t:8.1f} ns")
 
     h = obs_off.commit_seconds
     t = per_call_ns(lambda: h.observe(0.00042), n)
@@ -122,20 +141,43 @@ def main() -> None:
 
     fake = FakeStore(d)
     print(f"\nscrape, fake store (all families, text)     {scrape_ms(fake):8.3f} ms")
-    if args.store:
-        import ngstore
+    if args.tokens:
+        real_store(args.tokens)
 
-        store = ngstore.open(args.store, readonly=True)
+
+def real_store(tokens: int) -> None:
+    """Publish and scrape a real store of ``tokens`` tokens: in the writer, and as the sidecar
+    sees it (another handle, read-only, merged with the stats page)."""
+    import ngstore
+    from ngstore.obs.http import SidecarView
+
+    d = tempfile.mkdtemp(prefix="ngstore-obs-bench-store-")
+    path = os.path.join(d, "s")
+    w = ngstore.open(path, tracing=False, max_tokens=None, max_bytes=None)
+    try:
+        w.put_tokens(ngstore.Token.create_batch(tokens))
+        for i in range(100):
+            w.put_tokens(ngstore.Token.create_batch(10, start=tokens + 10 * i))
+        pub = w.obs._publisher
+        assert pub is not None
+        t = per_call_ns(lambda: pub.publish(), 200) / 1e3
+        print(f"\nstats page publish ({tokens:,} tokens)       {t:8.1f} µs   "
+              f"({t / 1e6 * 100:.4f} % of one core at the default 1 s interval)")
+        t = per_call_ns(w.stats, 200) / 1e3
+        print(f"  of which store.stats()                    {t:8.1f} µs")
+        print(f"scrape, writer in-process                   {scrape_ms(w):8.3f} ms")
+        view = SidecarView(path)
+        view.store = ngstore.open(path, readonly=True)
         try:
-            st = store.stats()
-            print(f"scrape, real store {args.store} "
-                  f"({st.get('tokens_live', '?')} tokens)  {scrape_ms(store):8.3f} ms")
-            t0 = time.perf_counter()
-            store.stats()
-            print(f"  of which store.stats()                    "
-                  f"{(time.perf_counter() - t0) * 1e3:8.3f} ms")
+            print(f"scrape, sidecar view (LMDB + stats page)    {scrape_ms(view):8.3f} ms")
+            from ngstore.obs.statspage import read_stats_page
+
+            t = per_call_ns(lambda: read_stats_page(path), 200) / 1e3
+            print(f"  of which reading the stats page           {t:8.1f} µs")
         finally:
-            store.close()
+            view.close()
+    finally:
+        w.close()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ list of a million objects out of the timed regions.
 
     python examples/original_readme.py [N]
 
-Differences a reader of the original will notice (DESIGN.md §3): ``coordinates`` prints
+Differences a reader of the original will notice (docs/api.md): ``coordinates`` prints
 decoded floats, and ``create_batch`` returns a numpy-backed ``TokenArray`` rather than a
 list of objects (indexing or iterating it yields ``Token`` views).
 """

@@ -1,27 +1,48 @@
 """The ``ngstore`` command: the main job (``stress``) and the operator's tools.
 
-Exit status: 0 success; 1 the checked thing is unsound (``check``, ``wal verify``);
-2 usage errors; 3 the store could not be opened (locked, not a store, corrupt).
+Exit status (docs/operations.md §1): 0 success; 1 the checked thing is unsound (``check``,
+``wal verify``, a refused ``recover``, ``blackbox --show latest`` with nothing to show);
+2 usage errors; 3 the store could not be opened (not a store, locked, needs recovery);
+4 the command failed while working (an OS error, a port that cannot be bound, an
+unexpected error); 130 interrupted.
+
+Every error is one line on stderr, ``ngstore: <what happened> (hint: <what to do>)``. A
+traceback is printed only with ``--debug`` (or ``NGSTORE_DEBUG=1``).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from .errors import NgStoreError, StoreLockedError
+from .cliutil import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_UNSOUND,
+    EXIT_USAGE,
+    CliError,
+    Formatter,
+    Parser,
+    Progress,
+    add_debug,
+    add_path,
+    fmt_bytes,
+    open_store,
+    positive_int,
+    store_error,
+)
+from .errors import NgStoreError
 
-EXIT_UNSOUND = 1
-EXIT_CANNOT_OPEN = 3
 
-
+# ------------------------------------------------------------------------------ formatting
 def _fmt_ns(ns: float) -> str:
     if ns >= 1e6:
         return f"{ns / 1e6:.1f} ms"
@@ -34,33 +55,6 @@ def _rate(per_item_ns: float) -> str:
     return f"{1e9 / per_item_ns / 1e6:.2f}M/sec" if per_item_ns > 0 else "-"
 
 
-class _Steps:
-    """A progress display for the stress steps (tqdm on a terminal, plain lines otherwise)."""
-
-    def __init__(self, names: Sequence[str], quiet: bool) -> None:
-        self.quiet = quiet
-        self.bar = None
-        if not quiet:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=len(names), desc="stress", unit="step", leave=False,
-                            disable=not sys.stderr.isatty())
-
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
-        if self.bar is not None:
-            self.bar.set_postfix_str(name)
-        elif not self.quiet:
-            print(f"... {name}", file=sys.stderr)
-        result = fn()
-        if self.bar is not None:
-            self.bar.update(1)
-        return result
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """Median wall time of ``repeats`` runs (seconds) and the last result."""
     times, result = [], None
@@ -71,39 +65,61 @@ def _best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return float(np.median(times)), result
 
 
+def stress_limits(n: int) -> tuple[int, int]:
+    """``(max_tokens, max_bytes)`` for a stress run of ``n`` tokens: room for what the run
+    writes (the ``n`` tokens, about a thousand commit tokens above them, 100 000 experience
+    events, up to 100 000 reflexes) with a wide margin, and never below the defaults. The
+    Guardian refuses writes from ``memory_threshold`` (80 %) of ``max_bytes``."""
+    tokens = n + 10_000
+    accounted = 64 * tokens + 128 * 100_000 + 128 * min(n, 100_000)
+    return max(10_000_000, 2 * tokens), max(1_024_000_000, int(accounted / 0.8 * 2))
+
+
 def stress(path: str | None, n: int, quiet: bool = False, repeats: int = 3) -> dict[str, Any]:
-    """The original README's token stress, on a real store. Returns the figures."""
+    """The original README's token stress, on a real store. Returns the figures.
+
+    With a ``path`` the store is opened (or created) for writing *first*, so that a path that
+    is a file, a foreign directory or a store held by another writer is refused before any
+    work is done."""
     import ngstore
     from ngstore import Token
 
     own_tmp = path is None
-    root = tempfile.mkdtemp(prefix="ngstore-stress-") if own_tmp else path
+    root = tempfile.mkdtemp(prefix="ngstore-stress-") if path is None else path
     store_path = os.path.join(root, "store") if own_tmp else root
+    max_tokens, max_bytes = stress_limits(n)
     rng = np.random.default_rng(42)
-    res: dict[str, Any] = {"tokens": n, "path": store_path}
+    res: dict[str, Any] = {"tokens": n, "path": store_path, "max_tokens": max_tokens,
+                           "max_bytes": max_bytes}
     steps = ["create single", "create batch", "clone", "ingest", "reopen", "read sequential",
-             "column scan", "read random", "get one", "small commits", "async commits",
+             "read random", "get one", "column scan", "small commits", "async commits",
              "group commit", "reflexes", "learning", "memory"]
-    progress = _Steps(steps, quiet)
     try:
-        k_single = min(n, 200_000)
-        t, _ = progress.run("create single", lambda: _best(lambda: [Token(i) for i in range(k_single)], 1))
-        res["create_single_ns"] = t / k_single * 1e9
-        t, batch = progress.run("create batch", lambda: _best(lambda: Token.create_batch(n), repeats))
-        res["create_batch_ms"] = t * 1e3
-        res["create_batch_ns"] = t / n * 1e9
-        t, _ = progress.run("clone", lambda: _best(lambda: batch.data.copy(), repeats))
-        res["clone_ns"] = t / n * 1e9
+        writer = ngstore.open(store_path, durability="sync", max_tokens=max_tokens, max_bytes=max_bytes)
+    except BaseException:
+        if own_tmp:
+            import shutil
 
-        def ingest() -> None:
-            with ngstore.open(store_path, durability="sync", max_tokens=max(n, 10_000_000)) as s:
-                s.put_tokens(batch)
-
-        t, _ = progress.run("ingest", lambda: _best(ingest, 1))
-        res["ingest_ns"] = t / n * 1e9
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+    progress = Progress("stress", steps, quiet)
+    try:
+        try:
+            k_single = min(n, 200_000)
+            t, _ = progress.run("create single", lambda: _best(lambda: [Token(i) for i in range(k_single)], 1))
+            res["create_single_ns"] = t / k_single * 1e9
+            t, batch = progress.run("create batch", lambda: _best(lambda: Token.create_batch(n), repeats))
+            res["create_batch_ms"] = t * 1e3
+            res["create_batch_ns"] = t / n * 1e9
+            t, _ = progress.run("clone", lambda: _best(lambda: batch.data.copy(), repeats))
+            res["clone_ns"] = t / n * 1e9
+            t, _ = progress.run("ingest", lambda: _best(lambda: writer.put_tokens(batch), 1))
+            res["ingest_ns"] = t / n * 1e9
+        finally:
+            writer.close()
         res["disk_bytes_after_ingest"] = _disk_bytes(store_path)
         t, store = progress.run("reopen", lambda: _best(
-            lambda: ngstore.open(store_path, max_tokens=max(n, 10_000_000)), 1))
+            lambda: ngstore.open(store_path, max_tokens=max_tokens, max_bytes=max_bytes), 1))
         res["reopen_ms"] = t * 1e3
         try:
             def scan() -> float:
@@ -296,21 +312,16 @@ def _print_stress(res: dict[str, Any]) -> None:
           f"| the store after the whole stress | {res['disk_bytes'] / 1e6:.1f} MB | - |")
 
 
-def _open_store(path: str, **kw: Any):
-    import ngstore
-
-    try:
-        return ngstore.open(path, create=False, **kw)
-    except StoreLockedError as exc:
-        print(f"ngstore: {exc}", file=sys.stderr)
-        sys.exit(EXIT_CANNOT_OPEN)
-    except NgStoreError as exc:
-        print(f"ngstore: cannot open {path}: {exc}", file=sys.stderr)
-        sys.exit(EXIT_CANNOT_OPEN)
-
-
 def cmd_stress(a: argparse.Namespace) -> int:
-    res = stress(a.path, a.tokens, quiet=a.json)
+    if a.path is not None and os.path.isfile(a.path):
+        raise CliError(f"{a.path} is a file, not a store directory",
+                       "give a new or empty directory, or an existing ngstore store", EXIT_USAGE)
+    try:
+        res = stress(a.path, a.tokens, quiet=a.quiet)
+    except NgStoreError as exc:
+        if a.path is not None:
+            raise store_error(a.path, exc, doing="stress") from exc
+        raise
     if a.json:
         print(json.dumps(res, indent=2))
     else:
@@ -319,75 +330,193 @@ def cmd_stress(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    with _open_store(a.path, readonly=True) as s:
+    from .obs.statspage import read_stats_page
+
+    with open_store(a.path, readonly=True) as s:
         st = s.stats()
+    try:
+        page = read_stats_page(st["path"])
+    except (OSError, ValueError):
+        page = None
     if a.json:
+        if page is not None:
+            st["writer"] = {"pid": page.pid, "alive": page.alive, "closed": page.closed,
+                            "published_unix_ns": page.published_unix_ns}
         print(json.dumps(st, indent=2, default=str))
         return 0
+    wal_dir = os.path.join(st["path"], "wal")
+    names = os.listdir(wal_dir) if os.path.isdir(wal_dir) else []
+    wal_bytes = sum(os.path.getsize(os.path.join(wal_dir, f)) for f in names)
     print(f"store:          {st['path']}")
     print(f"format version: {st['format_version']}")
     print(f"tokens:         {st['tokens_live']:,} (chunks of {st['chunk_slots']} ids)")
-    print(f"applied log position: {st['applied_position']}")
-    print(f"LMDB map:       {st['map_used_bytes'] / 1e6:.1f} MB used of {st['map_size_bytes'] / 2**30:.0f} GiB "
+    print(f"applied log position: {st['applied_position']:,}")
+    print(f"LMDB map:       {fmt_bytes(st['map_used_bytes'])} used of "
+          f"{fmt_bytes(st['map_size_bytes'], exact=False)} "
           f"reserved; readers {st['readers_used']}/{st['readers_max']}")
-    wal_dir = os.path.join(st["path"], "wal")
-    wal_bytes = sum(os.path.getsize(os.path.join(wal_dir, f)) for f in os.listdir(wal_dir)) \
-        if os.path.isdir(wal_dir) else 0
-    print(f"log:            {wal_bytes / 1e6:.2f} MB in {len(os.listdir(wal_dir)) if os.path.isdir(wal_dir) else 0} segment(s)")
+    print(f"log:            {fmt_bytes(wal_bytes)} in {len(names)} segment file(s)")
+    if page is None:
+        print("writer:         none has published here")
+    else:
+        state = ("alive" if page.alive else "closed the store" if page.closed
+                 else "ended without closing the store")
+        limit = page.values.get("token_limit", 0)
+        print(f"writer:         pid {page.pid} {state}; last published {page.age_seconds:.1f} s ago; "
+              f"{int(page.values.get('commits_total', 0)):,} commits; "
+              f"max_tokens {int(limit):,}" if limit else
+              f"writer:         pid {page.pid} {state}; last published {page.age_seconds:.1f} s ago; "
+              f"{int(page.values.get('commits_total', 0)):,} commits; no token limit")
     return 0
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    with _open_store(a.path, readonly=True) as s:
+    with open_store(a.path, readonly=True) as s:
         report = s.check()
     print(report)
     return 0 if report.ok else EXIT_UNSOUND
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+# ------------------------------------------------------------------------------ arguments
+def stress_tokens(text: str) -> int:
+    v = positive_int(text)
+    if v > 1 << 32:
+        raise argparse.ArgumentTypeError(f"at most {1 << 32:,} tokens (32-bit ids), got {v:,}")
     return v
 
 
-def _cli_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ngstore", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+def version_text() -> str:
+    from importlib import metadata
 
-    sp = sub.add_parser("stress", help="the main job: token stress on a real store")
-    sp.add_argument("path", nargs="?", default=None, help="store directory (default: a temporary one)")
-    sp.add_argument("--tokens", type=_positive_int, default=1_000_000)
-    sp.add_argument("--json", action="store_true", help="print the figures as JSON")
+    try:
+        v = metadata.version("ngstore")
+    except metadata.PackageNotFoundError:
+        from . import __version__ as v
+    from .store import FORMAT_VERSION
+
+    return (f"ngstore {v} (store format {FORMAT_VERSION}; Python "
+            f"{sys.version.split()[0]}; {sys.platform})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="ngstore", formatter_class=Formatter,
+                description="ngstore: an embedded, crash-safe store of the NeuroGraph data model.\n"
+                            "Operator's guide: docs/operations.md.",
+                epilog="exit status: 0 ok, 1 unsound, 2 usage, 3 cannot open, 4 failed, 130 interrupted")
+    p.add_argument("--version", action="version", version=version_text(),
+                   help="print the version and exit")
+    add_debug(p)
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", title="commands", parser_class=Parser)
+
+    sp = sub.add_parser("stress", help="the main job: the original README's token stress on a real store",
+                        formatter_class=Formatter,
+                        description="Runs the original NeuroGraph README's token stress on a real, durable "
+                                    "store and prints it beside the original's claims.",
+                        epilog="example:\n  ngstore stress --tokens 100000\n  ngstore stress /data/bench --json")
+    sp.add_argument("path", metavar="PATH", nargs="?", default=None,
+                    help="store directory: new, empty or an ngstore store; left in place "
+                         "(default: a temporary directory, removed afterwards)")
+    sp.add_argument("--tokens", type=stress_tokens, default=1_000_000, metavar="N",
+                    help="tokens to create, ingest and read; the store's max_tokens and max_bytes "
+                         "are raised to fit")
+    sp.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    sp.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_debug(sp)
     sp.set_defaults(fn=cmd_stress)
 
-    sp = sub.add_parser("info", help="counts, sizes, format version")
-    sp.add_argument("path")
-    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("info", help="counts, sizes, format version, the writer (read-only)",
+                        formatter_class=Formatter,
+                        description="Opens the store read-only (next to a live writer is fine) and prints "
+                                    "its counts and sizes, and the writer's state from its stats page.")
+    add_path(sp)
+    sp.add_argument("--json", action="store_true", help="print store.stats() as JSON")
+    add_debug(sp)
     sp.set_defaults(fn=cmd_info)
 
-    sp = sub.add_parser("check", help="verify internal consistency (exit 1 if unsound)")
-    sp.add_argument("path")
+    sp = sub.add_parser("check", help="verify internal consistency (exit 1 if unsound; read-only)",
+                        formatter_class=Formatter,
+                        description="Opens the store read-only and runs Store.check(): exit 0 if sound, 1 "
+                                    "if not.")
+    add_path(sp)
+    add_debug(sp)
     sp.set_defaults(fn=cmd_check)
 
     from . import ops_cli
 
     ops_cli.register(sub)
+    return p
+
+
+def _cli_main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
-    return int(a.fn(a) or 0)
+    if a.cmd is None:
+        raise CliError("no command given", "`ngstore --help` lists the commands "
+                       "(stress, info, check, wal, recover, checkpoint, serve, blackbox)", EXIT_USAGE)
+    if a.cmd != "serve":   # serve logs JSON lines (ngstore.obs.http.main_serve)
+        _plain_warnings()
+    fn: Callable[[argparse.Namespace], int] = a.fn
+    return int(fn(a) or 0)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _plain_warnings() -> None:
+    """The library's warnings (e.g. "the previous writer ended without closing the store") as
+    ``ngstore: warning: ...`` lines on stderr, instead of Python's bare last-resort format."""
+    import logging
+
+    logger = logging.getLogger("ngstore")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ngstore: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+
+
+def _one_line(exc: BaseException) -> CliError:
+    """Anything a command raised, as the one-line error to print."""
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, NgStoreError):
+        return CliError(str(exc), "rerun with --debug for the traceback", EXIT_FAILED)
+    if isinstance(exc, OSError):
+        what = exc.strerror or str(exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = {errno.EACCES: "check the permissions of the store directory and its files",
+                errno.EPERM: "check the permissions of the store directory and its files",
+                errno.ENOSPC: "free disk space",
+                errno.EROFS: "the file system is read-only",
+                errno.EIO: "the disk reported an I/O error: check the system log (dmesg)"}.get(
+            exc.errno or 0, "rerun with --debug for the traceback")
+        return CliError(f"{where}{what}", hint, EXIT_FAILED)
+    return CliError(f"unexpected {type(exc).__name__}: {exc}",
+                    "this is a bug in ngstore: rerun with --debug and report the traceback",
+                    EXIT_FAILED)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``ngstore`` entry point: runs the command, prints errors as one line, exits."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("NGSTORE_DEBUG", "") not in ("", "0")
     try:
-        code = _cli_main(argv)
+        code = _cli_main(args)
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. `ngstore wal dump PATH | head`
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         code = 141
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("ngstore: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        if debug:
+            raise
+        err = _one_line(exc)
+        print(err.line(), file=sys.stderr)
+        code = err.code
     sys.exit(code)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -291,6 +292,20 @@ class FileIO:
             return b"".join(parts)
         finally:
             self.close(fd)
+
+    # -- observability files (black-box ring, stats page) ------------------------------
+    # Added for ngstore.obs: the ring and the stats page are memory-mapped files the writer
+    # keeps open, and the stats page carries the writer's liveness lock.
+    def map_file(self, fd: int, length: int) -> mmap.mmap:
+        """Map the first ``length`` bytes of ``fd`` shared and writable. Stores into the
+        mapping are in the page cache at once (a process crash keeps them); nothing here
+        makes them durable against a power loss."""
+        return mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def flock(self, fd: int, operation: int) -> None:
+        """``fcntl.flock(fd, operation)``; ``BlockingIOError`` when ``LOCK_NB`` finds it taken."""
+        fcntl.flock(fd, operation)
+    # -- end of the observability block -------------------------------------------------
 
 
 #: The real file system.

@@ -43,11 +43,15 @@ LMDB_LOCK_FILE = "lock.mdb"
 #: Suffix of the temporary a file is written to before it is renamed into place.
 TMP_SUFFIX = ".tmp"
 
+#: The black-box ring and the writer's stats page (their bytes: ``obs``, format.md §8).
+BLACKBOX_RING = "blackbox.ring"
+STATS_PAGE = "stats.page"
+
 #: Files ngstore itself creates in a store directory: a directory holding anything else
 #: and no marker is foreign, never (re)created over.
 OWN_FILES = frozenset({
     MARKER_FILE, STATE_FILE, WRITER_LOCK, READERS_LOCK, WAL_DIR, CHECKPOINT_FILE, DATA_FILE,
-    LMDB_LOCK_FILE, CHECKPOINT_FILE + TMP_SUFFIX, STATE_FILE + TMP_SUFFIX,
+    LMDB_LOCK_FILE, CHECKPOINT_FILE + TMP_SUFFIX, STATE_FILE + TMP_SUFFIX, BLACKBOX_RING, STATS_PAGE,
 })
 
 _MARKER_TEXT = "ngstore store directory\nformat {version}\n"

@@ -85,6 +85,7 @@ class Store:
         self._guardian = Guardian(options.max_tokens, options.max_bytes, options.memory_threshold)
         self._validation = ValidationCounters()
         self._closed = False
+        self._closing = False
         self._lock = threading.Lock()
         self._writer: Writer | None = None
         self._reader_reflexes: ReflexVersion | None = None  # read-only handles
@@ -96,7 +97,7 @@ class Store:
             from .obs import Observability
 
             self._obs = Observability(self.path, blackbox_capacity=options.blackbox_capacity,
-                                      tracing=options.tracing, sample_rate=options.sample_rate)
+                                      tracing=options.tracing, sample_rate=options.sample_rate, io=options.io)
         try:
             self._kv, meta = self._open()
         except BaseException as exc:
@@ -159,6 +160,9 @@ class Store:
                       skipped=len(report.skipped) if report is not None else 0)
             obs.logger.warning("recovered %s: %d record(s) replayed%s", self.path, r.replayed_records,
                                "; LMDB rolled back to the checkpoint" if r.power_loss_rollback else "")
+        if not self.readonly:
+            # the black box moves into blackbox.ring; stats.page starts being published
+            obs.start_writer(self._safe_stats, io=self.options.io)
         if self.options.crash_handlers and not self.readonly:
             obs.install_crash_handlers(self._safe_stats)
 
@@ -464,6 +468,8 @@ class Store:
         out["memory_used_bytes"] = self._usage().bytes
         out["memory_limit_bytes"] = g.max_bytes or 0
         out["token_limit"] = g.max_tokens or 0
+        out["memory_threshold"] = g.memory_threshold
+        out["write_failed"] = w is not None and w.failed is not None
         if w is not None:
             out["last_checkpoint_unix"] = w.applier.last_checkpoint_unix
         out.update(self._kv.info())
@@ -532,15 +538,18 @@ class Store:
     def close(self) -> None:
         """Checkpoints (writer), releases locks. Views already handed out stay valid."""
         with self._lock:
-            if self._closed:
+            if self._closing:
                 return
-            self._closed = True
+            self._closing = True
         try:
             if self._intuition is not None:
                 self._intuition.stop()
             if self._writer is not None:
                 self._writer.close()
         finally:
+            if self._obs is not None:
+                self._obs.publish_stats()  # the stats page's last values, while stats() answers
+            self._closed = True
             if self._obs is not None:
                 self._obs.event("close")
                 self._obs.close()

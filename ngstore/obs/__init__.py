@@ -1,65 +1,81 @@
-"""Observability for one store: black box, histograms, spans, logs, crash handlers.
+"""Observability for one store: black box, stats page, histograms, spans, logs, crash hooks.
 
-The Store owns one ``Observability`` and calls, on its hot path, only things that cost a
-few hundred nanoseconds: ``event`` (a deque append), ``Histogram.observe`` (bisect + list
-increment) and ``span`` (the shared no-op when tracing is off; a start time and an end-time
-decision when on). Everything that formats, serialises or talks to Prometheus/OpenTelemetry
-happens at dump, scrape or (sampled) span-end time.
+The Store owns one ``Observability`` and calls, on its hot path, only things that cost well
+under a microsecond: ``event``/``commit_event`` (one record copied into the black-box ring),
+``Histogram.observe`` (bisect + list increment) and ``span`` (the shared no-op when tracing is
+off; a start time and an end-time decision when on). Everything that formats, serialises or
+talks to Prometheus/OpenTelemetry happens at dump, scrape, publish or (sampled) span-end time.
 
-Crash handlers (``install_crash_handlers``) and what a dump contains in each case
----------------------------------------------------------------------------------
-* **Unhandled exception** in the main thread (``sys.excepthook``, including an unhandled
-  ``KeyboardInterrupt`` from Ctrl-C) or in another thread (``threading.excepthook``): an
-  ``"error"`` event is recorded, then a full dump is written (ring, stats, ``store_stats`` from
-  ``stats_fn``, the exception and its traceback), then the previous hook runs.
-* **SIGTERM, SIGHUP** (only if their handler is the default one when installing, and only from
-  the main thread, where Python allows installing handlers): the handler writes a full dump,
-  restores the default disposition and re-sends the signal, so the process still dies of it
-  (exit status = killed by SIGTERM). Python runs the handler between bytecodes of the main
-  thread; while the main thread is blocked inside a C call the dump waits for it to return.
-* **SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT**: no Python code can run after such a signal, so
-  no dump is made at the moment of the crash. What is left is (1) ``faulthandler``'s traceback
-  of every thread, written by C into ``blackbox-faulthandler-<unix_ms>-<pid>.log`` in the store
-  directory, and (2) the last periodic ring flush ``blackbox-ring-<pid>.json``, written every
-  ``ring_flush_seconds`` (default 10 s) by a background thread, and only when events were
-  recorded since the previous flush: events of the last ``ring_flush_seconds`` before the crash
-  are missing from it. ``faulthandler`` is process-wide: with several stores open, the first
-  store that installed handlers receives the traceback file.
-* **SIGKILL / power loss**: nothing runs; the last ring flush (if any) is what remains.
+A writer calls ``start_writer(stats_fn, io=...)`` once it holds the store: from then on the
+black box is ``blackbox.ring`` in the store directory (``ngstore.obs.blackbox``) and a thread
+publishes the live metrics in ``stats.page`` (``ngstore.obs.statspage``). Read-only stores
+keep their black box in memory and publish nothing.
 
-``stats_fn`` is called in a helper thread with a one-second limit during a crash dump: a
-signal can interrupt code holding the store's locks, and a dump must not deadlock on them.
+What is left after each way a writer can end (docs/observability.md §4 has the table)
+-------------------------------------------------------------------------------------
+* Every ending, kill -9 and power loss aside: the ring holds every event recorded before it,
+  because an event is in the page cache as soon as ``event`` returns. ``ngstore blackbox``
+  reads it; the next writer that opens the store saves it as a dump first if the previous
+  one did not close the store.
+* SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT: ``faulthandler`` also writes the traceback of
+  every thread after the ring's records (if nobody else had enabled ``faulthandler``).
+* An unhandled exception that involves the store (an ``NgStoreError``, a traceback through
+  ngstore's code, or an exception in one of the store's own ``ngstore-*`` threads), in any
+  thread: a full dump (ring, ``store_stats``, the exception and its traceback) is written
+  before the previously installed hook runs. An application's own exception that does not
+  involve the store only goes to the previous hook.
+* SIGTERM/SIGHUP are left to the application: their default action ends the process, and the
+  ring already holds everything.
 
-A clean ``close()`` removes the ring flush and an empty faulthandler log: after a clean close,
-only explicit and crash dumps remain.
+``stats_fn`` is called in a helper thread with a one-second limit during a crash dump: an
+exception can surface while the store's locks are held, and a dump must not deadlock on them.
 """
 from __future__ import annotations
 
 import faulthandler
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 import traceback
 import weakref
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
 
-from .blackbox import BlackBox, list_dumps, load_dump, write_dump_file
+from ..fileio import DEFAULT_IO, FileIO
+from .blackbox import BlackBox, list_dumps, load_dump, read_ring, write_dump_file
 from .logs import StoreLoggerAdapter, enable_json_logging, store_logger
-from .metrics import HISTOGRAMS, Histogram, StoreCollector, register
-from .tracing import NOOP_SPAN, SamplerConfig, TraceSampler, Tracer, from_headers, noop_span, \
-    otel_available
+from .metrics import HISTOGRAMS, Histogram, StoreCollector, obs_values, register
+from .statspage import PublishedStats, Snapshot, StatsPublisher, read_stats_page, writer_alive
+from .tracing import NOOP_SPAN, SamplerConfig, Tracer, TraceSampler, from_headers, noop_span, otel_available
 
-__all__ = ["Observability", "BlackBox", "Histogram", "StoreCollector", "register",
-           "SamplerConfig", "TraceSampler", "from_headers", "enable_json_logging",
-           "list_dumps", "load_dump", "NOOP_SPAN", "serve"]
+__all__ = [
+    "NOOP_SPAN",
+    "BlackBox",
+    "Histogram",
+    "Observability",
+    "PublishedStats",
+    "SamplerConfig",
+    "StoreCollector",
+    "TraceSampler",
+    "enable_json_logging",
+    "from_headers",
+    "involves_store",
+    "list_dumps",
+    "load_dump",
+    "read_ring",
+    "read_stats_page",
+    "register",
+    "serve",
+    "writer_alive",
+]
 
 _log = logging.getLogger("ngstore.obs")
 
-_FATAL_SIGNALS = "SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT"
-_CATCHABLE_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+#: The fields of the typed commit event (``Observability.commit_event``).
+COMMIT_FIELDS = ("batches", "first", "last", "records", "durability")
 
 
 def serve(store: Any, host: str = "127.0.0.1", port: int = 0) -> Any:
@@ -74,37 +90,43 @@ def _tracing_env_off() -> bool:
 
 
 class Observability:
-    """One store's observability. See the module docstring for the crash-handler contract.
+    """One store's observability. See the module docstring for what survives which crash.
 
     ``tracing``: None = on if OpenTelemetry is importable (and ``NGSTORE_TRACING`` is not
     ``off``); False = off (``span`` is the shared no-op); True = on, ``ImportError`` if
     OpenTelemetry is missing; a ``SamplerConfig`` = on with that config.
     ``sample_rate`` is the sampler's base rate. ``logger``: the logger behind ``.logger``
     (default ``logging.getLogger("ngstore")``). ``tracer_provider``, ``clock``, ``rng``: for
-    tests and custom OTel setups. ``dump_compress``: write dumps as ``.json.zst``.
+    tests and custom OTel setups. ``dump_compress``: write dumps as ``.json.zst``. ``io``: the
+    file seam for every file this object touches (the store passes its own).
+    ``stats_interval``: seconds between two publishes of the stats page.
     """
 
     def __init__(self, store_path: str, *, blackbox_capacity: int = 1000,
                  tracing: bool | SamplerConfig | None = None, sample_rate: float = 0.01,
                  logger: logging.Logger | None = None, tracer_provider: Any = None,
                  clock: Callable[[], float] | None = None, rng: Any = None,
-                 dump_compress: bool = False) -> None:
+                 dump_compress: bool = False, io: FileIO | None = None,
+                 stats_interval: float = 1.0) -> None:
         self.store_path = os.fspath(store_path)
         self.dump_compress = dump_compress
+        self.io: FileIO = io if io is not None else DEFAULT_IO
+        self.stats_interval = float(stats_interval)
         self.blackbox = BlackBox(blackbox_capacity)
-        #: ``event(event_type, **data)``: the ring's bound ``record``, no extra call layer.
+        #: ``event(event_type, **data)``: the ring's record function, no extra call layer.
         self.event: Callable[..., None] = self.blackbox.record
+        #: ``commit_event(batches, first, last, records, durability)``: the same record as
+        #: ``event("commit", batches=..., ...)`` at about half the cost (positional values).
+        self.commit_event: Callable[..., None] = self.blackbox.recorder("commit", *COMMIT_FIELDS)
         self.logger: StoreLoggerAdapter = store_logger(self.store_path, logger)
 
-        for attr, (_, buckets) in HISTOGRAMS.items():
-            setattr(self, attr, Histogram(buckets))
-        self.commit_seconds: Histogram
-        self.wal_write_seconds: Histogram
-        self.batch_records: Histogram
-        self.validation_seconds: Histogram
-        self.token_creation_seconds: Histogram
-        self.connection_creation_seconds: Histogram
-        self.tracing_overhead_seconds: Histogram
+        self.commit_seconds = Histogram(HISTOGRAMS["commit_seconds"][1])
+        self.wal_write_seconds = Histogram(HISTOGRAMS["wal_write_seconds"][1])
+        self.batch_records = Histogram(HISTOGRAMS["batch_records"][1])
+        self.validation_seconds = Histogram(HISTOGRAMS["validation_seconds"][1])
+        self.token_creation_seconds = Histogram(HISTOGRAMS["token_creation_seconds"][1])
+        self.connection_creation_seconds = Histogram(HISTOGRAMS["connection_creation_seconds"][1])
+        self.tracing_overhead_seconds = Histogram(HISTOGRAMS["tracing_overhead_seconds"][1])
 
         config = tracing if isinstance(tracing, SamplerConfig) else SamplerConfig()
         if not isinstance(tracing, SamplerConfig):
@@ -120,19 +142,102 @@ class Observability:
         #: ``span(name, **attributes)`` → context manager with ``.set(k, v)``, ``.error(exc)``.
         self.span: Callable[..., Any] = self.tracer.span if self.tracer else noop_span
 
-        self._stats_fn: Callable[[], dict[str, Any]] | None = None
+        self._stats_fn: Callable[[], Mapping[str, Any]] | None = None
         self._crash_installed = False
-        self._flusher: threading.Thread | None = None
-        self._flush_stop = threading.Event()
-        self._last_flushed = -1
-        self._flush_error_logged = False
+        self._publisher: StatsPublisher | None = None
         self._closed = False
 
-    # ------------------------------------------------------------------ dumps
+    # ------------------------------------------------------------------ the writer's files
     @property
     def tracing_enabled(self) -> bool:
         return self.tracer is not None and self.sampler.config.enabled
 
+    def _rebind(self) -> None:
+        self.event = self.blackbox.record
+        self.commit_event = self.blackbox.recorder("commit", *COMMIT_FIELDS)
+
+    def start_writer(self, stats_fn: Callable[[], Mapping[str, Any]] | None = None, *,
+                     io: FileIO | None = None) -> None:
+        """The store now holds its directory for writing: move the black box into
+        ``blackbox.ring`` (saving the previous writer's ring as a dump if it did not close the
+        store) and start publishing ``stats_fn()`` and the histograms in ``stats.page``.
+
+        A file that cannot be set up is logged (WARNING) and skipped: the black box then stays
+        in memory and the sidecar sees no live metrics, but the store works."""
+        if self._closed:
+            raise RuntimeError("Observability is closed")
+        if io is not None:
+            self.io = io
+        if stats_fn is not None:
+            self._stats_fn = stats_fn
+        if self.blackbox.path is None:
+            try:
+                salvaged = self.blackbox.attach(self.store_path, io=self.io)
+            except OSError as exc:
+                _log.warning("black box stays in memory: cannot set up %s: %s",
+                             os.path.join(self.store_path, "blackbox.ring"), exc,
+                             extra={"store_path": self.store_path})
+            else:
+                self._rebind()
+                if salvaged is not None:
+                    self._save_previous_ring(salvaged)
+        if self._publisher is None and self._stats_fn is not None:
+            try:
+                self._publisher = StatsPublisher(self.store_path, self._collect, io=self.io,
+                                                 interval=self.stats_interval)
+                self._publisher.start()
+            except OSError as exc:
+                self._publisher = None
+                _log.warning("no stats page for %s: %s", self.store_path, exc,
+                             extra={"store_path": self.store_path})
+
+    def _save_previous_ring(self, salvaged: dict[str, Any]) -> None:
+        doc = {"timestamp_us": time.time_ns() // 1000, "stats": salvaged.get("stats", {}), "events": salvaged["events"],
+               "format": "ngstore-blackbox/1", "reason": salvaged["reason"],
+               "pid": salvaged.get("pid"), "store_path": self.store_path, "store_stats": None,
+               "exception": None, "ring": salvaged.get("ring"),
+               "fatal_error": salvaged.get("fatal_error")}
+        try:
+            path = write_dump_file(self.store_path, doc, compressed=self.dump_compress, io=self.io)
+        except OSError as exc:
+            _log.warning("could not save the previous writer's black box: %s", exc,
+                         extra={"store_path": self.store_path})
+            return
+        self.event("previous_writer_ended", pid=salvaged.get("pid"), dump=os.path.basename(path))
+        _log.warning("%s: %s; its black box was saved to %s", self.store_path, salvaged["reason"],
+                     path, extra={"store_path": self.store_path})
+
+    def _collect(self) -> tuple[dict[str, float], dict[str, Snapshot]]:
+        """What the stats page publishes: every number of ``stats_fn()``, the sampler and
+        black-box counters, and every histogram."""
+        fn = self._stats_fn
+        stats = dict(fn()) if fn is not None else {}
+        if stats.get("closed") or "error" in stats:
+            raise RuntimeError(f"stats() unavailable: {stats.get('error', 'store closed')}")
+        values: dict[str, float] = {}
+        for k, v in stats.items():
+            if isinstance(v, bool):
+                values[k] = 1.0 if v else 0.0
+            elif isinstance(v, (int, float)):
+                values[k] = float(v)
+        values.update({k: float(v) for k, v in obs_values(self).items()})
+        hists = {attr: h.snapshot() for attr, h in self.histograms().items()}
+        return values, hists
+
+    def histograms(self) -> dict[str, Histogram]:
+        """Every histogram of this object, by its ``HISTOGRAMS`` name."""
+        return {name: getattr(self, attr) for name, (attr, _b) in HISTOGRAMS.items()}
+
+    def publish_stats(self) -> None:
+        """Publish the stats page now (the store calls it at close, before it stops
+        answering ``stats()``; tests call it instead of waiting for the interval)."""
+        if self._publisher is not None:
+            try:
+                self._publisher.publish()
+            except Exception as exc:
+                _log.debug("stats page publish skipped: %r", exc)
+
+    # ------------------------------------------------------------------ dumps
     def _store_stats(self, timeout: float = 1.0) -> tuple[dict[str, Any] | None, str | None]:
         fn = self._stats_fn
         if fn is None:
@@ -142,7 +247,7 @@ class Observability:
         def run() -> None:
             try:
                 box["v"] = dict(fn())
-            except BaseException as exc:  # noqa: BLE001 - reported in the dump
+            except BaseException as exc:
                 box["e"] = f"{type(exc).__name__}: {exc}"
 
         t = threading.Thread(target=run, name="ngstore-dump-stats", daemon=True)
@@ -154,7 +259,7 @@ class Observability:
 
     def dump(self, reason: str = "explicit", *, compress: bool | None = None,
              exc_info: tuple[Any, Any, Any] | None = None) -> str:
-        """Write a dump of the ring into the store directory; return its path."""
+        """Write a dump of the ring into the store directory (through ``io``); return its path."""
         stats, stats_err = self._store_stats()
         exception = None
         if exc_info is not None and exc_info[0] is not None:
@@ -165,56 +270,27 @@ class Observability:
                                     store_stats=stats, exception=exception)
         if stats_err:
             doc["store_stats_error"] = stats_err
-        path = write_dump_file(self.store_path, doc,
+        path = write_dump_file(self.store_path, doc, io=self.io,
                                compressed=self.dump_compress if compress is None else compress)
         _log.log(logging.INFO if reason == "explicit" else logging.WARNING,
                  "black box dumped to %s (%s)", path, reason,
                  extra={"store_path": self.store_path})
         return path
 
-    def flush_ring(self) -> str | None:
-        """Write ``blackbox-ring-<pid>.json`` now if events arrived since the last flush.
-
-        Plain writes, not the file seam: the periodic flush runs on its own thread and must
-        not perturb fault-injection tests that count the store's I/O calls."""
-        recorded = self.blackbox.stats()["total_recorded"]
-        if recorded == self._last_flushed:
-            return None
-        doc = self.blackbox.to_dump(reason="periodic ring flush", store_path=self.store_path)
-        path = _ring_path(self.store_path)
-        _plain_atomic_write(path, doc)
-        self._last_flushed = recorded
-        return path
-
-    def _flush_loop(self, interval: float) -> None:
-        while not self._flush_stop.wait(interval):
-            try:
-                self.flush_ring()
-            except Exception as exc:  # read-only directory, disk full: note once, go on
-                if not self._flush_error_logged:
-                    self._flush_error_logged = True
-                    _log.warning("black box ring flush failed: %s", exc,
-                                 extra={"store_path": self.store_path})
-
     # ------------------------------------------------------------------ crash handlers
-    def install_crash_handlers(self, stats_fn: Callable[[], dict[str, Any]] | None = None, *,
-                               ring_flush_seconds: float | None = 10.0,
-                               catch_signals: bool = True) -> None:
-        """Dump the box on an unhandled exception or a catchable fatal signal, and leave a
-        faulthandler traceback plus the last ring flush on a fatal signal (module docstring).
-        Idempotent; ``close()`` undoes it."""
+    def install_crash_handlers(self, stats_fn: Callable[[], Mapping[str, Any]] | None = None, *,
+                               fault_handler: bool = True) -> None:
+        """Dump the box on an unhandled exception that involves the store, chaining to the
+        hooks installed before; send ``faulthandler``'s traceback into the ring file on a
+        fatal signal (module docstring). Idempotent; ``close()`` undoes it."""
         if self._closed:
             raise RuntimeError("Observability is closed")
-        self._stats_fn = stats_fn
+        if stats_fn is not None:
+            self._stats_fn = stats_fn
         if self._crash_installed:
             return
         self._crash_installed = True
-        _hooks.add(self, catch_signals)
-        if ring_flush_seconds:
-            self._flush_stop.clear()
-            self._flusher = threading.Thread(target=self._flush_loop, args=(ring_flush_seconds,),
-                                             name="ngstore-blackbox-flush", daemon=True)
-            self._flusher.start()
+        _hooks.add(self, fault_handler)
 
     def _crash_dump(self, reason: str, exc_info: tuple[Any, Any, Any] | None = None) -> None:
         try:
@@ -222,47 +298,60 @@ class Observability:
                 self.event("error", where="crash handler", type=exc_info[0].__name__,
                            message=str(exc_info[1]))
             self.dump(reason, exc_info=exc_info)
-        except BaseException as exc:  # noqa: BLE001 - a failing dump must not mask the crash
+        except BaseException as exc:
             try:
                 sys.stderr.write(f"ngstore: black box dump failed: {exc!r}\n")
             except Exception:
                 pass
 
     def close(self) -> None:
-        """Uninstall hooks, stop the flusher, remove the ring flush. Idempotent."""
+        """Uninstall hooks, stop the publisher (the page keeps its last values, flagged
+        closed), mark the ring closed and unmap it. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        if self._flusher is not None:
-            self._flush_stop.set()
-            self._flusher.join(timeout=5)
-            self._flusher = None
         if self._crash_installed:
             _hooks.remove(self)
             self._crash_installed = False
+        if self._publisher is not None:
             try:
-                os.unlink(_ring_path(self.store_path))
-            except OSError:
-                pass
+                self._publisher.close()
+            except OSError as exc:
+                _log.warning("closing the stats page failed: %s", exc)
+            self._publisher = None
+        self.blackbox.detach()
+        self._rebind()
 
     def __repr__(self) -> str:
         return (f"Observability({self.store_path!r}, tracing={self.tracing_enabled}, "
-                f"events={len(self.blackbox)})")
+                f"events={len(self.blackbox)}, ring={self.blackbox.path or 'memory'})")
 
 
-def _ring_path(store_path: str) -> str:
-    return os.path.join(store_path, f"blackbox-ring-{os.getpid()}.json")
+# ------------------------------------------------------------------------------ crash hooks
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
-def _plain_atomic_write(path: str, doc: dict[str, Any]) -> None:
-    from .blackbox import encode_dump
+def involves_store(exc: BaseException | None, tb: TracebackType | None,
+                   thread: threading.Thread | None = None) -> bool:
+    """Whether an unhandled exception is the store's business (and so worth a dump): an
+    ``NgStoreError``, a traceback (or a chained one) through a frame of the ``ngstore``
+    package, or any exception in one of the store's own threads (named ``ngstore-*``)."""
+    from ..errors import NgStoreError
 
-    tmp = f"{path}.tmp-{threading.get_ident()}"
-    with open(tmp, "wb") as f:
-        f.write(encode_dump(doc))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if thread is not None and thread.name.startswith("ngstore-"):
+        return True
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, NgStoreError):
+            return True
+        t = tb if len(seen) == 1 else exc.__traceback__
+        while t is not None:
+            if t.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+                return True
+            t = t.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class _ProcessHooks:
@@ -276,18 +365,17 @@ class _ProcessHooks:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._members: "weakref.WeakSet[Observability]" = weakref.WeakSet()
+        self._members: weakref.WeakSet[Observability] = weakref.WeakSet()
         self._prev_excepthook: Any = None
         self._prev_threading_hook: Any = None
-        self._prev_signals: dict[int, Any] = {}
-        self._fh_file: Any = None
-        self._fh_path: str | None = None
-        self._fh_was_enabled = False
+        self._fault_owner: Observability | None = None
         self._active = False
 
-    def add(self, obs: Observability, catch_signals: bool) -> None:
+    def add(self, obs: Observability, fault_handler: bool) -> None:
         with self._lock:
             self._members.add(obs)
+            if fault_handler and self._fault_owner is None:
+                self._install_faulthandler(obs)
             if self._active:
                 return
             self._active = True
@@ -295,30 +383,30 @@ class _ProcessHooks:
             sys.excepthook = self._excepthook
             self._prev_threading_hook = threading.excepthook
             threading.excepthook = self._threading_hook
-            self._install_faulthandler(obs.store_path)
-            if catch_signals and threading.current_thread() is threading.main_thread():
-                for sig in _CATCHABLE_SIGNALS:
-                    try:
-                        if signal.getsignal(sig) is signal.SIG_DFL:
-                            self._prev_signals[sig] = signal.signal(sig, self._signal_handler)
-                    except (ValueError, OSError):
-                        pass
 
-    def _install_faulthandler(self, store_path: str) -> None:
-        self._fh_was_enabled = faulthandler.is_enabled()
-        path = os.path.join(store_path,
-                            f"blackbox-faulthandler-{time.time_ns() // 1_000_000}-{os.getpid()}.log")
-        try:
-            f = open(path, "w")
-        except OSError as exc:  # read-only store directory: keep whatever was there
-            _log.info("no faulthandler log in %s: %s", store_path, exc)
-            return
-        faulthandler.enable(file=f, all_threads=True)
-        self._fh_file, self._fh_path = f, path
+    def _install_faulthandler(self, obs: Observability) -> bool:
+        """faulthandler writes into the ring file (after its records) of one store, unless
+        something else enabled faulthandler already: there is one per process, and taking it
+        over would silence whoever installed it (pytest, ``PYTHONFAULTHANDLER``). Returns
+        whether it did."""
+        fd = obs.blackbox.fault_fd
+        if fd is None or faulthandler.is_enabled():
+            return False
+        faulthandler.enable(file=fd, all_threads=True)
+        obs.blackbox.set_fault_text_flag(True)
+        self._fault_owner = obs
+        return True
 
     def remove(self, obs: Observability) -> None:
         with self._lock:
             self._members.discard(obs)
+            if self._fault_owner is obs:
+                faulthandler.disable()
+                obs.blackbox.set_fault_text_flag(False)
+                self._fault_owner = None
+                for other in list(self._members):   # hand it to another open writer
+                    if self._install_faulthandler(other):
+                        break
             if not self._active or len(self._members):
                 return
             self._active = False
@@ -326,48 +414,31 @@ class _ProcessHooks:
                 sys.excepthook = self._prev_excepthook
             if threading.excepthook == self._threading_hook:
                 threading.excepthook = self._prev_threading_hook
-            for sig, prev in self._prev_signals.items():
-                try:
-                    if signal.getsignal(sig) == self._signal_handler:
-                        signal.signal(sig, prev)
-                except (ValueError, OSError):
-                    pass
-            self._prev_signals.clear()
-            if self._fh_file is not None:
-                faulthandler.disable()
-                if self._fh_was_enabled:  # e.g. pytest's own faulthandler, back to stderr
-                    faulthandler.enable(file=sys.__stderr__, all_threads=True)
-                self._fh_file.close()
-                try:
-                    if self._fh_path and os.path.getsize(self._fh_path) == 0:
-                        os.unlink(self._fh_path)
-                except OSError:
-                    pass
-                self._fh_file = self._fh_path = None
 
-    def _dump_all(self, reason: str, exc_info: tuple[Any, Any, Any] | None) -> None:
+    def _dump_all(self, reason: str, exc_info: tuple[Any, Any, Any]) -> None:
         if not self._active:
             return
         for obs in list(self._members):
             obs._crash_dump(reason, exc_info)
 
     def _excepthook(self, et: Any, ev: Any, tb: Any) -> None:
-        self._dump_all(f"unhandled {getattr(et, '__name__', et)}", (et, ev, tb))
-        prev = self._prev_excepthook or sys.__excepthook__
-        prev(et, ev, tb)
+        try:
+            if involves_store(ev, tb):
+                self._dump_all(f"unhandled {getattr(et, '__name__', et)}", (et, ev, tb))
+        finally:
+            prev = self._prev_excepthook or sys.__excepthook__
+            prev(et, ev, tb)
 
     def _threading_hook(self, args: Any) -> None:
-        if args.exc_type is not SystemExit:
-            name = getattr(args.thread, "name", "?")
-            self._dump_all(f"unhandled {args.exc_type.__name__} in thread {name}",
-                           (args.exc_type, args.exc_value, args.exc_traceback))
-        prev = self._prev_threading_hook or threading.__excepthook__
-        prev(args)
-
-    def _signal_handler(self, signum: int, frame: Any) -> None:
-        self._dump_all(f"signal {signal.Signals(signum).name}", None)
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        try:
+            if args.exc_type is not SystemExit and involves_store(args.exc_value, args.exc_traceback,
+                                                                  args.thread):
+                name = getattr(args.thread, "name", "?")
+                self._dump_all(f"unhandled {args.exc_type.__name__} in thread {name}",
+                               (args.exc_type, args.exc_value, args.exc_traceback))
+        finally:
+            prev = self._prev_threading_hook or threading.__excepthook__
+            prev(args)
 
 
 _hooks = _ProcessHooks()

@@ -15,10 +15,17 @@ import json
 import logging
 import sys
 import time
-from typing import IO, Any, MutableMapping
+from collections.abc import MutableMapping
+from typing import IO, Any
 
-__all__ = ["LOGGER_NAME", "StoreLoggerAdapter", "JsonFormatter", "enable_json_logging",
-           "disable_json_logging", "store_logger"]
+__all__ = [
+    "LOGGER_NAME",
+    "JsonFormatter",
+    "StoreLoggerAdapter",
+    "disable_json_logging",
+    "enable_json_logging",
+    "store_logger",
+]
 
 LOGGER_NAME = "ngstore"
 CONTEXT_FIELDS = ("store_path", "log_position", "batch_id", "trace_id")

@@ -29,12 +29,25 @@ import logging
 import threading
 import weakref
 from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
-__all__ = ["Histogram", "MetricSpec", "METRICS", "HISTOGRAMS", "StoreCollector", "register",
-           "LATENCY_BUCKETS", "ORIGINAL_CREATION_BUCKETS", "ORIGINAL_WAL_BUCKETS",
-           "BATCH_BUCKETS", "metric_names"]
+from .statspage import PageHistograms, merge_published, published_labels
+
+__all__ = [
+    "BATCH_BUCKETS",
+    "HISTOGRAMS",
+    "LATENCY_BUCKETS",
+    "METRICS",
+    "ORIGINAL_CREATION_BUCKETS",
+    "ORIGINAL_WAL_BUCKETS",
+    "Histogram",
+    "MetricSpec",
+    "StoreCollector",
+    "metric_names",
+    "register",
+]
 
 _log = logging.getLogger("ngstore.obs")
 
@@ -66,7 +79,7 @@ class Histogram:
     is one behind is harmless. A lock was rejected: it would triple the cost of ``observe``.
     """
 
-    __slots__ = ("buckets", "_counts", "_sum")
+    __slots__ = ("_counts", "_sum", "buckets")
 
     def __init__(self, buckets: Sequence[float]) -> None:
         b = tuple(float(x) for x in buckets)
@@ -86,7 +99,7 @@ class Histogram:
         counts = self._counts[:]  # one C-level copy
         total = 0
         cumulative: list[tuple[float, int]] = []
-        for le, c in zip(self.buckets + (float("inf"),), counts):
+        for le, c in zip((*self.buckets, float("inf")), counts, strict=True):
             total += c
             cumulative.append((le, total))
         return cumulative, total, self._sum
@@ -131,70 +144,77 @@ def _flag(key: str, invert: bool = False) -> Callable[[dict[str, Any]], float]:
     return f
 
 
+def _writer_alive(stats: dict[str, Any]) -> float:
+    """writer_alive from a sidecar's merged stats; in the writer itself: open for writing"""
+    if "writer_alive" in stats:
+        return float(bool(stats["writer_alive"]))
+    return float(not stats.get("closed") and not stats.get("readonly") and "tokens_live" in stats)
+
+
 C, G, H = "counter", "gauge", "histogram"
-O = "original"
+ORIG = "original"
 
 METRICS: tuple[MetricSpec, ...] = (
     # --- the original's 21 (v0.42.0), live meanings ----------------------------------------
     MetricSpec("neurograph_tokens_created_total", C, "Tokens created (lifetime of the store).",
-               "tokens_created_total", O),
+               "tokens_created_total", ORIG),
     MetricSpec("neurograph_connections_created_total", C, "Connections created.",
-               "connections_created_total", O),
+               "connections_created_total", ORIG),
     MetricSpec("neurograph_tokens_validated_total", C, "Tokens that passed Guardian validation.",
-               "tokens_validated_total", O),
+               "tokens_validated_total", ORIG),
     MetricSpec("neurograph_tokens_rejected_total", C, "Tokens rejected by Guardian validation.",
-               "tokens_rejected_total", O),
+               "tokens_rejected_total", ORIG),
     MetricSpec("neurograph_connections_validated_total", C,
-               "Connections that passed Guardian validation.", "connections_validated_total", O),
+               "Connections that passed Guardian validation.", "connections_validated_total", ORIG),
     MetricSpec("neurograph_connections_rejected_total", C,
-               "Connections rejected by Guardian validation.", "connections_rejected_total", O),
+               "Connections rejected by Guardian validation.", "connections_rejected_total", ORIG),
     MetricSpec("neurograph_quota_exceeded_total", C, "Writes refused by a quota.",
-               "quota_exceeded_total", O),
+               "quota_exceeded_total", ORIG),
     MetricSpec("neurograph_aggressive_cleanups_total", C, "Aggressive cleanups run.",
-               "aggressive_cleanups_total", O),
+               "aggressive_cleanups_total", ORIG),
     MetricSpec("neurograph_panics_recovered_total", C,
                "Errors caught inside the store and recorded in the black box.",
-               "panics_recovered_total", O),
+               "panics_recovered_total", ORIG),
     MetricSpec("neurograph_wal_entries_written_total", C, "Log records written.",
-               "wal_records_written_total", O),
+               "wal_records_written_total", ORIG),
     MetricSpec("neurograph_wal_entries_replayed_total", C,
-               "Log records replayed by recovery (since open).", "wal_records_replayed_total", O),
+               "Log records replayed by recovery (since open).", "wal_records_replayed_total", ORIG),
     MetricSpec("neurograph_tokens_active", G, "Live tokens (not the lifetime created count).",
-               "tokens_live", O),
-    MetricSpec("neurograph_connections_active", G, "Live connections.", "connections_live", O),
+               "tokens_live", ORIG),
+    MetricSpec("neurograph_connections_active", G, "Live connections.", "connections_live", ORIG),
     MetricSpec("neurograph_memory_used_bytes", G, "Bytes accounted by the Guardian.",
-               "memory_used_bytes", O),
+               "memory_used_bytes", ORIG),
     MetricSpec("neurograph_memory_usage_percent", G,
                "memory_used_bytes / memory_limit_bytes * 100 (0 with no limit).",
-               _pct("memory_used_bytes", "memory_limit_bytes"), O),
+               _pct("memory_used_bytes", "memory_limit_bytes"), ORIG),
     MetricSpec("neurograph_intuition_queue_size", G, "Events waiting for intuition analysis.",
-               "intuition_queue_size", O),
+               "intuition_queue_size", ORIG),
     MetricSpec("neurograph_guardian_event_queue_size", G, "Guardian events waiting.",
-               "guardian_event_queue_size", O),
+               "guardian_event_queue_size", ORIG),
     MetricSpec("neurograph_token_creation_duration_seconds", H,
-               "Time to create a batch of tokens.", "token_creation_seconds", O),
+               "Time to create a batch of tokens.", "token_creation_seconds", ORIG),
     MetricSpec("neurograph_connection_creation_duration_seconds", H,
-               "Time to create a batch of connections.", "connection_creation_seconds", O),
+               "Time to create a batch of connections.", "connection_creation_seconds", ORIG),
     MetricSpec("neurograph_validation_duration_seconds", H, "Time to validate a batch.",
-               "validation_seconds", O),
+               "validation_seconds", ORIG),
     MetricSpec("neurograph_wal_write_duration_seconds", H,
                "Time to append and sync one log write (a group commit's batch).",
-               "wal_write_seconds", O),
+               "wal_write_seconds", ORIG),
     # --- the original's tracing metrics (v0.44.3) ----------------------------------------
     MetricSpec("neurograph_tracing_samples_total", C, "Sampling decisions made.",
-               "tracing_total", O),
+               "tracing_total", ORIG),
     MetricSpec("neurograph_tracing_samples_recorded_total", C, "Operations recorded as spans.",
-               "tracing_recorded", O),
+               "tracing_recorded", ORIG),
     MetricSpec("neurograph_tracing_samples_skipped_total", C, "Operations not recorded.",
-               "tracing_skipped", O),
+               "tracing_skipped", ORIG),
     MetricSpec("neurograph_tracing_error_operations_total", C,
-               "Traced operations that ended in an error.", "tracing_error_ops", O),
+               "Traced operations that ended in an error.", "tracing_error_ops", ORIG),
     MetricSpec("neurograph_tracing_slow_operations_total", C,
-               "Traced operations at or over the slow threshold.", "tracing_slow_ops", O),
+               "Traced operations at or over the slow threshold.", "tracing_slow_ops", ORIG),
     MetricSpec("neurograph_tracing_sample_rate", G, "Current base sampling rate (0-1).",
-               "tracing_sample_rate", O),
+               "tracing_sample_rate", ORIG),
     MetricSpec("neurograph_tracing_overhead_seconds", H,
-               "Time spent building and ending a recorded span.", "tracing_overhead_seconds", O),
+               "Time spent building and ending a recorded span.", "tracing_overhead_seconds", ORIG),
     # --- operator metrics (ngstore) --------------------------------------------------------
     MetricSpec("neurograph_store_open", G, "1 while the store is open, 0 once closed.",
                _flag("closed", invert=True)),
@@ -252,6 +272,13 @@ METRICS: tuple[MetricSpec, ...] = (
                "blackbox_total_recorded"),
     MetricSpec("neurograph_blackbox_events_dropped_total", C,
                "Black-box events pushed out of the ring.", "blackbox_total_dropped"),
+    # --- the writer seen from another process (the sidecar reads its stats page) -----------
+    MetricSpec("neurograph_writer_alive", G,
+               "1 while a live process holds the store for writing (in the writer itself: while "
+               "it is open for writing).", _writer_alive),
+    MetricSpec("neurograph_stats_page_age_seconds", G,
+               "Seconds since the writer last published its stats page (0 in the writer).",
+               "stats_age_seconds"),
 )
 
 #: histogram family → (``store.obs`` attribute, buckets)
@@ -315,7 +342,8 @@ class StoreCollector:
             try:
                 ref: Any = weakref.ref(store)
             except TypeError:  # objects without weakref support are held strongly
-                ref = (lambda s=store: s)
+                def ref(s: Any = store) -> Any:
+                    return s
             self._stores.append((ref, label))
 
     def remove(self, store: Any) -> None:
@@ -324,8 +352,7 @@ class StoreCollector:
 
     def describe(self) -> list[Any]:
         """Families without samples, so a registry can refuse a second collector."""
-        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                            HistogramMetricFamily)
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         out: list[Any] = []
         for m in METRICS:
@@ -336,12 +363,11 @@ class StoreCollector:
 
     def collect(self) -> Iterator[Any]:
         """Build every family from one ``stats()`` call per store."""
-        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                            HistogramMetricFamily)
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         with self._lock:
             stores = [(r(), n) for r, n in self._stores]
-        rows: list[tuple[list[str], dict[str, Any], Any]] = []
+        rows: list[tuple[list[str], dict[str, Any], Any, dict[str, str]]] = []
         for store, label in stores:
             if store is None:
                 continue
@@ -351,16 +377,27 @@ class StoreCollector:
                 _log.warning("stats() failed for store %s: %s", label, exc)
                 stats = {"closed": True}
             obs = getattr(store, "obs", None)
-            stats.update(_obs_values(obs))
-            rows.append(([label] if self._labeled else [], stats, obs))
-        labels = ["store"] if self._labeled else []
+            stats.update(obs_values(obs))
+            extra = _extra_labels(store)
+            if _is_plain_reader(store, stats):
+                # a read-only Store: the writer's counters, histograms and limits come from
+                # its stats page, as in the sidecar (docs/observability.md §3)
+                page = _read_page(str(stats["path"]))
+                stats = merge_published(stats, page)
+                if page is not None:
+                    obs = PageHistograms(page)
+                extra = published_labels(page)
+            rows.append(([label] if self._labeled else [], stats, obs, extra))
+        extra_names = sorted({k for *_x, e in rows for k in e})
+        labels = (["store"] if self._labeled else []) + extra_names
+        rows2 = [(lv + [e.get(k, "") for k in extra_names], stats, obs) for lv, stats, obs, e in rows]
         for m in METRICS:
             if m.kind == H:
                 hfam = HistogramMetricFamily(m.name, m.help, labels=labels)
                 attr = HISTOGRAMS[str(m.source)][0]
-                for lv, _stats, obs in rows:
+                for lv, _stats, obs in rows2:
                     h = getattr(obs, attr, None) if obs is not None else None
-                    if isinstance(h, Histogram):
+                    if h is not None and callable(getattr(h, "snapshot", None)):
                         cum, _count, total = h.snapshot()
                     else:
                         cum, total = [(float("inf"), 0)], 0.0
@@ -371,19 +408,46 @@ class StoreCollector:
                 fam: Any = CounterMetricFamily(m.name, m.help, labels=labels)
             else:
                 fam = GaugeMetricFamily(m.name, m.help, labels=labels)
-            for lv, stats, _obs in rows:
+            for lv, stats, _obs in rows2:
                 value = m.source(stats) if callable(m.source) else _num(stats.get(m.source))
                 fam.add_metric(lv, value)
             yield fam
 
 
 def _le(le: float) -> str:
+    """A bucket bound as Prometheus writes it (``+Inf``, ``0.001``, ``1.0``)."""
     from prometheus_client.utils import floatToGoString
 
-    return floatToGoString(le)
+    return str(floatToGoString(le))  # type: ignore[no-untyped-call]
 
 
-def _obs_values(obs: Any) -> dict[str, Any]:
+def _is_plain_reader(store: Any, stats: dict[str, Any]) -> bool:
+    return bool(stats.get("readonly")) and not stats.get("closed") and \
+        not callable(getattr(store, "metric_labels", None)) and isinstance(stats.get("path"), str)
+
+
+def _read_page(path: str) -> Any:
+    from .statspage import read_stats_page
+
+    try:
+        return read_stats_page(path)
+    except (OSError, ValueError) as exc:
+        _log.debug("no stats page for %s: %s", path, exc)
+        return None
+
+
+def _extra_labels(store: Any) -> dict[str, str]:
+    """Labels a store object asks for (the sidecar's view: ``writer_pid``, ``writer_alive``)."""
+    fn = getattr(store, "metric_labels", None)
+    if not callable(fn):
+        return {}
+    try:
+        return {str(k): str(v) for k, v in dict(fn()).items()}
+    except Exception:
+        return {}
+
+
+def obs_values(obs: Any) -> dict[str, Any]:
     """Sampler counters and black-box counters of an ``Observability`` (zeros without one)."""
     out: dict[str, Any] = {}
     if obs is None:
@@ -403,7 +467,7 @@ def _obs_values(obs: Any) -> dict[str, Any]:
     return out
 
 
-_registered: "weakref.WeakKeyDictionary[Any, StoreCollector]" = weakref.WeakKeyDictionary()
+_registered: weakref.WeakKeyDictionary[Any, StoreCollector] = weakref.WeakKeyDictionary()
 _registered_lock = threading.Lock()
 
 

@@ -42,11 +42,20 @@ from __future__ import annotations
 import functools
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
-__all__ = ["SamplerConfig", "TraceSampler", "Tracer", "NOOP_SPAN", "noop_span",
-           "parse_traceparent", "from_headers", "otel_available"]
+__all__ = [
+    "NOOP_SPAN",
+    "SamplerConfig",
+    "TraceSampler",
+    "Tracer",
+    "from_headers",
+    "noop_span",
+    "otel_available",
+    "parse_traceparent",
+]
 
 
 @dataclass
@@ -123,7 +132,7 @@ class _NoopSpan:
     __slots__ = ()
     trace_id = None
 
-    def __enter__(self) -> "_NoopSpan":
+    def __enter__(self) -> _NoopSpan:
         return self
 
     def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
@@ -201,13 +210,14 @@ class _Span:
     Only the monotonic clock is read at entry; the wall-clock start given to OpenTelemetry is
     computed at exit (now − elapsed), so a sampled-out span reads two clocks in all."""
 
-    __slots__ = ("_tracer", "name", "attributes", "_t0", "_exc", "_opts")
+    __slots__ = ("_exc", "_opts", "_t0", "_tracer", "attributes", "kind", "name")
 
-    def __init__(self, tracer: "Tracer", name: str, *, traceparent: str | None = None,
+    def __init__(self, tracer: Tracer, name: str, *, traceparent: str | None = None,
                  force: bool = False, rate: float | None = None, priority: str | None = None,
-                 **attributes: Any) -> None:
+                 kind: str | None = None, **attributes: Any) -> None:
         self._tracer = tracer
         self.name = name
+        self.kind = kind   # None (internal) or "server", "client", "producer", "consumer"
         self.attributes = attributes
         # (traceparent, force, rate, priority), or None in the usual case
         self._opts = (None if traceparent is None and not force and rate is None
@@ -224,7 +234,7 @@ class _Span:
         p = parse_traceparent(self.traceparent)
         return p[0] if p else None
 
-    def __enter__(self) -> "_Span":
+    def __enter__(self) -> _Span:
         self._t0 = self._tracer.clock()
         return self
 
@@ -328,8 +338,9 @@ class Tracer:
         start_ns = end_ns - max(int(elapsed_s * 1e9), 0)
         attrs = {k: (v if isinstance(v, (str, bool, int, float)) else str(v))
                  for k, v in sp.attributes.items()}
+        kind = self._trace.SpanKind[sp.kind.upper()] if sp.kind else self._trace.SpanKind.INTERNAL
         otel_span = self._otel.start_span(sp.name, context=self._parent_context(sp.traceparent),
-                                          attributes=attrs, start_time=start_ns)
+                                          kind=kind, attributes=attrs, start_time=start_ns)
         if exc is not None:
             otel_span.record_exception(exc)
             otel_span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, str(exc)))

@@ -80,7 +80,13 @@ def _verify(path: str, acked: dict[int, int]) -> tuple[int, int]:
     return len(present), int(arr.size)
 
 
-def test_kill9_never_loses_an_acknowledged_batch_nor_keeps_part_of_one(tmp_path):
+def _progress(capsys, line: str) -> None:
+    """One line on the terminal even under pytest's capture: a 3-minute test must not look hung."""
+    with capsys.disabled():
+        print(line, flush=True)
+
+
+def test_kill9_never_loses_an_acknowledged_batch_nor_keeps_part_of_one(tmp_path, capsys):
     path = str(tmp_path / "store")
     ngstore.open(path).close()
     budget = float(os.environ.get("NGSTORE_CRASH_SECONDS", "200"))
@@ -90,7 +96,14 @@ def test_kill9_never_loses_an_acknowledged_batch_nor_keeps_part_of_one(tmp_path)
     start = 0
     t_end = time.monotonic() + budget
     iterations = kills_before_open = 0
+    t_start = next_report = time.monotonic()
+    _progress(capsys, f"\nkill -9: up to {max_iter} kills or {budget:.0f} s (NGSTORE_CRASH_ITERATIONS, "
+                      "NGSTORE_CRASH_SECONDS); a line every 15 s")
     while iterations < max_iter and time.monotonic() < t_end:
+        if time.monotonic() >= next_report + 15:
+            next_report = time.monotonic()
+            _progress(capsys, f"kill -9: {iterations} kills in {next_report - t_start:.0f} s, "
+                              f"{len(acked)} batches acknowledged, none lost so far")
         iterations += 1
         child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(start), str(iterations)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
@@ -117,8 +130,8 @@ def test_kill9_never_loses_an_acknowledged_batch_nor_keeps_part_of_one(tmp_path)
         if rng.random() < 0.5:
             _verify(path, acked)
     batches, tokens = _verify(path, acked)
-    print(f"\nkill -9: {iterations} iterations ({kills_before_open} during open/recovery), "
-          f"{len(acked)} acknowledged batches, {batches} batches / {tokens} tokens present, "
-          "0 lost, 0 partial")
+    _progress(capsys, f"kill -9: {iterations} iterations ({kills_before_open} during open/recovery), "
+                      f"{len(acked)} acknowledged batches, {batches} batches / {tokens} tokens present, "
+                      "0 lost, 0 partial")
     assert iterations >= 20 and len(acked) > 0
     assert (max(acked) + 2 * THREADS) * REGION < 2**32  # no id overflowed

@@ -1,11 +1,13 @@
-"""The ``ngstore`` command, run for real in subprocesses (``python -m ngstore.cli``).
+"""The ``ngstore`` command, run for real in subprocesses (``python -m ngstore``).
 
-Exit codes (ngstore/cli.py): 0 ok, 1 unsound, 2 usage, 3 cannot open / locked.
+Exit codes (ngstore/cli.py): 0 ok, 1 unsound, 2 usage, 3 cannot open / locked, 4 failed.
+Every error is one line on stderr with a hint; a traceback only with ``--debug``.
 Every subprocess runs with ``cwd`` set to the test's temporary directory; stores whose
 writer "died" are made by a child that commits and leaves with ``os._exit(0)``.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -47,7 +49,7 @@ LIVE_WRITER = textwrap.dedent("""
 
 
 def ng(*args: str, cwd: Any, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ngstore.cli", *args], cwd=str(cwd),
+    return subprocess.run([sys.executable, "-m", "ngstore", *args], cwd=str(cwd),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -136,9 +138,88 @@ def test_stress_json_with_a_path_leaves_a_store_info_and_check_accept(tmp_path):
     assert "check: OK" in chk.stdout
 
 
-def test_stress_with_zero_tokens_is_a_usage_error(tmp_path):
-    r = ng("stress", "--tokens", "0", cwd=tmp_path)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+def test_stress_shows_plain_step_lines_when_stderr_is_not_a_terminal(tmp_path):
+    r = ng("stress", "--tokens", "2000", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert lines[0] == "stress: step 1/15: create single" and lines[-1] == "stress: step 15/15: memory"
+    assert len(lines) == 15 and "\r" not in r.stderr and "%|" not in r.stderr   # no tqdm bar
+    quiet = ng("stress", "--tokens", "2000", "--quiet", "--json", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == "" and json.loads(quiet.stdout)["tokens"] == 2000
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
+    import pty
+
+    path = str(tmp_path / "s")
+    dead_writer(path, tmp_path, batches=3)
+    plain = ng("recover", path, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stderr.splitlines()
+    assert [x for x in lines if "step" in x] == ["recover: step 1/2: open and replay the log",
+                                                 "recover: step 2/2: check"]
+    # the library's warnings (the dead writer; what recovery replayed), plain lines of the command
+    others = [x for x in lines if "step" not in x]
+    assert others and all(x.startswith("ngstore: WARNING: ") for x in others)
+    assert any("ended without closing" in x for x in others)
+    master, slave = pty.openpty()
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # a real size
+    try:
+        r = subprocess.run([sys.executable, "-m", "ngstore", "stress", "--tokens", "2000", "--quiet"],
+                           cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=slave, text=True,
+                           timeout=TIMEOUT)
+        quiet_out = os.read(master, 65536) if _readable(master) else b""
+        r = subprocess.run([sys.executable, "-m", "ngstore", "stress", "--tokens", "2000"],
+                           cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=slave, text=True,
+                           timeout=TIMEOUT)
+        assert r.returncode == 0
+        out = b""
+        while _readable(master):
+            out += os.read(master, 65536)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert quiet_out == b""
+    assert b"stress:" in out and b"%|" in out and b"\r" in out, out[:300]
+    assert b"step 1/15" not in out                      # a bar, not lines
+
+
+def _readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0.2)[0])
+
+
+def test_stress_scales_its_limits_to_any_token_count():
+    from ngstore.cli import stress_limits
+
+    for n in (1, 20_000, 10_000_000, 13_000_000, 1 << 32):
+        max_tokens, max_bytes = stress_limits(n)
+        assert max_tokens >= n + 2_000 and max_tokens >= 10_000_000
+        # what the run stores, against the Guardian's refusal point (80 % of max_bytes)
+        stored = 64 * (n + 2_000) + 128 * 100_000 + 128 * min(n, 100_000)
+        assert stored <= 0.8 * max_bytes / 1.5 and max_bytes >= 1_024_000_000
+
+
+def test_stress_refuses_a_store_held_by_a_writer_before_doing_any_work(tmp_path):
+    path = str(tmp_path / "s")
+    child = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, path], cwd=str(tmp_path),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        before = sorted(os.listdir(path))
+        r = ng("stress", path, "--tokens", "1000", cwd=tmp_path)
+        assert r.returncode == 3, r.stderr
+        assert r.stderr.splitlines()[-1].startswith(f"ngstore: {path} is held by a live writer (pid {child.pid})")
+        assert "step " not in r.stderr                    # refused before the first step
+        assert sorted(os.listdir(path)) == before
+    finally:
+        child.stdin.close()
+        assert child.wait(timeout=60) == 0
 
 
 # ------------------------------------------------------------------------------ info / check
@@ -182,7 +263,7 @@ def test_wal_verify_is_0_on_a_sound_log_and_1_after_mid_log_corruption(tmp_path)
     dead_writer(path, tmp_path)
     r = ng("wal", "verify", path, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SOUND" in r.stdout and "20 record(s)" in r.stdout
+    assert r.stdout.startswith("log: SOUND; 20 records, positions 1..20, 1 segment, ")
     rec = flip_byte_in_record(path, tmp_path, 10)  # position 11 of 20
     assert rec["position"] == 11
     r = ng("wal", "verify", path, cwd=tmp_path)
@@ -201,7 +282,7 @@ def test_wal_dump_json_lists_every_record_with_its_position(tmp_path):
     assert [r["position"] for r in rows] == list(range(1, 8))
     offs = [r["offset"] for r in rows]
     assert offs == sorted(offs) and all(a["offset"] + a["size"] == b["offset"]
-                                        for a, b in zip(rows, rows[1:]))
+                                        for a, b in itertools.pairwise(rows))
     assert all(r["type"] == 1 and r["raw_size"] > 0 for r in rows)
 
 
@@ -221,7 +302,7 @@ def test_recover_after_a_process_crash_keeps_everything(tmp_path):
     # The writer died before the applier moved its last commits into LMDB: recovery
     # replays them from the log, and every acknowledged batch is there.
     assert f"recovered {path} (mode tolerate-tail)" in r.stdout
-    assert "log record(s)" in r.stdout
+    assert "log record" in r.stdout and "positions -.." not in r.stdout
     assert "tokens now: 200" in r.stdout and "check: OK" in r.stdout
     assert ng("check", path, cwd=tmp_path).returncode == 0
 
@@ -322,8 +403,12 @@ def test_checkpoint_reports_the_shrink(tmp_path):
     path = str(tmp_path / "s")
     dead_writer(path, tmp_path)
     r = ng("checkpoint", path, cwd=tmp_path)
-    before, after = r.stdout.split("log ")[1].split(" bytes")[0].split(" -> ")
-    assert int(after) < int(before)
+    assert r.returncode == 0, r.stderr
+    assert "(20 records) -> 40 bytes (0 records)" in r.stdout, r.stdout
+    v = ng("wal", "verify", path, cwd=tmp_path)
+    # an empty log reads as empty, not as the range 21..20
+    assert v.stdout.startswith("log: SOUND; 0 records, none (the next record will be position 21), "
+                               "1 segment, 40 bytes"), v.stdout
 
 
 # ------------------------------------------------------------------------------ locking / usage
@@ -349,13 +434,105 @@ def test_offline_tools_refuse_a_live_writer_with_exit_3_naming_its_pid(tmp_path)
     assert ng("wal", "verify", path, cwd=tmp_path).returncode == 0  # writer gone
 
 
-@pytest.mark.parametrize("args", [[], ["bogus"], ["info"], ["wal"], ["wal", "nope", "x"],
-                                  ["recover", "x", "--mode", "bad"], ["stress", "--tokens", "abc"],
-                                  ["serve", "x", "--port", "notaport"]])
-def test_bad_usage_exits_2(tmp_path, args):
-    r = ng(*args, cwd=tmp_path)
-    assert r.returncode == 2, (args, r.stdout, r.stderr)
-    assert "usage:" in r.stderr
+# Bad inputs, each: (arguments, exit status, a piece of the one line it must print).
+# In the arguments, FILE is a regular file, FOREIGN a non-empty directory that is not a store,
+# MISSING a path that does not exist, STORE a sound store, BUSY a port something listens on.
+BAD_INPUTS = [
+    ([], 2, "no command given"),
+    (["bogus"], 2, "invalid choice: 'bogus'"),
+    (["info"], 2, "the following arguments are required: PATH"),
+    (["wal"], 2, "which one? `verify` or `dump`"),
+    (["wal", "nope", "x"], 2, "invalid choice: 'nope'"),
+    (["recover", "x", "--mode", "bad"], 2, "invalid choice: 'bad'"),
+    (["stress", "--tokens", "abc"], 2, "not an integer: 'abc'"),
+    (["stress", "--tokens", "0"], 2, "must be at least 1, got 0"),
+    (["stress", "--tokens", "-5"], 2, "must be at least 1, got -5"),
+    (["stress", "--tokens", "99999999999"], 2, "at most 4,294,967,296 tokens"),
+    (["stress", "FILE"], 2, "is a file, not a store directory"),
+    (["stress", "FOREIGN", "--tokens", "100"], 3, "is a directory that is not an ngstore store"),
+    (["stress", "--bogus-option"], 2, "unrecognized arguments: --bogus-option"),
+    (["info", "MISSING"], 3, "MISSING does not exist"),
+    (["info", "FILE"], 3, "is a file, not a store directory"),
+    (["check", "FOREIGN"], 3, "not an ngstore store"),
+    (["wal", "verify", "FILE"], 3, "is a file, not an ngstore store"),
+    (["wal", "dump", "MISSING"], 3, "does not exist"),
+    (["recover", "FOREIGN"], 3, "not an ngstore store"),
+    (["checkpoint", "MISSING"], 3, "does not exist"),
+    (["serve", "STORE", "--port", "99999"], 2, "a port is 0..65535, got 99999"),
+    (["serve", "STORE", "--port", "notaport"], 2, "not a port number: 'notaport'"),
+    (["serve", "STORE", "--host", "999.1.1.1", "--port", "0"], 2, "the host '999.1.1.1' does not resolve"),
+    (["serve", "STORE", "--port", "BUSY"], 4, "the port is already in use"),
+    (["serve", "FILE"], 2, "is a file, not a store directory"),
+    (["blackbox", "STORE", "--show", "nope"], 2, "no black-box file 'nope'"),
+    (["blackbox", "MISSING"], 3, "does not exist"),
+    (["blackbox", "STORE", "--events", "many"], 2, "invalid int value: 'many'"),
+]
+
+
+@pytest.mark.parametrize("args, code, says", BAD_INPUTS, ids=[" ".join(a) or "(nothing)" for a, _, _ in BAD_INPUTS])
+def test_a_bad_input_is_one_line_with_a_hint_and_no_traceback(tmp_path, sound_store, args, code, says):
+    (tmp_path / "FILE").write_text("not a store")
+    (tmp_path / "FOREIGN").mkdir()
+    (tmp_path / "FOREIGN" / "notes.txt").write_text("hello")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    subst = {"STORE": sound_store, "BUSY": str(busy.getsockname()[1])}
+    try:
+        r = ng(*[subst.get(a, a) for a in args], cwd=tmp_path, timeout=60)
+    finally:
+        busy.close()
+    assert r.returncode == code, (args, r.stdout, r.stderr)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("ngstore") and says in lines[0], lines[0]
+    assert "(hint: " in lines[0] and lines[0].endswith(")"), lines[0]
+    assert "Traceback" not in r.stderr and "walcmd" not in r.stderr and "usage:" not in r.stderr
+    assert not (tmp_path / "MISSING").exists()           # nothing was created
+
+
+def test_debug_shows_the_traceback_of_the_same_error(tmp_path):
+    r = ng("--debug", "info", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback (most recent call last)" in r.stderr
+    r = ng("info", str(tmp_path / "nothing"), "--debug", cwd=tmp_path)   # after the command too
+    assert "Traceback (most recent call last)" in r.stderr
+
+
+def test_version_and_python_dash_m(tmp_path):
+    for argv in ([sys.executable, "-m", "ngstore", "--version"],
+                 [os.path.join(os.path.dirname(sys.executable), "ngstore"), "--version"]):
+        r = subprocess.run(argv, cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"ngstore {ngstore.__version__} (store format 1; Python ")
+
+
+def test_every_argument_has_help_and_help_shows_its_default():
+    import argparse
+
+    from ngstore.cli import build_parser
+
+    def parsers(p: argparse.ArgumentParser, name: str = "ngstore"):
+        yield name, p
+        for act in p._actions:
+            if isinstance(act, argparse._SubParsersAction):
+                for sub, sp in act.choices.items():
+                    yield from parsers(sp, f"{name} {sub}")
+
+    seen = 0
+    for name, p in parsers(build_parser()):
+        text = p.format_help()
+        assert p.description or name == "ngstore", name
+        for act in p._actions:
+            if isinstance(act, argparse._SubParsersAction):
+                continue
+            assert act.help, (name, act.dest)
+            seen += 1
+            meaningful = act.default not in (None, False, argparse.SUPPRESS)
+            if meaningful and act.option_strings:
+                assert f"(default: {act.default})" in " ".join(text.split()), (name, act.dest)
+    assert seen > 30
+    stress_help = " ".join(build_parser()._subparsers._group_actions[0].choices["stress"].format_help().split())
+    assert "(default: 1000000)" in stress_help and "(default: a temporary directory" in stress_help
 
 
 @pytest.mark.parametrize("cmd", [["info"], ["check"], ["wal", "verify"], ["wal", "dump"],
@@ -378,34 +555,39 @@ def test_a_path_that_is_not_a_store_exits_3(tmp_path, cmd, what):
 
 # ------------------------------------------------------------------------------ blackbox
 
-def test_blackbox_lists_dumps_and_shows_the_latest(tmp_path):
+def test_blackbox_shows_the_ring_and_the_dumps_and_the_latest(tmp_path):
     path = str(tmp_path / "s")
     r = ng("blackbox", str(tmp_path), cwd=tmp_path)
-    assert r.returncode == 0 and "no black-box dumps" in r.stdout
+    assert r.returncode == 0 and "no black-box ring" in r.stdout and "no black-box dumps" in r.stdout
+    none = ng("blackbox", str(tmp_path), "--show", "latest", cwd=tmp_path)
+    assert none.returncode == 1 and "no black-box dumps and no ring" in none.stderr
     child = textwrap.dedent("""
         import sys, ngstore
         s = ngstore.open(sys.argv[1])
         s.put_tokens(ngstore.Token.create_batch(5))
-        s.flush()
-        raise RuntimeError("boom in child")
+        s.flush()               # the commit reaches LMDB: an "apply" event
+        s.get_token(12345)      # an unhandled NotFoundError: the store's business, so a dump
     """)
     c = subprocess.run([sys.executable, "-c", child, path], cwd=str(tmp_path),
                        capture_output=True, text=True, timeout=TIMEOUT)
-    assert c.returncode == 1 and "boom in child" in c.stderr
+    assert c.returncode == 1 and "NotFoundError" in c.stderr
     r = ng("blackbox", path, cwd=tmp_path)
     assert r.returncode == 0
-    listed = r.stdout.split()
-    assert len(listed) == 1 and os.path.basename(listed[0]).startswith("blackbox-")
-    show = ng("blackbox", path, "--show", "latest", cwd=tmp_path)
-    assert show.returncode == 0
-    doc = json.loads(show.stdout)
-    assert doc["format"] == "ngstore-blackbox/1" and doc["reason"] == "unhandled RuntimeError"
+    assert "ended without closing the store" in r.stdout and "1 dump(s)" in r.stdout
+    assert "unhandled NotFoundError" in r.stdout
+    (dump,) = [n for n in os.listdir(path) if n.startswith("blackbox-")]
+    doc = json.loads(ng("blackbox", path, "--show", dump, cwd=tmp_path).stdout)
+    assert doc["format"] == "ngstore-blackbox/1" and doc["reason"] == "unhandled NotFoundError"
     assert [e["event_type"] for e in doc["events"]][-3:] == ["open", "apply", "error"]
-    assert doc["exception"]["message"] == "boom in child"
-    by_name = ng("blackbox", path, "--show", os.path.basename(listed[0]), cwd=tmp_path)
-    assert json.loads(by_name.stdout) == doc
-    none = ng("blackbox", str(tmp_path), "--show", "latest", cwd=tmp_path)
-    assert none.returncode == 1 and "no black-box dumps" in none.stderr
+    assert doc["exception"]["type"] == "NotFoundError"
+    ring = json.loads(ng("blackbox", path, "--show", "ring", cwd=tmp_path).stdout)
+    assert [e["event_type"] for e in ring["events"]][-3:] == ["open", "apply", "error"]
+    assert ring["ring"]["state"] == "open" and ring["reason"].startswith("ring: writer pid ")
+    latest = json.loads(ng("blackbox", path, "--show", "latest", cwd=tmp_path).stdout)
+    assert latest["exception"]["type"] == "NotFoundError"  # the dump: made after the last event
+    assert latest["events"] == ring["events"]
+    listing = json.loads(ng("blackbox", path, "--json", cwd=tmp_path).stdout)
+    assert listing["ring"]["events"] == ring["events"] and len(listing["dumps"]) == 1
 
 
 # ------------------------------------------------------------------------------ serve
@@ -436,7 +618,7 @@ def _metric(text: str, name: str) -> float:
 
 def test_serve_answers_health_metrics_and_ready_and_follows_the_writer(tmp_path, sound_store):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ngstore.cli", "serve", sound_store,
+    proc = subprocess.Popen([sys.executable, "-m", "ngstore", "serve", sound_store,
                              "--port", str(port)], cwd=str(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -473,7 +655,7 @@ def test_serve_answers_health_metrics_and_ready_and_follows_the_writer(tmp_path,
             assert _metric(text_s, "neurograph_tokens_active") == 1007
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any("serving" in d["message"] and d.get("store_path") == sound_store for d in logs)

@@ -13,7 +13,8 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest

@@ -4,12 +4,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from ngstore.obs import Observability
-from ngstore.obs.logs import (JsonFormatter, disable_json_logging, enable_json_logging)
+from ngstore.obs.logs import JsonFormatter, disable_json_logging, enable_json_logging
 
 
 class ListHandler(logging.Handler):

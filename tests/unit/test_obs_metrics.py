@@ -9,8 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ngstore.obs import Observability
-from ngstore.obs.metrics import (HISTOGRAMS, METRICS, Histogram, StoreCollector, metric_names,
-                                 register)
+from ngstore.obs.metrics import HISTOGRAMS, METRICS, Histogram, StoreCollector, metric_names, register
 
 ORIGINAL_21 = {
     "neurograph_tokens_created_total": "counter",

@@ -28,10 +28,9 @@ from prometheus_client.parser import text_string_to_metric_families
 import ngstore
 from ngstore.fileio import DEFAULT_IO, FileIO
 from ngstore.obs import StoreCollector, register
-from ngstore.obs.blackbox import list_dumps, load_dump
+from ngstore.obs.blackbox import list_dumps, load_dump, read_ring
 from ngstore.obs.logs import disable_json_logging, enable_json_logging
 from ngstore.obs.metrics import METRICS, metric_names
-
 
 TIMEOUT = 120
 
@@ -126,7 +125,7 @@ def test_every_metric_is_present_on_the_first_scrape(served):
             assert {spec.name + "_bucket", spec.name + "_count", spec.name + "_sum"} <= names
         else:
             assert spec.name in names, spec.name
-    assert len(metric_names()) == len(METRICS) == 61
+    assert len(metric_names()) == len(METRICS) == 63
     samples = parse(body.decode())
     assert value(samples, "neurograph_store_open", store) == 1
     assert value(samples, "neurograph_tokens_active", store) == 0
@@ -224,7 +223,7 @@ def test_two_stores_in_one_process_have_separate_metrics(tmp_path):
         register(reg, a)
         register(reg, b)
         s = parse(generate_latest(reg).decode())
-        assert set(dict(k)["store"] for k in s["neurograph_tokens_active"]) == {a.path, b.path}
+        assert {dict(k)["store"] for k in s["neurograph_tokens_active"]} == {a.path, b.path}
         assert value(s, "neurograph_tokens_active", a) == 7
         assert value(s, "neurograph_tokens_active", b) == 6
         assert value(s, "neurograph_commits_total", a) == 1
@@ -242,7 +241,7 @@ def test_two_stores_in_one_process_have_separate_metrics(tmp_path):
             b.delete_tokens([0])
             assert value(scrape(sa), "neurograph_tokens_active", a) == 7
             assert value(scrape(sb), "neurograph_tokens_active", b) == 5
-            assert set(dict(k)["store"] for k in scrape(sa)["neurograph_tokens_active"]) == {a.path}
+            assert {dict(k)["store"] for k in scrape(sa)["neurograph_tokens_active"]} == {a.path}
     finally:
         a.close()
         b.close()
@@ -250,64 +249,60 @@ def test_two_stores_in_one_process_have_separate_metrics(tmp_path):
 
 # ------------------------------------------------------------------------------ black box
 
-def test_an_unhandled_exception_in_a_child_leaves_a_dump_with_the_events_before_it(tmp_path, path):
+def test_an_unhandled_store_error_in_a_child_leaves_a_dump_with_the_events_before_it(tmp_path, path):
     r = run_child("""
         import sys, ngstore
         s = ngstore.open(sys.argv[1])
         for i in range(3):
             s.put_tokens(ngstore.Token.create_batch(5, start=i * 5))
-        s.flush()  # the three commits reach LMDB: one "apply" event
-        raise RuntimeError("boom after three commits")
+        s.flush()                                 # the three commits reach LMDB: one "apply"
+        s.get_token(999)                          # NotFoundError, unhandled
     """, path, cwd=tmp_path)
-    assert r.returncode == 1 and "boom after three commits" in r.stderr  # previous hook ran
-    dumps = [d for d in list_dumps(path) if d.endswith(".json") and "-ring-" not in d]
+    assert r.returncode == 1 and "NotFoundError" in r.stderr  # the previous hook ran
+    dumps = list_dumps(path)
     assert len(dumps) == 1
     doc = load_dump(dumps[0])
     types = [e["event_type"] for e in doc["events"]]
     assert types[types.index("open"):] == ["open", "apply", "error"]
-    assert doc["reason"] == "unhandled RuntimeError"
-    assert doc["exception"]["type"] == "RuntimeError"
-    assert "boom after three commits" in doc["exception"]["traceback"]
+    assert doc["reason"] == "unhandled NotFoundError"
+    assert doc["exception"]["type"] == "NotFoundError"
+    assert "get_token" in doc["exception"]["traceback"]
     assert doc["store_stats"]["tokens_live"] == 15 and doc["store_path"] == os.path.realpath(path)
     applied = dict(doc["events"][types.index("apply")]["data"])
     assert applied["entries"] == "3" and applied["first"] == "1" and applied["last"] == "3"
 
 
-SEGV_CHILD = """
-    import faulthandler, sys, threading, ngstore
-    s = ngstore.open(sys.argv[1])
-    s.put_tokens(ngstore.Token.create_batch(5))
-    s.put_tokens(ngstore.Token.create_batch(5, start=5))
-    s.flush()  # one "apply" event
-    assert any(t.name == "ngstore-blackbox-flush" for t in threading.enumerate())
-    if sys.argv[2] == "flush":
-        s._obs.flush_ring()   # what the periodic flusher does every 10 s
-    s.put_tokens(ngstore.Token.create_batch(5, start=10))
-    s.flush()
-    faulthandler._sigsegv()
-"""
+def test_an_application_error_that_does_not_involve_the_store_leaves_no_dump(tmp_path, path):
+    r = run_child("""
+        import sys, ngstore
+        s = ngstore.open(sys.argv[1])
+        s.put_tokens(ngstore.Token.create_batch(5))
+        s.flush()
+        raise RuntimeError("the application's own bug")
+    """, path, cwd=tmp_path)
+    assert r.returncode == 1 and "the application's own bug" in r.stderr
+    assert list_dumps(path) == []
+    info, events, _ = read_ring(path)
+    assert not info.closed and [e["event_type"] for e in events][-2:] == ["open", "apply"]
 
 
-@pytest.mark.parametrize("flush", ["flush", "noflush"])
-def test_sigsegv_leaves_the_faulthandler_log_and_the_last_ring_flush(tmp_path, path, flush):
-    r = run_child(SEGV_CHILD, path, flush, cwd=tmp_path)
+def test_sigsegv_leaves_the_ring_with_every_event_and_the_traceback_after_it(tmp_path, path):
+    r = run_child("""
+        import ctypes, sys, ngstore
+        s = ngstore.open(sys.argv[1])
+        for i in range(3):
+            s.put_tokens(ngstore.Token.create_batch(5, start=i * 5))
+            s.flush()
+        ctypes.string_at(0)
+    """, path, cwd=tmp_path)
     assert r.returncode == -signal.SIGSEGV, r.stderr
-    left = list_dumps(path)
-    logs = [p for p in left if p.endswith(".log")]
-    assert len(logs) == 1 and os.path.basename(logs[0]).startswith("blackbox-faulthandler-")
-    text = load_dump(logs[0])["text"]
-    assert "Fatal Python error: Segmentation fault" in text and "<string>" in text
-    # docs/observability.md §4: no dump at the moment of the crash, only the last ring flush
-    assert not [p for p in left if p.endswith(".json") and "-ring-" not in p]
-    rings = [p for p in left if "-ring-" in p]
-    if flush == "noflush":
-        assert rings == []  # under 10 s: the periodic flush had not run yet (documented limit)
-        return
-    (ring,) = rings
-    doc = load_dump(ring)
-    types = [e["event_type"] for e in doc["events"]]
-    assert doc["reason"] == "periodic ring flush" and doc["store_stats"] is None
-    assert types[types.index("open"):] == ["open", "apply"]  # not the apply of the third commit
+    _info, events, text = read_ring(path)
+    types = [e["event_type"] for e in events]
+    assert types[types.index("open"):] == ["open", "apply", "apply", "apply"]
+    assert text.startswith("Fatal Python error: Segmentation fault") and "<string>" in text
+    assert list_dumps(path) == []     # no dump at the moment of the crash: the ring is the record
+    assert all(os.path.getsize(os.path.join(path, n)) > 0 for n in os.listdir(path)
+               if os.path.isfile(os.path.join(path, n)))
 
 
 def test_quota_checkpoint_and_recovery_events_reach_the_black_box(tmp_path, path):
@@ -430,6 +425,7 @@ def test_at_rate_one_every_operation_is_one_span_never_one_per_token(path, expor
 
 def test_analysis_is_one_span_and_one_event(path, exporter):
     import numpy as np
+
     from ngstore.experience import new_events
 
     with ngstore.open(path, tracing=True, sample_rate=1.0) as s:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import random
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from ngstore.obs import Observability
-from ngstore.obs.tracing import (NOOP_SPAN, SamplerConfig, TraceSampler, from_headers,
-                                 noop_span, parse_traceparent)
+from ngstore.obs.tracing import NOOP_SPAN, SamplerConfig, TraceSampler, from_headers, noop_span, parse_traceparent
 
 otel_sdk = pytest.importorskip("opentelemetry.sdk.trace")
 from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
@@ -66,9 +66,8 @@ def test_at_one_percent_few_operations_are_recorded(tmp_path: Any, exporter: InM
 def test_errors_are_always_recorded(tmp_path: Any, exporter: InMemorySpanExporter) -> None:
     obs = make_obs(tmp_path, exporter)
     for i in range(50):
-        with pytest.raises(RuntimeError):
-            with obs.span("commit"):
-                raise RuntimeError(f"fail {i}")
+        with pytest.raises(RuntimeError), obs.span("commit"):
+            raise RuntimeError(f"fail {i}")
     for i in range(50):
         with obs.span("checkpoint") as sp:
             sp.error(OSError("disk full"))     # an error reported without raising
@@ -124,9 +123,8 @@ def test_an_unsampled_parent_falls_through_to_the_rules(tmp_path: Any, exporter:
     with obs.span("commit", traceparent=UNSAMPLED_PARENT):
         pass
     assert exporter.get_finished_spans() == ()
-    with pytest.raises(ValueError):
-        with obs.span("commit", traceparent=UNSAMPLED_PARENT):
-            raise ValueError("x")
+    with pytest.raises(ValueError), obs.span("commit", traceparent=UNSAMPLED_PARENT):
+        raise ValueError("x")
     assert len(exporter.get_finished_spans()) == 1
 
 
@@ -141,9 +139,8 @@ def test_kill_switch_records_nothing_and_counts_skips(tmp_path: Any, exporter: I
     obs = make_obs(tmp_path, exporter, rate=1.0)
     obs.sampler.config.enabled = False
     for _ in range(10):
-        with pytest.raises(RuntimeError):
-            with obs.span("commit", force=True, traceparent=SAMPLED_PARENT):
-                raise RuntimeError("x")
+        with pytest.raises(RuntimeError), obs.span("commit", force=True, traceparent=SAMPLED_PARENT):
+            raise RuntimeError("x")
     assert exporter.get_finished_spans() == ()
     assert obs.sampler.counters() == {"total": 10, "recorded": 0, "skipped": 10,
                                       "error_operations": 0, "slow_operations": 0}
@@ -218,3 +215,124 @@ def test_headers_become_span_arguments() -> None:
     assert from_headers(h) == {"traceparent": SAMPLED_PARENT, "force": True, "rate": 0.5,
                                "priority": "low"}
     assert from_headers({"x-sampling-rate": "nan?"}) == {}
+
+
+# --- the sidecar's HTTP requests: server spans, W3C traceparent honoured -----------------------
+
+def _sidecar(exporter: InMemorySpanExporter, rate: float) -> Any:
+    from ngstore.obs.http import serve
+    from ngstore.obs.tracing import Tracer
+
+    class Store:
+        path = "/nowhere"
+
+        def stats(self) -> dict[str, Any]:
+            return {"path": self.path, "closed": False, "readonly": True}
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = Tracer(sampler=TraceSampler(SamplerConfig(base_rate=rate)), tracer_provider=provider)
+    return serve(Store(), tracer=tracer)
+
+
+def _get(url: str, headers: dict[str, str]) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            r.read()
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def test_a_request_with_a_sampled_traceparent_is_a_server_span_child_of_it(exporter: InMemorySpanExporter) -> None:
+    from opentelemetry.trace import SpanKind
+
+    srv = _sidecar(exporter, rate=0.0)
+    try:
+        assert _get(srv.url + "/metrics", {"traceparent": SAMPLED_PARENT}) == 200
+        assert _get(srv.url + "/nope", {"traceparent": SAMPLED_PARENT}) == 404
+        assert _get(srv.url + "/health", {"traceparent": UNSAMPLED_PARENT}) == 200   # rate 0: no span
+        assert _get(srv.url + "/ready", {}) in (200, 503)                            # rate 0: no span
+        assert _get(srv.url + "/health", {"x-force-trace": "true"}) == 200           # forced: a root span
+    finally:
+        srv.close()
+    spans = exporter.get_finished_spans()
+    assert [s.name for s in spans] == ["GET /metrics", "GET unknown", "GET /health"]
+    metrics, unknown, forced = spans
+    assert metrics.kind == SpanKind.SERVER
+    assert format(metrics.context.trace_id, "032x") == PARENT_TRACE
+    assert metrics.parent is not None and format(metrics.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert metrics.attributes["http.response.status_code"] == 200
+    assert metrics.attributes["http.request.method"] == "GET" and metrics.attributes["url.path"] == "/metrics"
+    assert unknown.attributes["http.response.status_code"] == 404
+    assert unknown.attributes["url.path"] == "/nope"                     # the route stays low-cardinality
+    assert forced.parent is None and format(forced.context.trace_id, "032x") != PARENT_TRACE
+
+
+def test_ngstore_serve_sends_its_spans_to_an_otlp_collector(tmp_path: Any) -> None:
+    """End to end: ``ngstore serve`` with ``OTEL_EXPORTER_OTLP_ENDPOINT`` pointed at a fake
+    collector receives a request carrying a sampled traceparent; the collector gets the span."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    import os
+    import signal
+    import socket
+    import subprocess
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[bytes] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    collector = HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.server_port}",
+               OTEL_SERVICE_NAME="sidecar-under-test", NGSTORE_SAMPLE_RATE="0")
+    env.pop("NGSTORE_TRACING", None)
+    proc = subprocess.Popen([sys.executable, "-m", "ngstore", "serve", str(tmp_path / "store"),
+                             "--port", str(port)], env=env, cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _get(f"http://127.0.0.1:{port}/metrics", {"traceparent": SAMPLED_PARENT}) == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)          # a clean exit flushes the exporter
+        _out, err = proc.communicate(timeout=60)
+        collector.shutdown()
+    assert proc.returncode == 0, err
+    spans = []
+    for body in received:
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        for rs in req.resource_spans:
+            service = {a.key: a.value.string_value for a in rs.resource.attributes}["service.name"]
+            spans += [(service, s) for ss in rs.scope_spans for s in ss.spans]
+    ours = [(svc, s) for svc, s in spans if s.trace_id.hex() == PARENT_TRACE]
+    assert ours, f"no span of the request's trace among {len(spans)} received"
+    svc, span = ours[0]
+    assert svc == "sidecar-under-test" and span.name == "GET /metrics"
+    assert span.parent_span_id.hex() == "00f067aa0ba902b7" and span.kind == 2   # SPAN_KIND_SERVER
