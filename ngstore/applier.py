@@ -119,8 +119,9 @@ class Applier:
 
     @property
     def counters(self) -> Counters:
-        """The counters of what LMDB holds (a copy)."""
-        return self._counters.copy()
+        """The counters of what LMDB holds. The applier replaces the object at each apply
+        and never changes one it handed out: treat it as read-only."""
+        return self._counters
 
     @property
     def reflex_table(self) -> ReflexTable | None:
@@ -154,7 +155,7 @@ class Applier:
         calling thread: only the applier thread, or the opening thread before
         :meth:`start`, may call it."""
         state = ApplyState(self.layout, self.event_capacity, self.reflex_capacity, self._counters,
-                           self.reflex_table)
+                           self.reflex_table)  # apply_ops works on a copy of the counters
         dbs = self._kv.dbs
         result = self._kv.write(lambda txn: apply_ops(txn, dbs, state, entries))
         self._counters = result.counters

@@ -133,6 +133,8 @@ class Writer:
     #: Fraction of the refusal point from which aggressive cleanup runs, and what it trims.
     CLEANUP_MARGIN = 0.9
     CLEANUP_EVENT_FRACTION = 0.25
+    #: Group timings kept for the histograms before the leader turns them into observations.
+    TIMINGS_KEPT = 256
 
     def __init__(self, directory: Directory, kv: KV, log: wal.Log, applier: Applier, overlay: Overlay,
                  guardian: Guardian, options: WriterOptions, obs: Observability | None) -> None:
@@ -145,18 +147,26 @@ class Writer:
         self._options = options
         self._obs = obs
         self._next_event = applier.counters.events_next_seq
+        applier.add_listener(lambda _result: self.observe_pending())  # histograms, off the commit path
         self._listeners: list[CommitListener] = []
         self._failed: BaseException | None = None
         self._closed = False
-        self._cv = threading.Condition()
+        # Group commit: the queue and the leader flag under one plain lock (cheaper than a
+        # Condition); a Condition on the same lock only for the rare exclusive callers.
+        self._qlock = threading.Lock()
+        self._free = threading.Condition(self._qlock)
+        self._exclusive_waiting = 0
+        #: accounted bytes that may still be added before cleanup must be looked at (the
+        #: groups' upper bounds are subtracted; looking recomputes it)
+        self._cleanup_headroom = 0
         self._queue: list[_Pending] = []
         self._leader = False
         self._unsynced = False
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
-        #: per group: (seconds logging, seconds in all, records per batch, kinds per batch);
-        #: turned into histogram observations off the commit path (``observe_pending``)
-        self._timings: deque[tuple[float, float, list[int], list[set[int]]]] = deque()
+        #: per group: (seconds logging, seconds in all, its batches); turned into histogram
+        #: observations off the commit path (``observe_pending``)
+        self._timings: deque[tuple[float, float, list[_Pending]]] = deque()
         self.stats_counters = {"commits_total": 0, "commit_errors_total": 0, "panics_recovered_total": 0,
                                "wal_records_written_total": 0, "wal_records_replayed_total": 0,
                                "direct_commits_total": 0}
@@ -193,6 +203,9 @@ class Writer:
         self._listeners.append(listener)
 
     def check_writable(self) -> None:
+        if self._failed is None and not self._closed and self._applier.failure is None \
+                and self._log.failed is None:
+            return
         if self._closed:
             raise NgStoreError(f"the writer of {self._directory.path} is closed")
         failed = self.failed
@@ -213,7 +226,7 @@ class Writer:
             return self._run_exclusive(lambda: self._commit_direct(ops))
         p = _Pending(ops, durability)
         p.payload = encode_ops(ops)
-        with self._cv:
+        with self._qlock:
             self._queue.append(p)
             lead = not self._leader
             if lead:
@@ -237,15 +250,15 @@ class Writer:
         committer whose batch is done; then hands over or gives up leadership."""
         rounds = 0
         while True:
-            with self._cv:
+            with self._qlock:
                 group, self._queue = self._queue, []
                 if not group:
-                    self._leader = False
-                    self._cv.notify_all()  # _run_exclusive waits for the leadership
+                    self._give_up_leadership()
                     return
             try:
                 self._commit_group(group)
-                self._maybe_cleanup()
+                if self._cleanup_headroom <= 0:
+                    self._maybe_cleanup()
             finally:
                 for q in group:
                     if not q.done:  # only on an unexpected internal error
@@ -254,34 +267,45 @@ class Writer:
                     q.wake.release()
             rounds += 1
             if rounds >= self.LEADER_ROUNDS:
-                with self._cv:
-                    if self._queue:  # hand over to the oldest waiting committer
-                        self._queue[0].wake.release()
-                    else:
-                        self._leader = False
-                        self._cv.notify_all()
+                with self._qlock:
+                    self._hand_over()
                 return
+
+    def _give_up_leadership(self) -> None:
+        """With ``_qlock`` held: no leader from now on; wake an exclusive caller waiting."""
+        self._leader = False
+        if self._exclusive_waiting:
+            self._free.notify_all()
+
+    def _hand_over(self) -> None:
+        """With ``_qlock`` held, as the leader: the oldest queued committer leads next (it
+        alone may take the queue: the leader flag stays set), or no one if none waits."""
+        if self._queue:
+            self._queue[0].wake.release()
+        else:
+            self._give_up_leadership()
 
     def _run_exclusive(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` as the commit leader (no group commit runs meanwhile)."""
-        with self._cv:
-            while self._leader:
-                self._cv.wait()
+        with self._free:
+            self._exclusive_waiting += 1
+            try:
+                while self._leader:
+                    self._free.wait()
+            finally:
+                self._exclusive_waiting -= 1
             self._leader = True
         try:
             return fn()
         finally:
-            with self._cv:
-                if self._queue:  # committers queued meanwhile: the oldest leads next
-                    self._queue[0].wake.release()
-                else:
-                    self._leader = False
-                    self._cv.notify_all()
+            with self._qlock:
+                self._hand_over()
 
     def _quota_check(self, ops: list[Op], pending_tokens: int) -> int:
         """Raises QuotaExceededError if the batch would pass a limit; returns the tokens it
         may add. Uses upper bounds (every put a new id), and exact counts -- after the
-        overlay is applied -- only near the limits."""
+        overlay is applied -- only near the limits. Takes what it may add from the cleanup
+        headroom."""
         g = self._guardian
         add_tokens = 0
         add_bytes = 0
@@ -304,6 +328,7 @@ class Writer:
                 add_bytes += op.count * 128 if op.kind != OP_REFLEX_DELETE_KEY else 0
         usage.tokens += pending_tokens
         g.check(usage, add_tokens, add_bytes)
+        self._cleanup_headroom -= add_bytes
         return add_tokens
 
     def _count_absent(self, ids: np.ndarray) -> int:
@@ -370,12 +395,15 @@ class Writer:
         self.stats_counters["commits_total"] += len(accepted)
         if obs is not None:
             t1 = time.perf_counter()
-            records = [sum(op.count for op in p.ops) for p in accepted]
-            self._timings.append((t_logged - t0, t1 - t0, records, [{op.kind for op in p.ops} for p in accepted]))
+            timings = self._timings
+            timings.append((t_logged - t0, t1 - t0, accepted))
+            if len(timings) > self.TIMINGS_KEPT:
+                self.observe_pending()
             tracer = obs.tracer
             if tracer is not None:
-                tracer.record("group_commit", t1 - t0, batches=len(accepted), records=sum(records),
-                              last_position=positions[-1])
+                tracer.record("group_commit", t1 - t0, attributes=lambda: {
+                    "batches": len(accepted), "records": sum(op.count for p in accepted for op in p.ops),
+                    "last_position": positions[-1]})
 
     def observe_pending(self) -> None:
         """Turns the timings of recent groups into histogram observations (called off the
@@ -383,14 +411,15 @@ class Writer:
         obs = self._obs
         timings = self._timings
         while obs is not None and timings:
-            logged, total, records, kinds = timings.popleft()
+            logged, total, group = timings.popleft()
             obs.wal_write_seconds.observe(logged)
-            for n, k in zip(records, kinds, strict=True):
-                obs.batch_records.observe(n)
+            for p in group:
+                obs.batch_records.observe(sum(op.count for op in p.ops))
                 obs.commit_seconds.observe(total)
-                if OP_TOKEN_PUT in k:
+                kinds = {op.kind for op in p.ops}
+                if OP_TOKEN_PUT in kinds:
                     obs.token_creation_seconds.observe(total)
-                if OP_CONNECTION_PUT in k:
+                if OP_CONNECTION_PUT in kinds:
                     obs.connection_creation_seconds.observe(total)
 
     def _fail(self, accepted: list[_Pending], exc: BaseException, where: str) -> None:
@@ -404,7 +433,7 @@ class Writer:
             self._obs.logger.error("commit failed in %s: %r; the store refuses writes until "
                                    "reopened", where, exc)
             if self._obs.tracer is not None:
-                self._obs.tracer.record("group_commit", 0.0, exc, batches=len(accepted))
+                self._obs.tracer.record("group_commit", 0.0, exc, attributes=lambda: {"batches": len(accepted)})
 
     def _commit_direct(self, ops: list[Op]) -> CommitResult:
         """A large sync batch: straight into LMDB after everything pending, then a
@@ -483,7 +512,13 @@ class Writer:
         reflexes and trim the oldest quarter of the experience events, through one logged
         batch (so replay does the same)."""
         g = self._guardian
-        if self.failed is not None or not g.should_cleanup(self.usage(), self.CLEANUP_MARGIN):
+        limit = g.byte_limit
+        if self.failed is not None or limit is None or not g.enable_aggressive_cleanup:
+            self._cleanup_headroom = 1 << 62
+            return
+        usage = self.usage()
+        self._cleanup_headroom = int(self.CLEANUP_MARGIN * limit) - usage.bytes
+        if not g.should_cleanup(usage, self.CLEANUP_MARGIN):
             return
         ops = []
         stale = reflex_store.decayed_hypotheses(self._applier.reflex_table, int(time.time()))
@@ -496,9 +531,13 @@ class Writer:
             return
         p = _Pending(ops, "sync")
         p.payload = encode_ops(ops)
-        before = self.usage().bytes
+        before = usage.bytes
         self._commit_group([p])
         if p.error is None:
+            # Usage counts the overlay's additions, not its trims: wait for this one to be
+            # applied, so the next look sees what it freed (cleanup is rare).
+            self._applier.wait_applied(p.position)
+            self._cleanup_headroom = int(self.CLEANUP_MARGIN * limit) - self.usage().bytes
             g.aggressive_cleanups_total += 1
             if self._obs is not None:
                 self._obs.event("cleanup", events_trimmed=n, hypotheses_evicted=int(stale.size),

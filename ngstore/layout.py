@@ -20,7 +20,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Mapping
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -190,11 +190,15 @@ class Counters:
     events_live: int = 0
     events_trimmed_total: int = 0
 
+    def values(self) -> tuple[int, ...]:
+        return (self.tokens_live, self.tokens_created_total, self.tokens_deleted_total, self.connections_live,
+                self.connections_created_total, self.events_next_seq, self.events_live, self.events_trimmed_total)
+
     def copy(self) -> Counters:
-        return Counters(*astuple(self))
+        return Counters(*self.values())
 
     def encode(self) -> bytes:
-        return _COUNTERS.pack(*astuple(self))
+        return _COUNTERS.pack(*self.values())
 
     @staticmethod
     def decode(value: bytes | memoryview | None, where: str) -> Counters:

@@ -68,14 +68,25 @@ REFLEX_KINDS: Final = frozenset({OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELE
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """One operation: ``data`` is a contiguous array of ``OP_DTYPES[kind]`` items."""
+    """One operation: ``data`` is a contiguous array of ``OP_DTYPES[kind]`` items;
+    ``raw``, when given, is the same items as bytes (``data`` a view of them), which
+    saves the encoders a copy."""
 
     kind: int
     data: np.ndarray
+    raw: bytes | None = None
 
     @property
     def count(self) -> int:
         return int(self.data.shape[0])
+
+    def body(self) -> bytes:
+        return self.raw if self.raw is not None else np.ascontiguousarray(self.data).tobytes()
+
+    @staticmethod
+    def of_bytes(kind: int, raw: bytes) -> Op:
+        """An op over ``raw`` (a whole number of items), its array a read-only view."""
+        return Op(kind, np.frombuffer(raw, dtype=OP_DTYPES[kind]), raw)
 
 
 _ID_AT_48 = struct.Struct("<48xI")
@@ -90,7 +101,10 @@ def token_writes(ops: list[Op], limit: int) -> list[tuple[int, bytes | None]] | 
     out: list[tuple[int, bytes | None]] = []
     for op in ops:
         if op.kind == OP_TOKEN_PUT:
-            raw = np.ascontiguousarray(op.data).tobytes()
+            raw = op.body()
+            if len(raw) == 64:
+                out.append((_ID_AT_48.unpack_from(raw)[0], raw))
+                continue
             for off in range(0, len(raw), 64):
                 out.append((_ID_AT_48.unpack_from(raw, off)[0], raw[off:off + 64]))
         elif op.kind == OP_TOKEN_DELETE:
@@ -98,10 +112,20 @@ def token_writes(ops: list[Op], limit: int) -> list[tuple[int, bytes | None]] | 
     return out
 
 
+_ONE_OP_HEAD = struct.Struct("<IIHHIQ")  # the payload head and one op head, for one-op batches
+
+
 def encode_ops(ops: list[Op]) -> bytes:
+    if len(ops) == 1:
+        op = ops[0]
+        body = op.body()
+        n = len(body) // OP_ITEM_SIZE[op.kind]
+        if n * OP_ITEM_SIZE[op.kind] != len(body):
+            raise AssertionError(f"op {op.kind}: body of {len(body)} bytes")
+        return _ONE_OP_HEAD.pack(PAYLOAD_MAGIC, 1, op.kind, 0, n, len(body)) + body
     parts = [_PAYLOAD_HEAD.pack(PAYLOAD_MAGIC, len(ops))]
     for op in ops:
-        body = np.ascontiguousarray(op.data).tobytes()
+        body = op.body()
         if len(body) != op.count * OP_ITEM_SIZE[op.kind]:
             raise AssertionError(f"op {op.kind}: body of {len(body)} bytes for {op.count} items")
         parts.append(_OP_HEAD.pack(op.kind, 0, op.count, len(body)))

@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import reflex_store
-from .batch import Batch, CommitResult, ValidationCounters, check_durability
+from .batch import Batch, CommitResult, ValidationCounters, check_durability, token_put_op
 from .check import CheckReport, check_store
 from .commit import Writer
 from .config import IntuitionConfig
@@ -212,9 +212,10 @@ class Store:
         """Stores tokens (a TokenArray, a Token-dtype array, a Token, or a list of Tokens).
 
         Atomic; a later record with the same id wins. Returns the commit's log position."""
-        b = self.batch(durability)
-        b.put_tokens(tokens, copy=False)
-        return b.commit()
+        writer = self._live_writer()
+        d = self.durability if durability is None else check_durability(durability)
+        op = token_put_op(tokens, self._validation, self._obs, copy=False)
+        return writer.commit([op] if op is not None else [], d).position
 
     def delete_tokens(self, ids: Any, *, durability: str | None = None) -> int:
         """Deletes tokens by id (absent ids are ignored). Atomic."""

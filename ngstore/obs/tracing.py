@@ -299,10 +299,12 @@ class Tracer:
         #: — a C-level partial, so creating a span is one Python call (``_Span.__init__``).
         self.span: Callable[..., _Span] = functools.partial(_Span, self)
 
-    def record(self, name: str, elapsed_s: float, exc: BaseException | None = None, **attributes: Any) -> None:
+    def record(self, name: str, elapsed_s: float, exc: BaseException | None = None,
+               attributes: Callable[[], dict[str, Any]] | None = None) -> None:
         """An operation that already ran (``elapsed_s`` seconds, ending now), with no span
         object made while it ran: the sampler decides, and only a recorded operation costs
-        more than the decision. For hot paths that time themselves anyway."""
+        more than the decision -- ``attributes()`` is called only then. For hot paths that
+        time themselves anyway."""
         sampler = self.sampler
         cfg = sampler.config
         if exc is None and cfg.enabled and elapsed_s < cfg.slow_threshold_s:
@@ -316,7 +318,7 @@ class Tracer:
                 return
         elif not sampler.decide(elapsed_s, is_error=exc is not None):
             return
-        self._emit(_Span(self, name, **attributes), elapsed_s, exc)
+        self._emit(_Span(self, name, **(attributes() if attributes is not None else {})), elapsed_s, exc)
 
     def _parent_context(self, traceparent: str | None) -> Any:
         """An OTel context whose remote parent is the ``traceparent``, flagged *sampled*.
