@@ -391,7 +391,7 @@ def version_text() -> str:
         v = metadata.version("ngstore")
     except metadata.PackageNotFoundError:
         from . import __version__ as v
-    from .store import FORMAT_VERSION
+    from .layout import FORMAT_VERSION
 
     return (f"ngstore {v} (store format {FORMAT_VERSION}; Python "
             f"{sys.version.split()[0]}; {sys.platform})")
