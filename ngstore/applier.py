@@ -118,6 +118,11 @@ class Applier:
         return self._overlay
 
     @property
+    def apply_bytes(self) -> int:
+        """The overlay size from which an apply starts at once."""
+        return self._options.apply_bytes
+
+    @property
     def counters(self) -> Counters:
         """The counters of what LMDB holds. The applier replaces the object at each apply
         and never changes one it handed out: treat it as read-only."""

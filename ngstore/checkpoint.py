@@ -42,6 +42,7 @@ class Checkpointer:
         self.last_unix = time.time()
         self._pgno_at_last = kv.last_pgno()
         self._page_size = kv.page_size()
+        self._appended_at_last = log.appended_bytes
 
     def write(self, applied_position: int, *, pin: bool, final: bool = False) -> None:
         """Checkpoints LMDB's current transaction, which holds ``applied_position``.
@@ -67,6 +68,7 @@ class Checkpointer:
             kv.pin()
         self._pgno_at_last = kv.last_pgno()
         self._page_size = kv.page_size()
+        self._appended_at_last = log.appended_bytes
         if final:
             log.rotate()
         log.drop_through(applied_position)
@@ -74,10 +76,12 @@ class Checkpointer:
         self.last_unix = time.time()
 
     def due(self, bytes_threshold: int, interval: float) -> bool:
-        """True when the log, or LMDB's file since the last checkpoint, has grown by
-        ``bytes_threshold``, or ``interval`` seconds have passed. The LMDB trigger matters:
-        the pin keeps LMDB from reusing the pages later commits free, so many small
-        updates grow the file until the next checkpoint."""
+        """True when ``bytes_threshold`` bytes were appended to the log since the last
+        checkpoint (replay after a crash stays bounded), LMDB's file grew by as much, or
+        ``interval`` seconds have passed. (The applier also counts the bytes it writes into
+        LMDB: the pin keeps LMDB from reusing the pages later commits free, so updates grow
+        the file until the next checkpoint.) The log's total size is not a trigger: its
+        active segment is never dropped, so a large one would make every apply checkpoint."""
         grown = (self._kv.last_pgno() - self._pgno_at_last) * self._page_size
-        return (self._log.size_bytes >= bytes_threshold or grown >= bytes_threshold
-                or time.time() - self.last_unix >= interval)
+        return (self._log.appended_bytes - self._appended_at_last >= bytes_threshold
+                or grown >= bytes_threshold or time.time() - self.last_unix >= interval)

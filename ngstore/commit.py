@@ -147,6 +147,7 @@ class Writer:
         self._options = options
         self._obs = obs
         self._next_event = applier.counters.events_next_seq
+        self._apply_bytes = applier.apply_bytes
         applier.add_listener(lambda _result: self.observe_pending())  # histograms, off the commit path
         self._listeners: list[CommitListener] = []
         self._failed: BaseException | None = None
@@ -389,8 +390,11 @@ class Writer:
             tokens = token_writes(p.ops, limit)
             if tokens is None:
                 p.wait_applied = True
-            if self._overlay.add(pos, p.ops, len(p.payload), tokens) == len(p.payload):
-                self._applier.poke()  # the overlay was empty: the applier sleeps
+            after = self._overlay.add(pos, p.ops, len(p.payload), tokens)
+            before = after - len(p.payload)
+            if before == 0 or before < self._apply_bytes <= after:
+                self._applier.poke()  # the applier sleeps until the overlay is due: it is now, or
+                #                       it was empty and the applier must start counting its age
             p.done = True
         self.stats_counters["commits_total"] += len(accepted)
         if obs is not None:

@@ -593,6 +593,7 @@ class Log:
         self._write_off = 0
         self._zeroed_until = 0
         self._last = max((s.last for s in segs), default=0)
+        self._appended = 0
         self._durable = self._last
         self._failed: BaseException | None = None
         self._closed = False
@@ -843,6 +844,7 @@ class Log:
         with self._lock:
             self._last = pos - 1
             self._write_off = end
+            self._appended += total
             self._zeroed_until = max(self._zeroed_until, zend)
             seg.last = pos - 1
             seg.end = end
@@ -937,6 +939,11 @@ class Log:
         """Bytes of frames and headers in all segments (not the zero runway)."""
         with self._lock:
             return sum(s.end for s in self._segs)
+
+    @property
+    def appended_bytes(self) -> int:
+        """Bytes of frames appended since the log was opened (a running total)."""
+        return self._appended
 
     @property
     def segment_count(self) -> int:

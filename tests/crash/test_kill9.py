@@ -1,10 +1,13 @@
 """kill -9 a writing child at random moments; nothing acknowledged is lost, nothing is partial.
 
-The child commits batches from several threads (``durability="sync"``) and prints one
-line per acknowledged batch. Settings make the interesting moments frequent: tiny log
-segments (rotation), a tiny checkpoint threshold (checkpoints), and a low direct-commit
-threshold (large batches bypass the log). Some kills land while the child is still
-opening the store, i.e. during recovery itself.
+The child commits batches from several threads, each in a durability mode drawn per batch
+(``sync``, ``async`` or ``none``: all of them survive a process crash once acknowledged),
+and prints one line per acknowledged batch. Settings make the interesting moments
+frequent: tiny log segments (rotation), a tiny checkpoint threshold (checkpoints), a low
+direct-commit threshold (large batches bypass the log), and an applier interval drawn per
+child (1 ms to 0.3 s), so kills land with commits in the log and the overlay but not yet
+in LMDB, during group applies, and during the applier's checkpoints. Some kills land
+while the child is still opening the store, i.e. during recovery itself.
 
 Batch ``b`` writes ``k`` tokens with ids ``region(b) .. region(b)+k-1``, weight ``b`` and
 timestamp ``k``: after recovery a batch is either absent or whole, which the parent checks
@@ -30,9 +33,9 @@ THREADS = 4
 CHILD = textwrap.dedent("""
     import os, sys, threading, numpy as np, ngstore
     from ngstore.records import TOKEN_DTYPE
-    path, start, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    path, start, seed, interval = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     s = ngstore.open(path, durability="sync", segment_bytes=64 << 10, checkpoint_bytes=256 << 10,
-                     direct_threshold=192 << 10, max_tokens=None, max_bytes=None)
+                     direct_threshold=192 << 10, max_tokens=None, max_bytes=None, apply_interval=interval)
     print("open", flush=True)
     out_lock = threading.Lock()
 
@@ -48,7 +51,7 @@ CHILD = textwrap.dedent("""
             a["weight"] = b
             a["timestamp"] = k
             a["flags"] = 1
-            s.put_tokens(a)
+            s.put_tokens(a, durability=("sync", "async", "none")[int(rng.integers(3))])
             with out_lock:
                 sys.stdout.write(f"ack {b} {k}\\n"); sys.stdout.flush()
 
@@ -105,7 +108,8 @@ def test_kill9_never_loses_an_acknowledged_batch_nor_keeps_part_of_one(tmp_path,
             _progress(capsys, f"kill -9: {iterations} kills in {next_report - t_start:.0f} s, "
                               f"{len(acked)} batches acknowledged, none lost so far")
         iterations += 1
-        child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(start), str(iterations)],
+        interval = rng.choice([0.001, 0.02, 0.3])
+        child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(start), str(iterations), str(interval)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
         # Kill at a random moment: sometimes while it is still opening (recovering).
         delay = rng.choice([0.0, 0.02, 0.05]) if rng.random() < 0.2 else rng.uniform(0.15, 0.6)
