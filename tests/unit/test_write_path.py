@@ -4,7 +4,6 @@ within the applier's interval or after ``flush()``; the overlay is bounded; quot
 it (docs/design.md, "the write path")."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
