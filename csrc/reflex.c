@@ -324,7 +324,8 @@ int ng_reflex_create(uint64_t capacity, const uint8_t shifts[8], uint32_t sps, u
     if (sps < 16 || sps > MAX_SLOTS_PER_SEGMENT || (sps & (sps - 1)) || nseg == 0 || nseg > MAX_SEGMENTS)
         return NG_EINVAL;
     uint64_t slots = (uint64_t)sps * nseg;
-    if (capacity == 0 || slots > MAX_SLOT_COUNT || capacity * 4 > slots * 3) return NG_ERANGE;
+    /* capacity > slots first: it bounds capacity so that capacity * 4 cannot wrap. */
+    if (capacity == 0 || slots > MAX_SLOT_COUNT || capacity > slots || capacity * 4 > slots * 3) return NG_ERANGE;
     for (uint32_t s = 0; s < nseg; s++) {
         if (!segments[s]) return NG_EINVAL;
         if (lengths[s] != (size_t)sps * NG_REFLEX_SLOT_SIZE) return NG_ERANGE;

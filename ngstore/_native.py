@@ -163,7 +163,9 @@ def _as_u32(values: npt.ArrayLike, what: str) -> np.ndarray:
         if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 0xFFFF_FFFF):
             raise InvalidArgumentError(f"{what} must be in 0..2**32-1, got values in {arr.min()}..{arr.max()}")
         arr = arr.astype(np.uint32)
-    return np.ascontiguousarray(arr)
+    # ALIGNED too: C reads these through uint32_t *, and a view at an odd offset of a
+    # byte buffer is contiguous but not aligned (ascontiguousarray would pass it through).
+    return np.require(arr, np.uint32, ["C", "A"])
 
 
 def chunk_value_size(slot_shift: int) -> int:

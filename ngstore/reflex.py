@@ -439,7 +439,7 @@ class ReflexTable:
 
     def __len__(self) -> int:
         info = ffi.new("ng_reflex_info *")
-        lib.ng_reflex_info_get(self._handle(), info)
+        _native.check_status("ng_reflex_info_get", lib.ng_reflex_info_get(self._handle(), info))
         return int(info.live_count)
 
     @property
