@@ -17,12 +17,12 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from _harness import LIMITS, Bench, disk_bytes, per_call_ns, repeat
+from reflex_lookup import random_states, rss_mib
 
 import ngstore
-from _harness import LIMITS, Bench, disk_bytes, per_call_ns, repeat
 from ngstore import _native
 from ngstore.reflex import ReflexTable, state_keys
-from reflex_lookup import random_states, rss_mib
 
 W_HIT = "reflex batch lookup, hits"
 W_MISS = "reflex batch lookup, misses"

@@ -4,9 +4,9 @@ unaligned float32 array (numpy makes them, e.g. ``np.frombuffer(buf, offset=1)``
 states are now read byte-wise (memcpy), so any address is valid."""
 from __future__ import annotations
 
+import csan
 import numpy as np
 
-import csan
 from ngstore import _native
 
 HARNESS = r"""
