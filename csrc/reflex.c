@@ -121,6 +121,7 @@ struct ng_reflex_table {
     int writable, header_dirty;
     uint8_t shifts[8];
     uint16_t keep[24];        /* per coordinate: the bits a cell keeps */
+    uint64_t keepw[6];        /* the same as cell-key words           */
     double inv_w2[24];        /* per coordinate: 1 / (cell width)^2    */
     int16_t bmin[24], bmax[24];
     size_t bytes;             /* of this allocation                    */
@@ -146,6 +147,14 @@ static inline void st16(uint8_t *p, uint16_t v) {
     p[0] = (uint8_t)v;
     p[1] = (uint8_t)(v >> 8);
 }
+
+/* Little-endian hosts read records and keys with memcpy (the bytes are the native
+ * layout); others assemble them byte by byte. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define NG_LE 1
+#else
+#define NG_LE 0
+#endif
 
 #if defined(__GNUC__)
 #define PREFETCH(p) __builtin_prefetch((p), 0, 3)
@@ -229,20 +238,24 @@ static int params_ok(const ng_reflex_params *p) {
     return p && p->similarity_threshold == p->similarity_threshold && p->fallback_radius == p->fallback_radius;
 }
 
-/* Rust's `f as i16`: NaN -> 0, saturate, truncate toward zero. */
-static inline int16_t encode_axis(float v) {
-    if (v != v) return 0;
-    if (v >= 32767.0f) return 32767;
-    if (v <= -32768.0f) return -32768;
-    return (int16_t)v;
+/* Rust's `f as i16` of each s[d] * scale[d]: NaN -> 0, saturate, truncate toward zero.
+ * Clamping before the conversion keeps it defined; written without branches so that the
+ * compiler turns the loop into a few SIMD instructions. */
+static inline void encode8(const float s[8], int16_t e[8]) {
+    for (unsigned d = 0; d < 8; d++) {
+        float x = s[d] * layer_scale[d];
+        x = x == x ? x : 0.0f;
+        x = x < 32767.0f ? x : 32767.0f;
+        x = x > -32768.0f ? x : -32768.0f;
+        e[d] = (int16_t)(int32_t)x;
+    }
 }
 
 static inline void encode_f32(const float s[8], int16_t c[24]) {
-    for (unsigned d = 0; d < 8; d++) {
-        c[3 * d] = encode_axis(s[d] * layer_scale[d]);
-        c[3 * d + 1] = 0;
-        c[3 * d + 2] = 0;
-    }
+    int16_t e[8];
+    encode8(s, e);
+    memset(c, 0, 48);
+    for (unsigned d = 0; d < 8; d++) c[3 * d] = e[d];
 }
 
 /* Any alignment: every kind is read with memcpy or byte loads. */
@@ -259,7 +272,11 @@ static inline void load_coords(int kind, const uint8_t *p, int16_t c[24]) {
 }
 
 static inline void record_state(const uint8_t *rec, int16_t c[24]) {
+#if NG_LE
+    memcpy(c, rec, 48);
+#else
     for (unsigned i = 0; i < 24; i++) c[i] = (int16_t)ld16(rec + 2 * i);
+#endif
 }
 
 static inline void keep_masks(const uint8_t shifts[8], uint16_t keep[24]) {
@@ -270,20 +287,52 @@ static inline void quantize(const uint16_t keep[24], const int16_t c[24], uint16
     for (unsigned i = 0; i < 24; i++) q[i] = (uint16_t)((uint16_t)c[i] & keep[i]);
 }
 
+
+/* A CELL KEY is the quantized state as the six little-endian 64-bit words of its 48
+ * bytes: what XXH3 reads, and what a record's state ANDed with the keep masks must equal.
+ * The lookups build it in registers, so no wide load ever reads narrow stores just made
+ * (a store-forwarding stall measured at a third of the lookup's time). */
+typedef struct {
+    uint64_t w[6];
+} cellkey;
+
+static inline void cellkey_of(const uint16_t q[24], cellkey *k) {
+    for (unsigned j = 0; j < 6; j++)
+        k->w[j] = (uint64_t)q[4 * j] | (uint64_t)q[4 * j + 1] << 16 | (uint64_t)q[4 * j + 2] << 32 |
+                  (uint64_t)q[4 * j + 3] << 48;
+}
+
+/* XXH3-64 of the 48 bytes of a cell key (ng_xxh3_64_17to128 for len = 48, unrolled). */
+static inline uint64_t fingerprint_k(const cellkey *k) {
+    const uint8_t *sec = ng_xxh3_secret;
+    uint64_t acc = 48 * NG_XXH_PRIME64_1;
+    acc += ng_xxh_mul128_fold64(k->w[2] ^ ng_xxh_read64le(sec + 32), k->w[3] ^ ng_xxh_read64le(sec + 40));
+    acc += ng_xxh_mul128_fold64(k->w[2] ^ ng_xxh_read64le(sec + 48), k->w[3] ^ ng_xxh_read64le(sec + 56));
+    acc += ng_xxh_mul128_fold64(k->w[0] ^ ng_xxh_read64le(sec + 0), k->w[1] ^ ng_xxh_read64le(sec + 8));
+    acc += ng_xxh_mul128_fold64(k->w[4] ^ ng_xxh_read64le(sec + 16), k->w[5] ^ ng_xxh_read64le(sec + 24));
+    return ng_xxh3_avalanche(acc);
+}
+
+/* Is the record's state in the cell of key k? */
+static inline int rec_in_cellkey(const ng_reflex_table *t, const uint8_t *rec, const cellkey *k) {
+    uint64_t diff = 0;
+    for (unsigned j = 0; j < 6; j++) diff |= (ld64(rec + 8 * j) & t->keepw[j]) ^ k->w[j];
+    return diff == 0;
+}
+
 /* XXH3-64 of the quantized state as 48 little-endian bytes. */
 static inline uint64_t fingerprint_q(const uint16_t q[24]) {
-    uint8_t b[48];
-    for (unsigned i = 0; i < 24; i++) {
-        b[2 * i] = (uint8_t)q[i];
-        b[2 * i + 1] = (uint8_t)(q[i] >> 8);
-    }
-    return ng_xxh3_64_17to128(b, 48);
+    cellkey k;
+    cellkey_of(q, &k);
+    return fingerprint_k(&k);
 }
 
 static inline int rec_in_cell(const ng_reflex_table *t, const uint8_t *rec, const uint16_t q[24]) {
-    for (unsigned i = 0; i < 24; i++)
-        if ((uint16_t)(ld16(rec + 2 * i) & t->keep[i]) != q[i]) return 0;
-    return 1;
+    int16_t c[24];
+    unsigned diff = 0;
+    record_state(rec, c);
+    for (unsigned i = 0; i < 24; i++) diff |= (unsigned)(((uint16_t)c[i] & t->keep[i]) ^ q[i]); /* no branch: SIMD */
+    return diff == 0;
 }
 
 /* floor(v / 2^s) for any sign (C's >> of a negative value is implementation-defined). */
@@ -292,27 +341,70 @@ static inline int32_t floor_shift(int32_t v, unsigned s) {
 }
 
 typedef struct {
-    int16_t c[24];
-    int64_t norm2; /* sum of squares of c */
+    int16_t c[24];  /* raw coordinates                                   */
+    cellkey key;    /* its cell                                          */
+    int64_t norm2;  /* sum of squares of c; -1 until a similarity needs it */
 } query_t;
 
-static inline void query_init(query_t *qy) {
+static inline void query_init(query_t *qy) { qy->norm2 = -1; }
+
+/* A query from a state of `kind`: raw coordinates, and the cell key built from values in
+ * registers (8-float states) or read from the caller's bytes, never from c just written. */
+static inline void load_query(const uint16_t keep[24], const uint64_t keepw[6], int kind, const uint8_t *p,
+                              query_t *qy) {
+    uint64_t w[6];
+    if (kind == NG_REFLEX_STATE_F32) {
+        float s[8];
+        int16_t e[8];
+        uint64_t u[8];
+        memcpy(s, p, sizeof s);
+        encode8(s, e);
+        memset(qy->c, 0, sizeof qy->c);
+        for (unsigned d = 0; d < 8; d++) {
+            qy->c[3 * d] = e[d];
+            u[d] = (uint16_t)e[d];
+        }
+        /* X of layer d is coordinate 3d: byte 6d, word 6d / 8, bit 8 * (6d % 8) */
+        w[0] = u[0] | u[1] << 48;
+        w[1] = u[2] << 32;
+        w[2] = u[3] << 16;
+        w[3] = u[4] | u[5] << 48;
+        w[4] = u[6] << 32;
+        w[5] = u[7] << 16;
+    } else {
+#if NG_LE /* Token coordinates and COORDS states are little-endian i16 at offset 0 */
+        memcpy(qy->c, p, sizeof qy->c);
+        for (unsigned j = 0; j < 6; j++) w[j] = ld64(p + 8 * j);
+#else
+        cellkey raw;
+        load_coords(kind, p, qy->c);
+        cellkey_of((const uint16_t *)qy->c, &raw);
+        memcpy(w, raw.w, sizeof w);
+#endif
+    }
+    (void)keep;
+    for (unsigned j = 0; j < 6; j++) qy->key.w[j] = w[j] & keepw[j];
+    qy->norm2 = -1;
+}
+
+static inline int64_t norm2_of(const int16_t c[24]) {
     int64_t n = 0;
-    for (unsigned i = 0; i < 24; i++) n += (int64_t)qy->c[i] * qy->c[i];
-    qy->norm2 = n;
+    for (unsigned i = 0; i < 24; i++) n += (int32_t)c[i] * (int32_t)c[i];
+    return n;
 }
 
 /* Format §7.7: cosine in double, clamped to [0, 1]; 0 if either is all zero; identical
  * states 1. The expression order is part of the contract (the Python reference repeats it). */
-static double similarity_of(const int16_t a[24], int64_t na, const int16_t b[24]) {
+static double similarity_of(query_t *qy, const int16_t b[24]) {
+    if (memcmp(qy->c, b, 48) == 0) return 1.0;
+    if (qy->norm2 < 0) qy->norm2 = norm2_of(qy->c);
+    const int16_t *a = qy->c;
+    const int64_t na = qy->norm2;
     int64_t dot = 0, nb = 0;
-    int same = 1;
     for (unsigned i = 0; i < 24; i++) {
-        dot += (int64_t)a[i] * b[i];
-        nb += (int64_t)b[i] * b[i];
-        same &= a[i] == b[i];
+        dot += (int32_t)a[i] * (int32_t)b[i];
+        nb += (int32_t)b[i] * (int32_t)b[i];
     }
-    if (same) return 1.0;
     if (na == 0 || nb == 0) return 0.0;
     double cs = (double)dot / sqrt((double)na * (double)nb);
     return cs < 0.0 ? 0.0 : cs > 1.0 ? 1.0 : cs;
@@ -380,10 +472,10 @@ static inline uint64_t rec_fingerprint(const ng_reflex_table *t, const uint8_t *
     return fingerprint_q(q);
 }
 
-/* The records of cell q (fingerprint fp): record numbers into recs (and entry positions
+/* The records of the cell of key (fingerprint fp): record numbers into recs (and entry positions
  * into pos, may be NULL). Returns the count (at most max), or NG_ECORRUPT when an entry
  * names a record >= live or the cell holds more than max. */
-static int probe_cell(const ng_reflex_table *t, const uint16_t q[24], uint64_t fp, uint64_t *recs,
+static int probe_cell(const ng_reflex_table *t, const cellkey *key, uint64_t fp, uint64_t *recs,
                       uint64_t *pos, int max) {
     const uint16_t tag = (uint16_t)fp;
     uint64_t j = home_of(t, fp);
@@ -393,7 +485,7 @@ static int probe_cell(const ng_reflex_table *t, const uint16_t q[24], uint64_t f
         if (e.dist == 0 || (unsigned)e.dist - 1u < d) break;
         if ((unsigned)e.dist - 1u == d && e.tag == tag) {
             if (e.rec >= t->live) return NG_ECORRUPT;
-            if (rec_in_cell(t, rec_ptr(t, e.rec), q)) {
+            if (rec_in_cellkey(t, rec_ptr(t, e.rec), key)) {
                 if (k == max) return NG_ECORRUPT;
                 recs[k] = e.rec;
                 if (pos) pos[k] = j;
@@ -585,7 +677,7 @@ double ng_reflex_similarity(const void *a, const void *b) {
     memcpy(qa.c, a, sizeof qa.c);
     memcpy(cb, b, sizeof cb);
     query_init(&qa);
-    return similarity_of(qa.c, qa.norm2, cb);
+    return similarity_of(&qa, cb);
 }
 
 double ng_reflex_distance(const void *a, const void *b, const uint8_t shifts[8]) {
@@ -658,6 +750,11 @@ static int alloc_table(const ng_reflex_geometry *g, const uint8_t shifts[8], ng_
     t->nslots = (uint64_t)t->eps * t->niseg;
     memcpy(t->shifts, shifts, 8);
     keep_masks(shifts, t->keep);
+    {
+        cellkey kw;
+        cellkey_of(t->keep, &kw);
+        memcpy(t->keepw, kw.w, sizeof kw.w);
+    }
     inv_widths(shifts, t->inv_w2);
     box_empty(t);
     *out = t;
@@ -879,14 +976,14 @@ static inline int eligible_conf(const uint8_t *rec, const ng_reflex_params *p) {
 }
 
 /* Exact path over the candidates of the query's cell. */
-static void pick_exact(const ng_reflex_table *t, const query_t *qy, const uint64_t *recs, int k,
+static void pick_exact(const ng_reflex_table *t, query_t *qy, const uint64_t *recs, int k,
                        const ng_reflex_params *p, pick_t *best) {
     for (int m = 0; m < k; m++) {
         const uint8_t *rec = rec_ptr(t, recs[m]);
         if (!eligible_conf(rec, p)) continue;
         int16_t s[24];
         record_state(rec, s);
-        double sim = similarity_of(qy->c, qy->norm2, s);
+        double sim = similarity_of(qy, s);
         if (!(sim > p->similarity_threshold)) continue;
         unsigned conf = rec[R_CONN + C_CONFIDENCE];
         uint64_t tk = ld64(rec + R_TICK);
@@ -897,13 +994,17 @@ static void pick_exact(const ng_reflex_table *t, const query_t *qy, const uint64
             best->conf = conf;
             best->sim = sim;
             best->tick = tk;
-            best->d2 = dist2_of(t->inv_w2, qy->c, s);
         }
+    }
+    if (best->rec) { /* the distance of the answer only */
+        int16_t s[24];
+        record_state(best->rec, s);
+        best->d2 = best->sim == 1.0 && memcmp(s, qy->c, 48) == 0 ? 0.0 : dist2_of(t->inv_w2, qy->c, s);
     }
 }
 
 /* Fallback: is record r (within the radius, eligible) better than the best so far? */
-static void consider_near(const ng_reflex_table *t, const query_t *qy, uint64_t r, const ng_reflex_params *p,
+static void consider_near(const ng_reflex_table *t, query_t *qy, uint64_t r, const ng_reflex_params *p,
                           double r2, pick_t *best) {
     const uint8_t *rec = rec_ptr(t, r);
     if (!eligible_conf(rec, p)) return;
@@ -916,7 +1017,7 @@ static void consider_near(const ng_reflex_table *t, const query_t *qy, uint64_t 
     if (best->rec && (d2 > best->d2 || (d2 == best->d2 && (conf < best->conf ||
                                                            (conf == best->conf && tk <= best->tick)))))
         return;
-    double sim = similarity_of(qy->c, qy->norm2, s);
+    double sim = similarity_of(qy, s);
     if (!(sim > p->similarity_threshold)) return;
     best->rec = rec;
     best->r = r;
@@ -928,9 +1029,9 @@ static void consider_near(const ng_reflex_table *t, const query_t *qy, uint64_t 
 
 typedef struct {
     const ng_reflex_table *t;
-    const query_t *qy;
+    query_t *qy;
     const ng_reflex_params *p;
-    double r2, r2cut;
+    double r2, cut;                 /* radius^2; bound of the cells still worth probing */
     unsigned ndims;
     unsigned dim[24];               /* coordinates with a choice, in enumeration order */
     int stay[24];                   /* may the cell keep the query's index there?      */
@@ -940,34 +1041,43 @@ typedef struct {
     uint16_t qn[24];                /* the cell being enumerated                       */
     uint64_t cells, budget;
     int over, err;
-    unsigned npend;
-    uint16_t pq[FB_PENDING][24];
+    unsigned npend, min_moved;       /* leaves with fewer moved coordinates are skipped */
+    cellkey pk[FB_PENDING];
     uint64_t pfp[FB_PENDING];
+    double plow[FB_PENDING];        /* each pending cell's squared distance from the query */
     pick_t *best;
 } fallback_t;
+
+/* Pruning bound: a cell farther than the radius, or than the best answer so far, cannot
+ * hold the answer (equal distances stay in: a tie may have the higher confidence). The
+ * slack keeps rounding from dropping a cell that holds a state at exactly the bound. */
+static inline double fb_bound(double d2) { return d2 * (1.0 + 1e-9) + 1e-12; }
 
 static void fb_flush(fallback_t *f) {
     const ng_reflex_table *t = f->t;
     for (unsigned k = 0; k < f->npend; k++) PREFETCH(ent_ptr(t, home_of(t, f->pfp[k])));
     for (unsigned k = 0; k < f->npend && !f->err; k++) {
+        if (f->plow[k] > f->cut) continue; /* an answer nearer than this cell was found */
         uint64_t recs[NG_REFLEX_MAX_CANDIDATES];
-        int m = probe_cell(t, f->pq[k], f->pfp[k], recs, NULL, NG_REFLEX_MAX_CANDIDATES);
+        int m = probe_cell(t, &f->pk[k], f->pfp[k], recs, NULL, NG_REFLEX_MAX_CANDIDATES);
         if (m < 0) {
             f->err = m;
             break;
         }
         for (int i = 0; i < m; i++) consider_near(t, f->qy, recs[i], f->p, f->r2, f->best);
+        if (f->best->rec && fb_bound(f->best->d2) < f->cut) f->cut = fb_bound(f->best->d2);
     }
     f->npend = 0;
 }
 
-static void fb_emit(fallback_t *f) {
+static void fb_emit(fallback_t *f, double low) {
     if (++f->cells > f->budget) {
         f->over = 1;
         return;
     }
-    memcpy(f->pq[f->npend], f->qn, sizeof f->qn);
-    f->pfp[f->npend] = fingerprint_q(f->qn);
+    cellkey_of(f->qn, &f->pk[f->npend]);
+    f->pfp[f->npend] = fingerprint_k(&f->pk[f->npend]);
+    f->plow[f->npend] = low;
     if (++f->npend == FB_PENDING) fb_flush(f);
 }
 
@@ -976,14 +1086,14 @@ static void fb_emit(fallback_t *f) {
 static void fb_walk(fallback_t *f, unsigned level, double sum, unsigned moved) {
     if (f->over || f->err) return;
     if (level == f->ndims) {
-        if (moved) fb_emit(f);
+        if (moved >= f->min_moved) fb_emit(f, sum);
         return;
     }
     unsigned i = f->dim[level];
     if (f->stay[i]) fb_walk(f, level + 1, sum, moved);
     uint16_t keep = f->qn[i];
     for (unsigned o = 0; o < f->nopt[i] && !f->over && !f->err; o++) {
-        if (sum + f->optc[i][o] > f->r2cut) break;
+        if (sum + f->optc[i][o] > f->cut) break;
         f->qn[i] = f->optq[i][o];
         fb_walk(f, level + 1, sum + f->optc[i][o], moved + 1);
     }
@@ -991,15 +1101,17 @@ static void fb_walk(fallback_t *f, unsigned level, double sum, unsigned moved) {
 }
 
 /* The nearest eligible reflex within the radius (format §7.7). 1 found, 0 none, <0 error. */
-static int fallback(const ng_reflex_table *t, const query_t *qy, const uint16_t q[24], const ng_reflex_params *p,
-                    lcount *lc, pick_t *best) {
+static int fallback(const ng_reflex_table *t, query_t *qy, const ng_reflex_params *p, lcount *lc,
+                    pick_t *best) {
     fallback_t f;
+    uint16_t q[24];
+    quantize(t->keep, qy->c, q);
     const double r = p->fallback_radius;
     f.t = t;
     f.qy = qy;
     f.p = p;
     f.r2 = r * r;
-    f.r2cut = f.r2 * (1.0 + 1e-9) + 1e-12; /* pruning only: never drop a cell by rounding */
+    f.cut = fb_bound(f.r2);
     f.ndims = 0;
     f.cells = 0;
     f.budget = p->fallback_budget ? p->fallback_budget : (t->live / 8 > FB_MIN_BUDGET ? t->live / 8 : FB_MIN_BUDGET);
@@ -1022,7 +1134,7 @@ static int fallback(const ng_reflex_table *t, const query_t *qy, const uint16_t 
         unsigned nd = 0, nu = 0;
         for (int32_t m = 1; k - m >= kmin; m++) {
             double raw = (double)(a + 1 + (m - 1) * w), c = raw * raw * t->inv_w2[i];
-            if (c > f.r2cut) break;
+            if (c > f.cut) break;
             if (k - m > kmax) continue; /* above the box: no stored state there */
             if (nd == FB_MAX_OPTS) { scan = 1; break; }
             cd[nd] = c;
@@ -1030,7 +1142,7 @@ static int fallback(const ng_reflex_table *t, const query_t *qy, const uint16_t 
         }
         for (int32_t m = 1; k + m <= kmax && !scan; m++) {
             double raw = (double)(m * w - a), c = raw * raw * t->inv_w2[i];
-            if (c > f.r2cut) break;
+            if (c > f.cut) break;
             if (k + m < kmin) continue; /* below the box */
             if (nu == FB_MAX_OPTS) { scan = 1; break; }
             cu[nu] = c;
@@ -1050,6 +1162,33 @@ static int fallback(const ng_reflex_table *t, const query_t *qy, const uint16_t 
         if (n) f.dim[f.ndims++] = i;
     }
     if (!scan) {
+        /* Branch and bound: first the cells one coordinate away (nearest first), whose
+         * answer bounds the rest; then every combination of two or more moves, pruned by
+         * the radius and by the best answer so far. */
+        f.min_moved = 1;
+        int all_stay = 1; /* the query's cell is inside the box in every coordinate */
+        for (unsigned i = 0; i < 24; i++) all_stay &= f.stay[i];
+        if (all_stay && f.ndims) {
+            unsigned at[24] = {0}; /* next option of each coordinate, merged by cost */
+            for (;;) {
+                unsigned bi = 24;
+                double bc = 0.0;
+                for (unsigned l = 0; l < f.ndims; l++) {
+                    unsigned i = f.dim[l];
+                    if (at[i] < f.nopt[i] && (bi == 24 || f.optc[i][at[i]] < bc)) {
+                        bi = i;
+                        bc = f.optc[i][at[i]];
+                    }
+                }
+                if (bi == 24 || bc > f.cut || f.over || f.err) break;
+                uint16_t keep = f.qn[bi];
+                f.qn[bi] = f.optq[bi][at[bi]++];
+                fb_emit(&f, bc);
+                f.qn[bi] = keep;
+            }
+            if (!f.over && !f.err) fb_flush(&f);
+            f.min_moved = 2;
+        }
         fb_walk(&f, 0, 0.0, 0);
         if (!f.over && !f.err) fb_flush(&f);
         if (f.err) return f.err;
@@ -1063,7 +1202,7 @@ static int fallback(const ng_reflex_table *t, const query_t *qy, const uint16_t 
 }
 
 /* The candidates of the query's cell are known (recs, k): evaluate, then the fallback. */
-static int finish_state(const ng_reflex_table *t, const query_t *qy, const uint16_t q[24], const uint64_t *recs,
+static int finish_state(const ng_reflex_table *t, query_t *qy, const uint64_t *recs,
                         int k, const ng_reflex_params *p, lcount *lc, pick_t *best) {
     int status = 0;
     best->rec = NULL;
@@ -1081,7 +1220,7 @@ static int finish_state(const ng_reflex_table *t, const query_t *qy, const uint1
         lc->misses++;
     }
     if (p->fallback_radius > 0 && t->live) {
-        int rc = fallback(t, qy, q, p, lc, best);
+        int rc = fallback(t, qy, p, lc, best);
         if (rc < 0) return rc;
         if (rc) {
             lc->answers++;
@@ -1092,14 +1231,12 @@ static int finish_state(const ng_reflex_table *t, const query_t *qy, const uint1
     return status;
 }
 
-static int lookup_state(const ng_reflex_table *t, const query_t *qy, const ng_reflex_params *p, lcount *lc,
+static int lookup_state(const ng_reflex_table *t, query_t *qy, const ng_reflex_params *p, lcount *lc,
                         pick_t *best) {
-    uint16_t q[24];
     uint64_t recs[NG_REFLEX_MAX_CANDIDATES];
-    quantize(t->keep, qy->c, q);
-    int k = probe_cell(t, q, fingerprint_q(q), recs, NULL, NG_REFLEX_MAX_CANDIDATES);
+    int k = probe_cell(t, &qy->key, fingerprint_k(&qy->key), recs, NULL, NG_REFLEX_MAX_CANDIDATES);
     if (k < 0) return k;
-    return finish_state(t, qy, q, recs, k, p, lc, best);
+    return finish_state(t, qy, recs, k, p, lc, best);
 }
 
 static void flush_counts(const ng_reflex_table *t, uint64_t lookups, const lcount *lc) {
@@ -1115,7 +1252,58 @@ static void flush_counts(const ng_reflex_table *t, uint64_t lookups, const lcoun
 }
 
 static inline void decode_action(const uint8_t *conn, float *out) {
-    for (unsigned d = 0; d < 8; d++) out[d] = (float)(int16_t)ld16(conn + C_TARGET + 2 * d) / layer_scale[d];
+    int16_t tv[8];
+#if NG_LE
+    memcpy(tv, conn + C_TARGET, sizeof tv);
+#else
+    for (unsigned d = 0; d < 8; d++) tv[d] = (int16_t)ld16(conn + C_TARGET + 2 * d);
+#endif
+    for (unsigned d = 0; d < 8; d++) out[d] = (float)tv[d] / layer_scale[d];
+}
+
+/* Pass 2 of a lookup: walks the probe run of one state (home, tag), keeps up to MAX_MATCH
+ * record numbers whose entries match, prefetching each record's two lines. Returns the
+ * count, or MAX_MATCH + 1 when the caller must run the full probe (more matches, or an
+ * entry that names a record >= live: probe_cell reports the corruption). */
+static inline unsigned walk_entries(const ng_reflex_table *t, uint64_t j, uint16_t tag, uint32_t *match) {
+    unsigned c = 0;
+    if ((j & t->emask) + 8 <= t->eps) {
+        /* The 8 entries from home, without branches: the end of a probe run is
+         * data-dependent, and a mispredicted exit costs more than this scan. */
+        unsigned stop = 0, hit = 0;
+        const uint8_t *pe = ent_ptr(t, j);
+        for (unsigned d = 0; d < 8; d++) {
+            const uint64_t v = ld64(pe + 8 * d);
+            const unsigned dist = (unsigned)(v >> 48) & 0xFFu, tg = (unsigned)(v >> 32) & 0xFFFFu;
+            stop |= (unsigned)(dist == 0 || dist - 1u < d) << d;
+            hit |= (unsigned)(dist - 1u == d && tg == tag) << d;
+        }
+        if (stop) {
+            hit &= (stop & (0u - stop)) - 1u; /* the matches before the first stop */
+            for (; hit; hit &= hit - 1) {
+                unsigned d = 0;
+                while (!((hit >> d) & 1u)) d++;
+                const uint32_t r = (uint32_t)ld64(pe + 8 * d);
+                if (c == MAX_MATCH || r >= t->live) return MAX_MATCH + 1;
+                match[c++] = r;
+                PREFETCH(rec_ptr(t, r));
+                PREFETCH(rec_ptr(t, r) + 64);
+            }
+            return c;
+        }
+    }
+    for (unsigned d = 0; d < NG_REFLEX_MAX_DIST; d++) {
+        entry_t e = ent_load(ent_ptr(t, j));
+        if (e.dist == 0 || (unsigned)e.dist - 1u < d) break;
+        if ((unsigned)e.dist - 1u == d && e.tag == tag) {
+            if (c == MAX_MATCH || e.rec >= t->live) return MAX_MATCH + 1;
+            match[c++] = e.rec;
+            PREFETCH(rec_ptr(t, e.rec));
+            PREFETCH(rec_ptr(t, e.rec) + 64);
+        }
+        j = next_slot(t, j);
+    }
+    return c;
 }
 
 int ng_reflex_lookup_batch(const ng_reflex_table *t, int kind, const void *states, size_t n,
@@ -1132,60 +1320,38 @@ int ng_reflex_lookup_batch(const ng_reflex_table *t, int kind, const void *state
     int rc = NG_OK;
     size_t done = 0;
     /* Three passes per block of BLOCK states, so that each pass issues its memory
-     * accesses for all of them before it needs any: (1) load, quantize, fingerprint,
-     * prefetch the home entries; (2) walk the entries, keep the tag matches, prefetch
-     * their records (two lines each); (3) compare cells exactly and evaluate. */
+     * accesses for all of them before it needs any: (1) load, build the cell key,
+     * fingerprint, prefetch the home entries; (2) walk the entries, keep the tag matches,
+     * prefetch their records (two lines each); (3) compare cells exactly and evaluate.
+     * Measured on this class of VM: blocks of 16 beat blocks of 8, 32 or 64, and beat a
+     * rolling software pipeline with 4, 8 or 12 states between its stages. */
     query_t qy[BLOCK];
-    uint16_t q[BLOCK][24];
-    uint64_t fp[BLOCK], home[BLOCK];
+    uint64_t fp[BLOCK];
     uint32_t match[BLOCK][MAX_MATCH];
     unsigned nmatch[BLOCK];
     for (size_t base = 0; base < n && rc == NG_OK; base += BLOCK) {
         const unsigned m = (unsigned)(n - base < BLOCK ? n - base : BLOCK);
         for (unsigned k = 0; k < m; k++) {
-            load_coords(kind, in + (base + k) * stride, qy[k].c);
-            query_init(&qy[k]);
-            quantize(t->keep, qy[k].c, q[k]);
-            fp[k] = fingerprint_q(q[k]);
-            home[k] = home_of(t, fp[k]);
-            PREFETCH(ent_ptr(t, home[k]));
+            load_query(t->keep, t->keepw, kind, in + (base + k) * stride, &qy[k]);
+            fp[k] = fingerprint_k(&qy[k].key);
+            PREFETCH(ent_ptr(t, home_of(t, fp[k])));
         }
-        for (unsigned k = 0; k < m; k++) {
-            const uint16_t tag = (uint16_t)fp[k];
-            uint64_t j = home[k];
-            unsigned c = 0;
-            for (unsigned d = 0; d < NG_REFLEX_MAX_DIST; d++) {
-                entry_t e = ent_load(ent_ptr(t, j));
-                if (e.dist == 0 || (unsigned)e.dist - 1u < d) break;
-                if ((unsigned)e.dist - 1u == d && e.tag == tag) {
-                    if (c == MAX_MATCH || e.rec >= t->live) { /* rare or corrupt: full probe in pass 3 */
-                        c = MAX_MATCH + 1;
-                        break;
-                    }
-                    match[k][c++] = e.rec;
-                    const uint8_t *r = rec_ptr(t, e.rec);
-                    PREFETCH(r);
-                    PREFETCH(r + 64);
-                }
-                j = next_slot(t, j);
-            }
-            nmatch[k] = c;
-        }
+        for (unsigned k = 0; k < m; k++) nmatch[k] = walk_entries(t, home_of(t, fp[k]), (uint16_t)fp[k], match[k]);
         for (unsigned k = 0; k < m; k++) {
             const size_t i = base + k;
             uint64_t recs[NG_REFLEX_MAX_CANDIDATES];
             int nc = 0;
             if (nmatch[k] > MAX_MATCH) {
-                nc = probe_cell(t, q[k], fp[k], recs, NULL, NG_REFLEX_MAX_CANDIDATES);
+                nc = probe_cell(t, &qy[k].key, fp[k], recs, NULL, NG_REFLEX_MAX_CANDIDATES);
             } else {
                 for (unsigned c = 0; c < nmatch[k] && nc >= 0; c++) {
-                    if (!rec_in_cell(t, rec_ptr(t, match[k][c]), q[k])) continue;
+                    if (!rec_in_cellkey(t, rec_ptr(t, match[k][c]), &qy[k].key)) continue;
                     if (nc == NG_REFLEX_MAX_CANDIDATES) nc = NG_ECORRUPT;
                     else recs[nc++] = match[k][c];
                 }
             }
             pick_t best;
-            int res = nc < 0 ? nc : finish_state(t, &qy[k], q[k], recs, nc, p, &lc, &best);
+            int res = nc < 0 ? nc : finish_state(t, &qy[k], recs, nc, p, &lc, &best);
             if (res < 0) {
                 rc = res;
                 break;
@@ -1195,7 +1361,7 @@ int ng_reflex_lookup_batch(const ng_reflex_table *t, int kind, const void *state
                 record[i] = (int64_t)best.r;
                 confidence[i] = (uint8_t)best.conf;
                 similarity[i] = (float)best.sim;
-                if (distance) distance[i] = (float)sqrt(best.d2);
+                if (distance) distance[i] = best.d2 > 0.0 ? (float)sqrt(best.d2) : 0.0f;
                 decode_action(best.rec + R_CONN, action + 8 * i);
                 if (connections) memcpy(connections + 64 * i, best.rec + R_CONN, 64);
             } else {
@@ -1224,14 +1390,13 @@ static int lookup_ctx(ng_reflex_ctx *ctx, const ng_reflex_params *p, query_t *qy
     lcount lc;
     pick_t best;
     memset(&lc, 0, sizeof lc);
-    query_init(qy);
     int res = lookup_state(t, qy, p, &lc, &best);
     if (res < 0) return res;
     flush_counts(t, 1, &lc);
     if (res & NG_REFLEX_ANSWERED) {
         ng_reflex_hit *o = &ctx->out;
         o->similarity = (float)best.sim;
-        o->distance = (float)sqrt(best.d2);
+        o->distance = best.d2 > 0.0 ? (float)sqrt(best.d2) : 0.0f;
         o->status = (uint32_t)res;
         o->record = (uint32_t)best.r;
         decode_action(best.rec + R_CONN, o->action);
@@ -1249,14 +1414,14 @@ int ng_reflex_lookup_f32(ng_reflex_ctx *ctx, const ng_reflex_params *p, float s0
     if (!ctx || !ctx->table || !params_ok(p)) return NG_EINVAL;
     const float s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
     query_t qy;
-    encode_f32(s, qy.c);
+    load_query(ctx->table->keep, ctx->table->keepw, NG_REFLEX_STATE_F32, (const uint8_t *)s, &qy);
     return lookup_ctx(ctx, p, &qy);
 }
 
 int ng_reflex_lookup_one(ng_reflex_ctx *ctx, const ng_reflex_params *p, int kind, const void *state) {
     if (!ctx || !ctx->table || !state || !kind_ok(kind) || !params_ok(p)) return NG_EINVAL;
     query_t qy;
-    load_coords(kind, (const uint8_t *)state, qy.c);
+    load_query(ctx->table->keep, ctx->table->keepw, kind, (const uint8_t *)state, &qy);
     return lookup_ctx(ctx, p, &qy);
 }
 
@@ -1271,8 +1436,7 @@ int ng_reflex_bench_loop(const ng_reflex_table *t, int kind, const void *states,
     for (size_t i = 0; i < n; i++) {
         query_t qy;
         pick_t best;
-        load_coords(kind, in + i * stride, qy.c);
-        query_init(&qy);
+        load_query(t->keep, t->keepw, kind, in + i * stride, &qy);
         int r = lookup_state(t, &qy, p, &lc, &best);
         if (r < 0) return r;
     }
@@ -1297,9 +1461,11 @@ static int insert_core(ng_reflex_table *t, const int16_t c[24], const uint8_t *c
                        ng_reflex_entry *ev) {
     uint16_t q[24];
     uint64_t recs[NG_REFLEX_MAX_CANDIDATES];
+    cellkey key;
     quantize(t->keep, c, q);
-    const uint64_t fp = fingerprint_q(q);
-    int k = probe_cell(t, q, fp, recs, NULL, NG_REFLEX_MAX_CANDIDATES);
+    cellkey_of(q, &key);
+    const uint64_t fp = fingerprint_k(&key);
+    int k = probe_cell(t, &key, fp, recs, NULL, NG_REFLEX_MAX_CANDIDATES);
     if (k < 0) return k;
     for (int m = 0; m < k; m++) {
         if (memcmp(rec_ptr(t, recs[m]) + R_CONN, conn, IDENTITY_BYTES) == 0) {
@@ -1412,9 +1578,11 @@ int ng_reflex_plan_insert(const ng_reflex_table *t, int kind, const void *states
         uint16_t q[24], q2[24];
         uint64_t recs[NG_REFLEX_MAX_CANDIDATES];
         const uint8_t *conn = connections + 64 * i;
+        cellkey key;
         batch_q(&b, i, q);
-        const uint64_t fp = fingerprint_q(q);
-        int k = probe_cell(t, q, fp, recs, NULL, NG_REFLEX_MAX_CANDIDATES);
+        cellkey_of(q, &key);
+        const uint64_t fp = fingerprint_k(&key);
+        int k = probe_cell(t, &key, fp, recs, NULL, NG_REFLEX_MAX_CANDIDATES);
         if (k < 0) {
             rc = k;
             break;
