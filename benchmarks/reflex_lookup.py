@@ -69,6 +69,17 @@ def random_states(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.uniform(-1.0, 1.0, size=(n, 8)).astype(np.float32)
 
 
+def _numpy_hugepages() -> str:
+    try:
+        from numpy._core.multiarray import _get_madvise_hugepage  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        try:
+            from numpy.core.multiarray import _get_madvise_hugepage
+        except ImportError:
+            return "unknown"
+    return str(bool(_get_madvise_hugepage()))
+
+
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -98,6 +109,27 @@ def connections(n: int, rng: np.random.Generator) -> np.ndarray:
     return conns
 
 
+def gather_limit(nbytes: int, n: int, rng: np.random.Generator, runs: int) -> tuple[float, float]:
+    """The memory-latency limit: n random 8-byte loads from an array of ``nbytes``."""
+    arena = np.ones(nbytes // 8, np.uint64)
+    idx = rng.integers(0, arena.size, n)
+    return median_time(lambda: np.take(arena, idx), runs)
+
+
+def dict_baseline(states: np.ndarray, queries: np.ndarray, runs: int) -> tuple[float, float]:
+    """A Python dict of the grid-hash ints of ``states`` (-> row), looked up from Python."""
+    hashes, _ = state_keys(states)
+    d = {int(h): i for i, h in enumerate(hashes)}
+    qkeys = [int(h) for h in state_keys(queries)[0]]
+
+    def dict_loop() -> None:
+        get = d.get
+        for k in qkeys:
+            get(k)
+
+    return median_time(dict_loop, runs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="reflexes in the table and states per batch")
@@ -109,7 +141,8 @@ def main() -> None:
     print("# reflex_lookup benchmark")
     print(f"python {sys.version.split()[0]} numpy {np.__version__} on {platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}; C core {os.path.basename(_native._ngcore.__file__)} "
-          f"(ABI {lib.ng_abi_version()}); in-memory table, no fsync involved")
+          f"(ABI {lib.ng_abi_version()}); in-memory table, no fsync involved; numpy asks for huge pages: "
+          f"{_numpy_hugepages()}")
 
     rng = np.random.default_rng(42)
     states = random_states(rng, n)
@@ -159,28 +192,12 @@ def main() -> None:
     results["c loop"] = w / n * 1e9
     rows.append(("bare C loop, hits (no prefetching)", w / n * 1e9, c / n * 1e9, "ns/state"))
 
-    # The memory-latency limit: one random 8-byte load per state over as many bytes.
-    arena = np.ones(table.memory_bytes // 8, np.uint64)
-    idx = rng.integers(0, arena.size, n)
-    w, c = median_time(lambda: np.take(arena, idx), runs)
+    w, c = gather_limit(table.memory_bytes, n, rng, runs)
     results["gather"] = w / n * 1e9
     rows.append(("numpy random gather, 8 B per state, same size", w / n * 1e9, c / n * 1e9, "ns/state"))
-    del arena, idx
-
-    # A Python dict of the same keys (grid hash -> row), looked up from Python.
-    hashes, _ = state_keys(states)
-    d = {int(h): i for i, h in enumerate(hashes)}
-    qkeys = [int(h) for h in state_keys(hits)[0]]
-
-    def dict_loop() -> None:
-        get = d.get
-        for k in qkeys:
-            get(k)
-
-    w, c = median_time(dict_loop, max(2, runs // 2))
+    w, c = dict_baseline(states, hits, max(2, runs // 2))
     results["dict"] = w / n * 1e9
     rows.append(("Python dict.get of precomputed grid-hash ints, hits", w / n * 1e9, c / n * 1e9, "ns/state"))
-    del d, qkeys
 
     # Single lookups.
     hit_state = hits[0].tolist()
@@ -197,26 +214,29 @@ def main() -> None:
     for name, v in single.items():
         rows.append((name, v, float("nan"), "ns/call"))
 
-    # The nearest fallback: states 3/4 of a cell away from a reflex (layer 2: cells of 16
-    # raw units, 12 added), radius 0.9 cells; measured on the table, fallback off and on.
-    near = hits.copy()
-    near[:, 1] += np.float32(12 / SCALE_FACTORS[1])
-    fb_params = LookupParams(nearest_fallback=0.9)
-    off = table.lookup_batch(near, with_connections=False)
-    on = table.lookup_batch(near, params=fb_params, with_connections=False)
-    n_fb = int(on.fallback.sum())
-    before = table.stats()
-    w_off, c_off = median_time(lambda: table.lookup_batch(near, with_connections=False), runs)
-    w_on, c_on = median_time(lambda: table.lookup_batch(near, params=fb_params, with_connections=False),
-                             max(2, runs // 2))
-    after = table.stats()
-    rows.append(("states 3/4 cell off: fallback off", w_off / n * 1e9, c_off / n * 1e9, "ns/state"))
-    rows.append(("  fallback on (radius 0.9 cells)", w_on / n * 1e9, c_on / n * 1e9, "ns/state"))
-    per_fb = (w_on - w_off) / max(n_fb, 1) * 1e9
-    rows.append(("  cost per fallback answer", per_fb, (c_on - c_off) / max(n_fb, 1) * 1e9, "ns/answer"))
-    fb_answers = after["fallback_answers"] - before["fallback_answers"]
-    fb_cells = after["fallback_cells"] - before["fallback_cells"]
-    fb_scans = after["fallback_scans"] - before["fallback_scans"]
+    # The nearest fallback, on states moved along layer 2 (cells of 16 raw units) from a
+    # reflex: 6 units with radius 0.5 cells, and 12 units with radius 0.9 (where the ball
+    # meets far more neighbour cells). Fallback off and on, on the same table.
+    fb: dict[float, tuple[float, int, float, int]] = {}
+    for moved, radius in ((6, 0.5), (12, 0.9)):
+        near = hits.copy()
+        near[:, 1] += np.float32(moved / SCALE_FACTORS[1])
+        fb_params = LookupParams(nearest_fallback=radius)
+        exact = int(table.lookup_batch(near, with_connections=False).found.sum())
+        n_fb = int(table.lookup_batch(near, params=fb_params, with_connections=False).fallback.sum())
+        before = table.stats()
+        w_off, c_off = median_time(lambda near=near: table.lookup_batch(near, with_connections=False), runs)
+        w_on, c_on = median_time(lambda near=near, fb_params=fb_params: table.lookup_batch(
+            near, params=fb_params, with_connections=False), max(2, runs // 2))
+        after = table.stats()
+        cells = (after["fallback_cells"] - before["fallback_cells"]) / max(after["fallback_answers"]
+                                                                          - before["fallback_answers"], 1)
+        per_fb = (w_on - w_off) / max(n_fb, 1) * 1e9
+        fb[radius] = (per_fb, n_fb, cells, after["fallback_scans"] - before["fallback_scans"])
+        rows.append((f"states {moved}/16 cell off, fallback off", w_off / n * 1e9, c_off / n * 1e9, "ns/state"))
+        rows.append((f"  fallback on, radius {radius} cells ({exact:,} exact, {n_fb:,} by the fallback)",
+                     w_on / n * 1e9, c_on / n * 1e9, "ns/state"))
+        rows.append(("  cost per fallback answer", per_fb, (c_on - c_off) / max(n_fb, 1) * 1e9, "ns/answer"))
 
     # Two threads against one, the same total work.
     def one_thread() -> None:
@@ -239,9 +259,10 @@ def main() -> None:
     rows.append(("RSS growth per reflex (create + consolidate)", (rss1 - rss0) * 2**20 / n, float("nan"), "B"))
     rows.append(("transparent huge pages gained", huge1 - huge0, float("nan"), "MiB"))
 
-    print(f"\nmedians of {runs} runs (CPU = process CPU time); {float(engine.try_fast_path_batch(mixed).found.mean()):.1%}"
-          f" of the mix answered; fallback: {n_fb:,} of {n:,} answered by it ({int(off.found.sum()):,} exactly), "
-          f"{fb_cells / max(fb_answers, 1):.0f} cells probed per fallback answer, {fb_scans} scans\n")
+    share = float(engine.try_fast_path_batch(mixed).found.mean())
+    print(f"\nmedians of {runs} runs (CPU = process CPU time); {share:.1%} of the mix answered; fallback: "
+          + "; ".join(f"radius {r}: {cells:.0f} cells probed per answer, {scans} scans"
+                      for r, (_, _, cells, scans) in fb.items()) + "\n")
     width = max(len(r[0]) for r in rows)
     print(f"  {'':<{width}}  {'wall':>10}  {'CPU':>10}")
     for name, v, c, unit in rows:
@@ -253,13 +274,15 @@ def main() -> None:
     print(f"  dict.get / batch hits                   {results['dict'] / hit:7.2f}x   [>= 20x]")
     print(f"  batch hits / memory-latency limit       {hit / results['gather']:7.2f}x")
     print(f"  batch hits / bare C loop                {hit / results['c loop']:7.2f}x")
-    print(f"  single hit / empty cffi call            {single['try_fast_path, hit'] / single['empty cffi call']:7.2f}x"
-          "   [<= 4x]")
+    ratio = single["try_fast_path, hit"] / single["empty cffi call"]
+    print(f"  single hit / empty cffi call            {ratio:7.2f}x   [<= 4x]")
     print(f"  single hit / lambda + empty cffi call   "
-          f"{single['try_fast_path, hit'] / single['lambda calling an empty cffi call']:7.2f}x   (both through the "
-          "same lambda)")
-    print(f"  single miss / empty cffi call           {single['try_fast_path, miss'] / single['empty cffi call']:7.2f}x")
-    print(f"  fallback answer, ns                     {per_fb:7.0f}    [<= 5000]")
+          f"{single['try_fast_path, hit'] / single['lambda calling an empty cffi call']:7.2f}x"
+          "   (both through the same lambda)")
+    miss_ratio = single["try_fast_path, miss"] / single["empty cffi call"]
+    print(f"  single miss / empty cffi call           {miss_ratio:7.2f}x")
+    for r, (per_fb, _, _, _) in fb.items():
+        print(f"  fallback answer at radius {r}, ns        {per_fb:7.0f}    [<= 5000]")
     print(f"  50/50 mix, fallback off, ns/state       {results['50/50 mix']:7.1f}    [<= 118.5, format 1]")
     print(f"  two threads speed-up                    {t1 / t2:7.2f}x")
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
