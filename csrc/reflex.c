@@ -129,6 +129,11 @@ struct ng_reflex_table {
 };
 
 static const float layer_scale[8] = {100.f, 10000.f, 1000.f, 10000.f, 10000.f, 10000.f, 100.f, 10000.f};
+/* 1 / scale in double: t * (1 / s) rounded to float equals the correctly rounded t / s for
+ * every int16 t (t / s is never within 2^-53 of a float rounding boundary unless it lies
+ * on one exactly), and a multiply is a fraction of a divide. */
+static const double layer_inv_scale[8] = {1.0 / 100, 1.0 / 10000, 1.0 / 1000, 1.0 / 10000,
+                                          1.0 / 10000, 1.0 / 10000, 1.0 / 100, 1.0 / 10000};
 
 /* ============================================================== helpers */
 
@@ -978,12 +983,25 @@ static inline int eligible_conf(const uint8_t *rec, const ng_reflex_params *p) {
 /* Exact path over the candidates of the query's cell. */
 static void pick_exact(const ng_reflex_table *t, query_t *qy, const uint64_t *recs, int k,
                        const ng_reflex_params *p, pick_t *best) {
+    int same = 0; /* is the best's source state the query itself? */
     for (int m = 0; m < k; m++) {
         const uint8_t *rec = rec_ptr(t, recs[m]);
         if (!eligible_conf(rec, p)) continue;
-        int16_t s[24];
-        record_state(rec, s);
-        double sim = similarity_of(qy, s);
+        double sim;
+        int identical;
+#if NG_LE
+        identical = memcmp(rec, qy->c, 48) == 0; /* the common case: the query is the state */
+#else
+        identical = 0;
+#endif
+        if (identical) {
+            sim = 1.0;
+        } else {
+            int16_t s[24];
+            record_state(rec, s);
+            sim = similarity_of(qy, s);
+            identical = sim == 1.0 && memcmp(s, qy->c, 48) == 0;
+        }
         if (!(sim > p->similarity_threshold)) continue;
         unsigned conf = rec[R_CONN + C_CONFIDENCE];
         uint64_t tk = ld64(rec + R_TICK);
@@ -994,12 +1012,17 @@ static void pick_exact(const ng_reflex_table *t, query_t *qy, const uint64_t *re
             best->conf = conf;
             best->sim = sim;
             best->tick = tk;
+            same = identical;
         }
     }
     if (best->rec) { /* the distance of the answer only */
-        int16_t s[24];
-        record_state(best->rec, s);
-        best->d2 = best->sim == 1.0 && memcmp(s, qy->c, 48) == 0 ? 0.0 : dist2_of(t->inv_w2, qy->c, s);
+        if (same) {
+            best->d2 = 0.0;
+        } else {
+            int16_t s[24];
+            record_state(best->rec, s);
+            best->d2 = dist2_of(t->inv_w2, qy->c, s);
+        }
     }
 }
 
@@ -1258,7 +1281,7 @@ static inline void decode_action(const uint8_t *conn, float *out) {
 #else
     for (unsigned d = 0; d < 8; d++) tv[d] = (int16_t)ld16(conn + C_TARGET + 2 * d);
 #endif
-    for (unsigned d = 0; d < 8; d++) out[d] = (float)tv[d] / layer_scale[d];
+    for (unsigned d = 0; d < 8; d++) out[d] = (float)((double)tv[d] * layer_inv_scale[d]);
 }
 
 /* Pass 2 of a lookup: walks the probe run of one state (home, tag), keeps up to MAX_MATCH
