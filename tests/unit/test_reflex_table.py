@@ -686,3 +686,21 @@ def test_delete_by_key_removes_what_entries_reports():
     with pytest.raises(NotFoundError):
         t.delete_key(*key)
     t.check()
+
+
+def test_every_int16_target_decodes_like_a_float32_division():
+    # C multiplies by 1/scale in double; this must round like numpy's float32 division.
+    values = np.arange(-32768, 32768, dtype=np.int32)
+    n = values.size
+    rng = np.random.default_rng(16)
+    states = rng.uniform(-1, 1, (n, 8)).astype(np.float32)
+    c = np.zeros(n, CONNECTION_DTYPE)
+    c["token_a"], c["confidence"] = np.arange(n), 230
+    c["target_vector"] = np.repeat(values[:, None], 8, axis=1).astype(np.int16)
+    t = ReflexTable.create(n, room=n)
+    t.insert_batch(states, c)
+    r = t.lookup_batch(states)
+    assert r.found.all()
+    scales = np.array([100, 10000, 1000, 10000, 10000, 10000, 100, 10000], np.float32)
+    want = c["target_vector"][r.record].astype(np.float32) / scales
+    assert np.array_equal(r.action, want)
