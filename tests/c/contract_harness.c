@@ -272,6 +272,28 @@ static void check_reflex(unsigned rounds) {
            "NaN measures");
     exercise(t, (const float(*)[8])states, N, 1);
 
+    /* counts whose byte sizes overflow are refused before any memory is touched */
+    {
+        uint8_t st1;
+        int64_t r1;
+        uint8_t cf1;
+        float sm1, ds1, ac1[8];
+        uint64_t gh, fp, fresh, answered;
+        int64_t first;
+        size_t done;
+        ng_reflex_params p = {150, 200, 0.85, 0.0, 0};
+        EXPECT(ng_reflex_lookup_batch(t, NG_REFLEX_STATE_TOKEN, states, SIZE_MAX / 32, &p, &st1, &r1, &cf1, &sm1,
+                                      &ds1, ac1, NULL) == NG_ERANGE, "lookup_batch n * 64 overflows");
+        EXPECT(ng_reflex_keys(NG_REFLEX_STATE_COORDS, states, SIZE_MAX / 16, SHIFTS, &gh, &fp) == NG_ERANGE,
+               "keys n * 48 overflows");
+        EXPECT(ng_reflex_insert_batch(t, NG_REFLEX_STATE_F32, states, SIZE_MAX / 16, c, NULL, &done) == NG_ERANGE,
+               "insert_batch n * 32 overflows");
+        EXPECT(ng_reflex_bench_loop(t, NG_REFLEX_STATE_TOKEN, states, SIZE_MAX / 32, &p, &answered) == NG_ERANGE,
+               "bench_loop n * 64 overflows");
+        EXPECT(ng_reflex_plan_insert(t, NG_REFLEX_STATE_TOKEN, states, SIZE_MAX / 32, c, &fresh, &first) ==
+                   NG_ERANGE, "plan_insert n * 64 overflows");
+    }
+
     /* rebuild into a larger table */
     ng_reflex_geometry g2;
     EXPECT(ng_reflex_plan_geometry(3000, 0, 0, &g2) == NG_OK, "geometry 2");
