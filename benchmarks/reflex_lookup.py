@@ -1,26 +1,36 @@
-"""How fast is the reflex fast path, and what does the Python boundary cost?
+"""How fast is the reflex fast path on a table of 1,000,000 reflexes, against its limits?
 
-Question: on a table of 1,000,000 reflexes, what does a batch lookup (grid hash +
-fingerprint + probe, all in one C call) cost per state, and how does it compare with
-(1) the same work as a bare C loop with no Python around it (ng_reflex_bench_loop),
-(2) a Python dict of the same keys, looked up from Python,
-(3) a single lookup vs an empty cffi call,
-(4) two threads vs one (the GIL is released during the C call)?
-And: how many bytes does a reflex cost in RAM and in the stored segments?
+Questions, each answered against peers and limits measured in the same run:
 
-Targets (DESIGN.md section 11): batch <= 1.5x the bare C loop; >= 20x a Python dict;
-single lookup <= 3x an empty cffi call; two threads >= 1.7x one.
+1. A batch lookup (``try_fast_path_batch``: encode, fingerprint, probe, compare, measure the
+   similarity, all in one C call), per state, for hits, misses and a 50/50 mix -- against
+   the bare C loop (``ng_reflex_bench_loop``: the same work without Python and without
+   prefetching), a Python dict of precomputed grid-hash ints, and this machine's
+   memory-latency limit: a numpy random gather (one 8-byte load per state) over an array as
+   large as the table.
+2. A single ``try_fast_path`` (hit, miss) against an empty cffi call, both bare and called
+   through the same lambda as the lookup (the timing harness's own cost).
+3. The nearest fallback: the fast path with the fallback off and on (radius 0.9 cells) on
+   states moved 3/4 of a cell from a reflex, and the cost per fallback answer.
+4. Memory: bytes per reflex, and how much of the table sits in transparent huge pages.
+5. Two threads against one (the GIL is released during a batch).
+
+Issue 11's goals: batch hits <= 50 ns per state and >= 20x faster than the dict; a single
+hit <= 4x an empty cffi call. Issue 14's: each fallback answer <= 5 us in batch; with the
+fallback off no slower than format 1 (118.5 ns per state on the 50/50 mix, measured on this
+machine with the format-1 code of this script's previous version).
 
 Run:  python benchmarks/reflex_lookup.py [--n 1000000] [--runs 5]
-Prints the environment, a table of medians and the ratios. Timings are never asserted
-by tests; this script only reports.
+
+Prints the environment (load average included: the machine is shared, so wall-clock medians
+are printed beside the process CPU time), a table of medians and the ratios. Timings are
+never asserted by tests; this script only reports.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
-import resource
 import statistics
 import sys
 import threading
@@ -30,19 +40,44 @@ from collections.abc import Callable
 
 import numpy as np
 
+import ngstore
 from ngstore import _native
-from ngstore.codec import DEFAULT_SHIFTS
 from ngstore.records import CONNECTION_DTYPE, SCALE_FACTORS
-from ngstore.reflex import ReflexTable, state_keys
+from ngstore.reflex import LookupParams, state_keys
 
 
-def median_time(fn: Callable[[], object], runs: int) -> float:
-    times = []
+def median_time(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    """(median wall seconds, median process-CPU seconds) of ``runs`` calls, after a warm-up."""
+    fn()
+    wall, cpu = [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def per_call(fn: Callable[[], object], number: int, runs: int) -> float:
+    """Median ns per call over ``runs`` repeats of ``number`` calls."""
+    return statistics.median(timeit.repeat(fn, number=number, repeat=runs)) / number * 1e9
+
+
+def random_states(rng: np.random.Generator, n: int) -> np.ndarray:
+    # Uniform in [-1, 1) per layer: with the default shifts every layer has many cells, so
+    # almost every state is its own cell.
+    return rng.uniform(-1.0, 1.0, size=(n, 8)).astype(np.float32)
+
+
+def _numpy_hugepages() -> str:
+    try:
+        from numpy._core.multiarray import _get_madvise_hugepage  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        try:
+            from numpy.core.multiarray import _get_madvise_hugepage
+        except ImportError:
+            return "unknown"
+    return str(bool(_get_madvise_hugepage()))
 
 
 def rss_mib() -> float:
@@ -50,20 +85,49 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def random_states(rng: np.random.Generator, n: int) -> np.ndarray:
-    # Uniform in [-1, 1) per layer: with the default shifts every layer has many buckets,
-    # so almost every state is its own grid cell.
-    return rng.uniform(-1.0, 1.0, size=(n, 8)).astype(np.float32)
+def anon_huge_mib() -> float:
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
-def python_key(state: list[float], scales: tuple[int, ...], shifts: tuple[int, ...]) -> tuple[int, ...]:
-    """A pure-Python fallback's key: the quantized X axes (what a dict-based engine would use)."""
-    out = []
-    for v, sc, sh in zip(state, scales, shifts):
-        x = v * sc
-        x = 0 if x != x else int(max(-32768.0, min(32767.0, x)))
-        out.append(x >> sh)
-    return tuple(out)
+def connections(n: int, rng: np.random.Generator) -> np.ndarray:
+    conns = np.zeros(n, CONNECTION_DTYPE)
+    conns["token_a"] = np.arange(n, dtype=np.uint32)
+    conns["token_b"] = np.arange(n, dtype=np.uint32) + 1
+    conns["connection_type"] = 0x50
+    conns["mutability"] = 1
+    conns["pull_strength"] = 1.0
+    conns["rigidity"] = 200
+    conns["confidence"] = rng.integers(150, 256, n)
+    conns["target_vector"] = rng.integers(-32768, 32767, (n, 8))
+    return conns
+
+
+def gather_limit(nbytes: int, n: int, rng: np.random.Generator, runs: int) -> tuple[float, float]:
+    """The memory-latency limit: n random 8-byte loads from an array of ``nbytes``."""
+    arena = np.ones(nbytes // 8, np.uint64)
+    idx = rng.integers(0, arena.size, n)
+    return median_time(lambda: np.take(arena, idx), runs)
+
+
+def dict_baseline(states: np.ndarray, queries: np.ndarray, runs: int) -> tuple[float, float]:
+    """A Python dict of the grid-hash ints of ``states`` (-> row), looked up from Python."""
+    hashes, _ = state_keys(states)
+    d = {int(h): i for i, h in enumerate(hashes)}
+    qkeys = [int(h) for h in state_keys(queries)[0]]
+
+    def dict_loop() -> None:
+        get = d.get
+        for k in qkeys:
+            get(k)
+
+    return median_time(dict_loop, runs)
 
 
 def main() -> None:
@@ -75,138 +139,153 @@ def main() -> None:
     lib, ffi = _native.lib, _native.ffi
 
     print("# reflex_lookup benchmark")
-    print(f"python {sys.version.split()[0]} numpy {np.__version__} on {platform.machine()}, "
-          f"{os.cpu_count()} CPUs; C core {_native._ngcore.__file__} (ABI {lib.ng_abi_version()}); "
-          f"no fsync involved (in-memory table)")
+    print(f"python {sys.version.split()[0]} numpy {np.__version__} on {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}; C core {os.path.basename(_native._ngcore.__file__)} "
+          f"(ABI {lib.ng_abi_version()}); in-memory table, no fsync involved; numpy asks for huge pages: "
+          f"{_numpy_hugepages()}")
 
     rng = np.random.default_rng(42)
     states = random_states(rng, n)
-    conns = np.zeros(n, CONNECTION_DTYPE)
-    conns["token_a"] = np.arange(n, dtype=np.uint32)
-    conns["token_b"] = np.arange(n, dtype=np.uint32) + 1
-    conns["connection_type"] = 0x50
-    conns["mutability"] = 1
-    conns["confidence"] = rng.integers(150, 256, n)
-    conns["target_vector"] = rng.integers(-32768, 32767, (n, 8))
-    rss0 = rss_mib()
-    table = ReflexTable.create(n)
+    conns = connections(n, rng)
+    rss0, huge0 = rss_mib(), anon_huge_mib()
+    engine = ngstore.IntuitionEngine.create(ngstore.IntuitionConfig(reflex_capacity=n))
     t0 = time.perf_counter()
-    table.insert_batch(states, conns)
+    engine.consolidate_reflex(states, conns)
     build_s = time.perf_counter() - t0
-    rss1 = rss_mib()
+    table = engine.table
+    assert table is not None and len(table) == n
+    rss1, huge1 = rss_mib(), anon_huge_mib()
     st = table.stats()
-    print(f"table: {len(table)} reflexes, capacity {table.capacity}, {table.segment_count} segments x "
-          f"{table.slots_per_segment} slots, load {st['load_factor']:.3f}, built in {build_s:.2f} s "
-          f"({build_s / n * 1e9:.0f} ns/insert), evictions {st['evictions']}")
+    print(f"table: {len(table):,} reflexes, room {table.room:,}, {table.slot_count:,} index slots (load "
+          f"{st['load_factor']:.3f}), {table.segment_count} segments, {table.memory_bytes / 2**20:.1f} MiB; built in "
+          f"{build_s:.2f} s ({build_s / n * 1e9:.0f} ns/reflex, {st['growths']} growth)")
 
-    # Queries: half known states (hits), half fresh random states (misses), shuffled.
-    q = np.concatenate([states[rng.permutation(n)[: n // 2]], random_states(rng, n - n // 2)])
-    q = q[rng.permutation(n)]
-    miss_q = random_states(rng, n)
+    hits = states[rng.permutation(n)]
+    misses = random_states(rng, n)
+    mixed = np.concatenate([hits[: n // 2], misses[: n - n // 2]])[rng.permutation(n)]
+    rows: list[tuple[str, float, float, str]] = []
 
-    rows: list[tuple[str, float, str]] = []
-    t_batch = median_time(lambda: table.lookup_batch(q), runs) / n * 1e9
-    t_batch_nc = median_time(lambda: table.lookup_batch(q, with_connections=False), runs) / n * 1e9
-    t_batch_miss = median_time(lambda: table.lookup_batch(miss_q, with_connections=False), runs) / n * 1e9
-    res = table.lookup_batch(q)
-    answered_frac = float(res.found.mean())
+    def batch(q: np.ndarray, with_connections: bool = False) -> Callable[[], object]:
+        return lambda: engine.try_fast_path_batch(q, with_connections=with_connections)
 
-    params = ffi.new("ng_reflex_params *", (150, 200, 0.85))
+    results = {}
+    for name, q in (("hits", hits), ("misses", misses), ("50/50 mix", mixed)):
+        w, c = median_time(batch(q), runs)
+        results[name] = w / n * 1e9
+        rows.append((f"try_fast_path_batch, {name}", w / n * 1e9, c / n * 1e9, "ns/state"))
+    w, c = median_time(batch(hits, True), runs)
+    rows.append(("  hits, with the connection records", w / n * 1e9, c / n * 1e9, "ns/state"))
+    w, c = median_time(batch(mixed, True), runs)
+    results["mix+records"] = w / n * 1e9
+    rows.append(("  50/50 mix, with the connection records", w / n * 1e9, c / n * 1e9, "ns/state"))
+
+    # The bare C loop: the same per-state work, no Python, no prefetching.
+    params = LookupParams()
     answered = ffi.new("uint64_t *")
-    qbuf = ffi.from_buffer(q)
+    qbuf = ffi.from_buffer(hits)
+    handle = table._v.handle  # type: ignore[union-attr]  # the benchmark reaches in on purpose
 
     def c_loop() -> None:
-        rc = lib.ng_reflex_bench_loop(table._handle(), 0, qbuf, n, params, answered)
-        assert rc == 0
+        assert lib.ng_reflex_bench_loop(handle, 0, qbuf, n, params._c, answered) == 0
 
-    t_c = median_time(c_loop, runs) / n * 1e9
+    w, c = median_time(c_loop, runs)
+    results["c loop"] = w / n * 1e9
+    rows.append(("bare C loop, hits (no prefetching)", w / n * 1e9, c / n * 1e9, "ns/state"))
 
-    # Python dict of the same keys (grid hash -> row), looked up from Python.
-    hashes, _ = state_keys(states)
-    d = {int(h): i for i, h in enumerate(hashes)}
-    qkeys = [int(h) for h in state_keys(q)[0]]
+    w, c = gather_limit(table.memory_bytes, n, rng, runs)
+    results["gather"] = w / n * 1e9
+    rows.append(("numpy random gather, 8 B per state, same size", w / n * 1e9, c / n * 1e9, "ns/state"))
+    w, c = dict_baseline(states, hits, max(2, runs // 2))
+    results["dict"] = w / n * 1e9
+    rows.append(("Python dict.get of precomputed grid-hash ints, hits", w / n * 1e9, c / n * 1e9, "ns/state"))
 
-    def dict_loop() -> None:
-        get = d.get
-        for k in qkeys:
-            get(k)
-
-    t_dict = median_time(dict_loop, runs) / n * 1e9
-
-    # A pure-Python fallback: the key computed per state in Python, then the dict.
-    sub = min(n, 100_000)
-    shifts = tuple(DEFAULT_SHIFTS)
-    pyd = {python_key(s, SCALE_FACTORS, shifts): i for i, s in enumerate(states[:sub].tolist())}
-    qlist = q[:sub].tolist()
-
-    def py_fallback() -> None:
-        get = pyd.get
-        for s in qlist:
-            get(python_key(s, SCALE_FACTORS, shifts))
-
-    t_pyfb = median_time(py_fallback, max(1, runs // 2)) / sub * 1e9
-
-    # Single lookups vs an empty cffi call (each timed over 200k calls, median of runs).
-    hit_state = states[int(np.argmax(conns["confidence"] >= 217))].tolist()
-    assert table.lookup(hit_state) is not None
-    miss_state = miss_q[0].tolist()
+    # Single lookups.
+    hit_state = hits[0].tolist()
+    miss_state = misses[0].tolist()
+    assert engine.try_fast_path(hit_state) is not None and engine.try_fast_path(miss_state) is None
     k = 200_000
-
-    def per_call(stmt: Callable[[], object]) -> float:
-        return statistics.median(timeit.repeat(stmt, number=k, repeat=runs)) / k * 1e9
-
     empty = lib.ng_abi_version
-    t_empty = per_call(empty)
-    t_one_miss = per_call(lambda: table.lookup(miss_state))
-    t_one_hit = per_call(lambda: table.lookup(hit_state))
-    t_lambda = per_call(lambda: empty())  # the lambda's own cost, included in both above
+    single = {
+        "empty cffi call": per_call(empty, k, runs),
+        "lambda calling an empty cffi call": per_call(lambda: empty(), k, runs),
+        "try_fast_path, hit": per_call(lambda: engine.try_fast_path(hit_state), k, runs),
+        "try_fast_path, miss": per_call(lambda: engine.try_fast_path(miss_state), k, runs),
+    }
+    for name, v in single.items():
+        rows.append((name, v, float("nan"), "ns/call"))
 
-    # Two threads vs one: the same total work (2 batches), sequential vs concurrent.
+    # The nearest fallback, on states moved along layer 2 (cells of 16 raw units) from a
+    # reflex: 6 units with radius 0.5 cells, and 12 units with radius 0.9 (where the ball
+    # meets far more neighbour cells). Fallback off and on, on the same table.
+    fb: dict[float, tuple[float, int, float, int]] = {}
+    for moved, radius in ((6, 0.5), (12, 0.9)):
+        near = hits.copy()
+        near[:, 1] += np.float32(moved / SCALE_FACTORS[1])
+        fb_params = LookupParams(nearest_fallback=radius)
+        exact = int(table.lookup_batch(near, with_connections=False).found.sum())
+        n_fb = int(table.lookup_batch(near, params=fb_params, with_connections=False).fallback.sum())
+        before = table.stats()
+        w_off, c_off = median_time(lambda near=near: table.lookup_batch(near, with_connections=False), runs)
+        w_on, c_on = median_time(lambda near=near, fb_params=fb_params: table.lookup_batch(
+            near, params=fb_params, with_connections=False), max(2, runs // 2))
+        after = table.stats()
+        cells = (after["fallback_cells"] - before["fallback_cells"]) / max(after["fallback_answers"]
+                                                                          - before["fallback_answers"], 1)
+        per_fb = (w_on - w_off) / max(n_fb, 1) * 1e9
+        fb[radius] = (per_fb, n_fb, cells, after["fallback_scans"] - before["fallback_scans"])
+        rows.append((f"states {moved}/16 cell off, fallback off", w_off / n * 1e9, c_off / n * 1e9, "ns/state"))
+        rows.append((f"  fallback on, radius {radius} cells ({exact:,} exact, {n_fb:,} by the fallback)",
+                     w_on / n * 1e9, c_on / n * 1e9, "ns/state"))
+        rows.append(("  cost per fallback answer", per_fb, (c_on - c_off) / max(n_fb, 1) * 1e9, "ns/answer"))
+
+    # Two threads against one, the same total work.
     def one_thread() -> None:
-        table.lookup_batch(q, with_connections=False)
-        table.lookup_batch(q, with_connections=False)
+        engine.try_fast_path_batch(mixed, with_connections=False)
+        engine.try_fast_path_batch(mixed, with_connections=False)
 
     def two_threads() -> None:
-        ts = [threading.Thread(target=table.lookup_batch, args=(q,), kwargs={"with_connections": False})
+        ts = [threading.Thread(target=engine.try_fast_path_batch, args=(mixed,), kwargs={"with_connections": False})
               for _ in range(2)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
 
-    t_1t = median_time(one_thread, runs)
-    t_2t = median_time(two_threads, runs)
+    t1, _ = median_time(one_thread, runs)
+    t2, _ = median_time(two_threads, runs)
+    rows.append(("2 x batch of the mix, one thread", t1 * 1e3, float("nan"), "ms"))
+    rows.append(("2 x batch of the mix, two threads", t2 * 1e3, float("nan"), "ms"))
+    rows.append(("table bytes per reflex (memory_bytes / n)", table.memory_bytes / n, float("nan"), "B"))
+    rows.append(("RSS growth per reflex (create + consolidate)", (rss1 - rss0) * 2**20 / n, float("nan"), "B"))
+    rows.append(("transparent huge pages gained", huge1 - huge0, float("nan"), "MiB"))
 
-    seg_bytes = table.segment_count * table.slots_per_segment * 96
-    rows += [
-        ("batch lookup, hash included (50% known states)", t_batch, "ns/state"),
-        ("  same, without copying the connection records", t_batch_nc, "ns/state"),
-        ("  same, all unknown states (misses)", t_batch_miss, "ns/state"),
-        ("bare C loop (ng_reflex_bench_loop), same states", t_c, "ns/state"),
-        ("Python dict.get of precomputed grid-hash ints", t_dict, "ns/state"),
-        ("pure-Python fallback (key computed in Python + dict)", t_pyfb, "ns/state"),
-        ("empty cffi call (ng_abi_version)", t_empty, "ns/call"),
-        ("single lookup(), unknown state", t_one_miss, "ns/call"),
-        ("single lookup(), answered (builds record + action)", t_one_hit, "ns/call"),
-        ("  (lambda overhead inside the timings above)", t_lambda - t_empty, "ns/call"),
-        ("2 x 1M batch lookups, one thread", t_1t * 1e3, "ms"),
-        ("2 x 1M batch lookups, two threads", t_2t * 1e3, "ms"),
-        ("segment bytes per reflex (stored = in RAM)", seg_bytes / len(table), "B"),
-        ("RSS growth per reflex (table create + insert_batch)", (rss1 - rss0) * 2**20 / len(table), "B"),
-    ]
-    print(f"\nmedians of {runs} runs; {answered_frac:.1%} of the mixed queries answered\n")
-    w = max(len(r[0]) for r in rows)
-    for name, v, unit in rows:
-        print(f"  {name:<{w}}  {v:10.1f} {unit}")
-    print("\nratios (target in brackets)")
-    print(f"  batch / bare C loop             {t_batch_nc / t_c:6.2f}x   [<= 1.5x]  (with records: {t_batch / t_c:.2f}x)")
-    print(f"  dict.get / batch                {t_dict / t_batch:6.2f}x   [>= 20x]")
-    print(f"  pure-Python fallback / batch    {t_pyfb / t_batch:6.1f}x")
-    print(f"  single miss / empty cffi call   {t_one_miss / t_empty:6.2f}x   [<= 3x]")
-    print(f"  single hit / empty cffi call    {t_one_hit / t_empty:6.2f}x")
-    print(f"  two threads speed-up            {t_1t / t_2t:6.2f}x   [>= 1.7x]")
-    print(f"  batch vs DESIGN limit 15 ns     {t_batch / 15:6.2f}x")
-    print(f"\nmax RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    share = float(engine.try_fast_path_batch(mixed).found.mean())
+    print(f"\nmedians of {runs} runs (CPU = process CPU time); {share:.1%} of the mix answered; fallback: "
+          + "; ".join(f"radius {r}: {cells:.0f} cells probed per answer, {scans} scans"
+                      for r, (_, _, cells, scans) in fb.items()) + "\n")
+    width = max(len(r[0]) for r in rows)
+    print(f"  {'':<{width}}  {'wall':>10}  {'CPU':>10}")
+    for name, v, c, unit in rows:
+        cpu = f"{c:10.1f}" if c == c else " " * 10
+        print(f"  {name:<{width}}  {v:10.1f}  {cpu} {unit}")
+    hit = results["hits"]
+    print("\nratios (goal in brackets)")
+    print(f"  batch hits, ns/state                    {hit:7.1f}    [<= 50]")
+    print(f"  dict.get / batch hits                   {results['dict'] / hit:7.2f}x   [>= 20x]")
+    print(f"  batch hits / memory-latency limit       {hit / results['gather']:7.2f}x")
+    print(f"  batch hits / bare C loop                {hit / results['c loop']:7.2f}x")
+    ratio = single["try_fast_path, hit"] / single["empty cffi call"]
+    print(f"  single hit / empty cffi call            {ratio:7.2f}x   [<= 4x]")
+    print(f"  single hit / lambda + empty cffi call   "
+          f"{single['try_fast_path, hit'] / single['lambda calling an empty cffi call']:7.2f}x"
+          "   (both through the same lambda)")
+    miss_ratio = single["try_fast_path, miss"] / single["empty cffi call"]
+    print(f"  single miss / empty cffi call           {miss_ratio:7.2f}x")
+    for r, (per_fb, _, _, _) in fb.items():
+        print(f"  fallback answer at radius {r}, ns        {per_fb:7.0f}    [<= 5000]")
+    print(f"  50/50 mix, fallback off, ns/state       {results['50/50 mix']:7.1f}    [<= 118.5, format 1]")
+    print(f"  two threads speed-up                    {t1 / t2:7.2f}x")
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -64,16 +64,18 @@ int ng_grid_hash_tokens(const uint8_t *records, size_t n, size_t stride,
     return NG_OK;
 }
 
-int ng_grid_hash_states(const float *states, size_t n, const uint8_t shifts[8],
+int ng_grid_hash_states(const void *states, size_t n, const uint8_t shifts[8],
                         uint64_t *out) {
     int rc = ng_check_shifts(shifts);
     if (rc != NG_OK) return rc;
     if (n == 0) return NG_OK;
     if (!states || !out) return NG_EINVAL;
     if (n > SIZE_MAX / (NG_LAYERS * sizeof(float))) return NG_ERANGE;
+    const unsigned char *in = (const unsigned char *)states;
     int16_t c[24] = {0};
     for (size_t i = 0; i < n; i++) {
-        const float *s = states + NG_LAYERS * i;
+        float s[NG_LAYERS]; /* memcpy: the caller's array may sit at any address */
+        memcpy(s, in + i * sizeof s, sizeof s);
         for (unsigned d = 0; d < NG_LAYERS; d++) c[3 * d] = ng_encode_f32(s[d] * ng_scales_f32[d]);
         out[i] = ng_grid_hash_coords(c, shifts);
     }
@@ -150,8 +152,11 @@ int ng_gather64(const uint32_t *ids, size_t n, const uint32_t *chunk_keys,
 int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens, size_t nchunks,
                      unsigned slot_shift, unsigned field_off, unsigned field_size,
                      uint8_t *out, size_t out_cap, size_t *n_out) {
-    if (!chunk_ptrs || !chunk_lens || !n_out || (!out && out_cap) || slot_shift < 3 || slot_shift > 24 ||
-        field_size == 0 || field_off + field_size > NG_TOKEN_SIZE)
+    /* The field test is written so that no sum can wrap: field_off + field_size in
+     * unsigned arithmetic would let 0xFFFFFFF0 + 0x20 pass as 0x10. */
+    if (!chunk_ptrs || !chunk_lens || !n_out || (!out && out_cap) || slot_shift < NG_MIN_SLOT_SHIFT ||
+        slot_shift > NG_MAX_SLOT_SHIFT || field_size == 0 || field_off >= NG_TOKEN_SIZE ||
+        field_size > NG_TOKEN_SIZE - field_off)
         return NG_EINVAL;
     const size_t slots = (size_t)1 << slot_shift;
     const size_t records_bytes = slots * NG_TOKEN_SIZE;

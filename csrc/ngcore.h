@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 /* Bumped whenever a declaration in any csrc .cdef file changes meaning. */
-#define NG_ABI_VERSION 1
+#define NG_ABI_VERSION 2
 
 #define NG_OK 0
 #define NG_EINVAL (-1)    /* bad argument (NULL pointer, zero size, bad shift) */
@@ -31,6 +31,10 @@
 #define NG_ECORRUPT (-4)  /* stored bytes fail a structural check */
 #define NG_ENOTFOUND (-5) /* key not present */
 #define NG_ERANGE (-6)    /* index or size out of range */
+
+/* Arrays passed as typed pointers (uint32_t *, uint64_t *, float * outputs) must be
+ * aligned for their type, as C requires; inputs that may come from arbitrary byte
+ * buffers are declared const void * or const uint8_t * and are read with memcpy. */
 
 #define NG_TOKEN_SIZE 64
 #define NG_LAYERS 8
@@ -82,11 +86,12 @@ int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_len
 int ng_grid_hash_tokens(const uint8_t *records, size_t n, size_t stride,
                         const uint8_t shifts[8], uint64_t *out);
 
-/* Hash of n states of 8 floats (contiguous, state i at states + 8*i): each
+/* Hash of n states of 8 floats (contiguous, state i at byte 32*i; any alignment: the
+ * floats are read with memcpy, so a view at an odd offset of a buffer is fine): each
  * state[d] is encoded to layer d's X axis exactly like ngstore.codec does --
  * float multiply by the layer scale in single precision, truncation toward
  * zero, saturation to int16, NaN -> 0 -- with Y = Z = 0, then hashed. */
-int ng_grid_hash_states(const float *states, size_t n, const uint8_t shifts[8],
+int ng_grid_hash_states(const void *states, size_t n, const uint8_t shifts[8],
                         uint64_t *out);
 
 /* ---- Gather of token records from chunk values ------------------------------

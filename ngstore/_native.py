@@ -27,7 +27,7 @@ from .records import RAW64, TOKEN_DTYPE, TOKEN_SIZE
 
 #: Must equal ``NG_ABI_VERSION`` in ``csrc/ngcore.h``; bump both together whenever a
 #: declaration in a ``csrc/*.cdef`` changes meaning.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _FIX = "reinstall it with `pip install .` (or `pip install -e .` in a checkout); a C compiler and cffi are needed"
 
@@ -63,7 +63,7 @@ _DEFAULT_SHIFTS_C = ffi.new("uint8_t[8]", list(DEFAULT_SHIFTS))
 
 def strerror(code: int) -> str:
     """The C core's one-line description of a status code."""
-    return ffi.string(lib.ng_strerror(code)).decode("ascii", "replace")
+    return str(ffi.string(lib.ng_strerror(code)).decode("ascii", "replace"))
 
 
 def check_status(function: str, code: int, hint: str = "") -> None:
@@ -163,7 +163,9 @@ def _as_u32(values: npt.ArrayLike, what: str) -> np.ndarray:
         if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 0xFFFF_FFFF):
             raise InvalidArgumentError(f"{what} must be in 0..2**32-1, got values in {arr.min()}..{arr.max()}")
         arr = arr.astype(np.uint32)
-    return np.ascontiguousarray(arr)
+    # ALIGNED too: C reads these through uint32_t *, and a view at an odd offset of a
+    # byte buffer is contiguous but not aligned (ascontiguousarray would pass it through).
+    return np.require(arr, np.uint32, ["C", "A"])
 
 
 def chunk_value_size(slot_shift: int) -> int:
@@ -197,7 +199,8 @@ def gather64(
     """
     if isinstance(slot_shift, bool) or not isinstance(slot_shift, (int, np.integer)) \
             or not MIN_SLOT_SHIFT <= slot_shift <= MAX_SLOT_SHIFT:
-        raise InvalidArgumentError(f"slot_shift must be an int in {MIN_SLOT_SHIFT}..{MAX_SLOT_SHIFT}, got {slot_shift!r}")
+        raise InvalidArgumentError(
+            f"slot_shift must be an int in {MIN_SLOT_SHIFT}..{MAX_SLOT_SHIFT}, got {slot_shift!r}")
     dt = np.dtype(dtype)
     if dt != RAW64 and dt != TOKEN_DTYPE:
         raise InvalidArgumentError(f"dtype must be RAW64 or TOKEN_DTYPE, got {dt}")

@@ -28,8 +28,10 @@ min_reward_delta           0.5                        finite >= 0
 shifts                     (4,4,5,6,6,6,8,8)          8 ints, each 0..15 (``codec.MAX_SHIFT``)
 fast_path_min_confidence   150                        int 0..255 (raw confidence)
 hypothesis_threshold       200                        int 0..255 (raw confidence)
-similarity_threshold       0.85                       0.0..1.0
-reflex_capacity            1 048 576                  int >= 1 (new: the original had no bound)
+similarity_threshold       0.85                       0.0..1.0 (compared with the measured similarity)
+nearest_fallback           None (off)                 None, or a distance > 0 in grid cells (new)
+reflex_capacity            1 048 576                  int >= 1 (new: the original had no bound; the
+                                                      in-memory table grows to it on demand)
 consolidation_min_confidence 192                      int 0..255 (auto-consolidation gate)
 consolidation_min_evidence 10                         int 0..65535
 zero_variance_confidence   0.0                        0.0..1.0 (see ``analysis``)
@@ -47,7 +49,7 @@ from .codec import DEFAULT_SHIFTS, MAX_SHIFT
 from .errors import InvalidArgumentError
 from .experience import Mixed, PrioritizedByReward, RecencyWeighted, SamplingStrategy, Uniform
 
-__all__ = ["IntuitionConfig", "DEFAULTS"]
+__all__ = ["DEFAULTS", "IntuitionConfig"]
 
 DEFAULTS: dict[str, Any] = {
     "analysis_interval_secs": 60,
@@ -63,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "fast_path_min_confidence": 150,
     "hypothesis_threshold": 200,
     "similarity_threshold": 0.85,
+    "nearest_fallback": None,
     "reflex_capacity": 1 << 20,
     "consolidation_min_confidence": 192,
     "consolidation_min_evidence": 10,
@@ -118,6 +121,7 @@ class IntuitionConfig:
     fast_path_min_confidence: int = None  # type: ignore[assignment]
     hypothesis_threshold: int = None  # type: ignore[assignment]
     similarity_threshold: float = None  # type: ignore[assignment]
+    nearest_fallback: float | None = None
     reflex_capacity: int = None  # type: ignore[assignment]
     consolidation_min_confidence: int = None  # type: ignore[assignment]
     consolidation_min_evidence: int = None  # type: ignore[assignment]
@@ -142,6 +146,7 @@ class IntuitionConfig:
             "fast_path_min_confidence": _int("fast_path_min_confidence", values["fast_path_min_confidence"], 0, 255),
             "hypothesis_threshold": _int("hypothesis_threshold", values["hypothesis_threshold"], 0, 255),
             "similarity_threshold": _float("similarity_threshold", values["similarity_threshold"], 0.0, 1.0),
+            "nearest_fallback": self._radius(values["nearest_fallback"]),
             "reflex_capacity": _int("reflex_capacity", values["reflex_capacity"], 1),
             "consolidation_min_confidence": _int("consolidation_min_confidence",
                                                  values["consolidation_min_confidence"], 0, 255),
@@ -160,6 +165,15 @@ class IntuitionConfig:
                 f"sampling_strategy must be Uniform(), PrioritizedByReward(alpha), RecencyWeighted(decay) "
                 f"or Mixed(reward_weight, recency_weight), got {v!r}")
         return v
+
+    @staticmethod
+    def _radius(v: Any) -> float | None:
+        if v is None:
+            return None
+        r = _float("nearest_fallback", v, 0.0)
+        if r == 0.0:
+            raise InvalidArgumentError("nearest_fallback must be > 0 (a distance in grid cells) or None (off)")
+        return r
 
     @staticmethod
     def _shifts(v: Any) -> tuple[int, ...]:

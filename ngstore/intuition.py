@@ -11,12 +11,15 @@ Two kinds of engine share this class:
   store's ExperienceStream, and consolidation writes through a normal store batch, so a
   learned reflex is durable and survives any crash whole.
 
-Fast path: ``try_fast_path(state)`` hashes the state (grid hash + fingerprint) and probes
-the C table in one call; a reflex is eligible with confidence >= 150, a Hypothesis with
->= 200, and it is returned when confidence/255 > 0.85 (the original's rules, with the
-thresholds configurable). ``try_fast_path_batch(states)`` does many states in one C
-call (the GIL is released). Neither ever blocks on the slow path: lookups run on an
-immutable table version that consolidation replaces atomically.
+Fast path: ``try_fast_path(state)`` finds the state's grid cell in the C table in one
+call; a reflex of the cell is eligible with confidence >= 150 (a Hypothesis >= 200) and
+answered when the similarity of the query and the state it was learned at (the original
+``token_similarity``) is > 0.85 -- the original's rules, with the real similarity in place
+of its ``confidence/255`` placeholder (docs/format.md §7.7), all thresholds configurable.
+With ``IntuitionConfig(nearest_fallback=r)`` a state whose cell gives no answer is answered
+by the nearest eligible reflex within ``r`` grid cells. ``try_fast_path_batch(states)``
+does many states in one C call (the GIL is released). Neither ever blocks on the slow
+path: lookups run on a table version that consolidation replaces atomically.
 
 Slow path: ``analyze()`` samples ``batch_size`` events, finds patterns (binning, Welch t
 confidence; ``ngstore.analysis``) and -- unlike the original, where this was never
@@ -40,7 +43,7 @@ from .errors import InvalidArgumentError, NgStoreError
 from .experience import ExperienceStream
 from .inputs import state_coords
 from .records import CONNECTION_DTYPE, Mutability
-from .reflex import ReflexTable
+from .reflex import LookupParams, ReflexHit, ReflexTable, _as_states
 from .validation import check_reflex
 
 if TYPE_CHECKING:
@@ -68,9 +71,11 @@ class FastPathBatch(NamedTuple):
 
     found: np.ndarray        #: bool: a reflex answered
     action: np.ndarray       #: float32 (n, 8): its decoded target_vector (zeros if none)
-    similarity: np.ndarray   #: float32: confidence/255 (0 if none)
+    similarity: np.ndarray   #: float32: of the state and the reflex's source state (0 if none)
     confidence: np.ndarray   #: uint8
     connections: np.ndarray | None  #: CONNECTION_DTYPE records (zeros if none)
+    fallback: np.ndarray     #: bool: answered by the nearest fallback, not the state's own cell
+    distance: np.ndarray     #: float32: grid cells from the state to the source state
 
 
 @dataclass
@@ -134,8 +139,6 @@ class IntuitionEngine:
         self._stream = stream
         self._reflexes = reflexes
         self._store = store
-        self._fast_ns_avg = 0.0
-        self._fast_calls = 0
         self._slow_uses = 0
         self._slow_ns_avg = 0.0
         self._promoted = 0
@@ -148,20 +151,25 @@ class IntuitionEngine:
         #: events written before the last analysis cycle started (intuition_queue_size)
         self._analyzed_through = 0
         self.last_error: BaseException | None = None
-        cfg = config
-        self._default_thresholds = (cfg.fast_path_min_confidence == 150 and cfg.hypothesis_threshold == 200
-                                    and cfg.similarity_threshold == 0.85)
+        # The fast path's state, prepared once: the thresholds as C parameters, and the
+        # table itself when it never changes (an in-memory engine's table is one object,
+        # which grows in place; a store's is a new version after each reflex commit).
+        self._fast_enabled = config.enable_fast_path
+        self._params = LookupParams(config.fast_path_min_confidence, config.hypothesis_threshold,
+                                    config.similarity_threshold, config.nearest_fallback)
+        self._fixed_table: ReflexTable | None = (reflexes.table_ if isinstance(reflexes, _MemoryReflexes)
+                                                 else None)
 
     # ------------------------------------------------------------------ construction
 
     @staticmethod
-    def with_defaults() -> "IntuitionEngine":
+    def with_defaults() -> IntuitionEngine:
         """An in-memory engine with every default (the original's one-line API)."""
         return IntuitionEngine.create()
 
     @staticmethod
     def create(config: IntuitionConfig | None = None, capacity: int | None = None,
-               channel_size: int | None = None) -> "IntuitionEngine":
+               channel_size: int | None = None) -> IntuitionEngine:
         """An in-memory engine. ``capacity``/``channel_size`` size its ExperienceStream
         (defaults 10 000 and 1 000, as in the original)."""
         if config is not None and not isinstance(config, IntuitionConfig):
@@ -197,38 +205,26 @@ class IntuitionEngine:
     @property
     def table(self) -> ReflexTable | None:
         """The current reflex table version (None before the first reflex of a store)."""
-        return self._reflexes.table()
+        table: ReflexTable | None = self._reflexes.table()
+        return table
 
     # ------------------------------------------------------------------ fast path
 
-    def try_fast_path(self, state: Any):
-        """The best eligible reflex for ``state`` (8 floats, a Token, or raw coordinates):
-        ``ReflexHit(connection, action, similarity)``, or None."""
-        if not self._config.enable_fast_path:
-            return None
-        table = self._reflexes.table()
+    def try_fast_path(self, state: Any) -> ReflexHit | None:
+        """The best eligible reflex for ``state`` (8 floats, a Token, or raw (8, 3) int16
+        coordinates): a :class:`~ngstore.reflex.ReflexHit` (``connection``, ``action``,
+        ``similarity``, ``distance``, ``fallback``), or None.
+
+        Lean on purpose: for a list or tuple of 8 floats it is one C call and, on a hit, one
+        112-byte copy. A state that is not one state raises InvalidArgumentError, whether or
+        not the table holds reflexes."""
+        table = self._fixed_table
         if table is None:
+            table = self._reflexes.table()
+        if table is None or not self._fast_enabled:
+            _check_one_state(state)
             return None
-        self._fast_calls += 1
-        if self._fast_calls & 63:  # time one call in 64: timing costs as much as a lookup
-            if self._default_thresholds:
-                return table.lookup(state)
-            return self._lookup(table, state)
-        t0 = time.perf_counter_ns()
-        hit = table.lookup(state) if self._default_thresholds else self._lookup(table, state)
-        self._note_fast(time.perf_counter_ns() - t0, 1)
-        return hit
-
-    def _lookup(self, table: ReflexTable, state: Any):
-        c = self._config
-        return table.lookup(state, min_confidence=c.fast_path_min_confidence,
-                            hypothesis_threshold=c.hypothesis_threshold,
-                            similarity_threshold=c.similarity_threshold)
-
-    def _note_fast(self, ns: float, n: int) -> None:
-        per = ns / max(n, 1)
-        # the original's (old + new) / 2 average, kept per state
-        self._fast_ns_avg = per if self._fast_ns_avg == 0 else (self._fast_ns_avg + per) / 2
+        return table.lookup_with(self._params, state)
 
     def try_fast_path_batch(self, states: Any, *, with_connections: bool = True) -> FastPathBatch:
         """The fast path for many states in one C call: (n, 8) floats, a TokenArray, a
@@ -237,19 +233,24 @@ class IntuitionEngine:
 
         if isinstance(states, TokenArray):
             states = states.data
-        table = self._reflexes.table()
-        if not self._config.enable_fast_path or table is None:
-            n = _count_states(states)
-            return FastPathBatch(np.zeros(n, bool), np.zeros((n, 8), np.float32), np.zeros(n, np.float32),
-                                 np.zeros(n, np.uint8),
-                                 np.zeros(n, CONNECTION_DTYPE) if with_connections else None)
-        c = self._config
-        t0 = time.perf_counter_ns()
-        r = table.lookup_batch(states, min_confidence=c.fast_path_min_confidence,
-                               hypothesis_threshold=c.hypothesis_threshold,
-                               similarity_threshold=c.similarity_threshold, with_connections=with_connections)
-        self._note_fast(time.perf_counter_ns() - t0, len(r.found))
-        return FastPathBatch(r.found, r.action, r.similarity, r.confidence, r.connections)
+        table = self._fixed_table
+        if table is None:
+            table = self._reflexes.table()
+        if not self._fast_enabled or table is None:
+            kind, arr, _ = _as_states(states)
+            n = arr.nbytes // {0: 32, 1: 64, 2: 48}[kind]
+            zeros = np.zeros(n, np.float32)
+            return FastPathBatch(np.zeros(n, bool), np.zeros((n, 8), np.float32), zeros, np.zeros(n, np.uint8),
+                                 np.zeros(n, CONNECTION_DTYPE) if with_connections else None, np.zeros(n, bool),
+                                 zeros.copy())
+        r = table.lookup_batch(states, params=self._params, with_connections=with_connections)
+        return FastPathBatch(r.found, r.action, r.similarity, r.confidence, r.connections, r.fallback, r.distance)
+
+    @staticmethod
+    def _fast_path_ns(table_stats: dict[str, Any]) -> float:
+        """Mean time of a fast-path lookup, per state, measured in C (every batch call and
+        one single lookup in 64; a clock read costs as much as a lookup)."""
+        return float(table_stats.get("avg_lookup_ns", 0.0))
 
     # ------------------------------------------------------------------ consolidation
 
@@ -376,19 +377,21 @@ class IntuitionEngine:
             mut = table.entries()["connection"]["mutability"]
             hyp = int(np.count_nonzero(mut == Mutability.HYPOTHESIS))
             learn = int(np.count_nonzero(mut == Mutability.LEARNABLE))
-        fast = float(self._fast_ns_avg)
+        fast = self._fast_path_ns(ts)
         return {
             "reflexes_created": int(created),
             "total_reflexes": len(table) if table is not None else 0,
             "fast_path_hits": int(hits),
-            "avg_fast_path_time_ns": int(round(fast)),
+            "avg_fast_path_time_ns": round(fast),
             "fast_path_misses": int(misses),
             "fast_path_lookups": int(lookups),
             "fast_path_hit_rate": hits / lookups if lookups else 0.0,
+            "fast_path_exact_answers": int(ts.get("exact_answers", 0)),
+            "fast_path_fallback_answers": int(ts.get("fallback_answers", 0)),
             "hash_collisions": int(collisions),
             "avg_candidates_per_lookup": float(ts.get("avg_candidates_per_lookup", 0.0)),
             "slow_path_uses": self._slow_uses,
-            "avg_slow_path_time_ns": int(round(self._slow_ns_avg)),
+            "avg_slow_path_time_ns": round(self._slow_ns_avg),
             "speedup_ratio": self._slow_ns_avg / fast if fast else 0.0,
             "associative_memory_size": len(table) if table is not None else 0,
             "hypothesis_count": hyp,
@@ -405,10 +408,11 @@ class IntuitionEngine:
         return f"IntuitionEngine(reflexes={s['total_reflexes']}, fast_path_hits={s['fast_path_hits']})"
 
 
-def _count_states(states: Any) -> int:
-    a = np.asarray(states)
-    if a.dtype.names:
-        return int(a.reshape(-1).shape[0])
-    if a.dtype == np.int16 and a.shape[-2:] == (8, 3):
-        return int(np.prod(a.shape[:-2], dtype=np.int64))
-    return int(np.prod(a.shape[:-1], dtype=np.int64)) if a.ndim > 1 else 1
+def _check_one_state(state: Any) -> None:
+    """Raises InvalidArgumentError unless ``state`` is one state (as a lookup would)."""
+    if (type(state) is list or type(state) is tuple) and len(state) == 8 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in state):
+        return
+    _, _, single = _as_states(state)
+    if not single:
+        raise InvalidArgumentError("try_fast_path takes one state; use try_fast_path_batch for many")

@@ -66,7 +66,7 @@ def test_fast_path_answers_a_consolidated_reflex_and_misses_other_states():
     e = ngstore.IntuitionEngine.create(config=ngstore.IntuitionConfig(reflex_capacity=1000))
     e.consolidate_reflex(STATES[0], reflex())
     hit = e.try_fast_path(STATES[0].tolist())
-    assert hit is not None and hit.similarity == pytest.approx(230 / 255)
+    assert hit is not None and hit.similarity == 1.0  # measured: the query is the reflex's own state
     assert hit.action[:3].tolist() == pytest.approx([1.0, 0.2, 0.3])
     assert e.try_fast_path(STATES[1].tolist()) is None
     batch = e.try_fast_path_batch(STATES)
@@ -77,13 +77,21 @@ def test_fast_path_answers_a_consolidated_reflex_and_misses_other_states():
 
 
 def test_fast_path_applies_the_original_eligibility_rules():
+    # Confidence decides eligibility (>= 150, a Hypothesis >= 200); the similarity compared
+    # with 0.85 is measured (docs/format.md §7.7), no longer confidence/255, so a reflex of
+    # confidence 216 is answered at its own state. min_confidence 217 is the old rule.
     e = ngstore.IntuitionEngine.create(config=ngstore.IntuitionConfig(reflex_capacity=1000))
-    e.consolidate_reflex(STATES[0], reflex(confidence=216))      # 216/255 = 0.847 <= 0.85
-    e.consolidate_reflex(STATES[1], reflex(confidence=217))      # 0.851 > 0.85
-    e.consolidate_reflex(STATES[2], reflex(confidence=210, mutability=2))  # hypothesis >= 200
+    e.consolidate_reflex(STATES[0], reflex(confidence=149))
+    e.consolidate_reflex(STATES[1], reflex(confidence=216))
+    e.consolidate_reflex(STATES[2], reflex(confidence=199, mutability=2))  # a hypothesis needs 200
+    e.consolidate_reflex(NEUTRAL[0], reflex(confidence=210, mutability=2))
     assert e.try_fast_path(STATES[0].tolist()) is None
     assert e.try_fast_path(STATES[1].tolist()) is not None
-    assert e.try_fast_path(STATES[2].tolist()) is None  # 210/255 = 0.82: below 0.85
+    assert e.try_fast_path(STATES[2].tolist()) is None
+    assert e.try_fast_path(NEUTRAL[0].tolist()) is not None
+    old = ngstore.IntuitionEngine.create(config=ngstore.IntuitionConfig(fast_path_min_confidence=217))
+    old.consolidate_reflex(STATES[1], reflex(confidence=216))
+    assert old.try_fast_path(STATES[1].tolist()) is None
 
 
 def test_disabled_fast_path_answers_nothing():

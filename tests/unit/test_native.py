@@ -16,7 +16,6 @@ from ngstore import _native, codec
 from ngstore.errors import InvalidArgumentError, NativeError, NgStoreError
 from ngstore.records import RAW64, TOKEN_DTYPE
 
-
 A2_STATE = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 A3_MIXED_STATE = [-0.1, 0.2, -0.3, 0.4, -0.5, 0.6, -0.7, 0.8]
 
@@ -66,7 +65,7 @@ def test_slot_shift_bounds_equal_the_header():
 
 def test_a_stale_build_is_refused_with_the_fix(monkeypatch):
     monkeypatch.setattr(_native, "ABI_VERSION", _native.ABI_VERSION + 1)
-    with pytest.raises(NgStoreError, match="stale.*pip install"):
+    with pytest.raises(NgStoreError, match=r"stale.*pip install"):
         _native._check_build()
 
 
@@ -168,7 +167,8 @@ def test_c_state_hash_refuses_a_state_of_nine_values():
 _f32 = st.one_of(
     st.floats(width=32, allow_nan=True, allow_infinity=True),
     st.floats(-4.0, 4.0, width=32),
-    st.sampled_from([float(np.float32(v)) for v in (np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 327.67, -327.68, 3.2767, 0.7, -0.00015)]),
+    st.sampled_from([float(np.float32(v)) for v in (np.nan, np.inf, -np.inf, 3.4e38, -3.4e38, 327.67, -327.68,
+                                                    3.2767, 0.7, -0.00015)]),
 )
 
 
@@ -273,7 +273,7 @@ def test_gather_accepts_numpy_and_bytearray_buffers():
 def test_gather_with_a_chunk_of_the_wrong_length_raises_native_error():
     good = make_chunk(3, np.zeros(8, RAW64), np.ones(8, bool))
     for bad in (good[:-1], good + b"\0", b""):
-        with pytest.raises(NativeError, match="corrupt.*exactly 513") as info:
+        with pytest.raises(NativeError, match=r"corrupt.*exactly 513") as info:
             _native.gather64([0], [0], [bad], 3)
         assert info.value.code == NG_ECORRUPT
 
