@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .codec import DEFAULT_SHIFTS, check_shifts
-from .errors import InvalidArgumentError, NativeError, NgStoreError
+from .errors import InvalidArgumentError, NativeCorruptionError, NativeError, NgStoreError
 from .records import RAW64, TOKEN_DTYPE, TOKEN_SIZE
 
 #: Must equal ``NG_ABI_VERSION`` in ``csrc/ngcore.h``; bump both together whenever a
@@ -66,10 +66,17 @@ def strerror(code: int) -> str:
     return str(ffi.string(lib.ng_strerror(code)).decode("ascii", "replace"))
 
 
+#: The status of stored bytes that fail a check (``csrc/ngcore.h``).
+NG_ECORRUPT = -4
+
+
 def check_status(function: str, code: int, hint: str = "") -> None:
-    """Raises NativeError if ``code`` (returned by C ``function``) is not NG_OK."""
+    """Raises NativeError if ``code`` (returned by C ``function``) is not NG_OK; for
+    corrupt bytes, NativeCorruptionError (a CorruptionError too)."""
     if code != 0:
         message = strerror(code) + (f" ({hint})" if hint else "")
+        if code == NG_ECORRUPT:
+            raise NativeCorruptionError(function, code, message)
         raise NativeError(function, code, message)
 
 

@@ -198,7 +198,7 @@ class Writer:
         table = self._applier.reflex_table
         return Usage(tokens=c.tokens_live + pend.tokens, connections=c.connections_live + pend.connections,
                      events=min(c.events_live + pend.events, self._applier.event_capacity),
-                     reflex_bytes=(len(table) if table is not None else 0) * 128 + pend.reflexes * 128)
+                     reflex_bytes=((len(table) if table is not None else 0) + pend.reflexes) * 128)
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)

@@ -95,3 +95,18 @@ class NativeError(NgStoreError):
         super().__init__(f"{function} failed with status {code}: {message}")
         self.function = function
         self.code = code
+
+
+class NativeCorruptionError(CorruptionError, NativeError):
+    """Corrupt bytes found by the compiled core. It is a :class:`CorruptionError` -- one
+    cause, one error, whichever layer finds it -- that also names the C function and its
+    status, like every :class:`NativeError`."""
+
+    def __init__(self, function: str, code: int, message: str) -> None:
+        reason = f"{function} failed with status {code}: {message}"
+        NgStoreError.__init__(self, f"corruption: {reason}")  # both parents' attributes, set here
+        self.reason = reason
+        self.path = None
+        self.offset = None
+        self.function = function
+        self.code = code

@@ -31,7 +31,8 @@ from .records import CONNECTION_DTYPE, ConnectionFlags, Mutability
 from .reflex import ReflexTable, parse_header
 
 COUNTER_NAMES = ("lookups", "hits", "misses", "answers", "collisions", "candidates",
-                 "inserts", "updates", "deletes", "evictions")
+                 "inserts", "updates", "deletes", "evictions", "fallback_answers", "fallback_cells",
+                 "fallback_scans", "time_ns", "timed_lookups")
 
 
 class ReflexVersion:

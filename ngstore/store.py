@@ -418,7 +418,7 @@ class Store:
             c, created = reflex_store.counters(table), 0
         return {"reflexes_live": len(table) if table is not None else 0,
                 "reflex_capacity": table.capacity if table is not None else self._meta.reflex_capacity,
-                "reflex_table_bytes": (table.slot_count * 96 + 128) if table is not None else 0,
+                "reflex_table_bytes": table.memory_bytes if table is not None else 0,
                 "reflex_lookups_total": c["lookups"], "reflex_hits_total": c["hits"],
                 "reflex_misses_total": c["misses"], "reflex_collisions_total": c["collisions"],
                 "reflex_answers_total": c["answers"], "reflex_evictions_total": c["evictions"],
