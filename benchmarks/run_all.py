@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (3 if args.quick else 5)
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, "run.log")
-    log_file = open(log_path, "w")
+    log_file = open(log_path, "w")  # noqa: SIM115 - kept open for the whole run, closed at its end
 
     def log(line: str) -> None:
         print(line, flush=True)

@@ -40,6 +40,7 @@ from .cliutil import (
     store_error,
 )
 from .errors import NgStoreError
+from .fileio import DEFAULT_IO
 
 
 # ------------------------------------------------------------------------------ formatting
@@ -98,9 +99,7 @@ def stress(path: str | None, n: int, quiet: bool = False, repeats: int = 3) -> d
         writer = ngstore.open(store_path, durability="sync", max_tokens=max_tokens, max_bytes=max_bytes)
     except BaseException:
         if own_tmp:
-            import shutil
-
-            shutil.rmtree(root, ignore_errors=True)
+            DEFAULT_IO.remove_tree(root)
         raise
     progress = Progress("stress", steps, quiet)
     try:
@@ -166,19 +165,13 @@ def stress(path: str | None, n: int, quiet: bool = False, repeats: int = 3) -> d
     finally:
         progress.close()
         if own_tmp:
-            import shutil
-
-            shutil.rmtree(root, ignore_errors=True)
+            DEFAULT_IO.remove_tree(root)
     return res
 
 
 def _disk_bytes(path: str) -> int:
     """Bytes allocated on disk by the store's files (LMDB and the log)."""
-    total = 0
-    for dp, _dn, fns in os.walk(path):
-        for fn in fns:
-            total += os.stat(os.path.join(dp, fn)).st_blocks * 512
-    return total
+    return DEFAULT_IO.disk_usage(path)
 
 
 def _commit_latency(store: Any, n: int, durability: str, k: int) -> dict[str, float]:
@@ -313,7 +306,7 @@ def _print_stress(res: dict[str, Any]) -> None:
 
 
 def cmd_stress(a: argparse.Namespace) -> int:
-    if a.path is not None and os.path.isfile(a.path):
+    if a.path is not None and DEFAULT_IO.is_file(a.path):
         raise CliError(f"{a.path} is a file, not a store directory",
                        "give a new or empty directory, or an existing ngstore store", EXIT_USAGE)
     try:
@@ -345,8 +338,8 @@ def cmd_info(a: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2, default=str))
         return 0
     wal_dir = os.path.join(st["path"], "wal")
-    names = os.listdir(wal_dir) if os.path.isdir(wal_dir) else []
-    wal_bytes = sum(os.path.getsize(os.path.join(wal_dir, f)) for f in names)
+    names = DEFAULT_IO.listdir(wal_dir) if DEFAULT_IO.is_dir(wal_dir) else []
+    wal_bytes = sum(DEFAULT_IO.size_of(os.path.join(wal_dir, f)) or 0 for f in names)
     print(f"store:          {st['path']}")
     print(f"format version: {st['format_version']}")
     print(f"tokens:         {st['tokens_live']:,} (chunks of {st['chunk_slots']} ids)")

@@ -8,7 +8,6 @@ command failed while working; 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -141,7 +140,7 @@ def open_store(path: str, **kw: Any) -> Any:
     """``ngstore.open(path, create=False, **kw)``, its errors as one-line ``CliError`` objects."""
     import ngstore
 
-    if not os.path.exists(path):
+    if not DEFAULT_IO.exists(path):
         raise CliError(f"{path} does not exist", "give the directory of an ngstore store",
                        EXIT_CANNOT_OPEN)
     try:

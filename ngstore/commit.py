@@ -54,7 +54,7 @@ from . import reflex_store, wal
 from .applier import Applier
 from .batch import CommitResult
 from .directory import Directory
-from .errors import NgStoreError
+from .errors import NgStoreError, OutcomeUnknownError
 from .guardian import Guardian, Usage
 from .kv import KV, ReadTxn
 from .layout import DB_TOKENS
@@ -357,6 +357,7 @@ class Writer:
             accepted.append(p)
         if not accepted:
             return
+        positions: list[int] = []
         try:
             self._overlay.wait_for_room(sum(len(p.payload) for p in accepted), self._applier.failed_event)
             self.check_writable()
@@ -373,7 +374,7 @@ class Writer:
         except BaseException as exc:
             # fsyncgate: after a failed write or fsync the log's state is unknown; stop
             # writing. Reopening recovers whatever reached the log, each batch whole.
-            self._fail(accepted, exc, "log append/sync")
+            self._fail(accepted, exc, "log append/sync", positions)
             return
         limit = self._options.index_limit
         for pos, p in zip(positions, accepted, strict=True):
@@ -426,12 +427,26 @@ class Writer:
                 if OP_CONNECTION_PUT in kinds:
                     obs.connection_creation_seconds.observe(total)
 
-    def _fail(self, accepted: list[_Pending], exc: BaseException, where: str) -> None:
+    def _fail(self, accepted: list[_Pending], exc: BaseException, where: str,
+              positions: list[int] | None = None) -> None:
+        """Stops the writer after ``exc``. Batches that were written to the log before it
+        (``positions``) get an OutcomeUnknownError: recovery decides whether they stay."""
         self._failed = exc
         self.stats_counters["commit_errors_total"] += len(accepted)
         self.stats_counters["panics_recovered_total"] += 1  # the original's name for a caught failure
+        written = dict(zip((id(p) for p in accepted), positions or [], strict=False))
         for p in accepted:
-            p.error, p.done = exc, True
+            pos = written.get(id(p))
+            if pos is None:
+                p.error = exc
+            else:
+                p.error = OutcomeUnknownError(
+                    f"the batch was written to the log (position {pos}), then syncing the log failed "
+                    f"({type(exc).__name__}, the cause of this error); whether it is committed is known "
+                    "only once the store is reopened: close it and open it again -- recovery keeps the "
+                    "batch whole if its record reached the disk, or drops it whole", pos, exc)
+                p.error.__cause__ = exc
+            p.done = True
         if self._obs is not None:
             self._obs.event("error", op=where, error=repr(exc))
             self._obs.logger.error("commit failed in %s: %r; the store refuses writes until "

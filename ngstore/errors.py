@@ -110,3 +110,20 @@ class NativeCorruptionError(CorruptionError, NativeError):
         self.offset = None
         self.function = function
         self.code = code
+
+
+class OutcomeUnknownError(NgStoreError, OSError):
+    """A commit failed after its batch was written to the log: whether it is committed is
+    unknown until the store is reopened -- recovery keeps it, whole, if its record reached
+    the disk, and drops it, whole, otherwise. ``position`` is the log position it was
+    given. The store refuses writes from here on. It is an ``OSError`` with the errno of
+    the failure that caused it (``EIO`` for a failed fdatasync)."""
+
+    def __init__(self, message: str, position: int, cause: BaseException) -> None:
+        errno_ = cause.errno if isinstance(cause, OSError) else None
+        OSError.__init__(self, errno_, message)
+        self.position = position
+        self.outcome_known = False
+
+    def __str__(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else super().__str__()

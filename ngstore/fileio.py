@@ -173,6 +173,30 @@ class FileIO:
         except FileNotFoundError:
             return None
 
+    def mtime(self, path: str) -> float | None:
+        """The modification time of ``path`` (Unix seconds), or None when there is none."""
+        try:
+            return os.stat(path).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def disk_usage(self, path: str) -> int:
+        """Bytes allocated on disk by the files under directory ``path``."""
+        total = 0
+        for dp, _dn, fns in os.walk(path):
+            for fn in fns:
+                try:
+                    total += os.stat(os.path.join(dp, fn)).st_blocks * 512
+                except FileNotFoundError:
+                    pass
+        return total
+
+    def remove_tree(self, path: str) -> None:
+        """Removes directory ``path`` and everything under it (scratch directories only)."""
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
     def makedirs(self, path: str, mode: int = 0o755) -> None:
         """Makes ``path`` and any missing parents, each durably: after every directory
         created, its parent is fsynced (a new directory entry is durable only then)."""

@@ -48,13 +48,13 @@ def refuse_if_live_writer(path: str) -> None:
 
     The probe tries ``writer.lock`` for an instant (``directory.Directory.live_writer_pid``):
     refused means a live writer."""
-    if not os.path.exists(path):
+    if not DEFAULT_IO.exists(path):
         raise CliError(f"{path} does not exist", "give the directory of an ngstore store",
                        EXIT_CANNOT_OPEN)
-    if not os.path.isdir(path):
+    if not DEFAULT_IO.is_dir(path):
         raise CliError(f"{path} is a file, not an ngstore store",
                        "give the directory of an ngstore store", EXIT_CANNOT_OPEN)
-    if not os.path.exists(os.path.join(path, "NGSTORE")):
+    if not DEFAULT_IO.exists(os.path.join(path, "NGSTORE")):
         raise CliError(f"{path} is not an ngstore store (no NGSTORE file)",
                        "give the directory of an ngstore store", EXIT_CANNOT_OPEN)
     pid = Directory(path, DEFAULT_IO).live_writer_pid()
@@ -198,7 +198,7 @@ def port_number(text: str) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from .obs.http import main_serve
 
-    if os.path.exists(a.path) and not os.path.isdir(a.path):
+    if DEFAULT_IO.exists(a.path) and not DEFAULT_IO.is_dir(a.path):
         raise CliError(f"{a.path} is a file, not a store directory",
                        "give the store's directory (it may not exist yet)", EXIT_USAGE)
     where = f"{a.host}:{a.port}"
@@ -264,8 +264,8 @@ def _ring_doc(path: str) -> dict[str, Any] | None:
 def cmd_blackbox(a: argparse.Namespace) -> int:
     from .obs.blackbox import RING_FILE, list_dumps, load_dump
 
-    if not os.path.isdir(a.path):
-        what = "does not exist" if not os.path.exists(a.path) else "is not a directory"
+    if not DEFAULT_IO.is_dir(a.path):
+        what = "does not exist" if not DEFAULT_IO.exists(a.path) else "is not a directory"
         raise CliError(f"{a.path} {what}", "give a store directory", EXIT_CANNOT_OPEN)
     dumps = list_dumps(a.path)
     if a.show is None:
@@ -291,7 +291,7 @@ def cmd_blackbox(a: argparse.Namespace) -> int:
         assert doc is not None
     else:
         target = a.show if os.path.sep in a.show else os.path.join(a.path, a.show)
-        if not os.path.isfile(target):
+        if not DEFAULT_IO.is_file(target):
             listed = ", ".join(names[-3:]) + (" ..." if len(names) > 3 else "") if names else "none"
             raise CliError(f"no black-box file {a.show!r} in {a.path}",
                            f"`--show ring`, `--show latest` or a dump name (dumps: {listed}); "
@@ -312,7 +312,7 @@ def _list_blackbox(a: argparse.Namespace, dumps: list[str]) -> int:
 
     ring = _ring_doc(a.path)
     if a.json:
-        out = {"ring": ring, "dumps": [{"path": d, "bytes": os.path.getsize(d)} for d in dumps]}
+        out = {"ring": ring, "dumps": [{"path": d, "bytes": DEFAULT_IO.size_of(d) or 0} for d in dumps]}
         print(json.dumps(out, indent=2, default=str, ensure_ascii=False))
         return 0
     if ring is None:
@@ -342,7 +342,7 @@ def _list_blackbox(a: argparse.Namespace, dumps: list[str]) -> int:
             what = f"{doc.get('reason', '?')}; {len(doc.get('events', []))} event(s)"
         except (OSError, ValueError) as exc:
             what = f"unreadable: {exc}"
-        print(f"  {d}  ({fmt_bytes(os.path.getsize(d), exact=False)}; {what})")
+        print(f"  {d}  ({fmt_bytes(DEFAULT_IO.size_of(d) or 0, exact=False)}; {what})")
     return 0
 
 

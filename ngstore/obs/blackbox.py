@@ -756,11 +756,11 @@ def write_dump_file(directory: str, doc: dict[str, Any], *, compressed: bool = F
     return path
 
 
-def list_dumps(store_dir: str) -> list[str]:
+def list_dumps(store_dir: str, io: FileIO = DEFAULT_IO) -> list[str]:
     """Paths of the black-box dumps in ``store_dir``, oldest first by modification time
     (the ring file itself is not a dump: see :func:`read_ring`)."""
     try:
-        names = os.listdir(store_dir)
+        names = io.listdir(store_dir)
     except (FileNotFoundError, NotADirectoryError):
         return []
     out: list[tuple[float, str]] = []
@@ -771,18 +771,18 @@ def list_dumps(store_dir: str) -> list[str]:
             continue
         path = os.path.join(store_dir, name)
         try:
-            st = os.stat(path)
+            mtime = io.mtime(path)
         except OSError:
             continue
-        out.append((st.st_mtime, path))
+        if mtime is not None:
+            out.append((mtime, path))
     return [p for _, p in sorted(out)]
 
 
-def load_dump(path: str) -> dict[str, Any]:
+def load_dump(path: str, io: FileIO = DEFAULT_IO) -> dict[str, Any]:
     """Read a dump (``.json`` or ``.json.zst``). Raises ``ValueError`` on a file that is not
     a black-box dump, ``OSError`` if it cannot be read."""
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = io.read_file(path)
     if path.endswith(".zst") or raw[:4] == b"\x28\xb5\x2f\xfd":
         import zstandard
 
