@@ -358,18 +358,24 @@ class Writer:
         if not accepted:
             return
         positions: list[int] = []
+        nbytes = 0
+        sync = asynchronous = False
+        for p in accepted:
+            nbytes += len(p.payload)
+            sync = sync or p.durability == "sync"
+            asynchronous = asynchronous or p.durability == "async"
         try:
-            self._overlay.wait_for_room(sum(len(p.payload) for p in accepted), self._applier.failed_event)
+            self._overlay.wait_for_room(nbytes, self._applier.failed_event)
             self.check_writable()
             positions = self._log.append([(wal.RECORD_BATCH, p.payload) for p in accepted])
             self.stats_counters["wal_records_written_total"] += len(accepted)
             t_logged = time.perf_counter()
-            if any(p.durability == "sync" for p in accepted):
+            if sync:
                 self._log.sync()
                 self._unsynced = False
             else:
                 self._unsynced = True
-                if any(p.durability == "async" for p in accepted):
+                if asynchronous and (self._flusher is None or not self._flusher.is_alive()):
                     self._ensure_flusher()
         except BaseException as exc:
             # fsyncgate: after a failed write or fsync the log's state is unknown; stop

@@ -79,8 +79,10 @@ class FileIO:
     # -- data ----------------------------------------------------------------------
     def pwrite(self, fd: int, data: Buffer, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (loops over short writes)."""
+        done = os.pwrite(fd, data, offset)
+        if done == (data.nbytes if isinstance(data, memoryview) else len(data)):
+            return
         view = memoryview(data).cast("B")
-        done = 0
         while done < len(view):
             done += os.pwrite(fd, view[done:], offset + done)
 
@@ -89,6 +91,9 @@ class FileIO:
         possible (one, unless there are more than IOV_MAX buffers or a write is short).
 
         Avoids joining a large payload to its frame header (a copy of the whole batch)."""
+        if len(buffers) == 1:
+            self.pwrite(fd, buffers[0], offset)
+            return
         views = [memoryview(b).cast("B") for b in buffers]
         views = [v for v in views if len(v)]
         while views:
