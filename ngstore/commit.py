@@ -421,8 +421,11 @@ class Writer:
         commit path: by ``stats()`` and the metrics collector)."""
         obs = self._obs
         timings = self._timings
-        while obs is not None and timings:
-            logged, total, group = timings.popleft()
+        while obs is not None:
+            try:  # the leader and the applier both drain this; popleft is atomic, the test is not
+                logged, total, group = timings.popleft()
+            except IndexError:
+                return
             obs.wal_write_seconds.observe(logged)
             for p in group:
                 obs.batch_records.observe(sum(op.count for op in p.ops))
