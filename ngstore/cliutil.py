@@ -22,6 +22,7 @@ from .errors import (
     StoreLockedError,
 )
 from .fileio import DEFAULT_IO
+from .layout import DATA_FILE
 
 EXIT_OK = 0
 EXIT_UNSOUND = 1
@@ -119,6 +120,10 @@ def store_error(path: str, exc: NgStoreError, *, doing: str = "open") -> CliErro
                         EXIT_CANNOT_OPEN)
     if isinstance(exc, FormatVersionError):
         return CliError(f"cannot {doing} {path}: {exc}", "upgrade ngstore", EXIT_CANNOT_OPEN)
+    if isinstance(exc, CorruptionError) and (exc.path or "").endswith(DATA_FILE):
+        return CliError(f"cannot {doing} {path}: {exc}",
+                        "LMDB's data file is damaged and the log cannot rebuild it: restore the "
+                        "store from a backup (docs/operations.md §4.4)", EXIT_UNSOUND)
     if isinstance(exc, CorruptionError):
         return CliError(f"cannot {doing} {path}: {exc}",
                         f"run `ngstore wal verify {path}`, then `ngstore recover {path} --mode salvage` "

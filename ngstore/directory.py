@@ -24,7 +24,6 @@ from .layout import (
     DATA_FILE,
     LMDB_LOCK_FILE,
     MARKER_FILE,
-    OWN_FILES,
     READERS_LOCK,
     STATE_FILE,
     WAL_DIR,
@@ -37,6 +36,7 @@ from .layout import (
     encode_checkpoint,
     encode_marker,
     encode_state,
+    is_own_file,
 )
 
 #: The largest marker or state file a reader will read (they are a few dozen bytes).
@@ -77,9 +77,10 @@ class Directory:
         if MARKER_FILE in names:
             decode_marker(self._read_small(MARKER_FILE), p)
             return False
-        if names - OWN_FILES:
+        foreign = sorted(n for n in names if not is_own_file(n))
+        if foreign:
             raise NotAStoreError(f"{p} is a directory that is not an ngstore store "
-                                 f"(it holds {sorted(names - OWN_FILES)[:5]})")
+                                 f"(it holds {foreign[:5]})")
         if not create or readonly:
             raise NotAStoreError(f"{p} is not an ngstore store (no {MARKER_FILE} file)")
         return True  # empty, or an interrupted creation of ours: (re)create
@@ -91,11 +92,16 @@ class Directory:
             raise NotAStoreError(f"{self.path}: cannot read {name}: {exc}") from exc
 
     def remove_leftovers(self) -> None:
-        """Before a (re)creation: removes what an interrupted earlier creation left."""
+        """Before a (re)creation: removes what an interrupted earlier creation left (the
+        LMDB files, the checkpoint and state files, the log's segments)."""
         for name in (DATA_FILE, LMDB_LOCK_FILE, CHECKPOINT_FILE, STATE_FILE):
             p = self.file(name)
             if self.io.exists(p):
                 self.io.unlink(p)
+        wal = self.wal_dir
+        if self.io.is_dir(wal):
+            for name in self.io.listdir(wal):
+                self.io.unlink(os.path.join(wal, name))
 
     def write_marker(self) -> None:
         """The last step of a creation: from now on the directory is a store."""
@@ -121,9 +127,37 @@ class Directory:
                              encode_state(WriterState(clean=clean, boot_id=self.boot_id(), pid=os.getpid())))
 
     def went_down_since(self, state: WriterState) -> bool:
-        """True when ``state`` was written by a writer that did not close, on another boot
-        of the machine: a power loss or OS crash, not a process crash."""
-        return not state.clean and state.boot_id != self.boot_id()
+        """True when ``state`` was written by a writer that did not close, and the machine
+        may have gone down since (a power loss or OS crash, not only a process crash): on
+        another boot, or when either boot id is unknown -- assume the worst. (Rolling LMDB
+        back to the checkpoint is also correct after a mere process crash, only slower.)"""
+        if state.clean:
+            return False
+        now = self.boot_id()
+        return state.boot_id is None or now is None or state.boot_id != now
+
+    def check_readable(self, state: WriterState) -> None:
+        """Raises unless a read-only handle may read the store now.
+
+        A writer that did not close, is gone, and may have lost its page cache (another
+        boot, or a boot id that cannot be told) left LMDB possibly damaged: it needs
+        recovery first. A live writer whose state names another boot is recovering now
+        (readers must not take the rolled-back state for the current one). When boot ids
+        cannot be read at all, a live writer is trusted: what a reader sees is then at
+        worst the checkpoint recovery rolled back to, which is consistent."""
+        if state.clean:
+            return
+        if self.live_writer_pid() is None:
+            if self.went_down_since(state):
+                raise NgStoreError(
+                    f"{self.path} was being written when the system went down (or its boot cannot be "
+                    "told); it needs recovery before it can be read: open it once for writing, or run "
+                    "`ngstore recover PATH`")
+            return
+        now = self.boot_id()
+        if state.boot_id is not None and now is not None and state.boot_id != now:
+            raise StoreLockedError(f"{self.path}: a writer is recovering this store after a system crash; "
+                                   "retry in a moment")
 
     # -- the checkpoint file -----------------------------------------------------------
 

@@ -78,6 +78,32 @@ _registry: dict[str, _Shared] = {}
 _registry_lock = threading.Lock()
 
 
+def check_data_file(path: str, io: FileIO) -> None:
+    """Refuses a data.mdb shorter than the pages its meta page says are in use, before LMDB
+    maps it: LMDB would read past the end of the file and the process would die of SIGBUS.
+    A missing or empty file is fine (LMDB creates it)."""
+    data = os.path.join(path, DATA_FILE)
+    size = io.size_of(data)
+    if not size:
+        return
+    head = io.read_file(data, limit=layout.MAX_PAGE_SIZE * 2)
+    psize = layout.meta_page_size(head) if len(head) >= 44 else 0
+    if not 512 <= psize <= layout.MAX_PAGE_SIZE or psize & (psize - 1):
+        raise CorruptionError(f"data.mdb's first meta page names a page size of {psize}", path=data, offset=40)
+    if len(head) < 2 * psize:
+        raise CorruptionError(f"data.mdb is {size} bytes, shorter than its two meta pages of {psize}",
+                              path=data, offset=size)
+    metas = [head[slot * psize:(slot + 1) * psize] for slot in (0, 1)]
+    valid = [(layout.meta_page_txnid(m), m) for m in metas]
+    newest = max(((t, m) for t, m in valid if t is not None), default=None, key=lambda tm: tm[0])
+    if newest is None:
+        raise CorruptionError("neither meta page of data.mdb is valid", path=data, offset=0)
+    need = (layout.meta_page_last_pgno(newest[1]) + 1) * psize
+    if size < need:
+        raise CorruptionError(f"data.mdb is truncated: {size} bytes, but its newest meta page (transaction "
+                              f"{newest[0]}) uses {need}", path=data, offset=size)
+
+
 def _open_env(path: str, readonly: bool, map_size: int, max_readers: int) -> lmdb.Environment:
     return lmdb.open(
         path,
@@ -116,6 +142,7 @@ class KV:
         with _registry_lock:
             shared = _registry.get(self.path)
             if shared is None:
+                check_data_file(self.path, io)
                 try:
                     env = _open_env(self.path, readonly, map_size, max_readers)
                 except lmdb.Error as exc:
@@ -178,9 +205,11 @@ class KV:
         try:
             txn.abort()
         finally:
-            with _registry_lock:
-                self._shared.open_readers -= 1
-            self._unref()
+            self._unref(reader=True)
+
+    def translated(self, exc: BaseException, doing: str = "reading") -> BaseException:
+        """``exc`` as ngstore raises it: an LMDB error translated, anything else as is."""
+        return translate(exc, f"{doing} {self.path}") if isinstance(exc, lmdb.Error) else exc
 
     def read_meta(self, txn: lmdb.Transaction) -> Meta:
         """The store's ``meta`` as of ``txn`` (``layout.decode_meta`` rules)."""
@@ -371,9 +400,11 @@ class KV:
         self.unpin()
         self._unref()
 
-    def _unref(self) -> None:
+    def _unref(self, reader: bool = False) -> None:
         with _registry_lock:
             shared = self._shared
+            if reader:
+                shared.open_readers -= 1
             shared.refs -= 1
             if shared.refs == 0:
                 if _registry.get(self.path) is shared:

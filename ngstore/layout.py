@@ -47,12 +47,20 @@ TMP_SUFFIX = ".tmp"
 BLACKBOX_RING = "blackbox.ring"
 STATS_PAGE = "stats.page"
 
-#: Files ngstore itself creates in a store directory: a directory holding anything else
-#: and no marker is foreign, never (re)created over.
+#: Files ngstore itself creates in a store directory (with the temporaries of the ones
+#: written atomically): a directory holding anything else and no marker is foreign, never
+#: (re)created over.
 OWN_FILES = frozenset({
     MARKER_FILE, STATE_FILE, WRITER_LOCK, READERS_LOCK, WAL_DIR, CHECKPOINT_FILE, DATA_FILE,
-    LMDB_LOCK_FILE, CHECKPOINT_FILE + TMP_SUFFIX, STATE_FILE + TMP_SUFFIX, BLACKBOX_RING, STATS_PAGE,
+    LMDB_LOCK_FILE, BLACKBOX_RING, STATS_PAGE,
+    MARKER_FILE + TMP_SUFFIX, CHECKPOINT_FILE + TMP_SUFFIX, STATE_FILE + TMP_SUFFIX,
 })
+#: Black-box dumps (``blackbox-*.json[.zst]`` and their temporaries) are ours too.
+DUMP_PREFIX = "blackbox-"
+
+
+def is_own_file(name: str) -> bool:
+    return name in OWN_FILES or name.startswith(DUMP_PREFIX)
 
 _MARKER_TEXT = "ngstore store directory\nformat {version}\n"
 
@@ -318,6 +326,7 @@ _META_MAGIC_OFF = 16
 _META_MAGIC = 0xBEEFC0DE
 _META_TXNID_OFF = 144
 _META_LAST_PGNO_OFF = 136
+_META_PSIZE_OFF = 40  # the free database's md_pad holds the page size
 
 _CKPT_MAGIC = b"NGCKPT01"
 _CKPT_HEAD = struct.Struct("<8sIIQQ")  # magic, format version, page size, txnid, applied position
@@ -338,6 +347,11 @@ def meta_page_txnid(page: bytes) -> int | None:
 def meta_page_last_pgno(page: bytes) -> int:
     """The last page number in use that an LMDB meta page records."""
     return int(struct.unpack_from("<Q", page, _META_LAST_PGNO_OFF)[0])
+
+
+def meta_page_size(page: bytes) -> int:
+    """The page size an LMDB meta page records (page 0 of data.mdb)."""
+    return int(struct.unpack_from("<I", page, _META_PSIZE_OFF)[0])
 
 
 def meta_page_for_slot(page: bytes, slot: int) -> bytes:

@@ -58,6 +58,8 @@ class RecoveryInfo:
     replayed_from: int = 0
     replayed_to: int = 0
     log_report: wal.RecoveryReport | None = None
+    #: why the checkpoint file could not be used (a new one was written), if it was damaged
+    checkpoint_problem: str | None = None
 
 
 def open_writer(directory: Directory, opts: Options, guardian: Guardian,
@@ -89,7 +91,13 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
                 directory.write_state(clean=False)
             kv = _open_kv(directory, opts)
             log, applier = _applier(directory, kv, opts, obs, info, opts.recovery)
-            applier.protect_checkpoint(directory)
+            try:
+                applier.protect_checkpoint(directory)
+            except CorruptionError as exc:
+                # Only a rollback (above) needs the old checkpoint; here LMDB's newest state is
+                # trusted, and a new checkpoint of it replaces the damaged file.
+                info.checkpoint_problem = str(exc)
+                applier.checkpoint_now()
             replay(applier, log, info, progress=opts.progress)
             if info.replayed_records:
                 applier.checkpoint_now()

@@ -128,10 +128,7 @@ class Store:
         d.inspect(create=False, readonly=True)
         d.lock_reader()
         try:
-            if d.went_down_since(d.read_state()):
-                raise NgStoreError(
-                    f"{self.path} was being written when the system went down; it needs recovery "
-                    "before it can be read: open it once for writing, or run `ngstore recover PATH`")
+            d.check_readable(d.read_state())
             kv = KV(self.path, readonly=True, io=self.options.io)
             try:
                 with ReadTxn(kv) as txn:
@@ -153,6 +150,10 @@ class Store:
         obs.event("open", readonly=self.readonly, applied_position=meta.applied_position,
                   tokens=meta.counters.tokens_live)
         report = r.log_report
+        if r.checkpoint_problem is not None:
+            obs.event("checkpoint_damaged", problem=r.checkpoint_problem)
+            obs.logger.warning("%s: the checkpoint file was damaged (%s); a new checkpoint replaced it",
+                               self.path, r.checkpoint_problem)
         if r.power_loss_rollback or r.replayed_records or (report is not None and not report.clean):
             torn = report.torn_tail if report is not None else None
             obs.event("recovery", rollback_to_txn=r.rolled_back_to_txn, replayed=r.replayed_records,
@@ -297,17 +298,28 @@ class Store:
         return Token.from_bytes(raw)
 
     def _token_record(self, token_id: int) -> bytes | None:
-        self._check_open()
+        if self._closed:
+            raise StoreClosedError(f"the store {self.path} is closed")
         if type(token_id) is not int or not 0 <= token_id <= MAX_TOKEN_ID:
             token_id = int(ids_array([token_id])[0])
-        if self._writer is not None:
-            hit, record = self._writer.overlay.token(token_id)
+        w = self._writer
+        if w is not None:
+            hit, record = w.overlay.token(token_id)
             if hit:
                 return record
         else:
             self._kv.catch_up_with_writer()
-        with ReadTxn(self._kv) as txn:
-            return token_record(txn, self._kv.dbs[DB_TOKENS], self._layout, token_id)
+        kv = self._kv
+        txn = kv.begin_read()
+        try:
+            return token_record(txn, kv.dbs[DB_TOKENS], self._layout, token_id)
+        except BaseException as exc:
+            translated = kv.translated(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            kv.end_read(txn)
 
     def get_tokens(self, ids: Any, *, missing: str = "raise") -> TokenArray:
         """Tokens for ``ids`` in the given order, as a TokenArray (a copy).
