@@ -316,6 +316,13 @@ class IntuitionEngine:
         """The stream the slow path learns from (write events here)."""
         return self._stream
 
+    def learned_statistics(self) -> LearnedStatistics:
+        """The evidence the slow path has accumulated, for this engine's binning
+        (``state_bins_per_dim``): a store's as committed, an in-memory engine's own."""
+        if self._store is not None:
+            return self._store.learning_statistics(self._bins)
+        return self._learning.statistics(self._bins)
+
     @property
     def table(self) -> ReflexTable | None:
         """The current reflex table version (None before the first reflex of a store)."""
