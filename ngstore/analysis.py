@@ -78,11 +78,11 @@ __all__ = [
     "REFLEX_PULL_STRENGTH",
     "Pattern",
     "analyze_stream",
-    "best_per_bin",
     "bin_digits",
     "bin_key_states",
     "bin_numbers",
     "digits_of_bins",
+    "dominant_per_bin",
     "find_patterns",
     "find_patterns_in_statistics",
     "fold_events",
@@ -407,16 +407,31 @@ def find_patterns_in_statistics(stats: LearnedStatistics, config: IntuitionConfi
     return _patterns(stats.bins, stats.actions, counts, m["mean"], pairs, state_means, act_means)
 
 
-def best_per_bin(patterns: list[Pattern]) -> list[Pattern]:
-    """One pattern per bin: the one whose better action has the highest mean reward (ties:
-    the higher score, then the lower action). Its better action is the bin's answer; the
-    result is ordered by score, best first (then bin)."""
-    best: dict[int, Pattern] = {}
+def dominant_per_bin(patterns: list[Pattern], stats: LearnedStatistics,
+                     config: IntuitionConfig | None = None) -> list[Pattern]:
+    """The bins where one action is **dominant** -- it wins a pattern against every other
+    action of the bin with at least ``min_samples`` events -- with, for each, its weakest
+    win (lowest confidence, then smallest delta): the evidence a reflex for the bin rests
+    on. Best score first (then bin).
+
+    A reflex is one answer for every state of its bin, so it is consolidated only when the
+    evidence singles out one action there. A bin where two actions both beat the rest but
+    not each other (two clusters with different best actions in one bin, or an action
+    about as good as the best) has no dominant action, and no reflex."""
+    config = config or IntuitionConfig()
+    if not patterns:
+        return []
+    eligible = stats.moments["count"] >= config.min_samples
+    ub, per_bin = np.unique(stats.bins[eligible], return_counts=True)
+    n_eligible = dict(zip(ub.tolist(), per_bin.tolist(), strict=True))
+    wins: dict[tuple[int, int], list[Pattern]] = {}
     for p in patterns:
-        q = best.get(p.bin)
-        if q is None or (p.mean_better, p.score, -p.better_action) > (q.mean_better, q.score, -q.better_action):
-            best[p.bin] = p
-    return sorted(best.values(), key=lambda p: (-p.score, p.bin))
+        wins.setdefault((p.bin, p.better_action), []).append(p)
+    out = []
+    for (b, _a), ps in wins.items():
+        if len(ps) == n_eligible.get(b, 0) - 1:
+            out.append(min(ps, key=lambda p: (p.confidence, p.delta, p.worse_action)))
+    return sorted(out, key=lambda p: (-p.score, p.bin))
 
 
 # --------------------------------------------------------------------------------------

@@ -55,8 +55,8 @@ import numpy as np
 from .analysis import (
     Pattern,
     analyze_stream,
-    best_per_bin,
     bin_key_states,
+    dominant_per_bin,
     find_patterns_in_statistics,
     fold_events,
     pattern_to_connection,
@@ -66,7 +66,7 @@ from .analysis import (
 from .codec import DEFAULT_SHIFTS, decode_state
 from .config import IntuitionConfig
 from .connections import as_connection_array, encode_action
-from .errors import InvalidArgumentError, NgStoreError
+from .errors import InvalidArgumentError, NgStoreError, NotFoundError
 from .experience import ExperienceStream
 from .inputs import state_coords
 from .layout import LEARN_MOMENTS_DTYPE
@@ -118,7 +118,9 @@ class AnalysisReport:
     ``"accumulate"``: the events folded into the statistics). ``patterns``: the patterns
     accepted (``"accumulate"``: every significant pattern of all the evidence so far, best
     first). ``consolidated``: reflexes written; ``created``: of them, reflexes for bins that
-    had none (``"accumulate"``). ``groups``: (bin, action) groups in the statistics."""
+    had none (``"accumulate"``). ``groups``: (bin, action) groups in the statistics.
+    ``retracted``: learned reflexes deleted because their bin has no dominant action any
+    more."""
 
     events_sampled: int
     patterns: list[Pattern]
@@ -128,6 +130,7 @@ class AnalysisReport:
     created: int = 0
     groups: int = 0
     learning: str = "sample"
+    retracted: int = 0
 
 
 #: Reads a bin key's cell whatever its reflex's confidence (analysis compares it itself).
@@ -150,6 +153,15 @@ class _MemoryReflexes:
         with self.lock:  # writes are serialised; lookups do not wait for this
             outcomes = self.table_.insert_batch(coords, np.ascontiguousarray(connections))
             self.created += int(np.count_nonzero(outcomes != 2))  # upserts are not creations
+
+    def delete(self, states: Any, connections: np.ndarray) -> None:
+        coords = state_coords(states)
+        with self.lock:
+            for state, conn in zip(coords, connections, strict=True):
+                try:
+                    self.table_.delete(state, conn)
+                except NotFoundError:
+                    pass
 
     def stats(self) -> dict[str, Any]:
         return self.table_.stats()
@@ -176,6 +188,20 @@ class _StoreReflexes:
                 "created": s["reflexes_created_total"]}
 
 
+@dataclass
+class _Cycle:
+    """What an accumulating cycle writes: reflexes (at their bins' key states) and learned
+    reflexes to retract (their key states and identities)."""
+
+    states: np.ndarray
+    connections: np.ndarray
+    retract_states: np.ndarray
+    retract: np.ndarray
+    created: int = 0
+    rejected: list[tuple[Pattern, str]] = field(default_factory=list)
+    written: list[Pattern] = field(default_factory=list)
+
+
 class _MemoryLearning:
     """The statistics of an in-memory engine: one LearnedStatistics per binning."""
 
@@ -189,9 +215,11 @@ class _MemoryLearning:
         return self.statistics(bins_per_dim)
 
     def commit(self, reflexes: Any, after: LearnedStatistics | None, fold: np.ndarray | None,
-               states: np.ndarray, connections: np.ndarray) -> None:
-        if len(connections):
-            reflexes.put(states, connections)
+               cycle: _Cycle) -> None:
+        if len(cycle.retract):
+            reflexes.delete(cycle.retract_states, cycle.retract)
+        if len(cycle.connections):
+            reflexes.put(cycle.states, cycle.connections)
         if after is not None:
             self.held[after.bins_per_dim] = after
 
@@ -217,11 +245,13 @@ class _StoreLearning:
         return self.held.get(bins_per_dim) or self.store.learning_statistics(bins_per_dim, groups=False)
 
     def commit(self, reflexes: Any, after: LearnedStatistics | None, fold: np.ndarray | None,
-               states: np.ndarray, connections: np.ndarray) -> None:
+               cycle: _Cycle) -> None:
         """The reflexes and the fold that produced them, in one batch."""
         with self.store.batch() as b:
-            if len(connections):
-                b.put_reflexes(states, connections)
+            if len(cycle.retract):
+                b.delete_reflexes(cycle.retract_states, cycle.retract)
+            if len(cycle.connections):
+                b.put_reflexes(cycle.states, cycle.connections)
             if fold is not None:
                 b.update_learning(fold)
         if after is not None:
@@ -273,6 +303,7 @@ class IntuitionEngine:
         self._probe_lock = threading.Lock()
         self._probes = [0, 0, 0, 0]
         self._bin_answers = 0
+        self._retracted = 0
 
     # ------------------------------------------------------------------ construction
 
@@ -523,19 +554,16 @@ class IntuitionEngine:
         after = stats.applied(fold)[0] if fold is not None else None
         current = after if after is not None else stats
         patterns = find_patterns_in_statistics(current, cfg, limit="confident")
-        writes, created, rejected = self._proposals(current, best_per_bin(patterns))
-        table = self._reflexes.table()
-        shifts = table.shifts if table is not None else DEFAULT_SHIFTS  # a store's first table has these
-        states = bin_key_states(np.array([p.bin for p, _rec in writes], np.uint64), self._bins, shifts)
-        conns = np.concatenate([rec for _p, rec in writes]) if writes else np.zeros(0, CONNECTION_DTYPE)
-        if fold is not None or writes:
-            self._learning.commit(self._reflexes, after, fold, states, conns)
-        self._promoted += len(writes)
-        self._failed += len(rejected)
+        cycle = self._decide(current, dominant_per_bin(patterns, current, cfg))
+        if fold is not None or len(cycle.connections) or len(cycle.retract):
+            self._learning.commit(self._reflexes, after, fold, cycle)
+        self._promoted += len(cycle.connections)
+        self._failed += len(cycle.rejected)
+        self._retracted += len(cycle.retract)
         if current.learned:
             self._bin_lookups = True
-        return AnalysisReport(seen, patterns, len(writes), rejected, self._timed(t0), created, len(current),
-                              "accumulate")
+        return AnalysisReport(seen, patterns, len(cycle.connections), cycle.rejected, self._timed(t0), cycle.created,
+                              len(current), "accumulate", len(cycle.retract))
 
     def _fold(self, cursor: int) -> tuple[np.ndarray | None, int]:
         """The fold of the events written since ``cursor`` (None: nothing new) and how many
@@ -561,55 +589,71 @@ class IntuitionEngine:
                              np.zeros(0, LEARN_MOMENTS_DTYPE))
         return fold, end - start
 
-    def _proposals(self, stats: LearnedStatistics, best: list[Pattern]
-                   ) -> tuple[list[tuple[Pattern, np.ndarray]], int, list[tuple[Pattern, str]]]:
-        """Which bins' reflexes to write this cycle: ``([(pattern, connection)], how many
-        are new, rejected)``.
+    def _decide(self, stats: LearnedStatistics, dominant: list[Pattern]) -> _Cycle:
+        """What this cycle writes.
 
-        A bin's reflex is written when the table holds none for it (new), when the action
-        it answers is no longer the bin's best (its target vector is nearer another action's
-        mean), or when its confidence changed -- in that order of priority, then by score;
-        at most ``max_proposals_per_cycle``. A candidate that fails the auto-consolidation
-        gate is rejected (and counted) instead. Vectorised over the bins: Python work is
-        spent only on the candidates."""
-        if not best:
-            return [], 0, []
+        A dominant bin's reflex is written when the table holds none for it (new), when the
+        action it answers is no longer the dominant one (its target vector is nearer another
+        action's mean), or when its confidence changed -- in that order of priority, then by
+        score; at most ``max_proposals_per_cycle``. A candidate that fails the
+        auto-consolidation gate is rejected (and counted) instead. A learned reflex whose bin
+        has no dominant action any more is retracted (a wrong answer is worse than none).
+        Vectorised over the bins: Python work is spent only on the candidates."""
         cfg = self._config
         table = self._reflexes.table()
-        bins = np.array([p.bin for p in best], np.uint64)
-        conf = np.array([p.confidence for p in best])
-        raw_conf = np.clip(np.floor(255.0 * conf + 0.5), 0, 255).astype(np.int64)  # pattern_to_connection's
-        kind = np.zeros(len(best), np.int64)  # 0 new, 1 action changed, 2 confidence changed, 3 nothing
-        if table is not None and len(table):
-            r = table.lookup_batch(bin_key_states(bins, self._bins, table.shifts), params=_PROBE)
+        shifts = table.shifts if table is not None else DEFAULT_SHIFTS  # a store's first table has these
+        bins = np.unique(stats.bins)  # every bin with evidence: its learned reflex, if any, is checked
+        where = {b: i for i, b in enumerate(bins.tolist())}
+        dom = np.array([where[p.bin] for p in dominant], np.int64)
+        mine = np.zeros(len(bins), bool)
+        stored = np.zeros(len(bins), CONNECTION_DTYPE)
+        keys = bin_key_states(bins, self._bins, shifts)
+        if table is not None and len(table) and len(bins):
+            r = table.lookup_batch(keys, params=_PROBE)
             assert r.connections is not None
             self._note_probes(r, np.zeros(len(bins), bool))
             mine = r.found & (r.connections["token_a"] == reflex_token_a(bins))
-            same = _answers_actions(stats, bins, np.array([p.better_action for p in best]),
-                                    r.connections["target_vector"])
-            kind[mine] = np.where(~same[mine], 1,
-                                  np.where(r.connections["confidence"][mine] != raw_conf[mine], 2, 3))
-        evidence = np.minimum([p.n_better for p in best], 0xFFFF)
+            stored = r.connections
+        is_dominant = np.zeros(len(bins), bool)
+        is_dominant[dom] = True
+        gone = np.flatnonzero(mine & ~is_dominant)
+        cycle = _Cycle(np.zeros((0, 8, 3), np.int16), np.zeros(0, CONNECTION_DTYPE), keys[gone], stored[gone])
+        if not dominant:
+            return cycle
+        conf = np.array([p.confidence for p in dominant])
+        raw_conf = np.clip(np.floor(255.0 * conf + 0.5), 0, 255).astype(np.int64)  # pattern_to_connection's
+        kind = np.zeros(len(dominant), np.int64)  # 0 new, 1 action changed, 2 confidence changed, 3 nothing
+        have = mine[dom]
+        if have.any():
+            same = _answers_actions(stats, bins[dom], np.array([p.better_action for p in dominant]),
+                                    stored["target_vector"][dom])
+            kind[have] = np.where(~same[have], 1, np.where(stored["confidence"][dom][have] != raw_conf[have], 2, 3))
+        evidence = np.minimum([p.n_better for p in dominant], 0xFFFF)
         weak = (raw_conf < cfg.consolidation_min_confidence) | (evidence < cfg.consolidation_min_evidence)
-        rejected: list[tuple[Pattern, str]] = []
         for i in np.flatnonzero((kind < 3) & weak).tolist():
-            rejected.append((best[i], self.auto_consolidation_problem(pattern_to_connection(best[i]).record) or ""))
+            rec = pattern_to_connection(dominant[i]).record
+            cycle.rejected.append((dominant[i], self.auto_consolidation_problem(rec) or ""))
         cand = np.flatnonzero((kind < 3) & ~weak)
-        score = np.array([p.score for p in best])
-        cand = cand[np.lexsort((bins[cand], -score[cand], kind[cand]))]
-        chosen: list[tuple[Pattern, np.ndarray]] = []
-        created = 0
+        score = np.array([p.score for p in dominant])
+        cand = cand[np.lexsort((bins[dom][cand], -score[cand], kind[cand]))]
+        chosen: list[int] = []
+        recs = []
         for i in cand.tolist():
             if len(chosen) >= cfg.max_proposals_per_cycle:
                 break
-            rec = pattern_to_connection(best[i]).record
+            rec = pattern_to_connection(dominant[i]).record
             why = self.auto_consolidation_problem(rec)
             if why is not None:
-                rejected.append((best[i], why))
+                cycle.rejected.append((dominant[i], why))
                 continue
-            chosen.append((best[i], rec))
-            created += int(kind[i] == 0)
-        return chosen, created, rejected
+            chosen.append(i)
+            recs.append(rec)
+        if chosen:
+            cycle.states = keys[dom[chosen]]
+            cycle.connections = np.concatenate(recs)
+            cycle.written = [dominant[i] for i in chosen]
+            cycle.created = int(np.count_nonzero(kind[chosen] == 0))
+        return cycle
 
     def start(self) -> None:
         """Runs ``analyze()`` every ``analysis_interval_secs`` in a daemon thread."""
@@ -680,6 +724,7 @@ class IntuitionEngine:
             "learned_events": cursor.events_counted,
             "learned_events_missed": cursor.events_missed,
             "learning_folds": cursor.folds,
+            "learned_reflexes_retracted": self._retracted,
             "hash_collisions": int(collisions),
             "avg_candidates_per_lookup": float(ts.get("avg_candidates_per_lookup", 0.0)),
             "slow_path_uses": self._slow_uses,

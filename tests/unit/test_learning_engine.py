@@ -118,19 +118,35 @@ def test_reflexes_created_counts_creations_not_reconsolidations(store_path):
         assert s.stats()["reflexes_created_total"] == 6
 
 
-def test_a_bin_whose_best_action_changes_is_reconsolidated_not_created_again():
-    task = Task(1, seed=5)
+def test_when_the_best_action_changes_the_old_reflex_is_retracted_then_the_new_one_learned():
+    task = Task(1, seed=5, inside_bins=True)
     engine = ngstore.IntuitionEngine.with_defaults()
     learn(engine, task, engine.experience.write_events, cycles=3)
-    old = task.best[0]
-    assert task.score(engine, task.centres, np.array([0]))[1] == 1
-    task.best[0] = old % ACTIONS + 1  # the world changes: another action pays now
-    for _ in range(40):
-        learn(engine, task, engine.experience.write_events, cycles=1)
-        if task.score(engine, task.centres, np.array([0]))[1] == 1:
-            break
     assert task.score(engine, task.centres, np.array([0])) == (1, 1, 0)
-    assert engine.stats()["reflexes_created"] == engine.stats()["total_reflexes"] == 1
+    old = task.best[0]
+    task.best[0] = old % ACTIONS + 1  # the world changes: another action pays now
+    answers = []
+    for _ in range(60):
+        learn(engine, task, engine.experience.write_events, cycles=1)
+        hit = engine.try_fast_path(task.centres[0].tolist())
+        answers.append(None if hit is None else round(float(hit.action[0]) / 0.2))
+    # the old answer, then none while the evidence is mixed (no action dominates), then the new one
+    assert answers[-1] == task.best[0] and None in answers
+    first_none, first_new = answers.index(None), answers.index(task.best[0])
+    assert set(answers[:first_none]) <= {old} and first_none < first_new
+    assert set(answers[first_new:]) == {task.best[0]}
+    s = engine.stats()
+    assert s["learned_reflexes_retracted"] == 1 and s["reflexes_created"] == 2 and s["total_reflexes"] == 1
+
+
+def test_a_bin_shared_by_two_clusters_with_different_best_actions_gets_no_reflex():
+    task = Task(2, seed=14, inside_bins=True)
+    task.centres[1] = task.centres[0] + 0.03  # the same bin
+    task.best[:] = [1, 3]
+    engine = ngstore.IntuitionEngine.with_defaults()
+    learn(engine, task, engine.experience.write_events, cycles=20)
+    assert engine.try_fast_path_batch(task.centres).found.tolist() == [False, False]
+    assert engine.stats()["total_reflexes"] == 0
 
 
 def test_a_learned_reflex_answers_every_state_of_its_bin_and_no_state_of_another():
