@@ -92,6 +92,7 @@ class Applier:
         self._reflexes = reflexes
         self._reflex_carry: dict[str, int] = {}  # C counters of table versions swapped out
         self.reflexes_written_total = 0
+        self.reflexes_created_total = 0
         self.groups_applied_total = 0
         self.entries_applied_total = 0
         self._written_since_checkpoint = 0
@@ -171,6 +172,7 @@ class Applier:
                 self._reflex_carry[k] = self._reflex_carry.get(k, 0) + v
             self._reflexes = ReflexVersion(result.reflexes)
             self.reflexes_written_total += result.reflexes_written
+            self.reflexes_created_total += result.reflexes_created
         self.groups_applied_total += 1
         self.entries_applied_total += len(entries)
         for listener in self._listeners:

@@ -23,24 +23,30 @@ from typing import Any
 
 import numpy as np
 
-from . import reflex_store
+from . import learning, reflex_store
 from .errors import CorruptionError
 from .layout import (
     DB_CONN_REVERSE,
     DB_CONNECTIONS,
     DB_EVENTS,
+    DB_LEARN,
     DB_META,
     DB_REFLEXES,
     DB_TOKENS,
+    LEARN_MOMENTS_DTYPE,
     M_APPLIED,
     M_COUNTERS,
     ChunkLayout,
     Counters,
+    LearnCursor,
     conn_key,
     conn_reverse_key,
+    decode_learn_moments,
     encode_u64,
     event_key,
     event_sequence,
+    learn_cursor_key,
+    learn_group_key,
     popcount,
 )
 from .ops import (
@@ -48,6 +54,7 @@ from .ops import (
     OP_CONNECTION_PUT,
     OP_EVENT_APPEND,
     OP_EVENT_TRIM,
+    OP_LEARN_UPDATE,
     OP_REFLEX_DELETE,
     OP_REFLEX_DELETE_KEY,
     OP_REFLEX_PUT,
@@ -86,7 +93,12 @@ class ApplyResult:
     #: the new reflex table when a reflex op ran (already persisted in the transaction)
     reflexes: ReflexTable | None = None
     reflexes_written: int = 0
+    #: reflexes that were new (inserted, or in place of an evicted or replaced one), not upserts
+    reflexes_created: int = 0
     reflexes_evicted: int = 0
+    #: LEARN_UPDATE folds applied, and those that changed nothing (stale: already folded)
+    learn_folds: int = 0
+    learn_folds_stale: int = 0
     tokens_written: int = 0
     #: bytes of values put into LMDB (what the next checkpoint must make durable)
     bytes_written: int = 0
@@ -136,12 +148,19 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
             if reflexes is None:
                 reflexes = reflex_store.writable_copy(state.reflexes, state.reflex_capacity)
             if kind == OP_REFLEX_PUT:
-                reflex_store.apply_put(reflexes, op.data)
+                result.reflexes_created += reflex_store.apply_put(reflexes, op.data)
                 result.reflexes_written += op.count
             elif kind == OP_REFLEX_DELETE:
                 reflex_store.apply_delete(reflexes, op.data)
             else:
                 result.reflexes_evicted += reflex_store.apply_delete_key(reflexes, op.data)
+        elif kind == OP_LEARN_UPDATE:
+            written = _learn_update(txn, dbs[DB_LEARN], op.data, position)
+            if written:
+                result.learn_folds += 1
+                result.bytes_written += written
+            else:
+                result.learn_folds_stale += 1
         else:
             raise CorruptionError(f"log record {position}: unknown op kind {kind}")
     meta = dbs[DB_META]
@@ -377,3 +396,31 @@ def _event_trim(txn: Any, db: Any, count: int) -> int:
         while removed < count and cur.delete():
             removed += 1
     return removed
+
+
+# -- learning statistics (`learn`: format.md §3.3, §5.1) --------------------------------------
+
+def _learn_update(txn: Any, db: Any, fold: np.ndarray, position: int) -> int:
+    """Merges one fold into the stored moments of its binning and moves the cursor;
+    returns the bytes written, 0 when the fold is stale (its events are folded already)."""
+    where = f"log record {position}"
+    bins_per_dim, _first, _end = learning.check_fold(fold)
+    ckey = learn_cursor_key(bins_per_dim)
+    raw = txn.get(ckey, db=db)
+    cursor = LearnCursor.decode(raw, where) if raw is not None else LearnCursor()
+    after = learning.next_cursor(cursor, fold)
+    if after is None:
+        return 0
+    live = fold[fold["count"] > 0]
+    keys = [learn_group_key(bins_per_dim, b, a) for b, a in zip(live["bin"].tolist(), live["action"].tolist(),
+                                                                strict=True)]
+    old = np.zeros(len(live), LEARN_MOMENTS_DTYPE)
+    for i, key in enumerate(keys):
+        value = txn.get(key, db=db)
+        if value is not None:
+            old[i] = decode_learn_moments(value, f"{where}: learn group {key.hex()}")[0]
+    merged = learning.merge_moments(old, learning.fold_moments(live))
+    for i, key in enumerate(keys):
+        txn.put(key, merged[i:i + 1].tobytes(), db=db)
+    txn.put(ckey, after.encode(), db=db)
+    return len(keys) * LEARN_MOMENTS_DTYPE.itemsize + 32

@@ -5,7 +5,7 @@ in writer and reader cannot hide), and checks, for every token chunk: the value
 length, that every present record's ``id`` equals its slot's id, that absent slots
 hold only zeros, and that the presence bits add up to the stored live count; plus the
 meta database, the checkpoint file and (for a writer) that LMDB has not applied past
-the end of the log.
+the end of the log; and the learning statistics (format.md §3.3).
 """
 from __future__ import annotations
 
@@ -21,12 +21,18 @@ from .layout import (
     DB_CONN_REVERSE,
     DB_CONNECTIONS,
     DB_EVENTS,
+    DB_LEARN,
     DB_META,
     DB_TOKENS,
+    LEARN_CURSOR_KEY_BYTES,
+    LEARN_GROUP_KEY_BYTES,
     M_COUNTERS,
     ChunkLayout,
     Counters,
+    LearnCursor,
+    decode_learn_moments,
     forward_of_reverse,
+    learn_group_key_fields,
 )
 
 
@@ -96,6 +102,7 @@ def check_store(kv: KV, layout: ChunkLayout, directory: Directory, applied_posit
             problems.append(f"tokens_live counter is {live} but {present} tokens are present")
         _check_connections(txn, kv, counters, problems, facts)
         _check_events(txn, kv, counters, problems, facts)
+        _check_learning(txn, kv, counters, problems, facts)
     try:
         ckpt = directory.read_checkpoint()
         if ckpt is None:
@@ -170,3 +177,47 @@ def _check_events(txn: Any, kv: KV, counters: Counters, problems: list[str], fac
     if last is not None and last != nxt - 1:
         problems.append(f"the newest event is {last} but events_next_seq is {nxt}")
     facts["events"] = n
+
+
+def _check_learning(txn: Any, kv: KV, counters: Counters, problems: list[str], facts: dict[str, object]) -> None:
+    """The ``learn`` database (format.md §3.3): key and value lengths, every group's count
+    >= 1 with finite moments and m2 >= 0, per binning a cursor whose ``events_counted`` is
+    the sum of its groups' counts and whose ``next_seq`` no event counter has passed."""
+    db = kv.dbs.get(DB_LEARN)
+    if db is None:  # a read-only handle of a store from before the database existed
+        return
+    cursors: dict[int, LearnCursor] = {}
+    counted: dict[int, int] = {}
+    groups = 0
+    for raw_key, value in txn.cursor(db=db):
+        key = bytes(raw_key)
+        try:
+            if len(key) == LEARN_CURSOR_KEY_BYTES and key[:1] == b"C":
+                cursors[int.from_bytes(key[1:3], "big")] = LearnCursor.decode(value, f"learn cursor {key.hex()}")
+                continue
+            if len(key) != LEARN_GROUP_KEY_BYTES or key[:1] != b"S":
+                problems.append(f"learn key {key.hex()} is neither a cursor nor a group key")
+                continue
+            bins_per_dim, _bin, _action = learn_group_key_fields(key)
+            m = decode_learn_moments(value, f"learn group {key.hex()}")[0]
+        except CorruptionError as exc:
+            problems.append(str(exc))
+            continue
+        groups += 1
+        floats = np.concatenate([[m["mean"], m["m2"]], m["action_mean"], m["state_mean"]])
+        if int(m["count"]) < 1 or not np.isfinite(floats).all() or m["m2"] < 0:
+            problems.append(f"learn group {key.hex()}: count {int(m['count'])}, mean {m['mean']}, m2 {m['m2']}: "
+                            "a group needs count >= 1, finite moments and m2 >= 0")
+        counted[bins_per_dim] = counted.get(bins_per_dim, 0) + int(m["count"])
+    for b in sorted(set(cursors) | set(counted)):
+        c = cursors.get(b)
+        if c is None:
+            problems.append(f"learn: binning B={b} has groups but no cursor")
+            continue
+        if counted.get(b, 0) != c.events_counted:
+            problems.append(f"learn: binning B={b} counts {counted.get(b, 0)} events in its groups but its "
+                            f"cursor says {c.events_counted}")
+        if c.next_seq > counters.events_next_seq or c.events_counted + c.events_missed > c.next_seq:
+            problems.append(f"learn: binning B={b} cursor {c} is past the {counters.events_next_seq} events written")
+    facts["learn_groups"] = groups
+    facts["learn_binnings"] = len(cursors)

@@ -121,7 +121,8 @@ DB_CONNECTIONS = b"connections"
 DB_CONN_REVERSE = b"conn_by_b"
 DB_EVENTS = b"events"
 DB_REFLEXES = b"reflexes"
-ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES)
+DB_LEARN = b"learn"
+ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES, DB_LEARN)
 
 _CONN_KEY = struct.Struct(">IIB")
 _SEQ_KEY = struct.Struct(">Q")
@@ -162,6 +163,75 @@ REFLEX_HEADER_KEY = b"H"
 
 def reflex_segment_key(index: int) -> bytes:
     return b"S" + _CHUNK_KEY.pack(index)
+
+
+# -- learning statistics (`learn`, §3.3) ---------------------------------------------------
+
+_LEARN_CURSOR_KEY = struct.Struct(">cH")
+_LEARN_GROUP_KEY = struct.Struct(">cHQH")
+LEARN_CURSOR_KEY_BYTES = _LEARN_CURSOR_KEY.size  # 3
+LEARN_GROUP_KEY_BYTES = _LEARN_GROUP_KEY.size    # 13
+
+#: The value of one (bin, action) group: its moments (§3.3).
+LEARN_MOMENTS_DTYPE = np.dtype({"names": ["count", "mean", "m2", "action_mean", "state_mean"],
+                                "formats": ["<u8", "<f8", "<f8", ("<f8", (8,)), ("<f8", (8,))],
+                                "offsets": [0, 8, 16, 24, 88], "itemsize": 152})
+
+
+def learn_cursor_key(bins_per_dim: int) -> bytes:
+    """``learn`` key of a binning's fold cursor: ``C`` ‖ B u16 BE."""
+    return _LEARN_CURSOR_KEY.pack(b"C", bins_per_dim)
+
+
+def learn_group_prefix(bins_per_dim: int) -> bytes:
+    """The first 3 bytes of every group key of a binning: ``S`` ‖ B u16 BE."""
+    return _LEARN_CURSOR_KEY.pack(b"S", bins_per_dim)
+
+
+def learn_group_key(bins_per_dim: int, state_bin: int, action: int) -> bytes:
+    """``learn`` key of one (bin, action) group: ``S`` ‖ B u16 ‖ bin u64 ‖ action u16, BE."""
+    return _LEARN_GROUP_KEY.pack(b"S", bins_per_dim, state_bin, action)
+
+
+def learn_group_key_fields(key: bytes | memoryview) -> tuple[int, int, int]:
+    """(bins_per_dim, bin, action) of a group key; CorruptionError if it is not one."""
+    raw = bytes(key)
+    if len(raw) != LEARN_GROUP_KEY_BYTES or raw[:1] != b"S":
+        raise CorruptionError(f"learn key {raw.hex()} is not a group key")
+    _tag, b, state_bin, action = _LEARN_GROUP_KEY.unpack(raw)
+    return int(b), int(state_bin), int(action)
+
+
+@dataclass(frozen=True)
+class LearnCursor:
+    """A binning's fold cursor (§3.3): ``next_seq`` = where the next fold starts."""
+
+    next_seq: int = 0
+    events_counted: int = 0
+    events_missed: int = 0
+    folds: int = 0
+
+    def encode(self) -> bytes:
+        return _LEARN_CURSOR.pack(self.next_seq, self.events_counted, self.events_missed, self.folds)
+
+    @staticmethod
+    def decode(value: bytes | memoryview, where: str) -> LearnCursor:
+        if len(value) != _LEARN_CURSOR.size:
+            raise CorruptionError(f"{where}: a learn cursor is {len(value)} bytes, expected {_LEARN_CURSOR.size}")
+        return LearnCursor(*_LEARN_CURSOR.unpack(bytes(value)))
+
+
+_LEARN_CURSOR = struct.Struct("<4Q")
+
+
+def decode_learn_moments(value: bytes | memoryview, where: str) -> np.ndarray:
+    """One group value as a LEARN_MOMENTS_DTYPE record (a copy); CorruptionError if its
+    length is wrong."""
+    if len(value) != LEARN_MOMENTS_DTYPE.itemsize:
+        raise CorruptionError(f"{where}: a learn group value is {len(value)} bytes, "
+                              f"expected {LEARN_MOMENTS_DTYPE.itemsize}")
+    out: np.ndarray = np.frombuffer(bytes(value), LEARN_MOMENTS_DTYPE).copy()
+    return out
 
 
 # -- meta (§3.1) -----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ OP_REFLEX_PUT: Final = 6
 OP_REFLEX_DELETE: Final = 7
 OP_EVENT_TRIM: Final = 8
 OP_REFLEX_DELETE_KEY: Final = 9
+OP_LEARN_UPDATE: Final = 10
 
 _PAYLOAD_HEAD = struct.Struct("<II")  # magic, op count
 _OP_HEAD = struct.Struct("<HHIQ")     # op type, reserved, item count, body bytes
@@ -48,6 +49,14 @@ REFLEX_DELETE_KEY_DTYPE = np.dtype({"names": ["grid_hash", "fingerprint", "token
                                     "formats": ["<u8", "<u8", "<u4", "<u4", "u1", "u1"],
                                     "offsets": [0, 8, 16, 20, 24, 25], "itemsize": 32})
 
+#: One group's partial moments of one fold of events into the learning statistics (§5.1).
+#: (No gaps: a copy or a selection of items carries every byte.)
+LEARN_UPDATE_DTYPE = np.dtype({"names": ["bins_per_dim", "action", "reserved", "bin", "first_seq", "end_seq", "count",
+                                         "mean", "m2", "action_mean", "state_mean"],
+                               "formats": ["<u2", "<u2", "<u4", "<u8", "<u8", "<u8", "<u8", "<f8", "<f8",
+                                           ("<f8", (8,)), ("<f8", (8,))],
+                               "offsets": [0, 2, 4, 8, 16, 24, 32, 40, 48, 56, 120], "itemsize": 184})
+
 #: The item layout of each op's body; the decoder checks body = count * itemsize exactly.
 OP_DTYPES: Final[dict[int, np.dtype]] = {
     OP_TOKEN_PUT: TOKEN_DTYPE,
@@ -59,9 +68,10 @@ OP_DTYPES: Final[dict[int, np.dtype]] = {
     OP_REFLEX_DELETE: REFLEX_DELETE_DTYPE,
     OP_EVENT_TRIM: np.dtype("<u8"),
     OP_REFLEX_DELETE_KEY: REFLEX_DELETE_KEY_DTYPE,
+    OP_LEARN_UPDATE: LEARN_UPDATE_DTYPE,
 }
 OP_ITEM_SIZE: Final = {kind: dt.itemsize for kind, dt in OP_DTYPES.items()}
-assert OP_ITEM_SIZE == {1: 64, 2: 4, 3: 64, 4: 12, 5: 128, 6: 112, 7: 60, 8: 8, 9: 32}
+assert OP_ITEM_SIZE == {1: 64, 2: 4, 3: 64, 4: 12, 5: 128, 6: 112, 7: 60, 8: 8, 9: 32, 10: 184}
 
 REFLEX_KINDS: Final = frozenset({OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY})
 

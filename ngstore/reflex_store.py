@@ -30,6 +30,8 @@ from .ops import REFLEX_DELETE_KEY_DTYPE
 from .records import CONNECTION_DTYPE, ConnectionFlags, Mutability
 from .reflex import ReflexTable, parse_header
 
+UPDATED = 2  # the outcome code of an upsert (``reflex.OUTCOMES``)
+
 COUNTER_NAMES = ("lookups", "hits", "misses", "answers", "collisions", "candidates",
                  "inserts", "updates", "deletes", "evictions", "fallback_answers", "fallback_cells",
                  "fallback_scans", "time_ns", "timed_lookups")
@@ -76,8 +78,11 @@ def writable_copy(current: ReflexTable | None, capacity: int) -> ReflexTable:
     return ReflexTable.attach(current.header(), [bytearray(s) for s in current.all_segments()], writable=True)
 
 
-def apply_put(table: ReflexTable, data: np.ndarray) -> None:
-    table.insert_batch(np.ascontiguousarray(data["state"]), np.ascontiguousarray(data["connection"]))
+def apply_put(table: ReflexTable, data: np.ndarray) -> int:
+    """Upserts the reflexes of a REFLEX_PUT; returns how many were created (not updates of
+    an existing (cell, identity))."""
+    outcomes = table.insert_batch(np.ascontiguousarray(data["state"]), np.ascontiguousarray(data["connection"]))
+    return int(np.count_nonzero(outcomes != UPDATED))
 
 
 def _identity_record(row: np.void) -> np.ndarray | None:

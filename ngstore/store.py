@@ -38,7 +38,8 @@ from .guardian import Guardian, Usage
 from .inputs import ids_array
 from .intuition import IntuitionEngine
 from .kv import KV, ReadTxn
-from .layout import DB_TOKENS, FORMAT_VERSION, ChunkLayout, Counters, Meta
+from .layout import DB_LEARN, DB_TOKENS, FORMAT_VERSION, ChunkLayout, Counters, Meta
+from .learning import LearnedStatistics, read_statistics
 from .ops import Op
 from .options import Options
 from .records import MAX_TOKEN_ID
@@ -420,12 +421,23 @@ class Store:
         if self._writer is None:
             self._reader_reflexes = reflex_store.attach(self._kv)
 
+    def learning_statistics(self, bins_per_dim: int = 4, *, groups: bool = True) -> LearnedStatistics:
+        """The learning statistics of one binning, as committed (``groups=False``: the fold
+        cursor only). See ``ngstore.learning`` and docs/format.md §3.3."""
+        self._check_open()
+        if self._writer is not None:
+            self._writer.barrier()
+        else:
+            self._kv.catch_up_with_writer()
+        with ReadTxn(self._kv) as txn:
+            return read_statistics(txn, self._kv.dbs[DB_LEARN], bins_per_dim, groups=groups)
+
     def reflex_stats(self) -> dict[str, Any]:
         """Live size and lookup counters of the reflex table."""
         table = self.reflex_table()
         if self._writer is not None:
             a = self._writer.applier
-            c, created = a.reflex_counters(), a.reflexes_written_total
+            c, created = a.reflex_counters(), a.reflexes_created_total
         else:
             c, created = reflex_store.counters(table), 0
         return {"reflexes_live": len(table) if table is not None else 0,
