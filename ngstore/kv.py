@@ -149,15 +149,15 @@ class KV:
                     raise translate(exc, f"opening the LMDB environment in {self.path}") from exc
                 dbs: dict[bytes, Any] = {}
                 try:
-                    if readonly:  # py-lmdb opens (and keeps) the handles in its own read txn
-                        for name in ALL_DBS:
-                            try:
-                                dbs[name] = env.open_db(name, create=False)
-                            except lmdb.NotFoundError:
-                                dbs[name] = None
-                    else:
-                        for name in ALL_DBS:
-                            dbs[name] = env.open_db(name, create=True)
+                    # py-lmdb opens (and keeps) the handles in its own transaction. A missing
+                    # database is None here even for a writer: creating it is a commit, which
+                    # must wait until the writer has protected its checkpoint
+                    # (create_missing_dbs).
+                    for name in ALL_DBS:
+                        try:
+                            dbs[name] = env.open_db(name, create=False)
+                        except lmdb.NotFoundError:
+                            dbs[name] = None
                 except lmdb.Error as exc:
                     env.close()
                     raise translate(exc, f"opening the databases of {self.path}") from exc
@@ -171,6 +171,18 @@ class KV:
         self._shared = shared
         self.env: lmdb.Environment = shared.env
         self.dbs: dict[bytes, Any] = shared.dbs
+
+    def create_missing_dbs(self) -> list[bytes]:
+        """Creates the databases this store does not have yet (all of them in a new store;
+        those added by a later version of ngstore in an older one), in one commit; returns
+        their names. A writer calls it once it may commit: after protecting its checkpoint
+        (``Applier.protect_checkpoint``), never before."""
+        missing = [name for name in ALL_DBS if self.dbs.get(name) is None]
+        if not missing or self._shared.readonly:
+            return []
+        handles = self.write(lambda txn: {name: self.env.open_db(name, txn=txn, create=True) for name in missing})
+        self.dbs.update(handles)
+        return missing
 
     # -- transactions -------------------------------------------------------------
 

@@ -77,6 +77,7 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             directory.remove_leftovers()
             directory.write_state(clean=False)
             kv = _open_kv(directory, opts)
+            kv.create_missing_dbs()
             meta_db = kv.dbs[DB_META]
             entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity)
             kv.write(lambda txn: [txn.put(k, v, db=meta_db) for k, v in entries])
@@ -98,6 +99,9 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
                 # trusted, and a new checkpoint of it replaces the damaged file.
                 info.checkpoint_problem = str(exc)
                 applier.checkpoint_now()
+            # Databases a newer ngstore added are created only now: on top of a checkpoint,
+            # so their commit cannot reuse a page the checkpoint still needs.
+            kv.create_missing_dbs()
             replay(applier, log, info, progress=opts.progress)
             if info.replayed_records:
                 applier.checkpoint_now()
