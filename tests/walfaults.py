@@ -4,7 +4,8 @@
   test can reconstruct the directory states a power loss could leave
   (:func:`simulate_power_loss`). ``mark(label)`` inserts a marker (e.g. "batch 3 was
   acknowledged") into the same stream.
-* :class:`FaultyIO` raises ``OSError(EIO)`` on the Nth call of a kind ("write", "fdatasync",
+* :class:`FaultyIO` raises ``OSError(EIO)`` (or ``error=`` another errno: ``ENOSPC`` is a
+  full disk) on the Nth call of a kind ("write", "fdatasync",
   "fsync", "fsync_dir", "rename", "unlink", "truncate", "open", "mkdir"; and LMDB's
   "lmdb_commit" and "lmdb_sync", which raise what py-lmdb raises), optionally only for
   paths matching a glob, and counts calls so a test can loop N = 1, 2, … until an operation
@@ -244,7 +245,7 @@ class FaultyIO(_Delegating):
              "lmdb_commit", "lmdb_sync")
 
     def __init__(self, fail_on: dict[str, int] | None = None, *, path_glob: str | None = None,
-                 partial_write: bool = False, inner: FileIO = DEFAULT_IO) -> None:
+                 partial_write: bool = False, error: int = errno.EIO, inner: FileIO = DEFAULT_IO) -> None:
         super().__init__(inner)
         unknown = set(fail_on or {}) - set(self.KINDS)
         if unknown:
@@ -252,6 +253,7 @@ class FaultyIO(_Delegating):
         self.fail_on = dict(fail_on or {})
         self.path_glob = path_glob
         self.partial_write = partial_write
+        self.error = error
         self.counts: Counter[str] = Counter()
         self.fired: list[tuple[str, str]] = []
         self._paths: dict[int, str] = {}
@@ -266,7 +268,8 @@ class FaultyIO(_Delegating):
 
     def _fail(self, kind: str, path: str) -> None:
         self.fired.append((kind, path))
-        raise OSError(errno.EIO, f"injected EIO on {kind} #{self.counts[kind]}", path)
+        name = errno.errorcode.get(self.error, str(self.error))
+        raise OSError(self.error, f"injected {name} on {kind} #{self.counts[kind]}: {os.strerror(self.error)}", path)
 
     def open(self, path: str, flags: int, mode: int = 0o644) -> int:
         if self._check("open", path):
@@ -333,25 +336,30 @@ class FaultyIO(_Delegating):
             self._fail("rename", src)
         self.inner.rename(src, dst)
 
-    # LMDB's durability points fail as py-lmdb fails them on EIO: with an ``lmdb.Error``
-    # (a failed mdb_txn_commit leaves nothing committed).
+    # LMDB's durability points fail as py-lmdb fails them: with an ``lmdb.Error`` carrying
+    # the C function in ``what`` and the errno in ``code`` (a failed mdb_txn_commit leaves
+    # nothing committed).
+    def _lmdb_error(self, what: str) -> Exception:
+        import lmdb
+
+        exc = lmdb.Error(f"{what}: {os.strerror(self.error)} (injected)")
+        exc.what = what  # type: ignore[attr-defined]
+        exc.code = self.error  # type: ignore[attr-defined]
+        return exc
+
     def lmdb_commit(self, txn: Any, kv: KVHandle) -> None:
         path = os.path.join(kv.path, "data.mdb")
         if self._check("lmdb_commit", path):
-            import lmdb
-
             txn.abort()
             self.fired.append(("lmdb_commit", path))
-            raise lmdb.Error("mdb_txn_commit: Input/output error (injected)")
+            raise self._lmdb_error("mdb_txn_commit")
         self.inner.lmdb_commit(txn, kv)
 
     def lmdb_sync(self, env: Any, kv: KVHandle) -> None:
         path = os.path.join(kv.path, "data.mdb")
         if self._check("lmdb_sync", path):
-            import lmdb
-
             self.fired.append(("lmdb_sync", path))
-            raise lmdb.Error("mdb_env_sync: Input/output error (injected)")
+            raise self._lmdb_error("mdb_env_sync")
         self.inner.lmdb_sync(env, kv)
 
     def unlink(self, path: str) -> None:
