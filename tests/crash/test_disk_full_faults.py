@@ -181,7 +181,7 @@ def _fail_nth(run, kinds=KINDS, error=errno.ENOSPC, limit=400):
             try:
                 run(io)
                 err = None
-            except Exception as exc:  # noqa: BLE001 - the error is what is checked
+            except Exception as exc:
                 err = exc
             yield kind, n, io, err
             if not io.fired:
@@ -259,7 +259,7 @@ def test_closing_a_store_on_a_full_disk_raises_a_named_error_and_leaves_it_opena
             try:
                 s.close()
                 err = None
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 err = exc
             if not io.fired:
                 assert err is None

@@ -99,7 +99,7 @@ def test_a_store_filled_until_the_disk_is_full_raises_disk_full_error_and_loses_
     for i in range(1000):  # 64 KiB a batch: an 8 MiB disk is full long before
         try:
             s.put_tokens(_batch(i), durability="sync")
-        except Exception as exc:  # noqa: BLE001 - which error is the point
+        except Exception as exc:
             failed = exc
             break
         acked.append(i)

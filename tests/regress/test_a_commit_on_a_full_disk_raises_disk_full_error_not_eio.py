@@ -36,7 +36,7 @@ def test_an_lmdb_eio_on_a_full_file_system_is_a_disk_full_error(tmp_path):
     for op in (s.count, lambda: s.put_tokens(make_tokens([99]), durability="sync")):
         try:
             op()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
     assert len(errors) == 2, errors
     for exc in errors:
