@@ -244,12 +244,16 @@ class StorageError(NgStoreError, OSError):
     #: store's path; the cause is then an earlier failure, not this call's.
     refused_by: str | None = None
 
-    def __str__(self) -> str:
+    def summary(self) -> str:
+        """The message without its "What to do" (the CLI prints the hint apart)."""
         outcome = _OUTCOME_SENTENCES.get(self.outcome_known) if self.outcome_known is not None else None
         before = (f"the store {self.refused_by} stopped accepting writes after an earlier failure: "
                   if self.refused_by is not None else "")
         return (f"{before}{self.cause_text()}; {_STATE_SENTENCES[self.state]}"
-                + (f"; {outcome}" if outcome else "") + f". What to do: {self.hint}.")
+                + (f"; {outcome}" if outcome else ""))
+
+    def __str__(self) -> str:
+        return f"{self.summary()}. What to do: {self.hint}."
 
     def __reduce__(self) -> tuple[Any, ...]:
         return _rebuild, (type(self), self.errno, self.strerror, self.filename, dict(self.__dict__))

@@ -157,3 +157,15 @@ def test_the_named_errors_are_public():
     for name in ("StorageError", "DiskFullError", "ReadOnlyFileSystemError", "StoragePermissionError",
                  "StorageIOError", "StoreState"):
         assert name in ngstore.__all__ and getattr(ngstore, name) is not None
+
+
+def test_the_cli_prints_a_storage_error_as_one_line_with_its_hint_and_exit_4():
+    from ngstore.cli import _one_line
+    from ngstore.cliutil import EXIT_FAILED, store_error
+
+    err = storage_error(OSError(errno.ENOSPC, "No space left on device"), "writing the state file",
+                        StoreState.NOT_OPENED, path="/data/s/state")
+    for line in (_one_line(err), store_error("/data/s", err)):
+        assert line.code == EXIT_FAILED
+        assert line.message == err.summary() and "What to do" not in line.message
+        assert line.hint == err.hint and line.hint.startswith("free space on the file system that holds /data/s/state")
