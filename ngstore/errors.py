@@ -133,8 +133,6 @@ class NativeCorruptionError(CorruptionError, NativeError):
 class StoreState(enum.Enum):
     """Where a failed operation left the store (:attr:`StorageError.state`)."""
 
-    #: The store is open and takes writes; a failed commit was not applied.
-    OPEN = "open"
     #: The store takes no more writes (what failed may have left a file in a state only
     #: recovery can read): close it and open it again.
     STOPPED = "stopped"
@@ -147,7 +145,6 @@ class StoreState(enum.Enum):
 
 
 _STATE_SENTENCES = {
-    StoreState.OPEN: "the store is still open and takes writes",
     StoreState.STOPPED: "the store takes no more writes; reopening it recovers every commit whose "
                         "log record reached the disk, each whole",
     StoreState.NOT_OPENED: "the store was not opened; nothing acknowledged is lost: the next open "
@@ -157,7 +154,6 @@ _STATE_SENTENCES = {
                        "lost: the next open recovers it from the log",
 }
 _NEXT_STEP = {
-    StoreState.OPEN: "then retry",
     StoreState.STOPPED: "then close the store and open it again",
     StoreState.NOT_OPENED: "then open it again",
     StoreState.NOT_CREATED: "then open it again",

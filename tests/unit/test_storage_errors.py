@@ -72,7 +72,7 @@ def test_restate_settles_the_state_and_the_outcome():
 
 def test_storage_error_leaves_a_named_error_as_it_is():
     err = storage_error(OSError(errno.ENOSPC, "full"), "x", StoreState.STOPPED, path=PATH)
-    assert storage_error(err, "y", StoreState.OPEN) is err
+    assert storage_error(err, "y", StoreState.CLOSED) is err
 
 
 def test_an_errno_override_names_the_leaf_with_that_errno_text():
