@@ -446,7 +446,7 @@ class Writer:
         (``positions``) get an OutcomeUnknownError: recovery decides whether they stay. A
         failed log write may have put some of the group's records on disk whole, so its
         batches' outcome is unknown too (``outcome_known`` False)."""
-        if isinstance(exc, StorageError):
+        if isinstance(exc, StorageError) and exc.refused_by is None:  # a refusal wrote nothing
             exc.restate(StoreState.STOPPED, outcome_known=False)
         self._failed = exc
         self.stats_counters["commit_errors_total"] += len(accepted)
