@@ -6,7 +6,7 @@
   acknowledged") into the same stream.
 * :class:`FaultyIO` raises ``OSError(EIO)`` (or ``error=`` another errno: ``ENOSPC`` is a
   full disk) on the Nth call of a kind ("write", "fdatasync",
-  "fsync", "fsync_dir", "rename", "unlink", "truncate", "open", "mkdir"; and LMDB's
+  "fsync", "fsync_dir", "rename", "unlink", "truncate", "allocate", "open", "mkdir"; and LMDB's
   "lmdb_commit" and "lmdb_sync", which raise what py-lmdb raises), optionally only for
   paths matching a glob, and counts calls so a test can loop N = 1, 2, … until an operation
   completes without reaching N (SQLite's fail-the-Nth-I/O test).
@@ -96,6 +96,12 @@ class _Delegating(FileIO):
 
     def boot_id(self) -> str | None:
         return self.inner.boot_id()
+
+    def allocate(self, fd: int, size: int) -> None:
+        self.inner.allocate(fd, size)
+
+    def free_bytes(self, path: str) -> int | None:
+        return self.inner.free_bytes(path)
 
     def lmdb_commit(self, txn: Any, kv: KVHandle) -> None:
         self.inner.lmdb_commit(txn, kv)
@@ -241,8 +247,8 @@ class FaultyIO(_Delegating):
     bytes (a short write that then errors). ``counts`` holds the calls seen per kind;
     ``fired`` the (kind, path) of each injected failure."""
 
-    KINDS = ("open", "write", "truncate", "fdatasync", "fsync", "fsync_dir", "rename", "unlink", "mkdir",
-             "lmdb_commit", "lmdb_sync")
+    KINDS = ("open", "write", "truncate", "allocate", "fdatasync", "fsync", "fsync_dir", "rename", "unlink",
+             "mkdir", "lmdb_commit", "lmdb_sync")
 
     def __init__(self, fail_on: dict[str, int] | None = None, *, path_glob: str | None = None,
                  partial_write: bool = False, error: int = errno.EIO, inner: FileIO = DEFAULT_IO) -> None:
@@ -319,6 +325,9 @@ class FaultyIO(_Delegating):
 
     def truncate(self, fd: int, size: int) -> None:
         self._fd_op("truncate", fd, lambda: self.inner.truncate(fd, size))
+
+    def allocate(self, fd: int, size: int) -> None:
+        self._fd_op("allocate", fd, lambda: self.inner.allocate(fd, size))
 
     def fdatasync(self, fd: int) -> None:
         self._fd_op("fdatasync", fd, lambda: self.inner.fdatasync(fd))
