@@ -269,8 +269,8 @@ class ReadOnlyFileSystemError(StorageError):
     kernel after an error."""
 
     remedy = ("remount the file system that holds {path} read-write (if the kernel remounted it "
-              "read-only after an error, check the system log and the disk first), or open the "
-              "store with readonly=True to read it")
+              "read-only after an error, check the system log and the disk first; to read the store "
+              "meanwhile, open it with readonly=True)")
 
 
 class StoragePermissionError(StorageError, PermissionError):
@@ -278,7 +278,7 @@ class StoragePermissionError(StorageError, PermissionError):
     ``PermissionError``."""
 
     remedy = ("give the user running ngstore read and write permission on {path} and the store "
-              "directory (or open the store with readonly=True to read it)")
+              "directory (to read the store meanwhile, open it with readonly=True)")
 
 
 class StorageIOError(StorageError):

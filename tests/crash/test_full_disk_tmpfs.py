@@ -20,7 +20,7 @@ import pytest
 from conftest import make_tokens
 
 import ngstore
-from ngstore.errors import DiskFullError, StoreState
+from ngstore.errors import DiskFullError, ReadOnlyFileSystemError, StoreState
 
 #: Default options (observability included: its mapped files live on the full disk too),
 #: without quotas, and a map that does not need growing.
@@ -147,3 +147,21 @@ def test_a_close_and_an_open_on_a_full_disk_fail_cleanly_and_the_store_opens_onc
 
     os.unlink(filler)  # space is freed
     _assert_holds(path, acked)
+
+
+def test_a_writer_on_a_read_only_file_system_is_refused_by_name_and_a_reader_still_opens(small_tmpfs):
+    mnt = small_tmpfs
+    path = os.path.join(mnt, "s")
+    with ngstore.open(path, **OPEN) as s:
+        s.put_tokens(_batch(0), durability="sync")
+    _remount(mnt, "8m,ro")
+    with pytest.raises(ReadOnlyFileSystemError) as refused:
+        ngstore.open(path, **OPEN)
+    exc = refused.value
+    assert exc.errno == errno.EROFS and exc.state is StoreState.NOT_OPENED
+    assert exc.filename is not None and exc.filename.startswith(path + os.sep)
+    assert "remount the file system" in str(exc) and "readonly=True" in str(exc)
+    with ngstore.open(path, readonly=True) as r:
+        assert np.array_equal(r.get_tokens(_batch(0)["id"]).data, _batch(0))
+    _remount(mnt, "8m,rw")
+    _assert_holds(path, [0])
