@@ -11,12 +11,11 @@ import sys
 
 import numpy as np
 import pytest
+from backupmodel import commit, state_after
 
 import ngstore
 from ngstore import backup as ngbackup
 from ngstore.fileio import FileIO
-
-from backupmodel import commit, state_after
 
 pytest.importorskip("fsspec")
 
@@ -81,7 +80,8 @@ def test_an_incremental_backup_ships_only_the_log_written_since_the_last(tmp_pat
     assert os.stat(base).st_mtime_ns == mtime  # the base was not rewritten
     assert 0 < inc.log_bytes < full.bytes
     assert (again.kind, again.pieces, again.end_position) == ("incremental", 0, 100)
-    m = json.loads(open(os.path.join(dest, "BACKUP.json")).read())
+    m = ngbackup.read_manifest(dest)
+    assert m is not None
     assert [h["kind"] for h in m["history"]] == ["full", "incremental", "incremental"]
     rr, target = _restored(dest, tmp_path)
     assert rr.check_ok
