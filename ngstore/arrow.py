@@ -61,6 +61,24 @@ RECORD = "record"
 TOKEN_FIELDS: tuple[str, ...] = tuple(TOKEN_DTYPE.names or ())
 CONNECTION_FIELDS: tuple[str, ...] = tuple(CONNECTION_DTYPE.names or ())
 EVENT_FIELDS: tuple[str, ...] = tuple(EVENT_DTYPE.names or ())
+#: Flat token columns (``ngstore.duckdb``, ``ngstore.dask``): the scalar fields, then the 24
+#: raw int16 coordinates x0, y0, z0, x1, ... z7 (layer L, axis X/Y/Z).
+SCALAR_COLUMNS = ("id", "flags", "weight", "field_radius", "field_strength", "timestamp")
+COORDINATE_COLUMNS = tuple(f"{axis}{layer}" for layer in range(8) for axis in "xyz")
+FLAT_COLUMNS = SCALAR_COLUMNS + COORDINATE_COLUMNS
+
+
+def token_columns(rows: np.ndarray, names: Sequence[str] = FLAT_COLUMNS) -> dict[str, np.ndarray]:
+    """Flat columns of TOKEN_DTYPE ``rows`` as views (strided, no copy), by name."""
+    cols: dict[str, np.ndarray] = {}
+    for name in names:
+        if name in SCALAR_COLUMNS:
+            cols[name] = rows[name]
+        elif name in COORDINATE_COLUMNS:
+            cols[name] = rows["coordinates"][:, int(name[1]), "xyz".index(name[0])]
+        else:
+            raise InvalidArgumentError(f"no token column {name!r}; columns are {FLAT_COLUMNS}")
+    return cols
 
 
 def require_pyarrow() -> Any:

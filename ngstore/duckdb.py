@@ -39,13 +39,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from .arrow import COORDINATE_COLUMNS, SCALAR_COLUMNS, token_columns
+
 if TYPE_CHECKING:
     from .snapshot import Snapshot
 
-#: The 24 coordinate columns, layer by layer: x0, y0, z0, x1, ... z7.
-COORDINATE_COLUMNS = tuple(f"{axis}{layer}" for layer in range(8) for axis in "xyz")
-#: The scalar token fields, as DuckDB columns.
-SCALAR_COLUMNS = ("id", "flags", "weight", "field_radius", "field_strength", "timestamp")
 #: Registered names of the raw scans behind the views.
 _TOKENS_SCAN = "_ngstore_token_rows"
 
@@ -60,16 +58,6 @@ def _duckdb() -> Any:
     except ImportError:  # pragma: no cover - exercised only without the extra
         raise ImportError("duckdb is needed for SQL over a snapshot: pip install 'ngstore[duckdb]'") from None
     return duckdb
-
-
-def token_columns(rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The columns of ``tokens`` as views of TOKEN_DTYPE ``rows`` (strided, no copy)."""
-    cols: dict[str, np.ndarray] = {name: rows[name] for name in SCALAR_COLUMNS}
-    coords = rows["coordinates"]
-    for layer in range(8):
-        for a, axis in enumerate("xyz"):
-            cols[f"{axis}{layer}"] = coords[:, layer, a]
-    return cols
 
 
 def _present_mask(nrows: int, runs: np.ndarray) -> np.ndarray:

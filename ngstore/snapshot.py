@@ -284,11 +284,13 @@ class TokenView:
     def __len__(self) -> int:
         return self.count()
 
-    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+    def chunks(self, first_chunk: int = 0, end_chunk: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yields ``(first_id, array)``: zero-copy, read-only views of runs of present ids.
 
         A full chunk is one run. Each array is a TOKEN_DTYPE view into the LMDB map,
-        valid for as long as it is referenced (see the module docstring).
+        valid for as long as it is referenced (see the module docstring). With
+        ``first_chunk``/``end_chunk`` only chunks ``first_chunk <= c < end_chunk`` (chunk
+        ``c`` holds ids ``c * chunk_slots`` ...) are read.
         """
         snap = self._snap
         txn = snap._txn()
@@ -301,7 +303,12 @@ class TokenView:
         db = snap._db(DB_TOKENS)
         if db is None:
             return
-        for key, value in txn.cursor(db=db):
+        cur = txn.cursor(db=db)
+        if not cur.set_range(layout.key(first_chunk)):
+            return
+        for key, value in cur:
+            if end_chunk is not None and from_bytes(key, "big") >= end_chunk:
+                return
             if len(value) != vb:
                 layout.check(value, from_bytes(key, "big"))
             first = from_bytes(key, "big") << shift
