@@ -570,15 +570,19 @@ def _incremental(store: _Source, src: str, target: _Target, prev: dict[str, Any]
         t_read = time.time_ns()
         pieces = prev["pieces"]
         resume: tuple[str, int] | None = None
-        if pieces and int(pieces[-1]["last_position"]) == end:
+        if pieces:
+            # continue the last piece's segment where it stopped, if the source still has
+            # that very segment (same salt) with the same last record (same frame CRC): a
+            # crash of the source can truncate a segment's unsynced tail and rewrite it
             last = pieces[-1]
             seg = next((s for s in segs if s.name == last["segment"]), None)
             if seg is not None:
                 fr = seg.frames
-                at = int(last["last_offset"])
-                if (fr is None or f"{fr.salt:016x}" != last["salt"]
-                        or not any(o == at and p == end and c == int(last["last_crc"]) for o, p, c in fr.frames)):
-                    return f"the source's log no longer holds record {end} as backed up (it was rewritten)"
+                at, pos = int(last["last_offset"]), int(last["last_position"])
+                if fr is None or f"{fr.salt:016x}" != last["salt"] or (
+                        at >= 0 and not any(o == at and p == pos and c == int(last["last_crc"])
+                                            for o, p, c in fr.frames)):
+                    return f"the source's log no longer holds record {pos} as backed up (it was rewritten)"
                 resume = (seg.name, int(last["offset"]) + int(last["bytes"]))
         cut = _cut(segs, end, resume)
         if cut.gap is not None:
