@@ -18,9 +18,15 @@ that hold a present token (1 byte per row of the region: the one thing built per
 connection). DuckDB pushes the projection down -- a query reads the fields it names --
 and runs the scan on all its threads.
 
+The price of no copy is memory traffic: a strided scan of ``weight`` touches a 64-byte
+cache line per token where a column reads 4 bytes, and DuckDB's strided numpy scan copies
+value by value. ``connect(..., copy=True)`` trades the other way: contiguous copies of
+every field (one C gather each, about 64 bytes per token) made once, then queries at the
+speed of an in-RAM table. Measured in ``docs/performance.md``.
+
 Where the chunks are not rows of one region (chunks small enough to live inside LMDB's
-pages, ``chunk_slots`` ≤ 16, or a map that could not be found), ``tokens`` is built from a
-copy of the tokens instead (``to_array``), with the same columns.
+pages, ``chunk_slots`` ≤ 16, or a map that could not be found), ``tokens`` is built from
+copies as with ``copy=True``, with the same columns.
 
 Columns of ``tokens``: ``id``, ``flags``, ``weight``, ``field_radius``, ``field_strength``,
 ``timestamp`` (the raw record fields, ``docs/format.md`` §2.1: ``field_radius`` is the
@@ -62,37 +68,48 @@ def _duckdb() -> Any:
 
 def _present_mask(nrows: int, runs: np.ndarray) -> np.ndarray:
     """A bool per row: True for the rows of ``runs`` ((first_id, row, count) each)."""
-    edges = np.zeros(nrows + 1, dtype=np.int32)
-    np.add.at(edges, runs[:, 1], 1)
-    np.add.at(edges, runs[:, 1] + runs[:, 2], -1)
-    return np.cumsum(edges[:-1]) > 0
+    mask = np.zeros(nrows, dtype=bool)
+    for row, count in runs[:, 1:].tolist():
+        mask[row:row + count] = True
+    return mask
 
 
-def register_tokens(con: Any, snap: Snapshot, name: str = "tokens") -> bool:
+def register_tokens(con: Any, snap: Snapshot, name: str = "tokens", *, copy: bool = False) -> bool:
     """Registers the view ``name`` of ``snap``'s tokens on DuckDB connection ``con``.
-    Returns True when it scans the mapped records in place, False when it scans a copy."""
-    mapped = snap.tokens.mapped_runs()
+    Returns True when it scans the mapped records in place, False when it scans a copy
+    (``copy=True``, or chunks that are not rows of one region)."""
+    mapped = None if copy else snap.tokens.mapped_runs()
     if mapped is not None:
         rows, runs = mapped
         cols = token_columns(rows)
         cols["_present"] = _present_mask(rows.shape[0], runs)
         zero_copy = True
     else:
-        copy = snap.tokens.to_array()
-        cols = token_columns(copy)
-        cols["_present"] = np.ones(copy.shape[0], dtype=bool)
+        # contiguous copies of the present tokens' fields: one C gather per scalar field
+        cols = {c: snap.tokens.column(c) for c in SCALAR_COLUMNS}
+        coords = snap.tokens.column("coordinates")
+        for layer in range(8):
+            for a, axis in enumerate("xyz"):
+                cols[f"{axis}{layer}"] = np.ascontiguousarray(coords[:, layer, a])
+        del coords
+        cols["_present"] = np.ones(cols["id"].shape[0], dtype=bool)
         zero_copy = False
     scan = f"{_TOKENS_SCAN}_{name}"
     con.register(scan, cols)
     listed = ", ".join(SCALAR_COLUMNS + COORDINATE_COLUMNS)
-    con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT {listed} FROM "{scan}" WHERE _present')
+    where = " WHERE _present" if zero_copy else ""
+    con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT {listed} FROM "{scan}"{where}')
     return zero_copy
 
 
-def connect(source: Snapshot | _HasSnapshot, *, con: Any = None) -> Any:
+def connect(source: Snapshot | _HasSnapshot, *, con: Any = None, copy: bool = False) -> Any:
     """A DuckDB connection (``con``, or a new in-memory one) with the views ``tokens``,
     ``connections`` and ``events`` of ``source``: a Snapshot, or a Store (a snapshot of it
-    is taken now). Queries see that snapshot, whatever is committed later."""
+    is taken now). Queries see that snapshot, whatever is committed later.
+
+    ``copy=True`` gives ``tokens`` contiguous copies of every field (about 64 bytes per
+    token, made once here) instead of strided scans of the map: queries then run at the
+    speed of an in-RAM table, for the memory of one (see the module docstring)."""
     duckdb = _duckdb()
     from .snapshot import Snapshot as _Snapshot
 
@@ -101,7 +118,7 @@ def connect(source: Snapshot | _HasSnapshot, *, con: Any = None) -> Any:
     assert isinstance(snap, _Snapshot)
     con = duckdb.connect() if con is None else con
     try:
-        register_tokens(con, snap)
+        register_tokens(con, snap, copy=copy)
         con.register("connections", snap.connections.to_arrow())
         con.register("events", snap.events.to_arrow())
     finally:

@@ -163,3 +163,15 @@ def test_duckdb_connect_sees_its_snapshot_and_all_three_tables(store):
     store.close()
     assert con.execute("SELECT max(id) FROM tokens").fetchone() == (int(expect["id"].max()),)
     con.close()
+
+
+def test_duckdb_with_copied_columns_answers_the_same(store):
+    expect = _fill(store)
+    with store.snapshot() as snap:
+        con = duckdb.connect()
+        assert ngduck.register_tokens(con, snap, copy=True) is False
+    zero = ngduck.connect(store)
+    q = "SELECT flags, avg(weight), count(*), sum(x0), min(z7) FROM tokens GROUP BY flags ORDER BY flags"
+    assert con.sql(q).fetchall() == zero.sql(q).fetchall()
+    got = con.sql("SELECT id FROM tokens ORDER BY id").fetchnumpy()["id"]
+    assert np.array_equal(got, expect["id"])
