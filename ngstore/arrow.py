@@ -158,17 +158,29 @@ def record_array(view: np.ndarray) -> Any:
 
 
 def token_table(runs: Iterable[tuple[int, np.ndarray]], column: Callable[[str], np.ndarray],
-                columns: Sequence[str] | None) -> Any:
-    """The table of ``TokenView.to_arrow`` from its zero-copy runs and its column gather."""
+                columns: Sequence[str] | None,
+                mapped: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
+    """The table of ``TokenView.to_arrow`` from its zero-copy runs (or ``mapped``: the
+    whole region and the runs' rows in it, ``TokenView.mapped_runs``) and its column
+    gather. With ``mapped`` every chunk of ``record`` is a slice of one Arrow array over
+    the region: one buffer for the table, not one per run."""
     require_pyarrow()
     cols = check_columns(columns, TOKEN_DTYPE, (RECORD,))
-    views = [arr for _first, arr in runs]
-    lengths = [v.shape[0] for v in views]
     sch = schema(TOKEN_DTYPE, cols)
+    if mapped is not None:
+        region = record_array(mapped[0])
+        spans = mapped[1][:, 1:].tolist()
+        lengths = [n for _row, n in spans]
+        records = [region.slice(row, n) for row, n in spans]
+    else:
+        views = [arr for _first, arr in runs]
+        lengths = [v.shape[0] for v in views]
+        records = [record_array(v) for v in views]
+        del views
     arrays = []
     for c in cols:
         if c == RECORD:
-            arrays.append(pa.chunked_array([record_array(v) for v in views], type=sch.field(c).type))
+            arrays.append(pa.chunked_array(records, type=sch.field(c).type))
             continue
         whole = field_array(column(c), TOKEN_DTYPE, c)
         if whole.type != sch.field(c).type:  # pragma: no cover - a mismatch is a bug here

@@ -392,7 +392,8 @@ class TokenView:
         (Arrow has no strided arrays)."""
         from . import arrow
 
-        return arrow.token_table(self.chunks(), self.column, columns)
+        mapped = self.mapped_runs()
+        return arrow.token_table(iter(()) if mapped is not None else self.chunks(), self.column, columns, mapped)
 
     def to_array(self) -> np.ndarray:
         """Every present token as one TOKEN_DTYPE array (a copy)."""
