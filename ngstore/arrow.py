@@ -11,10 +11,11 @@ fields are interleaved in its 64-byte record (``docs/format.md`` §2.1), so the 
 consecutive tokens lies 64 bytes apart, and no Arrow primitive array can point at it.
 Three layouts were weighed:
 
-* **the record as ``fixed_size_binary(64)``** -- one Arrow array per run of present ids whose
-  data buffer *is* the run's bytes in LMDB's memory map (``pa.foreign_buffer``). No copy: the
-  cost is a few C++ objects per run, so time and memory grow with the number of chunks,
-  not of tokens. Every field, ids included, is in those bytes at the offsets of §2.1.
+* **the record as ``fixed_size_binary(64)``** -- one Arrow chunk per run of present ids, a
+  slice of one array whose data buffer *is* the snapshot's mapped region of LMDB's map
+  (``pa.foreign_buffer``; ``TokenView.mapped_runs``), or, where chunks are not rows of one
+  region, an array per run over the run's own bytes. No copy: the cost is a few C++
+  objects per run, so time and memory grow with the number of chunks, not of tokens. Every field, ids included, is in those bytes at the offsets of §2.1.
   This is the column ``record``, and what ``to_arrow()`` gives by default.
 * **one Arrow column per field, gathered** -- ``weight`` as ``float32`` and so on: what
   SQL engines and dataframes want. Each is a copy of that field only (4 bytes per token
