@@ -15,7 +15,8 @@ Three layouts were weighed:
   slice of one array whose data buffer *is* the snapshot's mapped region of LMDB's map
   (``pa.foreign_buffer``; ``TokenView.mapped_runs``), or, where chunks are not rows of one
   region, an array per run over the run's own bytes. No copy: the cost is a few C++
-  objects per run, so time and memory grow with the number of chunks, not of tokens. Every field, ids included, is in those bytes at the offsets of §2.1.
+  objects per run, so time and memory grow with the number of chunks, not of tokens.
+  Every field, ids included, is in those bytes at the offsets of §2.1.
   This is the column ``record``, and what ``to_arrow()`` gives by default.
 * **one Arrow column per field, gathered** -- ``weight`` as ``float32`` and so on: what
   SQL engines and dataframes want. Each is a copy of that field only (4 bytes per token
