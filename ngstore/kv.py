@@ -467,6 +467,19 @@ class KV:
             self._pin.abort()
             self._pin = None
 
+    # -- copies (backups) ---------------------------------------------------------------
+
+    def copy_to_fd(self, fd: int, txn: lmdb.Transaction, *, compact: bool = True) -> None:
+        """Writes a copy of the environment as of read transaction ``txn`` to descriptor
+        ``fd`` (``mdb_env_copyfd2``; with ``compact`` free pages are left out and pages
+        renumbered, and the copy's meta says transaction 1). The copy is consistent
+        whatever the writer does meanwhile: it is one read transaction. ``fd`` may be a
+        pipe. Nothing is synced: the caller makes the destination durable."""
+        try:
+            self.env.copyfd(fd, compact=compact, txn=txn)
+        except lmdb.Error as exc:
+            raise translate(exc, f"copying the LMDB environment of {self.path}") from exc
+
     # -- information ------------------------------------------------------------------
 
     def info(self) -> dict[str, int]:

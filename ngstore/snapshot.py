@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,7 @@ from .layout import (
     M_COUNTERS,
     ChunkLayout,
     Counters,
+    Meta,
     conn_key,
     event_key,
     event_sequence,
@@ -172,6 +173,21 @@ class Snapshot:
         """The store's live counters as of this snapshot."""
         return Counters.decode(self._txn().get(M_COUNTERS, db=self._kv.db(DB_META)), self._path)
 
+    # -- for analytics and backups (ngstore.arrow, ngstore.duckdb, ngstore.backup) ------
+
+    def meta(self) -> Meta:
+        """The store's ``meta`` as of this snapshot (applied position, store id, ...)."""
+        return self._kv.read_meta(self._txn())
+
+    def txn_id(self) -> int:
+        """The LMDB transaction id this snapshot reads."""
+        return int(self._txn().id())
+
+    def copy_lmdb(self, fd: int, *, compact: bool = True) -> None:
+        """Writes LMDB's copy of exactly this snapshot to descriptor ``fd`` (see
+        ``kv.KV.copy_to_fd``): a consistent data.mdb whatever the writer does meanwhile."""
+        self._kv.copy_to_fd(fd, self._txn(), compact=compact)
+
     def _txn(self) -> Any:
         txn = self._lease.txn
         if self._closed or txn is None:
@@ -268,11 +284,13 @@ class TokenView:
     def __len__(self) -> int:
         return self.count()
 
-    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+    def chunks(self, first_chunk: int = 0, end_chunk: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yields ``(first_id, array)``: zero-copy, read-only views of runs of present ids.
 
         A full chunk is one run. Each array is a TOKEN_DTYPE view into the LMDB map,
-        valid for as long as it is referenced (see the module docstring).
+        valid for as long as it is referenced (see the module docstring). With
+        ``first_chunk``/``end_chunk`` only chunks ``first_chunk <= c < end_chunk`` (chunk
+        ``c`` holds ids ``c * chunk_slots`` ...) are read.
         """
         snap = self._snap
         txn = snap._txn()
@@ -285,7 +303,12 @@ class TokenView:
         db = snap._db(DB_TOKENS)
         if db is None:
             return
-        for key, value in txn.cursor(db=db):
+        cur = txn.cursor(db=db)
+        if not cur.set_range(layout.key(first_chunk)):
+            return
+        for key, value in cur:
+            if end_chunk is not None and from_bytes(key, "big") >= end_chunk:
+                return
             if len(value) != vb:
                 layout.check(value, from_bytes(key, "big"))
             first = from_bytes(key, "big") << shift
@@ -298,6 +321,29 @@ class TokenView:
             edges = np.flatnonzero(np.diff(np.concatenate(([0], bits, [0]))))
             for s, e in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
                 yield first + s, rows[s:e]
+
+    def mapped_runs(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(rows, runs)``: the snapshot's whole mapped region typed as TOKEN_DTYPE rows
+        (zero-copy, read-only; most rows are not tokens) and an int64 array of
+        ``(first_id, row, count)`` per run of present ids, in id order: the run's records
+        are ``rows[row:row + count]``. One strided array per field then covers every
+        token (what ``ngstore.duckdb`` scans). None when some chunk is not a row of that
+        region (chunks small enough to be stored inside LMDB pages, or a map that could
+        not be found): use :meth:`chunks` then. Lifetime: as every view's."""
+        out = []
+        records = None
+        for first, arr in self.chunks():
+            records = self._snap._views._records
+            start = self._snap._views._records_start
+            if records is None:
+                return None
+            off = arr.__array_interface__["data"][0] - start
+            if off < 0 or off % 64:
+                return None
+            out.append((first, off // 64, arr.shape[0]))
+        if records is None:
+            return np.zeros(0, TOKEN_DTYPE), np.zeros((0, 3), np.int64)
+        return records, np.asarray(out, dtype=np.int64).reshape(-1, 3)
 
     def __iter__(self) -> Iterator[Token]:
         """Yields a Token (a copy) per present token, in id order."""
@@ -334,6 +380,20 @@ class TokenView:
         raw_dt = np.dtype((np.void, field_dt.itemsize))
         out = _native.gather_column(bufs, layout.shift, offset, raw_dt, self.count())
         return out.view(field_dt.base).reshape((-1, *field_dt.shape))
+
+    def to_arrow(self, columns: Sequence[str] | None = None) -> Any:
+        """A ``pyarrow.Table`` of the present tokens in id order, one chunk per run of
+        present ids (``ngstore.arrow`` explains the layout; needs ``ngstore[arrow]``).
+
+        ``columns=None`` gives the column ``record``: each token's 64 bytes as
+        ``fixed_size_binary(64)``, whose buffers are the mapped chunk bytes (no copy; they
+        keep the read transaction alive like any view). Field names (``"id"``,
+        ``"weight"``, ``"coordinates"``, ...) add a column each, a copy of that field
+        (Arrow has no strided arrays)."""
+        from . import arrow
+
+        mapped = self.mapped_runs()
+        return arrow.token_table(iter(()) if mapped is not None else self.chunks(), self.column, columns, mapped)
 
     def to_array(self) -> np.ndarray:
         """Every present token as one TOKEN_DTYPE array (a copy)."""
@@ -436,6 +496,14 @@ class ConnectionView:
         """Every connection, in key order (a CONNECTION_DTYPE copy)."""
         return self._scan(DB_CONNECTIONS, b"", reverse=False)
 
+    def to_arrow(self, columns: Sequence[str] | None = None) -> Any:
+        """Every connection, in key order, as a ``pyarrow.Table`` with a column per field
+        (or the ``columns`` named, ``"record"`` for the 64 bytes). A copy: each connection
+        is its own LMDB value (needs ``ngstore[arrow]``)."""
+        from . import arrow
+
+        return arrow.records_table(self.to_array(), columns)
+
     def _scan(self, dbname: bytes, prefix: bytes, reverse: bool) -> np.ndarray:
         snap = self._snap
         txn, db, cdb = snap._txn(), snap._db(dbname), snap._db(DB_CONNECTIONS)
@@ -486,3 +554,11 @@ class EventView:
                         first_seq = event_sequence(key)
                     rows.append(bytes(value))
         return first_seq, _records_array(rows, EVENT_DTYPE)
+
+    def to_arrow(self, columns: Sequence[str] | None = None, *, first: int = 0) -> Any:
+        """The stored events with sequence number ``first`` and later, in order, as a
+        ``pyarrow.Table`` with a column per field (or the ``columns`` named). A copy: each
+        event is its own LMDB value (needs ``ngstore[arrow]``)."""
+        from . import arrow
+
+        return arrow.records_table(self.since(first)[1], columns)

@@ -1010,3 +1010,49 @@ def dump(dirpath: str, *, io: FileIO = DEFAULT_IO) -> Iterator[RecordSummary]:
     for hdr, path, off, _ in _iter_segments(io, segs, 0, False):
         yield RecordSummary(hdr[3], hdr[5], FRAME_HEADER_SIZE + hdr[1], hdr[8], path, off,
                             bool(hdr[6] & FLAG_ZSTD))
+
+
+# --------------------------------------------------------------- for copies of a live log --
+# Added for ngstore.backup: a backup reads the segments of a log another process is
+# appending to, and must keep exactly a prefix of valid frames of what it read.
+
+def list_segments(dirpath: str, *, io: FileIO = DEFAULT_IO) -> list[tuple[int, str]]:
+    """``(first position, path)`` of every segment file in ``dirpath``, oldest first
+    (foreign names left out)."""
+    return _list_segments(dirpath, io)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentFrames:
+    """The valid frames at the start of a segment's bytes (see :func:`scan_segment`)."""
+    salt: int
+    first: int                                  # the header's first position
+    frames: list[tuple[int, int, int]]          # (offset, position, frame CRC), in order
+    end: int                                    # offset just after the last valid frame
+    stop: str | None                            # what ended the scan before the data's end
+
+
+def scan_segment(data: bytes, name_first: int) -> SegmentFrames | str:
+    """The header and the run of valid frames (§6.3, positions consecutive from the
+    header's first) at the start of ``data``, a copy of a segment's first ``len(data)``
+    bytes; or why its header is invalid. The scan stops at the first frame that is not
+    valid -- a frame still being written, or damage: telling which needs the rest of the
+    log (``Log.open``) -- or at the zero runway."""
+    hdr = _check_header(data, name_first)
+    if isinstance(hdr, str):
+        return hdr
+    salt, first = hdr
+    size = len(data)
+    mv = memoryview(data)
+    zero_from = len(data.rstrip(b"\0"))
+    frames: list[tuple[int, int, int]] = []
+    off, expected, stop = SEGMENT_HEADER_SIZE, first, None
+    while off < zero_from:
+        r = _parse_frame(data, mv, off, size, salt, expected)
+        if isinstance(r, str):
+            stop = r
+            break
+        frames.append((off, r[3], r[0]))
+        off += FRAME_HEADER_SIZE + r[1]
+        expected += 1
+    return SegmentFrames(salt, first, frames, off, stop)
