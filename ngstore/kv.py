@@ -50,7 +50,7 @@ import lmdb
 
 from . import layout
 from .errors import CorruptionError, NgStoreError, StoreLockedError
-from .fileio import DEFAULT_IO, FileIO
+from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO
 from .layout import ALL_DBS, DATA_FILE, DB_META, META_KEYS, Checkpoint, Meta
 
 T = TypeVar("T")
@@ -78,9 +78,10 @@ _registry: dict[str, _Shared] = {}
 _registry_lock = threading.Lock()
 
 
-def _open_env(path: str, readonly: bool, map_size: int, max_readers: int) -> lmdb.Environment:
+def _open_env(path: str, readonly: bool, map_size: int, max_readers: int, mode: int) -> lmdb.Environment:
     return lmdb.open(
         path,
+        mode=mode,  # LMDB creates data.mdb and lock.mdb with it (the umask applies: see Directory.apply_mode)
         subdir=True,
         readonly=readonly,
         create=not readonly,
@@ -105,7 +106,7 @@ class KV:
     """
 
     def __init__(self, path: str, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE,
-                 max_readers: int = 126, io: FileIO = DEFAULT_IO) -> None:
+                 max_readers: int = 126, io: FileIO = DEFAULT_IO, mode: int = PRIVATE_MODE) -> None:
         self.path = os.path.realpath(path)
         self.readonly = readonly
         self.io = io
@@ -117,7 +118,7 @@ class KV:
             shared = _registry.get(self.path)
             if shared is None:
                 try:
-                    env = _open_env(self.path, readonly, map_size, max_readers)
+                    env = _open_env(self.path, readonly, map_size, max_readers, mode)
                 except lmdb.Error as exc:
                     raise translate(exc, f"opening the LMDB environment in {self.path}") from exc
                 dbs: dict[bytes, Any] = {}

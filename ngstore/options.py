@@ -76,6 +76,12 @@ class Options:
     blackbox_capacity: int = 1000
     #: A writer dumps its black box on an unhandled exception or a fatal signal.
     crash_handlers: bool = True
+    #: The permission bits of the store's files (``docs/operations.md`` §6). None: a new
+    #: store is private (0o600: files the owner's only; directories 0o700) and an existing
+    #: one keeps its own. ``mode=0o640`` shares it read-only with the owner's group
+    #: (directories 0o750; LMDB's lock file, which readers write, 0o660). A writer that
+    #: passes a mode changes every file of an existing store to it.
+    mode: int | None = None
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_MODES:
@@ -95,6 +101,11 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+        if self.mode is not None and (isinstance(self.mode, bool) or not isinstance(self.mode, int)
+                                      or self.mode & ~0o666 or self.mode & 0o600 != 0o600):
+            raise InvalidArgumentError(
+                f"mode must be file permission bits with at least 0o600 and no execute bits (directories get "
+                f"search where read is granted), got {self.mode!r}")
         if not isinstance(self.io, FileIO):
             raise InvalidArgumentError(f"io must be a FileIO, got {type(self.io).__name__}")
 

@@ -81,7 +81,7 @@ class Store:
         self.path = os.path.realpath(path)
         self.readonly = options.readonly
         self.durability = options.durability
-        self._directory = Directory(self.path, options.io)
+        self._directory = Directory(self.path, options.io, options.mode)
         self._guardian = Guardian(options.max_tokens, options.max_bytes, options.memory_threshold)
         self._validation = ValidationCounters()
         self._closed = False
@@ -132,7 +132,7 @@ class Store:
                 raise NgStoreError(
                     f"{self.path} was being written when the system went down; it needs recovery "
                     "before it can be read: open it once for writing, or run `ngstore recover PATH`")
-            kv = KV(self.path, readonly=True, io=self.options.io)
+            kv = KV(self.path, readonly=True, io=self.options.io, mode=d.mode)
             try:
                 with ReadTxn(kv) as txn:
                     meta = kv.read_meta(txn)
@@ -162,7 +162,7 @@ class Store:
                                "; LMDB rolled back to the checkpoint" if r.power_loss_rollback else "")
         if not self.readonly:
             # the black box moves into blackbox.ring; stats.page starts being published
-            obs.start_writer(self._safe_stats, io=self.options.io)
+            obs.start_writer(self._safe_stats, io=self.options.io, mode=self._directory.mode)
         if self.options.crash_handlers and not self.readonly:
             obs.install_crash_handlers(self._safe_stats)
 

@@ -82,7 +82,7 @@ def test_modules_stay_small_and_the_facade_thin():
 
 #: File system calls only the file seam makes (``fileio.FileIO``).
 _SYSCALLS = re.compile(r"\bos\.(open|fsync|fdatasync|rename|replace|unlink|remove|mkdir|makedirs|listdir|"
-                       r"ftruncate|write|pwrite|pwritev|read|pread|scandir|stat|rmdir|walk)\(|"
+                       r"ftruncate|write|pwrite|pwritev|read|pread|scandir|stat|rmdir|walk|chmod|fchmod)\(|"
                        r"\bfcntl\.(flock|lockf)\(|\bshutil\.|\bos\.path\.(exists|isdir|isfile|getsize)\(|"
                        r"(?<![.\w])(?<!def )open\(")
 
