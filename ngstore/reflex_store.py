@@ -94,7 +94,7 @@ def _identity_record(row: np.void) -> np.ndarray | None:
 def apply_delete(table: ReflexTable, data: np.ndarray) -> int:
     removed = 0
     for row in data:
-        state = np.ascontiguousarray(row["state"]).reshape(1, 8, 3)
+        state = np.ascontiguousarray(row["state"], dtype=np.int16).reshape(8, 3)  # one state, not a batch of one
         try:
             removed += table.delete(state, _identity_record(row))
         except NotFoundError:
