@@ -26,6 +26,7 @@ from .ops import (
     OP_EVENT_APPEND,
     OP_REFLEX_DELETE,
     OP_REFLEX_PUT,
+    OP_REFLEX_RESIZE,
     OP_TOKEN_DELETE,
     OP_TOKEN_PUT,
     REFLEX_DELETE_DTYPE,
@@ -269,6 +270,22 @@ def token_put_op(tokens: Any, counters: ValidationCounters, obs: Observability |
     if timed and obs is not None:
         obs.validation_seconds.observe(time.perf_counter() - t0)
     return Op.of_bytes(OP_TOKEN_PUT, raw) if raw is not None else Op(OP_TOKEN_PUT, np.ascontiguousarray(arr))
+
+
+#: The largest reflex capacity: a table holds at most 2^32 records (format §7.2).
+MAX_REFLEX_CAPACITY = 1 << 32
+
+
+def reflex_resize_op(capacity: Any, live: int) -> Op:
+    """The REFLEX_RESIZE op of ``capacity`` for a table of ``live`` reflexes, or
+    InvalidArgumentError (a resize never drops a reflex)."""
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
+            or not 1 <= int(capacity) <= MAX_REFLEX_CAPACITY:
+        raise InvalidArgumentError(f"a reflex capacity is an int in 1..{MAX_REFLEX_CAPACITY}, got {capacity!r}")
+    if int(capacity) < live:
+        raise InvalidArgumentError(f"cannot resize the reflex table to {int(capacity)}: it holds {live} reflexes; "
+                                   "delete some first")
+    return Op(OP_REFLEX_RESIZE, np.array([int(capacity)], dtype="<u8"))
 
 
 def _reject_weights(arr: np.ndarray) -> None:

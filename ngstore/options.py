@@ -13,6 +13,7 @@ from .layout import DEFAULT_CHUNK_SLOTS, DEFAULT_EVENT_CAPACITY, DEFAULT_REFLEX_
 from .wal import DEFAULT_SEGMENT_BYTES
 
 RECOVERY_MODES = ("strict", "tolerate-tail", "salvage")
+REFLEX_EVICTION = ("evict", "refuse")
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,13 @@ class Options:
     chunk_slots: int = DEFAULT_CHUNK_SLOTS
     #: Experience events retained (older ones are trimmed); fixed at creation.
     event_capacity: int = DEFAULT_EVENT_CAPACITY
-    #: Reflexes the table holds (the weakest are evicted beyond it); fixed at creation.
+    #: Reflexes the table holds; set at creation, changed by ``store.resize_reflexes(n)``.
     reflex_capacity: int = DEFAULT_REFLEX_CAPACITY
+    #: What a reflex put does to a full table (or a cell holding 4 reflexes already):
+    #: ``"evict"`` pushes the weakest out (counted in ``reflex_evictions_total``, logged
+    #: once per batch); ``"refuse"`` raises QuotaExceededError before anything of the batch
+    #: is written. A policy of this handle, not of the store: each open chooses.
+    reflex_eviction: str = "evict"
     #: LMDB's virtual map size (address space, not disk) and its reader slots.
     map_size: int = DEFAULT_MAP_SIZE
     max_readers: int = 126
@@ -86,6 +92,9 @@ class Options:
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_MODES:
             raise InvalidArgumentError(f"durability must be one of {DURABILITY_MODES}, got {self.durability!r}")
+        if self.reflex_eviction not in REFLEX_EVICTION:
+            raise InvalidArgumentError(
+                f"reflex_eviction must be one of {REFLEX_EVICTION}, got {self.reflex_eviction!r}")
         if self.recovery not in RECOVERY_MODES:
             raise InvalidArgumentError(f"recovery must be one of {RECOVERY_MODES}, got {self.recovery!r}")
         for name in ("flush_interval", "apply_interval"):

@@ -48,7 +48,7 @@ from ..fileio import DEFAULT_IO, PRIVATE_MODE, FileIO
 from .blackbox import BlackBox, list_dumps, load_dump, read_ring, write_dump_file
 from .logs import StoreLoggerAdapter, enable_json_logging, store_logger
 from .metrics import HISTOGRAMS, Histogram, StoreCollector, obs_values, register
-from .statspage import PublishedStats, Snapshot, StatsPublisher, read_stats_page, writer_alive
+from .statspage import PAGE_BYTES, PublishedStats, Snapshot, StatsPublisher, read_stats_page, writer_alive
 from .tracing import NOOP_SPAN, SamplerConfig, Tracer, TraceSampler, from_headers, noop_span, otel_available
 
 __all__ = [
@@ -228,6 +228,12 @@ class Observability:
         values.update({k: float(v) for k, v in obs_values(self).items()})
         hists = {attr: h.snapshot() for attr, h in self.histograms().items()}
         return values, hists
+
+    def memory_parts(self) -> dict[str, int]:
+        """Its fixed allocations, for the Guardian's reservations: the black box's ring and,
+        in a writer, the stats page."""
+        return {"blackbox": self.blackbox.memory_bytes,
+                "stats_page": PAGE_BYTES if self._publisher is not None else 0}
 
     def histograms(self) -> dict[str, Histogram]:
         """Every histogram of this object, by its ``HISTOGRAMS`` name."""

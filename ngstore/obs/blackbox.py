@@ -422,6 +422,11 @@ class BlackBox:
         self._flags = 0
         self.record: Callable[..., None] = self._make_record()
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the ring occupies (in memory, or mapped from ``blackbox.ring``)."""
+        return _ring_image_bytes(self.capacity)
+
     # ---------------------------------------------------------------- hot path
     def _make_record(self) -> Callable[..., None]:
         # Everything the hot path touches is a closure cell (LOAD_DEREF), never a global
