@@ -54,6 +54,12 @@ class CommitResult:
 
 #: The writer's commit: (ops, durability) -> CommitResult.
 Committer = Callable[[list[Op], str], CommitResult]
+#: Gets the outcome of a submitted batch: its CommitResult, or the exception.
+Outcome = Callable[[CommitResult | BaseException], None]
+#: Runs a function now or later (an event loop's ``call_soon``).
+Defer = Callable[[Callable[[], None]], None]
+#: The writer's submit: (ops, durability, outcome, defer) -> None, never blocking.
+Submitter = Callable[[list[Op], str, Outcome, "Defer | None"], None]
 
 
 @dataclass
@@ -79,8 +85,9 @@ class Batch:
     or call :meth:`commit` / :meth:`discard`."""
 
     def __init__(self, commit: Committer, durability: str, counters: ValidationCounters,
-                 obs: Observability | None = None) -> None:
+                 obs: Observability | None = None, submit: Submitter | None = None) -> None:
         self._commit = commit
+        self._submit = submit
         self.durability = check_durability(durability)
         self._counters = counters
         self._obs = obs
@@ -217,6 +224,28 @@ class Batch:
         result = self._commit(self._ops, self.durability)
         self.position, self.first_event = result.position, result.first_event
         return result.position
+
+    def submit(self, outcome: Outcome, defer: Defer | None = None) -> None:
+        """Commits without blocking (what ``ngstore.aio`` awaits): ``outcome`` gets the
+        CommitResult -- or the exception :meth:`commit` would raise -- from a thread of the
+        store's once the batch is committed or refused. Raises at once, writing nothing, if
+        the store refuses writes. ``defer``: see ``commit.Writer.submit``."""
+        self._check()
+        if self._submit is None:
+            raise NgStoreError("this batch has no store to submit to")
+        self._done = True
+
+        def done(result: CommitResult | BaseException) -> None:
+            if isinstance(result, CommitResult):
+                self.position, self.first_event = result.position, result.first_event
+            outcome(result)
+
+        self._submit(self._ops, self.durability, done, defer)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the records it holds (what its commit writes, about)."""
+        return sum(op.data.nbytes for op in self._ops)
 
     def discard(self) -> None:
         self._done = True

@@ -46,13 +46,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
 from . import reflex_store, wal
 from .applier import Applier
 from .batch import CommitResult
+from .committer import Committer
 from .directory import Directory
 from .errors import NgStoreError, OutcomeUnknownError, QuotaExceededError
 from .guardian import CONNECTION_BYTES, EVENT_BYTES, TOKEN_BYTES, Guardian, Usage
@@ -81,6 +82,9 @@ T = TypeVar("T")
 #: Called with (first sequence number, events) for every committed EVENT_APPEND, in
 #: commit order, as the batch becomes visible.
 CommitListener = Callable[[int, np.ndarray], None]
+#: Gets a submitted batch's outcome (:meth:`Writer.submit`): its CommitResult, or the
+#: exception a blocking commit would have raised.
+SubmitCallback = Callable[[CommitResult | BaseException], None]
 
 
 @dataclass(frozen=True)
@@ -108,12 +112,19 @@ class _GroupAdds:
     ops: list[Op] = field(default_factory=list)
 
 
+class _Wake(Protocol):
+    def release(self) -> None: ...
+
+
 class _Pending:
     """A batch in the group-commit queue. ``wake`` is a lock held from creation: the
-    leader releases it to say "done" or "lead now" (a lock costs a tenth of an Event)."""
+    leader releases it to say "done" or "lead now" (a lock costs a tenth of an Event). A
+    submitted batch (:meth:`Writer.submit`) has a :class:`_Notify` instead, and its
+    ``callback`` gets the outcome."""
 
     __slots__ = (
         "add_tokens",
+        "callback",
         "done",
         "durability",
         "error",
@@ -125,7 +136,7 @@ class _Pending:
         "wake",
     )
 
-    def __init__(self, ops: list[Op], durability: str) -> None:
+    def __init__(self, ops: list[Op], durability: str, wake: _Wake | None = None) -> None:
         self.ops = ops
         self.durability = durability
         self.payload = b""
@@ -135,8 +146,25 @@ class _Pending:
         self.first_event: int | None = None
         self.error: BaseException | None = None
         self.wait_applied = False
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        self.callback: SubmitCallback | None = None
+        if wake is None:
+            wake = threading.Lock()
+            wake.acquire()
+        self.wake = wake
+
+
+class _Notify:
+    """The wake of a submitted batch: the leader's "release" -- done, or lead now -- is
+    handed to ``on_wake`` (``Writer._on_submitted``), never acted on by the submitter."""
+
+    __slots__ = ("_on_wake", "_pending")
+
+    def __init__(self, pending: _Pending, on_wake: Callable[[_Pending], None]) -> None:
+        self._pending = pending
+        self._on_wake = on_wake
+
+    def release(self) -> None:
+        self._on_wake(self._pending)
 
 
 class Writer:
@@ -177,12 +205,19 @@ class Writer:
         self._cleanup_headroom = 0
         self._queue: list[_Pending] = []
         self._leader = False
+        #: the leader is a submitted batch whose lead waits for its ``defer`` (``submit``)
+        self._lead_deferred = False
         self._unsynced = False
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
         #: per group: (seconds logging, seconds in all, its batches); turned into histogram
         #: observations off the commit path (``observe_pending``)
         self._timings: deque[tuple[float, float, list[_Pending]]] = deque()
+        self._refuse = options.reflex_eviction == "refuse"
+        self._table_seen: object = None  # the reflex table version whose memory_bytes ...
+        self._table_bytes = 0            # ... is this
+        #: leads and finishes submitted batches (one thread, started by the first one)
+        self._committer = Committer(self._lead, applier.wait_applied, "ngstore-committer")
         self.stats_counters = {"commits_total": 0, "commit_errors_total": 0, "panics_recovered_total": 0,
                                "wal_records_written_total": 0, "wal_records_replayed_total": 0,
                                "direct_commits_total": 0}
@@ -215,7 +250,9 @@ class Writer:
         c = a.counters
         pend = self._overlay.pending
         table = a.reflex_table
-        reflex_bytes = table.memory_bytes if table is not None else 0
+        if table is not self._table_seen:  # a version never changes: ask C once per version
+            self._table_seen, self._table_bytes = table, table.memory_bytes if table is not None else 0
+        reflex_bytes = self._table_bytes
         if pend.reflexes:
             reflex_bytes = max(reflex_bytes, reflex_store.table_bytes_after(table, a.reflex_capacity, [],
                                                                             pend.reflexes))
@@ -248,18 +285,23 @@ class Writer:
             return CommitResult(self._log.last_position)
         if durability == "sync" and sum(op.data.nbytes for op in ops) >= self._options.direct_threshold:
             return self._run_exclusive(lambda: self._commit_direct(ops))
-        p = _Pending(ops, durability)
+        wake = threading.Lock()
+        wake.acquire()
+        p = _Pending(ops, durability, wake)
         p.payload = encode_ops(ops)
         with self._qlock:
             self._queue.append(p)
             lead = not self._leader
             if lead:
                 self._leader = True
+            kick, self._lead_deferred = self._lead_deferred, False
+        if kick:  # a submitted batch's lead waits for its event loop, which may be this thread
+            self._committer.request_lead()
         while True:
             if lead:
                 self._lead()
             if not p.done:
-                p.wake.acquire()  # done, or asked to lead
+                wake.acquire()  # done, or asked to lead
             if p.done:
                 break
             lead = True  # the previous leader handed over
@@ -268,6 +310,72 @@ class Writer:
         if p.wait_applied:
             self._applier.wait_applied(p.position)
         return CommitResult(p.position, p.first_event)
+
+    def submit(self, ops: list[Op], durability: str, callback: SubmitCallback,
+               defer: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """Commits one batch like :meth:`commit`, without blocking or waiting: the batch joins
+        the same group commits, and ``callback`` gets its CommitResult (or the exception
+        ``commit`` would have raised) from a thread of the writer's -- the leader's, or the
+        committer's (``committer``), which also leads, syncs and waits for the applier for
+        it. Raises at once, writing nothing, when the writer refuses writes. An empty batch
+        is reported at once, in the caller's thread; a very large ``sync`` batch
+        (``direct_threshold``) commits in a thread of its own. ``defer``, when given, runs
+        the request that wakes the committer to lead (an event loop passes its
+        ``call_soon``: the committer starts once the loop has submitted everything ready,
+        instead of competing with it for the GIL meanwhile)."""
+        self.check_writable()
+        if not ops:
+            callback(CommitResult(self._log.last_position))
+            return
+        if durability == "sync" and sum(op.data.nbytes for op in ops) >= self._options.direct_threshold:
+            def blocking() -> None:
+                try:
+                    result: CommitResult | BaseException = self.commit(ops, durability)
+                except BaseException as exc:
+                    result = exc
+                callback(result)
+
+            threading.Thread(target=blocking, name="ngstore-direct-commit", daemon=True).start()
+            return
+        p = _Pending(ops, durability)
+        p.payload = encode_ops(ops)
+        p.callback = callback
+        p.wake = _Notify(p, self._on_submitted)  # replaces the lock: nobody waits on it
+        with self._qlock:
+            self._queue.append(p)
+            lead = not self._leader
+            if lead:
+                self._leader = True
+                self._lead_deferred = defer is not None
+        if lead:
+            if defer is None:
+                self._committer.request_lead()
+            else:
+                defer(self._deferred_lead)
+
+    def _deferred_lead(self) -> None:
+        """The deferred start of a submitted batch's lead -- unless a blocking committer or an
+        exclusive caller came first and started it (they never wait for a deferred lead:
+        the loop that would run it may be the very thread they block)."""
+        with self._qlock:
+            lead, self._lead_deferred = self._lead_deferred, False
+        if lead:
+            self._committer.request_lead()
+
+    def _on_submitted(self, p: _Pending) -> None:
+        """A submitted batch was woken: lead (not done), or report its outcome -- after the
+        applier applied it when its commit must wait for that (``commit`` does the same)."""
+        callback = p.callback
+        assert callback is not None
+        if not p.done:
+            self._committer.request_lead()
+        elif p.error is not None:
+            callback(p.error)
+        elif p.wait_applied:
+            result = CommitResult(p.position, p.first_event)
+            self._committer.after_apply(p.position, lambda error: callback(error if error is not None else result))
+        else:
+            callback(CommitResult(p.position, p.first_event))
 
     def _lead(self) -> None:
         """Commits queued groups until the queue is empty (or LEADER_ROUNDS), waking each
@@ -314,6 +422,9 @@ class Writer:
         with self._free:
             self._exclusive_waiting += 1
             try:
+                if self._lead_deferred:  # see _deferred_lead
+                    self._lead_deferred = False
+                    self._committer.request_lead()
                 while self._leader:
                     self._free.wait()
             finally:
@@ -336,13 +447,13 @@ class Writer:
         by ``overlay_bytes``). Takes what it may add from the cleanup headroom and adds it
         to ``group``."""
         g = self._guardian
-        refuse = self._options.reflex_eviction == "refuse" and any(op.kind == OP_REFLEX_PUT for op in ops)
+        refuse = self._refuse and any(op.kind == OP_REFLEX_PUT for op in ops)
         if refuse and self._overlay.pending.reflex_ops:
             self._applier.wait_applied(self._overlay.last_position)  # plan on the table they make
         usage, add_tokens, add_bytes = self._additions(ops, group, exact=False)
-        if g.exceeds(usage, add_tokens, add_bytes):
+        if g.exceeds(usage, add_tokens, add_bytes):  # else check() would pass: not asked again
             usage, add_tokens, add_bytes = self._additions(ops, group, exact=True)
-        g.check(usage, add_tokens, add_bytes)
+            g.check(usage, add_tokens, add_bytes)
         if refuse:
             self._refuse_displacing(ops, group.ops)
         group.tokens += add_tokens
@@ -360,17 +471,21 @@ class Writer:
         usage.tokens += group.tokens
         usage.pending_bytes = group.bytes
         add_tokens = add_bytes = 0
+        reflexes = False
         for op in ops:
-            if op.kind == OP_TOKEN_PUT:
+            kind = op.kind
+            if kind == OP_TOKEN_PUT:
                 n = self._count_absent(op.data["id"]) if exact else op.count
                 add_tokens += n
                 add_bytes += n * TOKEN_BYTES
-            elif op.kind == OP_CONNECTION_PUT:
+            elif kind == OP_CONNECTION_PUT:
                 add_bytes += op.count * CONNECTION_BYTES  # an upper bound: overwrites add nothing
-            elif op.kind == OP_EVENT_APPEND:
+            elif kind == OP_EVENT_APPEND:
                 live = usage.events
                 add_bytes += (min(self._applier.event_capacity, live + op.count) - live) * EVENT_BYTES
-        if any(op.kind in REFLEX_KINDS for op in ops):  # what the table may grow by
+            elif kind in REFLEX_KINDS:
+                reflexes = True
+        if reflexes:  # what the table may grow by
             a = self._applier
             earlier = [op for op in group.ops if op.kind in REFLEX_KINDS]
             pending = 0 if exact else self._overlay.pending.reflexes
@@ -647,6 +762,7 @@ class Writer:
                     self._directory.write_state(clean=True)
         finally:
             self._closed = True
+            self._committer.close()
             self.release()
 
     def release(self) -> None:

@@ -25,6 +25,7 @@ naming the quota and the numbers, and leaves the store unchanged.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .errors import InvalidArgumentError, QuotaExceededError
@@ -50,7 +51,7 @@ class Usage:
     reflex_bytes: int = 0
     overlay_bytes: int = 0
     #: the reservations (:meth:`Guardian.reserve`) by name
-    reserved: dict[str, int] = field(default_factory=dict)
+    reserved: Mapping[str, int] = field(default_factory=dict)
     #: what batches already accepted in the same commit group will add (not yet anywhere)
     pending_bytes: int = 0
 
@@ -102,9 +103,9 @@ class Guardian:
             self._reserved.pop(name, None)
 
     @property
-    def reserved(self) -> dict[str, int]:
-        """The reservations by name (a copy)."""
-        return dict(self._reserved)
+    def reserved(self) -> Mapping[str, int]:
+        """The reservations by name (read-only; changed by :meth:`reserve` only)."""
+        return self._reserved
 
     @property
     def byte_limit(self) -> int | None:

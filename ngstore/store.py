@@ -203,9 +203,10 @@ class Store:
 
     def batch(self, durability: str | None = None) -> Batch:
         """A new batch; ``with store.batch() as b: ...`` commits on success, discards on error."""
-        self._live_writer().check_writable()
+        writer = self._live_writer()
+        writer.check_writable()
         return Batch(self._commit, check_durability(self.durability if durability is None else durability),
-                     self._validation, self._obs)
+                     self._validation, self._obs, writer.submit)
 
     def _commit(self, ops: list[Op], durability: str) -> CommitResult:
         return self._live_writer().commit(ops, durability)
