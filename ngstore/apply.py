@@ -36,6 +36,7 @@ from .layout import (
     LEARN_MOMENTS_DTYPE,
     M_APPLIED,
     M_COUNTERS,
+    M_REFLEX_CAPACITY,
     ChunkLayout,
     Counters,
     LearnCursor,
@@ -58,6 +59,7 @@ from .ops import (
     OP_REFLEX_DELETE,
     OP_REFLEX_DELETE_KEY,
     OP_REFLEX_PUT,
+    OP_REFLEX_RESIZE,
     OP_TOKEN_DELETE,
     OP_TOKEN_PUT,
     Op,
@@ -99,6 +101,11 @@ class ApplyResult:
     #: LEARN_UPDATE folds applied, and those that changed nothing (stale: already folded)
     learn_folds: int = 0
     learn_folds_stale: int = 0
+    #: log position -> (reflexes its REFLEX_PUTs pushed out -- the table at capacity, or a
+    #: cell's candidates full -- and the index of the first put that did), per batch
+    reflex_displaced: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: the reflex capacity after the entries, when a REFLEX_RESIZE set it
+    reflex_capacity: int | None = None
     tokens_written: int = 0
     #: bytes of values put into LMDB (what the next checkpoint must make durable)
     bytes_written: int = 0
@@ -112,6 +119,7 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
     events_db = dbs[DB_EVENTS]
     layout = state.layout
     reflexes: ReflexTable | None = None  # a writable copy, made at the first reflex op
+    reflex_capacity = state.reflex_capacity
     for position, op in _coalesced(entries):
         kind = op.kind
         if kind == OP_TOKEN_PUT:
@@ -144,12 +152,22 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
             counters.events_live -= removed
             counters.events_trimmed_total += removed
             result.events_trimmed += removed
-        elif kind in (OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY):
+        elif kind == OP_REFLEX_RESIZE and reflexes is None and state.reflexes is None:
+            reflex_capacity = int(op.data[-1])  # no table yet: the first one is made with it
+            result.reflex_capacity = reflex_capacity
+        elif kind in (OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY, OP_REFLEX_RESIZE):
             if reflexes is None:
-                reflexes = reflex_store.writable_copy(state.reflexes, state.reflex_capacity)
+                reflexes = reflex_store.writable_copy(state.reflexes, reflex_capacity)
             if kind == OP_REFLEX_PUT:
-                result.reflexes_created += reflex_store.apply_put(reflexes, op.data)
+                created, displaced, first = reflex_store.apply_put(reflexes, op.data)
+                result.reflexes_created += created
                 result.reflexes_written += op.count
+                if displaced:
+                    before = result.reflex_displaced.get(position, (0, first))
+                    result.reflex_displaced[position] = (before[0] + displaced, before[1])
+            elif kind == OP_REFLEX_RESIZE:
+                reflex_capacity = reflex_store.apply_resize(reflexes, op.data)
+                result.reflex_capacity = reflex_capacity
             elif kind == OP_REFLEX_DELETE:
                 reflex_store.apply_delete(reflexes, op.data)
             else:
@@ -165,6 +183,8 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
             raise CorruptionError(f"log record {position}: unknown op kind {kind}")
     meta = dbs[DB_META]
     txn.put(M_COUNTERS, counters.encode(), db=meta)
+    if result.reflex_capacity is not None:
+        txn.put(M_REFLEX_CAPACITY, encode_u64(result.reflex_capacity), db=meta)
     if reflexes is not None:
         result.bytes_written += reflex_store.persist(txn, dbs[DB_REFLEXES], reflexes)
         result.reflexes = reflexes

@@ -50,7 +50,7 @@ import lmdb
 
 from . import layout, pages
 from .errors import CorruptionError, NgStoreError, StoreLockedError
-from .fileio import DEFAULT_IO, FileIO
+from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO
 from .layout import ALL_DBS, DATA_FILE, DB_META, META_KEYS, Checkpoint, Meta
 
 T = TypeVar("T")
@@ -142,9 +142,10 @@ def _damage_error(p: pages.PageProblem, data_path: str, more: str = "") -> Corru
 _OPEN_CRITICAL = frozenset({pages.MAIN, DB_META.decode(), layout.DB_REFLEXES.decode()})
 
 
-def _open_env(path: str, readonly: bool, map_size: int, max_readers: int) -> lmdb.Environment:
+def _open_env(path: str, readonly: bool, map_size: int, max_readers: int, mode: int) -> lmdb.Environment:
     return lmdb.open(
         path,
+        mode=mode,  # LMDB creates data.mdb and lock.mdb with it (the umask applies: see Directory.apply_mode)
         subdir=True,
         readonly=readonly,
         create=not readonly,
@@ -169,10 +170,12 @@ class KV:
     """
 
     def __init__(self, path: str, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE,
-                 max_readers: int = 126, io: FileIO = DEFAULT_IO, walk: bool | None = None) -> None:
+                 max_readers: int = 126, io: FileIO = DEFAULT_IO, walk: bool | None = None,
+                 mode: int = PRIVATE_MODE) -> None:
         """``walk``: verify LMDB's own trees and the small databases before LMDB reads them
         (:func:`check_data_file`); only valid while no other process writes the file. By
-        default a writer does (it holds the writer lock) and a read-only handle does not."""
+        default a writer does (it holds the writer lock) and a read-only handle does not.
+        ``mode``: the store's file mode, given to LMDB for the files it creates."""
         self.path = os.path.realpath(path)
         self.readonly = readonly
         self.io = io
@@ -193,7 +196,7 @@ class KV:
                                         "; `ngstore check PATH` lists the damage: restore the store from a backup"
                                         if not readonly else "")
                 try:
-                    env = _open_env(self.path, readonly, map_size, max_readers)
+                    env = _open_env(self.path, readonly, map_size, max_readers, mode)
                 except lmdb.Error as exc:
                     raise translate(exc, f"opening the LMDB environment in {self.path}") from exc
                 dbs: dict[bytes, Any] = {}

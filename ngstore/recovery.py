@@ -78,6 +78,7 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             directory.write_state(clean=False)
             kv = _open_kv(directory, opts)
             kv.create_missing_dbs()
+            directory.apply_mode()  # LMDB's files exist now; the umask may have narrowed them
             meta_db = kv.dbs[DB_META]
             entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity)
             kv.write(lambda txn: [txn.put(k, v, db=meta_db) for k, v in entries])
@@ -85,6 +86,8 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             applier.checkpoint_now()
             directory.write_marker()
         else:
+            if directory.mode_changes:
+                directory.apply_mode()
             went_down = directory.went_down_since(directory.read_state())
             if went_down:
                 _rollback_to_checkpoint(directory, opts, info)
@@ -108,7 +111,8 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             if went_down:
                 directory.write_state(clean=False)
         writer = Writer(directory, kv, log, applier, applier.overlay, guardian,
-                        WriterOptions(opts.flush_interval, opts.direct_threshold), obs)
+                        WriterOptions(opts.flush_interval, opts.direct_threshold,
+                                      reflex_eviction=opts.reflex_eviction), obs)
         writer.note_replayed(info.replayed_records)
         applier.start()
         kv.set_writer_barrier(writer.barrier)
@@ -126,7 +130,7 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
 
 def _open_kv(directory: Directory, opts: Options) -> KV:
     return KV(directory.path, readonly=False, map_size=opts.map_size, max_readers=opts.max_readers,
-              io=opts.io)
+              io=opts.io, mode=directory.mode)
 
 
 def _applier(directory: Directory, kv: KV, opts: Options, obs: Observability | None, info: RecoveryInfo,
@@ -135,7 +139,7 @@ def _applier(directory: Directory, kv: KV, opts: Options, obs: Observability | N
         meta = kv.read_meta(txn)
     reflexes = reflex_store.attach(kv)
     log, report = wal.Log.open(directory.wal_dir, io=opts.io, segment_bytes=opts.segment_bytes,
-                               recovery=recovery, start_after=meta.applied_position)
+                               recovery=recovery, start_after=meta.applied_position, mode=directory.mode)
     info.log_report = report
     try:
         overlay = Overlay(opts.overlay_bytes)

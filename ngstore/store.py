@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import reflex_store
-from .batch import Batch, CommitResult, ValidationCounters, check_durability, token_put_op
+from .batch import Batch, CommitResult, ValidationCounters, check_durability, reflex_resize_op, token_put_op
 from .check import CheckReport, check_store
 from .commit import Writer
 from .config import IntuitionConfig
@@ -82,7 +82,7 @@ class Store:
         self.path = os.path.realpath(path)
         self.readonly = options.readonly
         self.durability = options.durability
-        self._directory = Directory(self.path, options.io)
+        self._directory = Directory(self.path, options.io, options.mode)
         self._guardian = Guardian(options.max_tokens, options.max_bytes, options.memory_threshold)
         self._validation = ValidationCounters()
         self._closed = False
@@ -130,7 +130,8 @@ class Store:
         d.lock_reader()
         try:
             d.check_readable(d.read_state())
-            kv = KV(self.path, readonly=True, io=self.options.io, walk=d.live_writer_pid() is None)
+            kv = KV(self.path, readonly=True, io=self.options.io, walk=d.live_writer_pid() is None,
+                    mode=d.mode)
             try:
                 with ReadTxn(kv) as txn:
                     meta = kv.read_meta(txn)
@@ -164,9 +165,11 @@ class Store:
                                "; LMDB rolled back to the checkpoint" if r.power_loss_rollback else "")
         if not self.readonly:
             # the black box moves into blackbox.ring; stats.page starts being published
-            obs.start_writer(self._safe_stats, io=self.options.io)
+            obs.start_writer(self._safe_stats, io=self.options.io, mode=self._directory.mode)
         if self.options.crash_handlers and not self.readonly:
             obs.install_crash_handlers(self._safe_stats)
+        for name, nbytes in obs.memory_parts().items():
+            self._guardian.reserve(name, nbytes)  # fixed allocations: counted from now on
 
     # ------------------------------------------------------------------ guards
 
@@ -203,9 +206,10 @@ class Store:
 
     def batch(self, durability: str | None = None) -> Batch:
         """A new batch; ``with store.batch() as b: ...`` commits on success, discards on error."""
-        self._live_writer().check_writable()
+        writer = self._live_writer()
+        writer.check_writable()
         return Batch(self._commit, check_durability(self.durability if durability is None else durability),
-                     self._validation, self._obs)
+                     self._validation, self._obs, writer.submit)
 
     def _commit(self, ops: list[Op], durability: str) -> CommitResult:
         return self._live_writer().commit(ops, durability)
@@ -386,6 +390,7 @@ class Store:
                 if self._writer is not None:
                     self._writer.barrier()  # the stream loads from LMDB, then follows commits
                 stream = StoreExperienceStream(self, channel_size=channel_size)
+                self._guardian.reserve("experience_ring", stream.memory_bytes)
                 if self._writer is not None:
                     self._writer.add_listener(stream.on_committed)
                     self._writer.applier.add_listener(stream.on_applied)
@@ -432,16 +437,26 @@ class Store:
         with ReadTxn(self._kv) as txn:
             return read_statistics(txn, self._kv.db(DB_LEARN), bins_per_dim, groups=groups)
 
+    def resize_reflexes(self, capacity: int, *, durability: str | None = None) -> int:
+        """Sets the reflex table's capacity as one logged batch (REFLEX_RESIZE, format.md §5):
+        crash-safe and replayed like any other. No reflex is lost (below the live count it
+        raises InvalidArgumentError); memory follows the reflexes, not the capacity."""
+        writer = self._live_writer()  # reflex commits are applied before they return: the table is current
+        table = writer.applier.reflex_table
+        op = reflex_resize_op(capacity, len(table) if table is not None else 0)
+        return writer.commit([op], self.durability if durability is None else check_durability(durability)).position
+
     def reflex_stats(self) -> dict[str, Any]:
         """Live size and lookup counters of the reflex table."""
         table = self.reflex_table()
+        capacity = self._meta.reflex_capacity
         if self._writer is not None:
             a = self._writer.applier
-            c, created = a.reflex_counters(), a.reflexes_created_total
+            c, created, capacity = a.reflex_counters(), a.reflexes_created_total, a.reflex_capacity
         else:
             c, created = reflex_store.counters(table), 0
         return {"reflexes_live": len(table) if table is not None else 0,
-                "reflex_capacity": table.capacity if table is not None else self._meta.reflex_capacity,
+                "reflex_capacity": table.capacity if table is not None else capacity,
                 "reflex_table_bytes": table.memory_bytes if table is not None else 0,
                 "reflex_lookups_total": c["lookups"], "reflex_hits_total": c["hits"],
                 "reflex_misses_total": c["misses"], "reflex_collisions_total": c["collisions"],
@@ -456,7 +471,7 @@ class Store:
         c = self._counters()
         table = self.reflex_table()
         return Usage(tokens=c.tokens_live, connections=c.connections_live, events=c.events_live,
-                     reflex_bytes=len(table) * 128 if table is not None else 0)
+                     reflex_bytes=table.memory_bytes if table is not None else 0, reserved=self._guardian.reserved)
 
     def stats(self) -> dict[str, Any]:
         """Live counters and sizes (what metrics and ``ngstore info`` show)."""
@@ -490,7 +505,9 @@ class Store:
         g = self._guardian
         out["quota_exceeded_total"] = g.quota_exceeded_total
         out["aggressive_cleanups_total"] = g.aggressive_cleanups_total
-        out["memory_used_bytes"] = self._usage().bytes
+        usage = self._usage()
+        out["memory_used_bytes"] = usage.bytes  # and its parts beside it (guardian.Usage)
+        out.update(usage.parts())
         out["memory_limit_bytes"] = g.max_bytes or 0
         out["token_limit"] = g.max_tokens or 0
         out["memory_threshold"] = g.memory_threshold

@@ -95,7 +95,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CorruptionError, FormatVersionError, InvalidArgumentError, NgStoreError, StoreClosedError
-from .fileio import DEFAULT_IO, FileIO
+from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO, dir_mode
 
 _zstd: Any
 try:  # zstandard is a declared dependency; the log still reads uncompressed logs without it
@@ -582,9 +582,10 @@ class Log:
     """An open, recovered log: the writer and the replay source. Make one with ``Log.open``."""
 
     def __init__(self, dirpath: str, io: FileIO, segment_bytes: int, preallocate_bytes: int,
-                 compress: bool, segs: list[_Seg]) -> None:
+                 compress: bool, segs: list[_Seg], mode: int = PRIVATE_MODE) -> None:
         self._dir = dirpath
         self._io = io
+        self._mode = mode
         self._segment_bytes = segment_bytes
         self._prealloc = preallocate_bytes
         self._cctx = _zstd.ZstdCompressor(level=1) if (compress and _zstd is not None) else None
@@ -606,7 +607,7 @@ class Log:
     def open(cls, dirpath: str, *, io: FileIO = DEFAULT_IO, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
              recovery: str = "tolerate-tail", start_after: int = 0,
              preallocate_bytes: int = PREALLOCATE_BYTES, compress: bool = False,
-             create: bool = True) -> tuple[Log, RecoveryReport]:
+             create: bool = True, mode: int = PRIVATE_MODE) -> tuple[Log, RecoveryReport]:
         """Opens (creating if needed) the log in ``dirpath`` (the ``wal/`` directory itself),
         recovers it and returns it ready to append, with what recovery found and did.
 
@@ -624,7 +625,7 @@ class Log:
         if not io.exists(dirpath):
             if not create:
                 raise FileNotFoundError(f"log directory {dirpath} does not exist")
-            io.mkdir(dirpath)
+            io.mkdir(dirpath, dir_mode(mode))
             io.fsync_dir(os.path.dirname(os.path.abspath(dirpath)))
         scan = _scan(dirpath, io)
         report = RecoveryReport(mode=recovery)
@@ -666,7 +667,7 @@ class Log:
                 io.fsync_dir(dirpath)
             report.torn_tail = scan.torn
         report.skipped = corrupt
-        log = cls(dirpath, io, segment_bytes, preallocate_bytes, compress, segs)
+        log = cls(dirpath, io, segment_bytes, preallocate_bytes, compress, segs, mode)
         try:
             log._start(report, start_after, bool(corrupt))
         except BaseException:
@@ -732,7 +733,7 @@ class Log:
         head = head[:36] + _U32.pack(zlib.crc32(head[:36]))
         fd = None
         try:
-            fd = self._io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = self._io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, self._mode)
             runway = max(0, min(self._prealloc, self._segment_bytes - SEGMENT_HEADER_SIZE))
             self._io.pwritev(fd, [head, bytes(runway)], 0)
             self._io.fdatasync(fd)
