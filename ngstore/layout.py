@@ -275,6 +275,14 @@ class Counters:
     def copy(self) -> Counters:
         return Counters(*self.values())
 
+    def stats(self) -> dict[str, int]:
+        """The counters as ``store.stats()`` names them (``events_next_seq`` is the count of
+        events ever written: ``events_written_total``)."""
+        return {"tokens_live": self.tokens_live, "tokens_created_total": self.tokens_created_total,
+                "tokens_deleted_total": self.tokens_deleted_total, "connections_live": self.connections_live,
+                "connections_created_total": self.connections_created_total, "events_live": self.events_live,
+                "events_written_total": self.events_next_seq, "events_trimmed_total": self.events_trimmed_total}
+
     def encode(self) -> bytes:
         return _COUNTERS.pack(*self.values())
 

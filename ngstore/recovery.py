@@ -61,6 +61,22 @@ class RecoveryInfo:
     #: why the checkpoint file could not be used (a new one was written), if it was damaged
     checkpoint_problem: str | None = None
 
+    def announce(self, obs: Observability, path: str) -> None:
+        """Tells the black box and the log what the open had to do (nothing after a clean
+        close, nor for a read-only handle)."""
+        report = self.log_report
+        if self.checkpoint_problem is not None:
+            obs.event("checkpoint_damaged", problem=self.checkpoint_problem)
+            obs.logger.warning("%s: the checkpoint file was damaged (%s); a new checkpoint replaced it",
+                               path, self.checkpoint_problem)
+        if self.power_loss_rollback or self.replayed_records or (report is not None and not report.clean):
+            torn = report.torn_tail if report is not None else None
+            obs.event("recovery", rollback_to_txn=self.rolled_back_to_txn, replayed=self.replayed_records,
+                      replayed_to=self.replayed_to, torn_tail_bytes=torn.bytes_dropped if torn else 0,
+                      skipped=len(report.skipped) if report is not None else 0)
+            obs.logger.warning("recovered %s: %d record(s) replayed%s", path, self.replayed_records,
+                               "; LMDB rolled back to the checkpoint" if self.power_loss_rollback else "")
+
 
 def open_writer(directory: Directory, opts: Options, guardian: Guardian,
                 obs: Observability | None) -> tuple[KV, Writer, RecoveryInfo]:

@@ -185,6 +185,18 @@ def counters(table: ReflexTable | None) -> dict[str, int]:
     return {k: int(s[k]) for k in COUNTER_NAMES}
 
 
+def stats(table: ReflexTable | None, c: dict[str, int], created: int, capacity: int) -> dict[str, Any]:
+    """The reflex part of ``store.stats()``: the table's size (``capacity`` when there is no
+    table yet), its counters ``c`` (:func:`counters`) and the reflexes ``created``."""
+    return {"reflexes_live": len(table) if table is not None else 0,
+            "reflex_capacity": table.capacity if table is not None else capacity,
+            "reflex_table_bytes": table.memory_bytes if table is not None else 0,
+            "reflex_lookups_total": c["lookups"], "reflex_hits_total": c["hits"],
+            "reflex_misses_total": c["misses"], "reflex_collisions_total": c["collisions"],
+            "reflex_answers_total": c["answers"], "reflex_evictions_total": c["evictions"],
+            "reflexes_created_total": created}
+
+
 # -- before a write: what a batch's reflex ops will do -------------------------------------
 
 def table_bytes_after(table: ReflexTable | None, capacity: int, ops: list[Op], pending_puts: int = 0) -> int:

@@ -148,21 +148,9 @@ class Store:
         obs = self._obs
         if obs is None:
             return
-        r = self.recovery
         obs.event("open", readonly=self.readonly, applied_position=meta.applied_position,
                   tokens=meta.counters.tokens_live)
-        report = r.log_report
-        if r.checkpoint_problem is not None:
-            obs.event("checkpoint_damaged", problem=r.checkpoint_problem)
-            obs.logger.warning("%s: the checkpoint file was damaged (%s); a new checkpoint replaced it",
-                               self.path, r.checkpoint_problem)
-        if r.power_loss_rollback or r.replayed_records or (report is not None and not report.clean):
-            torn = report.torn_tail if report is not None else None
-            obs.event("recovery", rollback_to_txn=r.rolled_back_to_txn, replayed=r.replayed_records,
-                      replayed_to=r.replayed_to, torn_tail_bytes=torn.bytes_dropped if torn else 0,
-                      skipped=len(report.skipped) if report is not None else 0)
-            obs.logger.warning("recovered %s: %d record(s) replayed%s", self.path, r.replayed_records,
-                               "; LMDB rolled back to the checkpoint" if r.power_loss_rollback else "")
+        self.recovery.announce(obs, self.path)
         if not self.readonly:
             # the black box moves into blackbox.ring; stats.page starts being published
             obs.start_writer(self._safe_stats, io=self.options.io, mode=self._directory.mode)
@@ -455,13 +443,7 @@ class Store:
             c, created, capacity = a.reflex_counters(), a.reflexes_created_total, a.reflex_capacity
         else:
             c, created = reflex_store.counters(table), 0
-        return {"reflexes_live": len(table) if table is not None else 0,
-                "reflex_capacity": table.capacity if table is not None else capacity,
-                "reflex_table_bytes": table.memory_bytes if table is not None else 0,
-                "reflex_lookups_total": c["lookups"], "reflex_hits_total": c["hits"],
-                "reflex_misses_total": c["misses"], "reflex_collisions_total": c["collisions"],
-                "reflex_answers_total": c["answers"], "reflex_evictions_total": c["evictions"],
-                "reflexes_created_total": created}
+        return reflex_store.stats(table, c, created, capacity)
 
     # ------------------------------------------------------------------ information
 
@@ -488,29 +470,14 @@ class Store:
             out["overlay_entries"] = w.overlay.entries
             out["apply_groups_total"] = w.applier.groups_applied_total
         out.update(vars(self._validation))
-        out["tokens_live"] = c.tokens_live
-        out["tokens_created_total"] = c.tokens_created_total
-        out["tokens_deleted_total"] = c.tokens_deleted_total
-        out["connections_live"] = c.connections_live
-        out["connections_created_total"] = c.connections_created_total
-        out["events_live"] = c.events_live
-        out["events_written_total"] = c.events_next_seq
-        out["events_trimmed_total"] = c.events_trimmed_total
+        out.update(c.stats())
         out["event_capacity"] = self._meta.event_capacity
         out.update(self.reflex_stats())
         eng = self._intuition
         out["intuition_queue_size"] = max(0, c.events_next_seq - eng.analyzed_through) if eng is not None else 0
         out["guardian_event_queue_size"] = 0  # no queue: Guardian events go to the black box at once
         out["applied_position"] = w.applier.applied_position if w is not None else self._meta.applied_position
-        g = self._guardian
-        out["quota_exceeded_total"] = g.quota_exceeded_total
-        out["aggressive_cleanups_total"] = g.aggressive_cleanups_total
-        usage = self._usage()
-        out["memory_used_bytes"] = usage.bytes  # and its parts beside it (guardian.Usage)
-        out.update(usage.parts())
-        out["memory_limit_bytes"] = g.max_bytes or 0
-        out["token_limit"] = g.max_tokens or 0
-        out["memory_threshold"] = g.memory_threshold
+        out.update(self._guardian.stats(self._usage()))
         out["write_failed"] = w is not None and w.failed is not None
         if w is not None:
             out["last_checkpoint_unix"] = w.applier.last_checkpoint_unix
