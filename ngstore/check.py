@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import spatial
 from .directory import Directory
 from .errors import CorruptionError
 from .kv import KV, ReadTxn
@@ -22,10 +23,14 @@ from .layout import (
     DB_CONNECTIONS,
     DB_EVENTS,
     DB_META,
+    DB_SPATIAL,
     DB_TOKENS,
     M_COUNTERS,
+    M_SPATIAL,
+    SPATIAL_ENTRY_DTYPE,
     ChunkLayout,
     Counters,
+    decode_spatial_layers,
     forward_of_reverse,
 )
 
@@ -96,6 +101,7 @@ def check_store(kv: KV, layout: ChunkLayout, directory: Directory, applied_posit
             problems.append(f"tokens_live counter is {live} but {present} tokens are present")
         _check_connections(txn, kv, counters, problems, facts)
         _check_events(txn, kv, counters, problems, facts)
+        _check_spatial(txn, kv, layout, problems, facts)
     try:
         ckpt = directory.read_checkpoint()
         if ckpt is None:
@@ -170,3 +176,43 @@ def _check_events(txn: Any, kv: KV, counters: Counters, problems: list[str], fac
     if last is not None and last != nxt - 1:
         problems.append(f"the newest event is {last} but events_next_seq is {nxt}")
     facts["events"] = n
+
+
+def _check_spatial(txn: Any, kv: KV, layout: ChunkLayout, problems: list[str], facts: dict[str, object]) -> None:
+    """The spatial index (format.md §3.3): its page rules, and per indexed layer exactly
+    the present tokens' (id, coordinates); no page of a layer that is not indexed."""
+    try:
+        mask = decode_spatial_layers(txn.get(M_SPATIAL, db=kv.dbs[DB_META]), kv.path)
+    except CorruptionError as exc:
+        problems.append(str(exc))
+        return
+    facts["spatial_layers"] = mask
+    entries = spatial.read_layers(txn, kv.dbs[DB_SPATIAL], problems)
+    facts["spatial_entries"] = sum(int(e.size) for e in entries.values())
+    for layer in sorted(set(entries) - set(spatial.layers_of(mask))):
+        problems.append(f"the spatial index has pages for layer {layer}, which it does not cover")
+    layers = spatial.layers_of(mask)
+    if not layers:
+        return
+    ids_parts, coord_parts = [], []
+    db = kv.dbs[DB_TOKENS]
+    for key, value in (txn.cursor(db=db) if db is not None else ()):
+        if len(key) != 4 or len(value) != layout.value_bytes:
+            continue  # reported by the token check
+        bits = np.unpackbits(layout.bitmap(value), bitorder="little").astype(bool)
+        rows = np.frombuffer(value, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)[bits]
+        ids_parts.append(rows[:, 48:52].copy().view("<u4").reshape(-1))
+        coord_parts.append(rows[:, :48].copy().view("<i2").reshape(-1, 24))
+    ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.uint32)
+    coords = np.concatenate(coord_parts) if coord_parts else np.zeros((0, 24), np.int16)
+    order = np.argsort(ids, kind="stable")
+    ids, coords = ids[order], coords[order]
+    for layer in layers:
+        got = entries.get(layer, np.zeros(0, dtype=SPATIAL_ENTRY_DTYPE))
+        got = got[np.argsort(got["id"], kind="stable")]
+        want = coords[:, 3 * layer:3 * layer + 3]
+        same = got.size == ids.size and bool(np.array_equal(got["id"], ids)) and bool(
+            np.array_equal(np.stack([got["x"], got["y"], got["z"]], axis=1), want))
+        if not same:
+            problems.append(f"the spatial index of layer {layer} holds {got.size} entries that do not match "
+                            f"the {ids.size} present tokens")

@@ -43,6 +43,10 @@ class Options:
     event_capacity: int = DEFAULT_EVENT_CAPACITY
     #: Reflexes the table holds (the weakest are evicted beyond it); fixed at creation.
     reflex_capacity: int = DEFAULT_REFLEX_CAPACITY
+    #: Keep the spatial index of token coordinates (``snapshot.tokens.within`` / ``box``;
+    #: docs/format.md §3.3) for all 8 layers; fixed at creation. Without it those queries
+    #: scan every token (same answers), and token writes skip its upkeep.
+    spatial_index: bool = True
     #: LMDB's virtual map size (address space, not disk) and its reader slots.
     map_size: int = DEFAULT_MAP_SIZE
     max_readers: int = 126
@@ -95,6 +99,8 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.spatial_index, bool):
+            raise InvalidArgumentError(f"spatial_index must be a bool, got {self.spatial_index!r}")
         if not isinstance(self.io, FileIO):
             raise InvalidArgumentError(f"io must be a FileIO, got {type(self.io).__name__}")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _native, similarity, spatial
 from .connections import ConnectionArray
 from .errors import CorruptionError, InvalidArgumentError, NotFoundError, StoreClosedError
 from .inputs import connection_keys, ids_array
@@ -41,11 +41,14 @@ from .layout import (
     DB_CONNECTIONS,
     DB_EVENTS,
     DB_META,
+    DB_SPATIAL,
     DB_TOKENS,
     M_COUNTERS,
+    M_SPATIAL,
     ChunkLayout,
     Counters,
     conn_key,
+    decode_spatial_layers,
     event_key,
     event_sequence,
     forward_of_reverse,
@@ -335,6 +338,79 @@ class TokenView:
         out = _native.gather_column(bufs, layout.shift, offset, raw_dt, self.count())
         return out.view(field_dt.base).reshape((-1, *field_dt.shape))
 
+    def _chunk_buffers(self) -> list[Any]:
+        """Every chunk value, in id order (memory of the snapshot's transaction)."""
+        snap = self._snap
+        txn = snap._txn()
+        db = snap._db(DB_TOKENS)
+        layout = self._layout
+        bufs = []
+        if db is not None:
+            for key, value in txn.cursor(db=db):
+                if len(value) != layout.value_bytes:
+                    layout.check(value, ChunkLayout.chunk_of(key))
+                bufs.append(value)
+        return bufs
+
+    # -- similarity (ngstore/similarity.py, docs/api.md "Similarity and traversal") ------
+
+    def knn(self, queries: Any, k: int, *, layers: Any = None, metric: str = "l2") -> similarity.Neighbors:
+        """The ``k`` tokens nearest to each query, exactly: ``(ids, distances)``.
+
+        ``queries``: raw coordinates -- shape ``(24,)`` or ``(8, 3)`` for one query,
+        ``(n, 24)`` or ``(n, 8, 3)`` for a batch -- or tokens (a Token: one query; a
+        TokenArray: a batch). ``layers``: None (all 24 coordinates), a layer or layers
+        0..7 (their coordinates only). ``metric``: ``"l2"`` (squared Euclidean distance in
+        raw units, exact) or ``"cosine"`` (1 - cosine similarity; a zero vector is at 1
+        from everything but another zero vector). Nearest first; ties go to the smaller
+        id. Shape ``(min(k, len(self)),)`` per query; ``(n, ·)`` for a batch. One pass
+        over the mapped chunks in C, the GIL released."""
+        q, single = similarity.query_coordinates(queries)
+        dims = similarity.coordinate_dims(layers)
+        metric_code = similarity.check_metric(metric)
+        k = similarity.check_k(k)
+        ids, dist = similarity.knn(self._chunk_buffers(), self._layout.shift, self.count(), q, dims, metric_code, k)
+        return similarity.Neighbors(ids[0], dist[0]) if single else similarity.Neighbors(ids, dist)
+
+    @property
+    def spatial_layers(self) -> tuple[int, ...]:
+        """The layers the store's spatial index covers (empty: the store has none, and
+        ``within``/``box`` scan every token instead)."""
+        snap = self._snap
+        txn = snap._txn()
+        if snap._db(DB_SPATIAL) is None:
+            return ()
+        mask = decode_spatial_layers(txn.get(M_SPATIAL, db=snap._db(DB_META)), snap._path)
+        return tuple(spatial.layers_of(mask))
+
+    def within(self, center: Any, radius: float, *, layer: int) -> np.ndarray:
+        """Ids (ascending uint32) of the tokens whose coordinates in ``layer`` are within
+        ``radius`` of ``center`` (3 raw coordinates; Euclidean distance in raw units,
+        boundary included)."""
+        c = _raw_point(center, "center")
+        r = _radius(radius)
+        lo = np.maximum(np.ceil(c - r), -32768).astype(np.int16)
+        hi = np.minimum(np.floor(c + r), 32767).astype(np.int16)
+        return self._spatial(_layer(layer), lo, hi, c.astype(np.int16), r * r)
+
+    def box(self, lo: Any, hi: Any, *, layer: int) -> np.ndarray:
+        """Ids (ascending uint32) of the tokens whose coordinates in ``layer`` lie in the
+        box ``lo..hi`` (3 raw coordinates each, bounds included)."""
+        lo_a, hi_a = _raw_point(lo, "lo"), _raw_point(hi, "hi")
+        if bool(np.any(lo_a > hi_a)):
+            raise InvalidArgumentError(f"box bounds must have lo <= hi on every axis, got {lo!r} and {hi!r}")
+        return self._spatial(_layer(layer), lo_a.astype(np.int16), hi_a.astype(np.int16), None, 0.0)
+
+    def _spatial(self, layer: int, lo: np.ndarray, hi: np.ndarray, center: np.ndarray | None,
+                 r2: float) -> np.ndarray:
+        if bool(np.any(lo > hi)):  # a ball that misses the coordinate range
+            return np.zeros(0, np.uint32)
+        if layer in self.spatial_layers:
+            snap = self._snap
+            return spatial.query(snap._txn(), snap._db(DB_SPATIAL), layer, lo, hi, center, r2)
+        return similarity.filter_chunks(self._chunk_buffers(), self._layout.shift, layer, self.count(), lo, hi,
+                                        center, r2)
+
     def to_array(self) -> np.ndarray:
         """Every present token as one TOKEN_DTYPE array (a copy)."""
         parts = [a for _f, a in self.chunks()]
@@ -368,6 +444,29 @@ class TokenView:
         except InvalidArgumentError:
             return False
         return bool(self.presence(ids)[0])
+
+
+def _raw_point(value: Any, what: str) -> np.ndarray:
+    """3 raw coordinates (int64) in the i16 range, or InvalidArgumentError."""
+    arr = np.asarray(value)
+    if arr.shape != (3,) or arr.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"{what} must be 3 raw integer coordinates (x, y, z), got {value!r}")
+    if int(arr.min()) < -32768 or int(arr.max()) > 32767:
+        raise InvalidArgumentError(f"{what} must be in the i16 range -32768..32767, got {value!r}")
+    return arr.astype(np.int64)
+
+
+def _radius(radius: Any) -> float:
+    if isinstance(radius, bool) or not isinstance(radius, (int, float, np.integer, np.floating)) \
+            or not radius >= 0 or radius == float("inf"):
+        raise InvalidArgumentError(f"radius must be a finite number >= 0 (raw units), got {radius!r}")
+    return float(radius)
+
+
+def _layer(layer: Any) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) <= 7:
+        raise InvalidArgumentError(f"layer must be an int 0..7, got {layer!r}")
+    return int(layer)
 
 
 def _records_array(parts: list[bytes], dtype: np.dtype) -> np.ndarray:

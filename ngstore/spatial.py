@@ -1,0 +1,253 @@
+"""The spatial index: Z-ordered pages of (id, x, y, z) per layer (docs/format.md §3.3).
+
+Writing (``apply.apply_ops``, in the transaction that writes the tokens): a
+:class:`IndexUpdate` is told, before each token op of a group, which ids the op touches;
+it records each id's coordinates as they were before the group (the first time it sees
+the id). At the end of the group it reads the ids' final state and moves only the entries
+that changed: an id whose coordinates in a layer did not change costs nothing in that
+layer. So a group of many small commits rewrites each page once, and replaying the log
+rebuilds exactly the same pages (the update is a function of the state before and after).
+
+Reading (:func:`query`): the pages of one layer whose Z-range meets the query's box of
+cells, found by walking the pages in key order and jumping over the runs of Z-order
+codes that leave the box (``similarity.ZBox``); their entries are filtered by one C call.
+
+Checking (:func:`check_layer_pages`): the page rules of the format, for ``check()``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _native, similarity
+from .errors import CorruptionError
+from .layout import (
+    SPATIAL_ENTRY_BYTES,
+    SPATIAL_ENTRY_DTYPE,
+    SPATIAL_PAGE_MAX,
+    SPATIAL_PAGE_SPLIT,
+    ChunkLayout,
+    spatial_cells,
+    spatial_page_key,
+    spatial_page_key_fields,
+    spatial_sort_keys,
+    spatial_zorder,
+)
+from .records import TOKEN_DTYPE
+
+
+def layers_of(mask: int) -> list[int]:
+    return [layer for layer in range(8) if mask >> layer & 1]
+
+
+def token_state(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(present, coordinates (n, 24) int16)`` of ``ids`` (uint32) as of ``txn``."""
+    if ids.size == 0:
+        return np.zeros(0, bool), np.zeros((0, 24), np.int16)
+    chunks = np.unique(ids >> layout.shift)
+    keys, bufs = [], []
+    for c in chunks.tolist():
+        v = txn.get(layout.key(c), db=db)
+        if v is not None:
+            layout.check(v, c)
+            keys.append(c)
+            bufs.append(v)
+    out, found = _native.gather64(ids, np.asarray(keys, dtype=np.uint32), bufs, layout.shift, dtype=TOKEN_DTYPE)
+    return found, out["coordinates"].reshape(-1, 24)
+
+
+class IndexUpdate:
+    """The index changes of one applied group (see the module docstring)."""
+
+    def __init__(self, mask: int, layout: ChunkLayout) -> None:
+        self.layers = layers_of(mask)
+        self._layout = layout
+        self._ids: list[np.ndarray] = []
+        self._present: list[np.ndarray] = []
+        self._coords: list[np.ndarray] = []
+
+    def before(self, txn: Any, tokens_db: Any, ids: np.ndarray) -> None:
+        """Records the state of ``ids`` before the op that is about to change them."""
+        if not self.layers:
+            return
+        ids = np.unique(np.asarray(ids, dtype=np.uint32))
+        present, coords = token_state(txn, tokens_db, self._layout, ids)
+        self._ids.append(ids)
+        self._present.append(present)
+        self._coords.append(coords)
+
+    def finish(self, txn: Any, tokens_db: Any, index_db: Any) -> None:
+        """Writes the index changes of every id seen, from its first recorded state to now."""
+        if not self._ids:
+            return
+        all_ids = np.concatenate(self._ids)
+        ids, first = np.unique(all_ids, return_index=True)  # the first record of an id is its state before
+        was = np.concatenate(self._present)[first]
+        old = np.concatenate(self._coords)[first]
+        now, new = token_state(txn, tokens_db, self._layout, ids)
+        for layer in self.layers:
+            a, b = old[:, 3 * layer:3 * layer + 3], new[:, 3 * layer:3 * layer + 3]
+            moved = was & now & np.any(a != b, axis=1)
+            gone, came = (was & ~now) | moved, (now & ~was) | moved
+            if gone.any() or came.any():
+                update_layer(txn, index_db, layer, _entries(ids[gone], a[gone]), _entries(ids[came], b[came]))
+
+
+def _entries(ids: np.ndarray, xyz: np.ndarray) -> np.ndarray:
+    e = np.empty(ids.size, dtype=SPATIAL_ENTRY_DTYPE)
+    e["id"], e["x"], e["y"], e["z"] = ids, xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    return e
+
+
+# -- pages -----------------------------------------------------------------------------------
+
+def _page_entries(value: Any, key: bytes) -> np.ndarray:
+    if len(value) % SPATIAL_ENTRY_BYTES or not value:
+        raise CorruptionError(f"spatial index page {key.hex()} is {len(value)} bytes, not a positive "
+                              f"multiple of {SPATIAL_ENTRY_BYTES}")
+    page: np.ndarray = np.frombuffer(value, dtype=SPATIAL_ENTRY_DTYPE).copy()
+    return page
+
+
+def _locate(cur: Any, layer: int, sort_key: int) -> tuple[bytes, bool] | None:
+    """Positions ``cur`` on the page of ``layer`` an entry of ``sort_key`` belongs to (the
+    greatest key <= it, else the layer's first page); returns (its key, whether it is the
+    layer's first page), or None when the layer has no page."""
+    probe = spatial_page_key(layer, sort_key)
+    if not cur.set_range(probe):
+        if not (cur.last() and cur.key()[0] == layer):
+            return None
+    elif (bytes(cur.key()) != probe and not (cur.prev() and cur.key()[0] == layer)
+          and (not cur.set_range(probe) or cur.key()[0] != layer)):
+        return None  # below the layer's first page (back on it: set_range), or no page at all
+    key = bytes(cur.key())
+    first = not (cur.prev() and cur.key()[0] == layer)
+    cur.set_key(key)
+    return key, first
+
+
+def _next_key(cur: Any, layer: int) -> int | None:
+    """The sort key of the page after the cursor's, in the same layer (cursor moves)."""
+    if cur.next() and cur.key()[0] == layer:
+        return spatial_page_key_fields(cur.key())[1]
+    return None
+
+
+def _cut(entries: np.ndarray, keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """``(sort key of its first entry, entries)`` of the pages ``entries`` are written as."""
+    n = entries.size
+    if n <= SPATIAL_PAGE_MAX:
+        return [(int(keys[0]), entries)]
+    parts = -(-n // SPATIAL_PAGE_SPLIT)
+    cuts = [n * i // parts for i in range(parts + 1)]
+    return [(int(keys[cuts[i]]), entries[cuts[i]:cuts[i + 1]]) for i in range(parts)]
+
+
+def update_layer(txn: Any, db: Any, layer: int, removed: np.ndarray, added: np.ndarray) -> None:
+    """Removes the entries ``removed`` and adds ``added`` (SPATIAL_ENTRY_DTYPE) in ``layer``."""
+    rk, ak = spatial_sort_keys(removed), spatial_sort_keys(added)
+    order = np.argsort(ak, kind="stable")
+    added, ak = added[order], ak[order]
+    rk = np.sort(rk)
+    cur = txn.cursor(db=db)
+    ri = ai = 0
+    while ri < rk.size or ai < ak.size:
+        lowest = min(int(rk[ri]) if ri < rk.size else 1 << 64, int(ak[ai]) if ai < ak.size else 1 << 64)
+        where = _locate(cur, layer, lowest)
+        if where is None:  # the layer has no page yet
+            if ri < rk.size:
+                raise CorruptionError(f"the spatial index of layer {layer} has no page for a token it should hold")
+            for k, part in _cut(added[ai:], ak[ai:]):
+                txn.put(spatial_page_key(layer, k), part.tobytes(), db=db)
+            return
+        key, _first = where
+        page_k = spatial_page_key_fields(key)[1]
+        page = _page_entries(cur.value(), key)
+        upper = _next_key(cur, layer)
+        r_end = rk.size if upper is None else int(np.searchsorted(rk, upper))
+        a_end = ak.size if upper is None else int(np.searchsorted(ak, upper))
+        pk = spatial_sort_keys(page)
+        if r_end > ri:
+            keep = ~np.isin(pk, rk[ri:r_end])
+            if int(keep.size - keep.sum()) != r_end - ri:
+                raise CorruptionError(f"the spatial index page {key.hex()} lacks entries of tokens it should hold")
+            page, pk = page[keep], pk[keep]
+        if a_end > ai:
+            page = np.concatenate([page, added[ai:a_end]])
+            pk = np.concatenate([pk, ak[ai:a_end]])
+            order = np.argsort(pk, kind="stable")
+            page, pk = page[order], pk[order]
+            if pk.size > 1 and bool(np.any(pk[1:] == pk[:-1])):
+                raise CorruptionError(f"the spatial index page {key.hex()} would hold an entry twice")
+        ri, ai = r_end, a_end
+        if page.size == 0:
+            txn.delete(key, db=db)
+            continue
+        pages = _cut(page, pk)
+        first_k = min(page_k, pages[0][0])
+        if first_k != page_k:
+            txn.delete(key, db=db)
+        pages[0] = (first_k, pages[0][1])
+        for k, part in pages:
+            txn.put(spatial_page_key(layer, k), part.tobytes(), db=db)
+
+
+# -- queries ----------------------------------------------------------------------------------------
+
+def query(txn: Any, db: Any, layer: int, lo: np.ndarray, hi: np.ndarray, center: np.ndarray | None,
+          r2: float) -> np.ndarray:
+    """Ids (ascending) of the tokens whose layer-``layer`` coordinates are in the box
+    ``lo..hi`` (int16[3], lo <= hi), and within ``r2`` of ``center`` when it is given."""
+    clo = spatial_cells(lo).tolist()
+    chi = spatial_cells(hi).tolist()
+    zbox = similarity.ZBox(clo, chi)
+    zmin = int(spatial_zorder(lo[0:1], lo[1:2], lo[2:3])[0])
+    cur = txn.cursor(db=db)
+    pages: list[Any] = []
+    if _locate(cur, layer, zmin << 32) is not None:
+        while True:
+            pages.append(cur.value())
+            nk = _next_key(cur, layer)
+            if nk is None:
+                break
+            nxt = zbox.next_inside(nk >> 32)
+            if nxt is None:
+                break
+            if nxt != nk >> 32:  # the next page starts outside the box: jump
+                _locate(cur, layer, nxt << 32)
+    ids = similarity.filter_entries(pages, lo, hi, center, r2)
+    ids.sort()
+    return ids
+
+
+# -- checking -----------------------------------------------------------------------------------
+
+def read_layers(txn: Any, db: Any, problems: list[str]) -> dict[int, np.ndarray]:
+    """Every entry of the index by layer, checking the page rules of format.md §3.3 on the
+    way (a broken page is reported in ``problems`` and its entries left out)."""
+    by_layer: dict[int, list[np.ndarray]] = {}
+    prev_layer, prev_last = -1, -1
+    for raw_key, value in (txn.cursor(db=db) if db is not None else ()):
+        key = bytes(raw_key)
+        try:
+            layer, k = spatial_page_key_fields(key)
+            page = _page_entries(value, key)
+        except CorruptionError as exc:
+            problems.append(str(exc))
+            continue
+        if layer > 7:
+            problems.append(f"spatial index page {key.hex()} names layer {layer}")
+            continue
+        sk = spatial_sort_keys(page)
+        if page.size > SPATIAL_PAGE_MAX:
+            problems.append(f"spatial index page {key.hex()} holds {page.size} entries (at most {SPATIAL_PAGE_MAX})")
+        if sk.size > 1 and bool(np.any(sk[1:] <= sk[:-1])):
+            problems.append(f"spatial index page {key.hex()}: entries are not in ascending sort-key order")
+        if int(sk[0]) < k:
+            problems.append(f"spatial index page {key.hex()}: an entry sorts below the page's key")
+        if layer == prev_layer and k <= prev_last:
+            problems.append(f"spatial index page {key.hex()}: an entry of the previous page sorts at or above it")
+        prev_layer, prev_last = layer, int(sk.max())
+        by_layer.setdefault(layer, []).append(page)
+    return {layer: np.concatenate(parts) for layer, parts in by_layer.items()}
