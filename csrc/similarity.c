@@ -420,3 +420,44 @@ int ng_zorder_next_in_box(uint32_t z, const uint16_t lo[3], const uint16_t hi[3]
     *out = best;
     return NG_OK;
 }
+
+int ng_spatial_entries(const uint32_t *ids, const int16_t *coords, size_t n, unsigned layer,
+                       uint8_t *out_entries, uint64_t *out_keys) {
+    if (layer >= NG_LAYERS) return NG_EINVAL;
+    if (n == 0) return NG_OK;
+    if (!ids || !coords || !out_entries || !out_keys) return NG_EINVAL;
+    if (n > SIZE_MAX / 2 / sizeof(uint64_t)) return NG_ERANGE;
+    for (size_t i = 1; i < n; i++)
+        if (ids[i] <= ids[i - 1]) return NG_EINVAL;
+    uint64_t *a = (uint64_t *)malloc(2 * n * sizeof(uint64_t));
+    if (!a) return NG_ENOMEM;
+    uint64_t *b = a + n;
+    /* a[i] = Z << 32 | i: the index rides along, so the payload is fetched at the end */
+    for (size_t i = 0; i < n; i++) {
+        const int16_t *p = coords + NG_DIMS * i + 3 * layer;
+        uint32_t z = zo_spread((uint32_t)(p[0] + 32768) >> 6) | (zo_spread((uint32_t)(p[1] + 32768) >> 6) << 1) |
+                     (zo_spread((uint32_t)(p[2] + 32768) >> 6) << 2);
+        a[i] = ((uint64_t)z << 32) | (uint64_t)i;
+    }
+    if (n > 0xFFFFFFFFu) { free(a); return NG_ERANGE; }
+    size_t count[1024];
+    for (unsigned pass = 0; pass < 3; pass++) { /* LSD, 10 bits a pass: stable */
+        const unsigned sh = 32 + 10 * pass;
+        memset(count, 0, sizeof count);
+        for (size_t i = 0; i < n; i++) count[(a[i] >> sh) & 1023u]++;
+        size_t sum = 0;
+        for (unsigned v = 0; v < 1024; v++) { size_t c = count[v]; count[v] = sum; sum += c; }
+        for (size_t i = 0; i < n; i++) b[count[(a[i] >> sh) & 1023u]++] = a[i];
+        uint64_t *t = a; a = b; b = t;
+    }
+    for (size_t j = 0; j < n; j++) {
+        const size_t i = (size_t)(a[j] & 0xFFFFFFFFu);
+        const int16_t *p = coords + NG_DIMS * i + 3 * layer;
+        uint8_t *e = out_entries + 10 * j;
+        memcpy(e, &ids[i], 4);
+        memcpy(e + 4, p, 6);
+        out_keys[j] = (a[j] & 0xFFFFFFFF00000000ull) | ids[i];
+    }
+    free(a < b ? a : b);
+    return NG_OK;
+}

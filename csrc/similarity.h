@@ -71,4 +71,12 @@ int ng_filter_chunks(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_len
  * coordinate above 1023, NULL). */
 int ng_zorder_next_in_box(uint32_t z, const uint16_t lo[3], const uint16_t hi[3], uint32_t *out);
 
+/* The spatial index entries (docs/format.md §3.3) of n tokens in one layer, in ascending
+ * sort-key order: ids[0..n) strictly ascending (else NG_EINVAL), coords the tokens'
+ * 24 raw coordinates each (coords + 24*i), of which layer's three are used. Writes n
+ * 10-byte entries to out_entries and their sort keys (Z << 32 | id) to out_keys. A
+ * stable radix sort on Z (30 bits, three passes) keeps ascending ids within a Z: O(n). */
+int ng_spatial_entries(const uint32_t *ids, const int16_t *coords, size_t n, unsigned layer,
+                       uint8_t *out_entries, uint64_t *out_keys);
+
 #endif

@@ -203,6 +203,24 @@ def filter_chunks(bufs: Sequence[Any], slot_shift: int, layer: int, present: int
     return out[: int(n_out[0])]
 
 
+def spatial_entries(ids: np.ndarray, coords: np.ndarray, layer: int, entry_dtype: np.dtype) -> tuple[np.ndarray,
+                                                                                                np.ndarray]:
+    """``(entries, sort keys)`` of tokens ``ids`` (uint32, strictly ascending) with raw
+    coordinates ``coords`` ((n, 24) int16) in ``layer``, in ascending sort-key order
+    (docs/format.md §3.3), by a radix sort in C."""
+    n = ids.size
+    entries = np.empty(n, dtype=entry_dtype)
+    keys = np.empty(n, dtype=np.uint64)
+    if n:
+        ids_c = np.require(ids, np.uint32, ["C", "A"])
+        coords_c = np.require(coords, np.int16, ["C", "A"])
+        rc = lib.ng_spatial_entries(ffi.from_buffer("uint32_t[]", ids_c), ffi.from_buffer("int16_t[]", coords_c), n,
+                                    layer, ffi.from_buffer("uint8_t[]", entries.view(np.uint8), require_writable=True),
+                                    ffi.from_buffer("uint64_t[]", keys, require_writable=True))
+        check_status("ng_spatial_entries", rc, "ids must be strictly ascending")
+    return entries, keys
+
+
 class ZBox:
     """A box of cells (0..1023 per axis) and the Z-order step over it."""
 

@@ -71,7 +71,7 @@ class IndexUpdate:
         """Records the state of ``ids`` before the op that is about to change them."""
         if not self.layers:
             return
-        ids = np.unique(np.asarray(ids, dtype=np.uint32))
+        ids = _unique(np.asarray(ids, dtype=np.uint32))
         present, coords = token_state(txn, tokens_db, self._layout, ids)
         self._ids.append(ids)
         self._present.append(present)
@@ -81,23 +81,34 @@ class IndexUpdate:
         """Writes the index changes of every id seen, from its first recorded state to now."""
         if not self._ids:
             return
-        all_ids = np.concatenate(self._ids)
-        ids, first = np.unique(all_ids, return_index=True)  # the first record of an id is its state before
-        was = np.concatenate(self._present)[first]
-        old = np.concatenate(self._coords)[first]
+        if len(self._ids) == 1:
+            ids, was, old = self._ids[0], self._present[0], self._coords[0]
+        else:  # the first record of an id is its state before the group
+            ids, first = np.unique(np.concatenate(self._ids), return_index=True)
+            was = np.concatenate(self._present)[first]
+            old = np.concatenate(self._coords)[first]
         now, new = token_state(txn, tokens_db, self._layout, ids)
         for layer in self.layers:
             a, b = old[:, 3 * layer:3 * layer + 3], new[:, 3 * layer:3 * layer + 3]
             moved = was & now & np.any(a != b, axis=1)
             gone, came = (was & ~now) | moved, (now & ~was) | moved
             if gone.any() or came.any():
-                update_layer(txn, index_db, layer, _entries(ids[gone], a[gone]), _entries(ids[came], b[came]))
+                removed, rk = similarity.spatial_entries(*_rows(gone, ids, old), layer, SPATIAL_ENTRY_DTYPE)
+                added, ak = similarity.spatial_entries(*_rows(came, ids, new), layer, SPATIAL_ENTRY_DTYPE)
+                update_layer(txn, index_db, layer, removed, rk, added, ak)
 
 
-def _entries(ids: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-    e = np.empty(ids.size, dtype=SPATIAL_ENTRY_DTYPE)
-    e["id"], e["x"], e["y"], e["z"] = ids, xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    return e
+def _rows(mask: np.ndarray, ids: np.ndarray, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and coordinate rows ``mask`` selects (no copy when it selects all: a bulk
+    insert)."""
+    return (ids, coords) if bool(mask.all()) else (ids[mask], coords[mask])
+
+
+def _unique(ids: np.ndarray) -> np.ndarray:
+    """``ids`` sorted and unique (as given when it already is: the common case)."""
+    if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
+        return ids
+    return np.unique(ids)
 
 
 # -- pages -----------------------------------------------------------------------------------
@@ -144,16 +155,14 @@ def _cut(entries: np.ndarray, keys: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return [(int(keys[cuts[i]]), entries[cuts[i]:cuts[i + 1]]) for i in range(parts)]
 
 
-def update_layer(txn: Any, db: Any, layer: int, removed: np.ndarray, added: np.ndarray) -> None:
-    """Removes the entries ``removed`` and adds ``added`` (SPATIAL_ENTRY_DTYPE) in ``layer``."""
-    rk, ak = spatial_sort_keys(removed), spatial_sort_keys(added)
-    order = np.argsort(ak, kind="stable")
-    added, ak = added[order], ak[order]
-    rk = np.sort(rk)
-    cur = txn.cursor(db=db)
+def update_layer(txn: Any, db: Any, layer: int, removed: np.ndarray, rk: np.ndarray, added: np.ndarray,
+                 ak: np.ndarray) -> None:
+    """Removes the entries ``removed`` and adds ``added`` (SPATIAL_ENTRY_DTYPE, each in
+    ascending order of its sort keys ``rk`` / ``ak``) in ``layer``."""
     ri = ai = 0
     while ri < rk.size or ai < ak.size:
         lowest = min(int(rk[ri]) if ri < rk.size else 1 << 64, int(ak[ai]) if ai < ak.size else 1 << 64)
+        cur = txn.cursor(db=db)
         where = _locate(cur, layer, lowest)
         if where is None:  # the layer has no page yet
             if ri < rk.size:
@@ -165,8 +174,9 @@ def update_layer(txn: Any, db: Any, layer: int, removed: np.ndarray, added: np.n
         page_k = spatial_page_key_fields(key)[1]
         page = _page_entries(cur.value(), key)
         upper = _next_key(cur, layer)
-        r_end = rk.size if upper is None else int(np.searchsorted(rk, upper))
-        a_end = ak.size if upper is None else int(np.searchsorted(ak, upper))
+        # np.uint64: a Python int would be compared as a float64 and lose the low bits
+        r_end = rk.size if upper is None else int(np.searchsorted(rk, np.uint64(upper)))
+        a_end = ak.size if upper is None else int(np.searchsorted(ak, np.uint64(upper)))
         pk = spatial_sort_keys(page)
         if r_end > ri:
             keep = ~np.isin(pk, rk[ri:r_end])
@@ -176,7 +186,7 @@ def update_layer(txn: Any, db: Any, layer: int, removed: np.ndarray, added: np.n
         if a_end > ai:
             page = np.concatenate([page, added[ai:a_end]])
             pk = np.concatenate([pk, ak[ai:a_end]])
-            order = np.argsort(pk, kind="stable")
+            order = np.argsort(pk)
             page, pk = page[order], pk[order]
             if pk.size > 1 and bool(np.any(pk[1:] == pk[:-1])):
                 raise CorruptionError(f"the spatial index page {key.hex()} would hold an entry twice")
