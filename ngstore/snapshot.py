@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _native, similarity, spatial
+from . import _native, graph, similarity, spatial
 from .connections import ConnectionArray
 from .errors import CorruptionError, InvalidArgumentError, NotFoundError, StoreClosedError
 from .inputs import connection_keys, ids_array
@@ -530,6 +530,27 @@ class ConnectionView:
                 inn = inn[inn["token_a"] != inn["token_b"]]
             parts.append(inn)
         return ConnectionArray(np.concatenate(parts) if parts else np.zeros(0, CONNECTION_DTYPE))
+
+    def k_hop(self, ids: Any, k: int, *, types: Any = None, min_strength: float | None = None,
+              direction: str = "both") -> graph.Hops:
+        """The tokens within ``k`` connections of any of ``ids`` (one id or many): ``(ids,
+        depth)``, ids ascending, seeds at depth 0. ``types``: connection types to follow
+        (None: all); ``min_strength``: follow only connections with ``pull_strength`` >= it;
+        ``direction``: ``"both"`` (connections are stored undirected, a <= b), ``"out"``
+        (a -> b) or ``"in"`` (b -> a). Costs time in proportion to the connections touched
+        (ngstore/graph.py)."""
+        snap = self._snap
+        return graph.k_hop(snap._txn(), snap._db(DB_CONNECTIONS), snap._db(DB_CONN_REVERSE), ids, k,
+                           graph.Filter(types, min_strength, direction))
+
+    def shortest_path(self, a: int, b: int, *, weight: str | None = "pull_strength", types: Any = None,
+                      min_strength: float | None = None, direction: str = "both") -> graph.Path | None:
+        """The cheapest path from token ``a`` to ``b``: ``(ids, cost)``, or None when there
+        is none. ``weight="pull_strength"``: a connection costs 1/pull_strength (1 when the
+        strength is <= 0), Dijkstra; ``None``: hops, breadth first. Filters as ``k_hop``."""
+        snap = self._snap
+        return graph.shortest_path(snap._txn(), snap._db(DB_CONNECTIONS), snap._db(DB_CONN_REVERSE), a, b, weight,
+                                   graph.Filter(types, min_strength, direction))
 
     def to_array(self) -> np.ndarray:
         """Every connection, in key order (a CONNECTION_DTYPE copy)."""
