@@ -16,6 +16,7 @@
 
 #include "ngcore.h"
 #include "reflex.h"
+#include "similarity.h"
 
 static unsigned long long rng_state = 0x9E3779B97F4A7C15ULL;
 static unsigned long long rnd(void) { /* xorshift64* */
@@ -381,10 +382,88 @@ static void check_reflex(unsigned rounds) {
     free(states);
 }
 
+/* similarity.h: exact-length chunks and pages, every status the header promises, and
+ * knn checked against a brute force of its own. */
+static void check_similarity(void) {
+    const unsigned shift = 3;
+    const size_t slots = 8, vlen = slots * 64 + 1;
+    uint8_t *chunk = (uint8_t *)calloc(vlen, 1);
+    int16_t coords[8][24];
+    for (size_t s = 0; s < slots; s++) {
+        if (s == 5) continue; /* one absent slot */
+        chunk[slots * 64] |= (uint8_t)(1u << s);
+        uint32_t id = (uint32_t)s;
+        memcpy(chunk + s * 64 + 48, &id, 4);
+        for (unsigned d = 0; d < 24; d++) {
+            coords[s][d] = (int16_t)((int)(rnd() % 65536) - 32768);
+            if (s == 6) coords[s][d] = coords[2][d]; /* a tie */
+            memcpy(chunk + s * 64 + 2 * d, &coords[s][d], 2);
+        }
+    }
+    const uint8_t *ptrs[1] = {chunk};
+    uint64_t lens[1] = {vlen};
+    uint8_t dims[24];
+    for (unsigned d = 0; d < 24; d++) dims[d] = (uint8_t)d;
+    int16_t *q = (int16_t *)malloc(2 * 24 * sizeof(int16_t));
+    memcpy(q, coords[2], sizeof coords[2]);
+    memset(q + 24, 0, 24 * sizeof(int16_t));
+    double *od = (double *)malloc(2 * 10 * sizeof(double));
+    uint32_t *oi = (uint32_t *)malloc(2 * 10 * sizeof(uint32_t));
+    size_t m = 99;
+    for (int metric = 0; metric < 2; metric++) {
+        EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, dims, 24, metric, 10, od, oi, &m) == NG_OK, "knn");
+        EXPECT(m == 7, "knn count %zu", m);
+        EXPECT(oi[0] == 2 && oi[1] == 6 && od[0] == od[1] && od[0] < 1e-12, "knn tie %u %u", oi[0], oi[1]);
+        for (size_t j = 1; j < m; j++) EXPECT(od[j - 1] <= od[j], "knn order");
+    }
+    EXPECT(od[10] == 1.0 && od[16] == 1.0, "cosine of the zero query");
+    lens[0] = vlen - 1;
+    EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, dims, 24, 0, 10, od, oi, &m) == NG_ECORRUPT, "short chunk");
+    lens[0] = vlen;
+    uint8_t bad_dims[2] = {3, 3};
+    EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, bad_dims, 2, 0, 10, od, oi, &m) == NG_EINVAL, "dims");
+    EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, dims, 24, 2, 10, od, oi, &m) == NG_EINVAL, "metric");
+    EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, dims, 24, 0, 0, od, oi, &m) == NG_EINVAL, "k 0");
+    EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, (size_t)1 << 62, dims, 24, 0, 1 << 20, od, oi, &m) == NG_ERANGE,
+           "nq * k overflows");
+
+    int16_t lo[3] = {-32768, -32768, -32768}, hi[3] = {32767, 32767, 32767}, center[3] = {0, 0, 0};
+    uint32_t *out = (uint32_t *)malloc(8 * sizeof(uint32_t));
+    size_t n = 0;
+    EXPECT(ng_filter_chunks(ptrs, lens, 1, shift, 4, lo, hi, NULL, 0.0, out, 7, &n) == NG_OK && n == 7, "box all");
+    EXPECT(ng_filter_chunks(ptrs, lens, 1, shift, 4, lo, hi, NULL, 0.0, out, 6, &n) == NG_ERANGE, "box cap");
+    EXPECT(ng_filter_chunks(ptrs, lens, 1, shift, 8, lo, hi, NULL, 0.0, out, 7, &n) == NG_EINVAL, "layer");
+    EXPECT(ng_filter_chunks(ptrs, lens, 1, shift, 0, lo, hi, center, -1.0, out, 7, &n) == NG_EINVAL, "radius");
+
+    uint8_t *entries = (uint8_t *)malloc(7 * 10);
+    uint64_t *keys = (uint64_t *)malloc(7 * sizeof(uint64_t));
+    uint32_t ids[7] = {0, 1, 2, 3, 4, 6, 7};
+    int16_t *c7 = (int16_t *)malloc(7 * 24 * sizeof(int16_t));
+    for (size_t i = 0; i < 7; i++) memcpy(c7 + 24 * i, coords[ids[i]], sizeof coords[0]);
+    EXPECT(ng_spatial_entries(ids, c7, 7, 7, entries, keys) == NG_OK, "entries");
+    for (size_t i = 1; i < 7; i++) EXPECT(keys[i - 1] < keys[i], "entries order");
+    const uint8_t *pages[1] = {entries};
+    uint64_t plen[1] = {70};
+    EXPECT(ng_filter_entries(pages, plen, 1, lo, hi, center, 1e300, out, 7, &n) == NG_OK && n == 7, "entries");
+    plen[0] = 69;
+    EXPECT(ng_filter_entries(pages, plen, 1, lo, hi, NULL, 0.0, out, 7, &n) == NG_ECORRUPT, "partial entry");
+    ids[3] = 1;
+    EXPECT(ng_spatial_entries(ids, c7, 7, 0, entries, keys) == NG_EINVAL, "ids must ascend");
+
+    uint16_t zlo[3] = {1, 2, 3}, zhi[3] = {5, 2, 900}, bad[3] = {6, 2, 900};
+    uint32_t z = 0;
+    EXPECT(ng_zorder_next_in_box(0, zlo, zhi, &z) == NG_OK && z > 0, "zorder");
+    EXPECT(ng_zorder_next_in_box((1u << 30) - 1, zlo, zhi, &z) == NG_ENOTFOUND, "zorder past the box");
+    EXPECT(ng_zorder_next_in_box(1u << 30, zlo, zhi, &z) == NG_EINVAL, "zorder code");
+    EXPECT(ng_zorder_next_in_box(0, bad, zhi, &z) == NG_EINVAL, "zorder lo > hi");
+    free(chunk); free(q); free(od); free(oi); free(out); free(entries); free(keys); free(c7);
+}
+
 int main(int argc, char **argv) {
     unsigned rounds = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 40;
     check_core();
     check_reflex(rounds);
+    check_similarity();
     puts("contract held");
     return 0;
 }
