@@ -25,7 +25,7 @@ sys.path.insert(1, os.path.dirname(HERE))
 
 import _harness  # noqa: E402
 
-MODULES = ["records", "create", "ingest", "commit", "read", "reflex", "open", "disk", "obs"]
+MODULES = ["records", "create", "ingest", "commit", "read", "reflex", "open", "disk", "obs", "similarity"]
 
 
 def main(argv: list[str] | None = None) -> int:

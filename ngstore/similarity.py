@@ -163,32 +163,36 @@ def knn(bufs: Sequence[Any], slot_shift: int, present: int, q: np.ndarray, dims:
 
 # -- box and ball filters ------------------------------------------------------------------------
 
-def _filter_args(lo: np.ndarray, hi: np.ndarray, center: np.ndarray | None) -> tuple[Any, Any, Any]:
-    c_lo = ffi.new("int16_t[3]", [int(v) for v in lo])
-    c_hi = ffi.new("int16_t[3]", [int(v) for v in hi])
-    c_center = ffi.new("int16_t[3]", [int(v) for v in center]) if center is not None else ffi.NULL
+Point = Sequence[int]  # 3 raw coordinates
+
+
+def _filter_args(lo: Point, hi: Point, center: Point | None) -> tuple[Any, Any, Any]:
+    c_lo = ffi.new("int16_t[3]", list(lo))
+    c_hi = ffi.new("int16_t[3]", list(hi))
+    c_center = ffi.new("int16_t[3]", list(center)) if center is not None else ffi.NULL
     return c_lo, c_hi, c_center
 
 
-def filter_entries(pages: Sequence[Any], lo: np.ndarray, hi: np.ndarray, center: np.ndarray | None,
-                   r2: float) -> np.ndarray:
+def filter_entries(pages: Sequence[Any], lo: Point, hi: Point, center: Point | None, r2: float) -> np.ndarray:
     """Ids of the spatial index entries of ``pages`` inside the box ``lo..hi`` (and, with
     a ``center``, within squared distance ``r2`` of it), in page order."""
-    views, ptrs, lens = _buffers(pages)
-    cap = int(lens.sum()) // 10
+    views = [ffi.from_buffer("uint8_t[]", p) for p in pages]
+    ptrs = ffi.new("const uint8_t *[]", views) if views else ffi.NULL
+    lens = ffi.new("uint64_t[]", [len(v) for v in views]) if views else ffi.NULL
+    cap = sum(len(v) for v in views) // 10
     out = np.empty(max(cap, 1), dtype=np.uint32)
     n_out = ffi.new("size_t *")
     c_lo, c_hi, c_center = _filter_args(lo, hi, center)
-    rc = lib.ng_filter_entries(ptrs, ffi.from_buffer("uint64_t[]", lens) if len(views) else ffi.NULL, len(views),
-                               c_lo, c_hi, c_center, r2, ffi.from_buffer("uint32_t[]", out, require_writable=True),
+    rc = lib.ng_filter_entries(ptrs, lens, len(views), c_lo, c_hi, c_center, r2,
+                               ffi.from_buffer("uint32_t[]", out, require_writable=True),
                                cap, n_out)
     check_status("ng_filter_entries", rc, "a spatial index page is not a whole number of entries")
     del views
     return out[: int(n_out[0])]
 
 
-def filter_chunks(bufs: Sequence[Any], slot_shift: int, layer: int, present: int, lo: np.ndarray, hi: np.ndarray,
-                  center: np.ndarray | None, r2: float) -> np.ndarray:
+def filter_chunks(bufs: Sequence[Any], slot_shift: int, layer: int, present: int, lo: Point, hi: Point,
+                  center: Point | None, r2: float) -> np.ndarray:
     """The same filter over the present tokens of chunk values (ids ascending): the scan
     a store without the index answers with."""
     views, ptrs, lens = _buffers(bufs)

@@ -24,6 +24,7 @@ each view gets a region bounded to its own value instead.
 """
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Iterator
@@ -389,21 +390,21 @@ class TokenView:
         boundary included)."""
         c = _raw_point(center, "center")
         r = _radius(radius)
-        lo = np.maximum(np.ceil(c - r), -32768).astype(np.int16)
-        hi = np.minimum(np.floor(c + r), 32767).astype(np.int16)
-        return self._spatial(_layer(layer), lo, hi, c.astype(np.int16), r * r)
+        lo = tuple(max(math.ceil(v - r), -32768) for v in c)
+        hi = tuple(min(math.floor(v + r), 32767) for v in c)
+        return self._spatial(_layer(layer), lo, hi, c, r * r)
 
     def box(self, lo: Any, hi: Any, *, layer: int) -> np.ndarray:
         """Ids (ascending uint32) of the tokens whose coordinates in ``layer`` lie in the
         box ``lo..hi`` (3 raw coordinates each, bounds included)."""
         lo_a, hi_a = _raw_point(lo, "lo"), _raw_point(hi, "hi")
-        if bool(np.any(lo_a > hi_a)):
+        if any(a > b for a, b in zip(lo_a, hi_a, strict=True)):
             raise InvalidArgumentError(f"box bounds must have lo <= hi on every axis, got {lo!r} and {hi!r}")
-        return self._spatial(_layer(layer), lo_a.astype(np.int16), hi_a.astype(np.int16), None, 0.0)
+        return self._spatial(_layer(layer), lo_a, hi_a, None, 0.0)
 
-    def _spatial(self, layer: int, lo: np.ndarray, hi: np.ndarray, center: np.ndarray | None,
+    def _spatial(self, layer: int, lo: tuple[int, ...], hi: tuple[int, ...], center: tuple[int, ...] | None,
                  r2: float) -> np.ndarray:
-        if bool(np.any(lo > hi)):  # a ball that misses the coordinate range
+        if any(a > b for a, b in zip(lo, hi, strict=True)):  # a ball that misses the coordinate range
             return np.zeros(0, np.uint32)
         if layer in self.spatial_layers:
             snap = self._snap
@@ -446,14 +447,22 @@ class TokenView:
         return bool(self.presence(ids)[0])
 
 
-def _raw_point(value: Any, what: str) -> np.ndarray:
-    """3 raw coordinates (int64) in the i16 range, or InvalidArgumentError."""
-    arr = np.asarray(value)
-    if arr.shape != (3,) or arr.dtype.kind not in "iu":
-        raise InvalidArgumentError(f"{what} must be 3 raw integer coordinates (x, y, z), got {value!r}")
-    if int(arr.min()) < -32768 or int(arr.max()) > 32767:
+def _raw_point(value: Any, what: str) -> tuple[int, int, int]:
+    """3 raw coordinates in the i16 range, or InvalidArgumentError."""
+    try:
+        x, y, z = value
+        point = (_raw_int(x), _raw_int(y), _raw_int(z))
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{what} must be 3 raw integer coordinates (x, y, z), got {value!r}") from None
+    if not all(-32768 <= v <= 32767 for v in point):
         raise InvalidArgumentError(f"{what} must be in the i16 range -32768..32767, got {value!r}")
-    return arr.astype(np.int64)
+    return point
+
+
+def _raw_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(v)
+    return int(v)
 
 
 def _radius(radius: Any) -> float:

@@ -16,6 +16,7 @@ Checking (:func:`check_layer_pages`): the page rules of the format, for ``check(
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,16 +24,15 @@ import numpy as np
 from . import _native, similarity
 from .errors import CorruptionError
 from .layout import (
+    SPATIAL_CELL_SHIFT,
     SPATIAL_ENTRY_BYTES,
     SPATIAL_ENTRY_DTYPE,
     SPATIAL_PAGE_MAX,
     SPATIAL_PAGE_SPLIT,
     ChunkLayout,
-    spatial_cells,
     spatial_page_key,
     spatial_page_key_fields,
     spatial_sort_keys,
-    spatial_zorder,
 )
 from .records import TOKEN_DTYPE
 
@@ -205,27 +205,44 @@ def update_layer(txn: Any, db: Any, layer: int, removed: np.ndarray, rk: np.ndar
 
 # -- queries ----------------------------------------------------------------------------------------
 
-def query(txn: Any, db: Any, layer: int, lo: np.ndarray, hi: np.ndarray, center: np.ndarray | None,
+def _seek(cur: Any, layer: int, sort_key: int) -> bool:
+    """``_locate`` for readers: positions ``cur`` on the page an entry of ``sort_key``
+    belongs to; False when the layer has no page."""
+    probe = spatial_page_key(layer, sort_key)
+    if not cur.set_range(probe):
+        return bool(cur.last() and cur.key()[0] == layer)
+    if cur.key()[0] == layer and bytes(cur.key()) == probe:
+        return True
+    if cur.prev() and cur.key()[0] == layer:
+        return True
+    return bool(cur.set_range(probe) and cur.key()[0] == layer)
+
+
+def query(txn: Any, db: Any, layer: int, lo: Sequence[int], hi: Sequence[int], center: Sequence[int] | None,
           r2: float) -> np.ndarray:
     """Ids (ascending) of the tokens whose layer-``layer`` coordinates are in the box
-    ``lo..hi`` (int16[3], lo <= hi), and within ``r2`` of ``center`` when it is given."""
-    clo = spatial_cells(lo).tolist()
-    chi = spatial_cells(hi).tolist()
-    zbox = similarity.ZBox(clo, chi)
-    zmin = int(spatial_zorder(lo[0:1], lo[1:2], lo[2:3])[0])
+    ``lo..hi`` (raw, lo <= hi), and within ``r2`` of ``center`` when it is given. Plain
+    ints throughout: a query touches a handful of pages, and numpy's per-call cost on
+    3-element arrays would be most of its time."""
+    shift = SPATIAL_CELL_SHIFT
+    zbox = similarity.ZBox([(v + 32768) >> shift for v in lo], [(v + 32768) >> shift for v in hi])
+    zmin = zbox.next_inside(0)
     cur = txn.cursor(db=db)
     pages: list[Any] = []
-    if _locate(cur, layer, zmin << 32) is not None:
+    if zmin is not None and _seek(cur, layer, zmin << 32):
         while True:
             pages.append(cur.value())
-            nk = _next_key(cur, layer)
-            if nk is None:
+            if not cur.next():
                 break
-            nxt = zbox.next_inside(nk >> 32)
+            key = cur.key()
+            if key[0] != layer:
+                break
+            nz = int.from_bytes(key[1:9], "big") >> 32
+            nxt = zbox.next_inside(nz)
             if nxt is None:
                 break
-            if nxt != nk >> 32:  # the next page starts outside the box: jump
-                _locate(cur, layer, nxt << 32)
+            if nxt != nz and not _seek(cur, layer, nxt << 32):  # starts outside the box: jump
+                break
     ids = similarity.filter_entries(pages, lo, hi, center, r2)
     ids.sort()
     return ids
