@@ -461,3 +461,16 @@ int ng_spatial_entries(const uint32_t *ids, const int16_t *coords, size_t n, uns
     free(a < b ? a : b);
     return NG_OK;
 }
+
+int ng_spatial_keys(const uint8_t *entries, size_t n, uint64_t *out_keys) {
+    if (n == 0) return NG_OK;
+    if (!entries || !out_keys) return NG_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *e = entries + 10 * i;
+        uint32_t z = zo_spread((uint32_t)(load_i16(e + 4) + 32768) >> 6) |
+                     (zo_spread((uint32_t)(load_i16(e + 6) + 32768) >> 6) << 1) |
+                     (zo_spread((uint32_t)(load_i16(e + 8) + 32768) >> 6) << 2);
+        out_keys[i] = ((uint64_t)z << 32) | load_u32(e);
+    }
+    return NG_OK;
+}

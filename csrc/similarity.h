@@ -79,4 +79,7 @@ int ng_zorder_next_in_box(uint32_t z, const uint16_t lo[3], const uint16_t hi[3]
 int ng_spatial_entries(const uint32_t *ids, const int16_t *coords, size_t n, unsigned layer,
                        uint8_t *out_entries, uint64_t *out_keys);
 
+/* The sort keys (Z << 32 | id) of n spatial index entries (10 bytes each, any alignment). */
+int ng_spatial_keys(const uint8_t *entries, size_t n, uint64_t *out_keys);
+
 #endif

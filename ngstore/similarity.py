@@ -225,6 +225,17 @@ def spatial_entries(ids: np.ndarray, coords: np.ndarray, layer: int, entry_dtype
     return entries, keys
 
 
+def spatial_keys(entries: np.ndarray) -> np.ndarray:
+    """The sort keys (uint64) of spatial index entries, in C (``layout.spatial_sort_keys``
+    is the numpy statement of the same rule)."""
+    keys = np.empty(entries.shape[0], dtype=np.uint64)
+    if keys.size:
+        rc = lib.ng_spatial_keys(ffi.from_buffer("uint8_t[]", np.ascontiguousarray(entries).view(np.uint8)),
+                                 keys.size, ffi.from_buffer("uint64_t[]", keys, require_writable=True))
+        check_status("ng_spatial_keys", rc)
+    return keys
+
+
 class ZBox:
     """A box of cells (0..1023 per axis) and the Z-order step over it."""
 

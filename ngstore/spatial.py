@@ -177,19 +177,17 @@ def update_layer(txn: Any, db: Any, layer: int, removed: np.ndarray, rk: np.ndar
         # np.uint64: a Python int would be compared as a float64 and lose the low bits
         r_end = rk.size if upper is None else int(np.searchsorted(rk, np.uint64(upper)))
         a_end = ak.size if upper is None else int(np.searchsorted(ak, np.uint64(upper)))
-        pk = spatial_sort_keys(page)
+        pk = similarity.spatial_keys(page)  # ascending (the page rule)
         if r_end > ri:
-            keep = ~np.isin(pk, rk[ri:r_end])
-            if int(keep.size - keep.sum()) != r_end - ri:
+            gone = np.searchsorted(pk, rk[ri:r_end])
+            if bool(np.any(gone >= pk.size)) or not np.array_equal(pk[np.minimum(gone, pk.size - 1)], rk[ri:r_end]):
                 raise CorruptionError(f"the spatial index page {key.hex()} lacks entries of tokens it should hold")
-            page, pk = page[keep], pk[keep]
+            page, pk = np.delete(page, gone), np.delete(pk, gone)
         if a_end > ai:
-            page = np.concatenate([page, added[ai:a_end]])
-            pk = np.concatenate([pk, ak[ai:a_end]])
-            order = np.argsort(pk)
-            page, pk = page[order], pk[order]
-            if pk.size > 1 and bool(np.any(pk[1:] == pk[:-1])):
+            at = np.searchsorted(pk, ak[ai:a_end])
+            if bool(np.any(pk[np.minimum(at, max(pk.size - 1, 0))] == ak[ai:a_end])) if pk.size else False:
                 raise CorruptionError(f"the spatial index page {key.hex()} would hold an entry twice")
+            page, pk = np.insert(page, at, added[ai:a_end]), np.insert(pk, at, ak[ai:a_end])
         ri, ai = r_end, a_end
         if page.size == 0:
             txn.delete(key, db=db)
