@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._native import check_status, ffi, lib
 from .errors import InvalidArgumentError
 from .inputs import ids_array
 
@@ -123,11 +124,56 @@ def edges(w: Walker, node: int, values: bool) -> Iterator[tuple[int, int, Any]]:
                 yield other, t, value
 
 
-def k_hop(txn: Any, conn_db: Any, rev_db: Any, seeds: Any, k: Any, f: Filter) -> Hops:
-    """The tokens within ``k`` connections of any seed (a multi-source breadth-first walk)."""
+class Tree(NamedTuple):
+    """Where a read transaction's connection B-trees lie in the mapped data file (see
+    csrc/graph.h): the map's address and readable length, LMDB's page size, and the root
+    pages of ``connections`` and ``conn_by_b`` (2**64 - 1: empty)."""
+
+    address: int
+    length: int
+    page_size: int
+    fwd_root: int
+    rev_root: int
+
+
+def _walk_in_c(tree: Tree, seeds: np.ndarray, k: int, f: Filter, cap: int) -> Hops:
+    mask = np.zeros(32, dtype=np.uint8)
+    if f.types is None:
+        mask[:] = 0xFF
+    else:
+        for t in f.types:
+            mask[t >> 3] |= 1 << (t & 7)
+    direction = {"out": 1, "in": 2, "both": 3}[f.direction]
+    while True:
+        ids = np.empty(max(cap, 1), dtype=np.uint32)
+        depth = np.empty(max(cap, 1), dtype=np.uint32)
+        n_out = ffi.new("size_t *")
+        rc = lib.ng_graph_walk(ffi.cast("const uint8_t *", tree.address), tree.length, tree.page_size,
+                               tree.fwd_root, tree.rev_root, ffi.from_buffer("uint32_t[]", seeds), seeds.size, k,
+                               direction, ffi.from_buffer("uint8_t[]", mask), f.min_strength is not None,
+                               f.min_strength if f.min_strength is not None else 0.0,
+                               ffi.from_buffer("uint32_t[]", ids, require_writable=True),
+                               ffi.from_buffer("uint32_t[]", depth, require_writable=True), cap, n_out)
+        if rc == -6 and int(n_out[0]) > cap:  # NG_ERANGE: more were reached than guessed
+            cap = int(n_out[0])
+            continue
+        check_status("ng_graph_walk", rc, "the connection B-tree pages are not what LMDB writes")
+        n = int(n_out[0])
+        order = np.argsort(ids[:n])  # the ids are distinct: no need for a stable sort
+        return Hops(ids[:n][order], depth[:n][order])
+
+
+def k_hop(txn: Any, conn_db: Any, rev_db: Any, seeds: Any, k: Any, f: Filter, tree: Tree | None = None,
+          connections: int = 0) -> Hops:
+    """The tokens within ``k`` connections of any seed (a multi-source breadth-first walk);
+    in C over the mapped pages when ``tree`` is given (``connections``: how many are
+    stored, which bounds the answer), else by py-lmdb prefix scans."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 0:
         raise InvalidArgumentError(f"k must be an int >= 0, got {k!r}")
     start = np.unique(ids_array(seeds))
+    if tree is not None and int(k) < 2**32:
+        return _walk_in_c(tree, np.ascontiguousarray(start, dtype=np.uint32), int(k), f,
+                          start.size + 2 * connections)
     w = Walker(txn, conn_db, rev_db, f)
     depth: dict[int, int] = dict.fromkeys(start.tolist(), 0)
     frontier = list(depth)

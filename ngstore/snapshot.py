@@ -53,6 +53,7 @@ from .layout import (
     event_key,
     event_sequence,
     forward_of_reverse,
+    meta_page_txnid,
 )
 from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
 from .tokens import Token, TokenArray
@@ -549,8 +550,31 @@ class ConnectionView:
         (a -> b) or ``"in"`` (b -> a). Costs time in proportion to the connections touched
         (ngstore/graph.py)."""
         snap = self._snap
-        return graph.k_hop(snap._txn(), snap._db(DB_CONNECTIONS), snap._db(DB_CONN_REVERSE), ids, k,
-                           graph.Filter(types, min_strength, direction))
+        f = graph.Filter(types, min_strength, direction)
+        return graph.k_hop(snap._txn(), snap._db(DB_CONNECTIONS), snap._db(DB_CONN_REVERSE), ids, k, f,
+                           self._tree(), self.count())
+
+    def _tree(self) -> graph.Tree | None:
+        """Where this snapshot's connection B-trees lie in the map, for walks in C; None
+        when the map cannot be found (the walk then goes through py-lmdb)."""
+        snap = self._snap
+        txn = snap._txn()
+        kv = snap._kv
+        probe = txn.get(M_COUNTERS, db=snap._db(DB_META))
+        span = kv.map_span(_address(probe)) if probe is not None else None
+        psize = kv.page_size()
+        if span is None or span[1] < 2 * psize:
+            return None
+        start, length = span
+        if meta_page_txnid(bytes(_ffi.buffer(_ffi.cast("uint8_t *", start), psize))) is None:
+            return None  # the mapping does not begin at the file's first page
+        roots = []
+        for name in (DB_CONNECTIONS, DB_CONN_REVERSE):
+            record = txn.get(name)  # the named database's MDB_db record in the main database
+            if record is not None and len(record) != 48:
+                return None
+            roots.append(int.from_bytes(bytes(record[40:48]), "little") if record is not None else 2**64 - 1)
+        return graph.Tree(start, length, psize, roots[0], roots[1])
 
     def shortest_path(self, a: int, b: int, *, weight: str | None = "pull_strength", types: Any = None,
                       min_strength: float | None = None, direction: str = "both") -> graph.Path | None:

@@ -17,6 +17,7 @@
 #include "ngcore.h"
 #include "reflex.h"
 #include "similarity.h"
+#include "graph.h"
 
 static unsigned long long rng_state = 0x9E3779B97F4A7C15ULL;
 static unsigned long long rnd(void) { /* xorshift64* */
@@ -459,11 +460,72 @@ static void check_similarity(void) {
     free(chunk); free(q); free(od); free(oi); free(out); free(entries); free(keys); free(c7);
 }
 
+/* graph.h: a one-leaf B-tree of connections built by hand, in pages LMDB's layout; then
+ * the same tree with a bad root, bad flags and a node offset past the page. */
+static void put16(uint8_t *p, unsigned v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+
+static void leaf_of(uint8_t *page, const uint32_t (*edges)[2], unsigned n, unsigned psize) {
+    memset(page, 0, psize);
+    put16(page + 10, 0x02);
+    put16(page + 12, 16 + 2 * n);
+    unsigned upper = psize;
+    for (unsigned i = 0; i < n; i++) {
+        upper -= 8 + 9 + 64;
+        uint8_t *nd = page + upper;
+        put16(page + 16 + 2 * i, upper);
+        put16(nd, 64);      /* data size lo */
+        put16(nd + 6, 9);   /* key size */
+        uint8_t *k = nd + 8;
+        for (int b = 0; b < 4; b++) {
+            k[b] = (uint8_t)(edges[i][0] >> (24 - 8 * b));
+            k[4 + b] = (uint8_t)(edges[i][1] >> (24 - 8 * b));
+        }
+        k[8] = 0x50;
+        float strength = (float)i;
+        memcpy(nd + 8 + 9 + 16, &strength, 4);
+    }
+    put16(page + 14, upper);
+}
+
+static void check_graph(void) {
+    const unsigned psize = 512;
+    const uint32_t fwd[4][2] = {{1, 2}, {2, 3}, {3, 4}, {7, 7}}; /* sorted keys: a | b */
+    const uint32_t rev[4][2] = {{2, 1}, {3, 2}, {4, 3}, {7, 7}};
+    uint8_t *map = (uint8_t *)malloc(3 * psize);
+    memset(map, 0, psize);
+    leaf_of(map + psize, fwd, 4, psize);
+    leaf_of(map + 2 * psize, rev, 4, psize);
+    uint8_t all[32];
+    memset(all, 0xFF, sizeof all);
+    uint32_t seeds[2] = {1, 7}, ids[8], depth[8];
+    size_t n = 0;
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 1, 2, seeds, 2, 9, 3, all, 0, 0.0, ids, depth, 8, &n) == NG_OK,
+           "walk");
+    EXPECT(n == 5 && depth[4] == 3, "walk reached %zu", n);
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 1, 2, seeds, 2, 9, 3, all, 0, 0.0, ids, depth, 2, &n) == NG_ERANGE
+           && n == 5, "walk cap");
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 1, 2, seeds, 1, 9, 1, all, 1, 1.0, ids, depth, 8, &n) == NG_OK
+           && n == 1, "min strength: 1-2 has strength 0");
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 1, (uint64_t)-1, seeds, 1, 9, 3, all, 1, 0.0, ids, depth, 8, &n)
+           == NG_OK && n == 4, "no reverse tree");
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 5, 2, seeds, 1, 9, 3, all, 0, 0.0, ids, depth, 8, &n)
+           == NG_ECORRUPT, "root past the map");
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 0, 2, seeds, 1, 9, 3, all, 0, 0.0, ids, depth, 8, &n)
+           == NG_ECORRUPT, "a page with no tree flags");
+    EXPECT(ng_graph_walk(map, 3 * psize, 500, 1, 2, seeds, 1, 9, 3, all, 0, 0.0, ids, depth, 8, &n) == NG_EINVAL,
+           "page size");
+    put16(map + psize + 16, psize - 4); /* a node that would run past its page */
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 1, 2, seeds, 1, 9, 3, all, 0, 0.0, ids, depth, 8, &n)
+           == NG_ECORRUPT, "node offset");
+    free(map);
+}
+
 int main(int argc, char **argv) {
     unsigned rounds = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 40;
     check_core();
     check_reflex(rounds);
     check_similarity();
+    check_graph();
     puts("contract held");
     return 0;
 }
