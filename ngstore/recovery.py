@@ -35,7 +35,7 @@ from .directory import Directory
 from .errors import CorruptionError
 from .guardian import Guardian
 from .kv import KV, ReadTxn, restore_checkpoint_meta
-from .layout import DB_META, initial_meta
+from .layout import ALL_LAYERS, DB_META, initial_meta
 from .ops import decode_ops
 from .options import Options
 from .overlay import Overlay
@@ -96,7 +96,8 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             kv.create_missing_dbs()
             directory.apply_mode()  # LMDB's files exist now; the umask may have narrowed them
             meta_db = kv.dbs[DB_META]
-            entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity)
+            entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity,
+                                   ALL_LAYERS if opts.spatial_index else 0)
             kv.write(lambda txn: [txn.put(k, v, db=meta_db) for k, v in entries])
             log, applier = _applier(directory, kv, opts, obs, info, "tolerate-tail")
             applier.checkpoint_now()
