@@ -477,7 +477,15 @@ class KV:
         ``fd`` (``mdb_env_copyfd2``; with ``compact`` free pages are left out and pages
         renumbered, and the copy's meta says transaction 1). The copy is consistent
         whatever the writer does meanwhile: it is one read transaction. ``fd`` may be a
-        pipe. Nothing is synced: the caller makes the destination durable."""
+        pipe. Nothing is synced: the caller makes the destination durable.
+
+        Refused (CorruptionError) when the open found damaged pages in any tree: LMDB's copy
+        walks every tree, and LMDB must not follow damaged pages (it may read past the file
+        or abort); a copy of damage is no backup anyway."""
+        if self._shared.damaged:
+            first = next(iter(self._shared.damaged.values()))
+            raise _damage_error(first, os.path.join(self.path, DATA_FILE),
+                                "; a copy would read the damaged pages: back up from an undamaged store")
         try:
             self.env.copyfd(fd, compact=compact, txn=txn)
         except lmdb.Error as exc:

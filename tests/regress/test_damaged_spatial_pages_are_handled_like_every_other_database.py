@@ -1,7 +1,8 @@
 """The spatial index is a named database like the others, so its damaged pages must be
 treated as main treats theirs (docs/format.md §3.4): not critical for a read-only open,
 CorruptionError for whatever reads it (never LMDB following the page), a finding of
-``check()`` with the spatial section skipped, and refused by a writer."""
+``check()`` with the spatial section skipped, and refused by a writer. A backup of such a
+store must refuse too: LMDB's compacting copy walks every tree."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ from conftest import make_tokens
 from lmdbpages import F_BIGDATA, leaf_pages, page_size
 
 import ngstore
+from ngstore import backup
 
 OPEN = dict(observability=False, crash_handlers=False, max_tokens=None, max_bytes=None, map_size=1 << 30)
 
@@ -48,3 +50,9 @@ def test_a_damaged_spatial_page_is_a_finding_and_an_error_never_a_crash(tmp_path
     with pytest.raises(ngstore.CorruptionError, match="LMDB page damage in spatial"):
         ngstore.open(path, **OPEN)  # a writer must not write into a damaged tree
 
+
+def test_a_backup_of_a_store_with_damaged_pages_is_refused(tmp_path):
+    path = str(tmp_path / "s")
+    _damaged_spatial_store(path)
+    with pytest.raises(ngstore.CorruptionError, match="spatial"):
+        backup.backup(path, str(tmp_path / "b"))
