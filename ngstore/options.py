@@ -50,9 +50,11 @@ class Options:
     #: is written. A policy of this handle, not of the store: each open chooses.
     reflex_eviction: str = "evict"
     #: Keep the spatial index of token coordinates (``snapshot.tokens.within`` / ``box``;
-    #: docs/format.md §3.5) for all 8 layers; fixed at creation. Without it those queries
-    #: scan every token (same answers), and token writes skip its upkeep.
-    spatial_index: bool = True
+    #: docs/format.md §3.5) for all 8 layers; fixed at creation. Off by default: its upkeep
+    #: costs every token write (about 10x a bulk ingest, tens of times a small commit, and
+    #: 80 bytes of index per token; docs/performance.md). Without it those queries scan
+    #: every token (same answers, in O(n)).
+    spatial_index: bool = False
     #: LMDB's virtual map size (address space, not disk) and its reader slots.
     map_size: int = DEFAULT_MAP_SIZE
     max_readers: int = 126

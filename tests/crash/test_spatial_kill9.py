@@ -51,7 +51,7 @@ def _verify(path: str, rng: np.random.Generator) -> int:
 
 def test_the_spatial_index_survives_kill9_with_its_tokens(tmp_path):
     path = str(tmp_path / "store")
-    ngstore.open(path).close()
+    ngstore.open(path, spatial_index=True).close()
     budget = float(os.environ.get("NGSTORE_CRASH_SECONDS", "200")) / 5
     rng = random.Random(99)
     nrng = np.random.default_rng(99)

@@ -34,7 +34,7 @@ class StoreModel(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(prefix="ngstore-model-")
         self.path = self.dir + "/s"
         self.store = ngstore.open(self.path, chunk_slots=CHUNK, durability="async",
-                                  event_capacity=EVENT_CAPACITY)
+                                  event_capacity=EVENT_CAPACITY, spatial_index=True)
         self.model = ModelStore(event_capacity=EVENT_CAPACITY)
         self.version = 0
 

@@ -21,7 +21,7 @@ OPEN = dict(observability=False, crash_handlers=False, max_tokens=None, max_byte
 def _damaged_spatial_store(path: str) -> None:
     # No connections: the only 9-byte keys are the spatial index's pages (layer u8, K u64),
     # and 4,000 tokens make pages of a few hundred 10-byte entries (overflow values).
-    with ngstore.open(path, **OPEN) as s:
+    with ngstore.open(path, spatial_index=True, **OPEN) as s:
         s.put_tokens(make_tokens(np.arange(4000)))
     data_path = os.path.join(path, "data.mdb")
     with open(data_path, "rb") as f:

@@ -158,7 +158,7 @@ def test_within_and_box_match_brute_force_with_and_without_the_index(store_path,
 
 def test_the_index_follows_moves_and_deletes_and_survives_reopen(store_path):
     rng = np.random.default_rng(5)
-    s = ngstore.open(store_path, chunk_slots=16)
+    s = ngstore.open(store_path, chunk_slots=16, spatial_index=True)
     try:
         for step in range(12):
             n = int(rng.integers(1, 1500))
@@ -180,7 +180,7 @@ def test_the_index_follows_moves_and_deletes_and_survives_reopen(store_path):
 
 
 def test_check_reports_an_index_that_disagrees_with_the_tokens(store_path):
-    with ngstore.open(store_path) as s:
+    with ngstore.open(store_path, spatial_index=True) as s:
         s.put_tokens(tokens(np.arange(1000), np.arange(24000).reshape(1000, 24) % 5000))
     env = lmdb.open(store_path, max_dbs=10)
     with env.begin(write=True) as txn:
@@ -250,3 +250,12 @@ def test_knn_matches_brute_force_on_random_stores(tmp_path_factory, data):
     for i in range(3):
         want_ids, want_d = brute_knn(arr, q[i], k, similarity.coordinate_dims(layers), metric)
         assert np.array_equal(got.ids[i], want_ids) and np.array_equal(got.distances[i], want_d)
+
+
+def test_a_store_has_no_spatial_index_unless_created_with_one(store_path):
+    """Off by default: its upkeep costs every token write (docs/api.md)."""
+    with ngstore.open(store_path) as s:
+        s.put_tokens(tokens(np.arange(10), np.zeros((10, 24), np.int16)))
+        with s.snapshot() as snap:
+            assert snap.tokens.spatial_layers == ()
+            assert snap.tokens.within((0, 0, 0), 1, layer=0).tolist() == list(range(10))
