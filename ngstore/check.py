@@ -4,6 +4,7 @@ It reads the raw LMDB values rather than going through the read API (a symmetric
 in writer and reader cannot hide), and checks, for every token chunk: the value
 length, that every present record's ``id`` equals its slot's id, that absent slots
 hold only zeros, and that the presence bits add up to the stored live count; plus the
+known outcomes (the digest map and its order index agree one to one), the
 meta database, the checkpoint file and (for a writer) that LMDB has not applied past
 the end of the log.
 """
@@ -22,11 +23,19 @@ from .layout import (
     DB_CONNECTIONS,
     DB_EVENTS,
     DB_META,
+    DB_OUTCOMES,
     DB_TOKENS,
+    DIGEST_BYTES,
     M_COUNTERS,
+    ORDER_PREFIX,
+    OUTCOME_KEY_BYTES,
+    OUTCOMES_HEADER_KEY,
     ChunkLayout,
     Counters,
+    KnownOutcome,
+    OutcomesHeader,
     forward_of_reverse,
+    outcome_order_sequence,
 )
 
 
@@ -96,6 +105,7 @@ def check_store(kv: KV, layout: ChunkLayout, directory: Directory, applied_posit
             problems.append(f"tokens_live counter is {live} but {present} tokens are present")
         _check_connections(txn, kv, counters, problems, facts)
         _check_events(txn, kv, counters, problems, facts)
+        _check_outcomes(txn, kv, problems, facts)
     try:
         ckpt = directory.read_checkpoint()
         if ckpt is None:
@@ -170,3 +180,47 @@ def _check_events(txn: Any, kv: KV, counters: Counters, problems: list[str], fac
     if last is not None and last != nxt - 1:
         problems.append(f"the newest event is {last} but events_next_seq is {nxt}")
     facts["events"] = n
+
+
+def _check_outcomes(txn: Any, kv: KV, problems: list[str], facts: dict[str, object]) -> None:
+    """The known outcomes (format.md §3.3): every ``K`` entry's sequence has the ``Q``
+    entry naming its digest and every ``Q`` entry a ``K`` entry with that sequence; the
+    header counts them; every sequence is below the header's next one."""
+    db = kv.dbs.get(DB_OUTCOMES)
+    if db is None:
+        facts["outcome_keys"] = 0
+        return
+    head = OutcomesHeader()
+    by_digest: dict[bytes, int] = {}   # K: digest -> sequence
+    by_sequence: dict[int, bytes] = {}  # Q: sequence -> digest
+    for raw_key, value in txn.cursor(db=db):
+        key = bytes(raw_key)
+        try:
+            if key == OUTCOMES_HEADER_KEY:
+                head = OutcomesHeader.decode(value, "outcomes header")
+            elif key[:1] == b"K" and len(key) == OUTCOME_KEY_BYTES:
+                by_digest[key[1:]] = KnownOutcome.decode(value, f"outcome {key[1:].hex()}").sequence
+            elif key[:1] == ORDER_PREFIX:
+                seq = outcome_order_sequence(key)
+                if len(value) != DIGEST_BYTES:
+                    problems.append(f"outcomes order entry {seq} holds {len(value)} bytes, expected {DIGEST_BYTES}")
+                    continue
+                by_sequence[seq] = bytes(value)
+            else:
+                problems.append(f"outcomes key {key.hex()} is none of H, K ‖ digest, Q ‖ sequence")
+        except CorruptionError as exc:
+            problems.append(str(exc))
+    for digest, seq in by_digest.items():
+        if by_sequence.get(seq) != digest:
+            problems.append(f"outcome {digest.hex()} has sequence {seq}, whose order entry names "
+                            f"{by_sequence[seq].hex() if seq in by_sequence else 'nothing'}")
+    for seq, digest in by_sequence.items():
+        if by_digest.get(digest) != seq:
+            problems.append(f"outcomes order entry {seq} names {digest.hex()}, which is not recorded with it")
+        if seq >= head.next_seq:
+            problems.append(f"outcomes order entry {seq} is not below the next sequence {head.next_seq}")
+    if head.held != len(by_digest) or head.held != len(by_sequence):
+        problems.append(f"the outcomes header holds {head.held} keys; {len(by_digest)} are recorded and "
+                        f"{len(by_sequence)} ordered")
+    facts["outcome_keys"] = len(by_digest)
+    facts["outcome_keys_forgotten"] = head.forgotten
