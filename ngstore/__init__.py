@@ -31,6 +31,7 @@ from .experience import (
 )
 from .intuition import IntuitionEngine
 from .options import Options
+from .outcomes import Outcome
 from .records import (
     CONNECTION_DTYPE,
     EVENT_DTYPE,
@@ -76,6 +77,7 @@ __all__ = [
     "NotAStoreError",
     "NotFoundError",
     "Options",
+    "Outcome",
     "OutcomeUnknownError",
     "PrioritizedByReward",
     "QuotaExceededError",

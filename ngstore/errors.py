@@ -9,7 +9,19 @@ from __future__ import annotations
 
 
 class NgStoreError(Exception):
-    """Root of every error raised by ngstore itself."""
+    """Root of every error raised by ngstore itself.
+
+    An error raised by a commit (``Batch.commit``, ``put_tokens`` and the other one-call
+    writes, an awaited ``ngstore.aio`` commit) says what became of its batch:
+    ``outcome_known`` is True when the store knows, and ``committed`` then says which
+    (False: nothing of the batch was written -- a refusal, a quota, a store that stopped
+    accepting writes; True: it is committed, only what followed failed). ``outcome_known``
+    False (:class:`OutcomeUnknownError`): only reopening tells. Both are None on errors
+    that do not come from a commit.
+    """
+
+    outcome_known: bool | None = None
+    committed: bool | None = None
 
 
 class InvalidArgumentError(NgStoreError, ValueError):
@@ -17,6 +29,9 @@ class InvalidArgumentError(NgStoreError, ValueError):
 
     Raised before anything is written: the store is exactly as it was.
     """
+
+    outcome_known = True
+    committed = False
 
 
 class NotFoundError(NgStoreError, KeyError):
@@ -32,6 +47,9 @@ class StoreLockedError(NgStoreError):
 
 class StoreClosedError(NgStoreError):
     """The store, snapshot or view was used after ``close()``."""
+
+    outcome_known = True  # a commit on a closed store writes nothing
+    committed = False
 
 
 class CorruptionError(NgStoreError):
@@ -64,6 +82,9 @@ class QuotaExceededError(NgStoreError):
     ``limit`` the refusing bound.
     """
 
+    outcome_known = True
+    committed = False
+
     def __init__(self, quota: str, current: int, requested: int, limit: int, detail: str = "",
                  hint: str = "") -> None:
         msg = (f"{quota} quota exceeded: {current} + {requested} > {limit}"
@@ -80,7 +101,11 @@ class QuotaExceededError(NgStoreError):
 
 class ValidationError(NgStoreError, ValueError):
     """A record fails Guardian validation; ``errors`` lists ``(field, message, value)``
-    (for the first failing records), ``n_failed`` counts every failing record."""
+    (for the first failing records), ``n_failed`` counts every failing record. Raised
+    before anything is written."""
+
+    outcome_known = True
+    committed = False
 
     def __init__(self, what: str, errors: list[tuple[str, str, object]],
                  n_failed: int | None = None) -> None:
@@ -115,17 +140,27 @@ class NativeCorruptionError(CorruptionError, NativeError):
 
 
 class OutcomeUnknownError(NgStoreError, OSError):
-    """A commit failed after its batch was written to the log: whether it is committed is
-    unknown until the store is reopened -- recovery keeps it, whole, if its record reached
-    the disk, and drops it, whole, otherwise. ``position`` is the log position it was
-    given. The store refuses writes from here on. It is an ``OSError`` with the errno of
-    the failure that caused it (``EIO`` for a failed fdatasync)."""
+    """A commit failed while or after its batch was written to the log: whether it is
+    committed is unknown until the store is reopened -- recovery keeps it, whole, if its
+    record reached the disk, and drops it, whole, otherwise. A keyed batch's outcome is
+    then ``store.outcome(key)``. ``position`` is the log position it was given (None when
+    the write itself failed). The store refuses writes from here on. It is an ``OSError``
+    with the errno of the failure that caused it (``EIO`` for a failed fdatasync)."""
 
-    def __init__(self, message: str, position: int, cause: BaseException) -> None:
+    def __init__(self, message: str, position: int | None, cause: BaseException) -> None:
         errno_ = cause.errno if isinstance(cause, OSError) else None
         OSError.__init__(self, errno_, message)
         self.position = position
         self.outcome_known = False
+        self.committed = None
 
     def __str__(self) -> str:
         return str(self.args[1]) if len(self.args) > 1 else super().__str__()
+
+
+def refused(exc: BaseException) -> BaseException:
+    """``exc`` marked as the error of a commit that wrote nothing (``outcome_known`` True,
+    ``committed`` False), unless it already says otherwise; returns it."""
+    if isinstance(exc, NgStoreError) and exc.outcome_known is None:
+        exc.outcome_known, exc.committed = True, False
+    return exc
