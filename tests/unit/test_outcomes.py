@@ -382,3 +382,27 @@ def test_a_failed_log_write_says_the_outcome_is_unknown_without_a_position(store
     s.close()
     with ngstore.open(store_path, **OPEN) as s:  # nothing reached the file here: not committed
         assert s.outcome(b"written?") is Outcome.NOT_COMMITTED and s.stats()["events_live"] == 0
+
+
+# -- asyncio -------------------------------------------------------------------------------
+
+@pytest.mark.asyncio
+async def test_aio_commits_take_keys_and_answer_outcomes(store_path):
+    import ngstore.aio
+
+    async with await ngstore.aio.open(store_path, **OPEN) as db:
+        assert await db.outcome(b"a") is Outcome.NOT_COMMITTED
+        first = await db.write_events(events(3), key=b"a")
+        assert await db.outcome(b"a") is Outcome.COMMITTED
+        again = db.write_events(events(3, step=1), key=b"a")
+        assert await again == first and again.commit_result.already_committed
+        position = await db.put_tokens(make_tokens([1]), key="t")
+        assert await db.put_tokens(make_tokens([2]), key="t") == position and not await db.contains(2)
+        async with db.batch(key=b"b") as b:
+            b.append_events(events(2, step=2))
+        async with db.batch(key=b"b") as b2:
+            b2.append_events(events(2, step=2))
+        assert b2.outcome is not None and b2.outcome.commit_result.already_committed
+        with pytest.raises(ngstore.InvalidArgumentError):
+            db.put_tokens(make_tokens([3]), key=b"")
+        assert (await db.stats())["events_live"] == 5
