@@ -294,6 +294,17 @@ def test_a_log_holding_one_key_twice_applies_it_once(store_path):
     assert known[key_digest(b"dup")].position == applied + 1  # the first record's
 
 
+def test_a_keyed_batch_committed_straight_to_lmdb_is_not_applied_again(store_path):
+    with ngstore.open(store_path, **OPEN, direct_threshold=4096) as s:
+        big = events(64)  # 8 KiB of records: past direct_threshold, so no log record
+        first = s.write_events(big, key=b"direct")
+        assert s.stats()["direct_commits_total"] == 1 and s.outcome(b"direct") is Outcome.COMMITTED
+        assert s.write_events(big, key=b"direct") == first
+        assert s.stats()["direct_commits_total"] == 1 and s.stats()["events_live"] == 64
+    with ngstore.open(store_path, **OPEN, direct_threshold=4096) as s:
+        assert s.outcome(b"direct") is Outcome.COMMITTED and s.check().ok
+
+
 # -- the window --------------------------------------------------------------------------
 
 def test_the_oldest_keys_are_forgotten_first_and_the_window_is_the_records_own(store_path):
