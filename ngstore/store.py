@@ -204,8 +204,7 @@ class Store:
     # ------------------------------------------------------------------ writing
 
     def batch(self, durability: str | None = None, *, key: bytes | str | None = None) -> Batch:
-        """A new batch; ``with store.batch() as b: ...`` commits on success, discards on error.
-        ``key``: an idempotency key (``docs/api.md``, Known outcomes): committed at most once."""
+        """A new batch (``with store.batch() as b:`` commits on success); ``key``: see :meth:`outcome`."""
         writer = self._live_writer()
         writer.check_commit()
         return Batch(self._commit, check_durability(self.durability if durability is None else durability),
@@ -242,22 +241,18 @@ class Store:
         return self._write(lambda b: b.delete_connections(keys), durability, key).position
 
     def write_events(self, events: Any, *, durability: str | None = None, key: bytes | str | None = None) -> int:
-        """Appends experience events (an EVENT_DTYPE array, an Event, or a dict of fields).
-
-        Returns the sequence number of the first (of the original batch, when ``key`` was
-        committed already). Retention keeps the newest ``event_capacity`` events."""
+        """Appends experience events (an EVENT_DTYPE array, an Event, or a dict of fields); returns
+        the first one's sequence number. Retention keeps the newest ``event_capacity`` events."""
         first = self._write(lambda b: b.append_events(events), durability, key).first_event
         return self._counters().events_next_seq if first is None else first  # none: where the next one goes
 
     def outcome(self, key: bytes | str) -> Outcome:
-        """Whether the batch with idempotency key ``key`` is committed: an :class:`Outcome`
-        (``docs/api.md``, Known outcomes, says what each answer guarantees)."""
+        """Whether the batch of idempotency key ``key`` committed (docs/api.md, Known outcomes)."""
         self._check_open()
-        digest = key_digest(key)
         if self._writer is not None:
-            return self._writer.outcome(digest)
+            return self._writer.outcome(key_digest(key))
         self._kv.catch_up_with_writer()
-        return outcome_in(self._kv, digest, sees_everything=False)
+        return outcome_in(self._kv, key_digest(key), sees_everything=False)
 
     def flush(self) -> None:
         """Makes every batch committed so far durable (one fdatasync of the log)."""
