@@ -774,8 +774,8 @@ class Writer:
             result = self._applier.direct(ops)
         except BaseException as exc:
             self._fail([], exc, "direct commit")
-            if isinstance(exc, NgStoreError):  # the applier refused before applying anything
-                raise refused(exc) from None
+            # The applier was healthy (check_commit above, and this thread leads): whatever
+            # failed may have come after LMDB committed the batch, in its checkpoint.
             raise OutcomeUnknownError(
                 f"committing the batch straight to LMDB failed ({type(exc).__name__}, the cause of this error): "
                 "LMDB may hold it without its checkpoint, so whether it is committed is known only once the "
