@@ -13,7 +13,9 @@ Applying is deterministic given the state before it (puts overwrite, deletes of 
 ids do nothing, event sequence numbers continue ``events_next_seq``, reflex eviction
 follows the table's own tick), and the store never applies a record twice anyway: the
 last applied log position is stored in the same transaction (``meta/applied_position``).
-The value layouts are ``docs/format.md`` §3 (``layout``); the op bodies §5 (``ops``).
+A keyed batch (OUTCOME_KEY, format.md §5.2) records its key in ``outcomes`` in that same
+transaction, and one whose key is recorded already is skipped whole -- so even a log that
+holds a key twice applies it once. The value layouts are ``docs/format.md`` §3 (``layout``); the op bodies §5 (``ops``).
 """
 from __future__ import annotations
 
