@@ -41,10 +41,10 @@ Keep the handle to learn its outcome -- ``c = db.put_tokens(a)``; after ``await 
 cancelled, ``await c`` again (or ``c.result()`` once ``c.done()``) gives its position, or
 the exception the commit raised: ``QuotaExceededError`` and the like when it was refused
 (nothing written), ``OutcomeUnknownError`` when its log record was written and the sync
-failed (reopen to learn: ``await db.outcome(key)`` for a keyed batch; ``docs/api.md``). An ``async with db.batch() as b`` whose
-body is cancelled before the exit discards the batch; cancelled during the exit, the
-commit goes on and ``b.outcome`` is its handle. ``close()`` waits for every commit in
-flight.
+failed (reopen to learn: ``await db.outcome(key)`` for a keyed batch; ``docs/api.md``).
+An ``async with db.batch() as b`` whose body is cancelled before the exit discards the
+batch; cancelled during the exit, the commit goes on and ``b.outcome`` is its handle.
+``close()`` waits for every commit in flight.
 
 What runs inline, what runs in a thread
 ---------------------------------------
