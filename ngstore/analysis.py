@@ -51,14 +51,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from .codec import check_shifts, encode_state
 from .config import IntuitionConfig
 from .connections import Connection, encode_action
 from .errors import InvalidArgumentError
 from .experience import ExperienceStream, total_reward
+from .learning import LearnedStatistics, group_moments, make_fold
 from .records import (
     ASSOCIATED_WITH,
     CONNECTION_DTYPE,
@@ -76,9 +78,17 @@ __all__ = [
     "REFLEX_PULL_STRENGTH",
     "Pattern",
     "analyze_stream",
+    "bin_digits",
+    "bin_key_states",
+    "bin_numbers",
+    "digits_of_bins",
+    "dominant_per_bin",
     "find_patterns",
+    "find_patterns_in_statistics",
+    "fold_events",
     "pattern_to_connection",
     "patterns_to_connections",
+    "reflex_token_a",
     "reflex_token_ids",
     "state_bins",
 ]
@@ -136,24 +146,67 @@ def state_bins(states: Any, bins_per_dim: int = 4) -> np.ndarray:
 
     See the module docstring for the formula. ``bins_per_dim`` is 1..256 (B**8 must fit u64).
     """
+    return bin_numbers(bin_digits(states, bins_per_dim), bins_per_dim)
+
+
+def _check_bins_per_dim(bins_per_dim: Any) -> int:
     if isinstance(bins_per_dim, bool) or not isinstance(bins_per_dim, (int, np.integer)) \
             or not 1 <= bins_per_dim <= 256:
         raise InvalidArgumentError(f"bins_per_dim must be an integer in 1..256, got {bins_per_dim!r}")
+    return int(bins_per_dim)
+
+
+def bin_digits(states: Any, bins_per_dim: int = 4) -> np.ndarray:
+    """The per-dimension digits (n, 8) uint64 of each state's bin (``state_bins``, step 1)."""
+    b = _check_bins_per_dim(bins_per_dim)
     s = np.asarray(states)
     if s.dtype.kind not in "biuf":
         raise InvalidArgumentError(f"states must be real numbers, got dtype {s.dtype}")
     s = np.atleast_2d(s.astype(_F32))
     if s.ndim != 2 or s.shape[1] != LAYERS:
         raise InvalidArgumentError(f"states must have shape (n, {LAYERS}), got {np.shape(states)}")
-    b = _F32(bins_per_dim)
     with np.errstate(invalid="ignore", over="ignore"):
         norm = np.clip((s + _F32(1.0)) / _F32(2.0), _F32(0.0), _F32(0.999))
-        digits = np.floor(norm * b)
-    digits = np.where(np.isnan(digits), 0, digits).astype(np.uint64)
-    out = np.zeros(len(s), dtype=np.uint64)
+        digits = np.floor(norm * _F32(b))
+    out: np.ndarray = np.where(np.isnan(digits), 0, digits).astype(np.uint64)
+    return out
+
+
+def bin_numbers(digits: np.ndarray, bins_per_dim: int) -> np.ndarray:
+    """Digits (n, 8) -> bin numbers (n,) uint64, dimension 0 most significant."""
+    out = np.zeros(len(digits), dtype=np.uint64)
     base = np.uint64(bins_per_dim)
     for d in range(LAYERS):
-        out = out * base + digits[:, d]
+        out = out * base + digits[:, d].astype(np.uint64)
+    return out
+
+
+def digits_of_bins(bins: Any, bins_per_dim: int) -> np.ndarray:
+    """Inverse of :func:`bin_numbers`: bin numbers (n,) -> digits (n, 8) uint64."""
+    v = np.asarray(bins, dtype=np.uint64).reshape(-1).copy()
+    base = np.uint64(_check_bins_per_dim(bins_per_dim))
+    out = np.zeros((len(v), LAYERS), np.uint64)
+    for d in range(LAYERS - 1, -1, -1):
+        out[:, d] = v % base
+        v //= base
+    return out
+
+
+def bin_key_states(bins: Any, bins_per_dim: int, shifts: Any) -> np.ndarray:
+    """The key state (n, 8, 3) int16 of each bin, where the engine files the reflex it
+    learns for that bin (docs/format.md §3.3): X = the bin's centre, encoded; Y = the digit
+    + 1, in grid cells of the layer (never 0, so no 8-float state shares a key's cell);
+    Z = 0. Every state of a bin maps to the same key, whatever its grid cell."""
+    b = _check_bins_per_dim(bins_per_dim)
+    digits = digits_of_bins(bins, b)
+    sh = check_shifts(shifts).astype(np.int64)
+    centre = ((2.0 * digits.astype(np.float64) + 1.0) / b - 1.0).astype(_F32)
+    out = np.zeros((len(digits), LAYERS, 3), np.int16)
+    out[:, :, 0] = encode_state(centre)
+    cells = np.int64(0x7FFF) >> sh  # positive cells of each layer
+    d = digits.astype(np.int64)
+    y = ((d % np.maximum(cells, 1)) + 1) << sh
+    out[:, :, 1] = np.where(cells > 0, y, -32768).astype(np.int16)
     return out
 
 
@@ -193,7 +246,38 @@ def find_patterns(events: np.ndarray, config: IntuitionConfig | None = None, *,
         var = np.where(counts > 1, np.add.reduceat(dev * dev, starts) / (counts - 1), 0.0)
     g_bin, g_action = sb[starts], sa[starts]
 
-    # -- pairs of eligible groups in the same bin -----------------------------------------
+    pairs = _pairs(g_bin, g_action, counts, means, var, config, *_limits(config, limit))
+    if pairs is None:
+        return []
+
+    # -- means of the state per bin and of the action per group (only what is needed) -----
+    sel_best = pairs.gbest[pairs.order]
+    act_means = _group_means(events["action"][order], starts, counts, sel_best)
+    bin_start = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]])
+    bin_count = np.diff(np.append(bin_start, len(order)))
+    bin_idx = np.searchsorted(sb[bin_start], g_bin[sel_best])
+    state_means = _group_means(events["state"][order], bin_start, bin_count, bin_idx)
+    return _patterns(g_bin, g_action, counts, means, pairs, state_means, act_means)
+
+
+class _Pairs(NamedTuple):
+    gbest: np.ndarray
+    gworst: np.ndarray
+    delta: np.ndarray
+    t: np.ndarray
+    conf: np.ndarray
+    order: np.ndarray  # the pairs kept, best first
+
+
+def _limits(config: IntuitionConfig, limit: bool) -> tuple[float | None, int | None]:
+    return (config.min_confidence, config.max_proposals_per_cycle) if limit else (None, None)
+
+
+def _pairs(g_bin: np.ndarray, g_action: np.ndarray, counts: np.ndarray, means: np.ndarray, var: np.ndarray,
+           config: IntuitionConfig, min_confidence: float | None, max_pairs: int | None) -> _Pairs | None:
+    """Steps 3-5 of the module docstring over groups sorted by (bin, action): every pair
+    of eligible groups of a bin, Welch t, confidence, sorted; then those with confidence >=
+    ``min_confidence``, the first ``max_pairs`` of them (None: no such limit)."""
     elig = np.flatnonzero(counts >= config.min_samples)  # still sorted by (bin, action)
     e_bin = g_bin[elig]
     pa_parts, pb_parts = [], []
@@ -206,7 +290,7 @@ def find_patterns(events: np.ndarray, config: IntuitionConfig | None = None, *,
         pb_parts.append(elig[i + d])
         d += 1
     if not pa_parts:
-        return []
+        return None
     ga = np.concatenate(pa_parts)
     gb = np.concatenate(pb_parts)
     ma, mb = means[ga], means[gb]
@@ -214,7 +298,7 @@ def find_patterns(events: np.ndarray, config: IntuitionConfig | None = None, *,
     keep = delta >= config.min_reward_delta
     ga, gb, ma, mb, delta = ga[keep], gb[keep], ma[keep], mb[keep], delta[keep]
     if len(ga) == 0:
-        return []
+        return None
     se = np.sqrt(var[ga] / counts[ga] + var[gb] / counts[gb])
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(se > 0, delta / se, np.inf)
@@ -224,19 +308,19 @@ def find_patterns(events: np.ndarray, config: IntuitionConfig | None = None, *,
     gworst = np.where(a_better, gb, ga)
     score = conf * delta
     order_p = np.lexsort((g_action[gworst], g_action[gbest], g_bin[gbest], -score))
-    if limit:
-        order_p = order_p[conf[order_p] >= config.min_confidence][:config.max_proposals_per_cycle]
+    if min_confidence is not None:
+        order_p = order_p[conf[order_p] >= min_confidence]
+    if max_pairs is not None:
+        order_p = order_p[:max_pairs]
     if len(order_p) == 0:
-        return []
+        return None
+    return _Pairs(gbest, gworst, delta, t, conf, order_p)
 
-    # -- means of the state per bin and of the action per group (only what is needed) -----
-    sel_best = gbest[order_p]
-    act_means = _group_means(events["action"][order], starts, counts, sel_best)
-    bin_start = np.flatnonzero(np.r_[True, sb[1:] != sb[:-1]])
-    bin_count = np.diff(np.append(bin_start, len(order)))
-    bin_idx = np.searchsorted(sb[bin_start], g_bin[sel_best])
-    state_means = _group_means(events["state"][order], bin_start, bin_count, bin_idx)
 
+def _patterns(g_bin: np.ndarray, g_action: np.ndarray, counts: np.ndarray, means: np.ndarray, pairs: _Pairs,
+              state_means: np.ndarray, act_means: np.ndarray) -> list[Pattern]:
+    """The Pattern of each pair kept (``state_means``/``act_means``: one row per kept pair)."""
+    gbest, gworst, delta, t, conf, order_p = pairs
     out = []
     for k, p in enumerate(order_p):
         gB, gW = int(gbest[p]), int(gworst[p])
@@ -269,6 +353,88 @@ def analyze_stream(stream: ExperienceStream, config: IntuitionConfig | None = No
 
 
 # --------------------------------------------------------------------------------------
+# Accumulated evidence (``learning``): folds of events, patterns of the statistics
+# --------------------------------------------------------------------------------------
+
+def fold_events(events: np.ndarray, bins_per_dim: int, first_seq: int, end_seq: int) -> np.ndarray:
+    """The fold (LEARN_UPDATE items, format.md §5.1) of ``events``, the events with sequence
+    numbers ``first_seq .. end_seq - 1``: partial moments per (bin, action), events with a
+    non-finite total reward left out (as ``find_patterns`` does)."""
+    if not isinstance(events, np.ndarray) or events.dtype != EVENT_DTYPE:
+        raise InvalidArgumentError("events must be an EVENT_DTYPE numpy array")
+    events = events.reshape(-1)
+    rewards = total_reward(events).astype(np.float64)
+    finite = np.isfinite(rewards)
+    if not finite.all():
+        events, rewards = events[finite], rewards[finite]
+    bins = state_bins(events["state"], bins_per_dim)
+    g_bins, g_actions, moments = group_moments(bins, events["event_type"], rewards, events["action"],
+                                               events["state"])
+    return make_fold(bins_per_dim, first_seq, end_seq, g_bins, g_actions, moments)
+
+
+def find_patterns_in_statistics(stats: LearnedStatistics, config: IntuitionConfig | None = None, *,
+                                limit: bool | str = True) -> list[Pattern]:
+    """``find_patterns`` over accumulated statistics instead of one event sample: the same
+    pairs, Welch t, confidence, sort and limits, on every group's count, mean and sample
+    variance (m2 / (n - 1)). ``representative_state`` is the mean state of the bin's events
+    (every action), ``better_action_vector`` the mean action of the better group.
+
+    ``limit``: True (``min_confidence`` and ``max_proposals_per_cycle``, as
+    ``find_patterns``), False (neither), or ``"confident"`` (``min_confidence`` only: every
+    significant pattern, what the engine consolidates from)."""
+    config = config or IntuitionConfig()
+    if stats.bins_per_dim != config.state_bins_per_dim:
+        raise InvalidArgumentError(f"statistics of B={stats.bins_per_dim} analysed with "
+                                   f"state_bins_per_dim={config.state_bins_per_dim}")
+    m = stats.moments
+    if len(m) == 0:
+        return []
+    counts = m["count"].astype(np.int64)
+    lim = (config.min_confidence, None) if limit == "confident" else _limits(config, bool(limit))
+    pairs = _pairs(stats.bins, stats.actions, counts, m["mean"], stats.variance(), config, *lim)
+    if pairs is None:
+        return []
+    sel_best = pairs.gbest[pairs.order]
+    act_means = m["action_mean"][sel_best]
+    # the bin's mean state: its groups' state means weighted by their counts
+    bin_start = np.flatnonzero(np.r_[True, stats.bins[1:] != stats.bins[:-1]])
+    weighted = m["state_mean"] * counts[:, None].astype(np.float64)
+    bin_sums = np.add.reduceat(weighted, bin_start, axis=0)
+    bin_counts = np.add.reduceat(counts, bin_start).astype(np.float64)
+    bin_idx = np.searchsorted(stats.bins[bin_start], stats.bins[sel_best])
+    state_means = bin_sums[bin_idx] / bin_counts[bin_idx, None]
+    return _patterns(stats.bins, stats.actions, counts, m["mean"], pairs, state_means, act_means)
+
+
+def dominant_per_bin(patterns: list[Pattern], stats: LearnedStatistics,
+                     config: IntuitionConfig | None = None) -> list[Pattern]:
+    """The bins where one action is **dominant** -- it wins a pattern against every other
+    action of the bin with at least ``min_samples`` events -- with, for each, its weakest
+    win (lowest confidence, then smallest delta): the evidence a reflex for the bin rests
+    on. Best score first (then bin).
+
+    A reflex is one answer for every state of its bin, so it is consolidated only when the
+    evidence singles out one action there. A bin where two actions both beat the rest but
+    not each other (two clusters with different best actions in one bin, or an action
+    about as good as the best) has no dominant action, and no reflex."""
+    config = config or IntuitionConfig()
+    if not patterns:
+        return []
+    eligible = stats.moments["count"] >= config.min_samples
+    ub, per_bin = np.unique(stats.bins[eligible], return_counts=True)
+    n_eligible = dict(zip(ub.tolist(), per_bin.tolist(), strict=True))
+    wins: dict[tuple[int, int], list[Pattern]] = {}
+    for p in patterns:
+        wins.setdefault((p.bin, p.better_action), []).append(p)
+    out = []
+    for (b, _a), ps in wins.items():
+        if len(ps) == n_eligible.get(b, 0) - 1:
+            out.append(min(ps, key=lambda p: (p.confidence, p.delta, p.worse_action)))
+    return sorted(out, key=lambda p: (-p.score, p.bin))
+
+
+# --------------------------------------------------------------------------------------
 # Consolidation: pattern -> reflex connection
 # --------------------------------------------------------------------------------------
 
@@ -292,6 +458,20 @@ def reflex_token_ids(state_bin: int) -> tuple[int, int]:
         raise InvalidArgumentError(f"state_bin must be a non-negative integer, got {state_bin!r}")
     a = create_id(_fold23(int(state_bin)) << 1, int(EntityType.STATE), REFLEX_ID_DOMAIN)
     return a, a + 1
+
+
+def reflex_token_a(bins: Any) -> np.ndarray:
+    """``reflex_token_ids(bin)[0]`` of many bins at once (uint32)."""
+    v = np.asarray(bins, dtype=np.uint64).reshape(-1).copy()
+    mask = np.uint64(0x7F_FFFF)
+    while True:
+        high = v >> np.uint64(23)
+        if not high.any():
+            break
+        v = (v & mask) ^ high
+    head = (REFLEX_ID_DOMAIN & 0xF) << 28 | (int(EntityType.STATE) & 0xF) << 24
+    out: np.ndarray = ((v << np.uint64(1)) & np.uint64(0xFF_FFFF)).astype(np.uint32) | np.uint32(head)
+    return out
 
 
 def pattern_to_connection(pattern: Pattern, *, now: int | None = None,

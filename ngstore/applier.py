@@ -20,6 +20,10 @@ the applier starts.
 The applier owns the state LMDB holds: the counters, the applied log position and the
 current reflex table version. A failed LMDB write or sync stops it (fsyncgate): every
 waiter gets the error, the writer refuses commits, and reopening recovers from the log.
+Nobody waits for most applies, so the failure is seen by the next write or read that
+needs the applier: it raises :func:`errors.refusal` -- for a full disk a
+``DiskFullError`` saying the store stopped after it (state "stopped", this write not
+applied) -- and so does every later one, until the store is closed and opened again.
 
 Crash model: a commit in the log and the overlay but not yet in LMDB is replayed from the
 log after a crash, exactly as before the overlay existed -- LMDB was never the commit
@@ -39,7 +43,7 @@ from . import reflex_store, wal
 from .apply import ApplyResult, ApplyState, Entry, apply_ops
 from .checkpoint import Checkpointer
 from .directory import Directory
-from .errors import NgStoreError
+from .errors import NgStoreError, StorageError, StoreState, refusal, storage_error
 from .kv import KV
 from .layout import ChunkLayout, Counters, Meta
 from .ops import Op
@@ -92,6 +96,7 @@ class Applier:
         self._reflexes = reflexes
         self._reflex_carry: dict[str, int] = {}  # C counters of table versions swapped out
         self.reflexes_written_total = 0
+        self.reflexes_created_total = 0
         self.groups_applied_total = 0
         self.entries_applied_total = 0
         self._written_since_checkpoint = 0
@@ -171,6 +176,7 @@ class Applier:
                 self._reflex_carry[k] = self._reflex_carry.get(k, 0) + v
             self._reflexes = ReflexVersion(result.reflexes)
             self.reflexes_written_total += result.reflexes_written
+            self.reflexes_created_total += result.reflexes_created
         if result.reflex_capacity is not None:
             self.reflex_capacity = result.reflex_capacity
         if result.reflex_displaced:
@@ -267,15 +273,21 @@ class Applier:
                 elif self._failure is None:
                     self._drain()
             except BaseException as exc:
+                if self._failure is None:  # fsyncgate: LMDB's state is unknown from here on
+                    exc = self._fail(exc)
                 if job is not None:
                     job.error = exc
-                if self._failure is None:  # fsyncgate: LMDB's state is unknown from here on
-                    self._fail(exc)
             finally:
                 if job is not None:
                     job.done.set()
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException) -> BaseException:
+        """Stops the applier after ``exc``; returns the error as it is reported: an
+        ``OSError`` of the store's files as its named StorageError, in state "stopped"."""
+        if isinstance(exc, StorageError):
+            exc.restate(StoreState.STOPPED)
+        elif isinstance(exc, OSError) and not isinstance(exc, NgStoreError):
+            exc = storage_error(exc, "applying commits to LMDB", StoreState.STOPPED)
         self._failure = exc
         self.failed_event.set()
         self._overlay.wake_waiters()
@@ -285,10 +297,10 @@ class Applier:
                                    "until reopened", exc)
         with self._cv:
             self._cv.notify_all()
+        return exc
 
     def _refusal(self) -> NgStoreError:
-        return NgStoreError(f"the store {self._kv.path} stopped accepting writes after an I/O error "
-                            f"({self._failure!r}); close it and open it again to recover")
+        return refusal(self._kv.path, self._failure)
 
     def run(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` in the applier thread (after what is queued) and returns its result."""

@@ -25,30 +25,39 @@ from typing import Any
 
 import numpy as np
 
-from . import reflex_store
+from . import learning, reflex_store
 from .errors import CorruptionError
 from .layout import (
     DB_CONN_REVERSE,
     DB_CONNECTIONS,
     DB_EVENTS,
+    DB_LEARN,
     DB_META,
     DB_OUTCOMES,
     DB_REFLEXES,
+    DB_SPATIAL,
     DB_TOKENS,
+    LEARN_MOMENTS_DTYPE,
     M_APPLIED,
     M_COUNTERS,
     M_REFLEX_CAPACITY,
+    M_SPATIAL,
     ORDER_PREFIX,
     OUTCOMES_HEADER_KEY,
     ChunkLayout,
     Counters,
     KnownOutcome,
+    LearnCursor,
     OutcomesHeader,
     conn_key,
     conn_reverse_key,
+    decode_learn_moments,
+    decode_spatial_layers,
     encode_u64,
     event_key,
     event_sequence,
+    learn_cursor_key,
+    learn_group_key,
     outcome_key,
     outcome_order_key,
     popcount,
@@ -58,6 +67,7 @@ from .ops import (
     OP_CONNECTION_PUT,
     OP_EVENT_APPEND,
     OP_EVENT_TRIM,
+    OP_LEARN_UPDATE,
     OP_OUTCOME_KEY,
     OP_REFLEX_DELETE,
     OP_REFLEX_DELETE_KEY,
@@ -70,6 +80,7 @@ from .ops import (
 )
 from .records import EVENT_DTYPE, RAW64, TOKEN_DTYPE
 from .reflex import ReflexTable
+from .spatial import IndexUpdate
 
 Entry = tuple[int, list[Op]]
 
@@ -99,7 +110,12 @@ class ApplyResult:
     #: the new reflex table when a reflex op ran (already persisted in the transaction)
     reflexes: ReflexTable | None = None
     reflexes_written: int = 0
+    #: reflexes that were new (inserted, or in place of an evicted or replaced one), not upserts
+    reflexes_created: int = 0
     reflexes_evicted: int = 0
+    #: LEARN_UPDATE folds applied, and those that changed nothing (stale: already folded)
+    learn_folds: int = 0
+    learn_folds_stale: int = 0
     #: log position -> (reflexes its REFLEX_PUTs pushed out -- the table at capacity, or a
     #: cell's candidates full -- and the index of the first put that did), per batch
     reflex_displaced: dict[int, tuple[int, int]] = field(default_factory=dict)
@@ -123,15 +139,18 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
     layout = state.layout
     reflexes: ReflexTable | None = None  # a writable copy, made at the first reflex op
     reflex_capacity = state.reflex_capacity
+    index: IndexUpdate | None = None  # the spatial index's changes, made at the first token op
     for position, op in _coalesced(entries):
         kind = op.kind
         if kind == OP_TOKEN_PUT:
+            index = _index_before(txn, dbs, layout, index, op.data["id"])
             added, written, chunks = _token_put(txn, tokens_db, layout, op.data)
             counters.tokens_live += added
             counters.tokens_created_total += added
             result.tokens_written += written
             result.bytes_written += chunks * layout.value_bytes
         elif kind == OP_TOKEN_DELETE:
+            index = _index_before(txn, dbs, layout, index, op.data)
             removed, chunks = _token_delete(txn, tokens_db, layout, op.data)
             counters.tokens_live -= removed
             counters.tokens_deleted_total += removed
@@ -164,7 +183,8 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
             if reflexes is None:
                 reflexes = reflex_store.writable_copy(state.reflexes, reflex_capacity)
             if kind == OP_REFLEX_PUT:
-                displaced, first = reflex_store.apply_put(reflexes, op.data)
+                created, displaced, first = reflex_store.apply_put(reflexes, op.data)
+                result.reflexes_created += created
                 result.reflexes_written += op.count
                 if displaced:
                     before = result.reflex_displaced.get(position, (0, first))
@@ -176,8 +196,17 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
                 reflex_store.apply_delete(reflexes, op.data)
             else:
                 result.reflexes_evicted += reflex_store.apply_delete_key(reflexes, op.data)
+        elif kind == OP_LEARN_UPDATE:
+            written = _learn_update(txn, dbs[DB_LEARN], op.data, position)
+            if written:
+                result.learn_folds += 1
+                result.bytes_written += written
+            else:
+                result.learn_folds_stale += 1
         else:
             raise CorruptionError(f"log record {position}: unknown op kind {kind}")
+    if index is not None:
+        index.finish(txn, tokens_db, dbs[DB_SPATIAL])
     meta = dbs[DB_META]
     txn.put(M_COUNTERS, counters.encode(), db=meta)
     if result.reflex_capacity is not None:
@@ -234,6 +263,14 @@ def _record_keys(txn: Any, db: Any, entries: list[Entry], next_event: int, resul
     if head is not None:
         txn.put(OUTCOMES_HEADER_KEY, head.encode(), db=db)
     return kept
+def _index_before(txn: Any, dbs: dict[bytes, Any], layout: ChunkLayout, index: IndexUpdate | None,
+                  ids: np.ndarray) -> IndexUpdate:
+    """The group's spatial index update (docs/format.md §3.5; made at the first token op,
+    for the layers meta ``spatial_index`` names), told the ids the next op changes."""
+    if index is None:
+        index = IndexUpdate(decode_spatial_layers(txn.get(M_SPATIAL, db=dbs[DB_META]), "meta"), layout)
+    index.before(txn, dbs[DB_TOKENS], ids)
+    return index
 
 
 def _coalesced(entries: list[Entry]) -> Iterator[tuple[int, Op]]:
@@ -460,3 +497,31 @@ def _event_trim(txn: Any, db: Any, count: int) -> int:
         while removed < count and cur.delete():
             removed += 1
     return removed
+
+
+# -- learning statistics (`learn`: format.md §3.3, §5.1) --------------------------------------
+
+def _learn_update(txn: Any, db: Any, fold: np.ndarray, position: int) -> int:
+    """Merges one fold into the stored moments of its binning and moves the cursor;
+    returns the bytes written, 0 when the fold is stale (its events are folded already)."""
+    where = f"log record {position}"
+    bins_per_dim, _first, _end = learning.check_fold(fold)
+    ckey = learn_cursor_key(bins_per_dim)
+    raw = txn.get(ckey, db=db)
+    cursor = LearnCursor.decode(raw, where) if raw is not None else LearnCursor()
+    after = learning.next_cursor(cursor, fold)
+    if after is None:
+        return 0
+    live = fold[fold["count"] > 0]
+    keys = [learn_group_key(bins_per_dim, b, a) for b, a in zip(live["bin"].tolist(), live["action"].tolist(),
+                                                                strict=True)]
+    old = np.zeros(len(live), LEARN_MOMENTS_DTYPE)
+    for i, key in enumerate(keys):
+        value = txn.get(key, db=db)
+        if value is not None:
+            old[i] = decode_learn_moments(value, f"{where}: learn group {key.hex()}")[0]
+    merged = learning.merge_moments(old, learning.fold_moments(live))
+    for i, key in enumerate(keys):
+        txn.put(key, merged[i:i + 1].tobytes(), db=db)
+    txn.put(ckey, after.encode(), db=db)
+    return len(keys) * LEARN_MOMENTS_DTYPE.itemsize + 32

@@ -20,10 +20,12 @@ from .connections import as_connection_array
 from .errors import InvalidArgumentError, NgStoreError, ValidationError
 from .experience import as_event_rows
 from .inputs import connection_keys, ids_array, state_coords
+from .learning import check_fold
 from .ops import (
     OP_CONNECTION_DELETE,
     OP_CONNECTION_PUT,
     OP_EVENT_APPEND,
+    OP_LEARN_UPDATE,
     OP_REFLEX_DELETE,
     OP_REFLEX_PUT,
     OP_REFLEX_RESIZE,
@@ -226,6 +228,15 @@ class Batch:
             raise InvalidArgumentError(f"not experience events: {exc}") from None
         if rows.size:
             self._ops.append(Op(OP_EVENT_APPEND, np.array(rows, dtype=EVENT_DTYPE, copy=True)))
+
+    # -- learning -------------------------------------------------------------------
+
+    def update_learning(self, fold: np.ndarray) -> None:
+        """Adds one fold of events into the learning statistics (LEARN_UPDATE_DTYPE items,
+        format.md §5.1; the IntuitionEngine makes them). Checked now, copied."""
+        self._check()
+        check_fold(fold, InvalidArgumentError)
+        self._ops.append(Op(OP_LEARN_UPDATE, np.array(fold, copy=True)))
 
     # -- ending -----------------------------------------------------------------------
 

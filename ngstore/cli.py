@@ -37,9 +37,10 @@ from .cliutil import (
     fmt_bytes,
     open_store,
     positive_int,
+    storage_cli_error,
     store_error,
 )
-from .errors import NgStoreError
+from .errors import NgStoreError, StorageError
 from .fileio import DEFAULT_IO
 
 
@@ -245,8 +246,8 @@ def _reflexes(store: Any, k: int, rng: Any) -> dict[str, float]:
 
 
 def _learning(store: Any, rng: Any, n_events: int = 100_000) -> dict[str, float]:
-    """One analysis cycle over ``n_events`` events of a two-action environment."""
-    from ngstore import IntuitionConfig
+    """One analysis cycle (the default learning: it folds every event written since the
+    last cycle) over ``n_events`` events of a two-action environment."""
     from ngstore.experience import new_events
 
     ev = new_events(n_events, event_type=1)
@@ -255,10 +256,10 @@ def _learning(store: Any, rng: Any, n_events: int = 100_000) -> dict[str, float]
     ev["reward_goal"] = np.where(ev["event_type"] == 1, 1.0, 0.0) + rng.normal(0, 0.1, n_events)
     ev["action"][:, 0] = np.where(ev["event_type"] == 1, 0.5, -0.5)
     store.write_events(ev)
-    engine = store.intuition(IntuitionConfig(batch_size=n_events))
+    engine = store.intuition()
     t0 = time.perf_counter()
     report = engine.analyze(rng=rng)
-    return {"analyze_events": n_events, "analyze_s": time.perf_counter() - t0,
+    return {"analyze_events": report.events_sampled, "analyze_s": time.perf_counter() - t0,
             "analyze_reflexes": report.consolidated}
 
 
@@ -293,7 +294,7 @@ def _print_stress(res: dict[str, Any]) -> None:
         ("Reflex lookup (single)", _fmt_ns(res["reflex_single_ns"]), _rate(res["reflex_single_ns"]), "30-50 ns",
          "try_fast_path from Python"),
         ("Analysis cycle", f"{res['analyze_s'] * 1e3:.0f} ms", "-", "-",
-         f"{res['analyze_events']:,} events -> {res['analyze_reflexes']} reflexes"),
+         f"{res['analyze_events']:,} events folded -> {res['analyze_reflexes']} reflexes"),
         ("Reopen", f"{res['reopen_ms']:.1f} ms", "-", "-", "open after close"),
     ]
     for r in rows:
@@ -469,6 +470,8 @@ def _one_line(exc: BaseException) -> CliError:
     """Anything a command raised, as the one-line error to print."""
     if isinstance(exc, CliError):
         return exc
+    if isinstance(exc, StorageError):
+        return storage_cli_error(exc)
     if isinstance(exc, NgStoreError):
         return CliError(str(exc), "rerun with --debug for the traceback", EXIT_FAILED)
     if isinstance(exc, OSError):

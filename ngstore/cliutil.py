@@ -19,9 +19,11 @@ from .errors import (
     NgStoreError,
     NotAStoreError,
     QuotaExceededError,
+    StorageError,
     StoreLockedError,
 )
 from .fileio import DEFAULT_IO
+from .layout import DATA_FILE
 
 EXIT_OK = 0
 EXIT_UNSOUND = 1
@@ -106,6 +108,8 @@ class Progress:
 
 def store_error(path: str, exc: NgStoreError, *, doing: str = "open") -> CliError:
     """The one-line error (and exit code) for a store that cannot be opened."""
+    if isinstance(exc, StorageError):  # a full disk, a read-only file system, ...: exit 4
+        return storage_cli_error(exc)
     if isinstance(exc, StoreLockedError):
         pid = _writer_pid(path)
         who = f"a live writer (pid {pid})" if pid else "another writer"
@@ -119,6 +123,10 @@ def store_error(path: str, exc: NgStoreError, *, doing: str = "open") -> CliErro
                         EXIT_CANNOT_OPEN)
     if isinstance(exc, FormatVersionError):
         return CliError(f"cannot {doing} {path}: {exc}", "upgrade ngstore", EXIT_CANNOT_OPEN)
+    if isinstance(exc, CorruptionError) and (exc.path or "").endswith(DATA_FILE):
+        return CliError(f"cannot {doing} {path}: {exc}",
+                        "LMDB's data file is damaged and the log cannot rebuild it: restore the "
+                        "store from a backup (docs/operations.md §4.4)", EXIT_UNSOUND)
     if isinstance(exc, CorruptionError):
         return CliError(f"cannot {doing} {path}: {exc}",
                         f"run `ngstore wal verify {path}`, then `ngstore recover {path} --mode salvage` "
@@ -130,6 +138,12 @@ def store_error(path: str, exc: NgStoreError, *, doing: str = "open") -> CliErro
     if "needs recovery" in text:
         hint = f"run `ngstore recover {path}` (or open the store once for writing)"
     return CliError(f"cannot {doing} {path}: {text}", hint, EXIT_CANNOT_OPEN)
+
+
+def storage_cli_error(exc: StorageError) -> CliError:
+    """An error of the store's files (``errors.StorageError``): what failed and the
+    store's state, its "what to do" as the hint; exit 4 (an OS error)."""
+    return CliError(exc.summary(), exc.hint, EXIT_FAILED)
 
 
 def _writer_pid(path: str) -> str | None:

@@ -33,11 +33,17 @@ What a crash can do, in syscall terms: a process crash (kill -9) loses nothing t
 visible -- every batch was ``write()``-n to the log (page cache) before it became visible,
 and recovery replays the log after LMDB's applied position. A power loss or OS crash keeps
 the ``sync`` batches that returned; ``async`` batches of at most the last
-``flush_interval`` plus one fdatasync, and ``none`` batches since the last durable point,
+``flush_interval`` plus one fdatasync (two when an fdatasync takes longer than
+``flush_interval``), and ``none`` batches since the last durable point,
 may be lost -- always a suffix of the commit order, never part of a batch.
 
 After an I/O error (fsyncgate) the writer refuses every later write: the state of the
-log or of LMDB's file is unknown, and only reopening (recovery) is sound.
+log or of LMDB's file is unknown, and only reopening (recovery) is sound. An error of the
+store's files reaches the caller as the named ``errors.StorageError`` of its errno
+(``DiskFullError``, ...) in state "stopped"; a commit whose record may have reached the log
+gets it as an ``OutcomeUnknownError`` that is also that leaf; every later write gets
+``errors.refusal`` of it. A close that fails leaves the store closed and openable: its
+error is restated "closed" (nothing acknowledged is lost: it is in the log).
 """
 from __future__ import annotations
 
@@ -55,7 +61,16 @@ from .applier import Applier
 from .batch import CommitResult
 from .committer import Committer
 from .directory import Directory
-from .errors import NgStoreError, OutcomeUnknownError, QuotaExceededError, refused
+from .errors import (
+    NgStoreError,
+    OutcomeUnknownError,
+    QuotaExceededError,
+    StorageError,
+    StoreState,
+    refusal,
+    refused,
+    storage_error,
+)
 from .guardian import CONNECTION_BYTES, EVENT_BYTES, TOKEN_BYTES, Guardian, Usage
 from .kv import KV, ReadTxn
 from .layout import DB_OUTCOMES, DB_TOKENS, KnownOutcome
@@ -284,9 +299,7 @@ class Writer:
             raise NgStoreError(f"the writer of {self._directory.path} is closed")
         failed = self.failed
         if failed is not None:
-            raise NgStoreError(
-                f"the store {self._directory.path} stopped accepting writes after an I/O error "
-                f"({failed!r}); close it and open it again to recover")
+            raise refusal(self._directory.path, failed)
 
     # -- commit ------------------------------------------------------------------------
 
@@ -621,7 +634,7 @@ class Writer:
     def lookup_key(self, digest: bytes) -> KnownOutcome | None:
         """The outcome LMDB records for a key digest (None: none is recorded)."""
         with ReadTxn(self._kv) as txn:
-            return lookup(txn, self._kv.dbs.get(DB_OUTCOMES), digest, self._kv.path)
+            return lookup(txn, self._kv.db(DB_OUTCOMES), digest, self._kv.path)
 
     def outcome(self, digest: bytes) -> Outcome:
         """What is known of the batch with key ``digest``: committed (pending in the overlay,
@@ -644,19 +657,25 @@ class Writer:
         obs = self._obs
         positions: list[int] = []
         writing = False
+        nbytes = 0
+        sync = asynchronous = False
+        for p in accepted:
+            nbytes += len(p.payload)
+            sync = sync or p.durability == "sync"
+            asynchronous = asynchronous or p.durability == "async"
         try:
-            self._overlay.wait_for_room(sum(len(p.payload) for p in accepted), self._applier.failed_event)
+            self._overlay.wait_for_room(nbytes, self._applier.failed_event)
             self.check_writable()
             writing = True
             positions = self._log.append([(wal.RECORD_BATCH, p.payload) for p in accepted])
             self.stats_counters["wal_records_written_total"] += len(accepted)
             t_logged = time.perf_counter()
-            if any(p.durability == "sync" for p in accepted):
+            if sync:
                 self._log.sync()
                 self._unsynced = False
             else:
                 self._unsynced = True
-                if any(p.durability == "async" for p in accepted):
+                if asynchronous and (self._flusher is None or not self._flusher.is_alive()):
                     self._ensure_flusher()
         except BaseException as exc:
             # fsyncgate: after a failed write or fsync the log's state is unknown; stop
@@ -703,8 +722,11 @@ class Writer:
         commit path: by ``stats()`` and the metrics collector)."""
         obs = self._obs
         timings = self._timings
-        while obs is not None and timings:
-            logged, total, group = timings.popleft()
+        while obs is not None:
+            try:  # the leader and the applier both drain this; popleft is atomic, the test is not
+                logged, total, group = timings.popleft()
+            except IndexError:
+                return
             obs.wal_write_seconds.observe(logged)
             for p in group:
                 obs.batch_records.observe(sum(op.count for op in p.ops))
@@ -718,9 +740,12 @@ class Writer:
     def _fail(self, accepted: list[_Pending], exc: BaseException, where: str,
               positions: list[int] | None = None, writing: bool = False) -> None:
         """Stops the writer after ``exc``. Batches that were written to the log before it
-        (``positions``), or whose write failed (``writing``: part or all of it may have
-        reached the file), get an OutcomeUnknownError: recovery decides whether they stay.
-        The others wrote nothing and get ``exc``, marked so."""
+        (``positions``) get an OutcomeUnknownError: recovery decides whether they stay. A
+        failed log write (``writing``) may have put some of the group's records on disk
+        whole, so its batches get one too (``outcome_known`` False, ``position`` None). The
+        others wrote nothing and get ``exc``, marked so (``errors.refused``)."""
+        if isinstance(exc, StorageError) and exc.refused_by is None:  # a refusal wrote nothing
+            exc.restate(StoreState.STOPPED, outcome_known=False)
         self._failed = exc
         self.stats_counters["commit_errors_total"] += len(accepted)
         self.stats_counters["panics_recovered_total"] += 1  # the original's name for a caught failure
@@ -735,7 +760,7 @@ class Writer:
                     f"batch whole if its record reached the disk, or drops it whole. {_ASK_AFTER_REOPEN}",
                     pos, exc)
                 p.error.__cause__ = exc
-            elif writing and not isinstance(exc, NgStoreError):  # NgStoreErrors refuse before writing
+            elif writing and not (isinstance(exc, NgStoreError) and exc.outcome_known):  # not refused first
                 p.error = OutcomeUnknownError(
                     f"writing the batch to the log failed ({type(exc).__name__}, the cause of this error): part "
                     "or all of its record may have reached the file, so whether it is committed is known only "
@@ -807,7 +832,16 @@ class Writer:
             self._flusher.start()
 
     def _flush_loop(self) -> None:
-        while not self._flusher_stop.wait(self._options.flush_interval):
+        # Syncs start flush_interval apart, counted from the start of the previous sync
+        # (at once after a sync that took longer). A batch written at t, just after a sync
+        # began and too late for it, is then in the next sync, which starts by
+        # t + max(flush_interval, that sync's time): durable by t + flush_interval + one
+        # fdatasync while an fdatasync takes at most flush_interval (two fdatasyncs
+        # otherwise). Waiting flush_interval after a sync ended would add a second one.
+        interval = self._options.flush_interval
+        next_start = time.monotonic() + interval
+        while not self._flusher_stop.wait(max(0.0, next_start - time.monotonic())):
+            next_start = time.monotonic() + interval
             if self._unsynced and self._failed is None:
                 try:
                     self._unsynced = False
@@ -892,6 +926,15 @@ class Writer:
                 self._run_exclusive(lambda: self._applier.close(final=True))
                 if self.failed is None:
                     self._directory.write_state(clean=True)
+        except StorageError as exc:
+            # Nothing acknowledged is lost: every commit is in the log, which a failed final
+            # checkpoint has not dropped; the state file still says "unclean", so the next
+            # open recovers.
+            raise exc.restate(StoreState.CLOSED) from exc.__cause__
+        except OSError as exc:
+            if isinstance(exc, NgStoreError):
+                raise
+            raise storage_error(exc, "closing the store", StoreState.CLOSED) from exc
         finally:
             self._closed = True
             self._committer.close()

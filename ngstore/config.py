@@ -35,6 +35,14 @@ reflex_capacity            1 048 576                  int >= 1 (new: the origina
 consolidation_min_confidence 192                      int 0..255 (auto-consolidation gate)
 consolidation_min_evidence 10                         int 0..65535
 zero_variance_confidence   0.0                        0.0..1.0 (see ``analysis``)
+learning                   "accumulate"               "accumulate" or "sample" (new; see below)
+
+``learning`` chooses the slow path. ``"accumulate"`` (the default): each ``analyze()`` folds
+every event written since the last cycle into running statistics per (bin, action) --
+persisted in a store (``ngstore.learning``) -- and proposes patterns from all the evidence
+so far; ``batch_size`` and ``sampling_strategy`` are not used. ``"sample"``: the original's
+analysis, kept for comparison -- each cycle looks at one sample of ``batch_size`` events
+drawn with ``sampling_strategy`` and nothing carries over.
 """
 from __future__ import annotations
 
@@ -49,7 +57,7 @@ from .codec import DEFAULT_SHIFTS, MAX_SHIFT
 from .errors import InvalidArgumentError
 from .experience import Mixed, PrioritizedByReward, RecencyWeighted, SamplingStrategy, Uniform
 
-__all__ = ["DEFAULTS", "IntuitionConfig"]
+__all__ = ["DEFAULTS", "LEARNING_MODES", "IntuitionConfig"]
 
 DEFAULTS: dict[str, Any] = {
     "analysis_interval_secs": 60,
@@ -70,7 +78,10 @@ DEFAULTS: dict[str, Any] = {
     "consolidation_min_confidence": 192,
     "consolidation_min_evidence": 10,
     "zero_variance_confidence": 0.0,
+    "learning": "accumulate",
 }
+
+LEARNING_MODES = ("accumulate", "sample")
 
 
 def _int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
@@ -126,6 +137,7 @@ class IntuitionConfig:
     consolidation_min_confidence: int = None  # type: ignore[assignment]
     consolidation_min_evidence: int = None  # type: ignore[assignment]
     zero_variance_confidence: float = None  # type: ignore[assignment]
+    learning: str = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -154,6 +166,7 @@ class IntuitionConfig:
                                                values["consolidation_min_evidence"], 0, 0xFFFF),
             "zero_variance_confidence": _float("zero_variance_confidence",
                                                values["zero_variance_confidence"], 0.0, 1.0),
+            "learning": self._learning(values["learning"]),
         }
         for name, v in checked.items():
             object.__setattr__(self, name, v)
@@ -164,6 +177,12 @@ class IntuitionConfig:
             raise InvalidArgumentError(
                 f"sampling_strategy must be Uniform(), PrioritizedByReward(alpha), RecencyWeighted(decay) "
                 f"or Mixed(reward_weight, recency_weight), got {v!r}")
+        return v
+
+    @staticmethod
+    def _learning(v: Any) -> str:
+        if not isinstance(v, str) or v not in LEARNING_MODES:
+            raise InvalidArgumentError(f"learning must be one of {LEARNING_MODES}, got {v!r}")
         return v
 
     @staticmethod

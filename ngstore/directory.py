@@ -18,21 +18,25 @@ as the store directory's own permission bits -- no file records it, as PostgreSQ
 its files' mode from its data directory's -- so every later open creates files the same
 way. A writer that asks for another mode changes every file of the store to it
 (:meth:`Directory.apply_mode`).
+
+A failed write of one of these files (a full disk, a read-only file system, ...) raises
+the named ``errors.StorageError`` of its errno, with the file's path; its ``state`` says
+"stopped" until the operation that called (an open, a checkpoint, a close) restates it.
 """
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import NgStoreError, NotAStoreError, StoreLockedError
+from .errors import NgStoreError, NotAStoreError, StoreLockedError, StoreState, storage_error
 from .fileio import PRIVATE_MODE, FileIO, LockBusyError, dir_mode, lock_mode
 from .layout import (
     CHECKPOINT_FILE,
     DATA_FILE,
     LMDB_LOCK_FILE,
     MARKER_FILE,
-    OWN_FILES,
     READERS_LOCK,
     STATE_FILE,
     WAL_DIR,
@@ -45,10 +49,22 @@ from .layout import (
     encode_checkpoint,
     encode_marker,
     encode_state,
+    is_own_file,
 )
 
 #: The largest marker or state file a reader will read (they are a few dozen bytes).
 _SMALL_FILE_LIMIT = 4096
+
+
+@contextmanager
+def _named(doing: str, path: str, state: StoreState = StoreState.STOPPED) -> Iterator[None]:
+    """Raises an ``OSError`` of the block as the named StorageError of its errno."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, NgStoreError):
+            raise
+        raise storage_error(exc, doing, state, path=path) from exc
 
 
 class Directory:
@@ -89,7 +105,8 @@ class Directory:
         if not self.io.exists(p):
             if not create or readonly:
                 raise NotAStoreError(f"{p} does not exist (pass create=True to make a new store)")
-            self.io.makedirs(p, dir_mode(self.mode))
+            with _named("creating the store directory", p, StoreState.NOT_CREATED):
+                self.io.makedirs(p, dir_mode(self.mode))
             return True
         names = set(self.io.listdir(p))
         if MARKER_FILE in names:
@@ -100,9 +117,10 @@ class Directory:
             else:
                 self.mode_changes = stored != self._requested
             return False
-        if names - OWN_FILES:
+        foreign = sorted(n for n in names if not is_own_file(n))
+        if foreign:
             raise NotAStoreError(f"{p} is a directory that is not an ngstore store "
-                                 f"(it holds {sorted(names - OWN_FILES)[:5]})")
+                                 f"(it holds {foreign[:5]})")
         if not create or readonly:
             raise NotAStoreError(f"{p} is not an ngstore store (no {MARKER_FILE} file)")
         return True  # empty, or an interrupted creation of ours: (re)create
@@ -111,18 +129,29 @@ class Directory:
         try:
             return self.io.read_file(self.file(name), limit=_SMALL_FILE_LIMIT)
         except OSError as exc:
-            raise NotAStoreError(f"{self.path}: cannot read {name}: {exc}") from exc
+            if exc.errno in (errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ELOOP):
+                raise NotAStoreError(f"{self.path}: cannot read {name}: {exc}") from exc
+            # a permission, an I/O error: the file is there, the store is not opened
+            raise storage_error(exc, f"reading the {name} file", StoreState.NOT_OPENED,
+                                path=self.file(name)) from exc
 
     def remove_leftovers(self) -> None:
-        """Before a (re)creation: removes what an interrupted earlier creation left."""
-        for name in (DATA_FILE, LMDB_LOCK_FILE, CHECKPOINT_FILE, STATE_FILE):
-            p = self.file(name)
-            if self.io.exists(p):
-                self.io.unlink(p)
+        """Before a (re)creation: removes what an interrupted earlier creation left (the
+        LMDB files, the checkpoint and state files, the log's segments)."""
+        with _named("removing what an interrupted creation left in", self.path):
+            for name in (DATA_FILE, LMDB_LOCK_FILE, CHECKPOINT_FILE, STATE_FILE):
+                p = self.file(name)
+                if self.io.exists(p):
+                    self.io.unlink(p)
+            wal = self.wal_dir
+            if self.io.is_dir(wal):
+                for name in self.io.listdir(wal):
+                    self.io.unlink(os.path.join(wal, name))
 
     def write_marker(self) -> None:
         """The last step of a creation: from now on the directory is a store."""
-        self.io.atomic_write(self.file(MARKER_FILE), encode_marker(), self.mode)
+        with _named("writing the store marker", self.file(MARKER_FILE)):
+            self.io.atomic_write(self.file(MARKER_FILE), encode_marker(), self.mode)
 
     def apply_mode(self) -> None:
         """Gives the store directory, ``wal/`` and every file in them the store's modes (at
@@ -154,14 +183,43 @@ class Directory:
         return decode_state(data)
 
     def write_state(self, clean: bool) -> None:
-        self.io.atomic_write(self.file(STATE_FILE),
-                             encode_state(WriterState(clean=clean, boot_id=self.boot_id(), pid=os.getpid())),
-                             self.mode)
+        with _named("writing the state file", self.file(STATE_FILE)):
+            self.io.atomic_write(self.file(STATE_FILE),
+                                 encode_state(WriterState(clean=clean, boot_id=self.boot_id(), pid=os.getpid())),
+                                 self.mode)
 
     def went_down_since(self, state: WriterState) -> bool:
-        """True when ``state`` was written by a writer that did not close, on another boot
-        of the machine: a power loss or OS crash, not a process crash."""
-        return not state.clean and state.boot_id != self.boot_id()
+        """True when ``state`` was written by a writer that did not close, and the machine
+        may have gone down since (a power loss or OS crash, not only a process crash): on
+        another boot, or when either boot id is unknown -- assume the worst. (Rolling LMDB
+        back to the checkpoint is also correct after a mere process crash, only slower.)"""
+        if state.clean:
+            return False
+        now = self.boot_id()
+        return state.boot_id is None or now is None or state.boot_id != now
+
+    def check_readable(self, state: WriterState) -> None:
+        """Raises unless a read-only handle may read the store now.
+
+        A writer that did not close, is gone, and may have lost its page cache (another
+        boot, or a boot id that cannot be told) left LMDB possibly damaged: it needs
+        recovery first. A live writer whose state names another boot is recovering now
+        (readers must not take the rolled-back state for the current one). When boot ids
+        cannot be read at all, a live writer is trusted: what a reader sees is then at
+        worst the checkpoint recovery rolled back to, which is consistent."""
+        if state.clean:
+            return
+        if self.live_writer_pid() is None:
+            if self.went_down_since(state):
+                raise NgStoreError(
+                    f"{self.path} was being written when the system went down (or its boot cannot be "
+                    "told); it needs recovery before it can be read: open it once for writing, or run "
+                    "`ngstore recover PATH`")
+            return
+        now = self.boot_id()
+        if state.boot_id is not None and now is not None and state.boot_id != now:
+            raise StoreLockedError(f"{self.path}: a writer is recovering this store after a system crash; "
+                                   "retry in a moment")
 
     # -- the checkpoint file -----------------------------------------------------------
 
@@ -175,7 +233,8 @@ class Directory:
         return decode_checkpoint(data, p)
 
     def write_checkpoint(self, ckpt: Checkpoint) -> None:
-        self.io.atomic_write(self.file(CHECKPOINT_FILE), encode_checkpoint(ckpt), self.mode)
+        with _named("writing the checkpoint file", self.file(CHECKPOINT_FILE)):
+            self.io.atomic_write(self.file(CHECKPOINT_FILE), encode_checkpoint(ckpt), self.mode)
 
     # -- locks -------------------------------------------------------------------------
 
@@ -190,12 +249,17 @@ class Directory:
             raise StoreLockedError(
                 f"{self.path}: another writer (this process or another) has the store open; "
                 "open it with readonly=True, or close the other handle") from None
+        except OSError as exc:  # creating writer.lock: a read-only file system, a permission
+            raise storage_error(exc, "taking the writer lock", StoreState.STOPPED,
+                                path=self.file(WRITER_LOCK)) from exc
         self._writer_fd = fd
-        self.io.truncate(fd, 0)
-        self.io.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with _named("writing the writer lock file", self.file(WRITER_LOCK)):
+            self.io.truncate(fd, 0)
+            self.io.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         readers = self.file(READERS_LOCK)
         if not self.io.exists(readers):
-            self.io.close(self.io.open(readers, os.O_RDONLY | os.O_CREAT, self.mode))
+            with _named("making the readers lock file", readers):
+                self.io.close(self.io.open(readers, os.O_RDONLY | os.O_CREAT, self.mode))
 
     def lock_reader(self) -> None:
         """A read-only handle's shared lock on ``readers.lock`` (StoreLockedError while a

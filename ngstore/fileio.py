@@ -9,6 +9,10 @@ argument (default :data:`DEFAULT_IO`), so a test can substitute a subclass that 
 each call (to reconstruct what a power loss can leave) or fails the Nth one with ``EIO``
 (see ``tests/walfaults.py``) -- without patching any other module.
 
+Failures are not translated here: the layer that made the call knows what it was doing
+and what state the failure leaves, and turns the ``OSError`` into a named
+``errors.StorageError`` (``errors.storage_error``).
+
 The methods are deliberately thin and fd-based: they do what ``os`` does, plus loops for
 short reads/writes. OS errors pass through unwrapped, with errno and (where ``os`` gives
 one) the path.
@@ -146,8 +150,10 @@ class FileIO:
     # -- data ----------------------------------------------------------------------
     def pwrite(self, fd: int, data: Buffer, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (loops over short writes)."""
+        done = os.pwrite(fd, data, offset)
+        if done == (data.nbytes if isinstance(data, memoryview) else len(data)):
+            return
         view = memoryview(data).cast("B")
-        done = 0
         while done < len(view):
             done += os.pwrite(fd, view[done:], offset + done)
 
@@ -156,6 +162,9 @@ class FileIO:
         possible (one, unless there are more than IOV_MAX buffers or a write is short).
 
         Avoids joining a large payload to its frame header (a copy of the whole batch)."""
+        if len(buffers) == 1:
+            self.pwrite(fd, buffers[0], offset)
+            return
         views = [memoryview(b).cast("B") for b in buffers]
         views = [v for v in views if len(v)]
         while views:
@@ -194,6 +203,15 @@ class FileIO:
 
     def truncate(self, fd: int, size: int) -> None:
         os.ftruncate(fd, size)
+
+    def allocate(self, fd: int, size: int) -> None:
+        """Makes the first ``size`` bytes of the file backed by disk blocks
+        (``posix_fallocate``), extending it with zeros if it is shorter; existing bytes are
+        not changed. For files the store maps and writes through memory (LMDB's lock file,
+        the black-box ring, the stats page): a store into a hole of a shared mapping that
+        the file system cannot back -- a full disk -- kills the process with SIGBUS, where
+        this call fails with ``ENOSPC``."""
+        os.posix_fallocate(fd, 0, size)
 
     # -- durability ----------------------------------------------------------------
     def fdatasync(self, fd: int) -> None:
@@ -248,6 +266,17 @@ class FileIO:
             return os.stat(path).st_mtime
         except FileNotFoundError:
             return None
+
+    def free_bytes(self, path: str) -> int | None:
+        """Bytes this process may still write on the file system that holds ``path``
+        (``statvfs``: the blocks available to unprivileged users, or all free blocks for
+        root), or None when it cannot be told. Quotas are not counted."""
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+        return int(blocks) * int(st.f_frsize)
 
     def disk_usage(self, path: str) -> int:
         """Bytes allocated on disk by the files under directory ``path``."""
@@ -396,6 +425,17 @@ class FileIO:
         finally:
             self.close(fd)
 
+    def map_readonly(self, path: str) -> mmap.mmap | None:
+        """The whole of ``path`` mapped read-only and shared (None for an empty file). Reading
+        past the file's end through it faults (SIGBUS): callers bound every read by
+        ``len()`` of the map, and the file must not shrink while it is mapped."""
+        fd = self.open(path, os.O_RDONLY)
+        try:
+            size = self.file_size(fd)
+            return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) if size else None
+        finally:
+            self.close(fd)
+
     # -- observability files (black-box ring, stats page) ------------------------------
     # Added for ngstore.obs: the ring and the stats page are memory-mapped files the writer
     # keeps open, and the stats page carries the writer's liveness lock.
@@ -409,6 +449,25 @@ class FileIO:
         """``fcntl.flock(fd, operation)``; ``BlockingIOError`` when ``LOCK_NB`` finds it taken."""
         fcntl.flock(fd, operation)
     # -- end of the observability block -------------------------------------------------
+
+    # -- backups (ngstore.backup) ---------------------------------------------------------
+    # Added for ngstore.backup: LMDB writes its copy into a pipe that the backup reads, and
+    # log segments are read through descriptors held open (an unlinked segment stays
+    # readable through them).
+    def pipe(self, size: int = 1 << 20) -> tuple[int, int]:
+        """``(read end, write end)`` of a new pipe, its buffer raised to ``size`` bytes
+        where the system allows (fewer wake-ups per byte moved)."""
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+        except OSError:
+            pass
+        return r, w
+
+    def read(self, fd: int, n: int) -> bytes:
+        """Up to ``n`` bytes from the descriptor's current offset (b"" at end of file)."""
+        return os.read(fd, n)
+    # -- end of the backup block ------------------------------------------------------------
 
 
 #: The real file system.

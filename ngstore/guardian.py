@@ -132,6 +132,15 @@ class Guardian:
                 "max_bytes", usage.bytes, add_bytes, limit,
                 detail=f"refused from {self.memory_threshold:.0%} of max_bytes={self.max_bytes}")
 
+    def stats(self, usage: Usage) -> dict[str, float]:
+        """The quota part of ``store.stats()``: refusals, cleanups, the memory in use (and
+        its parts, ``Usage.parts``) and the limits (0: none)."""
+        return {"quota_exceeded_total": self.quota_exceeded_total,
+                "aggressive_cleanups_total": self.aggressive_cleanups_total,
+                "memory_used_bytes": usage.bytes, **usage.parts(),
+                "memory_limit_bytes": self.max_bytes or 0, "token_limit": self.max_tokens or 0,
+                "memory_threshold": self.memory_threshold}
+
     def should_cleanup(self, usage: Usage, margin: float = 0.9) -> bool:
         """True when accounted bytes pass ``margin`` of the refusal point."""
         limit = self.byte_limit

@@ -38,25 +38,59 @@ What it owns
   needed. If it is, :meth:`KV.write` grows the map, but only while no read transaction
   of this process is open: remapping under an open zero-copy view would leave it
   pointing at unmapped memory.
+
+* Errors of LMDB's own file I/O. py-lmdb raises ``lmdb.Error`` with the errno LMDB
+  returned in ``code``; an errno of the store's files (a full disk, a read-only file
+  system, a permission, an I/O error) becomes the named ``errors.StorageError`` of that
+  errno with data.mdb's path (:func:`lmdb_storage_error`). **A full disk often reaches
+  us as EIO**: LMDB's ``mdb_page_flush`` returns the errno of a failed ``pwrite``
+  (``ENOSPC`` when nothing could be written), but ``EIO`` for a *short* write -- what a
+  nearly full file system does to a write larger than the space left. So an EIO from
+  LMDB is reported as :class:`errors.DiskFullError` when the file system holding
+  data.mdb has less than :data:`DISK_FULL_FREE_BYTES` free when the error is seen
+  (``statvfs``; quotas are not seen), and as :class:`errors.StorageIOError` otherwise.
+  The heuristic can be wrong both ways: a real device error on a nearly full disk is
+  named a full disk, and a full disk that another process freed between the failed
+  write and the check is named an I/O error. Both stop the store the same way and both
+  messages say to reopen; the ``detail`` of the error says that the heuristic decided.
+* LMDB's lock file is mapped shared and written through memory. A store into a hole of
+  that mapping that the file system cannot back (a full disk) kills the process with
+  SIGBUS, so a writer that creates lock.mdb first gives it disk blocks
+  (``FileIO.allocate``), and a full disk fails the open with ``DiskFullError`` instead.
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 import lmdb
 
-from . import layout
-from .errors import CorruptionError, NgStoreError, StoreLockedError
-from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO
-from .layout import ALL_DBS, DATA_FILE, DB_META, META_KEYS, Checkpoint, Meta
+from . import layout, pages
+from .errors import CorruptionError, NgStoreError, StorageError, StoreLockedError, StoreState, storage_error
+from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO, lock_mode
+from .layout import ALL_DBS, DATA_FILE, DB_META, LMDB_LOCK_FILE, META_KEYS, Checkpoint, Meta
 
 T = TypeVar("T")
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; disk use follows the data
 MAX_MAP_SIZE = 1 << 46
+
+#: An EIO from LMDB is taken for a full disk when the file system has less than this free
+#: (see the module essay): more than the largest single write LMDB's page flush makes in
+#: practice (a group of a few MiB of dirty pages), small next to any disk in use.
+DISK_FULL_FREE_BYTES = 16 << 20
+
+#: The errnos of LMDB's file I/O that become a named StorageError.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+#: LMDB's lock file: a header of two cache lines (the reader-table head and the writer
+#: mutex, on Linux with POSIX robust mutexes), then one 64-byte slot per reader
+#: (``MDB_txninfo`` in mdb.c); LMDB makes the file exactly this long when it creates it.
+_LOCK_HEAD_BYTES = 192
+_LOCK_SLOT_BYTES = 64
 
 
 class _Shared:
@@ -72,10 +106,74 @@ class _Shared:
         self.map_span: tuple[int, int] | None = None
         #: Set by a writer of this process: brings LMDB up to date with its commits.
         self.writer_barrier: Callable[[], None] | None = None
+        #: Databases the open's page walk found damaged, with the first problem: reads of
+        #: them raise CorruptionError instead of letting LMDB follow the damaged pages.
+        self.damaged: dict[str, pages.PageProblem] = {}
 
 
 _registry: dict[str, _Shared] = {}
 _registry_lock = threading.Lock()
+
+
+#: At open, before LMDB reads anything, the trees whose pages are walked (``pages``): LMDB's
+#: own (free list, main) and every database of at most this many branch and leaf pages --
+#: the meta database, the reflex table's, small ones -- so that damage there is a
+#: CorruptionError, not an abort inside LMDB. Larger trees are walked by ``check()``.
+OPEN_WALK_MAX_PAGES = 256
+
+
+def check_data_file(path: str, io: FileIO, *, walk: bool = False) -> pages.Verification | None:
+    """Refuses a data.mdb shorter than the pages its meta page says are in use, before LMDB
+    maps it: LMDB would read past the end of the file and the process would die of SIGBUS.
+    With ``walk`` (only when no other process can write the file now), also walks the pages
+    of LMDB's own trees and the small databases (:data:`OPEN_WALK_MAX_PAGES`): returns the
+    walk's result (None without ``walk``), and the caller decides what damage it can open
+    with. A missing or empty file is fine (LMDB creates it)."""
+    data = os.path.join(path, DATA_FILE)
+    size = io.size_of(data)
+    if not size:
+        return None
+    head = io.read_file(data, limit=layout.MAX_PAGE_SIZE * 2)
+    psize = layout.meta_page_size(head) if len(head) >= 44 else 0
+    if not 512 <= psize <= layout.MAX_PAGE_SIZE or psize & (psize - 1):
+        raise CorruptionError(f"data.mdb's first meta page names a page size of {psize}", path=data, offset=40)
+    if len(head) < 2 * psize:
+        raise CorruptionError(f"data.mdb is {size} bytes, shorter than its two meta pages of {psize}",
+                              path=data, offset=size)
+    metas = [head[slot * psize:(slot + 1) * psize] for slot in (0, 1)]
+    valid = [(layout.meta_page_txnid(m), m) for m in metas]
+    newest = max(((t, m) for t, m in valid if t is not None), default=None, key=lambda tm: tm[0])
+    if newest is None:
+        raise CorruptionError("neither meta page of data.mdb is valid", path=data, offset=0)
+    need = (layout.meta_page_last_pgno(newest[1]) + 1) * psize
+    if size < need:
+        raise CorruptionError(f"data.mdb is truncated: {size} bytes, but its newest meta page (transaction "
+                              f"{newest[0]}) uses {need}", path=data, offset=size)
+    return _walk(io, data, newest[1], trees=None, max_pages=OPEN_WALK_MAX_PAGES) if walk else None
+
+
+def _walk(io: FileIO, data_path: str, meta: bytes, trees: Collection[bytes] | None,
+          max_pages: int | None) -> pages.Verification:
+    m = io.map_readonly(data_path)
+    if m is None:
+        raise CorruptionError("data.mdb is empty", path=data_path, offset=0)
+    view = memoryview(m)
+    try:
+        return pages.verify(view, meta, trees=trees, max_pages=max_pages)
+    finally:
+        view.release()
+        try:
+            m.close()
+        except BufferError:  # a view of it is still referenced: the collector unmaps it
+            pass
+
+
+def _damage_error(p: pages.PageProblem, data_path: str, more: str = "") -> CorruptionError:
+    return CorruptionError(f"LMDB page damage in {p.tree}: {p.reason}{more}", path=data_path, offset=p.offset)
+
+
+#: Trees LMDB reads at every open or every transaction: damage there refuses any open.
+_OPEN_CRITICAL = frozenset({pages.MAIN, DB_META.decode(), layout.DB_REFLEXES.decode()})
 
 
 def _open_env(path: str, readonly: bool, map_size: int, max_readers: int, mode: int) -> lmdb.Environment:
@@ -106,7 +204,12 @@ class KV:
     """
 
     def __init__(self, path: str, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE,
-                 max_readers: int = 126, io: FileIO = DEFAULT_IO, mode: int = PRIVATE_MODE) -> None:
+                 max_readers: int = 126, io: FileIO = DEFAULT_IO, walk: bool | None = None,
+                 mode: int = PRIVATE_MODE) -> None:
+        """``walk``: verify LMDB's own trees and the small databases before LMDB reads them
+        (:func:`check_data_file`); only valid while no other process writes the file. By
+        default a writer does (it holds the writer lock) and a read-only handle does not.
+        ``mode``: the store's file mode, given to LMDB for the files it creates."""
         self.path = os.path.realpath(path)
         self.readonly = readonly
         self.io = io
@@ -117,25 +220,39 @@ class KV:
         with _registry_lock:
             shared = _registry.get(self.path)
             if shared is None:
+                walked = check_data_file(self.path, io, walk=not readonly if walk is None else walk)
+                damaged: dict[str, pages.PageProblem] = {}
+                for p in walked.problems if walked is not None else ():
+                    damaged.setdefault(p.tree, p)
+                fatal = [p for name, p in damaged.items() if name in _OPEN_CRITICAL or not readonly]
+                if fatal:
+                    raise _damage_error(fatal[0], os.path.join(self.path, DATA_FILE),
+                                        "; `ngstore check PATH` lists the damage: restore the store from a backup"
+                                        if not readonly else "")
+                if not readonly:
+                    _back_lock_file(self.path, max_readers, io, mode)
                 try:
                     env = _open_env(self.path, readonly, map_size, max_readers, mode)
                 except lmdb.Error as exc:
-                    raise translate(exc, f"opening the LMDB environment in {self.path}") from exc
+                    raise (lmdb_storage_error(exc, "opening the LMDB environment", os.path.join(
+                        self.path, DATA_FILE), io, StoreState.NOT_OPENED)
+                        or translate(exc, f"opening the LMDB environment in {self.path}")) from exc
                 dbs: dict[bytes, Any] = {}
                 try:
-                    if readonly:  # py-lmdb opens (and keeps) the handles in its own read txn
-                        for name in ALL_DBS:
-                            try:
-                                dbs[name] = env.open_db(name, create=False)
-                            except lmdb.NotFoundError:
-                                dbs[name] = None
-                    else:
-                        for name in ALL_DBS:
-                            dbs[name] = env.open_db(name, create=True)
+                    # py-lmdb opens (and keeps) the handles in its own transaction. A missing
+                    # database is None here even for a writer: creating it is a commit, which
+                    # must wait until the writer has protected its checkpoint
+                    # (create_missing_dbs).
+                    for name in ALL_DBS:
+                        try:
+                            dbs[name] = env.open_db(name, create=False)
+                        except lmdb.NotFoundError:
+                            dbs[name] = None
                 except lmdb.Error as exc:
                     env.close()
                     raise translate(exc, f"opening the databases of {self.path}") from exc
                 shared = _Shared(env, dbs, readonly)
+                shared.damaged = damaged
                 _registry[self.path] = shared
             elif not readonly and shared.readonly:
                 raise StoreLockedError(
@@ -145,6 +262,18 @@ class KV:
         self._shared = shared
         self.env: lmdb.Environment = shared.env
         self.dbs: dict[bytes, Any] = shared.dbs
+
+    def create_missing_dbs(self) -> list[bytes]:
+        """Creates the databases this store does not have yet (all of them in a new store;
+        those added by a later version of ngstore in an older one), in one commit; returns
+        their names. A writer calls it once it may commit: after protecting its checkpoint
+        (``Applier.protect_checkpoint``), never before."""
+        missing = [name for name in ALL_DBS if self.dbs.get(name) is None]
+        if not missing or self._shared.readonly:
+            return []
+        handles = self.write(lambda txn: {name: self.env.open_db(name, txn=txn, create=True) for name in missing})
+        self.dbs.update(handles)
+        return missing
 
     # -- transactions -------------------------------------------------------------
 
@@ -179,9 +308,37 @@ class KV:
         try:
             txn.abort()
         finally:
-            with _registry_lock:
-                self._shared.open_readers -= 1
-            self._unref()
+            self._unref(reader=True)
+
+    def translated(self, exc: BaseException, doing: str = "reading") -> BaseException:
+        """``exc`` as ngstore raises it: an LMDB error translated, anything else as is."""
+        return translate(exc, f"{doing} {self.path}") if isinstance(exc, lmdb.Error) else exc
+
+    def db(self, name: bytes) -> Any:
+        """The handle of database ``name`` for a read; CorruptionError when the open found
+        its pages damaged (LMDB must not walk them)."""
+        problem = self._shared.damaged.get(name.decode())
+        if problem is not None:
+            raise _damage_error(problem, os.path.join(self.path, DATA_FILE),
+                                f"; the {name.decode()} database cannot be read")
+        return self.dbs[name]
+
+    def verify_pages(self) -> pages.Verification:
+        """Walks every B-tree of the snapshot of a read transaction held for the walk
+        (``pages.verify``): LMDB reuses none of its pages meanwhile, whatever a writer
+        commits. Done by ``check()`` before it lets LMDB read the large databases."""
+        data = os.path.join(self.path, DATA_FILE)
+        for _attempt in range(16):
+            txn = self.begin_read()
+            try:
+                head = self.io.read_file(data, limit=2 * layout.MAX_PAGE_SIZE)
+                chosen = pages.choose_meta(head, txnid=txn.id())
+                if chosen is not None:
+                    return _walk(self.io, data, chosen[1], trees=None, max_pages=None)
+                # two commits since the transaction began overwrote its meta page: again
+            finally:
+                self.end_read(txn)
+        raise NgStoreError(f"{self.path}: the writer commits too fast to catch a snapshot's meta page")
 
     def read_meta(self, txn: lmdb.Transaction) -> Meta:
         """The store's ``meta`` as of ``txn`` (``layout.decode_meta`` rules)."""
@@ -219,6 +376,9 @@ class KV:
                 self._grow()
             except lmdb.Error as exc:
                 txn.abort()
+                named = lmdb_storage_error(exc, "writing LMDB's data file", self.data_path, self.io)
+                if named is not None:
+                    raise named from exc
                 raise NgStoreError(f"LMDB write in {self.path} failed ({exc}); if the batch reached "
                                    "the write-ahead log it is applied, whole, when the store is "
                                    "reopened; no more writes are taken: close the store and open it "
@@ -311,9 +471,17 @@ class KV:
         try:
             self.io.lmdb_sync(self.env, self)
         except lmdb.Error as exc:
+            named = lmdb_storage_error(exc, "syncing LMDB's data file", self.data_path, self.io)
+            if named is not None:
+                raise named from exc
             raise NgStoreError(f"fdatasync of {self.path}/data.mdb failed ({exc}); what it covered "
                                "is safe in the write-ahead log, but no more writes are taken: close "
                                "the store and open it again to recover") from exc
+
+    @property
+    def data_path(self) -> str:
+        """LMDB's data file."""
+        return os.path.join(self.path, DATA_FILE)
 
     def last_txnid(self) -> int:
         return int(self.env.info()["last_txnid"])
@@ -351,6 +519,27 @@ class KV:
             self._pin.abort()
             self._pin = None
 
+    # -- copies (backups) ---------------------------------------------------------------
+
+    def copy_to_fd(self, fd: int, txn: lmdb.Transaction, *, compact: bool = True) -> None:
+        """Writes a copy of the environment as of read transaction ``txn`` to descriptor
+        ``fd`` (``mdb_env_copyfd2``; with ``compact`` free pages are left out and pages
+        renumbered, and the copy's meta says transaction 1). The copy is consistent
+        whatever the writer does meanwhile: it is one read transaction. ``fd`` may be a
+        pipe. Nothing is synced: the caller makes the destination durable.
+
+        Refused (CorruptionError) when the open found damaged pages in any tree: LMDB's copy
+        walks every tree, and LMDB must not follow damaged pages (it may read past the file
+        or abort); a copy of damage is no backup anyway."""
+        if self._shared.damaged:
+            first = next(iter(self._shared.damaged.values()))
+            raise _damage_error(first, os.path.join(self.path, DATA_FILE),
+                                "; a copy would read the damaged pages: back up from an undamaged store")
+        try:
+            self.env.copyfd(fd, compact=compact, txn=txn)
+        except lmdb.Error as exc:
+            raise translate(exc, f"copying the LMDB environment of {self.path}") from exc
+
     # -- information ------------------------------------------------------------------
 
     def info(self) -> dict[str, int]:
@@ -372,9 +561,11 @@ class KV:
         self.unpin()
         self._unref()
 
-    def _unref(self) -> None:
+    def _unref(self, reader: bool = False) -> None:
         with _registry_lock:
             shared = self._shared
+            if reader:
+                shared.open_readers -= 1
             shared.refs -= 1
             if shared.refs == 0:
                 if _registry.get(self.path) is shared:
@@ -460,10 +651,63 @@ def restore_checkpoint_meta(store_path: str, ckpt: Checkpoint, io: FileIO) -> No
         io.close(fd)
 
 
+def _back_lock_file(path: str, max_readers: int, io: FileIO, mode: int) -> None:
+    """Gives LMDB's lock file disk blocks before LMDB maps it (see the module essay): a
+    new (or empty) one is made as long as LMDB would make it; an existing one keeps its
+    length (a live reader of another process may have mapped it: its reader table must
+    not change under it) and only its holes are filled. A file made here gets the store's
+    lock mode (``fileio.lock_mode`` of ``mode``: every reader writes it)."""
+    lock = os.path.join(path, LMDB_LOCK_FILE)
+    try:
+        fd = io.open(lock, os.O_RDWR | os.O_CREAT, lock_mode(mode))
+        try:
+            size = io.file_size(fd) or _LOCK_HEAD_BYTES + (max_readers - 1) * _LOCK_SLOT_BYTES
+            io.allocate(fd, size)
+        finally:
+            io.close(fd)
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:  # a file system without fallocate: LMDB as before
+            return
+        raise storage_error(exc, "giving LMDB's lock file its disk blocks", StoreState.NOT_OPENED,
+                            path=lock) from exc
+
+
 # -- errors ----------------------------------------------------------------------------
 
+def lmdb_errno(exc: lmdb.Error) -> int | None:
+    """The errno py-lmdb carries in ``code`` (LMDB's own codes are negative), or None."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) and code > 0 else None
+
+
+def lmdb_storage_error(exc: lmdb.Error, doing: str, path: str, io: FileIO,
+                       state: StoreState = StoreState.STOPPED) -> StorageError | None:
+    """``exc`` as the named StorageError of its errno, or None when it carries none of
+    the store's file errors. An EIO is a full disk when the file system holding ``path``
+    has less than :data:`DISK_FULL_FREE_BYTES` free (the module essay says why and how
+    this can be wrong)."""
+    code = lmdb_errno(exc)
+    if code not in _STORAGE_ERRNOS:
+        return None
+    what = getattr(exc, "what", None) or str(exc).partition(":")[0]
+    detail = f"LMDB's {what}"
+    errno_ = None
+    if code == errno.EIO:
+        free = io.free_bytes(os.path.dirname(path) or ".")
+        if free is not None and free < DISK_FULL_FREE_BYTES:
+            errno_ = errno.ENOSPC
+            detail = (f"LMDB's {what} reported EIO, which is how it reports a short write; the file "
+                      f"system has {free} bytes free, so this is taken for a full disk")
+        else:
+            detail = (f"LMDB's {what} reported EIO" + (f" with {free} bytes free on the file system"
+                                                       if free is not None else ""))
+    return storage_error(OSError(code, os.strerror(code)), doing, state, path=path, errno_=errno_,
+                         detail=detail)
+
+
 def translate(exc: lmdb.Error, doing: str) -> NgStoreError:
-    """One place that turns LMDB's exceptions into ngstore's, with a hint."""
+    """One place that turns LMDB's exceptions into ngstore's, with a hint. (Errors of
+    LMDB's file I/O, where a file is known, go through :func:`lmdb_storage_error` first.)"""
     if isinstance(exc, lmdb.ReadersFullError):
         return NgStoreError(f"{doing}: all LMDB reader slots are in use ({exc}); close snapshots "
                             "or open the store with a larger max_readers=")

@@ -29,7 +29,7 @@ from .errors import CorruptionError, FormatVersionError, NotAStoreError
 # -- the directory (§1) ------------------------------------------------------------------
 
 #: The store format version; a reader refuses a newer one with FormatVersionError.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 MARKER_FILE = "NGSTORE"
 STATE_FILE = "state"
@@ -47,12 +47,20 @@ TMP_SUFFIX = ".tmp"
 BLACKBOX_RING = "blackbox.ring"
 STATS_PAGE = "stats.page"
 
-#: Files ngstore itself creates in a store directory: a directory holding anything else
-#: and no marker is foreign, never (re)created over.
+#: Files ngstore itself creates in a store directory (with the temporaries of the ones
+#: written atomically): a directory holding anything else and no marker is foreign, never
+#: (re)created over.
 OWN_FILES = frozenset({
     MARKER_FILE, STATE_FILE, WRITER_LOCK, READERS_LOCK, WAL_DIR, CHECKPOINT_FILE, DATA_FILE,
-    LMDB_LOCK_FILE, CHECKPOINT_FILE + TMP_SUFFIX, STATE_FILE + TMP_SUFFIX, BLACKBOX_RING, STATS_PAGE,
+    LMDB_LOCK_FILE, BLACKBOX_RING, STATS_PAGE,
+    MARKER_FILE + TMP_SUFFIX, CHECKPOINT_FILE + TMP_SUFFIX, STATE_FILE + TMP_SUFFIX,
 })
+#: Black-box dumps (``blackbox-*.json[.zst]`` and their temporaries) are ours too.
+DUMP_PREFIX = "blackbox-"
+
+
+def is_own_file(name: str) -> bool:
+    return name in OWN_FILES or name.startswith(DUMP_PREFIX)
 
 _MARKER_TEXT = "ngstore store directory\nformat {version}\n"
 
@@ -113,8 +121,11 @@ DB_CONNECTIONS = b"connections"
 DB_CONN_REVERSE = b"conn_by_b"
 DB_EVENTS = b"events"
 DB_REFLEXES = b"reflexes"
+DB_LEARN = b"learn"
+DB_SPATIAL = b"spatial"
 DB_OUTCOMES = b"outcomes"
-ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES, DB_OUTCOMES)
+ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES, DB_LEARN, DB_SPATIAL,
+           DB_OUTCOMES)
 
 _CONN_KEY = struct.Struct(">IIB")
 _SEQ_KEY = struct.Struct(">Q")
@@ -157,7 +168,7 @@ def reflex_segment_key(index: int) -> bytes:
     return b"S" + _CHUNK_KEY.pack(index)
 
 
-# -- known outcomes (`outcomes`, §3.3) -------------------------------------------------------
+# -- known outcomes (`outcomes`, §3.6) -------------------------------------------------------
 
 #: Bytes of a key digest (XXH3-128).
 DIGEST_BYTES = 16
@@ -238,6 +249,73 @@ class KnownOutcome:
             raise CorruptionError(f"{where}: an outcome is {len(value)} bytes, expected {_OUTCOME_VALUE.size}")
         position, sequence, first = _OUTCOME_VALUE.unpack(bytes(value))
         return KnownOutcome(int(position), int(sequence), None if first == NO_EVENT else int(first))
+# -- learning statistics (`learn`, §3.3) ---------------------------------------------------
+
+_LEARN_CURSOR_KEY = struct.Struct(">cH")
+_LEARN_GROUP_KEY = struct.Struct(">cHQH")
+LEARN_CURSOR_KEY_BYTES = _LEARN_CURSOR_KEY.size  # 3
+LEARN_GROUP_KEY_BYTES = _LEARN_GROUP_KEY.size    # 13
+
+#: The value of one (bin, action) group: its moments (§3.3).
+LEARN_MOMENTS_DTYPE = np.dtype({"names": ["count", "mean", "m2", "action_mean", "state_mean"],
+                                "formats": ["<u8", "<f8", "<f8", ("<f8", (8,)), ("<f8", (8,))],
+                                "offsets": [0, 8, 16, 24, 88], "itemsize": 152})
+
+
+def learn_cursor_key(bins_per_dim: int) -> bytes:
+    """``learn`` key of a binning's fold cursor: ``C`` ‖ B u16 BE."""
+    return _LEARN_CURSOR_KEY.pack(b"C", bins_per_dim)
+
+
+def learn_group_prefix(bins_per_dim: int) -> bytes:
+    """The first 3 bytes of every group key of a binning: ``S`` ‖ B u16 BE."""
+    return _LEARN_CURSOR_KEY.pack(b"S", bins_per_dim)
+
+
+def learn_group_key(bins_per_dim: int, state_bin: int, action: int) -> bytes:
+    """``learn`` key of one (bin, action) group: ``S`` ‖ B u16 ‖ bin u64 ‖ action u16, BE."""
+    return _LEARN_GROUP_KEY.pack(b"S", bins_per_dim, state_bin, action)
+
+
+def learn_group_key_fields(key: bytes | memoryview) -> tuple[int, int, int]:
+    """(bins_per_dim, bin, action) of a group key; CorruptionError if it is not one."""
+    raw = bytes(key)
+    if len(raw) != LEARN_GROUP_KEY_BYTES or raw[:1] != b"S":
+        raise CorruptionError(f"learn key {raw.hex()} is not a group key")
+    _tag, b, state_bin, action = _LEARN_GROUP_KEY.unpack(raw)
+    return int(b), int(state_bin), int(action)
+
+
+@dataclass(frozen=True)
+class LearnCursor:
+    """A binning's fold cursor (§3.3): ``next_seq`` = where the next fold starts."""
+
+    next_seq: int = 0
+    events_counted: int = 0
+    events_missed: int = 0
+    folds: int = 0
+
+    def encode(self) -> bytes:
+        return _LEARN_CURSOR.pack(self.next_seq, self.events_counted, self.events_missed, self.folds)
+
+    @staticmethod
+    def decode(value: bytes | memoryview, where: str) -> LearnCursor:
+        if len(value) != _LEARN_CURSOR.size:
+            raise CorruptionError(f"{where}: a learn cursor is {len(value)} bytes, expected {_LEARN_CURSOR.size}")
+        return LearnCursor(*_LEARN_CURSOR.unpack(bytes(value)))
+
+
+_LEARN_CURSOR = struct.Struct("<4Q")
+
+
+def decode_learn_moments(value: bytes | memoryview, where: str) -> np.ndarray:
+    """One group value as a LEARN_MOMENTS_DTYPE record (a copy); CorruptionError if its
+    length is wrong."""
+    if len(value) != LEARN_MOMENTS_DTYPE.itemsize:
+        raise CorruptionError(f"{where}: a learn group value is {len(value)} bytes, "
+                              f"expected {LEARN_MOMENTS_DTYPE.itemsize}")
+    out: np.ndarray = np.frombuffer(bytes(value), LEARN_MOMENTS_DTYPE).copy()
+    return out
 
 
 # -- meta (§3.1) -----------------------------------------------------------------------------
@@ -250,6 +328,7 @@ M_STORE_ID = b"store_id"  # 16 bytes
 M_COUNTERS = b"counters"
 M_EVENT_CAPACITY = b"event_capacity"
 M_REFLEX_CAPACITY = b"reflex_capacity"
+M_SPATIAL = b"spatial_index"  # u64 mask of the indexed layers (§3.5); absent = 0
 
 DEFAULT_CHUNK_SLOTS = 1024
 DEFAULT_EVENT_CAPACITY = 1_000_000
@@ -281,6 +360,14 @@ class Counters:
     def copy(self) -> Counters:
         return Counters(*self.values())
 
+    def stats(self) -> dict[str, int]:
+        """The counters as ``store.stats()`` names them (``events_next_seq`` is the count of
+        events ever written: ``events_written_total``)."""
+        return {"tokens_live": self.tokens_live, "tokens_created_total": self.tokens_created_total,
+                "tokens_deleted_total": self.tokens_deleted_total, "connections_live": self.connections_live,
+                "connections_created_total": self.connections_created_total, "events_live": self.events_live,
+                "events_written_total": self.events_next_seq, "events_trimmed_total": self.events_trimmed_total}
+
     def encode(self) -> bytes:
         return _COUNTERS.pack(*self.values())
 
@@ -306,14 +393,18 @@ class Meta:
     counters: Counters
     store_id: bytes = b""
     created_unix: int = 0
+    #: the layers the spatial index covers (§3.5), a bit per layer; 0: no index
+    spatial_layers: int = 0
 
 
-def initial_meta(chunk_slots: int, event_capacity: int, reflex_capacity: int) -> list[tuple[bytes, bytes]]:
+def initial_meta(chunk_slots: int, event_capacity: int, reflex_capacity: int,
+                 spatial_layers: int = 0) -> list[tuple[bytes, bytes]]:
     """The ``meta`` entries of a new store."""
     return [(M_FORMAT, encode_u64(FORMAT_VERSION)), (M_CHUNK_SLOTS, encode_u64(chunk_slots)),
             (M_APPLIED, encode_u64(0)), (M_CREATED, encode_u64(int(time.time()))),
             (M_STORE_ID, uuid.uuid4().bytes), (M_EVENT_CAPACITY, encode_u64(event_capacity)),
-            (M_REFLEX_CAPACITY, encode_u64(reflex_capacity)), (M_COUNTERS, Counters().encode())]
+            (M_REFLEX_CAPACITY, encode_u64(reflex_capacity)), (M_COUNTERS, Counters().encode()),
+            (M_SPATIAL, encode_u64(spatial_layers))]
 
 
 def decode_meta(values: Mapping[bytes, bytes | memoryview | None], where: str) -> Meta:
@@ -338,11 +429,79 @@ def decode_meta(values: Mapping[bytes, bytes | memoryview | None], where: str) -
                 applied_position=u64(M_APPLIED, 0), event_capacity=u64(M_EVENT_CAPACITY, DEFAULT_EVENT_CAPACITY),
                 reflex_capacity=u64(M_REFLEX_CAPACITY, DEFAULT_REFLEX_CAPACITY),
                 counters=Counters.decode(values.get(M_COUNTERS), where),
-                store_id=bytes(sid) if sid is not None else b"", created_unix=u64(M_CREATED, 0))
+                store_id=bytes(sid) if sid is not None else b"", created_unix=u64(M_CREATED, 0),
+                spatial_layers=decode_spatial_layers(values.get(M_SPATIAL), where))
+
+
+def decode_spatial_layers(value: bytes | memoryview | None, where: str) -> int:
+    """The layer mask of meta ``spatial_index`` (absent: 0, no index)."""
+    if value is None:
+        return 0
+    if len(value) != 8:
+        raise CorruptionError(f"{where}: meta/{M_SPATIAL.decode()} is {len(value)} bytes, expected 8")
+    mask = int(_U64.unpack(bytes(value))[0])
+    if mask > 0xFF:
+        raise CorruptionError(f"{where}: meta/{M_SPATIAL.decode()} names layers beyond 8 ({mask:#x})")
+    return mask
 
 
 META_KEYS = (M_FORMAT, M_CHUNK_SLOTS, M_APPLIED, M_CREATED, M_STORE_ID, M_COUNTERS, M_EVENT_CAPACITY,
-             M_REFLEX_CAPACITY)
+             M_REFLEX_CAPACITY, M_SPATIAL)
+
+
+# -- the spatial index (§3.5) --------------------------------------------------------------
+
+#: One entry: a token's id and its raw coordinates in the page's layer (10 bytes, packed).
+SPATIAL_ENTRY_DTYPE = np.dtype([("id", "<u4"), ("x", "<i2"), ("y", "<i2"), ("z", "<i2")])
+SPATIAL_ENTRY_BYTES = 10
+SPATIAL_CELL_SHIFT = 6        # cells of 64 raw units, 1024 per axis
+SPATIAL_PAGE_MAX = 400        # entries of a page at most (4000 bytes: one LMDB overflow page)
+SPATIAL_PAGE_SPLIT = 300      # a page beyond the maximum is cut into pages of about this many
+ALL_LAYERS = 0xFF
+_PAGE_KEY = struct.Struct(">BQ")
+
+
+def spatial_page_key(layer: int, sort_key: int) -> bytes:
+    """``spatial`` key: layer u8 ‖ sort key u64 BE."""
+    return _PAGE_KEY.pack(layer, sort_key)
+
+
+def spatial_page_key_fields(key: bytes | memoryview) -> tuple[int, int]:
+    """(layer, sort key) of a ``spatial`` key; CorruptionError if it is not 9 bytes."""
+    if len(key) != _PAGE_KEY.size:
+        raise CorruptionError(f"spatial index key of {len(key)} bytes (expected {_PAGE_KEY.size})")
+    layer, sk = _PAGE_KEY.unpack(bytes(key))
+    return int(layer), int(sk)
+
+
+def _spread3(v: np.ndarray) -> np.ndarray:
+    """The 10 low bits of ``v`` (uint64) moved to bits 0, 3, 6, … 27."""
+    v = v & np.uint64(0x3FF)
+    v = (v | (v << np.uint64(16))) & np.uint64(0x30000FF)
+    v = (v | (v << np.uint64(8))) & np.uint64(0x300F00F)
+    v = (v | (v << np.uint64(4))) & np.uint64(0x30C30C3)
+    out: np.ndarray = (v | (v << np.uint64(2))) & np.uint64(0x9249249)
+    return out
+
+
+def spatial_cells(coords: np.ndarray) -> np.ndarray:
+    """Cell coordinates (uint64, 0..1023) of raw i16 coordinates."""
+    out: np.ndarray = (coords.astype(np.int64) + 32768).astype(np.uint64) >> np.uint64(SPATIAL_CELL_SHIFT)
+    return out
+
+
+def spatial_zorder(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """The 30-bit Morton code (uint64) of the cells of raw coordinates x, y, z."""
+    out: np.ndarray = _spread3(spatial_cells(x)) | (_spread3(spatial_cells(y)) << np.uint64(1)) \
+        | (_spread3(spatial_cells(z)) << np.uint64(2))
+    return out
+
+
+def spatial_sort_keys(entries: np.ndarray) -> np.ndarray:
+    """The sort key (uint64) of each SPATIAL_ENTRY_DTYPE entry: Z << 32 | id."""
+    zo = spatial_zorder(entries["x"], entries["y"], entries["z"])
+    out: np.ndarray = (zo << np.uint64(32)) | entries["id"].astype(np.uint64)
+    return out
 
 
 # -- token chunks (§3.2) -------------------------------------------------------------------
@@ -402,6 +561,7 @@ _META_MAGIC_OFF = 16
 _META_MAGIC = 0xBEEFC0DE
 _META_TXNID_OFF = 144
 _META_LAST_PGNO_OFF = 136
+_META_PSIZE_OFF = 40  # the free database's md_pad holds the page size
 
 _CKPT_MAGIC = b"NGCKPT01"
 _CKPT_HEAD = struct.Struct("<8sIIQQ")  # magic, format version, page size, txnid, applied position
@@ -422,6 +582,11 @@ def meta_page_txnid(page: bytes) -> int | None:
 def meta_page_last_pgno(page: bytes) -> int:
     """The last page number in use that an LMDB meta page records."""
     return int(struct.unpack_from("<Q", page, _META_LAST_PGNO_OFF)[0])
+
+
+def meta_page_size(page: bytes) -> int:
+    """The page size an LMDB meta page records (page 0 of data.mdb)."""
+    return int(struct.unpack_from("<I", page, _META_PSIZE_OFF)[0])
 
 
 def meta_page_for_slot(page: bytes, slot: int) -> bytes:

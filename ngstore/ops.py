@@ -13,7 +13,7 @@ from typing import Final
 
 import numpy as np
 
-from .errors import CorruptionError
+from .errors import CorruptionError, FormatVersionError
 from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
 
 PAYLOAD_MAGIC: Final = 0x4E47_4231  # "NGB1"
@@ -27,6 +27,7 @@ OP_REFLEX_PUT: Final = 6
 OP_REFLEX_DELETE: Final = 7
 OP_EVENT_TRIM: Final = 8
 OP_REFLEX_DELETE_KEY: Final = 9
+OP_LEARN_UPDATE: Final = 10
 OP_REFLEX_RESIZE: Final = 11
 OP_OUTCOME_KEY: Final = 12
 
@@ -53,6 +54,13 @@ REFLEX_DELETE_KEY_DTYPE = np.dtype({"names": ["grid_hash", "fingerprint", "token
 #: A keyed batch's idempotency key (§5.2): the key's digest and the window of keys kept.
 OUTCOME_KEY_DTYPE = np.dtype({"names": ["digest", "remember"], "formats": [("u1", (16,)), "<u8"],
                               "offsets": [0, 16], "itemsize": 24})
+#: One group's partial moments of one fold of events into the learning statistics (§5.1).
+#: (No gaps: a copy or a selection of items carries every byte.)
+LEARN_UPDATE_DTYPE = np.dtype({"names": ["bins_per_dim", "action", "reserved", "bin", "first_seq", "end_seq", "count",
+                                         "mean", "m2", "action_mean", "state_mean"],
+                               "formats": ["<u2", "<u2", "<u4", "<u8", "<u8", "<u8", "<u8", "<f8", "<f8",
+                                           ("<f8", (8,)), ("<f8", (8,))],
+                               "offsets": [0, 2, 4, 8, 16, 24, 32, 40, 48, 56, 120], "itemsize": 184})
 
 #: The item layout of each op's body; the decoder checks body = count * itemsize exactly.
 OP_DTYPES: Final[dict[int, np.dtype]] = {
@@ -65,11 +73,12 @@ OP_DTYPES: Final[dict[int, np.dtype]] = {
     OP_REFLEX_DELETE: REFLEX_DELETE_DTYPE,
     OP_EVENT_TRIM: np.dtype("<u8"),
     OP_REFLEX_DELETE_KEY: REFLEX_DELETE_KEY_DTYPE,
+    OP_LEARN_UPDATE: LEARN_UPDATE_DTYPE,
     OP_REFLEX_RESIZE: np.dtype("<u8"),
     OP_OUTCOME_KEY: OUTCOME_KEY_DTYPE,
 }
 OP_ITEM_SIZE: Final = {kind: dt.itemsize for kind, dt in OP_DTYPES.items()}
-assert OP_ITEM_SIZE == {1: 64, 2: 4, 3: 64, 4: 12, 5: 128, 6: 112, 7: 60, 8: 8, 9: 32, 11: 8, 12: 24}
+assert OP_ITEM_SIZE == {1: 64, 2: 4, 3: 64, 4: 12, 5: 128, 6: 112, 7: 60, 8: 8, 9: 32, 10: 184, 11: 8, 12: 24}
 
 #: The ops that change the reflex table (their commits return once applied).
 REFLEX_KINDS: Final = frozenset({OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY, OP_REFLEX_RESIZE})
@@ -174,7 +183,8 @@ def encode_ops(ops: list[Op]) -> bytes:
 
 
 def decode_ops(payload: bytes | memoryview, where: str = "batch payload") -> list[Op]:
-    """Inverse of :func:`encode_ops`; any inconsistency is a CorruptionError.
+    """Inverse of :func:`encode_ops`; an op kind it does not know is a FormatVersionError,
+    any other inconsistency a CorruptionError.
 
     The log's CRC has already vouched for the bytes, so an error here means a bug or a
     payload from an incompatible version -- never a reason to guess. The op arrays are
@@ -195,7 +205,11 @@ def decode_ops(payload: bytes | memoryview, where: str = "batch payload") -> lis
         pos += _OP_HEAD.size
         dtype = OP_DTYPES.get(kind)
         if dtype is None:
-            raise CorruptionError(f"{where}: unknown op type {kind}", offset=pos)
+            # The frame's CRC held: a newer ngstore wrote it, with an op kind this one does
+            # not know. Refuse; never guess, never treat it as damage to cut away.
+            raise FormatVersionError(
+                f"{where} holds op kind {kind}, which this version of ngstore does not know: a "
+                "newer version wrote it. Open the store with that version (nothing was changed)")
         if nbytes != count * dtype.itemsize or pos + nbytes > len(mv):
             raise CorruptionError(f"{where}: op {kind} body length {nbytes} for {count} items", offset=pos)
         ops.append(Op(kind, np.frombuffer(mv, dtype=dtype, count=count, offset=pos)))

@@ -52,10 +52,14 @@ class Options:
     reflex_eviction: str = "evict"
     #: Known outcomes (``store.outcome(key)``): how many idempotency keys the store
     #: remembers, the newest; a keyed batch beyond them forgets the oldest (format.md
-    #: §3.3). 0 turns keys off: a keyed batch then raises InvalidArgumentError. Each keyed
+    #: §3.6). 0 turns keys off: a keyed batch then raises InvalidArgumentError. Each keyed
     #: batch logs the window it was committed under, so a later open with another value
     #: changes what later batches keep, never what replay decides.
     remember_keys: int = DEFAULT_REMEMBER_KEYS
+    #: Keep the spatial index of token coordinates (``snapshot.tokens.within`` / ``box``;
+    #: docs/format.md §3.5) for all 8 layers; fixed at creation. Without it those queries
+    #: scan every token (same answers), and token writes skip its upkeep.
+    spatial_index: bool = True
     #: LMDB's virtual map size (address space, not disk) and its reader slots.
     map_size: int = DEFAULT_MAP_SIZE
     max_readers: int = 126
@@ -89,7 +93,7 @@ class Options:
     blackbox_capacity: int = 1000
     #: A writer dumps its black box on an unhandled exception or a fatal signal.
     crash_handlers: bool = True
-    #: The permission bits of the store's files (``docs/operations.md`` §6). None: a new
+    #: The permission bits of the store's files (``docs/operations.md`` §7). None: a new
     #: store is private (0o600: files the owner's only; directories 0o700) and an existing
     #: one keeps its own. ``mode=0o640`` shares it read-only with the owner's group
     #: (directories 0o750; LMDB's lock file, which readers write, 0o660). A writer that
@@ -123,6 +127,8 @@ class Options:
             raise InvalidArgumentError(
                 f"mode must be file permission bits with at least 0o600 and no execute bits (directories get "
                 f"search where read is granted), got {self.mode!r}")
+        if not isinstance(self.spatial_index, bool):
+            raise InvalidArgumentError(f"spatial_index must be a bool, got {self.spatial_index!r}")
         if not isinstance(self.io, FileIO):
             raise InvalidArgumentError(f"io must be a FileIO, got {type(self.io).__name__}")
 

@@ -2,7 +2,7 @@
 
 A caller gives a batch a key (``store.batch(key=b"order-17")``); the batch logs the key's
 digest (``ops.outcome_key_op``, ``docs/format.md`` §5.2) and applying it records the digest
-in the ``outcomes`` database (§3.3) in the transaction of the batch's own data. So whatever
+in the ``outcomes`` database (§3.6) in the transaction of the batch's own data. So whatever
 survives a crash, the key is known exactly when its batch is committed, and
 ``store.outcome(key)`` can answer after any failure or restart. This module owns the
 caller's side of it: which keys are valid, the digest, the :class:`Outcome` answer, and
@@ -51,7 +51,7 @@ class Outcome(enum.Enum):
 
 def key_digest(key: Any) -> bytes:
     """The 16-byte digest of an idempotency key (XXH3-128 of its bytes, ``format.md``
-    §3.3): ``key`` is bytes-like or a ``str`` (UTF-8), 1 … 256 bytes; else
+    §3.6): ``key`` is bytes-like or a ``str`` (UTF-8), 1 … 256 bytes; else
     InvalidArgumentError."""
     if isinstance(key, str):
         raw = key.encode("utf-8", "surrogatepass")
@@ -107,7 +107,7 @@ def outcome_in(kv: KV, digest: bytes, sees_everything: bool) -> Outcome:
     """The answer for a key as LMDB has it now: recorded; or absent from a store that
     forgot no key, when the caller sees every commit (a writer that found no pending entry
     of the key); or neither."""
-    db = kv.dbs.get(DB_OUTCOMES)
+    db = kv.db(DB_OUTCOMES)
     with ReadTxn(kv) as txn:
         if lookup(txn, db, digest, kv.path) is not None:
             return Outcome.COMMITTED

@@ -85,6 +85,8 @@ class Overlay:
         """Blocks while ``nbytes`` more would pass ``max_bytes`` and the overlay is not
         empty (a single entry larger than the bound still goes in, alone), or until
         ``failed`` is set (the applier stopped: nothing will drain)."""
+        if self._bytes + nbytes <= self.max_bytes:  # only the leader adds: room stays room
+            return
         with self._room:
             while self._entries and self._bytes + nbytes > self.max_bytes and not failed.is_set():
                 self._room.wait(0.5)

@@ -20,6 +20,12 @@
 5. after a rollback the state file keeps the old boot id until the replay and its
    checkpoint are done, so readers never see the rolled-back state as current, and a
    crash during recovery simply rolls back to the same checkpoint again.
+
+An open that fails on the store's files (a full disk, a read-only file system, ...)
+raises the named ``errors.StorageError`` of the errno, restated "not created" (a new
+store: the marker is written last, so the next open creates it again) or "not opened"
+(an existing store: nothing acknowledged was dropped -- the log is dropped only after a
+checkpoint covers it -- and the next open recovers it as after a crash).
 """
 from __future__ import annotations
 
@@ -32,10 +38,10 @@ from .applier import Applier, ApplierOptions
 from .apply import Entry
 from .commit import Writer, WriterOptions
 from .directory import Directory
-from .errors import CorruptionError
+from .errors import CorruptionError, NgStoreError, StorageError, StoreState, storage_error
 from .guardian import Guardian
 from .kv import KV, ReadTxn, restore_checkpoint_meta
-from .layout import DB_META, initial_meta
+from .layout import ALL_LAYERS, DB_META, FORMAT_VERSION, M_FORMAT, encode_u64, initial_meta
 from .ops import decode_ops
 from .options import Options
 from .overlay import Overlay
@@ -58,6 +64,24 @@ class RecoveryInfo:
     replayed_from: int = 0
     replayed_to: int = 0
     log_report: wal.RecoveryReport | None = None
+    #: why the checkpoint file could not be used (a new one was written), if it was damaged
+    checkpoint_problem: str | None = None
+
+    def announce(self, obs: Observability, path: str) -> None:
+        """Tells the black box and the log what the open had to do (nothing after a clean
+        close, nor for a read-only handle)."""
+        report = self.log_report
+        if self.checkpoint_problem is not None:
+            obs.event("checkpoint_damaged", problem=self.checkpoint_problem)
+            obs.logger.warning("%s: the checkpoint file was damaged (%s); a new checkpoint replaced it",
+                               path, self.checkpoint_problem)
+        if self.power_loss_rollback or self.replayed_records or (report is not None and not report.clean):
+            torn = report.torn_tail if report is not None else None
+            obs.event("recovery", rollback_to_txn=self.rolled_back_to_txn, replayed=self.replayed_records,
+                      replayed_to=self.replayed_to, torn_tail_bytes=torn.bytes_dropped if torn else 0,
+                      skipped=len(report.skipped) if report is not None else 0)
+            obs.logger.warning("recovered %s: %d record(s) replayed%s", path, self.replayed_records,
+                               "; LMDB rolled back to the checkpoint" if self.power_loss_rollback else "")
 
 
 def open_writer(directory: Directory, opts: Options, guardian: Guardian,
@@ -68,6 +92,7 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
     kv: KV | None = None
     log: wal.Log | None = None
     applier: Applier | None = None
+    new: bool | None = None  # None until the directory was inspected
     try:
         new = directory.inspect(create=opts.create, readonly=False)
         directory.lock_writer()
@@ -75,9 +100,11 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             directory.remove_leftovers()
             directory.write_state(clean=False)
             kv = _open_kv(directory, opts)
+            kv.create_missing_dbs()
             directory.apply_mode()  # LMDB's files exist now; the umask may have narrowed them
             meta_db = kv.dbs[DB_META]
-            entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity)
+            entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity,
+                                   ALL_LAYERS if opts.spatial_index else 0)
             kv.write(lambda txn: [txn.put(k, v, db=meta_db) for k, v in entries])
             log, applier = _applier(directory, kv, opts, obs, info, "tolerate-tail")
             applier.checkpoint_now()
@@ -92,7 +119,17 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
                 directory.write_state(clean=False)
             kv = _open_kv(directory, opts)
             log, applier = _applier(directory, kv, opts, obs, info, opts.recovery)
-            applier.protect_checkpoint(directory)
+            try:
+                applier.protect_checkpoint(directory)
+            except CorruptionError as exc:
+                # Only a rollback (above) needs the old checkpoint; here LMDB's newest state is
+                # trusted, and a new checkpoint of it replaces the damaged file.
+                info.checkpoint_problem = str(exc)
+                applier.checkpoint_now()
+            # Databases a newer ngstore added are created only now: on top of a checkpoint,
+            # so their commit cannot reuse a page the checkpoint still needs.
+            kv.create_missing_dbs()
+            _upgrade_format(directory, kv)
             replay(applier, log, info, progress=opts.progress)
             if info.replayed_records:
                 applier.checkpoint_now()
@@ -105,7 +142,7 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
         applier.start()
         kv.set_writer_barrier(writer.barrier)
         return kv, writer, info
-    except BaseException:
+    except BaseException as exc:
         if applier is not None:
             applier.close(final=False)
         if log is not None:
@@ -113,7 +150,27 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
         if kv is not None:
             kv.close()
         directory.release()
+        # before the directory was inspected, the error says which it was (Directory.inspect)
+        state = StoreState.NOT_OPENED if not new else StoreState.NOT_CREATED
+        if isinstance(exc, StorageError):
+            raise exc.restate(state if new is not None else exc.state) from exc.__cause__
+        if isinstance(exc, OSError) and not isinstance(exc, NgStoreError):
+            raise storage_error(exc, "opening the store: working on", state,
+                                path=exc.filename or directory.path) from exc
         raise
+
+
+def _upgrade_format(directory: Directory, kv: KV) -> None:
+    """Marks an older store as of this format (docs/format.md §1): the marker first -- the
+    gate older versions check, so none of them opens it once this writer may log what they
+    cannot read -- then meta. One way: no older ngstore opens the store again."""
+    with ReadTxn(kv) as txn:
+        version = kv.read_meta(txn).format_version
+    if version >= FORMAT_VERSION:
+        return
+    directory.write_marker()
+    meta_db = kv.dbs[DB_META]
+    kv.write(lambda txn: txn.put(M_FORMAT, encode_u64(FORMAT_VERSION), db=meta_db))
 
 
 def _open_kv(directory: Directory, opts: Options) -> KV:

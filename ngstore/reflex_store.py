@@ -42,6 +42,8 @@ from .reflex import INITIAL_ROOM, ReflexTable, grown_room, parse_header, plan_ro
 #: capacity), 4 replaced (the weakest of a full cell).
 DISPLACING_OUTCOME = 3
 
+UPDATED = 2  # the outcome code of an upsert (``reflex.OUTCOMES``)
+
 COUNTER_NAMES = ("lookups", "hits", "misses", "answers", "collisions", "candidates",
                  "inserts", "updates", "deletes", "evictions", "fallback_answers", "fallback_cells",
                  "fallback_scans", "time_ns", "timed_lookups")
@@ -88,13 +90,14 @@ def writable_copy(current: ReflexTable | None, capacity: int) -> ReflexTable:
     return ReflexTable.attach(current.header(), [bytearray(s) for s in current.all_segments()], writable=True)
 
 
-def apply_put(table: ReflexTable, data: np.ndarray) -> tuple[int, int]:
-    """Upserts the reflexes of a REFLEX_PUT; returns how many reflexes they pushed out (an
-    eviction at capacity, or the weakest of a full cell replaced) and the index of the first
-    put that did (0 when none did)."""
+def apply_put(table: ReflexTable, data: np.ndarray) -> tuple[int, int, int]:
+    """Upserts the reflexes of a REFLEX_PUT; returns how many were created (not updates of
+    an existing (cell, identity)), how many reflexes they pushed out (an eviction at
+    capacity, or the weakest of a full cell replaced) and the index of the first put that
+    did (0 when none did)."""
     outcomes = table.insert_batch(np.ascontiguousarray(data["state"]), np.ascontiguousarray(data["connection"]))
     pushed = np.flatnonzero(outcomes >= DISPLACING_OUTCOME)
-    return int(pushed.size), int(pushed[0]) if pushed.size else 0
+    return int(np.count_nonzero(outcomes != UPDATED)), int(pushed.size), int(pushed[0]) if pushed.size else 0
 
 
 def apply_resize(table: ReflexTable, data: np.ndarray) -> int:
@@ -180,6 +183,18 @@ def counters(table: ReflexTable | None) -> dict[str, int]:
         return dict.fromkeys(COUNTER_NAMES, 0)
     s = table.stats()
     return {k: int(s[k]) for k in COUNTER_NAMES}
+
+
+def stats(table: ReflexTable | None, c: dict[str, int], created: int, capacity: int) -> dict[str, Any]:
+    """The reflex part of ``store.stats()``: the table's size (``capacity`` when there is no
+    table yet), its counters ``c`` (:func:`counters`) and the reflexes ``created``."""
+    return {"reflexes_live": len(table) if table is not None else 0,
+            "reflex_capacity": table.capacity if table is not None else capacity,
+            "reflex_table_bytes": table.memory_bytes if table is not None else 0,
+            "reflex_lookups_total": c["lookups"], "reflex_hits_total": c["hits"],
+            "reflex_misses_total": c["misses"], "reflex_collisions_total": c["collisions"],
+            "reflex_answers_total": c["answers"], "reflex_evictions_total": c["evictions"],
+            "reflexes_created_total": created}
 
 
 # -- before a write: what a batch's reflex ops will do -------------------------------------

@@ -35,11 +35,13 @@ from .directory import Directory
 from .errors import InvalidArgumentError, NgStoreError, NotFoundError, StoreClosedError
 from .experience import ExperienceStream
 from .experience_store import StoreExperienceStream
+from .graph import Hops, Path
 from .guardian import Guardian, Usage
 from .inputs import ids_array
 from .intuition import IntuitionEngine
 from .kv import KV, ReadTxn
-from .layout import DB_TOKENS, FORMAT_VERSION, ChunkLayout, Counters, Meta
+from .layout import DB_LEARN, DB_TOKENS, FORMAT_VERSION, ChunkLayout, Counters, Meta
+from .learning import LearnedStatistics, read_statistics
 from .ops import Op
 from .options import Options
 from .outcomes import Outcome, key_digest, key_op, keyed, outcome_in
@@ -130,11 +132,9 @@ class Store:
         d.inspect(create=False, readonly=True)
         d.lock_reader()
         try:
-            if d.went_down_since(d.read_state()):
-                raise NgStoreError(
-                    f"{self.path} was being written when the system went down; it needs recovery "
-                    "before it can be read: open it once for writing, or run `ngstore recover PATH`")
-            kv = KV(self.path, readonly=True, io=self.options.io, mode=d.mode)
+            d.check_readable(d.read_state())
+            kv = KV(self.path, readonly=True, io=self.options.io, walk=d.live_writer_pid() is None,
+                    mode=d.mode)
             try:
                 with ReadTxn(kv) as txn:
                     meta = kv.read_meta(txn)
@@ -151,17 +151,9 @@ class Store:
         obs = self._obs
         if obs is None:
             return
-        r = self.recovery
         obs.event("open", readonly=self.readonly, applied_position=meta.applied_position,
                   tokens=meta.counters.tokens_live)
-        report = r.log_report
-        if r.power_loss_rollback or r.replayed_records or (report is not None and not report.clean):
-            torn = report.torn_tail if report is not None else None
-            obs.event("recovery", rollback_to_txn=r.rolled_back_to_txn, replayed=r.replayed_records,
-                      replayed_to=r.replayed_to, torn_tail_bytes=torn.bytes_dropped if torn else 0,
-                      skipped=len(report.skipped) if report is not None else 0)
-            obs.logger.warning("recovered %s: %d record(s) replayed%s", self.path, r.replayed_records,
-                               "; LMDB rolled back to the checkpoint" if r.power_loss_rollback else "")
+        self.recovery.announce(obs, self.path)
         if not self.readonly:
             # the black box moves into blackbox.ring; stats.page starts being published
             obs.start_writer(self._safe_stats, io=self.options.io, mode=self._directory.mode)
@@ -304,17 +296,28 @@ class Store:
         return Token.from_bytes(raw)
 
     def _token_record(self, token_id: int) -> bytes | None:
-        self._check_open()
+        if self._closed:
+            raise StoreClosedError(f"the store {self.path} is closed")
         if type(token_id) is not int or not 0 <= token_id <= MAX_TOKEN_ID:
             token_id = int(ids_array([token_id])[0])
-        if self._writer is not None:
-            hit, record = self._writer.overlay.token(token_id)
+        w = self._writer
+        if w is not None:
+            hit, record = w.overlay.token(token_id)
             if hit:
                 return record
         else:
             self._kv.catch_up_with_writer()
-        with ReadTxn(self._kv) as txn:
-            return token_record(txn, self._kv.dbs[DB_TOKENS], self._layout, token_id)
+        kv = self._kv
+        txn = kv.begin_read()
+        try:
+            return token_record(txn, kv.db(DB_TOKENS), self._layout, token_id)
+        except BaseException as exc:
+            translated = kv.translated(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            kv.end_read(txn)
 
     def get_tokens(self, ids: Any, *, missing: str = "raise") -> TokenArray:
         """Tokens for ``ids`` in the given order, as a TokenArray (a copy).
@@ -359,6 +362,16 @@ class Store:
         ``"both"``: the union (a self-connection appears once)."""
         with self.snapshot() as snap:
             return snap.connections.neighbors(token_id, direction)
+
+    def k_hop(self, ids: Any, k: int, **options: Any) -> Hops:
+        """``snapshot().connections.k_hop``: the tokens within ``k`` connections of ``ids``."""
+        with self.snapshot() as snap:
+            return snap.connections.k_hop(ids, k, **options)
+
+    def shortest_path(self, a: int, b: int, **options: Any) -> Path | None:
+        """``snapshot().connections.shortest_path``: the cheapest path from ``a`` to ``b``."""
+        with self.snapshot() as snap:
+            return snap.connections.shortest_path(a, b, **options)
 
     def count_connections(self) -> int:
         self._check_open()
@@ -416,6 +429,17 @@ class Store:
         if self._writer is None:
             self._reader_reflexes = reflex_store.attach(self._kv)
 
+    def learning_statistics(self, bins_per_dim: int = 4, *, groups: bool = True) -> LearnedStatistics:
+        """The learning statistics of one binning, as committed (``groups=False``: the fold
+        cursor only). See ``ngstore.learning`` and docs/format.md §3.3."""
+        self._check_open()
+        if self._writer is not None:
+            self._writer.barrier()
+        else:
+            self._kv.catch_up_with_writer()
+        with ReadTxn(self._kv) as txn:
+            return read_statistics(txn, self._kv.db(DB_LEARN), bins_per_dim, groups=groups)
+
     def resize_reflexes(self, capacity: int, *, durability: str | None = None,
                         key: bytes | str | None = None) -> int:
         """Sets the reflex table's capacity as one logged batch (REFLEX_RESIZE, format.md §5):
@@ -433,16 +457,10 @@ class Store:
         capacity = self._meta.reflex_capacity
         if self._writer is not None:
             a = self._writer.applier
-            c, created, capacity = a.reflex_counters(), a.reflexes_written_total, a.reflex_capacity
+            c, created, capacity = a.reflex_counters(), a.reflexes_created_total, a.reflex_capacity
         else:
             c, created = reflex_store.counters(table), 0
-        return {"reflexes_live": len(table) if table is not None else 0,
-                "reflex_capacity": table.capacity if table is not None else capacity,
-                "reflex_table_bytes": table.memory_bytes if table is not None else 0,
-                "reflex_lookups_total": c["lookups"], "reflex_hits_total": c["hits"],
-                "reflex_misses_total": c["misses"], "reflex_collisions_total": c["collisions"],
-                "reflex_answers_total": c["answers"], "reflex_evictions_total": c["evictions"],
-                "reflexes_created_total": created}
+        return reflex_store.stats(table, c, created, capacity)
 
     # ------------------------------------------------------------------ information
 
@@ -469,29 +487,14 @@ class Store:
             out["overlay_entries"] = w.overlay.entries
             out["apply_groups_total"] = w.applier.groups_applied_total
         out.update(vars(self._validation))
-        out["tokens_live"] = c.tokens_live
-        out["tokens_created_total"] = c.tokens_created_total
-        out["tokens_deleted_total"] = c.tokens_deleted_total
-        out["connections_live"] = c.connections_live
-        out["connections_created_total"] = c.connections_created_total
-        out["events_live"] = c.events_live
-        out["events_written_total"] = c.events_next_seq
-        out["events_trimmed_total"] = c.events_trimmed_total
+        out.update(c.stats())
         out["event_capacity"] = self._meta.event_capacity
         out.update(self.reflex_stats())
         eng = self._intuition
         out["intuition_queue_size"] = max(0, c.events_next_seq - eng.analyzed_through) if eng is not None else 0
         out["guardian_event_queue_size"] = 0  # no queue: Guardian events go to the black box at once
         out["applied_position"] = w.applier.applied_position if w is not None else self._meta.applied_position
-        g = self._guardian
-        out["quota_exceeded_total"] = g.quota_exceeded_total
-        out["aggressive_cleanups_total"] = g.aggressive_cleanups_total
-        usage = self._usage()
-        out["memory_used_bytes"] = usage.bytes  # and its parts beside it (guardian.Usage)
-        out.update(usage.parts())
-        out["memory_limit_bytes"] = g.max_bytes or 0
-        out["token_limit"] = g.max_tokens or 0
-        out["memory_threshold"] = g.memory_threshold
+        out.update(self._guardian.stats(self._usage()))
         out["write_failed"] = w is not None and w.failed is not None
         if w is not None:
             out["last_checkpoint_unix"] = w.applier.last_checkpoint_unix
@@ -501,7 +504,7 @@ class Store:
             out["wal_segments"] = w.log.segment_count
             out["wal_position"] = w.log.last_position
         out["chunk_slots"] = self._layout.slots
-        out["format_version"] = FORMAT_VERSION
+        out["format_version"] = FORMAT_VERSION if w is not None else self._meta.format_version
         return out
 
     def _safe_stats(self) -> dict[str, Any]:
@@ -573,6 +576,9 @@ class Store:
             if self._obs is not None:
                 self._obs.publish_stats()  # the stats page's last values, while stats() answers
             self._closed = True
+            # The store's own hold on the reader's reflex version (a table handed out
+            # keeps its own): else the environment stays open until a garbage collection.
+            self._reader_reflexes = None
             if self._obs is not None:
                 self._obs.event("close")
                 self._obs.close()

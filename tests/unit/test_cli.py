@@ -227,14 +227,14 @@ def test_stress_refuses_a_store_held_by_a_writer_before_doing_any_work(tmp_path)
 def test_info_shows_counts_sizes_and_format_version(tmp_path, sound_store):
     r = ng("info", sound_store, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "format version: 1" in r.stdout
+    assert f"format version: {ngstore.layout.FORMAT_VERSION}" in r.stdout
     assert "tokens:         997 (chunks of 1024 ids)" in r.stdout
     assert "LMDB map:" in r.stdout and "log:" in r.stdout
     j = ng("info", sound_store, "--json", cwd=tmp_path)
     assert j.returncode == 0
     st = json.loads(j.stdout)
     assert st["tokens_live"] == 997 and st["tokens_deleted_total"] == 3
-    assert st["format_version"] == 1 and st["readonly"] is True
+    assert st["format_version"] == ngstore.layout.FORMAT_VERSION and st["readonly"] is True
     assert st["map_used_bytes"] > 0 and st["path"] == os.path.realpath(sound_store)
 
 
@@ -253,7 +253,12 @@ def test_check_is_0_on_a_sound_store_and_1_on_a_corrupt_one(tmp_path, sound_stor
     r = ng("check", sound_store, cwd=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "check: PROBLEMS FOUND" in r.stdout
-    assert "problem: token chunk 0: slot 1 holds id 77" in r.stdout
+    line = next(x for x in r.stdout.splitlines() if "problem:" in x)
+    assert "data.mdb [tokens chunk 0] at offset " in line and "slot 1 holds id 77, expected 1" in line, line
+    offset = int(line.split(" at offset ")[1].split(":")[0])
+    with open(os.path.join(sound_store, "data.mdb"), "rb") as f:  # the offset names the damaged byte
+        f.seek(offset)
+        assert f.read(1) == bytes([77])
 
 
 # ------------------------------------------------------------------------------ wal
@@ -503,7 +508,8 @@ def test_version_and_python_dash_m(tmp_path):
                  [os.path.join(os.path.dirname(sys.executable), "ngstore"), "--version"]):
         r = subprocess.run(argv, cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        assert r.stdout.startswith(f"ngstore {ngstore.__version__} (store format 1; Python ")
+        fmt = ngstore.layout.FORMAT_VERSION
+        assert r.stdout.startswith(f"ngstore {ngstore.__version__} (store format {fmt}; Python ")
 
 
 def test_every_argument_has_help_and_help_shows_its_default():
