@@ -417,3 +417,20 @@ async def test_aio_commits_take_keys_and_answer_outcomes(store_path):
         with pytest.raises(ngstore.InvalidArgumentError):
             db.put_tokens(make_tokens([3]), key=b"")
         assert (await db.stats())["events_live"] == 5
+
+
+def test_a_store_from_before_the_outcomes_database_gets_it_from_its_next_writer(store_path):
+    import lmdb
+
+    with ngstore.open(store_path, **OPEN) as s:
+        s.put_tokens(make_tokens([1]))
+    env = lmdb.open(store_path, max_dbs=32, subdir=True)  # the store as an older version made it
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(DB_OUTCOMES, txn=txn), delete=True)
+    env.close()
+    with ngstore.open(store_path, readonly=True, **OPEN) as r:  # no database: no key known
+        assert r.outcome(b"k") is Outcome.UNKNOWN_KEY and r.check().ok
+    with ngstore.open(store_path, **OPEN) as s:  # the writer creates it, empty
+        assert s.outcome(b"k") is Outcome.NOT_COMMITTED
+        s.put_tokens(make_tokens([2]), key=b"k")
+        assert s.outcome(b"k") is Outcome.COMMITTED and s.check().ok
