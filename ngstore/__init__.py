@@ -37,6 +37,7 @@ from .experience import (
 )
 from .intuition import IntuitionEngine
 from .options import Options
+from .outcomes import Outcome
 from .records import (
     CONNECTION_DTYPE,
     EVENT_DTYPE,
@@ -83,6 +84,7 @@ __all__ = [
     "NotAStoreError",
     "NotFoundError",
     "Options",
+    "Outcome",
     "OutcomeUnknownError",
     "PrioritizedByReward",
     "QuotaExceededError",

@@ -41,10 +41,10 @@ Keep the handle to learn its outcome -- ``c = db.put_tokens(a)``; after ``await 
 cancelled, ``await c`` again (or ``c.result()`` once ``c.done()``) gives its position, or
 the exception the commit raised: ``QuotaExceededError`` and the like when it was refused
 (nothing written), ``OutcomeUnknownError`` when its log record was written and the sync
-failed (reopen to learn; see ``docs/api.md``). An ``async with db.batch() as b`` whose
-body is cancelled before the exit discards the batch; cancelled during the exit, the
-commit goes on and ``b.outcome`` is its handle. ``close()`` waits for every commit in
-flight.
+failed (reopen to learn: ``await db.outcome(key)`` for a keyed batch; ``docs/api.md``).
+An ``async with db.batch() as b`` whose body is cancelled before the exit discards the
+batch; cancelled during the exit, the commit goes on and ``b.outcome`` is its handle.
+``close()`` waits for every commit in flight.
 
 What runs inline, what runs in a thread
 ---------------------------------------
@@ -79,6 +79,7 @@ from .config import IntuitionConfig
 from .connections import Connection, ConnectionArray
 from .intuition import AnalysisReport, FastPathBatch, IntuitionEngine
 from .options import Options
+from .outcomes import Outcome
 from .reflex import ReflexHit, ReflexTable
 from .snapshot import Snapshot
 from .tokens import Token, TokenArray
@@ -226,11 +227,11 @@ class AsyncStore:
         return Commit(fut, pick)
 
     def _commit(self, fill: Callable[[Batch], None], durability: str | None, size: int,
-                pick: Callable[[CommitResult], T]) -> Commit[T]:
+                pick: Callable[[CommitResult], T], key: bytes | str | None) -> Commit[T]:
         """A one-shot commit: a batch filled by ``fill`` and submitted; validated and copied
         in a worker thread when ``size`` says the records are large."""
         if size < OFFLOAD_BYTES:
-            b = self.store.batch(durability)
+            b = self.store.batch(durability, key=key)
             fill(b)
             return self._submit(b, pick)
         fut = self._future()
@@ -238,7 +239,7 @@ class AsyncStore:
 
         def build_and_submit() -> None:
             try:
-                b = self.store.batch(durability)
+                b = self.store.batch(durability, key=key)
                 fill(b)
             except BaseException as exc:
                 outcome(exc)
@@ -250,32 +251,43 @@ class AsyncStore:
 
     # ------------------------------------------------------------------ writing
 
-    def batch(self, durability: str | None = None) -> AsyncBatch:
+    def batch(self, durability: str | None = None, *, key: bytes | str | None = None) -> AsyncBatch:
         """A batch: ``async with db.batch() as b: ...`` commits on exit (discards on an
-        exception); or fill it and ``await b.commit()``."""
-        return AsyncBatch(self, self.store.batch(durability))
+        exception); or fill it and ``await b.commit()``. ``key``: an idempotency key, as
+        ``Store.batch``'s."""
+        return AsyncBatch(self, self.store.batch(durability, key=key))
 
-    def put_tokens(self, tokens: Any, *, durability: str | None = None) -> Commit[int]:
+    def put_tokens(self, tokens: Any, *, durability: str | None = None,
+                   key: bytes | str | None = None) -> Commit[int]:
         """``Store.put_tokens``, submitted now; await it for the log position."""
-        return self._commit(lambda b: b.put_tokens(tokens), durability, _nbytes(tokens), _position)
+        return self._commit(lambda b: b.put_tokens(tokens), durability, _nbytes(tokens), _position, key)
 
-    def delete_tokens(self, ids: Any, *, durability: str | None = None) -> Commit[int]:
-        return self._commit(lambda b: b.delete_tokens(ids), durability, _nbytes(ids), _position)
+    def delete_tokens(self, ids: Any, *, durability: str | None = None, key: bytes | str | None = None) -> Commit[int]:
+        return self._commit(lambda b: b.delete_tokens(ids), durability, _nbytes(ids), _position, key)
 
-    def put_connections(self, connections: Any, *, durability: str | None = None) -> Commit[int]:
-        return self._commit(lambda b: b.put_connections(connections), durability, _nbytes(connections), _position)
+    def put_connections(self, connections: Any, *, durability: str | None = None,
+                        key: bytes | str | None = None) -> Commit[int]:
+        return self._commit(lambda b: b.put_connections(connections), durability, _nbytes(connections), _position,
+                            key)
 
-    def delete_connections(self, keys: Any, *, durability: str | None = None) -> Commit[int]:
-        return self._commit(lambda b: b.delete_connections(keys), durability, _nbytes(keys), _position)
+    def delete_connections(self, keys: Any, *, durability: str | None = None,
+                           key: bytes | str | None = None) -> Commit[int]:
+        return self._commit(lambda b: b.delete_connections(keys), durability, _nbytes(keys), _position, key)
 
-    def write_events(self, events: Any, *, durability: str | None = None) -> Commit[int | None]:
+    def write_events(self, events: Any, *, durability: str | None = None,
+                     key: bytes | str | None = None) -> Commit[int | None]:
         """``Store.write_events``; await it for the first event's sequence number (None
-        when there were no events)."""
-        return self._commit(lambda b: b.append_events(events), durability, _nbytes(events), _first_event)
+        when there were no events; with a key committed already, that batch's)."""
+        return self._commit(lambda b: b.append_events(events), durability, _nbytes(events), _first_event, key)
 
-    async def resize_reflexes(self, capacity: int, *, durability: str | None = None) -> int:
+    async def outcome(self, key: bytes | str) -> Outcome:
+        """``Store.outcome``, inline: one dict look-up and at most one LMDB read."""
+        return self.store.outcome(key)
+
+    async def resize_reflexes(self, capacity: int, *, durability: str | None = None,
+                              key: bytes | str | None = None) -> int:
         """``Store.resize_reflexes`` (rare: in the default executor)."""
-        return await self._run(self.store.resize_reflexes, capacity, durability=durability)
+        return await self._run(self.store.resize_reflexes, capacity, durability=durability, key=key)
 
     async def flush(self) -> None:
         await self._run(self.store.flush)

@@ -181,6 +181,12 @@ class Applier:
             self.reflex_capacity = result.reflex_capacity
         if result.reflex_displaced:
             self._report_displaced(result.reflex_displaced)
+        if result.duplicates and self._obs is not None:
+            # The writer never logs a key twice: a log that holds one came from elsewhere.
+            self._obs.event("duplicate_batch_skipped", count=len(result.duplicates), first=result.duplicates[0])
+            self._obs.logger.warning("%d logged batch(es) whose idempotency key was committed already were not "
+                                     "applied again, the first at log position %d", len(result.duplicates),
+                                     result.duplicates[0])
         self.groups_applied_total += 1
         self.entries_applied_total += len(entries)
         for listener in self._listeners:

@@ -13,7 +13,9 @@ Applying is deterministic given the state before it (puts overwrite, deletes of 
 ids do nothing, event sequence numbers continue ``events_next_seq``, reflex eviction
 follows the table's own tick), and the store never applies a record twice anyway: the
 last applied log position is stored in the same transaction (``meta/applied_position``).
-The value layouts are ``docs/format.md`` §3 (``layout``); the op bodies §5 (``ops``).
+A keyed batch (OUTCOME_KEY, format.md §5.2) records its key in ``outcomes`` in that same
+transaction, and one whose key is recorded already is skipped whole -- so even a log that
+holds a key twice applies it once. The value layouts are ``docs/format.md`` §3 (``layout``); the op bodies §5 (``ops``).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from .layout import (
     DB_EVENTS,
     DB_LEARN,
     DB_META,
+    DB_OUTCOMES,
     DB_REFLEXES,
     DB_SPATIAL,
     DB_TOKENS,
@@ -39,9 +42,13 @@ from .layout import (
     M_COUNTERS,
     M_REFLEX_CAPACITY,
     M_SPATIAL,
+    ORDER_PREFIX,
+    OUTCOMES_HEADER_KEY,
     ChunkLayout,
     Counters,
+    KnownOutcome,
     LearnCursor,
+    OutcomesHeader,
     conn_key,
     conn_reverse_key,
     decode_learn_moments,
@@ -51,6 +58,8 @@ from .layout import (
     event_sequence,
     learn_cursor_key,
     learn_group_key,
+    outcome_key,
+    outcome_order_key,
     popcount,
 )
 from .ops import (
@@ -59,6 +68,7 @@ from .ops import (
     OP_EVENT_APPEND,
     OP_EVENT_TRIM,
     OP_LEARN_UPDATE,
+    OP_OUTCOME_KEY,
     OP_REFLEX_DELETE,
     OP_REFLEX_DELETE_KEY,
     OP_REFLEX_PUT,
@@ -66,6 +76,7 @@ from .ops import (
     OP_TOKEN_DELETE,
     OP_TOKEN_PUT,
     Op,
+    batch_key,
 )
 from .records import EVENT_DTYPE, RAW64, TOKEN_DTYPE
 from .reflex import ReflexTable
@@ -113,12 +124,16 @@ class ApplyResult:
     tokens_written: int = 0
     #: bytes of values put into LMDB (what the next checkpoint must make durable)
     bytes_written: int = 0
+    #: keyed batches recorded in ``outcomes``, and those skipped as duplicates (positions)
+    keys_recorded: int = 0
+    duplicates: list[int] = field(default_factory=list)
 
 
 def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[Entry]) -> ApplyResult:
     """Applies ``entries`` (non-empty, in log order) in ``txn``; see the module docstring."""
     counters = state.counters.copy()
     result = ApplyResult(counters, max(pos for pos, _ in entries))
+    entries = _record_keys(txn, dbs.get(DB_OUTCOMES), entries, counters.events_next_seq, result)
     tokens_db, conn_db, rconn_db = dbs[DB_TOKENS], dbs[DB_CONNECTIONS], dbs[DB_CONN_REVERSE]
     events_db = dbs[DB_EVENTS]
     layout = state.layout
@@ -162,6 +177,8 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
         elif kind == OP_REFLEX_RESIZE and reflexes is None and state.reflexes is None:
             reflex_capacity = int(op.data[-1])  # no table yet: the first one is made with it
             result.reflex_capacity = reflex_capacity
+        elif kind == OP_OUTCOME_KEY:
+            pass  # recorded by _record_keys
         elif kind in (OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY, OP_REFLEX_RESIZE):
             if reflexes is None:
                 reflexes = reflex_store.writable_copy(state.reflexes, reflex_capacity)
@@ -201,6 +218,51 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
     return result
 
 
+def _record_keys(txn: Any, db: Any, entries: list[Entry], next_event: int, result: ApplyResult) -> list[Entry]:
+    """Records the keys of the keyed entries in ``outcomes`` and returns the entries to
+    apply: all but the duplicates, whose key is recorded already (format.md §5.2).
+
+    Entry by entry, in log order, as if each were applied alone: a key forgotten by an
+    earlier entry's eviction is new again for a later one, so the result does not depend on
+    how entries are grouped into transactions. Keys touch nothing the ops read, so they are
+    recorded before the ops are applied; ``first_event`` is computed from the counters
+    (each applied EVENT_APPEND numbers its events from ``events_next_seq``)."""
+    kept: list[Entry] = []
+    head: OutcomesHeader | None = None
+    for position, ops in entries:
+        key = batch_key(ops, f"log record {position}")
+        if key is not None:
+            digest, remember = key
+            if db is None:
+                raise CorruptionError(f"log record {position}: a keyed batch, and no outcomes database to record it")
+            if head is None:
+                head = OutcomesHeader.decode(txn.get(OUTCOMES_HEADER_KEY, db=db), "outcomes header")
+            k = outcome_key(digest)
+            if txn.get(k, db=db) is not None:
+                result.duplicates.append(position)
+                continue
+            appends = any(op.kind == OP_EVENT_APPEND for op in ops)
+            txn.put(k, KnownOutcome(position, head.next_seq, next_event if appends else None).encode(), db=db)
+            txn.put(outcome_order_key(head.next_seq), digest, db=db, append=True)
+            head = OutcomesHeader(head.next_seq + 1, head.held + 1)
+            held = head.held
+            if held > remember:
+                cur = txn.cursor(db=db)
+                while held > remember:  # the oldest first
+                    if not cur.set_range(ORDER_PREFIX):
+                        raise CorruptionError(f"outcomes: the header holds {held} keys, the order index fewer")
+                    oldest = bytes(cur.value())
+                    cur.delete()
+                    txn.delete(outcome_key(oldest), db=db)
+                    held -= 1
+                head = OutcomesHeader(head.next_seq, held)
+            result.keys_recorded += 1
+            result.bytes_written += 80
+        kept.append((position, ops))
+        next_event += sum(op.count for op in ops if op.kind == OP_EVENT_APPEND)
+    if head is not None:
+        txn.put(OUTCOMES_HEADER_KEY, head.encode(), db=db)
+    return kept
 def _index_before(txn: Any, dbs: dict[bytes, Any], layout: ChunkLayout, index: IndexUpdate | None,
                   ids: np.ndarray) -> IndexUpdate:
     """The group's spatial index update (docs/format.md §3.5; made at the first token op,

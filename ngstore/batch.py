@@ -48,20 +48,23 @@ DURABILITY_MODES = ("sync", "async", "none")
 @dataclass
 class CommitResult:
     """What a commit did: its log position, and the sequence number of the first event
-    it appended (None if it appended none)."""
+    it appended (None if it appended none). ``already_committed``: the batch's idempotency
+    key was committed already, so nothing was written; the position and first event are
+    those of the batch that committed it."""
 
     position: int
     first_event: int | None = None
+    already_committed: bool = False
 
 
 #: The writer's commit: (ops, durability) -> CommitResult.
 Committer = Callable[[list[Op], str], CommitResult]
 #: Gets the outcome of a submitted batch: its CommitResult, or the exception.
-Outcome = Callable[[CommitResult | BaseException], None]
+OutcomeCallback = Callable[[CommitResult | BaseException], None]
 #: Runs a function now or later (an event loop's ``call_soon``).
 Defer = Callable[[Callable[[], None]], None]
 #: The writer's submit: (ops, durability, outcome, defer) -> None, never blocking.
-Submitter = Callable[[list[Op], str, Outcome, "Defer | None"], None]
+Submitter = Callable[[list[Op], str, OutcomeCallback, "Defer | None"], None]
 
 
 @dataclass
@@ -84,20 +87,29 @@ class Batch:
     """Operations committed together: all visible after commit, or none, after any crash.
 
     Use ``with store.batch() as b: ...`` (commits on success, discards on an exception)
-    or call :meth:`commit` / :meth:`discard`."""
+    or call :meth:`commit` / :meth:`discard`.
+
+    ``key_op``: the OUTCOME_KEY op of the batch's idempotency key (``store.batch(key=)``
+    makes it); it is committed as the batch's first op, even when the batch is otherwise
+    empty, so the key records that the batch happened."""
 
     def __init__(self, commit: Committer, durability: str, counters: ValidationCounters,
-                 obs: Observability | None = None, submit: Submitter | None = None) -> None:
+                 obs: Observability | None = None, submit: Submitter | None = None,
+                 key_op: Op | None = None) -> None:
         self._commit = commit
         self._submit = submit
         self.durability = check_durability(durability)
         self._counters = counters
         self._obs = obs
+        self._key_op = key_op
         self._ops: list[Op] = []
         self._done = False
         self.position: int | None = None
         #: sequence number of the first event appended, once committed (None if none)
         self.first_event: int | None = None
+        #: once committed: the batch's key had been committed already, and this batch was
+        #: not applied (``position`` and ``first_event`` are the original's)
+        self.already_committed = False
 
     def _check(self) -> None:
         if self._done:
@@ -228,15 +240,22 @@ class Batch:
 
     # -- ending -----------------------------------------------------------------------
 
+    def _all_ops(self) -> list[Op]:
+        return [self._key_op, *self._ops] if self._key_op is not None else self._ops
+
     def commit(self) -> int:
-        """Commits; returns the log position. Raises and writes nothing on refusal."""
+        """Commits; returns the log position. Raises and writes nothing on refusal; every
+        error says whether the batch's outcome is known (``NgStoreError.outcome_known``).
+        A keyed batch whose key is committed already is not applied again: it returns
+        the original's position and sets ``already_committed``."""
         self._check()
         self._done = True
-        result = self._commit(self._ops, self.durability)
+        result = self._commit(self._all_ops(), self.durability)
         self.position, self.first_event = result.position, result.first_event
+        self.already_committed = result.already_committed
         return result.position
 
-    def submit(self, outcome: Outcome, defer: Defer | None = None) -> None:
+    def submit(self, outcome: OutcomeCallback, defer: Defer | None = None) -> None:
         """Commits without blocking (what ``ngstore.aio`` awaits): ``outcome`` gets the
         CommitResult -- or the exception :meth:`commit` would raise -- from a thread of the
         store's once the batch is committed or refused. Raises at once, writing nothing, if
@@ -249,9 +268,10 @@ class Batch:
         def done(result: CommitResult | BaseException) -> None:
             if isinstance(result, CommitResult):
                 self.position, self.first_event = result.position, result.first_event
+                self.already_committed = result.already_committed
             outcome(result)
 
-        self._submit(self._ops, self.durability, done, defer)
+        self._submit(self._all_ops(), self.durability, done, defer)
 
     @property
     def nbytes(self) -> int:

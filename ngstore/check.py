@@ -6,7 +6,8 @@ length, that every present record's ``id`` equals its slot's id, that absent slo
 hold only zeros, and that the presence bits add up to the stored live count; the
 connections, their reverse index and the events against each other and the counters;
 the learning statistics (format.md §3.3); the spatial index against the present tokens
-(format.md §3.5); the reflex table, by its full structural scan in C (format.md §7); the
+(format.md §3.5); the known outcomes (format.md §3.6: the digest map and its order index
+agree one to one); the reflex table, by its full structural scan in C (format.md §7); the
 meta database, the checkpoint file and (for a writer) that LMDB has not applied past the
 end of the log.
 
@@ -38,21 +39,29 @@ from .layout import (
     DB_EVENTS,
     DB_LEARN,
     DB_META,
+    DB_OUTCOMES,
     DB_REFLEXES,
     DB_SPATIAL,
     DB_TOKENS,
+    DIGEST_BYTES,
     LEARN_CURSOR_KEY_BYTES,
     LEARN_GROUP_KEY_BYTES,
     M_COUNTERS,
     M_SPATIAL,
+    ORDER_PREFIX,
+    OUTCOME_KEY_BYTES,
+    OUTCOMES_HEADER_KEY,
     SPATIAL_ENTRY_DTYPE,
     ChunkLayout,
     Counters,
+    KnownOutcome,
     LearnCursor,
+    OutcomesHeader,
     decode_learn_moments,
     decode_spatial_layers,
     forward_of_reverse,
     learn_group_key_fields,
+    outcome_order_sequence,
 )
 from .pages import MAIN
 from .records import EVENT_DTYPE
@@ -159,6 +168,7 @@ def check_store(kv: KV, layout: ChunkLayout, directory: Directory, applied_posit
         ("learn", (DB_LEARN,), lambda txn: _check_learning(txn, kv, counters, f, facts)),
         # reads the token chunks too (the index must hold exactly the present tokens)
         ("spatial", (DB_SPATIAL, DB_TOKENS, DB_META), lambda txn: _check_spatial(txn, kv, layout, f, facts)),
+        ("outcomes", (DB_OUTCOMES,), lambda txn: _check_outcomes(txn, kv, f, facts)),
     ]
     skipped = []
     for name, dbs, run in sections:
@@ -315,6 +325,51 @@ def _check_events(txn: Any, kv: KV, counters: Counters | None, f: _Findings, fac
         f.add(f"events_live counter is {live} but {n} events are stored", "meta counters")
     if last is not None and last != nxt - 1:
         f.add(f"the newest event is {last} but events_next_seq is {nxt}", "meta counters")
+
+
+def _check_outcomes(txn: Any, kv: KV, f: _Findings, facts: dict[str, Any]) -> None:
+    """The known outcomes (format.md §3.6): every ``K`` entry's sequence has the ``Q``
+    entry naming its digest and every ``Q`` entry a ``K`` entry with that sequence; the
+    header counts them; every sequence is below the header's next one."""
+    db = kv.dbs.get(DB_OUTCOMES)
+    facts["outcome_keys"] = 0
+    if db is None:  # a read-only handle of a store from before the database existed
+        return
+    head = OutcomesHeader()
+    by_digest: dict[bytes, int] = {}   # K: digest -> sequence
+    by_sequence: dict[int, bytes] = {}  # Q: sequence -> digest
+    for raw_key, value in txn.cursor(db=db):
+        key = bytes(raw_key)
+        where = f"outcomes key {key.hex()}"
+        try:
+            if key == OUTCOMES_HEADER_KEY:
+                head = OutcomesHeader.decode(value, "outcomes header")
+            elif key[:1] == b"K" and len(key) == OUTCOME_KEY_BYTES:
+                by_digest[key[1:]] = KnownOutcome.decode(value, f"outcome {key[1:].hex()}").sequence
+            elif key[:1] == ORDER_PREFIX:
+                seq = outcome_order_sequence(key)
+                if len(value) != DIGEST_BYTES:
+                    f.value(f"order entry {seq} holds {len(value)} bytes, expected {DIGEST_BYTES}", where, value)
+                    continue
+                by_sequence[seq] = bytes(value)
+            else:
+                f.value("a key that is none of H, K ‖ digest, Q ‖ sequence", where, value)
+        except CorruptionError as exc:
+            f.value(exc.reason, where, value)
+    for digest, seq in by_digest.items():
+        if by_sequence.get(seq) != digest:
+            f.add(f"outcome {digest.hex()} has sequence {seq}, whose order entry names "
+                  f"{by_sequence[seq].hex() if seq in by_sequence else 'nothing'}", "outcomes")
+    for seq, digest in by_sequence.items():
+        if by_digest.get(digest) != seq:
+            f.add(f"order entry {seq} names {digest.hex()}, which is not recorded with it", "outcomes")
+        if seq >= head.next_seq:
+            f.add(f"order entry {seq} is not below the next sequence {head.next_seq}", "outcomes")
+    if head.held != len(by_digest) or head.held != len(by_sequence):
+        f.add(f"the outcomes header holds {head.held} keys; {len(by_digest)} are recorded and "
+              f"{len(by_sequence)} ordered", "outcomes header")
+    facts["outcome_keys"] = len(by_digest)
+    facts["outcome_keys_forgotten"] = head.forgotten
 
 
 def _check_learning(txn: Any, kv: KV, counters: Counters | None, f: _Findings, facts: dict[str, Any]) -> None:

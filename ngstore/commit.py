@@ -68,11 +68,12 @@ from .errors import (
     StorageError,
     StoreState,
     refusal,
+    refused,
     storage_error,
 )
 from .guardian import CONNECTION_BYTES, EVENT_BYTES, TOKEN_BYTES, Guardian, Usage
 from .kv import KV, ReadTxn
-from .layout import DB_TOKENS
+from .layout import DB_OUTCOMES, DB_TOKENS, KnownOutcome
 from .ops import (
     OP_CONNECTION_PUT,
     OP_EVENT_APPEND,
@@ -82,9 +83,11 @@ from .ops import (
     OP_TOKEN_PUT,
     REFLEX_KINDS,
     Op,
+    batch_key,
     encode_ops,
     token_writes,
 )
+from .outcomes import Outcome, lookup, outcome_in
 from .overlay import Overlay
 from .snapshot import presence
 
@@ -138,11 +141,14 @@ class _Pending:
 
     __slots__ = (
         "add_tokens",
+        "already",
         "callback",
         "done",
+        "dup_of",
         "durability",
         "error",
         "first_event",
+        "key",
         "ops",
         "payload",
         "position",
@@ -153,6 +159,14 @@ class _Pending:
     def __init__(self, ops: list[Op], durability: str, wake: _Wake | None = None) -> None:
         self.ops = ops
         self.durability = durability
+        key = batch_key(ops)
+        #: the digest of the batch's idempotency key (None: unkeyed)
+        self.key = key[0] if key is not None else None
+        #: the key was committed already: the batch was not written (``position`` is the
+        #: original's)
+        self.already = False
+        #: an earlier batch of the same group with the same key, whose fate this one shares
+        self.dup_of: _Pending | None = None
         self.payload = b""
         self.add_tokens = 0
         self.done = False
@@ -234,7 +248,7 @@ class Writer:
         self._committer = Committer(self._lead, applier.wait_applied, "ngstore-committer")
         self.stats_counters = {"commits_total": 0, "commit_errors_total": 0, "panics_recovered_total": 0,
                                "wal_records_written_total": 0, "wal_records_replayed_total": 0,
-                               "direct_commits_total": 0}
+                               "direct_commits_total": 0, "commits_already_committed_total": 0}
 
     # -- state others read ---------------------------------------------------------------
 
@@ -291,8 +305,11 @@ class Writer:
 
     def commit(self, ops: list[Op], durability: str) -> CommitResult:
         """Commits one batch (see the module docstring); raises and writes nothing on a
-        refusal, raises after an I/O error (the batch may or may not have reached the log)."""
-        self.check_writable()
+        refusal, raises after an I/O error (the batch may or may not have reached the log).
+        Every error it raises says whether the batch's outcome is known (``errors``). A
+        keyed batch whose key is committed already is not written: the result is the
+        original's, with ``already_committed``."""
+        self.check_commit()
         if not ops:
             return CommitResult(self._log.last_position)
         if durability == "sync" and sum(op.data.nbytes for op in ops) >= self._options.direct_threshold:
@@ -320,8 +337,18 @@ class Writer:
         if p.error is not None:
             raise p.error
         if p.wait_applied:
-            self._applier.wait_applied(p.position)
-        return CommitResult(p.position, p.first_event)
+            try:
+                self._applier.wait_applied(p.position)
+            except NgStoreError as exc:
+                raise _committed_not_applied(p.position, exc) from exc
+        return CommitResult(p.position, p.first_event, p.already)
+
+    def check_commit(self) -> None:
+        """check_writable, its refusal marked as the error of a commit that wrote nothing."""
+        try:
+            self.check_writable()
+        except NgStoreError as exc:
+            raise refused(exc) from None
 
     def submit(self, ops: list[Op], durability: str, callback: SubmitCallback,
                defer: Callable[[Callable[[], None]], None] | None = None) -> None:
@@ -335,7 +362,7 @@ class Writer:
         the request that wakes the committer to lead (an event loop passes its
         ``call_soon``: the committer starts once the loop has submitted everything ready,
         instead of competing with it for the GIL meanwhile)."""
-        self.check_writable()
+        self.check_commit()
         if not ops:
             callback(CommitResult(self._log.last_position))
             return
@@ -384,10 +411,12 @@ class Writer:
         elif p.error is not None:
             callback(p.error)
         elif p.wait_applied:
-            result = CommitResult(p.position, p.first_event)
-            self._committer.after_apply(p.position, lambda error: callback(error if error is not None else result))
+            result = CommitResult(p.position, p.first_event, p.already)
+            position = p.position
+            self._committer.after_apply(position, lambda error: callback(
+                result if error is None else _committed_not_applied(position, error)))
         else:
-            callback(CommitResult(p.position, p.first_event))
+            callback(CommitResult(p.position, p.first_event, p.already))
 
     def _lead(self) -> None:
         """Commits queued groups until the queue is empty (or LEADER_ROUNDS), waking each
@@ -533,21 +562,101 @@ class Writer:
 
     def _commit_group(self, group: list[_Pending]) -> None:
         accepted: list[_Pending] = []
+        duplicates: list[_Pending] = []
+        keys: dict[bytes, _Pending] = {}  # the keys of the accepted batches
         adds = _GroupAdds()
         obs = self._obs
         t0 = time.perf_counter()
         for p in group:
+            if p.key is not None:
+                first = keys.get(p.key)
+                if first is not None:  # the same key earlier in this group: share its fate
+                    p.dup_of = first
+                    duplicates.append(p)
+                    continue
+                try:
+                    if self._answer_if_committed(p):
+                        continue
+                except BaseException as exc:
+                    p.error, p.done = refused(exc), True
+                    continue
             try:
                 p.add_tokens = self._quota_check(p.ops, adds)
             except BaseException as exc:  # refused: nothing of it is written
-                p.error, p.done = exc, True
+                p.error, p.done = refused(exc), True
                 if obs is not None:
                     obs.event("quota_refused", error=str(exc))
                 continue
             accepted.append(p)
-        if not accepted:
-            return
+            if p.key is not None:
+                keys[p.key] = p
+        try:
+            if accepted:
+                self._commit_accepted(accepted, t0)
+        finally:
+            for p in duplicates:
+                self._settle_duplicate(p)
+
+    def _answer_if_committed(self, p: _Pending) -> bool:
+        """If the key of ``p`` is committed already (pending in the overlay, or in LMDB),
+        ``p`` is done with the original's position and True is returned; it is not written.
+        The overlay is looked at first: the applier drops a key from it only after LMDB has
+        committed it, so a key cannot fall between the two looks."""
+        assert p.key is not None
+        hit = self._overlay.key(p.key)
+        if hit is not None:
+            p.position, p.first_event = hit
+            p.wait_applied = True  # returns once the original is applied: visible whatever it wrote
+        else:
+            known = self.lookup_key(p.key)
+            if known is None:
+                return False
+            p.position, p.first_event = known.position, known.first_event
+        p.already = p.done = True
+        self.stats_counters["commits_already_committed_total"] += 1
+        return True
+
+    def _settle_duplicate(self, p: _Pending) -> None:
+        """``p`` had the key of an earlier batch of its group: it gets that batch's outcome,
+        as a batch whose key was committed already (or that batch's error)."""
+        first = p.dup_of
+        assert first is not None
+        if not first.done:
+            return  # an internal error: the leader gives both its error
+        if first.error is not None:
+            p.error = first.error
+        else:
+            p.position, p.first_event, p.wait_applied = first.position, first.first_event, first.wait_applied
+            p.already = True
+            self.stats_counters["commits_already_committed_total"] += 1
+        p.done = True
+
+    def lookup_key(self, digest: bytes) -> KnownOutcome | None:
+        """The outcome LMDB records for a key digest (None: none is recorded)."""
+        with ReadTxn(self._kv) as txn:
+            return lookup(txn, self._kv.db(DB_OUTCOMES), digest, self._kv.path)
+
+    def outcome(self, digest: bytes) -> Outcome:
+        """What is known of the batch with key ``digest``: committed (pending in the overlay,
+        or in LMDB), not committed (in neither, and the store never forgot a key), or
+        unknown. Raises after an I/O error: which of the last batches reached the log is
+        known only after reopening."""
+        failed = self.failed
+        if failed is not None:
+            raise NgStoreError(
+                f"the store {self._directory.path} stopped accepting writes after an I/O error ({failed!r}); "
+                "whether its last batches committed is known only after recovery: close it, open it again, "
+                "then ask store.outcome(key)")
+        if self._overlay.key(digest) is not None:
+            return Outcome.COMMITTED
+        return outcome_in(self._kv, digest, sees_everything=True)
+
+    def _commit_accepted(self, accepted: list[_Pending], t0: float) -> None:
+        """Appends the accepted batches of a group to the log (one write, one fdatasync if
+        any is ``sync``), then adds them to the overlay."""
+        obs = self._obs
         positions: list[int] = []
+        writing = False
         nbytes = 0
         sync = asynchronous = False
         for p in accepted:
@@ -557,6 +666,7 @@ class Writer:
         try:
             self._overlay.wait_for_room(nbytes, self._applier.failed_event)
             self.check_writable()
+            writing = True
             positions = self._log.append([(wal.RECORD_BATCH, p.payload) for p in accepted])
             self.stats_counters["wal_records_written_total"] += len(accepted)
             t_logged = time.perf_counter()
@@ -570,7 +680,7 @@ class Writer:
         except BaseException as exc:
             # fsyncgate: after a failed write or fsync the log's state is unknown; stop
             # writing. Reopening recovers whatever reached the log, each batch whole.
-            self._fail(accepted, exc, "log append/sync", positions)
+            self._fail(accepted, exc, "log append/sync", positions, writing)
             return
         limit = self._options.index_limit
         for pos, p in zip(positions, accepted, strict=True):
@@ -587,7 +697,8 @@ class Writer:
             tokens = token_writes(p.ops, limit)
             if tokens is None:
                 p.wait_applied = True
-            after = self._overlay.add(pos, p.ops, len(p.payload), tokens)
+            after = self._overlay.add(pos, p.ops, len(p.payload), tokens,
+                                      (p.key, p.first_event) if p.key is not None else None)
             before = after - len(p.payload)
             if before == 0 or before < self._apply_bytes <= after:
                 self._applier.poke()  # the applier sleeps until the overlay is due: it is now, or
@@ -627,11 +738,12 @@ class Writer:
                     obs.connection_creation_seconds.observe(total)
 
     def _fail(self, accepted: list[_Pending], exc: BaseException, where: str,
-              positions: list[int] | None = None) -> None:
+              positions: list[int] | None = None, writing: bool = False) -> None:
         """Stops the writer after ``exc``. Batches that were written to the log before it
         (``positions``) get an OutcomeUnknownError: recovery decides whether they stay. A
-        failed log write may have put some of the group's records on disk whole, so its
-        batches' outcome is unknown too (``outcome_known`` False)."""
+        failed log write (``writing``) may have put some of the group's records on disk
+        whole, so its batches get one too (``outcome_known`` False, ``position`` None). The
+        others wrote nothing and get ``exc``, marked so (``errors.refused``)."""
         if isinstance(exc, StorageError) and exc.refused_by is None:  # a refusal wrote nothing
             exc.restate(StoreState.STOPPED, outcome_known=False)
         self._failed = exc
@@ -640,15 +752,23 @@ class Writer:
         written = dict(zip((id(p) for p in accepted), positions or [], strict=False))
         for p in accepted:
             pos = written.get(id(p))
-            if pos is None:
-                p.error = exc
-            else:
+            if pos is not None:
                 p.error = OutcomeUnknownError(
                     f"the batch was written to the log (position {pos}), then syncing the log failed "
                     f"({type(exc).__name__}, the cause of this error); whether it is committed is known "
                     "only once the store is reopened: close it and open it again -- recovery keeps the "
-                    "batch whole if its record reached the disk, or drops it whole", pos, exc)
+                    f"batch whole if its record reached the disk, or drops it whole. {_ASK_AFTER_REOPEN}",
+                    pos, exc)
                 p.error.__cause__ = exc
+            elif writing and not (isinstance(exc, NgStoreError) and exc.outcome_known):  # not refused first
+                p.error = OutcomeUnknownError(
+                    f"writing the batch to the log failed ({type(exc).__name__}, the cause of this error): part "
+                    "or all of its record may have reached the file, so whether it is committed is known only "
+                    "once the store is reopened: close it and open it again -- recovery keeps the batch whole "
+                    f"if its whole record reached the disk, or drops it whole. {_ASK_AFTER_REOPEN}", None, exc)
+                p.error.__cause__ = exc
+            else:
+                p.error = refused(exc)
             p.done = True
         if self._obs is not None:
             self._obs.event("error", op=where, error=repr(exc))
@@ -660,19 +780,31 @@ class Writer:
     def _commit_direct(self, ops: list[Op]) -> CommitResult:
         """A large sync batch: straight into LMDB after everything pending, then a
         checkpoint makes it durable."""
-        self.check_writable()
+        self.check_commit()
         t0 = time.perf_counter()
+        key = batch_key(ops)
+        if key is not None:  # exclusive: nothing commits meanwhile, so the look stays true
+            p = _Pending(ops, "sync")
+            if self._answer_if_committed(p):
+                if p.wait_applied:
+                    self._applier.wait_applied(p.position)
+                return CommitResult(p.position, p.first_event, True)
         try:
             self._quota_check(ops, _GroupAdds())
         except BaseException as exc:
             if self._obs is not None:
                 self._obs.event("quota_refused", error=str(exc))
-            raise
+            raise refused(exc) from None
         try:
             result = self._applier.direct(ops)
         except BaseException as exc:
             self._fail([], exc, "direct commit")
-            raise
+            # The applier was healthy (check_commit above, and this thread leads): whatever
+            # failed may have come after LMDB committed the batch, in its checkpoint.
+            raise OutcomeUnknownError(
+                f"committing the batch straight to LMDB failed ({type(exc).__name__}, the cause of this error): "
+                "LMDB may hold it without its checkpoint, so whether it is committed is known only once the "
+                f"store is reopened. {_ASK_AFTER_REOPEN}", None, exc) from exc
         position = result.applied_position
         first = result.first_event.get(position)
         for first_seq, events in result.appended:
@@ -816,3 +948,17 @@ class Writer:
             self._applier.close(final=False)
         finally:
             self._log.close()
+
+
+_ASK_AFTER_REOPEN = "For a batch with an idempotency key, call store.outcome(key) after reopening."
+
+
+def _committed_not_applied(position: int, cause: BaseException) -> NgStoreError:
+    """The error of a batch that is committed (in the log) but whose wait for the applier
+    failed: it is replayed from the log when the store is reopened."""
+    exc = NgStoreError(
+        f"the batch is committed (log position {position}), but the store failed before applying it "
+        f"({cause!r}); it is applied when the store is reopened: close it and open it again")
+    exc.outcome_known, exc.committed = True, True
+    exc.__cause__ = cause
+    return exc

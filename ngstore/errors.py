@@ -23,7 +23,19 @@ from typing import Any
 
 
 class NgStoreError(Exception):
-    """Root of every error raised by ngstore itself."""
+    """Root of every error raised by ngstore itself.
+
+    An error raised by a commit (``Batch.commit``, ``put_tokens`` and the other one-call
+    writes, an awaited ``ngstore.aio`` commit) says what became of its batch:
+    ``outcome_known`` is True when the store knows, and ``committed`` then says which
+    (False: nothing of the batch was written -- a refusal, a quota, a store that stopped
+    accepting writes; True: it is committed, only what followed failed). ``outcome_known``
+    False (:class:`OutcomeUnknownError`): only reopening tells. Both are None on errors
+    that do not come from a commit.
+    """
+
+    outcome_known: bool | None = None
+    committed: bool | None = None
 
 
 class InvalidArgumentError(NgStoreError, ValueError):
@@ -31,6 +43,9 @@ class InvalidArgumentError(NgStoreError, ValueError):
 
     Raised before anything is written: the store is exactly as it was.
     """
+
+    outcome_known = True
+    committed = False
 
 
 class NotFoundError(NgStoreError, KeyError):
@@ -46,6 +61,9 @@ class StoreLockedError(NgStoreError):
 
 class StoreClosedError(NgStoreError):
     """The store, snapshot or view was used after ``close()``."""
+
+    outcome_known = True  # a commit on a closed store writes nothing
+    committed = False
 
 
 class CorruptionError(NgStoreError):
@@ -78,6 +96,9 @@ class QuotaExceededError(NgStoreError):
     ``limit`` the refusing bound.
     """
 
+    outcome_known = True
+    committed = False
+
     def __init__(self, quota: str, current: int, requested: int, limit: int, detail: str = "",
                  hint: str = "") -> None:
         msg = (f"{quota} quota exceeded: {current} + {requested} > {limit}"
@@ -94,7 +115,11 @@ class QuotaExceededError(NgStoreError):
 
 class ValidationError(NgStoreError, ValueError):
     """A record fails Guardian validation; ``errors`` lists ``(field, message, value)``
-    (for the first failing records), ``n_failed`` counts every failing record."""
+    (for the first failing records), ``n_failed`` counts every failing record. Raised
+    before anything is written."""
+
+    outcome_known = True
+    committed = False
 
     def __init__(self, what: str, errors: list[tuple[str, str, object]],
                  n_failed: int | None = None) -> None:
@@ -341,11 +366,12 @@ def refusal(store_path: str, cause: BaseException | None) -> NgStoreError:
 
 
 class OutcomeUnknownError(NgStoreError, OSError):
-    """A commit failed after its batch was written to the log: whether it is committed is
-    unknown until the store is reopened -- recovery keeps it, whole, if its record reached
-    the disk, and drops it, whole, otherwise. ``position`` is the log position it was
-    given; ``cause`` the failure. The store refuses writes from here on (``state`` is
-    :attr:`StoreState.STOPPED`, ``outcome_known`` False).
+    """A commit failed while or after its batch was written to the log: whether it is
+    committed is unknown until the store is reopened -- recovery keeps it, whole, if its
+    record reached the disk, and drops it, whole, otherwise; a keyed batch's outcome is then
+    ``store.outcome(key)``. ``position`` is the log position it was given (None when the
+    write itself failed); ``cause`` the failure. The store refuses writes from here on
+    (``state`` is :attr:`StoreState.STOPPED`, ``outcome_known`` False, ``committed`` None).
 
     It is an ``OSError`` with the errno of its cause. When the cause is a
     :class:`StorageError`, the error is of a class that is both -- the way
@@ -355,20 +381,21 @@ class OutcomeUnknownError(NgStoreError, OSError):
     False; ``except OutcomeUnknownError`` sees it, with its ``position``).
     """
 
-    def __new__(cls, message: str, position: int, cause: BaseException) -> OutcomeUnknownError:
+    def __new__(cls, message: str, position: int | None, cause: BaseException) -> OutcomeUnknownError:
         target: type[OutcomeUnknownError] = cls
         if cls is OutcomeUnknownError and isinstance(cause, StorageError):
             target = next(_OUTCOME_UNKNOWN_OF[c] for c in type(cause).__mro__ if c in _OUTCOME_UNKNOWN_OF)
         # OSError.__new__, not NgStoreError's: an OSError's instance layout is OSError's
         return OSError.__new__(target)
 
-    def __init__(self, message: str, position: int, cause: BaseException) -> None:
+    def __init__(self, message: str, position: int | None, cause: BaseException) -> None:
         errno_ = cause.errno if isinstance(cause, OSError) else None
         filename = cause.filename if isinstance(cause, OSError) else None
         _set_os_fields(self, errno_, message, filename)
         self.position = position
         self.cause = cause
         self.outcome_known: bool | None = False
+        self.committed: bool | None = None
         self.state = StoreState.STOPPED
         if isinstance(cause, StorageError):
             self.path = cause.path
@@ -419,3 +446,12 @@ _OUTCOME_UNKNOWN_OF: dict[type[StorageError], type[OutcomeUnknownError]] = {
     StorageIOError: StorageIOOutcomeUnknownError,
     StorageError: StorageOutcomeUnknownError,
 }
+
+
+def refused(exc: BaseException) -> BaseException:
+    """``exc`` marked as the error of a commit that wrote nothing (``outcome_known`` True,
+    ``committed`` False), unless it already says otherwise; returns it."""
+    if isinstance(exc, NgStoreError) and (exc.outcome_known is None
+                                          or (exc.outcome_known and exc.committed is None)):
+        exc.outcome_known, exc.committed = True, False
+    return exc

@@ -123,7 +123,9 @@ DB_EVENTS = b"events"
 DB_REFLEXES = b"reflexes"
 DB_LEARN = b"learn"
 DB_SPATIAL = b"spatial"
-ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES, DB_LEARN, DB_SPATIAL)
+DB_OUTCOMES = b"outcomes"
+ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES, DB_LEARN, DB_SPATIAL,
+           DB_OUTCOMES)
 
 _CONN_KEY = struct.Struct(">IIB")
 _SEQ_KEY = struct.Struct(">Q")
@@ -166,6 +168,87 @@ def reflex_segment_key(index: int) -> bytes:
     return b"S" + _CHUNK_KEY.pack(index)
 
 
+# -- known outcomes (`outcomes`, §3.6) -------------------------------------------------------
+
+#: Bytes of a key digest (XXH3-128).
+DIGEST_BYTES = 16
+OUTCOMES_HEADER_KEY = b"H"
+#: ``first_event`` of a batch that appended no event.
+NO_EVENT = (1 << 64) - 1
+_OUTCOMES_HEADER = struct.Struct("<QQ")   # next_seq, held
+_OUTCOME_VALUE = struct.Struct("<QQQ")    # position, sequence, first_event
+OUTCOME_KEY_BYTES = 1 + DIGEST_BYTES      # 17
+OUTCOME_ORDER_KEY_BYTES = 1 + _SEQ_KEY.size  # 9
+OUTCOME_VALUE_BYTES = _OUTCOME_VALUE.size    # 24
+OUTCOMES_HEADER_BYTES = _OUTCOMES_HEADER.size  # 16
+ORDER_PREFIX = b"Q"
+
+
+def outcome_key(digest: bytes) -> bytes:
+    """``outcomes`` key of a key digest: ``K`` ‖ digest."""
+    return b"K" + digest
+
+
+def outcome_order_key(sequence: int) -> bytes:
+    """``outcomes`` key of an order-index entry: ``Q`` ‖ sequence u64 BE."""
+    return ORDER_PREFIX + _SEQ_KEY.pack(sequence)
+
+
+def outcome_order_sequence(key: bytes | memoryview) -> int:
+    raw = bytes(key)
+    if len(raw) != OUTCOME_ORDER_KEY_BYTES or raw[:1] != ORDER_PREFIX:
+        raise CorruptionError(f"outcomes key {raw.hex()} is not an order-index key")
+    return int(_SEQ_KEY.unpack_from(raw, 1)[0])
+
+
+@dataclass(frozen=True)
+class OutcomesHeader:
+    """``outcomes/H``: the next sequence number and the keys held (absent = zeros)."""
+
+    next_seq: int = 0
+    held: int = 0
+
+    @property
+    def forgotten(self) -> int:
+        """Keys recorded and since evicted (oldest first)."""
+        return self.next_seq - self.held
+
+    def encode(self) -> bytes:
+        return _OUTCOMES_HEADER.pack(self.next_seq, self.held)
+
+    @staticmethod
+    def decode(value: bytes | memoryview | None, where: str) -> OutcomesHeader:
+        if value is None:
+            return OutcomesHeader()
+        if len(value) != _OUTCOMES_HEADER.size:
+            raise CorruptionError(f"{where}: the outcomes header is {len(value)} bytes, "
+                                  f"expected {_OUTCOMES_HEADER.size}")
+        next_seq, held = _OUTCOMES_HEADER.unpack(bytes(value))
+        if held > next_seq:
+            raise CorruptionError(f"{where}: the outcomes header holds {held} keys of {next_seq} recorded")
+        return OutcomesHeader(int(next_seq), int(held))
+
+
+@dataclass(frozen=True)
+class KnownOutcome:
+    """What the store remembers of a committed keyed batch (``outcomes/K`` ‖ digest):
+    its log position, its order-index sequence, and the sequence number of the first
+    event it appended (None: it appended none)."""
+
+    position: int
+    sequence: int
+    first_event: int | None
+
+    def encode(self) -> bytes:
+        return _OUTCOME_VALUE.pack(self.position, self.sequence,
+                                   NO_EVENT if self.first_event is None else self.first_event)
+
+    @staticmethod
+    def decode(value: bytes | memoryview, where: str) -> KnownOutcome:
+        if len(value) != _OUTCOME_VALUE.size:
+            raise CorruptionError(f"{where}: an outcome is {len(value)} bytes, expected {_OUTCOME_VALUE.size}")
+        position, sequence, first = _OUTCOME_VALUE.unpack(bytes(value))
+        return KnownOutcome(int(position), int(sequence), None if first == NO_EVENT else int(first))
 # -- learning statistics (`learn`, §3.3) ---------------------------------------------------
 
 _LEARN_CURSOR_KEY = struct.Struct(">cH")

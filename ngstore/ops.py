@@ -29,7 +29,7 @@ OP_EVENT_TRIM: Final = 8
 OP_REFLEX_DELETE_KEY: Final = 9
 OP_LEARN_UPDATE: Final = 10
 OP_REFLEX_RESIZE: Final = 11
-# 12 is reserved for batch idempotency keys (docs/format.md §5): do not reuse it.
+OP_OUTCOME_KEY: Final = 12
 
 _PAYLOAD_HEAD = struct.Struct("<II")  # magic, op count
 _OP_HEAD = struct.Struct("<HHIQ")     # op type, reserved, item count, body bytes
@@ -51,6 +51,9 @@ REFLEX_DELETE_KEY_DTYPE = np.dtype({"names": ["grid_hash", "fingerprint", "token
                                     "formats": ["<u8", "<u8", "<u4", "<u4", "u1", "u1"],
                                     "offsets": [0, 8, 16, 20, 24, 25], "itemsize": 32})
 
+#: A keyed batch's idempotency key (§5.2): the key's digest and the window of keys kept.
+OUTCOME_KEY_DTYPE = np.dtype({"names": ["digest", "remember"], "formats": [("u1", (16,)), "<u8"],
+                              "offsets": [0, 16], "itemsize": 24})
 #: One group's partial moments of one fold of events into the learning statistics (§5.1).
 #: (No gaps: a copy or a selection of items carries every byte.)
 LEARN_UPDATE_DTYPE = np.dtype({"names": ["bins_per_dim", "action", "reserved", "bin", "first_seq", "end_seq", "count",
@@ -72,9 +75,10 @@ OP_DTYPES: Final[dict[int, np.dtype]] = {
     OP_REFLEX_DELETE_KEY: REFLEX_DELETE_KEY_DTYPE,
     OP_LEARN_UPDATE: LEARN_UPDATE_DTYPE,
     OP_REFLEX_RESIZE: np.dtype("<u8"),
+    OP_OUTCOME_KEY: OUTCOME_KEY_DTYPE,
 }
 OP_ITEM_SIZE: Final = {kind: dt.itemsize for kind, dt in OP_DTYPES.items()}
-assert OP_ITEM_SIZE == {1: 64, 2: 4, 3: 64, 4: 12, 5: 128, 6: 112, 7: 60, 8: 8, 9: 32, 10: 184, 11: 8}
+assert OP_ITEM_SIZE == {1: 64, 2: 4, 3: 64, 4: 12, 5: 128, 6: 112, 7: 60, 8: 8, 9: 32, 10: 184, 11: 8, 12: 24}
 
 #: The ops that change the reflex table (their commits return once applied).
 REFLEX_KINDS: Final = frozenset({OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY, OP_REFLEX_RESIZE})
@@ -101,6 +105,37 @@ class Op:
     def of_bytes(kind: int, raw: bytes) -> Op:
         """An op over ``raw`` (a whole number of items), its array a read-only view."""
         return Op(kind, np.frombuffer(raw, dtype=OP_DTYPES[kind]), raw)
+
+
+_OUTCOME_KEY_ITEM = struct.Struct("<16sQ")
+
+
+def outcome_key_op(digest: bytes, remember: int) -> Op:
+    """The OUTCOME_KEY op of a keyed batch: its key's digest and the keys to keep (≥ 1)."""
+    if len(digest) != 16 or not 1 <= remember < 1 << 64:
+        raise AssertionError(f"outcome key op of a {len(digest)}-byte digest, remember {remember}")
+    return Op.of_bytes(OP_OUTCOME_KEY, _OUTCOME_KEY_ITEM.pack(digest, remember))
+
+
+def batch_key(ops: list[Op], where: str = "batch") -> tuple[bytes, int] | None:
+    """``(digest, remember)`` of a keyed batch, None for an unkeyed one. A batch holds at
+    most one OUTCOME_KEY op, of one item, as its first op (§5.2); anything else is a
+    CorruptionError."""
+    if not ops:
+        return None
+    keyed = ops[0].kind == OP_OUTCOME_KEY
+    for op in ops[1:] if keyed else ops:
+        if op.kind == OP_OUTCOME_KEY:
+            raise CorruptionError(f"{where}: an OUTCOME_KEY op that is not the batch's first")
+    if not keyed:
+        return None
+    op = ops[0]
+    if op.count != 1:
+        raise CorruptionError(f"{where}: an OUTCOME_KEY op of {op.count} items")
+    digest, remember = _OUTCOME_KEY_ITEM.unpack(op.body())
+    if remember < 1:
+        raise CorruptionError(f"{where}: an OUTCOME_KEY op keeping {remember} keys")
+    return bytes(digest), int(remember)
 
 
 _ID_AT_48 = struct.Struct("<48xI")

@@ -10,6 +10,7 @@ from .fileio import DEFAULT_IO, FileIO
 from .guardian import DEFAULT_MAX_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_MEMORY_THRESHOLD
 from .kv import DEFAULT_MAP_SIZE
 from .layout import DEFAULT_CHUNK_SLOTS, DEFAULT_EVENT_CAPACITY, DEFAULT_REFLEX_CAPACITY, ChunkLayout
+from .outcomes import DEFAULT_REMEMBER_KEYS, check_remember_keys
 from .wal import DEFAULT_SEGMENT_BYTES
 
 RECOVERY_MODES = ("strict", "tolerate-tail", "salvage")
@@ -49,6 +50,12 @@ class Options:
     #: once per batch); ``"refuse"`` raises QuotaExceededError before anything of the batch
     #: is written. A policy of this handle, not of the store: each open chooses.
     reflex_eviction: str = "evict"
+    #: Known outcomes (``store.outcome(key)``): how many idempotency keys the store
+    #: remembers, the newest; a keyed batch beyond them forgets the oldest (format.md
+    #: §3.6). 0 turns keys off: a keyed batch then raises InvalidArgumentError. Each keyed
+    #: batch logs the window it was committed under, so a later open with another value
+    #: changes what later batches keep, never what replay decides.
+    remember_keys: int = DEFAULT_REMEMBER_KEYS
     #: Keep the spatial index of token coordinates (``snapshot.tokens.within`` / ``box``;
     #: docs/format.md §3.5) for all 8 layers; fixed at creation. Off by default: its upkeep
     #: costs every token write (about 10x a bulk ingest, tens of times a small commit, and
@@ -116,6 +123,7 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+        check_remember_keys(self.remember_keys)
         if self.mode is not None and (isinstance(self.mode, bool) or not isinstance(self.mode, int)
                                       or self.mode & ~0o666 or self.mode & 0o600 != 0o600):
             raise InvalidArgumentError(

@@ -10,14 +10,17 @@ The overlay holds:
   so a point read (``get_token``, ``contains``) through the writer's handle sees its own
   writes without waiting for the applier; every other read first drains the overlay
   (a *barrier*, see ``applier.Applier.wait_applied``);
+* the idempotency keys of its keyed entries, ``digest -> (position, first event)``, so
+  ``outcome(key)`` and the writer's duplicate check see a key from the moment its batch is
+  committed (``outcomes``);
 * the additions the entries may make (upper bounds), so quotas count the overlay.
 
 It is bounded: :meth:`Overlay.wait_for_room` makes a committer wait for the applier when
 adding would pass ``max_bytes`` (back-pressure, never an unbounded queue).
 
 Threads: the commit leader adds, the applier takes and drops, readers look tokens up.
-``add``/``drop``/``take`` hold the overlay's lock; a token lookup does not need it (one
-dict ``get`` is atomic), because the applier drops an index entry only after LMDB has
+``add``/``drop``/``take`` hold the overlay's lock; a token or key lookup does not need it
+(one dict ``get`` is atomic), because the applier drops an index entry only after LMDB has
 committed it: a reader that misses the index and then begins an LMDB transaction sees the
 applied value.
 """
@@ -72,6 +75,7 @@ class Overlay:
         self._room = threading.Condition(self._lock)
         self._entries: list[tuple[int, list[Op], int, float]] = []  # position, ops, bytes, time added
         self._tokens: dict[int, tuple[int, bytes | None]] = {}
+        self._keys: dict[bytes, tuple[int, int | None]] = {}  # digest -> (position, first event)
         self._bytes = 0
         self.pending = Pending()
 
@@ -87,14 +91,18 @@ class Overlay:
             while self._entries and self._bytes + nbytes > self.max_bytes and not failed.is_set():
                 self._room.wait(0.5)
 
-    def add(self, position: int, ops: list[Op], nbytes: int, tokens: list[tuple[int, bytes | None]] | None) -> int:
+    def add(self, position: int, ops: list[Op], nbytes: int, tokens: list[tuple[int, bytes | None]] | None,
+            key: tuple[bytes, int | None] | None = None) -> int:
         """Adds one committed entry; ``tokens`` are its token writes in order (None: the
-        entry is not indexed -- its commit waits for the applier before it returns).
-        Returns the overlay's size in bytes after the add."""
+        entry is not indexed -- its commit waits for the applier before it returns);
+        ``key``, for a keyed entry, its key's digest and the sequence number of its first
+        event. Returns the overlay's size in bytes after the add."""
         with self._lock:
             self._entries.append((position, ops, nbytes, time.monotonic()))
             self._bytes += nbytes
             self.pending.add(ops)
+            if key is not None:
+                self._keys[key[0]] = (position, key[1])
             if tokens:
                 index = self._tokens
                 for tid, record in tokens:
@@ -110,6 +118,11 @@ class Overlay:
         if hit is None:
             return False, None
         return True, hit[1]
+
+    def key(self, digest: bytes) -> tuple[int, int | None] | None:
+        """``(position, first event)`` of the pending keyed entry with key ``digest``, None
+        when no pending entry has it (LMDB may: look there next)."""
+        return self._keys.get(digest)
 
     # -- the applier -----------------------------------------------------------------
 
@@ -129,6 +142,9 @@ class Overlay:
             for _pos, ops, nbytes, _t in gone:
                 self._bytes -= nbytes
                 self.pending.add(ops, -1)
+            if self._keys:
+                for digest in [d for d, (pos, _f) in self._keys.items() if pos <= through]:
+                    del self._keys[digest]
             if not self._entries:
                 self._tokens.clear()
             elif self._tokens:

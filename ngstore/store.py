@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from .layout import DB_LEARN, DB_TOKENS, FORMAT_VERSION, ChunkLayout, Counters, 
 from .learning import LearnedStatistics, read_statistics
 from .ops import Op
 from .options import Options
+from .outcomes import Outcome, key_digest, key_op, keyed, outcome_in
 from .records import MAX_TOKEN_ID
 from .recovery import RecoveryInfo, open_writer
 from .reflex import ReflexTable
@@ -59,7 +61,7 @@ __all__ = ["Options", "Store", "open"]
 
 #: The per-writer counters ``stats()`` shows for a read-only handle too (as zeros).
 _WRITER_STATS = ("commits_total", "commit_errors_total", "panics_recovered_total", "wal_records_written_total",
-                 "wal_records_replayed_total", "direct_commits_total")
+                 "wal_records_replayed_total", "direct_commits_total", "commits_already_committed_total")
 
 
 def open(path: str | os.PathLike[str], options: Options | None = None, **overrides: Any) -> Store:
@@ -193,54 +195,56 @@ class Store:
 
     # ------------------------------------------------------------------ writing
 
-    def batch(self, durability: str | None = None) -> Batch:
-        """A new batch; ``with store.batch() as b: ...`` commits on success, discards on error."""
+    def batch(self, durability: str | None = None, *, key: bytes | str | None = None) -> Batch:
+        """A new batch (``with store.batch() as b:`` commits on success); ``key``: see :meth:`outcome`."""
         writer = self._live_writer()
-        writer.check_writable()
+        writer.check_commit()
         return Batch(self._commit, check_durability(self.durability if durability is None else durability),
-                     self._validation, self._obs, writer.submit)
+                     self._validation, self._obs, writer.submit, key_op(key, self.options.remember_keys))
 
     def _commit(self, ops: list[Op], durability: str) -> CommitResult:
         return self._live_writer().commit(ops, durability)
 
-    def put_tokens(self, tokens: Any, *, durability: str | None = None) -> int:
+    def _write(self, fill: Callable[[Batch], None], durability: str | None, key: bytes | str | None) -> CommitResult:
+        b = self.batch(durability, key=key)
+        fill(b)
+        return CommitResult(b.commit(), b.first_event, b.already_committed)
+
+    def put_tokens(self, tokens: Any, *, durability: str | None = None, key: bytes | str | None = None) -> int:
         """Stores tokens (a TokenArray, a Token-dtype array, a Token, or a list of Tokens).
 
         Atomic; a later record with the same id wins. Returns the commit's log position."""
         writer = self._live_writer()
         d = self.durability if durability is None else check_durability(durability)
         op = token_put_op(tokens, self._validation, self._obs, copy=False)
-        return writer.commit([op] if op is not None else [], d).position
+        return writer.commit(keyed([op] if op is not None else [], key, self.options.remember_keys), d).position
 
-    def delete_tokens(self, ids: Any, *, durability: str | None = None) -> int:
+    def delete_tokens(self, ids: Any, *, durability: str | None = None, key: bytes | str | None = None) -> int:
         """Deletes tokens by id (absent ids are ignored). Atomic."""
-        b = self.batch(durability)
-        b.delete_tokens(ids)
-        return b.commit()
+        return self._write(lambda b: b.delete_tokens(ids), durability, key).position
 
-    def put_connections(self, connections: Any, *, durability: str | None = None) -> int:
+    def put_connections(self, connections: Any, *, durability: str | None = None,
+                        key: bytes | str | None = None) -> int:
         """Stores connections keyed by (token_a, token_b, connection_type); atomic."""
-        b = self.batch(durability)
-        b.put_connections(connections, copy=False)
-        return b.commit()
+        return self._write(lambda b: b.put_connections(connections, copy=False), durability, key).position
 
-    def delete_connections(self, keys: Any, *, durability: str | None = None) -> int:
+    def delete_connections(self, keys: Any, *, durability: str | None = None, key: bytes | str | None = None) -> int:
         """Deletes connections by key: connections, or (a, b, type) triples."""
-        b = self.batch(durability)
-        b.delete_connections(keys)
-        return b.commit()
+        return self._write(lambda b: b.delete_connections(keys), durability, key).position
 
-    def write_events(self, events: Any, *, durability: str | None = None) -> int:
-        """Appends experience events (an EVENT_DTYPE array, an Event, or a dict of fields).
+    def write_events(self, events: Any, *, durability: str | None = None, key: bytes | str | None = None) -> int:
+        """Appends experience events (an EVENT_DTYPE array, an Event, or a dict of fields); returns
+        the first one's sequence number. Retention keeps the newest ``event_capacity`` events."""
+        first = self._write(lambda b: b.append_events(events), durability, key).first_event
+        return self._counters().events_next_seq if first is None else first  # none: where the next one goes
 
-        Returns the sequence number of the first. Retention keeps the newest
-        ``event_capacity`` events."""
-        b = self.batch(durability)
-        b.append_events(events)
-        b.commit()
-        if b.first_event is None:
-            return self._counters().events_next_seq  # nothing appended: where the next one goes
-        return b.first_event
+    def outcome(self, key: bytes | str) -> Outcome:
+        """Whether the batch of idempotency key ``key`` committed (docs/api.md, Known outcomes)."""
+        self._check_open()
+        if self._writer is not None:
+            return self._writer.outcome(key_digest(key))
+        self._kv.catch_up_with_writer()
+        return outcome_in(self._kv, key_digest(key), sees_everything=False)
 
     def flush(self) -> None:
         """Makes every batch committed so far durable (one fdatasync of the log)."""
@@ -436,14 +440,16 @@ class Store:
         with ReadTxn(self._kv) as txn:
             return read_statistics(txn, self._kv.db(DB_LEARN), bins_per_dim, groups=groups)
 
-    def resize_reflexes(self, capacity: int, *, durability: str | None = None) -> int:
+    def resize_reflexes(self, capacity: int, *, durability: str | None = None,
+                        key: bytes | str | None = None) -> int:
         """Sets the reflex table's capacity as one logged batch (REFLEX_RESIZE, format.md §5):
         crash-safe and replayed like any other. No reflex is lost (below the live count it
         raises InvalidArgumentError); memory follows the reflexes, not the capacity."""
         writer = self._live_writer()  # reflex commits are applied before they return: the table is current
         table = writer.applier.reflex_table
         op = reflex_resize_op(capacity, len(table) if table is not None else 0)
-        return writer.commit([op], self.durability if durability is None else check_durability(durability)).position
+        d = self.durability if durability is None else check_durability(durability)
+        return writer.commit(keyed([op], key, self.options.remember_keys), d).position
 
     def reflex_stats(self) -> dict[str, Any]:
         """Live size and lookup counters of the reflex table."""
