@@ -99,7 +99,7 @@ def _identity_record(row: np.void) -> np.ndarray | None:
 def apply_delete(table: ReflexTable, data: np.ndarray) -> int:
     removed = 0
     for row in data:
-        state = np.ascontiguousarray(row["state"]).reshape(1, 8, 3)
+        state = np.ascontiguousarray(row["state"])  # (8, 3): one state, as ``delete`` takes it
         try:
             removed += table.delete(state, _identity_record(row))
         except NotFoundError:
