@@ -3,26 +3,41 @@
 It reads the raw LMDB values rather than going through the read API (a symmetric bug
 in writer and reader cannot hide), and checks, for every token chunk: the value
 length, that every present record's ``id`` equals its slot's id, that absent slots
-hold only zeros, and that the presence bits add up to the stored live count; plus the
-meta database, the checkpoint file and (for a writer) that LMDB has not applied past
-the end of the log; and the learning statistics (format.md §3.3).
+hold only zeros, and that the presence bits add up to the stored live count; the
+connections, their reverse index and the events against each other and the counters;
+the learning statistics (format.md §3.3); the reflex table, by its full structural scan
+in C (format.md §7); the meta database, the checkpoint file and (for a writer) that LMDB
+has not applied past the end of the log.
+
+Damage is a finding, never an exception: each section runs in its own read transaction,
+and an error that describes damage (``CorruptionError``, an LMDB error that reports a
+corrupted page) ends that section with a finding naming what could not be read, while
+the other sections still run. A :class:`Finding` names the file, the database and key
+where it applies, the byte offset (in the file; for an LMDB value, where the value lies in
+``data.mdb`` when that can be told), and the reason.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from . import reflex_store
 from .directory import Directory
 from .errors import CorruptionError
 from .kv import KV, ReadTxn
 from .layout import (
+    CHECKPOINT_FILE,
+    DATA_FILE,
     DB_CONN_REVERSE,
     DB_CONNECTIONS,
     DB_EVENTS,
     DB_LEARN,
     DB_META,
+    DB_REFLEXES,
     DB_TOKENS,
     LEARN_CURSOR_KEY_BYTES,
     LEARN_GROUP_KEY_BYTES,
@@ -34,16 +49,44 @@ from .layout import (
     forward_of_reverse,
     learn_group_key_fields,
 )
+from .pages import MAIN
+from .records import EVENT_DTYPE
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem ``check()`` found.
+
+    ``file`` is relative to the store directory (``data.mdb``, ``checkpoint``, ...);
+    ``where`` the LMDB database and key (``tokens chunk 5``) or another place in the
+    file; ``offset`` a byte offset in ``file`` (None when it cannot be told)."""
+
+    reason: str
+    file: str = DATA_FILE
+    where: str | None = None
+    offset: int | None = None
+
+    def __str__(self) -> str:
+        at = f"{self.file}" + (f" [{self.where}]" if self.where else "") + \
+            (f" at offset {self.offset}" if self.offset is not None else "")
+        return f"{at}: {self.reason}"
 
 
 @dataclass
 class CheckReport:
-    """What ``check()`` found: ``ok`` when ``problems`` is empty; ``facts`` are what it
-    counted on the way."""
+    """What ``check()`` found: ``ok`` when there are no ``findings``; ``facts`` are what it
+    counted on the way; ``problems`` the findings as text."""
 
-    ok: bool
-    problems: list[str]
-    facts: dict[str, Any]
+    findings: list[Finding] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    @property
+    def problems(self) -> list[str]:
+        return [str(f) for f in self.findings]
 
     def __str__(self) -> str:
         lines = [f"check: {'OK' if self.ok else 'PROBLEMS FOUND'}"]
@@ -52,134 +95,222 @@ class CheckReport:
         return "\n".join(lines)
 
 
+class _Findings:
+    """Collects findings; :meth:`value` places one in a value read from the map."""
+
+    def __init__(self, kv: KV, report: CheckReport) -> None:
+        self.kv = kv
+        self.report = report
+
+    def add(self, reason: str, where: str | None = None, offset: int | None = None,
+            file: str = DATA_FILE) -> None:
+        self.report.findings.append(Finding(reason, file, where, offset))
+
+    def value(self, reason: str, where: str, value: Any, at: int = 0) -> None:
+        """A finding about byte ``at`` of LMDB value ``value`` (a buffer into the map)."""
+        self.add(reason, where, self.value_offset(value, at))
+
+    def value_offset(self, value: Any, at: int = 0) -> int | None:
+        if not isinstance(value, memoryview) or not len(value):
+            return None
+        address = np.frombuffer(value, dtype=np.uint8).ctypes.data
+        span = self.kv.map_span(address)
+        return None if span is None else address - span[0] + at  # LMDB maps data.mdb from 0
+
+    def corruption(self, exc: CorruptionError, where: str) -> None:
+        """A CorruptionError raised while checking ``where``, as a finding."""
+        file = DATA_FILE
+        if exc.path:
+            name = os.path.basename(exc.path)
+            file = name if exc.path.startswith(self.kv.path) or not os.path.isabs(exc.path) else exc.path
+        self.add(exc.reason, where, exc.offset, file)
+
+
 def check_store(kv: KV, layout: ChunkLayout, directory: Directory, applied_position: int,
                 log_last_position: int | None) -> CheckReport:
-    """Checks the store of ``kv`` as of one read transaction; ``log_last_position`` is the
-    writer's log end (None for a read-only handle, which has no log)."""
-    problems: list[str] = []
-    facts: dict[str, object] = {}
-    with ReadTxn(kv) as txn:
+    """Checks the store of ``kv``; ``log_last_position`` is the writer's log end (None for
+    a read-only handle, which has no log). Each section reads in its own transaction."""
+    report = CheckReport()
+    f = _Findings(kv, report)
+    facts = report.facts
+    counters: Counters | None = None
+    damaged = _check_pages(kv, f, facts)
+
+    def meta(txn: Any) -> None:
+        nonlocal counters
+        db = kv.dbs[DB_META]
+        value = txn.get(M_COUNTERS, db=db)
         try:
-            counters = Counters.decode(txn.get(M_COUNTERS, db=kv.dbs[DB_META]), kv.path)
+            counters = Counters.decode(value, kv.path)
         except CorruptionError as exc:
-            problems.append(str(exc))
-            counters = Counters()
-        live = counters.tokens_live
-        present = 0
-        n_chunks = 0
-        db = kv.dbs[DB_TOKENS]
-        for key, value in (txn.cursor(db=db) if db is not None else ()):
-            n_chunks += 1
-            if len(key) != 4:
-                problems.append(f"token chunk key of {len(key)} bytes (expected 4)")
-                continue
-            chunk = ChunkLayout.chunk_of(key)
-            try:
-                layout.check(value, chunk)
-            except CorruptionError as exc:
-                problems.append(str(exc))
-                continue
-            bits = np.unpackbits(layout.bitmap(value), bitorder="little").astype(bool)
-            n = int(bits.sum())
-            if n == 0:
-                problems.append(f"token chunk {chunk} is stored with no present token")
-            present += n
-            rows = np.frombuffer(value, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)
-            ids = rows[:, 48:52].copy().view("<u4").reshape(-1)
-            expected = (np.uint64(chunk) << np.uint64(layout.shift)) + np.arange(layout.slots, dtype=np.uint64)
-            wrong = bits & (ids.astype(np.uint64) != expected)
-            if wrong.any():
-                s = int(np.flatnonzero(wrong)[0])
-                problems.append(f"token chunk {chunk}: slot {s} holds id {int(ids[s])}, expected "
-                                f"{int(expected[s])} ({int(wrong.sum())} such slots)")
-            stale = ~bits & rows.any(axis=1)
-            if stale.any():
-                problems.append(f"token chunk {chunk}: {int(stale.sum())} absent slot(s) hold bytes")
-        facts["token_chunks"] = n_chunks
-        facts["tokens_present"] = present
-        facts["tokens_live_counter"] = live
-        if present != live:
-            problems.append(f"tokens_live counter is {live} but {present} tokens are present")
-        _check_connections(txn, kv, counters, problems, facts)
-        _check_events(txn, kv, counters, problems, facts)
-        _check_learning(txn, kv, counters, problems, facts)
-    try:
-        ckpt = directory.read_checkpoint()
-        if ckpt is None:
-            problems.append("no checkpoint file")
-        else:
-            facts["checkpoint_txn"] = ckpt.txnid
-            facts["checkpoint_applied_position"] = ckpt.applied_position
-            if ckpt.applied_position > applied_position:
-                problems.append(f"checkpoint claims position {ckpt.applied_position} beyond LMDB's "
-                                f"{applied_position}")
-    except CorruptionError as exc:
-        problems.append(str(exc))
+            f.value(exc.reason, "meta counters", value)
+
+    sections: list[tuple[str, tuple[bytes, ...], Callable[[Any], None]]] = [
+        ("meta", (DB_META,), meta),
+        ("tokens", (DB_TOKENS,), lambda txn: _check_tokens(txn, kv, layout, counters, f, facts)),
+        ("connections", (DB_CONNECTIONS, DB_CONN_REVERSE),
+         lambda txn: _check_connections(txn, kv, counters, f, facts)),
+        ("events", (DB_EVENTS,), lambda txn: _check_events(txn, kv, counters, f, facts)),
+        ("learn", (DB_LEARN,), lambda txn: _check_learning(txn, kv, counters, f, facts)),
+    ]
+    skipped = []
+    for name, dbs, run in sections:
+        # LMDB must not walk damaged pages (it may abort the process): those databases'
+        # findings are the page walk's.
+        if damaged & ({MAIN} | {db.decode() for db in dbs}):
+            skipped.append(name)
+            continue
+        _section(kv, f, name, run)
+    if damaged & {MAIN, DB_REFLEXES.decode()}:
+        skipped.append("reflexes")
+    else:
+        _check_reflexes(kv, f, facts)
+    if skipped:
+        facts["not_read_for_damaged_pages"] = skipped
+    _check_checkpoint(directory, applied_position, f, facts)
     facts["applied_position"] = applied_position
     if log_last_position is not None:
         facts["log_last_position"] = log_last_position
         if applied_position > log_last_position:
-            problems.append(f"LMDB applied position {applied_position} is past the log's end "
-                            f"{log_last_position}")
-    return CheckReport(ok=not problems, problems=problems, facts=facts)
+            f.add(f"LMDB applied position {applied_position} is past the log's end {log_last_position}",
+                  "meta applied_position")
+    return report
 
 
-def _check_connections(txn: Any, kv: KV, counters: Counters, problems: list[str],
-                       facts: dict[str, object]) -> None:
+def _check_pages(kv: KV, f: _Findings, facts: dict[str, Any]) -> set[str]:
+    """LMDB's pages, walked without LMDB (``pages``); returns the damaged trees' names."""
+    try:
+        v = kv.verify_pages()
+    except CorruptionError as exc:
+        f.corruption(exc, "pages")
+        return {MAIN}
+    facts["lmdb_pages"] = v.last_pgno + 1
+    facts["lmdb_free_pages"] = v.free_pages
+    for p in v.problems:
+        where = p.tree + (f" page {p.pgno}" if p.pgno is not None else "")
+        f.add(p.reason, where, p.offset)
+    return v.damaged()
+
+
+def _section(kv: KV, f: _Findings, name: str, run: Callable[[Any], None]) -> None:
+    """Runs one section in a fresh read transaction; damage that stops it is a finding."""
+    try:
+        with ReadTxn(kv, f"checking the {name} database of") as txn:
+            run(txn)
+    except CorruptionError as exc:  # LMDB's corrupted-page errors arrive translated to this
+        f.corruption(exc, f"{name} (the rest of this database was not checked)")
+
+
+def _check_tokens(txn: Any, kv: KV, layout: ChunkLayout, counters: Counters | None, f: _Findings,
+                  facts: dict[str, Any]) -> None:
+    present = 0
+    n_chunks = 0
+    db = kv.dbs[DB_TOKENS]
+    facts["token_chunks"] = 0
+    facts["tokens_present"] = 0
+    for key, value in (txn.cursor(db=db) if db is not None else ()):
+        n_chunks += 1
+        facts["token_chunks"] = n_chunks
+        if len(key) != 4:
+            f.value(f"token chunk key of {len(key)} bytes (expected 4)", f"tokens key {bytes(key).hex()}", value)
+            continue
+        chunk = ChunkLayout.chunk_of(key)
+        where = f"tokens chunk {chunk}"
+        try:
+            layout.check(value, chunk)
+        except CorruptionError as exc:
+            f.value(exc.reason, where, value)
+            continue
+        bits = np.unpackbits(layout.bitmap(value), bitorder="little").astype(bool)
+        n = int(bits.sum())
+        if n == 0:
+            f.value(f"token chunk {chunk} is stored with no present token", where, value, layout.records_bytes)
+        present += n
+        facts["tokens_present"] = present
+        rows = np.frombuffer(value, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)
+        ids = rows[:, 48:52].copy().view("<u4").reshape(-1)
+        expected = (np.uint64(chunk) << np.uint64(layout.shift)) + np.arange(layout.slots, dtype=np.uint64)
+        wrong = bits & (ids.astype(np.uint64) != expected)
+        if wrong.any():
+            slot = int(np.flatnonzero(wrong)[0])
+            f.value(f"slot {slot} holds id {int(ids[slot])}, expected {int(expected[slot])} "
+                    f"({int(wrong.sum())} such slots)", where, value, slot * 64 + 48)
+        stale = ~bits & rows.any(axis=1)
+        if stale.any():
+            slot = int(np.flatnonzero(stale)[0])
+            f.value(f"{int(stale.sum())} absent slot(s) hold bytes (the first: slot {slot})", where, value,
+                    slot * 64)
+    if counters is None:
+        return  # the counters could not be read (a finding already)
+    live = counters.tokens_live
+    facts["tokens_live_counter"] = live
+    if present != live:
+        f.add(f"tokens_live counter is {live} but {present} tokens are present", "meta counters")
+def _check_connections(txn: Any, kv: KV, counters: Counters | None, f: _Findings,
+                       facts: dict[str, Any]) -> None:
     db, rdb = kv.dbs[DB_CONNECTIONS], kv.dbs[DB_CONN_REVERSE]
     forward = set()
     n = 0
     for raw_key, value in (txn.cursor(db=db) if db is not None else ()):
         key = bytes(raw_key)
         n += 1
+        where = f"connections key {key.hex()}"
         if len(key) != 9 or len(value) != 64:
-            problems.append(f"connection entry with a {len(key)}-byte key / {len(value)}-byte value")
+            f.value(f"a {len(key)}-byte key with a {len(value)}-byte value (expected 9 and 64)", where, value)
             continue
         rec = bytes(value)
         a, b, t = int.from_bytes(key[0:4], "big"), int.from_bytes(key[4:8], "big"), key[8]
         ra, rb, rt = int.from_bytes(rec[0:4], "little"), int.from_bytes(rec[4:8], "little"), rec[8]
         if (a, b, t) != (ra, rb, rt):
-            problems.append(f"connection key {(a, b, t)} holds a record of {(ra, rb, rt)}")
+            f.value(f"the key {(a, b, t)} holds a record of {(ra, rb, rt)}", where, value)
         if a > b:
-            problems.append(f"connection {(a, b, t)} is not in canonical order")
+            f.value(f"connection {(a, b, t)} is not in canonical order", where, value)
         forward.add(key)
     reverse = 0
     for raw_key, _value in (txn.cursor(db=rdb) if rdb is not None else ()):
         key = bytes(raw_key)
         reverse += 1
         if forward_of_reverse(key) not in forward:
-            problems.append(f"reverse index entry {key.hex()} has no connection")
+            f.add("a reverse index entry with no connection", f"conn_by_b key {key.hex()}")
     if reverse != n:
-        problems.append(f"{n} connections but {reverse} reverse index entries")
+        f.add(f"{n} connections but {reverse} reverse index entries", "conn_by_b")
+    facts["connections"] = n
+    if counters is None:
+        return
     live = counters.connections_live
     if live != n:
-        problems.append(f"connections_live counter is {live} but {n} connections are stored")
-    facts["connections"] = n
+        f.add(f"connections_live counter is {live} but {n} connections are stored", "meta counters")
 
 
-def _check_events(txn: Any, kv: KV, counters: Counters, problems: list[str], facts: dict[str, object]) -> None:
+def _check_events(txn: Any, kv: KV, counters: Counters | None, f: _Findings, facts: dict[str, Any]) -> None:
     db = kv.dbs[DB_EVENTS]
     n = 0
     first = last = None
     for key, value in (txn.cursor(db=db) if db is not None else ()):
         seq = int.from_bytes(bytes(key), "big")
-        if len(value) != 128:
-            problems.append(f"event {seq} is {len(value)} bytes")
+        if len(key) != 8 or len(value) != 128:
+            f.value(f"a {len(key)}-byte key with a {len(value)}-byte value (expected 8 and 128)",
+                    f"events key {bytes(key).hex()}", value)
+        elif int.from_bytes(bytes(value[_EVENT_SEQUENCE_OFF:_EVENT_SEQUENCE_OFF + 4]), "little") != seq & 0xFFFFFFFF:
+            f.value(f"event {seq} holds the record of another sequence number", f"events {seq}", value,
+                    _EVENT_SEQUENCE_OFF)
         if last is not None and seq != last + 1:
-            problems.append(f"events jump from {last} to {seq}")
+            f.add(f"events jump from {last} to {seq}", f"events {seq}")
         first = seq if first is None else first
         last = seq
         n += 1
+    facts["events"] = n
+    if counters is None:
+        return
     live = counters.events_live
     nxt = counters.events_next_seq
     if live != n:
-        problems.append(f"events_live counter is {live} but {n} events are stored")
+        f.add(f"events_live counter is {live} but {n} events are stored", "meta counters")
     if last is not None and last != nxt - 1:
-        problems.append(f"the newest event is {last} but events_next_seq is {nxt}")
-    facts["events"] = n
+        f.add(f"the newest event is {last} but events_next_seq is {nxt}", "meta counters")
 
 
-def _check_learning(txn: Any, kv: KV, counters: Counters, problems: list[str], facts: dict[str, object]) -> None:
+def _check_learning(txn: Any, kv: KV, counters: Counters | None, f: _Findings, facts: dict[str, Any]) -> None:
     """The ``learn`` database (format.md §3.3): key and value lengths, every group's count
     >= 1 with finite moments and m2 >= 0, per binning a cursor whose ``events_counted`` is
     the sum of its groups' counts and whose ``next_seq`` no event counter has passed."""
@@ -191,33 +322,73 @@ def _check_learning(txn: Any, kv: KV, counters: Counters, problems: list[str], f
     groups = 0
     for raw_key, value in txn.cursor(db=db):
         key = bytes(raw_key)
+        where = f"learn key {key.hex()}"
         try:
             if len(key) == LEARN_CURSOR_KEY_BYTES and key[:1] == b"C":
                 cursors[int.from_bytes(key[1:3], "big")] = LearnCursor.decode(value, f"learn cursor {key.hex()}")
                 continue
             if len(key) != LEARN_GROUP_KEY_BYTES or key[:1] != b"S":
-                problems.append(f"learn key {key.hex()} is neither a cursor nor a group key")
+                f.value("neither a cursor nor a group key", where, value)
                 continue
             bins_per_dim, _bin, _action = learn_group_key_fields(key)
             m = decode_learn_moments(value, f"learn group {key.hex()}")[0]
         except CorruptionError as exc:
-            problems.append(str(exc))
+            f.value(exc.reason, where, value)
             continue
         groups += 1
         floats = np.concatenate([[m["mean"], m["m2"]], m["action_mean"], m["state_mean"]])
         if int(m["count"]) < 1 or not np.isfinite(floats).all() or m["m2"] < 0:
-            problems.append(f"learn group {key.hex()}: count {int(m['count'])}, mean {m['mean']}, m2 {m['m2']}: "
-                            "a group needs count >= 1, finite moments and m2 >= 0")
+            f.value(f"count {int(m['count'])}, mean {m['mean']}, m2 {m['m2']}: a group needs count >= 1, "
+                    "finite moments and m2 >= 0", where, value)
         counted[bins_per_dim] = counted.get(bins_per_dim, 0) + int(m["count"])
     for b in sorted(set(cursors) | set(counted)):
         c = cursors.get(b)
+        where = f"learn binning B={b}"
         if c is None:
-            problems.append(f"learn: binning B={b} has groups but no cursor")
+            f.add("the binning has groups but no cursor", where)
             continue
         if counted.get(b, 0) != c.events_counted:
-            problems.append(f"learn: binning B={b} counts {counted.get(b, 0)} events in its groups but its "
-                            f"cursor says {c.events_counted}")
-        if c.next_seq > counters.events_next_seq or c.events_counted + c.events_missed > c.next_seq:
-            problems.append(f"learn: binning B={b} cursor {c} is past the {counters.events_next_seq} events written")
+            f.add(f"its groups count {counted.get(b, 0)} events but its cursor says {c.events_counted}", where)
+        if c.events_counted + c.events_missed > c.next_seq:
+            f.add(f"cursor {c} counts more events than it has folded", where)
+        if counters is not None and c.next_seq > counters.events_next_seq:
+            f.add(f"cursor {c} is past the {counters.events_next_seq} events written", where)
     facts["learn_groups"] = groups
     facts["learn_binnings"] = len(cursors)
+
+
+def _check_reflexes(kv: KV, f: _Findings, facts: dict[str, Any]) -> None:
+    """The stored reflex table: attached as a reader would, then C's full structural scan
+    (records, index, Robin Hood order, the box, the live count)."""
+    try:
+        version = reflex_store.attach(kv)
+        if version is None:
+            facts["reflexes"] = 0
+            return
+        try:
+            version.table.check()
+            facts["reflexes"] = len(version.table)
+        finally:
+            del version  # releases its read transaction
+    except CorruptionError as exc:
+        f.add(exc.reason, f"reflexes: {exc.path}" if exc.path else "reflexes", None)
+
+
+def _check_checkpoint(directory: Directory, applied_position: int, f: _Findings, facts: dict[str, Any]) -> None:
+    try:
+        ckpt = directory.read_checkpoint()
+    except CorruptionError as exc:
+        f.add(exc.reason, None, exc.offset, CHECKPOINT_FILE)
+        return
+    if ckpt is None:
+        f.add("no checkpoint file", None, None, CHECKPOINT_FILE)
+        return
+    facts["checkpoint_txn"] = ckpt.txnid
+    facts["checkpoint_applied_position"] = ckpt.applied_position
+    if ckpt.applied_position > applied_position:
+        f.add(f"the checkpoint claims position {ckpt.applied_position} beyond LMDB's {applied_position}",
+              None, None, CHECKPOINT_FILE)
+
+
+#: Where an ExperienceEvent holds its sequence number (format.md §2.3).
+_EVENT_SEQUENCE_OFF: int = dict(EVENT_DTYPE.fields or {})["sequence"][1]

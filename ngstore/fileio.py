@@ -322,6 +322,17 @@ class FileIO:
         finally:
             self.close(fd)
 
+    def map_readonly(self, path: str) -> mmap.mmap | None:
+        """The whole of ``path`` mapped read-only and shared (None for an empty file). Reading
+        past the file's end through it faults (SIGBUS): callers bound every read by
+        ``len()`` of the map, and the file must not shrink while it is mapped."""
+        fd = self.open(path, os.O_RDONLY)
+        try:
+            size = self.file_size(fd)
+            return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ) if size else None
+        finally:
+            self.close(fd)
+
     # -- observability files (black-box ring, stats page) ------------------------------
     # Added for ngstore.obs: the ring and the stats page are memory-mapped files the writer
     # keeps open, and the stats page carries the writer's liveness lock.

@@ -43,12 +43,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 import lmdb
 
-from . import layout
+from . import layout, pages
 from .errors import CorruptionError, NgStoreError, StoreLockedError
 from .fileio import DEFAULT_IO, FileIO
 from .layout import ALL_DBS, DATA_FILE, DB_META, META_KEYS, Checkpoint, Meta
@@ -72,20 +72,33 @@ class _Shared:
         self.map_span: tuple[int, int] | None = None
         #: Set by a writer of this process: brings LMDB up to date with its commits.
         self.writer_barrier: Callable[[], None] | None = None
+        #: Databases the open's page walk found damaged, with the first problem: reads of
+        #: them raise CorruptionError instead of letting LMDB follow the damaged pages.
+        self.damaged: dict[str, pages.PageProblem] = {}
 
 
 _registry: dict[str, _Shared] = {}
 _registry_lock = threading.Lock()
 
 
-def check_data_file(path: str, io: FileIO) -> None:
+#: At open, before LMDB reads anything, the trees whose pages are walked (``pages``): LMDB's
+#: own (free list, main) and every database of at most this many branch and leaf pages --
+#: the meta database, the reflex table's, small ones -- so that damage there is a
+#: CorruptionError, not an abort inside LMDB. Larger trees are walked by ``check()``.
+OPEN_WALK_MAX_PAGES = 256
+
+
+def check_data_file(path: str, io: FileIO, *, walk: bool = False) -> pages.Verification | None:
     """Refuses a data.mdb shorter than the pages its meta page says are in use, before LMDB
     maps it: LMDB would read past the end of the file and the process would die of SIGBUS.
-    A missing or empty file is fine (LMDB creates it)."""
+    With ``walk`` (only when no other process can write the file now), also walks the pages
+    of LMDB's own trees and the small databases (:data:`OPEN_WALK_MAX_PAGES`): returns the
+    walk's result (None without ``walk``), and the caller decides what damage it can open
+    with. A missing or empty file is fine (LMDB creates it)."""
     data = os.path.join(path, DATA_FILE)
     size = io.size_of(data)
     if not size:
-        return
+        return None
     head = io.read_file(data, limit=layout.MAX_PAGE_SIZE * 2)
     psize = layout.meta_page_size(head) if len(head) >= 44 else 0
     if not 512 <= psize <= layout.MAX_PAGE_SIZE or psize & (psize - 1):
@@ -102,6 +115,31 @@ def check_data_file(path: str, io: FileIO) -> None:
     if size < need:
         raise CorruptionError(f"data.mdb is truncated: {size} bytes, but its newest meta page (transaction "
                               f"{newest[0]}) uses {need}", path=data, offset=size)
+    return _walk(io, data, newest[1], trees=None, max_pages=OPEN_WALK_MAX_PAGES) if walk else None
+
+
+def _walk(io: FileIO, data_path: str, meta: bytes, trees: Collection[bytes] | None,
+          max_pages: int | None) -> pages.Verification:
+    m = io.map_readonly(data_path)
+    if m is None:
+        raise CorruptionError("data.mdb is empty", path=data_path, offset=0)
+    view = memoryview(m)
+    try:
+        return pages.verify(view, meta, trees=trees, max_pages=max_pages)
+    finally:
+        view.release()
+        try:
+            m.close()
+        except BufferError:  # a view of it is still referenced: the collector unmaps it
+            pass
+
+
+def _damage_error(p: pages.PageProblem, data_path: str, more: str = "") -> CorruptionError:
+    return CorruptionError(f"LMDB page damage in {p.tree}: {p.reason}{more}", path=data_path, offset=p.offset)
+
+
+#: Trees LMDB reads at every open or every transaction: damage there refuses any open.
+_OPEN_CRITICAL = frozenset({pages.MAIN, DB_META.decode(), layout.DB_REFLEXES.decode()})
 
 
 def _open_env(path: str, readonly: bool, map_size: int, max_readers: int) -> lmdb.Environment:
@@ -131,7 +169,10 @@ class KV:
     """
 
     def __init__(self, path: str, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE,
-                 max_readers: int = 126, io: FileIO = DEFAULT_IO) -> None:
+                 max_readers: int = 126, io: FileIO = DEFAULT_IO, walk: bool | None = None) -> None:
+        """``walk``: verify LMDB's own trees and the small databases before LMDB reads them
+        (:func:`check_data_file`); only valid while no other process writes the file. By
+        default a writer does (it holds the writer lock) and a read-only handle does not."""
         self.path = os.path.realpath(path)
         self.readonly = readonly
         self.io = io
@@ -142,7 +183,15 @@ class KV:
         with _registry_lock:
             shared = _registry.get(self.path)
             if shared is None:
-                check_data_file(self.path, io)
+                walked = check_data_file(self.path, io, walk=not readonly if walk is None else walk)
+                damaged: dict[str, pages.PageProblem] = {}
+                for p in walked.problems if walked is not None else ():
+                    damaged.setdefault(p.tree, p)
+                fatal = [p for name, p in damaged.items() if name in _OPEN_CRITICAL or not readonly]
+                if fatal:
+                    raise _damage_error(fatal[0], os.path.join(self.path, DATA_FILE),
+                                        "; `ngstore check PATH` lists the damage: restore the store from a backup"
+                                        if not readonly else "")
                 try:
                     env = _open_env(self.path, readonly, map_size, max_readers)
                 except lmdb.Error as exc:
@@ -162,6 +211,7 @@ class KV:
                     env.close()
                     raise translate(exc, f"opening the databases of {self.path}") from exc
                 shared = _Shared(env, dbs, readonly)
+                shared.damaged = damaged
                 _registry[self.path] = shared
             elif not readonly and shared.readonly:
                 raise StoreLockedError(
@@ -222,6 +272,32 @@ class KV:
     def translated(self, exc: BaseException, doing: str = "reading") -> BaseException:
         """``exc`` as ngstore raises it: an LMDB error translated, anything else as is."""
         return translate(exc, f"{doing} {self.path}") if isinstance(exc, lmdb.Error) else exc
+
+    def db(self, name: bytes) -> Any:
+        """The handle of database ``name`` for a read; CorruptionError when the open found
+        its pages damaged (LMDB must not walk them)."""
+        problem = self._shared.damaged.get(name.decode())
+        if problem is not None:
+            raise _damage_error(problem, os.path.join(self.path, DATA_FILE),
+                                f"; the {name.decode()} database cannot be read")
+        return self.dbs[name]
+
+    def verify_pages(self) -> pages.Verification:
+        """Walks every B-tree of the snapshot of a read transaction held for the walk
+        (``pages.verify``): LMDB reuses none of its pages meanwhile, whatever a writer
+        commits. Done by ``check()`` before it lets LMDB read the large databases."""
+        data = os.path.join(self.path, DATA_FILE)
+        for _attempt in range(16):
+            txn = self.begin_read()
+            try:
+                head = self.io.read_file(data, limit=2 * layout.MAX_PAGE_SIZE)
+                chosen = pages.choose_meta(head, txnid=txn.id())
+                if chosen is not None:
+                    return _walk(self.io, data, chosen[1], trees=None, max_pages=None)
+                # two commits since the transaction began overwrote its meta page: again
+            finally:
+                self.end_read(txn)
+        raise NgStoreError(f"{self.path}: the writer commits too fast to catch a snapshot's meta page")
 
     def read_meta(self, txn: lmdb.Transaction) -> Meta:
         """The store's ``meta`` as of ``txn`` (``layout.decode_meta`` rules)."""

@@ -170,7 +170,7 @@ class Snapshot:
 
     def counters(self) -> Counters:
         """The store's live counters as of this snapshot."""
-        return Counters.decode(self._txn().get(M_COUNTERS, db=self._kv.dbs[DB_META]), self._path)
+        return Counters.decode(self._txn().get(M_COUNTERS, db=self._kv.db(DB_META)), self._path)
 
     def _txn(self) -> Any:
         txn = self._lease.txn
@@ -179,7 +179,7 @@ class Snapshot:
         return txn
 
     def _db(self, name: bytes) -> Any:
-        return self._kv.dbs[name]
+        return self._kv.db(name)
 
     def close(self) -> None:
         """Ends the snapshot. Views handed out stay valid until they are dropped."""

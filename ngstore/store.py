@@ -130,7 +130,7 @@ class Store:
         d.lock_reader()
         try:
             d.check_readable(d.read_state())
-            kv = KV(self.path, readonly=True, io=self.options.io)
+            kv = KV(self.path, readonly=True, io=self.options.io, walk=d.live_writer_pid() is None)
             try:
                 with ReadTxn(kv) as txn:
                     meta = kv.read_meta(txn)
@@ -313,7 +313,7 @@ class Store:
         kv = self._kv
         txn = kv.begin_read()
         try:
-            return token_record(txn, kv.dbs[DB_TOKENS], self._layout, token_id)
+            return token_record(txn, kv.db(DB_TOKENS), self._layout, token_id)
         except BaseException as exc:
             translated = kv.translated(exc)
             if translated is exc:
@@ -430,7 +430,7 @@ class Store:
         else:
             self._kv.catch_up_with_writer()
         with ReadTxn(self._kv) as txn:
-            return read_statistics(txn, self._kv.dbs[DB_LEARN], bins_per_dim, groups=groups)
+            return read_statistics(txn, self._kv.db(DB_LEARN), bins_per_dim, groups=groups)
 
     def reflex_stats(self) -> dict[str, Any]:
         """Live size and lookup counters of the reflex table."""
@@ -575,6 +575,9 @@ class Store:
             if self._obs is not None:
                 self._obs.publish_stats()  # the stats page's last values, while stats() answers
             self._closed = True
+            # The store's own hold on the reader's reflex version (a table handed out
+            # keeps its own): else the environment stays open until a garbage collection.
+            self._reader_reflexes = None
             if self._obs is not None:
                 self._obs.event("close")
                 self._obs.close()
