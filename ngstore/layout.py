@@ -328,7 +328,12 @@ def decode_meta(values: Mapping[bytes, bytes | memoryview | None], where: str) -
         raise FormatVersionError(f"{where} has store format {version}; this ngstore reads "
                                  f"up to {FORMAT_VERSION} -- upgrade ngstore")
     sid = values.get(M_STORE_ID)
-    return Meta(format_version=version, chunk_slots=u64(M_CHUNK_SLOTS, DEFAULT_CHUNK_SLOTS),
+    slots = u64(M_CHUNK_SLOTS, DEFAULT_CHUNK_SLOTS)
+    try:
+        ChunkLayout(slots)
+    except ValueError as exc:
+        raise CorruptionError(f"{where}: meta/{M_CHUNK_SLOTS.decode()}: {exc}") from None
+    return Meta(format_version=version, chunk_slots=slots,
                 applied_position=u64(M_APPLIED, 0), event_capacity=u64(M_EVENT_CAPACITY, DEFAULT_EVENT_CAPACITY),
                 reflex_capacity=u64(M_REFLEX_CAPACITY, DEFAULT_REFLEX_CAPACITY),
                 counters=Counters.decode(values.get(M_COUNTERS), where),
