@@ -332,7 +332,9 @@ class TokenView:
                     layout.check(value, ChunkLayout.chunk_of(key))
                 bufs.append(value)
         raw_dt = np.dtype((np.void, field_dt.itemsize))
-        out = _native.gather_column(bufs, layout.shift, offset, raw_dt, self.count())
+        # Room for every slot of the chunks read, not for the tokens_live counter: the counter
+        # is stored bytes too, and no stored number may size an allocation (invariant 4).
+        out = _native.gather_column(bufs, layout.shift, offset, raw_dt, len(bufs) << layout.shift)
         return out.view(field_dt.base).reshape((-1, *field_dt.shape))
 
     def to_array(self) -> np.ndarray:
