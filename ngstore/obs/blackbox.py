@@ -100,6 +100,8 @@ __all__ = [
 ]
 
 DUMP_FORMAT = "ngstore-blackbox/1"
+#: The largest dump ``load_dump`` decompresses (a dump of the largest ring is far smaller).
+MAX_DUMP_BYTES = 1 << 30
 _DUMP_PREFIX = "blackbox-"
 _dump_counter = itertools.count()
 
@@ -786,10 +788,19 @@ def load_dump(path: str, io: FileIO = DEFAULT_IO) -> dict[str, Any]:
     if path.endswith(".zst") or raw[:4] == b"\x28\xb5\x2f\xfd":
         import zstandard
 
+        # Streamed, not decompress(): that allocates the content size the frame header
+        # declares (up to its limit) before it has decompressed a byte.
+        parts, total = [], 0
         try:
-            raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=1 << 30)
+            with zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+                while part := reader.read(1 << 20):
+                    total += len(part)
+                    if total > MAX_DUMP_BYTES:
+                        raise ValueError(f"{path}: decompresses to more than {MAX_DUMP_BYTES} bytes")
+                    parts.append(part)
         except zstandard.ZstdError as exc:
             raise ValueError(f"{path}: not a zstd frame: {exc}") from None
+        raw = b"".join(parts)
     try:
         doc = json.loads(raw)
     except ValueError as exc:
