@@ -807,6 +807,13 @@ def load_dump(path: str, io: FileIO = DEFAULT_IO) -> dict[str, Any]:
         raise ValueError(f"{path} is not JSON: {exc}") from None
     if not isinstance(doc, dict) or "events" not in doc or "stats" not in doc:
         raise ValueError(f"{path} is not a black-box dump (no 'events'/'stats')")
+    # The shape its readers rely on (the CLI, iter_event_types): anything else is not a dump.
+    events, stamp = doc["events"], doc.get("timestamp_us")
+    if not isinstance(doc["stats"], dict) or not isinstance(events, list) or \
+            not all(isinstance(e, dict) and "event_type" in e for e in events) or \
+            not (stamp is None or (isinstance(stamp, int) and not isinstance(stamp, bool))):
+        raise ValueError(f"{path} is not a black-box dump (its 'stats', 'events' or 'timestamp_us' "
+                         "are not of a dump's shape)")
     return doc
 
 
