@@ -105,12 +105,20 @@ def decode_state(data: bytes | None) -> WriterState:
     unknown boot (so recovery assumes the machine went down)."""
     if data is None:
         return WriterState(clean=True, boot_id=None)
+    unknown = WriterState(clean=False, boot_id=None)
     try:
         obj = json.loads(data)
-        return WriterState(clean=bool(obj["clean"]), boot_id=obj.get("boot_id") or None,
-                           pid=int(obj.get("pid") or 0))
-    except (ValueError, KeyError, TypeError):
-        return WriterState(clean=False, boot_id=None)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
+        return unknown
+    # Only the writer's own JSON counts: {"clean": "no"} is not clean, and a pid of 1e999
+    # is not a pid.
+    if not isinstance(obj, dict):
+        return unknown
+    clean, boot, pid = obj.get("clean"), obj.get("boot_id"), obj.get("pid", 0)
+    if not isinstance(clean, bool) or not (boot is None or isinstance(boot, str)) or \
+            not isinstance(pid, int) or isinstance(pid, bool):
+        return unknown
+    return WriterState(clean=clean, boot_id=boot or None, pid=pid)
 
 
 # -- LMDB databases and keys (§3) ----------------------------------------------------------
