@@ -130,7 +130,8 @@ class Store:
         d.lock_reader()
         try:
             d.check_readable(d.read_state())
-            kv = KV(self.path, readonly=True, io=self.options.io, walk=d.live_writer_pid() is None)
+            kv = KV(self.path, readonly=True, map_size=self.options.map_size, max_readers=self.options.max_readers,
+                    io=self.options.io, walk=d.live_writer_pid() is None)
             try:
                 with ReadTxn(kv) as txn:
                     meta = kv.read_meta(txn)
