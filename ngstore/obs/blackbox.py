@@ -301,6 +301,9 @@ def _scan_records(buf: Any, capacity: int, cleared_before: int = 0) -> tuple[lis
         if n > PAYLOAD_MAX or zlib.crc32(view[off + 4:off + REC_HEAD_BYTES + n]) != crc:
             bad += 1   # torn by a crash in the middle of the copy, or damaged
             continue
+        if seq % capacity != i:
+            bad += 1   # a valid record of sequence s lies at slot s mod capacity (format §8.1)
+            continue
         if seq < cleared_before:
             continue
         try:
