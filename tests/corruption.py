@@ -172,21 +172,23 @@ def run_trial(path: str, expected_tokens: np.ndarray) -> dict[str, Stage]:
     """The stages of one trial over the (damaged) store at ``path``."""
     import ngstore
 
-    def reader() -> Stage:
-        with ngstore.open(path, readonly=True, map_size=MAP_SIZE, observability=False) as r:
-            report = r.check()
-            changed = _read_everything(r, expected_tokens)
+    def checked(s: Any) -> Stage:
+        try:
+            report = s.check()
+        except ngstore.NgStoreError as exc:  # check() describes damage as findings: note it
+            return Stage("error", f"check() raised {type(exc).__name__}: {str(exc)[:300]}")
+        changed = _read_everything(s, expected_tokens)
         if not report.ok:
             return Stage("findings", "; ".join(report.problems)[:600], changed)
         return Stage("ok", changed=changed)
 
+    def reader() -> Stage:
+        with ngstore.open(path, readonly=True, map_size=MAP_SIZE, observability=False) as r:
+            return checked(r)
+
     def writer() -> Stage:
         with ngstore.open(path, **OPEN_OPTIONS) as w:
-            report = w.check()
-            changed = _read_everything(w, expected_tokens)
-        if not report.ok:
-            return Stage("findings", "; ".join(report.problems)[:600], changed)
-        return Stage("ok", changed=changed)
+            return checked(w)
 
     def tools() -> Stage:
         """What an operator runs on a store whose writer is gone: ``ngstore wal verify`` and

@@ -12,10 +12,10 @@ Before any input runs the worker makes what the target needs (``targets.prepare`
 limits its address space to what it uses plus ``--headroom-mb``: a length field that makes a
 parser allocate more than that raises MemoryError, which is not a documented error, so it is
 reported like any other breach. A crash in C kills the process by a signal; a hang is cut by
-``faulthandler`` ``--hang-timeout`` seconds after the run's time, with every thread's stack. In every
-case the input that was running is in ``DIR/current-TARGET`` (written before it runs), and a
-breach found by an exception is saved as ``DIR/breach-TARGET-<sha1>``; the parent reports
-both. The last line of stdout is a JSON summary (counts of inputs per source).
+``faulthandler`` ``--hang-timeout`` seconds after the run's time, with every thread's stack.
+In every case the input that was running is in ``DIR/current-TARGET`` (written before it
+runs), and a breach found by an exception is saved as ``DIR/breach-TARGET-<sha1>``; the
+parent reports both. The last line of stdout is a JSON summary (counts of inputs per source).
 
 Exit status: 0 no breach; 1 a breach (traceback on stderr); killed by a signal: a crash.
 """
