@@ -37,9 +37,10 @@ from .cliutil import (
     fmt_bytes,
     open_store,
     positive_int,
+    storage_cli_error,
     store_error,
 )
-from .errors import NgStoreError
+from .errors import NgStoreError, StorageError
 from .fileio import DEFAULT_IO
 
 
@@ -469,6 +470,8 @@ def _one_line(exc: BaseException) -> CliError:
     """Anything a command raised, as the one-line error to print."""
     if isinstance(exc, CliError):
         return exc
+    if isinstance(exc, StorageError):
+        return storage_cli_error(exc)
     if isinstance(exc, NgStoreError):
         return CliError(str(exc), "rerun with --debug for the traceback", EXIT_FAILED)
     if isinstance(exc, OSError):

@@ -33,11 +33,17 @@ What a crash can do, in syscall terms: a process crash (kill -9) loses nothing t
 visible -- every batch was ``write()``-n to the log (page cache) before it became visible,
 and recovery replays the log after LMDB's applied position. A power loss or OS crash keeps
 the ``sync`` batches that returned; ``async`` batches of at most the last
-``flush_interval`` plus one fdatasync, and ``none`` batches since the last durable point,
+``flush_interval`` plus one fdatasync (two when an fdatasync takes longer than
+``flush_interval``), and ``none`` batches since the last durable point,
 may be lost -- always a suffix of the commit order, never part of a batch.
 
 After an I/O error (fsyncgate) the writer refuses every later write: the state of the
-log or of LMDB's file is unknown, and only reopening (recovery) is sound.
+log or of LMDB's file is unknown, and only reopening (recovery) is sound. An error of the
+store's files reaches the caller as the named ``errors.StorageError`` of its errno
+(``DiskFullError``, ...) in state "stopped"; a commit whose record may have reached the log
+gets it as an ``OutcomeUnknownError`` that is also that leaf; every later write gets
+``errors.refusal`` of it. A close that fails leaves the store closed and openable: its
+error is restated "closed" (nothing acknowledged is lost: it is in the log).
 """
 from __future__ import annotations
 
@@ -54,7 +60,7 @@ from . import reflex_store, wal
 from .applier import Applier
 from .batch import CommitResult
 from .directory import Directory
-from .errors import NgStoreError, OutcomeUnknownError
+from .errors import NgStoreError, OutcomeUnknownError, StorageError, StoreState, refusal, storage_error
 from .guardian import Guardian, Usage
 from .kv import KV, ReadTxn
 from .layout import DB_TOKENS
@@ -211,9 +217,7 @@ class Writer:
             raise NgStoreError(f"the writer of {self._directory.path} is closed")
         failed = self.failed
         if failed is not None:
-            raise NgStoreError(
-                f"the store {self._directory.path} stopped accepting writes after an I/O error "
-                f"({failed!r}); close it and open it again to recover")
+            raise refusal(self._directory.path, failed)
 
     # -- commit ------------------------------------------------------------------------
 
@@ -439,7 +443,11 @@ class Writer:
     def _fail(self, accepted: list[_Pending], exc: BaseException, where: str,
               positions: list[int] | None = None) -> None:
         """Stops the writer after ``exc``. Batches that were written to the log before it
-        (``positions``) get an OutcomeUnknownError: recovery decides whether they stay."""
+        (``positions``) get an OutcomeUnknownError: recovery decides whether they stay. A
+        failed log write may have put some of the group's records on disk whole, so its
+        batches' outcome is unknown too (``outcome_known`` False)."""
+        if isinstance(exc, StorageError) and exc.refused_by is None:  # a refusal wrote nothing
+            exc.restate(StoreState.STOPPED, outcome_known=False)
         self._failed = exc
         self.stats_counters["commit_errors_total"] += len(accepted)
         self.stats_counters["panics_recovered_total"] += 1  # the original's name for a caught failure
@@ -506,7 +514,16 @@ class Writer:
             self._flusher.start()
 
     def _flush_loop(self) -> None:
-        while not self._flusher_stop.wait(self._options.flush_interval):
+        # Syncs start flush_interval apart, counted from the start of the previous sync
+        # (at once after a sync that took longer). A batch written at t, just after a sync
+        # began and too late for it, is then in the next sync, which starts by
+        # t + max(flush_interval, that sync's time): durable by t + flush_interval + one
+        # fdatasync while an fdatasync takes at most flush_interval (two fdatasyncs
+        # otherwise). Waiting flush_interval after a sync ended would add a second one.
+        interval = self._options.flush_interval
+        next_start = time.monotonic() + interval
+        while not self._flusher_stop.wait(max(0.0, next_start - time.monotonic())):
+            next_start = time.monotonic() + interval
             if self._unsynced and self._failed is None:
                 try:
                     self._unsynced = False
@@ -591,6 +608,15 @@ class Writer:
                 self._run_exclusive(lambda: self._applier.close(final=True))
                 if self.failed is None:
                     self._directory.write_state(clean=True)
+        except StorageError as exc:
+            # Nothing acknowledged is lost: every commit is in the log, which a failed final
+            # checkpoint has not dropped; the state file still says "unclean", so the next
+            # open recovers.
+            raise exc.restate(StoreState.CLOSED) from exc.__cause__
+        except OSError as exc:
+            if isinstance(exc, NgStoreError):
+                raise
+            raise storage_error(exc, "closing the store", StoreState.CLOSED) from exc
         finally:
             self._closed = True
             self.release()
