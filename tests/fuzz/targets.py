@@ -183,7 +183,7 @@ def wal_recovery(data: bytes) -> None:
             log, _report = wal.Log.open(d, recovery=mode, preallocate_bytes=0, segment_bytes=1 << 16)
             try:
                 for rec in log.iter_records(0):
-                    with documented(CorruptionError):
+                    with documented(CorruptionError, FormatVersionError):
                         ops.decode_ops(rec.payload, f"log record {rec.position}")
                 log.append([(wal.BATCH, b"after recovery")])
                 log.sync()
@@ -215,7 +215,7 @@ def fix_wal(data: bytes) -> bytes:
 def batch_payload(data: bytes) -> None:
     """A log record's payload as replay decodes it (format §5): the ops, a LEARN_UPDATE's
     fold rules, and the token writes the overlay indexes."""
-    with documented(CorruptionError):
+    with documented(CorruptionError, FormatVersionError):  # an unknown op kind: a newer writer's
         decoded = ops.decode_ops(data)
         for op in decoded:
             assert op.data.nbytes == op.count * ops.OP_ITEM_SIZE[op.kind]
