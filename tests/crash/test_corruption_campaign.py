@@ -3,7 +3,8 @@
 Two stores are made through the public API, holding one of everything (tokens, deletions,
 connections, events, reflexes, learning statistics), with the black box on: one closed
 cleanly (a checkpoint, a clean state), one whose writer died (``os._exit``) with its log
-spread over several segments, to be replayed. Then ``TRIALS`` corruptions -- bit flips,
+spread over several segments, to be replayed; and a copy of the second whose state names
+another boot (a power loss: LMDB is rolled back to the checkpoint first). Then ``TRIALS`` corruptions -- bit flips,
 zeroed ranges, random bytes, truncations -- each of one file of a fresh copy of one store:
 ``data.mdb``, ``lock.mdb``, the log segments, ``checkpoint``, ``state``, ``NGSTORE``,
 ``blackbox.ring``, ``stats.page`` and the lock files; and flips aimed at the bytes of
@@ -84,6 +85,19 @@ def _crashed_store(path: str) -> None:
         os._exit(0)
         """)
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def _power_lost_store(crashed: str, path: str) -> None:
+    """The crashed store as a power loss leaves it: its state names another boot, so a
+    writer's open rolls LMDB back to the checkpoint (its saved meta page) and replays."""
+    shutil.copytree(crashed, path)
+    state_path = os.path.join(path, "state")
+    with open(state_path) as f:
+        state = json.load(f)
+    assert not state["clean"]
+    state["boot_id"] = "00000000-0000-4000-8000-000000000000"
+    with open(state_path, "w") as f:
+        json.dump(state, f)
 
 
 def _tokens_after_recovery(path: str, scratch: str) -> np.ndarray:
@@ -174,8 +188,10 @@ def _run_batch(trials: list[dict[str, Any]], common: dict[str, Any], scratch: st
     return results
 
 
-def _verdict(stages: dict[str, Any]) -> str:
-    outcomes = {s["outcome"] for s in stages.values()}
+def _verdict(base: str, stages: dict[str, Any]) -> str:
+    # A power-lost store refuses read-only opens until a writer recovered it, damaged or not.
+    outcomes = {s["outcome"] for name, s in stages.items()
+                if not (base == "power-lost" and name == "read-only" and "needs recovery" in s["detail"])}
     for o in ("breach", "error", "findings"):
         if o in outcomes:
             return o
@@ -184,9 +200,11 @@ def _verdict(stages: dict[str, Any]) -> str:
 
 @pytest.mark.slow
 def test_random_corruptions_of_every_file_end_in_a_named_error_or_a_finding(tmp_path):
-    bases = {"closed": str(tmp_path / "closed"), "crashed": str(tmp_path / "crashed")}
+    bases = {"closed": str(tmp_path / "closed"), "crashed": str(tmp_path / "crashed"),
+             "power-lost": str(tmp_path / "power-lost")}
     _closed_store(bases["closed"])
     _crashed_store(bases["crashed"])
+    _power_lost_store(bases["crashed"], bases["power-lost"])
     record_ranges = _token_record_ranges(bases["closed"])
     shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
     scratch = tempfile.mkdtemp(prefix="ngstore-campaign-", dir=shm)
@@ -209,7 +227,7 @@ def test_random_corruptions_of_every_file_end_in_a_named_error_or_a_finding(tmp_
     breaches, touched, undetected, silent = [], 0, 0, 0
     for t in trials:
         stages = results[t["id"]]
-        verdict = _verdict(stages)
+        verdict = _verdict(t["base"], stages)
         table[t["kind"]][verdict] += 1
         # Tokens read that differ from those written: after recovery, or in a store that
         # needs none (a read-only open of the crashed store sees LMDB before replay).
