@@ -363,9 +363,11 @@ class Applier:
             if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join()
             self._overlay.wake_waiters()
-            # Let go of the reflex version now: one attached at open reads LMDB's memory
-            # under a read lease, and the writer's objects form reference cycles, so it would
-            # live (the environment open) until a garbage collection -- which, at interpreter
-            # exit, could free the environment before the views into its map (SIGSEGV).
-            # Tables handed out keep their own hold.
-            self._reflexes = None
+
+    def drop_reflexes(self) -> None:
+        """Lets go of the reflex version, once the store's last figures are published. One
+        attached at open reads LMDB's memory under a read lease, and the writer's objects
+        form reference cycles: kept, it would live (the environment open) until a garbage
+        collection -- which, at interpreter exit, could free the environment before the
+        views into its map (SIGSEGV). Tables handed out keep their own hold."""
+        self._reflexes = None

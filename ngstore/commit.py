@@ -621,6 +621,10 @@ class Writer:
             self._closed = True
             self.release()
 
+    def drop_reflexes(self) -> None:
+        """After close: the applier lets go of its reflex version (:meth:`Applier.drop_reflexes`)."""
+        self._applier.drop_reflexes()
+
     def release(self) -> None:
         """Stops the applier and closes the log without checkpointing (after a failed
         open, or once a close has checkpointed)."""
