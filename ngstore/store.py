@@ -576,9 +576,8 @@ class Store:
             if self._obs is not None:
                 self._obs.publish_stats()  # the stats page's last values, while stats() answers
             self._closed = True
-            # The store's own hold on the reader's reflex version, and the writer's (a table
-            # handed out keeps its own): else the environment stays open until a garbage
-            # collection.
+            # The store's own holds on a reflex version (a table handed out keeps its own):
+            # else the environment stays open until a garbage collection.
             self._reader_reflexes = None
             if self._writer is not None:
                 self._writer.drop_reflexes()
