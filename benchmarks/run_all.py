@@ -25,7 +25,8 @@ sys.path.insert(1, os.path.dirname(HERE))
 
 import _harness  # noqa: E402
 
-MODULES = ["records", "create", "ingest", "commit", "sustained", "read", "reflex", "learning", "open", "disk", "obs"]
+MODULES = ["records", "create", "ingest", "commit", "sustained", "read", "reflex", "learning", "open", "disk", "obs",
+           "analytics", "aio", "similarity"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 /* Bumped whenever a declaration in any csrc .cdef file changes meaning. */
-#define NG_ABI_VERSION 2
+#define NG_ABI_VERSION 3
 
 #define NG_OK 0
 #define NG_EINVAL (-1)    /* bad argument (NULL pointer, zero size, bad shift) */

@@ -177,11 +177,29 @@ class Applier:
             self._reflexes = ReflexVersion(result.reflexes)
             self.reflexes_written_total += result.reflexes_written
             self.reflexes_created_total += result.reflexes_created
+        if result.reflex_capacity is not None:
+            self.reflex_capacity = result.reflex_capacity
+        if result.reflex_displaced:
+            self._report_displaced(result.reflex_displaced)
         self.groups_applied_total += 1
         self.entries_applied_total += len(entries)
         for listener in self._listeners:
             listener(result)
         return result
+
+    def _report_displaced(self, displaced: dict[int, tuple[int, int]]) -> None:
+        """Says so, once per batch, when a batch's reflexes pushed others out of the table
+        (``reflex_evictions_total`` counts each one)."""
+        obs = self._obs
+        if obs is None:
+            return
+        for position, (count, first) in displaced.items():
+            obs.event("reflex_evicted", position=position, count=count, first=first,
+                      capacity=self.reflex_capacity)
+            obs.logger.warning(
+                "the reflexes of the batch at log position %d pushed %d reflex(es) out of the table, the first "
+                "at its put #%d (capacity %d): resize_reflexes() to keep them, or open with "
+                "reflex_eviction='refuse' to be refused instead", position, count, first, self.reflex_capacity)
 
     def _drain(self) -> None:
         """Applies everything pending in the overlay, then drops it; checkpoints if due."""

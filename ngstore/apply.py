@@ -32,16 +32,20 @@ from .layout import (
     DB_LEARN,
     DB_META,
     DB_REFLEXES,
+    DB_SPATIAL,
     DB_TOKENS,
     LEARN_MOMENTS_DTYPE,
     M_APPLIED,
     M_COUNTERS,
+    M_REFLEX_CAPACITY,
+    M_SPATIAL,
     ChunkLayout,
     Counters,
     LearnCursor,
     conn_key,
     conn_reverse_key,
     decode_learn_moments,
+    decode_spatial_layers,
     encode_u64,
     event_key,
     event_sequence,
@@ -58,12 +62,14 @@ from .ops import (
     OP_REFLEX_DELETE,
     OP_REFLEX_DELETE_KEY,
     OP_REFLEX_PUT,
+    OP_REFLEX_RESIZE,
     OP_TOKEN_DELETE,
     OP_TOKEN_PUT,
     Op,
 )
 from .records import EVENT_DTYPE, RAW64, TOKEN_DTYPE
 from .reflex import ReflexTable
+from .spatial import IndexUpdate
 
 Entry = tuple[int, list[Op]]
 
@@ -99,6 +105,11 @@ class ApplyResult:
     #: LEARN_UPDATE folds applied, and those that changed nothing (stale: already folded)
     learn_folds: int = 0
     learn_folds_stale: int = 0
+    #: log position -> (reflexes its REFLEX_PUTs pushed out -- the table at capacity, or a
+    #: cell's candidates full -- and the index of the first put that did), per batch
+    reflex_displaced: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: the reflex capacity after the entries, when a REFLEX_RESIZE set it
+    reflex_capacity: int | None = None
     tokens_written: int = 0
     #: bytes of values put into LMDB (what the next checkpoint must make durable)
     bytes_written: int = 0
@@ -112,15 +123,19 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
     events_db = dbs[DB_EVENTS]
     layout = state.layout
     reflexes: ReflexTable | None = None  # a writable copy, made at the first reflex op
+    reflex_capacity = state.reflex_capacity
+    index: IndexUpdate | None = None  # the spatial index's changes, made at the first token op
     for position, op in _coalesced(entries):
         kind = op.kind
         if kind == OP_TOKEN_PUT:
+            index = _index_before(txn, dbs, layout, index, op.data["id"])
             added, written, chunks = _token_put(txn, tokens_db, layout, op.data)
             counters.tokens_live += added
             counters.tokens_created_total += added
             result.tokens_written += written
             result.bytes_written += chunks * layout.value_bytes
         elif kind == OP_TOKEN_DELETE:
+            index = _index_before(txn, dbs, layout, index, op.data)
             removed, chunks = _token_delete(txn, tokens_db, layout, op.data)
             counters.tokens_live -= removed
             counters.tokens_deleted_total += removed
@@ -144,12 +159,22 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
             counters.events_live -= removed
             counters.events_trimmed_total += removed
             result.events_trimmed += removed
-        elif kind in (OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY):
+        elif kind == OP_REFLEX_RESIZE and reflexes is None and state.reflexes is None:
+            reflex_capacity = int(op.data[-1])  # no table yet: the first one is made with it
+            result.reflex_capacity = reflex_capacity
+        elif kind in (OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY, OP_REFLEX_RESIZE):
             if reflexes is None:
-                reflexes = reflex_store.writable_copy(state.reflexes, state.reflex_capacity)
+                reflexes = reflex_store.writable_copy(state.reflexes, reflex_capacity)
             if kind == OP_REFLEX_PUT:
-                result.reflexes_created += reflex_store.apply_put(reflexes, op.data)
+                created, displaced, first = reflex_store.apply_put(reflexes, op.data)
+                result.reflexes_created += created
                 result.reflexes_written += op.count
+                if displaced:
+                    before = result.reflex_displaced.get(position, (0, first))
+                    result.reflex_displaced[position] = (before[0] + displaced, before[1])
+            elif kind == OP_REFLEX_RESIZE:
+                reflex_capacity = reflex_store.apply_resize(reflexes, op.data)
+                result.reflex_capacity = reflex_capacity
             elif kind == OP_REFLEX_DELETE:
                 reflex_store.apply_delete(reflexes, op.data)
             else:
@@ -163,13 +188,27 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
                 result.learn_folds_stale += 1
         else:
             raise CorruptionError(f"log record {position}: unknown op kind {kind}")
+    if index is not None:
+        index.finish(txn, tokens_db, dbs[DB_SPATIAL])
     meta = dbs[DB_META]
     txn.put(M_COUNTERS, counters.encode(), db=meta)
+    if result.reflex_capacity is not None:
+        txn.put(M_REFLEX_CAPACITY, encode_u64(result.reflex_capacity), db=meta)
     if reflexes is not None:
         result.bytes_written += reflex_store.persist(txn, dbs[DB_REFLEXES], reflexes)
         result.reflexes = reflexes
     txn.put(M_APPLIED, encode_u64(result.applied_position), db=meta)
     return result
+
+
+def _index_before(txn: Any, dbs: dict[bytes, Any], layout: ChunkLayout, index: IndexUpdate | None,
+                  ids: np.ndarray) -> IndexUpdate:
+    """The group's spatial index update (docs/format.md §3.5; made at the first token op,
+    for the layers meta ``spatial_index`` names), told the ids the next op changes."""
+    if index is None:
+        index = IndexUpdate(decode_spatial_layers(txn.get(M_SPATIAL, db=dbs[DB_META]), "meta"), layout)
+    index.before(txn, dbs[DB_TOKENS], ids)
+    return index
 
 
 def _coalesced(entries: list[Entry]) -> Iterator[tuple[int, Op]]:

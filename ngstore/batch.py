@@ -28,6 +28,7 @@ from .ops import (
     OP_LEARN_UPDATE,
     OP_REFLEX_DELETE,
     OP_REFLEX_PUT,
+    OP_REFLEX_RESIZE,
     OP_TOKEN_DELETE,
     OP_TOKEN_PUT,
     REFLEX_DELETE_DTYPE,
@@ -55,6 +56,12 @@ class CommitResult:
 
 #: The writer's commit: (ops, durability) -> CommitResult.
 Committer = Callable[[list[Op], str], CommitResult]
+#: Gets the outcome of a submitted batch: its CommitResult, or the exception.
+Outcome = Callable[[CommitResult | BaseException], None]
+#: Runs a function now or later (an event loop's ``call_soon``).
+Defer = Callable[[Callable[[], None]], None]
+#: The writer's submit: (ops, durability, outcome, defer) -> None, never blocking.
+Submitter = Callable[[list[Op], str, Outcome, "Defer | None"], None]
 
 
 @dataclass
@@ -80,8 +87,9 @@ class Batch:
     or call :meth:`commit` / :meth:`discard`."""
 
     def __init__(self, commit: Committer, durability: str, counters: ValidationCounters,
-                 obs: Observability | None = None) -> None:
+                 obs: Observability | None = None, submit: Submitter | None = None) -> None:
         self._commit = commit
+        self._submit = submit
         self.durability = check_durability(durability)
         self._counters = counters
         self._obs = obs
@@ -228,6 +236,28 @@ class Batch:
         self.position, self.first_event = result.position, result.first_event
         return result.position
 
+    def submit(self, outcome: Outcome, defer: Defer | None = None) -> None:
+        """Commits without blocking (what ``ngstore.aio`` awaits): ``outcome`` gets the
+        CommitResult -- or the exception :meth:`commit` would raise -- from a thread of the
+        store's once the batch is committed or refused. Raises at once, writing nothing, if
+        the store refuses writes. ``defer``: see ``commit.Writer.submit``."""
+        self._check()
+        if self._submit is None:
+            raise NgStoreError("this batch has no store to submit to")
+        self._done = True
+
+        def done(result: CommitResult | BaseException) -> None:
+            if isinstance(result, CommitResult):
+                self.position, self.first_event = result.position, result.first_event
+            outcome(result)
+
+        self._submit(self._ops, self.durability, done, defer)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the records it holds (what its commit writes, about)."""
+        return sum(op.data.nbytes for op in self._ops)
+
     def discard(self) -> None:
         self._done = True
         self._ops = []
@@ -280,6 +310,22 @@ def token_put_op(tokens: Any, counters: ValidationCounters, obs: Observability |
     if timed and obs is not None:
         obs.validation_seconds.observe(time.perf_counter() - t0)
     return Op.of_bytes(OP_TOKEN_PUT, raw) if raw is not None else Op(OP_TOKEN_PUT, np.ascontiguousarray(arr))
+
+
+#: The largest reflex capacity: a table holds at most 2^32 records (format §7.2).
+MAX_REFLEX_CAPACITY = 1 << 32
+
+
+def reflex_resize_op(capacity: Any, live: int) -> Op:
+    """The REFLEX_RESIZE op of ``capacity`` for a table of ``live`` reflexes, or
+    InvalidArgumentError (a resize never drops a reflex)."""
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
+            or not 1 <= int(capacity) <= MAX_REFLEX_CAPACITY:
+        raise InvalidArgumentError(f"a reflex capacity is an int in 1..{MAX_REFLEX_CAPACITY}, got {capacity!r}")
+    if int(capacity) < live:
+        raise InvalidArgumentError(f"cannot resize the reflex table to {int(capacity)}: it holds {live} reflexes; "
+                                   "delete some first")
+    return Op(OP_REFLEX_RESIZE, np.array([int(capacity)], dtype="<u8"))
 
 
 def _reject_weights(arr: np.ndarray) -> None:

@@ -5,9 +5,10 @@ in writer and reader cannot hide), and checks, for every token chunk: the value
 length, that every present record's ``id`` equals its slot's id, that absent slots
 hold only zeros, and that the presence bits add up to the stored live count; the
 connections, their reverse index and the events against each other and the counters;
-the learning statistics (format.md §3.3); the reflex table, by its full structural scan
-in C (format.md §7); the meta database, the checkpoint file and (for a writer) that LMDB
-has not applied past the end of the log.
+the learning statistics (format.md §3.3); the spatial index against the present tokens
+(format.md §3.5); the reflex table, by its full structural scan in C (format.md §7); the
+meta database, the checkpoint file and (for a writer) that LMDB has not applied past the
+end of the log.
 
 Damage is a finding, never an exception: each section runs in its own read transaction,
 and an error that describes damage (``CorruptionError``, an LMDB error that reports a
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import reflex_store
+from . import reflex_store, spatial
 from .directory import Directory
 from .errors import CorruptionError, FormatVersionError
 from .kv import KV, ReadTxn
@@ -38,14 +39,18 @@ from .layout import (
     DB_LEARN,
     DB_META,
     DB_REFLEXES,
+    DB_SPATIAL,
     DB_TOKENS,
     LEARN_CURSOR_KEY_BYTES,
     LEARN_GROUP_KEY_BYTES,
     M_COUNTERS,
+    M_SPATIAL,
+    SPATIAL_ENTRY_DTYPE,
     ChunkLayout,
     Counters,
     LearnCursor,
     decode_learn_moments,
+    decode_spatial_layers,
     forward_of_reverse,
     learn_group_key_fields,
 )
@@ -152,6 +157,8 @@ def check_store(kv: KV, layout: ChunkLayout, directory: Directory, applied_posit
          lambda txn: _check_connections(txn, kv, counters, f, facts)),
         ("events", (DB_EVENTS,), lambda txn: _check_events(txn, kv, counters, f, facts)),
         ("learn", (DB_LEARN,), lambda txn: _check_learning(txn, kv, counters, f, facts)),
+        # reads the token chunks too (the index must hold exactly the present tokens)
+        ("spatial", (DB_SPATIAL, DB_TOKENS, DB_META), lambda txn: _check_spatial(txn, kv, layout, f, facts)),
     ]
     skipped = []
     for name, dbs, run in sections:
@@ -355,6 +362,51 @@ def _check_learning(txn: Any, kv: KV, counters: Counters | None, f: _Findings, f
             f.add(f"cursor {c} is past the {counters.events_next_seq} events written", where)
     facts["learn_groups"] = groups
     facts["learn_binnings"] = len(cursors)
+
+
+def _check_spatial(txn: Any, kv: KV, layout: ChunkLayout, f: _Findings, facts: dict[str, Any]) -> None:
+    """The spatial index (format.md §3.5): its page rules, and per indexed layer exactly
+    the present tokens' (id, coordinates); no page of a layer that is not indexed."""
+    value = txn.get(M_SPATIAL, db=kv.dbs[DB_META])
+    try:
+        mask = decode_spatial_layers(value, kv.path)
+    except CorruptionError as exc:
+        f.value(exc.reason, "meta spatial_index", value)
+        return
+    facts["spatial_layers"] = mask
+
+    def page_problem(reason: str, key: bytes, page: Any) -> None:
+        f.value(reason, f"spatial key {key.hex()}", page)
+
+    entries = spatial.read_layers(txn, kv.dbs.get(DB_SPATIAL), page_problem)
+    facts["spatial_entries"] = sum(int(e.size) for e in entries.values())
+    layers = spatial.layers_of(mask)
+    for layer in sorted(set(entries) - set(layers)):
+        f.add(f"the spatial index has pages for layer {layer}, which it does not cover", f"spatial layer {layer}")
+    if not layers:
+        return
+    ids_parts, coord_parts = [], []
+    db = kv.dbs[DB_TOKENS]
+    for key, chunk in (txn.cursor(db=db) if db is not None else ()):
+        if len(key) != 4 or len(chunk) != layout.value_bytes:
+            continue  # reported by the token section
+        bits = np.unpackbits(layout.bitmap(chunk), bitorder="little").astype(bool)
+        rows = np.frombuffer(chunk, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)[bits]
+        ids_parts.append(rows[:, 48:52].copy().view("<u4").reshape(-1))
+        coord_parts.append(rows[:, :48].copy().view("<i2").reshape(-1, 24))
+    ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.uint32)
+    coords = np.concatenate(coord_parts) if coord_parts else np.zeros((0, 24), np.int16)
+    order = np.argsort(ids, kind="stable")
+    ids, coords = ids[order], coords[order]
+    for layer in layers:
+        got = entries.get(layer, np.zeros(0, dtype=SPATIAL_ENTRY_DTYPE))
+        got = got[np.argsort(got["id"], kind="stable")]
+        want = coords[:, 3 * layer:3 * layer + 3]
+        same = got.size == ids.size and bool(np.array_equal(got["id"], ids)) and bool(
+            np.array_equal(np.stack([got["x"], got["y"], got["z"]], axis=1), want))
+        if not same:
+            f.add(f"the spatial index of layer {layer} holds {got.size} entries that do not match "
+                  f"the {ids.size} present tokens", f"spatial layer {layer}")
 
 
 def _check_reflexes(kv: KV, f: _Findings, facts: dict[str, Any]) -> None:

@@ -51,17 +51,26 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
 from . import reflex_store, wal
 from .applier import Applier
 from .batch import CommitResult
+from .committer import Committer
 from .directory import Directory
-from .errors import NgStoreError, OutcomeUnknownError, StorageError, StoreState, refusal, storage_error
-from .guardian import Guardian, Usage
+from .errors import (
+    NgStoreError,
+    OutcomeUnknownError,
+    QuotaExceededError,
+    StorageError,
+    StoreState,
+    refusal,
+    storage_error,
+)
+from .guardian import CONNECTION_BYTES, EVENT_BYTES, TOKEN_BYTES, Guardian, Usage
 from .kv import KV, ReadTxn
 from .layout import DB_TOKENS
 from .ops import (
@@ -69,6 +78,7 @@ from .ops import (
     OP_EVENT_APPEND,
     OP_EVENT_TRIM,
     OP_REFLEX_DELETE_KEY,
+    OP_REFLEX_PUT,
     OP_TOKEN_PUT,
     REFLEX_KINDS,
     Op,
@@ -86,6 +96,9 @@ T = TypeVar("T")
 #: Called with (first sequence number, events) for every committed EVENT_APPEND, in
 #: commit order, as the batch becomes visible.
 CommitListener = Callable[[int, np.ndarray], None]
+#: Gets a submitted batch's outcome (:meth:`Writer.submit`): its CommitResult, or the
+#: exception a blocking commit would have raised.
+SubmitCallback = Callable[[CommitResult | BaseException], None]
 
 
 @dataclass(frozen=True)
@@ -97,14 +110,35 @@ class WriterOptions:
     #: A batch with more token writes than this is not indexed in the overlay: its
     #: commit waits for the applier instead (indexing costs per token, applying per chunk).
     index_limit: int = 4096
+    #: ``"evict"``: a reflex put into a full table pushes the weakest out; ``"refuse"``: the
+    #: batch is refused (QuotaExceededError) before anything of it is written.
+    reflex_eviction: str = "evict"
+
+
+@dataclass
+class _GroupAdds:
+    """What the batches accepted so far in one commit group will add (they are in neither
+    LMDB nor the overlay yet): quotas count them for the batches behind them."""
+
+    tokens: int = 0
+    bytes: int = 0
+    #: their ops, in log order (the reflex ones apply before a later batch's)
+    ops: list[Op] = field(default_factory=list)
+
+
+class _Wake(Protocol):
+    def release(self) -> None: ...
 
 
 class _Pending:
     """A batch in the group-commit queue. ``wake`` is a lock held from creation: the
-    leader releases it to say "done" or "lead now" (a lock costs a tenth of an Event)."""
+    leader releases it to say "done" or "lead now" (a lock costs a tenth of an Event). A
+    submitted batch (:meth:`Writer.submit`) has a :class:`_Notify` instead, and its
+    ``callback`` gets the outcome."""
 
     __slots__ = (
         "add_tokens",
+        "callback",
         "done",
         "durability",
         "error",
@@ -116,7 +150,7 @@ class _Pending:
         "wake",
     )
 
-    def __init__(self, ops: list[Op], durability: str) -> None:
+    def __init__(self, ops: list[Op], durability: str, wake: _Wake | None = None) -> None:
         self.ops = ops
         self.durability = durability
         self.payload = b""
@@ -126,8 +160,25 @@ class _Pending:
         self.first_event: int | None = None
         self.error: BaseException | None = None
         self.wait_applied = False
-        self.wake = threading.Lock()
-        self.wake.acquire()
+        self.callback: SubmitCallback | None = None
+        if wake is None:
+            wake = threading.Lock()
+            wake.acquire()
+        self.wake = wake
+
+
+class _Notify:
+    """The wake of a submitted batch: the leader's "release" -- done, or lead now -- is
+    handed to ``on_wake`` (``Writer._on_submitted``), never acted on by the submitter."""
+
+    __slots__ = ("_on_wake", "_pending")
+
+    def __init__(self, pending: _Pending, on_wake: Callable[[_Pending], None]) -> None:
+        self._pending = pending
+        self._on_wake = on_wake
+
+    def release(self) -> None:
+        self._on_wake(self._pending)
 
 
 class Writer:
@@ -168,12 +219,19 @@ class Writer:
         self._cleanup_headroom = 0
         self._queue: list[_Pending] = []
         self._leader = False
+        #: the leader is a submitted batch whose lead waits for its ``defer`` (``submit``)
+        self._lead_deferred = False
         self._unsynced = False
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
         #: per group: (seconds logging, seconds in all, its batches); turned into histogram
         #: observations off the commit path (``observe_pending``)
         self._timings: deque[tuple[float, float, list[_Pending]]] = deque()
+        self._refuse = options.reflex_eviction == "refuse"
+        self._table_seen: object = None  # the reflex table version whose memory_bytes ...
+        self._table_bytes = 0            # ... is this
+        #: leads and finishes submitted batches (one thread, started by the first one)
+        self._committer = Committer(self._lead, applier.wait_applied, "ngstore-committer")
         self.stats_counters = {"commits_total": 0, "commit_errors_total": 0, "panics_recovered_total": 0,
                                "wal_records_written_total": 0, "wal_records_replayed_total": 0,
                                "direct_commits_total": 0}
@@ -197,14 +255,24 @@ class Writer:
         """The I/O error after which this writer refuses writes, if any."""
         return self._failed or self._log.failed or self._applier.failure
 
-    def usage(self) -> Usage:
-        """What the Guardian counts: LMDB's records plus what the overlay may add."""
-        c = self._applier.counters
+    def usage(self, overlay: bool = True) -> Usage:
+        """What the Guardian counts (``guardian``): LMDB's records plus what the overlay may
+        add, the reflex table's memory (plus, as an upper bound, the growth the overlay's
+        reflex puts may cause), the overlay's own memory (unless ``overlay`` is False: it is
+        transient, and no cleanup can free it), and the Guardian's reservations."""
+        a = self._applier
+        c = a.counters
         pend = self._overlay.pending
-        table = self._applier.reflex_table
+        table = a.reflex_table
+        if table is not self._table_seen:  # a version never changes: ask C once per version
+            self._table_seen, self._table_bytes = table, table.memory_bytes if table is not None else 0
+        reflex_bytes = self._table_bytes
+        if pend.reflexes:
+            reflex_bytes = max(reflex_bytes, reflex_store.table_bytes_after(table, a.reflex_capacity, [],
+                                                                            pend.reflexes))
         return Usage(tokens=c.tokens_live + pend.tokens, connections=c.connections_live + pend.connections,
-                     events=min(c.events_live + pend.events, self._applier.event_capacity),
-                     reflex_bytes=((len(table) if table is not None else 0) + pend.reflexes) * 128)
+                     events=min(c.events_live + pend.events, a.event_capacity), reflex_bytes=reflex_bytes,
+                     overlay_bytes=self._overlay.memory_bytes if overlay else 0, reserved=self._guardian.reserved)
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
@@ -229,18 +297,23 @@ class Writer:
             return CommitResult(self._log.last_position)
         if durability == "sync" and sum(op.data.nbytes for op in ops) >= self._options.direct_threshold:
             return self._run_exclusive(lambda: self._commit_direct(ops))
-        p = _Pending(ops, durability)
+        wake = threading.Lock()
+        wake.acquire()
+        p = _Pending(ops, durability, wake)
         p.payload = encode_ops(ops)
         with self._qlock:
             self._queue.append(p)
             lead = not self._leader
             if lead:
                 self._leader = True
+            kick, self._lead_deferred = self._lead_deferred, False
+        if kick:  # a submitted batch's lead waits for its event loop, which may be this thread
+            self._committer.request_lead()
         while True:
             if lead:
                 self._lead()
             if not p.done:
-                p.wake.acquire()  # done, or asked to lead
+                wake.acquire()  # done, or asked to lead
             if p.done:
                 break
             lead = True  # the previous leader handed over
@@ -249,6 +322,72 @@ class Writer:
         if p.wait_applied:
             self._applier.wait_applied(p.position)
         return CommitResult(p.position, p.first_event)
+
+    def submit(self, ops: list[Op], durability: str, callback: SubmitCallback,
+               defer: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """Commits one batch like :meth:`commit`, without blocking or waiting: the batch joins
+        the same group commits, and ``callback`` gets its CommitResult (or the exception
+        ``commit`` would have raised) from a thread of the writer's -- the leader's, or the
+        committer's (``committer``), which also leads, syncs and waits for the applier for
+        it. Raises at once, writing nothing, when the writer refuses writes. An empty batch
+        is reported at once, in the caller's thread; a very large ``sync`` batch
+        (``direct_threshold``) commits in a thread of its own. ``defer``, when given, runs
+        the request that wakes the committer to lead (an event loop passes its
+        ``call_soon``: the committer starts once the loop has submitted everything ready,
+        instead of competing with it for the GIL meanwhile)."""
+        self.check_writable()
+        if not ops:
+            callback(CommitResult(self._log.last_position))
+            return
+        if durability == "sync" and sum(op.data.nbytes for op in ops) >= self._options.direct_threshold:
+            def blocking() -> None:
+                try:
+                    result: CommitResult | BaseException = self.commit(ops, durability)
+                except BaseException as exc:
+                    result = exc
+                callback(result)
+
+            threading.Thread(target=blocking, name="ngstore-direct-commit", daemon=True).start()
+            return
+        p = _Pending(ops, durability)
+        p.payload = encode_ops(ops)
+        p.callback = callback
+        p.wake = _Notify(p, self._on_submitted)  # replaces the lock: nobody waits on it
+        with self._qlock:
+            self._queue.append(p)
+            lead = not self._leader
+            if lead:
+                self._leader = True
+                self._lead_deferred = defer is not None
+        if lead:
+            if defer is None:
+                self._committer.request_lead()
+            else:
+                defer(self._deferred_lead)
+
+    def _deferred_lead(self) -> None:
+        """The deferred start of a submitted batch's lead -- unless a blocking committer or an
+        exclusive caller came first and started it (they never wait for a deferred lead:
+        the loop that would run it may be the very thread they block)."""
+        with self._qlock:
+            lead, self._lead_deferred = self._lead_deferred, False
+        if lead:
+            self._committer.request_lead()
+
+    def _on_submitted(self, p: _Pending) -> None:
+        """A submitted batch was woken: lead (not done), or report its outcome -- after the
+        applier applied it when its commit must wait for that (``commit`` does the same)."""
+        callback = p.callback
+        assert callback is not None
+        if not p.done:
+            self._committer.request_lead()
+        elif p.error is not None:
+            callback(p.error)
+        elif p.wait_applied:
+            result = CommitResult(p.position, p.first_event)
+            self._committer.after_apply(p.position, lambda error: callback(error if error is not None else result))
+        else:
+            callback(CommitResult(p.position, p.first_event))
 
     def _lead(self) -> None:
         """Commits queued groups until the queue is empty (or LEADER_ROUNDS), waking each
@@ -295,6 +434,9 @@ class Writer:
         with self._free:
             self._exclusive_waiting += 1
             try:
+                if self._lead_deferred:  # see _deferred_lead
+                    self._lead_deferred = False
+                    self._committer.request_lead()
                 while self._leader:
                     self._free.wait()
             finally:
@@ -306,35 +448,80 @@ class Writer:
             with self._qlock:
                 self._hand_over()
 
-    def _quota_check(self, ops: list[Op], pending_tokens: int) -> int:
-        """Raises QuotaExceededError if the batch would pass a limit; returns the tokens it
-        may add. Uses upper bounds (every put a new id), and exact counts -- after the
-        overlay is applied -- only near the limits. Takes what it may add from the cleanup
-        headroom."""
+    def _quota_check(self, ops: list[Op], group: _GroupAdds) -> int:
+        """Raises QuotaExceededError if the batch would pass a limit -- or, with
+        ``reflex_eviction="refuse"``, push a reflex out of the table -- and writes nothing
+        then; returns the tokens it may add. Counts with upper bounds (every put a new id or
+        reflex, the reflex table growing by the most its rule allows); when those would
+        refuse, applies the overlay and counts exactly, so a refusal never depends on how
+        far the applier has got. The overlay counts in the usage while it holds other
+        commits; a batch is not charged its own passage through it (transient, and bounded
+        by ``overlay_bytes``). Takes what it may add from the cleanup headroom and adds it
+        to ``group``."""
         g = self._guardian
-        add_tokens = 0
-        add_bytes = 0
-        usage = self.usage()
-        for op in ops:
-            if op.kind == OP_TOKEN_PUT:
-                n = op.count
-                if (g.max_tokens is not None and usage.tokens + pending_tokens + n > g.max_tokens) or \
-                        (g.byte_limit is not None and usage.bytes + (pending_tokens + n) * 64 > g.byte_limit):
-                    n = self._count_absent(op.data["id"])
-                    usage = self.usage()  # exact now: the overlay was applied
-                add_tokens += n
-                add_bytes += n * 64
-            elif op.kind == OP_CONNECTION_PUT:
-                add_bytes += op.count * 64  # an upper bound: overwrites add nothing
-            elif op.kind == OP_EVENT_APPEND:
-                live = usage.events
-                add_bytes += (min(self._applier.event_capacity, live + op.count) - live) * 128
-            elif op.kind in REFLEX_KINDS:
-                add_bytes += op.count * 128 if op.kind != OP_REFLEX_DELETE_KEY else 0
-        usage.tokens += pending_tokens
-        g.check(usage, add_tokens, add_bytes)
+        refuse = self._refuse and any(op.kind == OP_REFLEX_PUT for op in ops)
+        if refuse and self._overlay.pending.reflex_ops:
+            self._applier.wait_applied(self._overlay.last_position)  # plan on the table they make
+        usage, add_tokens, add_bytes = self._additions(ops, group, exact=False)
+        if g.exceeds(usage, add_tokens, add_bytes):  # else check() would pass: not asked again
+            usage, add_tokens, add_bytes = self._additions(ops, group, exact=True)
+            g.check(usage, add_tokens, add_bytes)
+        if refuse:
+            self._refuse_displacing(ops, group.ops)
+        group.tokens += add_tokens
+        group.bytes += add_bytes
+        group.ops.extend(ops)
         self._cleanup_headroom -= add_bytes
         return add_tokens
+
+    def _additions(self, ops: list[Op], group: _GroupAdds, exact: bool) -> tuple[Usage, int, int]:
+        """(usage, tokens, bytes) the batch may add; ``exact``: the overlay applied first and
+        token puts counted against LMDB (reflex puts stay upper bounds)."""
+        if exact:
+            self._applier.wait_applied(self._overlay.last_position)
+        usage = self.usage()
+        usage.tokens += group.tokens
+        usage.pending_bytes = group.bytes
+        add_tokens = add_bytes = 0
+        reflexes = False
+        for op in ops:
+            kind = op.kind
+            if kind == OP_TOKEN_PUT:
+                n = self._count_absent(op.data["id"]) if exact else op.count
+                add_tokens += n
+                add_bytes += n * TOKEN_BYTES
+            elif kind == OP_CONNECTION_PUT:
+                add_bytes += op.count * CONNECTION_BYTES  # an upper bound: overwrites add nothing
+            elif kind == OP_EVENT_APPEND:
+                live = usage.events
+                add_bytes += (min(self._applier.event_capacity, live + op.count) - live) * EVENT_BYTES
+            elif kind in REFLEX_KINDS:
+                reflexes = True
+        if reflexes:  # what the table may grow by
+            a = self._applier
+            earlier = [op for op in group.ops if op.kind in REFLEX_KINDS]
+            pending = 0 if exact else self._overlay.pending.reflexes
+            table = a.reflex_table
+            before = reflex_store.table_bytes_after(table, a.reflex_capacity, earlier, pending)
+            after = reflex_store.table_bytes_after(table, a.reflex_capacity, earlier + ops, pending)
+            add_bytes += max(0, after - before)  # the group's earlier batches counted theirs
+        return usage, add_tokens, add_bytes
+
+    def _refuse_displacing(self, ops: list[Op], earlier: list[Op]) -> None:
+        """``reflex_eviction="refuse"``: QuotaExceededError if a reflex put of the batch
+        would push a reflex out of the table (planned exactly; nothing is written)."""
+        a = self._applier
+        hit = reflex_store.first_displacing_put(a.reflex_table, a.reflex_capacity, earlier, ops)
+        if hit is None:
+            return
+        table = a.reflex_table
+        live = len(table) if table is not None else 0
+        self._guardian.quota_exceeded_total += 1
+        raise QuotaExceededError(
+            "reflex_capacity", live, sum(op.count for op in ops if op.kind == OP_REFLEX_PUT), a.reflex_capacity,
+            detail=f"with reflex_eviction='refuse', reflex #{hit[1]} of the batch's put #{hit[0]} would push a "
+                   "reflex out: the table is at capacity or its cell holds 4 reflexes already",
+            hint="store.resize_reflexes(n) to make room, or open with reflex_eviction='evict'")
 
     def _count_absent(self, ids: np.ndarray) -> int:
         """Ids of ``ids`` not present, exactly: the overlay is applied first."""
@@ -346,18 +533,17 @@ class Writer:
 
     def _commit_group(self, group: list[_Pending]) -> None:
         accepted: list[_Pending] = []
-        pending_tokens = 0
+        adds = _GroupAdds()
         obs = self._obs
         t0 = time.perf_counter()
         for p in group:
             try:
-                p.add_tokens = self._quota_check(p.ops, pending_tokens)
+                p.add_tokens = self._quota_check(p.ops, adds)
             except BaseException as exc:  # refused: nothing of it is written
                 p.error, p.done = exc, True
                 if obs is not None:
                     obs.event("quota_refused", error=str(exc))
                 continue
-            pending_tokens += p.add_tokens
             accepted.append(p)
         if not accepted:
             return
@@ -477,7 +663,7 @@ class Writer:
         self.check_writable()
         t0 = time.perf_counter()
         try:
-            self._quota_check(ops, 0)
+            self._quota_check(ops, _GroupAdds())
         except BaseException as exc:
             if self._obs is not None:
                 self._obs.event("quota_refused", error=str(exc))
@@ -561,7 +747,7 @@ class Writer:
         if self.failed is not None or limit is None or not g.enable_aggressive_cleanup:
             self._cleanup_headroom = 1 << 62
             return
-        usage = self.usage()
+        usage = self.usage(overlay=False)
         self._cleanup_headroom = int(self.CLEANUP_MARGIN * limit) - usage.bytes
         if not g.should_cleanup(usage, self.CLEANUP_MARGIN):
             return
@@ -582,7 +768,7 @@ class Writer:
             # Usage counts the overlay's additions, not its trims: wait for this one to be
             # applied, so the next look sees what it freed (cleanup is rare).
             self._applier.wait_applied(p.position)
-            self._cleanup_headroom = int(self.CLEANUP_MARGIN * limit) - self.usage().bytes
+            self._cleanup_headroom = int(self.CLEANUP_MARGIN * limit) - self.usage(overlay=False).bytes
             g.aggressive_cleanups_total += 1
             if self._obs is not None:
                 self._obs.event("cleanup", events_trimmed=n, hypotheses_evicted=int(stale.size),
@@ -619,6 +805,7 @@ class Writer:
             raise storage_error(exc, "closing the store", StoreState.CLOSED) from exc
         finally:
             self._closed = True
+            self._committer.close()
             self.release()
 
     def drop_reflexes(self) -> None:

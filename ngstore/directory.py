@@ -14,6 +14,14 @@ Locks (``flock``, so they die with the process that holds them):
 A failed write of one of these files (a full disk, a read-only file system, ...) raises
 the named ``errors.StorageError`` of its errno, with the file's path; its ``state`` says
 "stopped" until the operation that called (an open, a checkpoint, a close) restates it.
+
+Permissions: a store has one file mode (:attr:`Directory.mode`, private 0600 unless the
+application asks for another); its directories get :func:`fileio.dir_mode` of it and
+LMDB's ``lock.mdb``, which every reader writes, :func:`fileio.lock_mode`. The mode is kept
+as the store directory's own permission bits -- no file records it, as PostgreSQL derives
+its files' mode from its data directory's -- so every later open creates files the same
+way. A writer that asks for another mode changes every file of the store to it
+(:meth:`Directory.apply_mode`).
 """
 from __future__ import annotations
 
@@ -23,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .errors import NgStoreError, NotAStoreError, StoreLockedError, StoreState, storage_error
-from .fileio import FileIO, LockBusyError
+from .fileio import PRIVATE_MODE, FileIO, LockBusyError, dir_mode, lock_mode
 from .layout import (
     CHECKPOINT_FILE,
     DATA_FILE,
@@ -62,11 +70,21 @@ def _named(doing: str, path: str, state: StoreState = StoreState.STOPPED) -> Ite
 class Directory:
     """One store directory, as seen by one handle."""
 
-    def __init__(self, path: str, io: FileIO) -> None:
+    def __init__(self, path: str, io: FileIO, mode: int | None = None) -> None:
         self.path = os.path.realpath(path)
         self.io = io
         self._writer_fd: int | None = None
         self._readers_fd: int | None = None
+        self._requested = mode
+        #: The file mode of the store: what was asked for, else (settled by ``inspect``) the
+        #: store's own, read from its directory's bits; private for a new store.
+        self.mode = PRIVATE_MODE if mode is None else mode
+        #: True once ``inspect`` found that a writer asked for another mode than the store's.
+        self.mode_changes = False
+
+    @property
+    def lock_mode(self) -> int:
+        return lock_mode(self.mode)
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -88,11 +106,16 @@ class Directory:
             if not create or readonly:
                 raise NotAStoreError(f"{p} does not exist (pass create=True to make a new store)")
             with _named("creating the store directory", p, StoreState.NOT_CREATED):
-                self.io.makedirs(p)
+                self.io.makedirs(p, dir_mode(self.mode))
             return True
         names = set(self.io.listdir(p))
         if MARKER_FILE in names:
             decode_marker(self._read_small(MARKER_FILE), p)
+            stored = self.io.mode_of(p) & 0o666
+            if self._requested is None or readonly:
+                self.mode = stored
+            else:
+                self.mode_changes = stored != self._requested
             return False
         foreign = sorted(n for n in names if not is_own_file(n))
         if foreign:
@@ -128,7 +151,21 @@ class Directory:
     def write_marker(self) -> None:
         """The last step of a creation: from now on the directory is a store."""
         with _named("writing the store marker", self.file(MARKER_FILE)):
-            self.io.atomic_write(self.file(MARKER_FILE), encode_marker())
+            self.io.atomic_write(self.file(MARKER_FILE), encode_marker(), self.mode)
+
+    def apply_mode(self) -> None:
+        """Gives the store directory, ``wal/`` and every file in them the store's modes (at
+        creation, once LMDB made its files, and when a writer asks for another mode). The
+        writer holds its lock: no file is being created meanwhile."""
+        io = self.io
+        for d in (self.path, self.wal_dir):
+            if not io.is_dir(d):
+                continue
+            for name in io.listdir(d):
+                f = os.path.join(d, name)
+                if io.is_file(f):
+                    io.chmod(f, self.lock_mode if name == LMDB_LOCK_FILE and d == self.path else self.mode)
+            io.chmod(d, dir_mode(self.mode))
 
     # -- the state file and the boot id ----------------------------------------------
 
@@ -148,7 +185,8 @@ class Directory:
     def write_state(self, clean: bool) -> None:
         with _named("writing the state file", self.file(STATE_FILE)):
             self.io.atomic_write(self.file(STATE_FILE),
-                                 encode_state(WriterState(clean=clean, boot_id=self.boot_id(), pid=os.getpid())))
+                                 encode_state(WriterState(clean=clean, boot_id=self.boot_id(), pid=os.getpid())),
+                                 self.mode)
 
     def went_down_since(self, state: WriterState) -> bool:
         """True when ``state`` was written by a writer that did not close, and the machine
@@ -196,15 +234,17 @@ class Directory:
 
     def write_checkpoint(self, ckpt: Checkpoint) -> None:
         with _named("writing the checkpoint file", self.file(CHECKPOINT_FILE)):
-            self.io.atomic_write(self.file(CHECKPOINT_FILE), encode_checkpoint(ckpt))
+            self.io.atomic_write(self.file(CHECKPOINT_FILE), encode_checkpoint(ckpt), self.mode)
 
     # -- locks -------------------------------------------------------------------------
 
     def lock_writer(self) -> None:
-        """Takes the writer lock (StoreLockedError if another handle has it) and records
-        this process's pid in it."""
+        """Takes the writer lock (StoreLockedError if another handle has it), records this
+        process's pid in it, and makes ``readers.lock`` if it is missing, so that a reader
+        who may not create files in the directory (another user) can still take its
+        shared lock."""
         try:
-            fd = self.io.lock(self.file(WRITER_LOCK), exclusive=True)
+            fd = self.io.lock(self.file(WRITER_LOCK), exclusive=True, mode=self.mode)
         except LockBusyError:
             raise StoreLockedError(
                 f"{self.path}: another writer (this process or another) has the store open; "
@@ -216,16 +256,20 @@ class Directory:
         with _named("writing the writer lock file", self.file(WRITER_LOCK)):
             self.io.truncate(fd, 0)
             self.io.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        readers = self.file(READERS_LOCK)
+        if not self.io.exists(readers):
+            with _named("creating the readers lock file", readers):
+                self.io.close(self.io.open(readers, os.O_RDONLY | os.O_CREAT, self.mode))
 
     def lock_reader(self) -> None:
         """A read-only handle's shared lock on ``readers.lock`` (StoreLockedError while a
         writer rolls LMDB back). On a read-only file system no lock can be taken, and
         none is needed: nothing can write there either."""
         try:
-            self._readers_fd = self.io.lock(self.file(READERS_LOCK), exclusive=False)
+            self._readers_fd = self.io.lock(self.file(READERS_LOCK), exclusive=False, mode=self.mode)
         except LockBusyError:
             raise StoreLockedError(f"{self.path}: a writer is recovering this store; retry in a moment") from None
-        except PermissionError:
+        except (PermissionError, FileNotFoundError):  # may neither write nor create it
             self._readers_fd = None
         except OSError as exc:
             if exc.errno != getattr(os, "EROFS", 30):
@@ -236,7 +280,7 @@ class Directory:
     def readers_excluded(self) -> Iterator[None]:
         """Holds ``readers.lock`` exclusively: no read-only handle is open meanwhile."""
         try:
-            fd = self.io.lock(self.file(READERS_LOCK), exclusive=True)
+            fd = self.io.lock(self.file(READERS_LOCK), exclusive=True, mode=self.mode)
         except LockBusyError:
             raise StoreLockedError(f"{self.path}: recovery after a system crash needs every "
                                    "read-only handle closed") from None

@@ -72,17 +72,19 @@ class NotAStoreError(NgStoreError):
 class QuotaExceededError(NgStoreError):
     """A Guardian quota would be exceeded; nothing of the write happened.
 
-    ``quota`` names the limit (``"max_tokens"``, ``"max_bytes"``, ``"memory_threshold"``),
+    ``quota`` names the limit (``"max_tokens"``, ``"max_bytes"``, ``"memory_threshold"``;
+    ``"reflex_capacity"`` when a store opened with ``reflex_eviction="refuse"`` would evict),
     ``current`` the value before the write, ``requested`` what the write would add and
     ``limit`` the refusing bound.
     """
 
-    def __init__(self, quota: str, current: int, requested: int, limit: int, detail: str = "") -> None:
+    def __init__(self, quota: str, current: int, requested: int, limit: int, detail: str = "",
+                 hint: str = "") -> None:
         msg = (f"{quota} quota exceeded: {current} + {requested} > {limit}"
-               + (f" ({detail})" if detail else "")
-               + "; raise the limit with ngstore.open(..., "
-               + ("max_tokens=" if quota == "max_tokens" else "max_bytes=")
-               + "...) or delete data first")
+               + (f" ({detail})" if detail else "") + "; "
+               + (hint or ("raise the limit with ngstore.open(..., "
+                           + ("max_tokens=" if quota == "max_tokens" else "max_bytes=")
+                           + "...) or delete data first")))
         super().__init__(msg)
         self.quota = quota
         self.current = current

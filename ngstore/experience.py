@@ -659,6 +659,11 @@ class ExperienceStream:
         return self._capacity
 
     @property
+    def memory_bytes(self) -> int:
+        """Bytes of its ring of events, allocated whole at construction."""
+        return int(self._ring.nbytes)
+
+    @property
     def channel_size(self) -> int:
         return self._channel_size
 

@@ -25,6 +25,17 @@ Crash consequences, in syscall terms:
   directory returns (invariant 5).
 * ``atomic_write`` is the one composite: after it returns the file holds exactly ``data``
   durably; after a crash at any point it holds either the old content or the new one.
+
+Permissions
+-----------
+Every call that creates a file or a directory takes its mode, and the result has exactly
+that mode whatever the process umask (``fchmod``/``chmod`` after creation, as PostgreSQL
+sets its umask from its data directory's mode): a store's privacy must not depend on the
+umask of whichever process created a file, and a group that was granted access must not
+lose it to a umask of 022. The defaults are private -- files 0600, directories 0700 -- so a
+caller that forgets to pass the store's mode makes a file only its owner can read.
+:func:`dir_mode` and :func:`lock_mode` derive the other two modes of a store from its
+file mode.
 """
 from __future__ import annotations
 
@@ -32,10 +43,30 @@ import errno
 import fcntl
 import mmap
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 Buffer = bytes | bytearray | memoryview
+
+#: The file mode of a store unless its application asks for another: the owner's only.
+PRIVATE_MODE = 0o600
+
+
+def dir_mode(file_mode: int) -> int:
+    """A directory's mode for files of ``file_mode``: search (x) wherever read is granted
+    (0600 -> 0700), and set-group-id when the group is granted anything (0640 -> 02750), so
+    that a file created later -- a log segment, the state file at close -- belongs to the
+    directory's group, not to the writer's primary group (git's shared repositories do the
+    same)."""
+    return file_mode | ((file_mode & 0o444) >> 2) | (stat.S_ISGID if file_mode & 0o060 else 0)
+
+
+def lock_mode(file_mode: int) -> int:
+    """The mode of a lock file every reader writes (LMDB's ``lock.mdb`` holds the reader
+    table): write wherever read is granted (0600 -> 0600, 0640 -> 0660)."""
+    return file_mode | ((file_mode & 0o444) >> 1)
+
 
 #: Where Linux publishes an id that changes at every boot.
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
@@ -70,9 +101,45 @@ class FileIO:
     """
 
     # -- descriptors ---------------------------------------------------------------
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
-        """``os.open`` with ``O_CLOEXEC`` added."""
-        return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+    def open(self, path: str, flags: int, mode: int = PRIVATE_MODE) -> int:
+        """``os.open`` with ``O_CLOEXEC`` added. A file it creates (``O_CREAT``) gets exactly
+        ``mode``, whatever the umask; an existing file keeps its mode."""
+        flags |= getattr(os, "O_CLOEXEC", 0)
+        if not flags & os.O_CREAT:
+            return os.open(path, flags)
+        if flags & os.O_EXCL:
+            fd = os.open(path, flags, mode)
+            self._exact_mode(fd, mode)
+            return fd
+        while True:  # O_EXCL first: only a file made here is given the mode
+            try:
+                fd = os.open(path, flags | os.O_EXCL, mode)
+            except FileExistsError:
+                try:
+                    return os.open(path, flags & ~os.O_CREAT)
+                except FileNotFoundError:
+                    continue  # removed in between: make it after all
+            self._exact_mode(fd, mode)
+            return fd
+
+    def _exact_mode(self, fd: int, mode: int) -> None:
+        try:
+            self.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def fchmod(self, fd: int, mode: int) -> None:
+        """Sets the permission bits of an open file."""
+        os.fchmod(fd, mode)
+
+    def chmod(self, path: str, mode: int) -> None:
+        """Sets the permission bits of ``path`` (a file or a directory)."""
+        os.chmod(path, mode)
+
+    def mode_of(self, path: str) -> int:
+        """The permission bits of ``path``."""
+        return os.stat(path).st_mode & 0o7777
 
     def close(self, fd: int) -> None:
         os.close(fd)
@@ -169,8 +236,10 @@ class FileIO:
     def unlink(self, path: str) -> None:
         os.unlink(path)
 
-    def mkdir(self, path: str, mode: int = 0o755) -> None:
+    def mkdir(self, path: str, mode: int = dir_mode(PRIVATE_MODE)) -> None:
+        """Makes directory ``path`` with exactly ``mode``."""
         os.mkdir(path, mode)
+        self.chmod(path, mode)
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
@@ -226,9 +295,10 @@ class FileIO:
 
         shutil.rmtree(path, ignore_errors=True)
 
-    def makedirs(self, path: str, mode: int = 0o755) -> None:
-        """Makes ``path`` and any missing parents, each durably: after every directory
-        created, its parent is fsynced (a new directory entry is durable only then)."""
+    def makedirs(self, path: str, mode: int = dir_mode(PRIVATE_MODE)) -> None:
+        """Makes ``path`` and any missing parents (each with ``mode``), each durably: after
+        every directory created, its parent is fsynced (a new directory entry is durable
+        only then)."""
         path = os.path.abspath(path)
         missing = []
         p = path
@@ -247,11 +317,18 @@ class FileIO:
             self.fsync_dir(os.path.dirname(d))
 
     # -- locks ---------------------------------------------------------------------
-    def lock(self, path: str, exclusive: bool, mode: int = 0o644) -> int:
-        """Opens (creating) ``path`` and takes an ``flock`` on it without waiting; returns
-        the descriptor, which holds the lock until :meth:`unlock`. Raises
-        :class:`LockBusyError` when another holder has it."""
-        fd = self.open(path, os.O_RDWR | os.O_CREAT, mode)
+    def lock(self, path: str, exclusive: bool, mode: int = PRIVATE_MODE) -> int:
+        """Opens (creating, with ``mode``) ``path`` and takes an ``flock`` on it without
+        waiting; returns the descriptor, which holds the lock until :meth:`unlock`. Raises
+        :class:`LockBusyError` when another holder has it. A shared lock needs only read
+        permission (``flock`` ignores the open mode): a user who may read the store but not
+        write its lock file opens it read-only."""
+        try:
+            fd = self.open(path, os.O_RDWR | os.O_CREAT, mode)
+        except PermissionError:
+            if exclusive:
+                raise
+            fd = self.open(path, os.O_RDONLY)
         try:
             fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except OSError as exc:
@@ -307,15 +384,17 @@ class FileIO:
         env.sync(True)
 
     # -- composites ----------------------------------------------------------------
-    def atomic_write(self, path: str, data: Buffer, mode: int = 0o644) -> None:
-        """Replace ``path`` by a file holding exactly ``data``, durably (invariant 5).
+    def atomic_write(self, path: str, data: Buffer, mode: int = PRIVATE_MODE) -> None:
+        """Replace ``path`` by a file holding exactly ``data`` with ``mode``, durably
+        (invariant 5).
 
         tmp file in the same directory → write → fsync → rename over ``path`` → fsync the
         directory. A crash leaves the old file or the new one (and possibly a stale
-        ``.tmp`` sibling, which the next call overwrites)."""
+        ``.tmp`` sibling, which the next call overwrites -- and gives ``mode``)."""
         tmp = path + ".tmp"
         fd = self.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
+            self.fchmod(fd, mode)
             self.pwrite(fd, data, 0)
             self.fsync(fd)
         finally:
@@ -370,6 +449,25 @@ class FileIO:
         """``fcntl.flock(fd, operation)``; ``BlockingIOError`` when ``LOCK_NB`` finds it taken."""
         fcntl.flock(fd, operation)
     # -- end of the observability block -------------------------------------------------
+
+    # -- backups (ngstore.backup) ---------------------------------------------------------
+    # Added for ngstore.backup: LMDB writes its copy into a pipe that the backup reads, and
+    # log segments are read through descriptors held open (an unlinked segment stays
+    # readable through them).
+    def pipe(self, size: int = 1 << 20) -> tuple[int, int]:
+        """``(read end, write end)`` of a new pipe, its buffer raised to ``size`` bytes
+        where the system allows (fewer wake-ups per byte moved)."""
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, getattr(fcntl, "F_SETPIPE_SZ", 1031), size)
+        except OSError:
+            pass
+        return r, w
+
+    def read(self, fd: int, n: int) -> bytes:
+        """Up to ``n`` bytes from the descriptor's current offset (b"" at end of file)."""
+        return os.read(fd, n)
+    # -- end of the backup block ------------------------------------------------------------
 
 
 #: The real file system.

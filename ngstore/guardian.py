@@ -5,15 +5,28 @@ real cause of its "971x" figure (reference §6.6). Here the store keeps exact co
 of live records in LMDB (updated in the same transaction as the data), and the
 Guardian checks a write's *additions* against them: O(1), no system calls.
 
-Accounted bytes are the record bytes a store holds: 64 per token, 64 per connection,
-128 per experience event, and the reflex table's slot bytes. The defaults are the
-original's: 10 000 000 tokens, 1 024 000 000 bytes, and refusal from 80 % of the byte
-limit ("memory_threshold"). A refusal raises :class:`QuotaExceededError` naming the
-quota and the numbers, and leaves the store unchanged.
+Accounted bytes (:class:`Usage`, ``memory_used_bytes``) are the store's records and every
+large allocation the store makes, each counted so that a batch's share is known before
+anything of it is written (``docs/api.md``, quotas):
+
+* ``records``: 64 bytes per token and per connection, 128 per experience event (the
+  original's accounting of stored records);
+* ``reflex_table``: the reflex table's memory (``ReflexTable.memory_bytes``: segments,
+  header, C handle). It grows by doubling as reflexes arrive, so a batch of reflexes is
+  charged the growth it may cause (``reflex.plan_room``);
+* ``overlay``: commits in the log not yet in LMDB -- their ops and their token index;
+* reservations made once (:meth:`Guardian.reserve`): the black box's ring, the stats page,
+  the experience stream's ring -- fixed allocations counted at their full size from the
+  moment they exist.
+
+The defaults are the original's: 10 000 000 tokens, 1 024 000 000 bytes, and refusal from
+80 % of the byte limit ("memory_threshold"). A refusal raises :class:`QuotaExceededError`
+naming the quota and the numbers, and leaves the store unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from .errors import InvalidArgumentError, QuotaExceededError
 
@@ -24,19 +37,39 @@ DEFAULT_MEMORY_THRESHOLD = 0.8
 TOKEN_BYTES = 64
 CONNECTION_BYTES = 64
 EVENT_BYTES = 128
+#: The reservations the store makes (``stats()`` shows each, 0 when absent).
+RESERVATIONS = ("blackbox", "stats_page", "experience_ring")
 
 
 @dataclass
 class Usage:
+    """What the Guardian counts, part by part (see the module docstring)."""
+
     tokens: int = 0
     connections: int = 0
     events: int = 0
     reflex_bytes: int = 0
+    overlay_bytes: int = 0
+    #: the reservations (:meth:`Guardian.reserve`) by name
+    reserved: Mapping[str, int] = field(default_factory=dict)
+    #: what batches already accepted in the same commit group will add (not yet anywhere)
+    pending_bytes: int = 0
+
+    @property
+    def records_bytes(self) -> int:
+        return self.tokens * TOKEN_BYTES + self.connections * CONNECTION_BYTES + self.events * EVENT_BYTES
 
     @property
     def bytes(self) -> int:
-        return (self.tokens * TOKEN_BYTES + self.connections * CONNECTION_BYTES
-                + self.events * EVENT_BYTES + self.reflex_bytes)
+        return (self.records_bytes + self.reflex_bytes + self.overlay_bytes + sum(self.reserved.values())
+                + self.pending_bytes)
+
+    def parts(self) -> dict[str, int]:
+        """``memory_<part>_bytes`` for every part of :attr:`bytes` (what ``stats()`` shows)."""
+        return {"memory_records_bytes": self.records_bytes, "memory_reflex_table_bytes": self.reflex_bytes,
+                "memory_overlay_bytes": self.overlay_bytes,
+                **{f"memory_{name}_bytes": self.reserved.get(name, 0) for name in RESERVATIONS},
+                **{f"memory_{name}_bytes": n for name, n in sorted(self.reserved.items()) if name not in RESERVATIONS}}
 
 
 class Guardian:
@@ -58,6 +91,21 @@ class Guardian:
         self.enable_aggressive_cleanup = enable_aggressive_cleanup
         self.quota_exceeded_total = 0
         self.aggressive_cleanups_total = 0
+        self._reserved: dict[str, int] = {}
+
+    def reserve(self, name: str, nbytes: int) -> None:
+        """Counts a fixed allocation of the store (``name``: ``blackbox``, ``stats_page``,
+        ``experience_ring``) from now on; 0 ends it. Never refuses: the allocation is made
+        already, and the writes that follow are what the quota refuses."""
+        if nbytes:
+            self._reserved[name] = int(nbytes)
+        else:
+            self._reserved.pop(name, None)
+
+    @property
+    def reserved(self) -> Mapping[str, int]:
+        """The reservations by name (read-only; changed by :meth:`reserve` only)."""
+        return self._reserved
 
     @property
     def byte_limit(self) -> int | None:
@@ -65,6 +113,12 @@ class Guardian:
         if self.max_bytes is None:
             return None
         return int(self.max_bytes * self.memory_threshold)
+
+    def exceeds(self, usage: Usage, add_tokens: int, add_bytes: int) -> bool:
+        """Whether :meth:`check` would refuse (counts nothing)."""
+        limit = self.byte_limit
+        return bool((self.max_tokens is not None and add_tokens > 0 and usage.tokens + add_tokens > self.max_tokens)
+                    or (limit is not None and add_bytes > 0 and usage.bytes + add_bytes > limit))
 
     def check(self, usage: Usage, add_tokens: int, add_bytes: int) -> None:
         """Raises QuotaExceededError if adding would cross a limit; counts refusals."""
@@ -77,6 +131,15 @@ class Guardian:
             raise QuotaExceededError(
                 "max_bytes", usage.bytes, add_bytes, limit,
                 detail=f"refused from {self.memory_threshold:.0%} of max_bytes={self.max_bytes}")
+
+    def stats(self, usage: Usage) -> dict[str, float]:
+        """The quota part of ``store.stats()``: refusals, cleanups, the memory in use (and
+        its parts, ``Usage.parts``) and the limits (0: none)."""
+        return {"quota_exceeded_total": self.quota_exceeded_total,
+                "aggressive_cleanups_total": self.aggressive_cleanups_total,
+                "memory_used_bytes": usage.bytes, **usage.parts(),
+                "memory_limit_bytes": self.max_bytes or 0, "token_limit": self.max_tokens or 0,
+                "memory_threshold": self.memory_threshold}
 
     def should_cleanup(self, usage: Usage, margin: float = 0.9) -> bool:
         """True when accounted bytes pass ``margin`` of the refusal point."""

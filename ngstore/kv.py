@@ -70,7 +70,7 @@ import lmdb
 
 from . import layout, pages
 from .errors import CorruptionError, NgStoreError, StorageError, StoreLockedError, StoreState, storage_error
-from .fileio import DEFAULT_IO, FileIO
+from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO
 from .layout import ALL_DBS, DATA_FILE, DB_META, LMDB_LOCK_FILE, META_KEYS, Checkpoint, Meta
 
 T = TypeVar("T")
@@ -176,9 +176,10 @@ def _damage_error(p: pages.PageProblem, data_path: str, more: str = "") -> Corru
 _OPEN_CRITICAL = frozenset({pages.MAIN, DB_META.decode(), layout.DB_REFLEXES.decode()})
 
 
-def _open_env(path: str, readonly: bool, map_size: int, max_readers: int) -> lmdb.Environment:
+def _open_env(path: str, readonly: bool, map_size: int, max_readers: int, mode: int) -> lmdb.Environment:
     return lmdb.open(
         path,
+        mode=mode,  # LMDB creates data.mdb and lock.mdb with it (the umask applies: see Directory.apply_mode)
         subdir=True,
         readonly=readonly,
         create=not readonly,
@@ -203,10 +204,12 @@ class KV:
     """
 
     def __init__(self, path: str, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE,
-                 max_readers: int = 126, io: FileIO = DEFAULT_IO, walk: bool | None = None) -> None:
+                 max_readers: int = 126, io: FileIO = DEFAULT_IO, walk: bool | None = None,
+                 mode: int = PRIVATE_MODE) -> None:
         """``walk``: verify LMDB's own trees and the small databases before LMDB reads them
         (:func:`check_data_file`); only valid while no other process writes the file. By
-        default a writer does (it holds the writer lock) and a read-only handle does not."""
+        default a writer does (it holds the writer lock) and a read-only handle does not.
+        ``mode``: the store's file mode, given to LMDB for the files it creates."""
         self.path = os.path.realpath(path)
         self.readonly = readonly
         self.io = io
@@ -229,7 +232,7 @@ class KV:
                 if not readonly:
                     _back_lock_file(self.path, max_readers, io)
                 try:
-                    env = _open_env(self.path, readonly, map_size, max_readers)
+                    env = _open_env(self.path, readonly, map_size, max_readers, mode)
                 except lmdb.Error as exc:
                     raise (lmdb_storage_error(exc, "opening the LMDB environment", os.path.join(
                         self.path, DATA_FILE), io, StoreState.NOT_OPENED)
@@ -515,6 +518,27 @@ class KV:
         if self._pin is not None:
             self._pin.abort()
             self._pin = None
+
+    # -- copies (backups) ---------------------------------------------------------------
+
+    def copy_to_fd(self, fd: int, txn: lmdb.Transaction, *, compact: bool = True) -> None:
+        """Writes a copy of the environment as of read transaction ``txn`` to descriptor
+        ``fd`` (``mdb_env_copyfd2``; with ``compact`` free pages are left out and pages
+        renumbered, and the copy's meta says transaction 1). The copy is consistent
+        whatever the writer does meanwhile: it is one read transaction. ``fd`` may be a
+        pipe. Nothing is synced: the caller makes the destination durable.
+
+        Refused (CorruptionError) when the open found damaged pages in any tree: LMDB's copy
+        walks every tree, and LMDB must not follow damaged pages (it may read past the file
+        or abort); a copy of damage is no backup anyway."""
+        if self._shared.damaged:
+            first = next(iter(self._shared.damaged.values()))
+            raise _damage_error(first, os.path.join(self.path, DATA_FILE),
+                                "; a copy would read the damaged pages: back up from an undamaged store")
+        try:
+            self.env.copyfd(fd, compact=compact, txn=txn)
+        except lmdb.Error as exc:
+            raise translate(exc, f"copying the LMDB environment of {self.path}") from exc
 
     # -- information ------------------------------------------------------------------
 

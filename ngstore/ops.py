@@ -28,6 +28,8 @@ OP_REFLEX_DELETE: Final = 7
 OP_EVENT_TRIM: Final = 8
 OP_REFLEX_DELETE_KEY: Final = 9
 OP_LEARN_UPDATE: Final = 10
+OP_REFLEX_RESIZE: Final = 11
+# 12 is reserved for batch idempotency keys (docs/format.md §5): do not reuse it.
 
 _PAYLOAD_HEAD = struct.Struct("<II")  # magic, op count
 _OP_HEAD = struct.Struct("<HHIQ")     # op type, reserved, item count, body bytes
@@ -69,11 +71,13 @@ OP_DTYPES: Final[dict[int, np.dtype]] = {
     OP_EVENT_TRIM: np.dtype("<u8"),
     OP_REFLEX_DELETE_KEY: REFLEX_DELETE_KEY_DTYPE,
     OP_LEARN_UPDATE: LEARN_UPDATE_DTYPE,
+    OP_REFLEX_RESIZE: np.dtype("<u8"),
 }
 OP_ITEM_SIZE: Final = {kind: dt.itemsize for kind, dt in OP_DTYPES.items()}
-assert OP_ITEM_SIZE == {1: 64, 2: 4, 3: 64, 4: 12, 5: 128, 6: 112, 7: 60, 8: 8, 9: 32, 10: 184}
+assert OP_ITEM_SIZE == {1: 64, 2: 4, 3: 64, 4: 12, 5: 128, 6: 112, 7: 60, 8: 8, 9: 32, 10: 184, 11: 8}
 
-REFLEX_KINDS: Final = frozenset({OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY})
+#: The ops that change the reflex table (their commits return once applied).
+REFLEX_KINDS: Final = frozenset({OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY, OP_REFLEX_RESIZE})
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from .cliutil import (
     store_error,
 )
 from .directory import Directory
-from .errors import NgStoreError
+from .errors import CorruptionError, InvalidArgumentError, NgStoreError
 from .fileio import DEFAULT_IO
 
 
@@ -346,6 +346,84 @@ def _list_blackbox(a: argparse.Namespace, dumps: list[str]) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ backup / restore
+def cmd_backup(a: argparse.Namespace) -> int:
+    import ngstore
+
+    from . import backup
+
+    if not DEFAULT_IO.is_dir(a.src) or not DEFAULT_IO.exists(os.path.join(a.src, "NGSTORE")):
+        what = "does not exist" if not DEFAULT_IO.exists(a.src) else "is not an ngstore store"
+        raise CliError(f"{a.src} {what}", "give the directory of an ngstore store (the writer may be running)",
+                       EXIT_CANNOT_OPEN)
+    progress = Progress("backup", ["log", "base", "pieces", "manifest"], quiet=a.quiet or a.json)
+    try:
+        s = ngstore.open(a.src, readonly=True)
+    except NgStoreError as exc:
+        raise store_error(a.src, exc, doing="back up") from exc
+    try:
+        with s:
+            r = backup.backup(s, a.dest, incremental=a.incremental,
+                              on_step=lambda name: progress.run(name, lambda: None))
+    except ImportError as exc:
+        raise CliError(str(exc), "local destinations need nothing; URLs need the backup extra",
+                       EXIT_USAGE) from exc
+    except InvalidArgumentError as exc:
+        raise CliError(f"cannot back up {a.src} to {a.dest}: {exc}",
+                       "an existing DEST must hold an earlier backup (BACKUP.json) or be empty",
+                       EXIT_USAGE) from exc
+    except (NgStoreError, ValueError) as exc:
+        raise CliError(f"backup of {a.src} to {a.dest} failed: {exc}",
+                       "retry; `--debug` shows where it failed", EXIT_FAILED) from exc
+    finally:
+        progress.close()
+    if a.json:
+        print(json.dumps(_as_dict(r), indent=2, default=str))
+        return 0
+    how = f" (an incremental backup was asked: {r.reason})" if r.reason else ""
+    print(f"{r.kind} backup of {a.src} to {a.dest}{how}: generation {r.generation}, restores to log "
+          f"position {r.end_position:,} (base at {r.applied_position:,}); wrote {fmt_bytes(r.bytes)} "
+          f"({r.pieces} log piece(s)) in {r.seconds:.2f} s")
+    return 0
+
+
+def cmd_restore(a: argparse.Namespace) -> int:
+    from . import backup
+
+    progress = Progress("restore", ["base", "log"] + ([] if a.no_replay else ["replay"]),
+                        quiet=a.quiet or a.json)
+    try:
+        r = backup.restore(a.backup, a.path, replay=not a.no_replay,
+                           on_step=lambda name: progress.run(name, lambda: None))
+    except ImportError as exc:
+        raise CliError(str(exc), "local backups need nothing; URLs need the backup extra", EXIT_USAGE) from exc
+    except CorruptionError as exc:
+        raise CliError(f"restore of {a.backup} refused: {exc}",
+                       "the backup is damaged: restore an older one; nothing was made durable as a store",
+                       EXIT_UNSOUND) from exc
+    except InvalidArgumentError as exc:
+        raise CliError(f"cannot restore into {a.path}: {exc}", "give a new or empty directory",
+                       EXIT_USAGE) from exc
+    except (NgStoreError, ValueError) as exc:
+        raise CliError(f"restore of {a.backup} into {a.path} failed: {exc}",
+                       "BACKUP must be a directory or URL holding BACKUP.json", EXIT_FAILED) from exc
+    finally:
+        progress.close()
+    if a.json:
+        print(json.dumps(_as_dict(r), indent=2, default=str))
+        return 0 if r.check_ok is not False else EXIT_UNSOUND
+    print(f"restored {a.backup} into {a.path}: {fmt_bytes(r.bytes)}, base at log position "
+          f"{r.applied_position:,}, backup ends at {r.end_position:,}")
+    if r.check_ok is None:
+        print("  not replayed: the first open replays the log (--no-replay)")
+        return 0
+    print(f"  replayed {r.replayed_records:,} log record(s); tokens now: {r.tokens:,}")
+    print("  check: OK" if r.check_ok else "  check: PROBLEMS FOUND")
+    for p in r.problems:
+        print(f"  problem: {p}")
+    return 0 if r.check_ok else EXIT_UNSOUND
+
+
 def _as_dict(obj: Any) -> Any:
     if hasattr(obj, "__dataclass_fields__"):
         from dataclasses import asdict
@@ -425,6 +503,40 @@ def register(sub: Any) -> None:
     sp.add_argument("--json", action="store_true", help="list as JSON (the ring in full)")
     add_debug(sp)
     sp.set_defaults(fn=cmd_blackbox)
+
+    sp = sub.add_parser("backup", help="copy a live store to a directory or URL (online)",
+                        formatter_class=Formatter,
+                        description="Takes a consistent copy while the writer runs: LMDB's compacting copy "
+                                    "of one read transaction, plus the log records after it. DEST is a "
+                                    "directory or an fsspec URL (s3://..., needs ngstore[backup]); an "
+                                    "existing DEST must hold an earlier backup, which a full backup replaces "
+                                    "only once the new one is complete.",
+                        epilog="examples:\n  ngstore backup /data /backups/data\n"
+                               "  ngstore backup /data /backups/data --incremental")
+    sp.add_argument("src", metavar="SRC", help="the store directory")
+    sp.add_argument("dest", metavar="DEST", help="the backup directory or URL")
+    sp.add_argument("--incremental", action="store_true",
+                    help="ship only the log written since the backup in DEST (a full backup when that "
+                         "cannot continue; the output says why)")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_debug(sp)
+    sp.set_defaults(fn=cmd_backup)
+
+    sp = sub.add_parser("restore", help="make a store from a backup", formatter_class=Formatter,
+                        description="Checks every file of the backup against its digest, lays down the base "
+                                    "and the log, then opens the store once for writing (which replays the "
+                                    "log after the base and checkpoints) and runs check(). Exit 1 if the "
+                                    "backup is damaged or the check fails.",
+                        epilog="example:\n  ngstore restore /backups/data /data-restored")
+    sp.add_argument("backup", metavar="BACKUP", help="the backup directory or URL")
+    add_path(sp, "the store directory to make (new, or an empty directory)")
+    sp.add_argument("--no-replay", action="store_true",
+                    help="leave the replay to the first open (no check)")
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
+    sp.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_debug(sp)
+    sp.set_defaults(fn=cmd_restore)
 
     sp = sub.add_parser("checkpoint", help="make LMDB durable and drop the log it covers (offline)",
                         formatter_class=Formatter,

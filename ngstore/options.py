@@ -13,6 +13,7 @@ from .layout import DEFAULT_CHUNK_SLOTS, DEFAULT_EVENT_CAPACITY, DEFAULT_REFLEX_
 from .wal import DEFAULT_SEGMENT_BYTES
 
 RECOVERY_MODES = ("strict", "tolerate-tail", "salvage")
+REFLEX_EVICTION = ("evict", "refuse")
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,17 @@ class Options:
     chunk_slots: int = DEFAULT_CHUNK_SLOTS
     #: Experience events retained (older ones are trimmed); fixed at creation.
     event_capacity: int = DEFAULT_EVENT_CAPACITY
-    #: Reflexes the table holds (the weakest are evicted beyond it); fixed at creation.
+    #: Reflexes the table holds; set at creation, changed by ``store.resize_reflexes(n)``.
     reflex_capacity: int = DEFAULT_REFLEX_CAPACITY
+    #: What a reflex put does to a full table (or a cell holding 4 reflexes already):
+    #: ``"evict"`` pushes the weakest out (counted in ``reflex_evictions_total``, logged
+    #: once per batch); ``"refuse"`` raises QuotaExceededError before anything of the batch
+    #: is written. A policy of this handle, not of the store: each open chooses.
+    reflex_eviction: str = "evict"
+    #: Keep the spatial index of token coordinates (``snapshot.tokens.within`` / ``box``;
+    #: docs/format.md §3.5) for all 8 layers; fixed at creation. Without it those queries
+    #: scan every token (same answers), and token writes skip its upkeep.
+    spatial_index: bool = True
     #: LMDB's virtual map size (address space, not disk) and its reader slots.
     map_size: int = DEFAULT_MAP_SIZE
     max_readers: int = 126
@@ -76,10 +86,19 @@ class Options:
     blackbox_capacity: int = 1000
     #: A writer dumps its black box on an unhandled exception or a fatal signal.
     crash_handlers: bool = True
+    #: The permission bits of the store's files (``docs/operations.md`` §7). None: a new
+    #: store is private (0o600: files the owner's only; directories 0o700) and an existing
+    #: one keeps its own. ``mode=0o640`` shares it read-only with the owner's group
+    #: (directories 0o750; LMDB's lock file, which readers write, 0o660). A writer that
+    #: passes a mode changes every file of an existing store to it.
+    mode: int | None = None
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_MODES:
             raise InvalidArgumentError(f"durability must be one of {DURABILITY_MODES}, got {self.durability!r}")
+        if self.reflex_eviction not in REFLEX_EVICTION:
+            raise InvalidArgumentError(
+                f"reflex_eviction must be one of {REFLEX_EVICTION}, got {self.reflex_eviction!r}")
         if self.recovery not in RECOVERY_MODES:
             raise InvalidArgumentError(f"recovery must be one of {RECOVERY_MODES}, got {self.recovery!r}")
         for name in ("flush_interval", "apply_interval"):
@@ -95,6 +114,13 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+        if self.mode is not None and (isinstance(self.mode, bool) or not isinstance(self.mode, int)
+                                      or self.mode & ~0o666 or self.mode & 0o600 != 0o600):
+            raise InvalidArgumentError(
+                f"mode must be file permission bits with at least 0o600 and no execute bits (directories get "
+                f"search where read is granted), got {self.mode!r}")
+        if not isinstance(self.spatial_index, bool):
+            raise InvalidArgumentError(f"spatial_index must be a bool, got {self.spatial_index!r}")
         if not isinstance(self.io, FileIO):
             raise InvalidArgumentError(f"io must be a FileIO, got {type(self.io).__name__}")
 

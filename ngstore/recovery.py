@@ -41,7 +41,7 @@ from .directory import Directory
 from .errors import CorruptionError, NgStoreError, StorageError, StoreState, storage_error
 from .guardian import Guardian
 from .kv import KV, ReadTxn, restore_checkpoint_meta
-from .layout import DB_META, FORMAT_VERSION, M_FORMAT, encode_u64, initial_meta
+from .layout import ALL_LAYERS, DB_META, FORMAT_VERSION, M_FORMAT, encode_u64, initial_meta
 from .ops import decode_ops
 from .options import Options
 from .overlay import Overlay
@@ -67,6 +67,22 @@ class RecoveryInfo:
     #: why the checkpoint file could not be used (a new one was written), if it was damaged
     checkpoint_problem: str | None = None
 
+    def announce(self, obs: Observability, path: str) -> None:
+        """Tells the black box and the log what the open had to do (nothing after a clean
+        close, nor for a read-only handle)."""
+        report = self.log_report
+        if self.checkpoint_problem is not None:
+            obs.event("checkpoint_damaged", problem=self.checkpoint_problem)
+            obs.logger.warning("%s: the checkpoint file was damaged (%s); a new checkpoint replaced it",
+                               path, self.checkpoint_problem)
+        if self.power_loss_rollback or self.replayed_records or (report is not None and not report.clean):
+            torn = report.torn_tail if report is not None else None
+            obs.event("recovery", rollback_to_txn=self.rolled_back_to_txn, replayed=self.replayed_records,
+                      replayed_to=self.replayed_to, torn_tail_bytes=torn.bytes_dropped if torn else 0,
+                      skipped=len(report.skipped) if report is not None else 0)
+            obs.logger.warning("recovered %s: %d record(s) replayed%s", path, self.replayed_records,
+                               "; LMDB rolled back to the checkpoint" if self.power_loss_rollback else "")
+
 
 def open_writer(directory: Directory, opts: Options, guardian: Guardian,
                 obs: Observability | None) -> tuple[KV, Writer, RecoveryInfo]:
@@ -85,13 +101,17 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             directory.write_state(clean=False)
             kv = _open_kv(directory, opts)
             kv.create_missing_dbs()
+            directory.apply_mode()  # LMDB's files exist now; the umask may have narrowed them
             meta_db = kv.dbs[DB_META]
-            entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity)
+            entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity,
+                                   ALL_LAYERS if opts.spatial_index else 0)
             kv.write(lambda txn: [txn.put(k, v, db=meta_db) for k, v in entries])
             log, applier = _applier(directory, kv, opts, obs, info, "tolerate-tail")
             applier.checkpoint_now()
             directory.write_marker()
         else:
+            if directory.mode_changes:
+                directory.apply_mode()
             went_down = directory.went_down_since(directory.read_state())
             if went_down:
                 _rollback_to_checkpoint(directory, opts, info)
@@ -116,7 +136,8 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             if went_down:
                 directory.write_state(clean=False)
         writer = Writer(directory, kv, log, applier, applier.overlay, guardian,
-                        WriterOptions(opts.flush_interval, opts.direct_threshold), obs)
+                        WriterOptions(opts.flush_interval, opts.direct_threshold,
+                                      reflex_eviction=opts.reflex_eviction), obs)
         writer.note_replayed(info.replayed_records)
         applier.start()
         kv.set_writer_barrier(writer.barrier)
@@ -154,7 +175,7 @@ def _upgrade_format(directory: Directory, kv: KV) -> None:
 
 def _open_kv(directory: Directory, opts: Options) -> KV:
     return KV(directory.path, readonly=False, map_size=opts.map_size, max_readers=opts.max_readers,
-              io=opts.io)
+              io=opts.io, mode=directory.mode)
 
 
 def _applier(directory: Directory, kv: KV, opts: Options, obs: Observability | None, info: RecoveryInfo,
@@ -163,7 +184,7 @@ def _applier(directory: Directory, kv: KV, opts: Options, obs: Observability | N
         meta = kv.read_meta(txn)
     reflexes = reflex_store.attach(kv)
     log, report = wal.Log.open(directory.wal_dir, io=opts.io, segment_bytes=opts.segment_bytes,
-                               recovery=recovery, start_after=meta.applied_position)
+                               recovery=recovery, start_after=meta.applied_position, mode=directory.mode)
     info.log_report = report
     try:
         overlay = Overlay(opts.overlay_bytes)

@@ -454,6 +454,47 @@ class Geometry:
                                                 self.entries_per_segment, self.index_segments))
 
 
+class RoomPlan(NamedTuple):
+    """A table's allocation, known before it is made (:func:`plan_room`)."""
+
+    room: int          #: reflexes it holds before it must grow again
+    memory_bytes: int  #: what it occupies (:attr:`ReflexTable.memory_bytes`)
+
+
+def plan_room(capacity: int, room: int) -> RoomPlan:
+    """The allocation :meth:`ReflexTable.create` and growth make when asked for ``room``
+    reflexes (default segment sizes): its real room (a whole number of segments, load at
+    most 3/4) and its memory. So memory can be counted, and refused, before it is taken."""
+    g = Geometry.for_room(max(1, min(capacity, room)))
+    real = min(capacity, g.records, 3 * g.slots // 4)
+    return RoomPlan(real, sum(g.segment_lengths()) + HEADER_SIZE + _handle_bytes(g.segment_count))
+
+
+def grown_room(capacity: int, room: int, wanted: int) -> int | None:
+    """The room a table asks for when ``wanted`` reflexes must fit: at least twice its room,
+    so that a table filled one reflex at a time is rebuilt O(log n) times, and at most its
+    capacity; None when its room already is its capacity (it evicts instead)."""
+    if room >= capacity:
+        return None
+    return min(capacity, max(wanted, 2 * room))
+
+
+_handle_base: int | None = None
+
+
+def _handle_bytes(segment_count: int) -> int:
+    """The C handle's size for a table of ``segment_count`` segments: the struct, then a
+    pointer and a dirty flag per segment (``alloc_table`` in csrc/reflex.c); the struct's
+    size is read once from a real handle, not assumed."""
+    global _handle_base
+    per_segment = int(ffi.sizeof("uint8_t *")) + 1
+    if _handle_base is None:
+        g = Geometry.for_room(1)
+        info = ReflexTable._info(_new_version(1, np.zeros(8, np.uint8), g))
+        _handle_base = int(info.handle_bytes) - g.segment_count * per_segment
+    return _handle_base + segment_count * per_segment
+
+
 def _version_error(raw: bytes) -> FormatVersionError | None:
     """A FormatVersionError for a well-formed header of another format version, else None."""
     if len(raw) < 10 or raw[:8] != MAGIC:
@@ -753,10 +794,10 @@ class ReflexTable:
         that a table filled one reflex at a time is rebuilt O(log n) times. False if the
         table is already as large as its capacity allows."""
         info = self._info(self._version())
-        capacity, room = int(info.capacity), int(info.room)
-        if room >= capacity:
+        room = grown_room(int(info.capacity), int(info.room), wanted)
+        if room is None:
             return False
-        self._rebuild(capacity, min(capacity, max(wanted, 2 * room)))
+        self._rebuild(int(info.capacity), room)
         return True
 
     def reserve(self, n: int) -> None:
@@ -1088,6 +1129,6 @@ def _new_version(capacity: int, shifts: np.ndarray, geometry: Geometry) -> _Vers
 
 __all__ = [
     "DEFAULT_PARAMS", "ENTRY_DTYPE", "Geometry", "InsertPlan", "LookupParams", "LookupResult", "ReflexEntry",
-    "ReflexHit", "ReflexTable", "distance", "fingerprint_reference", "parse_header", "quantized_state_bytes",
-    "similarity", "state_keys", "xxh3_64",
+    "ReflexHit", "ReflexTable", "RoomPlan", "distance", "fingerprint_reference", "grown_room", "parse_header",
+    "plan_room", "quantized_state_bytes", "similarity", "state_keys", "xxh3_64",
 ]

@@ -26,9 +26,21 @@ import numpy as np
 from .errors import NotFoundError
 from .kv import KV, ReadLease
 from .layout import DB_REFLEXES, REFLEX_HEADER_KEY, reflex_segment_key
-from .ops import REFLEX_DELETE_KEY_DTYPE
+from .ops import (
+    OP_REFLEX_DELETE,
+    OP_REFLEX_DELETE_KEY,
+    OP_REFLEX_PUT,
+    OP_REFLEX_RESIZE,
+    REFLEX_DELETE_KEY_DTYPE,
+    REFLEX_KINDS,
+    Op,
+)
 from .records import CONNECTION_DTYPE, ConnectionFlags, Mutability
-from .reflex import ReflexTable, parse_header
+from .reflex import INITIAL_ROOM, ReflexTable, grown_room, parse_header, plan_room
+
+#: ``insert_batch`` outcomes from this one on pushed a reflex out: 3 evicted (the table at
+#: capacity), 4 replaced (the weakest of a full cell).
+DISPLACING_OUTCOME = 3
 
 UPDATED = 2  # the outcome code of an upsert (``reflex.OUTCOMES``)
 
@@ -83,11 +95,22 @@ def writable_copy(current: ReflexTable | None, capacity: int) -> ReflexTable:
     return ReflexTable.attach(current.header(), [bytearray(s) for s in current.all_segments()], writable=True)
 
 
-def apply_put(table: ReflexTable, data: np.ndarray) -> int:
+def apply_put(table: ReflexTable, data: np.ndarray) -> tuple[int, int, int]:
     """Upserts the reflexes of a REFLEX_PUT; returns how many were created (not updates of
-    an existing (cell, identity))."""
+    an existing (cell, identity)), how many reflexes they pushed out (an eviction at
+    capacity, or the weakest of a full cell replaced) and the index of the first put that
+    did (0 when none did)."""
     outcomes = table.insert_batch(np.ascontiguousarray(data["state"]), np.ascontiguousarray(data["connection"]))
-    return int(np.count_nonzero(outcomes != UPDATED))
+    pushed = np.flatnonzero(outcomes >= DISPLACING_OUTCOME)
+    return int(np.count_nonzero(outcomes != UPDATED)), int(pushed.size), int(pushed[0]) if pushed.size else 0
+
+
+def apply_resize(table: ReflexTable, data: np.ndarray) -> int:
+    """Applies a REFLEX_RESIZE (format §5): the capacity becomes the last item, or the live
+    count if that is larger (a resize never drops a reflex). Returns the new capacity."""
+    capacity = max(int(data[-1]), len(table), 1)
+    table.resize(capacity)
+    return capacity
 
 
 def _identity_record(row: np.void) -> np.ndarray | None:
@@ -104,7 +127,7 @@ def _identity_record(row: np.void) -> np.ndarray | None:
 def apply_delete(table: ReflexTable, data: np.ndarray) -> int:
     removed = 0
     for row in data:
-        state = np.ascontiguousarray(row["state"])  # (8, 3): one state, as ``delete`` takes it
+        state = np.ascontiguousarray(row["state"], dtype=np.int16).reshape(8, 3)  # one state, not a batch of one
         try:
             removed += table.delete(state, _identity_record(row))
         except NotFoundError:
@@ -165,3 +188,90 @@ def counters(table: ReflexTable | None) -> dict[str, int]:
         return dict.fromkeys(COUNTER_NAMES, 0)
     s = table.stats()
     return {k: int(s[k]) for k in COUNTER_NAMES}
+
+
+def stats(table: ReflexTable | None, c: dict[str, int], created: int, capacity: int) -> dict[str, Any]:
+    """The reflex part of ``store.stats()``: the table's size (``capacity`` when there is no
+    table yet), its counters ``c`` (:func:`counters`) and the reflexes ``created``."""
+    return {"reflexes_live": len(table) if table is not None else 0,
+            "reflex_capacity": table.capacity if table is not None else capacity,
+            "reflex_table_bytes": table.memory_bytes if table is not None else 0,
+            "reflex_lookups_total": c["lookups"], "reflex_hits_total": c["hits"],
+            "reflex_misses_total": c["misses"], "reflex_collisions_total": c["collisions"],
+            "reflex_answers_total": c["answers"], "reflex_evictions_total": c["evictions"],
+            "reflexes_created_total": created}
+
+
+# -- before a write: what a batch's reflex ops will do -------------------------------------
+
+def table_bytes_after(table: ReflexTable | None, capacity: int, ops: list[Op], pending_puts: int = 0) -> int:
+    """An upper bound of the table's ``memory_bytes`` once ``ops`` are applied, after
+    ``pending_puts`` reflex puts whose op sizes are unknown (the overlay's): every put
+    counted as a new reflex and the table growing op by op by its own rule
+    (``reflex.grown_room``, ``reflex.plan_room``); the pending puts by the most that rule
+    allows for their total (twice the reflexes). 0 when there is no table, nor will be."""
+    exists = table is not None
+    live = len(table) if table is not None else 0
+    room = table.room if table is not None else 0
+    if pending_puts:
+        if not exists:
+            room, exists = plan_room(capacity, INITIAL_ROOM).room, True
+        if live + pending_puts > room:
+            room = plan_room(capacity, min(capacity, max(room, 2 * (live + pending_puts)))).room
+        live = min(capacity, live + pending_puts)
+    for op in ops:
+        if op.kind == OP_REFLEX_PUT:
+            if not exists:
+                room, exists = plan_room(capacity, INITIAL_ROOM).room, True
+            if live + op.count > room:
+                want = grown_room(capacity, room, live + op.count)
+                if want is not None:
+                    room = plan_room(capacity, want).room
+            live = min(capacity, live + op.count)
+        elif op.kind == OP_REFLEX_RESIZE:
+            capacity = max(int(op.data[-1]), live, 1)
+            room = min(capacity, max(room, live, 1)) if exists else room
+    return plan_room(capacity, room).memory_bytes if exists else 0
+
+
+def first_displacing_put(table: ReflexTable | None, capacity: int, earlier: list[Op],
+                         ops: list[Op]) -> tuple[int, int] | None:
+    """Where the REFLEX_PUTs of ``ops``, applied after the reflex ops ``earlier`` (batches
+    ahead of it in the log, not yet applied), would first push a reflex out of the table
+    (an eviction at capacity, or the weakest of a full cell replaced): ``(op index, item
+    index)``, or None. Exact (``ReflexTable.plan_insert``); nothing is written. Puts alone
+    are planned on the table itself; with deletes or resizes among them, on a copy."""
+    reflex_ops = [op for op in earlier + ops if op.kind in REFLEX_KINDS]
+    if all(op.kind == OP_REFLEX_PUT for op in reflex_ops):
+        base = table if table is not None else ReflexTable.create(capacity)
+        puts = [op.data for op in reflex_ops]
+        if not puts:
+            return None
+        data = np.concatenate(puts) if len(puts) > 1 else puts[0]
+        first = base.plan_insert(np.ascontiguousarray(data["state"]), np.ascontiguousarray(data["connection"]))
+        if first.first_eviction is None:
+            return None
+        i = first.first_eviction - sum(op.count for op in earlier if op.kind == OP_REFLEX_PUT)
+        for k, op in enumerate(ops):
+            if op.kind == OP_REFLEX_PUT:
+                if i < op.count:
+                    return (k, max(i, 0))
+                i -= op.count
+        return None  # pragma: no cover - the first eviction is in ops, by construction
+    copy = writable_copy(table, capacity)
+    for k, op in enumerate(earlier + ops):
+        mine = k >= len(earlier)
+        if op.kind == OP_REFLEX_PUT and mine:
+            plan = copy.plan_insert(np.ascontiguousarray(op.data["state"]),
+                                    np.ascontiguousarray(op.data["connection"]))
+            if plan.first_eviction is not None:
+                return (k - len(earlier), plan.first_eviction)
+        if op.kind == OP_REFLEX_PUT:
+            apply_put(copy, op.data)
+        elif op.kind == OP_REFLEX_DELETE:
+            apply_delete(copy, op.data)
+        elif op.kind == OP_REFLEX_DELETE_KEY:
+            apply_delete_key(copy, op.data)
+        elif op.kind == OP_REFLEX_RESIZE:
+            apply_resize(copy, op.data)
+    return None

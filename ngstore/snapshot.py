@@ -24,14 +24,15 @@ each view gets a region bounded to its own value instead.
 """
 from __future__ import annotations
 
+import math
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _native, graph, similarity, spatial
 from .connections import ConnectionArray
 from .errors import CorruptionError, InvalidArgumentError, NotFoundError, StoreClosedError
 from .inputs import connection_keys, ids_array
@@ -41,14 +42,19 @@ from .layout import (
     DB_CONNECTIONS,
     DB_EVENTS,
     DB_META,
+    DB_SPATIAL,
     DB_TOKENS,
     M_COUNTERS,
+    M_SPATIAL,
     ChunkLayout,
     Counters,
+    Meta,
     conn_key,
+    decode_spatial_layers,
     event_key,
     event_sequence,
     forward_of_reverse,
+    meta_page_txnid,
 )
 from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
 from .tokens import Token, TokenArray
@@ -172,6 +178,21 @@ class Snapshot:
         """The store's live counters as of this snapshot."""
         return Counters.decode(self._txn().get(M_COUNTERS, db=self._kv.db(DB_META)), self._path)
 
+    # -- for analytics and backups (ngstore.arrow, ngstore.duckdb, ngstore.backup) ------
+
+    def meta(self) -> Meta:
+        """The store's ``meta`` as of this snapshot (applied position, store id, ...)."""
+        return self._kv.read_meta(self._txn())
+
+    def txn_id(self) -> int:
+        """The LMDB transaction id this snapshot reads."""
+        return int(self._txn().id())
+
+    def copy_lmdb(self, fd: int, *, compact: bool = True) -> None:
+        """Writes LMDB's copy of exactly this snapshot to descriptor ``fd`` (see
+        ``kv.KV.copy_to_fd``): a consistent data.mdb whatever the writer does meanwhile."""
+        self._kv.copy_to_fd(fd, self._txn(), compact=compact)
+
     def _txn(self) -> Any:
         txn = self._lease.txn
         if self._closed or txn is None:
@@ -268,11 +289,13 @@ class TokenView:
     def __len__(self) -> int:
         return self.count()
 
-    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+    def chunks(self, first_chunk: int = 0, end_chunk: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yields ``(first_id, array)``: zero-copy, read-only views of runs of present ids.
 
         A full chunk is one run. Each array is a TOKEN_DTYPE view into the LMDB map,
-        valid for as long as it is referenced (see the module docstring).
+        valid for as long as it is referenced (see the module docstring). With
+        ``first_chunk``/``end_chunk`` only chunks ``first_chunk <= c < end_chunk`` (chunk
+        ``c`` holds ids ``c * chunk_slots`` ...) are read.
         """
         snap = self._snap
         txn = snap._txn()
@@ -285,7 +308,12 @@ class TokenView:
         db = snap._db(DB_TOKENS)
         if db is None:
             return
-        for key, value in txn.cursor(db=db):
+        cur = txn.cursor(db=db)
+        if not cur.set_range(layout.key(first_chunk)):
+            return
+        for key, value in cur:
+            if end_chunk is not None and from_bytes(key, "big") >= end_chunk:
+                return
             if len(value) != vb:
                 layout.check(value, from_bytes(key, "big"))
             first = from_bytes(key, "big") << shift
@@ -298,6 +326,29 @@ class TokenView:
             edges = np.flatnonzero(np.diff(np.concatenate(([0], bits, [0]))))
             for s, e in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
                 yield first + s, rows[s:e]
+
+    def mapped_runs(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(rows, runs)``: the snapshot's whole mapped region typed as TOKEN_DTYPE rows
+        (zero-copy, read-only; most rows are not tokens) and an int64 array of
+        ``(first_id, row, count)`` per run of present ids, in id order: the run's records
+        are ``rows[row:row + count]``. One strided array per field then covers every
+        token (what ``ngstore.duckdb`` scans). None when some chunk is not a row of that
+        region (chunks small enough to be stored inside LMDB pages, or a map that could
+        not be found): use :meth:`chunks` then. Lifetime: as every view's."""
+        out = []
+        records = None
+        for first, arr in self.chunks():
+            records = self._snap._views._records
+            start = self._snap._views._records_start
+            if records is None:
+                return None
+            off = arr.__array_interface__["data"][0] - start
+            if off < 0 or off % 64:
+                return None
+            out.append((first, off // 64, arr.shape[0]))
+        if records is None:
+            return np.zeros(0, TOKEN_DTYPE), np.zeros((0, 3), np.int64)
+        return records, np.asarray(out, dtype=np.int64).reshape(-1, 3)
 
     def __iter__(self) -> Iterator[Token]:
         """Yields a Token (a copy) per present token, in id order."""
@@ -337,6 +388,93 @@ class TokenView:
         out = _native.gather_column(bufs, layout.shift, offset, raw_dt, len(bufs) << layout.shift)
         return out.view(field_dt.base).reshape((-1, *field_dt.shape))
 
+    def to_arrow(self, columns: Sequence[str] | None = None) -> Any:
+        """A ``pyarrow.Table`` of the present tokens in id order, one chunk per run of
+        present ids (``ngstore.arrow`` explains the layout; needs ``ngstore[arrow]``).
+
+        ``columns=None`` gives the column ``record``: each token's 64 bytes as
+        ``fixed_size_binary(64)``, whose buffers are the mapped chunk bytes (no copy; they
+        keep the read transaction alive like any view). Field names (``"id"``,
+        ``"weight"``, ``"coordinates"``, ...) add a column each, a copy of that field
+        (Arrow has no strided arrays)."""
+        from . import arrow
+
+        mapped = self.mapped_runs()
+        return arrow.token_table(iter(()) if mapped is not None else self.chunks(), self.column, columns, mapped)
+
+    def _chunk_buffers(self) -> list[Any]:
+        """Every chunk value, in id order (memory of the snapshot's transaction)."""
+        snap = self._snap
+        txn = snap._txn()
+        db = snap._db(DB_TOKENS)
+        layout = self._layout
+        bufs = []
+        if db is not None:
+            for key, value in txn.cursor(db=db):
+                if len(value) != layout.value_bytes:
+                    layout.check(value, ChunkLayout.chunk_of(key))
+                bufs.append(value)
+        return bufs
+
+    # -- similarity (ngstore/similarity.py, docs/api.md "Similarity and traversal") ------
+
+    def knn(self, queries: Any, k: int, *, layers: Any = None, metric: str = "l2") -> similarity.Neighbors:
+        """The ``k`` tokens nearest to each query, exactly: ``(ids, distances)``.
+
+        ``queries``: raw coordinates -- shape ``(24,)`` or ``(8, 3)`` for one query,
+        ``(n, 24)`` or ``(n, 8, 3)`` for a batch -- or tokens (a Token: one query; a
+        TokenArray: a batch). ``layers``: None (all 24 coordinates), a layer or layers
+        0..7 (their coordinates only). ``metric``: ``"l2"`` (squared Euclidean distance in
+        raw units, exact) or ``"cosine"`` (1 - cosine similarity; a zero vector is at 1
+        from everything but another zero vector). Nearest first; ties go to the smaller
+        id. Shape ``(min(k, len(self)),)`` per query; ``(n, ·)`` for a batch. One pass
+        over the mapped chunks in C, the GIL released."""
+        q, single = similarity.query_coordinates(queries)
+        dims = similarity.coordinate_dims(layers)
+        metric_code = similarity.check_metric(metric)
+        k = similarity.check_k(k)
+        ids, dist = similarity.knn(self._chunk_buffers(), self._layout.shift, self.count(), q, dims, metric_code, k)
+        return similarity.Neighbors(ids[0], dist[0]) if single else similarity.Neighbors(ids, dist)
+
+    @property
+    def spatial_layers(self) -> tuple[int, ...]:
+        """The layers the store's spatial index covers (empty: the store has none, and
+        ``within``/``box`` scan every token instead)."""
+        snap = self._snap
+        txn = snap._txn()
+        if snap._db(DB_SPATIAL) is None:
+            return ()
+        mask = decode_spatial_layers(txn.get(M_SPATIAL, db=snap._db(DB_META)), snap._path)
+        return tuple(spatial.layers_of(mask))
+
+    def within(self, center: Any, radius: float, *, layer: int) -> np.ndarray:
+        """Ids (ascending uint32) of the tokens whose coordinates in ``layer`` are within
+        ``radius`` of ``center`` (3 raw coordinates; Euclidean distance in raw units,
+        boundary included)."""
+        c = _raw_point(center, "center")
+        r = _radius(radius)
+        lo = tuple(max(math.ceil(v - r), -32768) for v in c)
+        hi = tuple(min(math.floor(v + r), 32767) for v in c)
+        return self._spatial(_layer(layer), lo, hi, c, r * r)
+
+    def box(self, lo: Any, hi: Any, *, layer: int) -> np.ndarray:
+        """Ids (ascending uint32) of the tokens whose coordinates in ``layer`` lie in the
+        box ``lo..hi`` (3 raw coordinates each, bounds included)."""
+        lo_a, hi_a = _raw_point(lo, "lo"), _raw_point(hi, "hi")
+        if any(a > b for a, b in zip(lo_a, hi_a, strict=True)):
+            raise InvalidArgumentError(f"box bounds must have lo <= hi on every axis, got {lo!r} and {hi!r}")
+        return self._spatial(_layer(layer), lo_a, hi_a, None, 0.0)
+
+    def _spatial(self, layer: int, lo: tuple[int, ...], hi: tuple[int, ...], center: tuple[int, ...] | None,
+                 r2: float) -> np.ndarray:
+        if any(a > b for a, b in zip(lo, hi, strict=True)):  # a ball that misses the coordinate range
+            return np.zeros(0, np.uint32)
+        if layer in self.spatial_layers:
+            snap = self._snap
+            return spatial.query(snap._txn(), snap._db(DB_SPATIAL), layer, lo, hi, center, r2)
+        return similarity.filter_chunks(self._chunk_buffers(), self._layout.shift, layer, self.count(), lo, hi,
+                                        center, r2)
+
     def to_array(self) -> np.ndarray:
         """Every present token as one TOKEN_DTYPE array (a copy)."""
         parts = [a for _f, a in self.chunks()]
@@ -370,6 +508,37 @@ class TokenView:
         except InvalidArgumentError:
             return False
         return bool(self.presence(ids)[0])
+
+
+def _raw_point(value: Any, what: str) -> tuple[int, int, int]:
+    """3 raw coordinates in the i16 range, or InvalidArgumentError."""
+    try:
+        x, y, z = value
+        point = (_raw_int(x), _raw_int(y), _raw_int(z))
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{what} must be 3 raw integer coordinates (x, y, z), got {value!r}") from None
+    if not all(-32768 <= v <= 32767 for v in point):
+        raise InvalidArgumentError(f"{what} must be in the i16 range -32768..32767, got {value!r}")
+    return point
+
+
+def _raw_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(v)
+    return int(v)
+
+
+def _radius(radius: Any) -> float:
+    if isinstance(radius, bool) or not isinstance(radius, (int, float, np.integer, np.floating)) \
+            or not radius >= 0 or radius == float("inf"):
+        raise InvalidArgumentError(f"radius must be a finite number >= 0 (raw units), got {radius!r}")
+    return float(radius)
+
+
+def _layer(layer: Any) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) <= 7:
+        raise InvalidArgumentError(f"layer must be an int 0..7, got {layer!r}")
+    return int(layer)
 
 
 def _records_array(parts: list[bytes], dtype: np.dtype, what: str, where: str) -> np.ndarray:
@@ -439,9 +608,61 @@ class ConnectionView:
             parts.append(inn)
         return ConnectionArray(np.concatenate(parts) if parts else np.zeros(0, CONNECTION_DTYPE))
 
+    def k_hop(self, ids: Any, k: int, *, types: Any = None, min_strength: float | None = None,
+              direction: str = "both") -> graph.Hops:
+        """The tokens within ``k`` connections of any of ``ids`` (one id or many): ``(ids,
+        depth)``, ids ascending, seeds at depth 0. ``types``: connection types to follow
+        (None: all); ``min_strength``: follow only connections with ``pull_strength`` >= it;
+        ``direction``: ``"both"`` (connections are stored undirected, a <= b), ``"out"``
+        (a -> b) or ``"in"`` (b -> a). Costs time in proportion to the connections touched
+        (ngstore/graph.py)."""
+        snap = self._snap
+        f = graph.Filter(types, min_strength, direction)
+        return graph.k_hop(snap._txn(), snap._db(DB_CONNECTIONS), snap._db(DB_CONN_REVERSE), ids, k, f,
+                           self._tree(), self.count())
+
+    def _tree(self) -> graph.Tree | None:
+        """Where this snapshot's connection B-trees lie in the map, for walks in C; None
+        when the map cannot be found (the walk then goes through py-lmdb)."""
+        snap = self._snap
+        txn = snap._txn()
+        kv = snap._kv
+        probe = txn.get(M_COUNTERS, db=snap._db(DB_META))
+        span = kv.map_span(_address(probe)) if probe is not None else None
+        psize = kv.page_size()
+        if span is None or span[1] < 2 * psize:
+            return None
+        start, length = span
+        if meta_page_txnid(bytes(_ffi.buffer(_ffi.cast("uint8_t *", start), psize))) is None:
+            return None  # the mapping does not begin at the file's first page
+        roots = []
+        for name in (DB_CONNECTIONS, DB_CONN_REVERSE):
+            record = txn.get(name)  # the named database's MDB_db record in the main database
+            if record is not None and len(record) != 48:
+                return None
+            roots.append(int.from_bytes(bytes(record[40:48]), "little") if record is not None else 2**64 - 1)
+        return graph.Tree(start, length, psize, roots[0], roots[1])
+
+    def shortest_path(self, a: int, b: int, *, weight: str | None = "pull_strength", types: Any = None,
+                      min_strength: float | None = None, direction: str = "both") -> graph.Path | None:
+        """The cheapest path from token ``a`` to ``b``: ``(ids, cost)``, or None when there
+        is none. ``weight="pull_strength"``: a connection costs 1/pull_strength (1 when the
+        strength is <= 0), Dijkstra; ``None``: hops, breadth first. Filters as ``k_hop``."""
+        snap = self._snap
+        return graph.shortest_path(snap._txn(), snap._db(DB_CONNECTIONS), snap._db(DB_CONN_REVERSE), a, b, weight,
+                                   graph.Filter(types, min_strength, direction))
+
     def to_array(self) -> np.ndarray:
         """Every connection, in key order (a CONNECTION_DTYPE copy)."""
         return self._scan(DB_CONNECTIONS, b"", reverse=False)
+
+    def to_arrow(self, columns: Sequence[str] | None = None) -> Any:
+        """Every connection, in key order, as a ``pyarrow.Table`` with a column per field
+        (or the ``columns`` named, ``"record"`` for the 64 bytes). A copy: each connection
+        is its own LMDB value (needs ``ngstore[arrow]``)."""
+        from . import arrow
+
+        return arrow.records_table(self.to_array(), columns)
 
     def _scan(self, dbname: bytes, prefix: bytes, reverse: bool) -> np.ndarray:
         snap = self._snap
@@ -493,3 +714,11 @@ class EventView:
                         first_seq = event_sequence(key)
                     rows.append(bytes(value))
         return first_seq, _records_array(rows, EVENT_DTYPE, "event", snap._path)
+
+    def to_arrow(self, columns: Sequence[str] | None = None, *, first: int = 0) -> Any:
+        """The stored events with sequence number ``first`` and later, in order, as a
+        ``pyarrow.Table`` with a column per field (or the ``columns`` named). A copy: each
+        event is its own LMDB value (needs ``ngstore[arrow]``)."""
+        from . import arrow
+
+        return arrow.records_table(self.since(first)[1], columns)

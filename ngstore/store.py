@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import reflex_store
-from .batch import Batch, CommitResult, ValidationCounters, check_durability, token_put_op
+from .batch import Batch, CommitResult, ValidationCounters, check_durability, reflex_resize_op, token_put_op
 from .check import CheckReport, check_store
 from .commit import Writer
 from .config import IntuitionConfig
@@ -34,6 +34,7 @@ from .directory import Directory
 from .errors import InvalidArgumentError, NgStoreError, NotFoundError, StoreClosedError
 from .experience import ExperienceStream
 from .experience_store import StoreExperienceStream
+from .graph import Hops, Path
 from .guardian import Guardian, Usage
 from .inputs import ids_array
 from .intuition import IntuitionEngine
@@ -82,7 +83,7 @@ class Store:
         self.path = os.path.realpath(path)
         self.readonly = options.readonly
         self.durability = options.durability
-        self._directory = Directory(self.path, options.io)
+        self._directory = Directory(self.path, options.io, options.mode)
         self._guardian = Guardian(options.max_tokens, options.max_bytes, options.memory_threshold)
         self._validation = ValidationCounters()
         self._closed = False
@@ -131,7 +132,7 @@ class Store:
         try:
             d.check_readable(d.read_state())
             kv = KV(self.path, readonly=True, map_size=self.options.map_size, max_readers=self.options.max_readers,
-                    io=self.options.io, walk=d.live_writer_pid() is None)
+                    io=self.options.io, walk=d.live_writer_pid() is None, mode=d.mode)
             try:
                 with ReadTxn(kv) as txn:
                     meta = kv.read_meta(txn)
@@ -148,26 +149,16 @@ class Store:
         obs = self._obs
         if obs is None:
             return
-        r = self.recovery
         obs.event("open", readonly=self.readonly, applied_position=meta.applied_position,
                   tokens=meta.counters.tokens_live)
-        report = r.log_report
-        if r.checkpoint_problem is not None:
-            obs.event("checkpoint_damaged", problem=r.checkpoint_problem)
-            obs.logger.warning("%s: the checkpoint file was damaged (%s); a new checkpoint replaced it",
-                               self.path, r.checkpoint_problem)
-        if r.power_loss_rollback or r.replayed_records or (report is not None and not report.clean):
-            torn = report.torn_tail if report is not None else None
-            obs.event("recovery", rollback_to_txn=r.rolled_back_to_txn, replayed=r.replayed_records,
-                      replayed_to=r.replayed_to, torn_tail_bytes=torn.bytes_dropped if torn else 0,
-                      skipped=len(report.skipped) if report is not None else 0)
-            obs.logger.warning("recovered %s: %d record(s) replayed%s", self.path, r.replayed_records,
-                               "; LMDB rolled back to the checkpoint" if r.power_loss_rollback else "")
+        self.recovery.announce(obs, self.path)
         if not self.readonly:
             # the black box moves into blackbox.ring; stats.page starts being published
-            obs.start_writer(self._safe_stats, io=self.options.io)
+            obs.start_writer(self._safe_stats, io=self.options.io, mode=self._directory.mode)
         if self.options.crash_handlers and not self.readonly:
             obs.install_crash_handlers(self._safe_stats)
+        for name, nbytes in obs.memory_parts().items():
+            self._guardian.reserve(name, nbytes)  # fixed allocations: counted from now on
 
     # ------------------------------------------------------------------ guards
 
@@ -204,9 +195,10 @@ class Store:
 
     def batch(self, durability: str | None = None) -> Batch:
         """A new batch; ``with store.batch() as b: ...`` commits on success, discards on error."""
-        self._live_writer().check_writable()
+        writer = self._live_writer()
+        writer.check_writable()
         return Batch(self._commit, check_durability(self.durability if durability is None else durability),
-                     self._validation, self._obs)
+                     self._validation, self._obs, writer.submit)
 
     def _commit(self, ops: list[Op], durability: str) -> CommitResult:
         return self._live_writer().commit(ops, durability)
@@ -367,6 +359,16 @@ class Store:
         with self.snapshot() as snap:
             return snap.connections.neighbors(token_id, direction)
 
+    def k_hop(self, ids: Any, k: int, **options: Any) -> Hops:
+        """``snapshot().connections.k_hop``: the tokens within ``k`` connections of ``ids``."""
+        with self.snapshot() as snap:
+            return snap.connections.k_hop(ids, k, **options)
+
+    def shortest_path(self, a: int, b: int, **options: Any) -> Path | None:
+        """``snapshot().connections.shortest_path``: the cheapest path from ``a`` to ``b``."""
+        with self.snapshot() as snap:
+            return snap.connections.shortest_path(a, b, **options)
+
     def count_connections(self) -> int:
         self._check_open()
         return self._counters().connections_live
@@ -387,6 +389,7 @@ class Store:
                 if self._writer is not None:
                     self._writer.barrier()  # the stream loads from LMDB, then follows commits
                 stream = StoreExperienceStream(self, channel_size=channel_size)
+                self._guardian.reserve("experience_ring", stream.memory_bytes)
                 if self._writer is not None:
                     self._writer.add_listener(stream.on_committed)
                     self._writer.applier.add_listener(stream.on_applied)
@@ -433,21 +436,25 @@ class Store:
         with ReadTxn(self._kv) as txn:
             return read_statistics(txn, self._kv.db(DB_LEARN), bins_per_dim, groups=groups)
 
+    def resize_reflexes(self, capacity: int, *, durability: str | None = None) -> int:
+        """Sets the reflex table's capacity as one logged batch (REFLEX_RESIZE, format.md §5):
+        crash-safe and replayed like any other. No reflex is lost (below the live count it
+        raises InvalidArgumentError); memory follows the reflexes, not the capacity."""
+        writer = self._live_writer()  # reflex commits are applied before they return: the table is current
+        table = writer.applier.reflex_table
+        op = reflex_resize_op(capacity, len(table) if table is not None else 0)
+        return writer.commit([op], self.durability if durability is None else check_durability(durability)).position
+
     def reflex_stats(self) -> dict[str, Any]:
         """Live size and lookup counters of the reflex table."""
         table = self.reflex_table()
+        capacity = self._meta.reflex_capacity
         if self._writer is not None:
             a = self._writer.applier
-            c, created = a.reflex_counters(), a.reflexes_created_total
+            c, created, capacity = a.reflex_counters(), a.reflexes_created_total, a.reflex_capacity
         else:
             c, created = reflex_store.counters(table), 0
-        return {"reflexes_live": len(table) if table is not None else 0,
-                "reflex_capacity": table.capacity if table is not None else self._meta.reflex_capacity,
-                "reflex_table_bytes": table.memory_bytes if table is not None else 0,
-                "reflex_lookups_total": c["lookups"], "reflex_hits_total": c["hits"],
-                "reflex_misses_total": c["misses"], "reflex_collisions_total": c["collisions"],
-                "reflex_answers_total": c["answers"], "reflex_evictions_total": c["evictions"],
-                "reflexes_created_total": created}
+        return reflex_store.stats(table, c, created, capacity)
 
     # ------------------------------------------------------------------ information
 
@@ -457,7 +464,7 @@ class Store:
         c = self._counters()
         table = self.reflex_table()
         return Usage(tokens=c.tokens_live, connections=c.connections_live, events=c.events_live,
-                     reflex_bytes=len(table) * 128 if table is not None else 0)
+                     reflex_bytes=table.memory_bytes if table is not None else 0, reserved=self._guardian.reserved)
 
     def stats(self) -> dict[str, Any]:
         """Live counters and sizes (what metrics and ``ngstore info`` show)."""
@@ -474,27 +481,14 @@ class Store:
             out["overlay_entries"] = w.overlay.entries
             out["apply_groups_total"] = w.applier.groups_applied_total
         out.update(vars(self._validation))
-        out["tokens_live"] = c.tokens_live
-        out["tokens_created_total"] = c.tokens_created_total
-        out["tokens_deleted_total"] = c.tokens_deleted_total
-        out["connections_live"] = c.connections_live
-        out["connections_created_total"] = c.connections_created_total
-        out["events_live"] = c.events_live
-        out["events_written_total"] = c.events_next_seq
-        out["events_trimmed_total"] = c.events_trimmed_total
+        out.update(c.stats())
         out["event_capacity"] = self._meta.event_capacity
         out.update(self.reflex_stats())
         eng = self._intuition
         out["intuition_queue_size"] = max(0, c.events_next_seq - eng.analyzed_through) if eng is not None else 0
         out["guardian_event_queue_size"] = 0  # no queue: Guardian events go to the black box at once
         out["applied_position"] = w.applier.applied_position if w is not None else self._meta.applied_position
-        g = self._guardian
-        out["quota_exceeded_total"] = g.quota_exceeded_total
-        out["aggressive_cleanups_total"] = g.aggressive_cleanups_total
-        out["memory_used_bytes"] = self._usage().bytes
-        out["memory_limit_bytes"] = g.max_bytes or 0
-        out["token_limit"] = g.max_tokens or 0
-        out["memory_threshold"] = g.memory_threshold
+        out.update(self._guardian.stats(self._usage()))
         out["write_failed"] = w is not None and w.failed is not None
         if w is not None:
             out["last_checkpoint_unix"] = w.applier.last_checkpoint_unix

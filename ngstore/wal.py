@@ -106,7 +106,7 @@ from .errors import (
     refusal,
     storage_error,
 )
-from .fileio import DEFAULT_IO, FileIO
+from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO, dir_mode
 
 _zstd: Any
 try:  # zstandard is a declared dependency; the log still reads uncompressed logs without it
@@ -593,9 +593,10 @@ class Log:
     """An open, recovered log: the writer and the replay source. Make one with ``Log.open``."""
 
     def __init__(self, dirpath: str, io: FileIO, segment_bytes: int, preallocate_bytes: int,
-                 compress: bool, segs: list[_Seg]) -> None:
+                 compress: bool, segs: list[_Seg], mode: int = PRIVATE_MODE) -> None:
         self._dir = dirpath
         self._io = io
+        self._mode = mode
         self._segment_bytes = segment_bytes
         self._prealloc = preallocate_bytes
         self._cctx = _zstd.ZstdCompressor(level=1) if (compress and _zstd is not None) else None
@@ -617,7 +618,7 @@ class Log:
     def open(cls, dirpath: str, *, io: FileIO = DEFAULT_IO, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
              recovery: str = "tolerate-tail", start_after: int = 0,
              preallocate_bytes: int = PREALLOCATE_BYTES, compress: bool = False,
-             create: bool = True) -> tuple[Log, RecoveryReport]:
+             create: bool = True, mode: int = PRIVATE_MODE) -> tuple[Log, RecoveryReport]:
         """Opens (creating if needed) the log in ``dirpath`` (the ``wal/`` directory itself),
         recovers it and returns it ready to append, with what recovery found and did.
 
@@ -635,7 +636,7 @@ class Log:
         if not io.exists(dirpath):
             if not create:
                 raise FileNotFoundError(f"log directory {dirpath} does not exist")
-            io.mkdir(dirpath)
+            io.mkdir(dirpath, dir_mode(mode))
             io.fsync_dir(os.path.dirname(os.path.abspath(dirpath)))
         scan = _scan(dirpath, io)
         report = RecoveryReport(mode=recovery)
@@ -677,7 +678,7 @@ class Log:
                 io.fsync_dir(dirpath)
             report.torn_tail = scan.torn
         report.skipped = corrupt
-        log = cls(dirpath, io, segment_bytes, preallocate_bytes, compress, segs)
+        log = cls(dirpath, io, segment_bytes, preallocate_bytes, compress, segs, mode)
         try:
             log._start(report, start_after, bool(corrupt))
         except BaseException:
@@ -743,7 +744,7 @@ class Log:
         head = head[:36] + _U32.pack(zlib.crc32(head[:36]))
         fd = None
         try:
-            fd = self._io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = self._io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, self._mode)
             runway = max(0, min(self._prealloc, self._segment_bytes - SEGMENT_HEADER_SIZE))
             self._io.pwritev(fd, [head, bytes(runway)], 0)
             self._io.fdatasync(fd)
@@ -1027,3 +1028,49 @@ def dump(dirpath: str, *, io: FileIO = DEFAULT_IO) -> Iterator[RecordSummary]:
     for hdr, path, off, _ in _iter_segments(io, segs, 0, False):
         yield RecordSummary(hdr[3], hdr[5], FRAME_HEADER_SIZE + hdr[1], hdr[8], path, off,
                             bool(hdr[6] & FLAG_ZSTD))
+
+
+# --------------------------------------------------------------- for copies of a live log --
+# Added for ngstore.backup: a backup reads the segments of a log another process is
+# appending to, and must keep exactly a prefix of valid frames of what it read.
+
+def list_segments(dirpath: str, *, io: FileIO = DEFAULT_IO) -> list[tuple[int, str]]:
+    """``(first position, path)`` of every segment file in ``dirpath``, oldest first
+    (foreign names left out)."""
+    return _list_segments(dirpath, io)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentFrames:
+    """The valid frames at the start of a segment's bytes (see :func:`scan_segment`)."""
+    salt: int
+    first: int                                  # the header's first position
+    frames: list[tuple[int, int, int]]          # (offset, position, frame CRC), in order
+    end: int                                    # offset just after the last valid frame
+    stop: str | None                            # what ended the scan before the data's end
+
+
+def scan_segment(data: bytes, name_first: int) -> SegmentFrames | str:
+    """The header and the run of valid frames (§6.3, positions consecutive from the
+    header's first) at the start of ``data``, a copy of a segment's first ``len(data)``
+    bytes; or why its header is invalid. The scan stops at the first frame that is not
+    valid -- a frame still being written, or damage: telling which needs the rest of the
+    log (``Log.open``) -- or at the zero runway."""
+    hdr = _check_header(data, name_first)
+    if isinstance(hdr, str):
+        return hdr
+    salt, first = hdr
+    size = len(data)
+    mv = memoryview(data)
+    zero_from = len(data.rstrip(b"\0"))
+    frames: list[tuple[int, int, int]] = []
+    off, expected, stop = SEGMENT_HEADER_SIZE, first, None
+    while off < zero_from:
+        r = _parse_frame(data, mv, off, size, salt, expected)
+        if isinstance(r, str):
+            stop = r
+            break
+        frames.append((off, r[3], r[0]))
+        off += FRAME_HEADER_SIZE + r[1]
+        expected += 1
+    return SegmentFrames(salt, first, frames, off, stop)

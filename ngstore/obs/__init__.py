@@ -44,11 +44,11 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from ..fileio import DEFAULT_IO, FileIO
+from ..fileio import DEFAULT_IO, PRIVATE_MODE, FileIO
 from .blackbox import BlackBox, list_dumps, load_dump, read_ring, write_dump_file
 from .logs import StoreLoggerAdapter, enable_json_logging, store_logger
 from .metrics import HISTOGRAMS, Histogram, StoreCollector, obs_values, register
-from .statspage import PublishedStats, Snapshot, StatsPublisher, read_stats_page, writer_alive
+from .statspage import PAGE_BYTES, PublishedStats, Snapshot, StatsPublisher, read_stats_page, writer_alive
 from .tracing import NOOP_SPAN, SamplerConfig, Tracer, TraceSampler, from_headers, noop_span, otel_available
 
 __all__ = [
@@ -111,6 +111,8 @@ class Observability:
         self.store_path = os.fspath(store_path)
         self.dump_compress = dump_compress
         self.io: FileIO = io if io is not None else DEFAULT_IO
+        #: permission bits of the files it writes (the store's, from ``start_writer``)
+        self.mode = PRIVATE_MODE
         self.stats_interval = float(stats_interval)
         self.blackbox = BlackBox(blackbox_capacity)
         #: ``event(event_type, **data)``: the ring's record function, no extra call layer.
@@ -157,7 +159,7 @@ class Observability:
         self.commit_event = self.blackbox.recorder("commit", *COMMIT_FIELDS)
 
     def start_writer(self, stats_fn: Callable[[], Mapping[str, Any]] | None = None, *,
-                     io: FileIO | None = None) -> None:
+                     io: FileIO | None = None, mode: int | None = None) -> None:
         """The store now holds its directory for writing: move the black box into
         ``blackbox.ring`` (saving the previous writer's ring as a dump if it did not close the
         store) and start publishing ``stats_fn()`` and the histograms in ``stats.page``.
@@ -168,11 +170,13 @@ class Observability:
             raise RuntimeError("Observability is closed")
         if io is not None:
             self.io = io
+        if mode is not None:
+            self.mode = mode
         if stats_fn is not None:
             self._stats_fn = stats_fn
         if self.blackbox.path is None:
             try:
-                salvaged = self.blackbox.attach(self.store_path, io=self.io)
+                salvaged = self.blackbox.attach(self.store_path, io=self.io, mode=self.mode)
             except OSError as exc:
                 _log.warning("black box stays in memory: cannot set up %s: %s",
                              os.path.join(self.store_path, "blackbox.ring"), exc,
@@ -184,7 +188,7 @@ class Observability:
         if self._publisher is None and self._stats_fn is not None:
             try:
                 self._publisher = StatsPublisher(self.store_path, self._collect, io=self.io,
-                                                 interval=self.stats_interval)
+                                                 interval=self.stats_interval, mode=self.mode)
                 self._publisher.start()
             except OSError as exc:
                 self._publisher = None
@@ -198,7 +202,8 @@ class Observability:
                "exception": None, "ring": salvaged.get("ring"),
                "fatal_error": salvaged.get("fatal_error")}
         try:
-            path = write_dump_file(self.store_path, doc, compressed=self.dump_compress, io=self.io)
+            path = write_dump_file(self.store_path, doc, compressed=self.dump_compress, io=self.io,
+                                   mode=self.mode)
         except OSError as exc:
             _log.warning("could not save the previous writer's black box: %s", exc,
                          extra={"store_path": self.store_path})
@@ -223,6 +228,12 @@ class Observability:
         values.update({k: float(v) for k, v in obs_values(self).items()})
         hists = {attr: h.snapshot() for attr, h in self.histograms().items()}
         return values, hists
+
+    def memory_parts(self) -> dict[str, int]:
+        """Its fixed allocations, for the Guardian's reservations: the black box's ring and,
+        in a writer, the stats page."""
+        return {"blackbox": self.blackbox.memory_bytes,
+                "stats_page": PAGE_BYTES if self._publisher is not None else 0}
 
     def histograms(self) -> dict[str, Histogram]:
         """Every histogram of this object, by its ``HISTOGRAMS`` name."""
@@ -270,7 +281,7 @@ class Observability:
                                     store_stats=stats, exception=exception)
         if stats_err:
             doc["store_stats_error"] = stats_err
-        path = write_dump_file(self.store_path, doc, io=self.io,
+        path = write_dump_file(self.store_path, doc, io=self.io, mode=self.mode,
                                compressed=self.dump_compress if compress is None else compress)
         _log.log(logging.INFO if reason == "explicit" else logging.WARNING,
                  "black box dumped to %s (%s)", path, reason,

@@ -83,7 +83,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..fileio import DEFAULT_IO, FileIO
+from ..fileio import DEFAULT_IO, PRIVATE_MODE, FileIO
 
 __all__ = [
     "DUMP_FORMAT",
@@ -427,6 +427,11 @@ class BlackBox:
         self._flags = 0
         self.record: Callable[..., None] = self._make_record()
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the ring occupies (in memory, or mapped from ``blackbox.ring``)."""
+        return _ring_image_bytes(self.capacity)
+
     # ---------------------------------------------------------------- hot path
     def _make_record(self) -> Callable[..., None]:
         # Everything the hot path touches is a closure cell (LOAD_DEREF), never a global
@@ -571,7 +576,7 @@ class BlackBox:
                                                 max(self._first, 0), self._cleared_before,
                                                 self._cleared_dropped, self._flags)
 
-    def attach(self, store_dir: str, *, io: FileIO = DEFAULT_IO) -> dict[str, Any] | None:
+    def attach(self, store_dir: str, *, io: FileIO = DEFAULT_IO, mode: int = PRIVATE_MODE) -> dict[str, Any] | None:
         """Move the ring into ``store_dir/blackbox.ring`` (created or reused) and go on there.
 
         Events recorded so far are carried over. If the file's previous writer did not
@@ -583,7 +588,7 @@ class BlackBox:
         path = os.path.join(store_dir, RING_FILE)
         size = _ring_image_bytes(self.capacity)
         # O_APPEND: faulthandler, given this descriptor, writes after the last record
-        fd = io.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = io.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, mode)
         try:
             old = io.pread(fd, io.file_size(fd), 0)
             salvaged, old_events_raw, next_seq = _take_over(old, path, self.capacity)
@@ -756,10 +761,11 @@ def encode_dump(doc: dict[str, Any], *, compressed: bool = False) -> bytes:
 
 
 def write_dump_file(directory: str, doc: dict[str, Any], *, compressed: bool = False,
-                    name: str | None = None, io: FileIO = DEFAULT_IO) -> str:
-    """Write ``doc`` into ``directory`` atomically through ``io``; return the file's path."""
+                    name: str | None = None, io: FileIO = DEFAULT_IO, mode: int = PRIVATE_MODE) -> str:
+    """Write ``doc`` into ``directory`` atomically through ``io``, with permission bits
+    ``mode`` (the store's); return the file's path."""
     path = os.path.join(directory, name or dump_file_name(compressed=compressed))
-    io.atomic_write(path, encode_dump(doc, compressed=compressed))
+    io.atomic_write(path, encode_dump(doc, compressed=compressed), mode)
     return path
 
 

@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..fileio import DEFAULT_IO, FileIO
+from ..fileio import DEFAULT_IO, PRIVATE_MODE, FileIO
 
 __all__ = [
     "PAGE_FILE",
@@ -140,7 +140,7 @@ class StatsPublisher:
     """
 
     def __init__(self, store_dir: str, collect: Callable[[], tuple[Mapping[str, float], Mapping[str, Snapshot]]],
-                 *, io: FileIO = DEFAULT_IO, interval: float = 1.0) -> None:
+                 *, io: FileIO = DEFAULT_IO, interval: float = 1.0, mode: int = PRIVATE_MODE) -> None:
         if not interval > 0:
             raise ValueError(f"stats interval must be > 0 seconds, got {interval!r}")
         self.path = os.path.join(store_dir, PAGE_FILE)
@@ -156,7 +156,7 @@ class StatsPublisher:
         self._failed = False
         self._warned: set[str] = set()
         self.publish_count = 0
-        fd = io.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = io.open(self.path, os.O_RDWR | os.O_CREAT, mode)
         try:
             self._lock_page(fd)
             io.truncate(fd, PAGE_BYTES)

@@ -219,13 +219,16 @@ def test_cleanup_evicts_decayed_hypotheses_and_keeps_the_rest(store_path):
     weak_hyp = reflex(a=5, b=6, mutability=2, confidence=20)  # below 25: decayed
     learnable = reflex(a=7, b=8)
     learnable["last_update"] = now - 2 * 3600  # old, but not a hypothesis: kept
-    # refusal point 0.8 * 64_000 = 51_200 bytes; cleanup from 90 % = 46_080
-    with ngstore.open(store_path, max_bytes=64_000, max_tokens=None) as s:
+    # refusal point 0.8 * 64_000 = 51_200 bytes; cleanup from 90 % = 46_080 (observability off:
+    # the reflex table's memory and the events are all that is counted)
+    with ngstore.open(store_path, max_bytes=64_000, max_tokens=None, observability=False) as s:
         with s.batch() as b:
             b.put_reflexes(np.stack([STATES[0], STATES[1], STATES[2], NEUTRAL[0]]),
                            np.concatenate([fresh_hyp, old_hyp, weak_hyp, learnable]))
         assert s.stats()["reflexes_live"] == 4 and s.stats()["aggressive_cleanups_total"] == 0
-        s.write_events(new_events(360))  # 4 * 128 + 360 * 128 = 46_592 bytes > 46_080
+        table = s.stats()["memory_reflex_table_bytes"]  # a small table (room for 64): a few KiB
+        assert s.stats()["memory_used_bytes"] == table < 46_080
+        s.write_events(new_events((46_080 - table) // 128 + 1))  # just past 46_080
         st = s.stats()
         assert st["aggressive_cleanups_total"] == 1 and st["reflexes_live"] == 2
         engine = s.intuition()

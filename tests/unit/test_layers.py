@@ -65,7 +65,7 @@ def test_the_package_has_no_import_cycle():
 
 def test_nothing_below_the_facade_imports_it():
     mods = _modules()
-    above = {"ngstore", "ngstore.store", "ngstore.cli", "ngstore.ops_cli", "ngstore.__main__"}
+    above = {"ngstore", "ngstore.store", "ngstore.aio", "ngstore.cli", "ngstore.ops_cli", "ngstore.__main__"}
     for n, p in mods.items():
         if n not in above and not n.startswith("ngstore.obs"):
             assert "ngstore.store" not in _imports(n, p, mods), f"{n} imports the facade"
@@ -82,7 +82,7 @@ def test_modules_stay_small_and_the_facade_thin():
 
 #: File system calls only the file seam makes (``fileio.FileIO``).
 _SYSCALLS = re.compile(r"\bos\.(open|fsync|fdatasync|rename|replace|unlink|remove|mkdir|makedirs|listdir|"
-                       r"ftruncate|write|pwrite|pwritev|read|pread|scandir|stat|rmdir|walk)\(|"
+                       r"ftruncate|write|pwrite|pwritev|read|pread|scandir|stat|rmdir|walk|chmod|fchmod)\(|"
                        r"\bfcntl\.(flock|lockf)\(|\bshutil\.|\bos\.path\.(exists|isdir|isfile|getsize)\(|"
                        r"(?<![.\w])(?<!def )open\(")
 

@@ -58,3 +58,22 @@ def test_memory_bytes_follows_growth_and_resize():
     assert segments + 256 < big < segments + 256 + 64 * 1024  # + the header and the C handle
     t.resize(50_000)  # fits the allocation to the live reflexes
     assert t.memory_bytes <= big and len(t) == 50_000
+
+
+def test_a_store_engine_stays_small_until_reflexes_arrive(tmp_path):
+    with ngstore.open(str(tmp_path / "store"), event_capacity=1000) as s:
+        before = _rss_bytes()
+        engine = s.intuition()  # the store's engine: its reflexes are the store's
+        assert engine.table is None and s.stats()["memory_reflex_table_bytes"] == 0
+        assert _rss_bytes() - before < 8 * 2**20
+        rng = np.random.default_rng(2)
+        engine.consolidate_reflex(rng.uniform(-1, 1, (10, 8)).astype(np.float32), _conns(10))
+        st = s.stats()
+        assert st["reflexes_live"] == 10 and st["reflex_capacity"] == 65_536
+        assert st["memory_reflex_table_bytes"] == engine.table.memory_bytes < 16 * 1024
+        engine.consolidate_reflex(rng.uniform(-1, 1, (10_000, 8)).astype(np.float32), _conns(10_000))
+        t = engine.table
+        assert len(t) == 10_010 and s.stats()["memory_reflex_table_bytes"] == t.memory_bytes
+        assert t.memory_bytes < 2 * len(t) * (128 + 8 * 4 / 3) + 16 * 1024
+    with ngstore.open(str(tmp_path / "store")) as s:  # reopened: the table is mapped, the same size
+        assert s.stats()["memory_reflex_table_bytes"] == t.memory_bytes

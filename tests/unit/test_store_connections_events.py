@@ -112,7 +112,8 @@ def test_a_batch_commits_tokens_connections_and_events_together(store):
 
 def test_aggressive_cleanup_trims_old_events_near_the_byte_quota(store_path):
     # refusal point: 0.8 * 128_000 = 102_400 bytes = 800 events; cleanup from 90 % = 720
-    with ngstore.open(store_path, max_bytes=128_000, max_tokens=None) as s:
+    # (observability off: no black box ring counted beside the events)
+    with ngstore.open(store_path, max_bytes=128_000, max_tokens=None, observability=False) as s:
         s.write_events(new_events(700))
         assert s.stats()["aggressive_cleanups_total"] == 0
         s.write_events(new_events(40))      # 740 events > 720: cleanup trims 185
