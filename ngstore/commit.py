@@ -809,7 +809,9 @@ class Writer:
             self.release()
 
     def drop_reflexes(self) -> None:
-        """After close: the applier lets go of its reflex version (:meth:`Applier.drop_reflexes`)."""
+        """After close: the applier lets go of its reflex version (:meth:`Applier.drop_reflexes`),
+        and this writer of the table it last measured (its memory is the version's)."""
+        self._table_seen = None
         self._applier.drop_reflexes()
 
     def release(self) -> None:
