@@ -250,8 +250,9 @@ def gather_column(chunk_buffers: Sequence[Any], slot_shift: int, field_offset: i
 
     ``chunk_buffers`` are whole chunk values (docs/format.md §3.2), read in place (zero
     copy, GIL released); the result is a new array of ``field_dtype`` (at most
-    ``capacity`` rows: pass the number of present tokens). A chunk of the wrong length
-    raises NativeError before anything is read from it."""
+    ``capacity`` rows, allocated up front; more present records than that is NG_ERANGE, so
+    pass the chunks' slots). A chunk of the wrong length raises NativeError before anything
+    is read from it."""
     dt = np.dtype(field_dtype)
     if not isinstance(slot_shift, int) or not MIN_SLOT_SHIFT <= slot_shift <= MAX_SLOT_SHIFT:
         raise InvalidArgumentError(f"slot_shift must be an int in {MIN_SLOT_SHIFT}..{MAX_SLOT_SHIFT}")
@@ -272,4 +273,5 @@ def gather_column(chunk_buffers: Sequence[Any], slot_shift: int, field_offset: i
     check_status("ng_gather_column", rc, "a chunk value has the wrong length, or the counter "
                   "of present tokens is lower than the chunks' presence bits")
     del views
-    return out[: int(n_out[0])]
+    n = int(n_out[0])
+    return out[:n].copy() if 2 * n < out.shape[0] else out[:n]  # let a mostly unused buffer go

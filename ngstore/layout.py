@@ -105,12 +105,20 @@ def decode_state(data: bytes | None) -> WriterState:
     unknown boot (so recovery assumes the machine went down)."""
     if data is None:
         return WriterState(clean=True, boot_id=None)
+    unknown = WriterState(clean=False, boot_id=None)
     try:
         obj = json.loads(data)
-        return WriterState(clean=bool(obj["clean"]), boot_id=obj.get("boot_id") or None,
-                           pid=int(obj.get("pid") or 0))
-    except (ValueError, KeyError, TypeError):
-        return WriterState(clean=False, boot_id=None)
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested past the stack
+        return unknown
+    # Only the writer's own JSON counts: {"clean": "no"} is not clean, and a pid of 1e999
+    # is not a pid.
+    if not isinstance(obj, dict):
+        return unknown
+    clean, boot, pid = obj.get("clean"), obj.get("boot_id"), obj.get("pid", 0)
+    if not isinstance(clean, bool) or not (boot is None or isinstance(boot, str)) or \
+            not isinstance(pid, int) or isinstance(pid, bool):
+        return unknown
+    return WriterState(clean=clean, boot_id=boot or None, pid=pid)
 
 
 # -- LMDB databases and keys (§3) ----------------------------------------------------------
@@ -425,7 +433,12 @@ def decode_meta(values: Mapping[bytes, bytes | memoryview | None], where: str) -
         raise FormatVersionError(f"{where} has store format {version}; this ngstore reads "
                                  f"up to {FORMAT_VERSION} -- upgrade ngstore")
     sid = values.get(M_STORE_ID)
-    return Meta(format_version=version, chunk_slots=u64(M_CHUNK_SLOTS, DEFAULT_CHUNK_SLOTS),
+    slots = u64(M_CHUNK_SLOTS, DEFAULT_CHUNK_SLOTS)
+    try:
+        ChunkLayout(slots)
+    except ValueError as exc:
+        raise CorruptionError(f"{where}: meta/{M_CHUNK_SLOTS.decode()}: {exc}") from None
+    return Meta(format_version=version, chunk_slots=slots,
                 applied_position=u64(M_APPLIED, 0), event_capacity=u64(M_EVENT_CAPACITY, DEFAULT_EVENT_CAPACITY),
                 reflex_capacity=u64(M_REFLEX_CAPACITY, DEFAULT_REFLEX_CAPACITY),
                 counters=Counters.decode(values.get(M_COUNTERS), where),

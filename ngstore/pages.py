@@ -48,6 +48,7 @@ P_INVALID = (1 << 64) - 1
 MAX_KEY_SIZE = 511
 FREE_DB_OFFSET = 40                       # the two MDB_db records in a meta page
 MAIN_DB_OFFSET = 88
+_META_PSIZE_AT = 40                       # where a meta page keeps the page size (in the free DB's record)
 FREE = "(free list)"
 MAIN = "(main)"
 #: Database flags ngstore's databases may carry (none: plain sorted keys, one value each).
@@ -343,6 +344,9 @@ def verify(buf: memoryview, meta: bytes, *, trees: Collection[bytes] | None = No
     last = meta_page_last_pgno(meta)
     txnid = meta_page_txnid(meta) or 0
     v = Verification(txnid=txnid, page_size=psize, last_pgno=last)
+    if not 512 <= psize <= 65536 or psize & (psize - 1):  # the other meta page's size was checked, not this one's
+        v.problems.append(PageProblem(f"the meta page names a page size of {psize}", MAIN, None, _META_PSIZE_AT))
+        return v
     if (last + 1) * psize > len(buf):
         v.problems.append(PageProblem(f"the meta page names {last + 1} pages but the file holds "
                                       f"{len(buf) // psize}", MAIN, None, len(buf)))

@@ -646,13 +646,16 @@ class ReflexTable:
         if len(raw) < HEADER_SIZE:
             raise CorruptionError(f"reflex table image is {len(raw)} bytes, shorter than its header")
         fields = parse_header(head)
-        lengths = [fields["records_per_segment"] * RECORD_SIZE] * fields["record_segments"] + \
-                  [fields["entries_per_segment"] * ENTRY_SIZE] * fields["index_segments"]
+        rec, idx = fields["records_per_segment"] * RECORD_SIZE, fields["entries_per_segment"] * ENTRY_SIZE
         body = raw[HEADER_SIZE:]
-        if not fields["crc_ok"] or len(body) != sum(lengths) or not all(lengths):
+        # Sizes before lists: the unvalidated counts may be up to 2^32 each, so the list of
+        # segment lengths is made only once the body is known to hold them all.
+        if not fields["crc_ok"] or not rec or not idx or \
+                len(body) != rec * fields["record_segments"] + idx * fields["index_segments"]:
             # attach reports the precise reason (CRC, sizes, counts)
             whole: list[Any] = [np.frombuffer(body, dtype=np.uint8).copy()] if len(body) else []
             return cls.attach(head, whole, writable=writable)
+        lengths = [rec] * fields["record_segments"] + [idx] * fields["index_segments"]
         segs, off = [], 0
         for n in lengths:
             segs.append(np.frombuffer(body[off:off + n], dtype=np.uint8).copy())

@@ -71,11 +71,16 @@ def attach(kv: KV) -> ReflexVersion | None:
         if hdr is None:
             lease.release()
             return None
+        # The header is not validated yet (attach does that, with the segments), so its
+        # count may be anything up to 2^33: read the segments that are stored, up to the
+        # first missing one, and let attach report a count that does not match.
         nseg = parse_header(hdr)["segment_count"]
         segs = []
         for i in range(nseg):
             v = txn.get(reflex_segment_key(i), db=db)
-            segs.append(v if v is not None else b"")  # attach reports the missing segment
+            if v is None:
+                break
+            segs.append(v)
         table = ReflexTable.attach(hdr, segs, writable=False)
     except BaseException:
         lease.release()

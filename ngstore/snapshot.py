@@ -383,7 +383,9 @@ class TokenView:
                     layout.check(value, ChunkLayout.chunk_of(key))
                 bufs.append(value)
         raw_dt = np.dtype((np.void, field_dt.itemsize))
-        out = _native.gather_column(bufs, layout.shift, offset, raw_dt, self.count())
+        # Room for every slot of the chunks read, not for the tokens_live counter: the counter
+        # is stored bytes too, and no stored number may size an allocation (invariant 4).
+        out = _native.gather_column(bufs, layout.shift, offset, raw_dt, len(bufs) << layout.shift)
         return out.view(field_dt.base).reshape((-1, *field_dt.shape))
 
     def to_arrow(self, columns: Sequence[str] | None = None) -> Any:
@@ -539,7 +541,12 @@ def _layer(layer: Any) -> int:
     return int(layer)
 
 
-def _records_array(parts: list[bytes], dtype: np.dtype) -> np.ndarray:
+def _records_array(parts: list[bytes], dtype: np.dtype, what: str, where: str) -> np.ndarray:
+    """The stored records ``parts`` as one array; CorruptionError if one is not exactly a
+    record long (format §3: a ``connections`` value is 64 bytes, an ``events`` value 128)."""
+    for p in parts:
+        if len(p) != dtype.itemsize:
+            raise CorruptionError(f"a stored {what} in {where} is {len(p)} bytes, expected {dtype.itemsize}")
     out: np.ndarray = np.zeros(0, dtype) if not parts else np.frombuffer(b"".join(parts), dtype=dtype).copy()
     return out
 
@@ -576,7 +583,7 @@ class ConnectionView:
         if absent and missing == "raise":
             shown = ", ".join(map(str, absent[:5])) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
             raise NotFoundError(f"no connection {shown} in {snap._path}")
-        return ConnectionArray(_records_array(out, CONNECTION_DTYPE))
+        return ConnectionArray(_records_array(out, CONNECTION_DTYPE, "connection", snap._path))
 
     def between(self, a: int, b: int) -> ConnectionArray:
         """Every connection joining tokens a and b (any order)."""
@@ -673,7 +680,7 @@ class ConnectionView:
                         if value is None:
                             raise CorruptionError(f"reverse index entry {k.hex()} of {snap._path} has no connection")
                     out.append(bytes(value))
-        return _records_array(out, CONNECTION_DTYPE)
+        return _records_array(out, CONNECTION_DTYPE, "connection", snap._path)
 
 
 class EventView:
@@ -706,7 +713,7 @@ class EventView:
                     if not rows:
                         first_seq = event_sequence(key)
                     rows.append(bytes(value))
-        return first_seq, _records_array(rows, EVENT_DTYPE)
+        return first_seq, _records_array(rows, EVENT_DTYPE, "event", snap._path)
 
     def to_arrow(self, columns: Sequence[str] | None = None, *, first: int = 0) -> Any:
         """The stored events with sequence number ``first`` and later, in order, as a

@@ -133,8 +133,8 @@ class Store:
         d.lock_reader()
         try:
             d.check_readable(d.read_state())
-            kv = KV(self.path, readonly=True, io=self.options.io, walk=d.live_writer_pid() is None,
-                    mode=d.mode)
+            kv = KV(self.path, readonly=True, map_size=self.options.map_size, max_readers=self.options.max_readers,
+                    io=self.options.io, walk=d.live_writer_pid() is None, mode=d.mode)
             try:
                 with ReadTxn(kv) as txn:
                     meta = kv.read_meta(txn)
@@ -576,8 +576,9 @@ class Store:
             if self._obs is not None:
                 self._obs.publish_stats()  # the stats page's last values, while stats() answers
             self._closed = True
-            # The store's own hold on the reader's reflex version (a table handed out
-            # keeps its own): else the environment stays open until a garbage collection.
+            # The reader's own hold on its reflex version: else the environment stays open
+            # until a garbage collection. (The writer's version is not dropped here: objects
+            # of the writer that outlive close can still reference the table's buffers.)
             self._reader_reflexes = None
             if self._obs is not None:
                 self._obs.event("close")

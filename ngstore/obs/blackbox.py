@@ -100,6 +100,8 @@ __all__ = [
 ]
 
 DUMP_FORMAT = "ngstore-blackbox/1"
+#: The largest dump ``load_dump`` decompresses (a dump of the largest ring is far smaller).
+MAX_DUMP_BYTES = 1 << 30
 _DUMP_PREFIX = "blackbox-"
 _dump_counter = itertools.count()
 
@@ -298,6 +300,9 @@ def _scan_records(buf: Any, capacity: int, cleared_before: int = 0) -> tuple[lis
             continue   # never written
         if n > PAYLOAD_MAX or zlib.crc32(view[off + 4:off + REC_HEAD_BYTES + n]) != crc:
             bad += 1   # torn by a crash in the middle of the copy, or damaged
+            continue
+        if seq % capacity != i:
+            bad += 1   # a valid record of sequence s lies at slot s mod capacity (format §8.1)
             continue
         if seq < cleared_before:
             continue
@@ -794,16 +799,32 @@ def load_dump(path: str, io: FileIO = DEFAULT_IO) -> dict[str, Any]:
     if path.endswith(".zst") or raw[:4] == b"\x28\xb5\x2f\xfd":
         import zstandard
 
+        # Streamed, not decompress(): that allocates the content size the frame header
+        # declares (up to its limit) before it has decompressed a byte.
+        parts, total = [], 0
         try:
-            raw = zstandard.ZstdDecompressor().decompress(raw, max_output_size=1 << 30)
+            with zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+                while part := reader.read(1 << 20):
+                    total += len(part)
+                    if total > MAX_DUMP_BYTES:
+                        raise ValueError(f"{path}: decompresses to more than {MAX_DUMP_BYTES} bytes")
+                    parts.append(part)
         except zstandard.ZstdError as exc:
             raise ValueError(f"{path}: not a zstd frame: {exc}") from None
+        raw = b"".join(parts)
     try:
         doc = json.loads(raw)
     except ValueError as exc:
         raise ValueError(f"{path} is not JSON: {exc}") from None
     if not isinstance(doc, dict) or "events" not in doc or "stats" not in doc:
         raise ValueError(f"{path} is not a black-box dump (no 'events'/'stats')")
+    # The shape its readers rely on (the CLI, iter_event_types): anything else is not a dump.
+    events, stamp = doc["events"], doc.get("timestamp_us")
+    if not isinstance(doc["stats"], dict) or not isinstance(events, list) or \
+            not all(isinstance(e, dict) and "event_type" in e for e in events) or \
+            not (stamp is None or (isinstance(stamp, int) and not isinstance(stamp, bool))):
+        raise ValueError(f"{path} is not a black-box dump (its 'stats', 'events' or 'timestamp_us' "
+                         "are not of a dump's shape)")
     return doc
 
 

@@ -334,6 +334,10 @@ def _decode(page: bytes, path: str) -> PublishedStats | None:
     for off in range(HEAD_BYTES, end, ENTRY_BYTES):
         raw, kind, le, value = _ENTRY.unpack_from(page, off)
         name = raw.rstrip(b"\0").decode("ascii", "replace")
+        if kind in (KIND_BUCKET, KIND_COUNT) and not 0 <= value < math.inf:
+            # the CRC matched, so this is what a writer wrote: not a page this code reads
+            raise ValueError(f"{path}: histogram {name!r} has a count of {value} (format §8.2: a "
+                             "count is a finite number >= 0)")
         if kind == KIND_VALUE:
             out.values[name] = value
         elif kind == KIND_BUCKET:
