@@ -13,6 +13,10 @@ with committing threads, and what do the modes buy?
   fdatasync serialised by a lock, and a bare Python leader/follower group commit of the
   same bytes (one write and one fdatasync per group) -- the best a Python group commit does.
 * **Modes**: commits/s of one thread in each mode.
+* **The async loss window**: for ``async`` commits made at random moments, the time from a
+  commit's return to the end of the first log fdatasync that *starts* after it (an upper
+  bound of how long it stays in the page cache only: what a power loss can take), beside
+  the documented bound, ``flush_interval`` + one fdatasync.
 
 Targets: ``async``/``none`` p50 ≤ 3× a rocksdict non-sync put; ``sync`` p50 ≤ 1.3× the bare
 write + fdatasync; 8 threads ≥ 5× one in ``sync``; ``async`` ≥ 20× ``sync`` (commits/s).
@@ -32,10 +36,12 @@ from bench_ingest import LMDB_MAP, dataset, rocks_open, rocksdict_available, sql
 
 import ngstore
 from ngstore import ops
+from ngstore.fileio import FileIO
 
 W_LAT = "small commit latency"
 W_CONC = "concurrent sync commits (n = threads)"
 W_MODE = "commit modes, 1 thread"
+W_WINDOW = "async loss window"
 LIMITS[W_LAT] = "pwrite + fdatasync (pre-zeroed)"
 LIMITS[W_CONC] = "bare group commit (Python)"
 LIMITS[W_MODE] = "pwrite + fdatasync (pre-zeroed)"
@@ -297,5 +303,57 @@ def run(b: Bench) -> None:
     bg.close()
     for _name, (_fn, close) in peers.items():
         close()
+    _loss_window(b, 1.0 if b.quick else 3.0)
     shutil.rmtree(os.path.join(b.root, "commit"), ignore_errors=True)
+
+
+class _SyncTimes(FileIO):
+    """The production FileIO, noting when each fdatasync of the flusher starts and ends."""
+
+    def __init__(self) -> None:
+        self.syncs: list[tuple[float, float]] = []
+
+    def fdatasync(self, fd: int) -> None:
+        if threading.current_thread().name != "ngstore-flusher":
+            super().fdatasync(fd)
+            return
+        t0 = time.perf_counter()
+        super().fdatasync(fd)
+        self.syncs.append((t0, time.perf_counter()))
+
+
+def _loss_window(b: Bench, seconds: float) -> None:
+    b.log(f"## {W_WINDOW}")
+    interval = 0.010
+    io = _SyncTimes()
+    path = os.path.join(b.root, "commit", "window")
+    rng = np.random.default_rng(5)
+    acks: list[float] = []
+    with ngstore.open(path, durability="async", flush_interval=interval, io=io, **store_options(1000)) as s:
+        end = time.perf_counter() + seconds
+        i = 0
+        while time.perf_counter() < end:
+            s.put_tokens(one_token(i))
+            acks.append(time.perf_counter())
+            i += 1
+            time.sleep(float(rng.uniform(0, 0.004)))
+        time.sleep(4 * interval)  # the last commits' syncs
+        syncs = sorted(io.syncs)
+    starts = np.array([a for a, _ in syncs])
+    ends = np.array([e for _, e in syncs])
+    k = np.searchsorted(starts, np.array(acks))  # the first sync starting after each return
+    covered = k < len(starts)
+    window_ms = (ends[k[covered]] - np.array(acks)[covered]) * 1e3
+    sync_ms = (ends - starts) * 1e3
+    bound = interval * 1e3 + float(np.percentile(sync_ms, 99))
+    b.record(W_WINDOW, "ngstore async, return → durable", len(window_ms), "ms", window_ms,
+             note=f"flush_interval {interval * 1e3:g} ms; upper bound (the sync in progress may "
+                  f"already have covered a commit); max {window_ms.max():.2f} ms",
+             p99=float(np.percentile(window_ms, 99)))
+    b.record(W_WINDOW, "one log fdatasync (flusher)", len(sync_ms), "ms", sync_ms,
+             p99=float(np.percentile(sync_ms, 99)))
+    b.check("log", "async loss window p99 ÷ (flush_interval + p99 fdatasync)",
+            float(np.percentile(window_ms, 99)) / bound, "<=", 1.0,
+            f"p99 {np.percentile(window_ms, 99):.2f} ms, max {window_ms.max():.2f} ms, bound {bound:.2f} ms",
+            len(window_ms))
 

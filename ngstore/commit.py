@@ -33,7 +33,8 @@ What a crash can do, in syscall terms: a process crash (kill -9) loses nothing t
 visible -- every batch was ``write()``-n to the log (page cache) before it became visible,
 and recovery replays the log after LMDB's applied position. A power loss or OS crash keeps
 the ``sync`` batches that returned; ``async`` batches of at most the last
-``flush_interval`` plus one fdatasync, and ``none`` batches since the last durable point,
+``flush_interval`` plus one fdatasync (two when an fdatasync takes longer than
+``flush_interval``), and ``none`` batches since the last durable point,
 may be lost -- always a suffix of the commit order, never part of a batch.
 
 After an I/O error (fsyncgate) the writer refuses every later write: the state of the
@@ -684,7 +685,16 @@ class Writer:
             self._flusher.start()
 
     def _flush_loop(self) -> None:
-        while not self._flusher_stop.wait(self._options.flush_interval):
+        # Syncs start flush_interval apart, counted from the start of the previous sync
+        # (at once after a sync that took longer). A batch written at t, just after a sync
+        # began and too late for it, is then in the next sync, which starts by
+        # t + max(flush_interval, that sync's time): durable by t + flush_interval + one
+        # fdatasync while an fdatasync takes at most flush_interval (two fdatasyncs
+        # otherwise). Waiting flush_interval after a sync ended would add a second one.
+        interval = self._options.flush_interval
+        next_start = time.monotonic() + interval
+        while not self._flusher_stop.wait(max(0.0, next_start - time.monotonic())):
+            next_start = time.monotonic() + interval
             if self._unsynced and self._failed is None:
                 try:
                     self._unsynced = False

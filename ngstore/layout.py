@@ -29,7 +29,7 @@ from .errors import CorruptionError, FormatVersionError, NotAStoreError
 # -- the directory (§1) ------------------------------------------------------------------
 
 #: The store format version; a reader refuses a newer one with FormatVersionError.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 MARKER_FILE = "NGSTORE"
 STATE_FILE = "state"

@@ -13,7 +13,7 @@ from typing import Final
 
 import numpy as np
 
-from .errors import CorruptionError
+from .errors import CorruptionError, FormatVersionError
 from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
 
 PAYLOAD_MAGIC: Final = 0x4E47_4231  # "NGB1"
@@ -148,7 +148,8 @@ def encode_ops(ops: list[Op]) -> bytes:
 
 
 def decode_ops(payload: bytes | memoryview, where: str = "batch payload") -> list[Op]:
-    """Inverse of :func:`encode_ops`; any inconsistency is a CorruptionError.
+    """Inverse of :func:`encode_ops`; an op kind it does not know is a FormatVersionError,
+    any other inconsistency a CorruptionError.
 
     The log's CRC has already vouched for the bytes, so an error here means a bug or a
     payload from an incompatible version -- never a reason to guess. The op arrays are
@@ -169,7 +170,11 @@ def decode_ops(payload: bytes | memoryview, where: str = "batch payload") -> lis
         pos += _OP_HEAD.size
         dtype = OP_DTYPES.get(kind)
         if dtype is None:
-            raise CorruptionError(f"{where}: unknown op type {kind}", offset=pos)
+            # The frame's CRC held: a newer ngstore wrote it, with an op kind this one does
+            # not know. Refuse; never guess, never treat it as damage to cut away.
+            raise FormatVersionError(
+                f"{where} holds op kind {kind}, which this version of ngstore does not know: a "
+                "newer version wrote it. Open the store with that version (nothing was changed)")
         if nbytes != count * dtype.itemsize or pos + nbytes > len(mv):
             raise CorruptionError(f"{where}: op {kind} body length {nbytes} for {count} items", offset=pos)
         ops.append(Op(kind, np.frombuffer(mv, dtype=dtype, count=count, offset=pos)))

@@ -35,7 +35,7 @@ from .directory import Directory
 from .errors import CorruptionError
 from .guardian import Guardian
 from .kv import KV, ReadTxn, restore_checkpoint_meta
-from .layout import DB_META, initial_meta
+from .layout import DB_META, FORMAT_VERSION, M_FORMAT, encode_u64, initial_meta
 from .ops import decode_ops
 from .options import Options
 from .overlay import Overlay
@@ -121,6 +121,7 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             # Databases a newer ngstore added are created only now: on top of a checkpoint,
             # so their commit cannot reuse a page the checkpoint still needs.
             kv.create_missing_dbs()
+            _upgrade_format(directory, kv)
             replay(applier, log, info, progress=opts.progress)
             if info.replayed_records:
                 applier.checkpoint_now()
@@ -142,6 +143,19 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             kv.close()
         directory.release()
         raise
+
+
+def _upgrade_format(directory: Directory, kv: KV) -> None:
+    """Marks an older store as of this format (docs/format.md §1): the marker first -- the
+    gate older versions check, so none of them opens it once this writer may log what they
+    cannot read -- then meta. One way: no older ngstore opens the store again."""
+    with ReadTxn(kv) as txn:
+        version = kv.read_meta(txn).format_version
+    if version >= FORMAT_VERSION:
+        return
+    directory.write_marker()
+    meta_db = kv.dbs[DB_META]
+    kv.write(lambda txn: txn.put(M_FORMAT, encode_u64(FORMAT_VERSION), db=meta_db))
 
 
 def _open_kv(directory: Directory, opts: Options) -> KV:

@@ -487,7 +487,7 @@ class Store:
             out["wal_segments"] = w.log.segment_count
             out["wal_position"] = w.log.last_position
         out["chunk_slots"] = self._layout.slots
-        out["format_version"] = FORMAT_VERSION
+        out["format_version"] = FORMAT_VERSION if w is not None else self._meta.format_version
         return out
 
     def _safe_stats(self) -> dict[str, Any]:

@@ -7,7 +7,9 @@ frequent: tiny log segments (rotation), a tiny checkpoint threshold (checkpoints
 direct-commit threshold (large batches bypass the log), and an applier interval drawn per
 child (1 ms to 0.3 s), so kills land with commits in the log and the overlay but not yet
 in LMDB, during group applies, and during the applier's checkpoints. Some kills land
-while the child is still opening the store, i.e. during recovery itself.
+while the child is still opening the store, i.e. during recovery itself. The map starts
+at 1 MiB, so LMDB's map grows (a checkpoint, then a remap) many times under the kills;
+and the first child creates the store, killed a few times during the creation itself.
 
 Batch ``b`` writes ``k`` tokens with ids ``region(b) .. region(b)+k-1``, weight ``b`` and
 timestamp ``k``: after recovery a batch is either absent or whole, which the parent checks
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,8 +37,10 @@ CHILD = textwrap.dedent("""
     import os, sys, threading, numpy as np, ngstore
     from ngstore.records import TOKEN_DTYPE
     path, start, seed, interval = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    print("opening", flush=True)
     s = ngstore.open(path, durability="sync", segment_bytes=64 << 10, checkpoint_bytes=256 << 10,
-                     direct_threshold=192 << 10, max_tokens=None, max_bytes=None, apply_interval=interval)
+                     direct_threshold=192 << 10, max_tokens=None, max_bytes=None, apply_interval=interval,
+                     map_size=1 << 20)
     print("open", flush=True)
     out_lock = threading.Lock()
 
@@ -83,6 +88,17 @@ def _verify(path: str, acked: dict[int, int]) -> tuple[int, int]:
     return len(present), int(arr.size)
 
 
+def _read_until(child: subprocess.Popen, word: str) -> str:
+    """The child's output up to and including the line ``word`` (all of it if it ends first)."""
+    assert child.stdout is not None
+    got = ""
+    while True:
+        line = child.stdout.readline()
+        got += line
+        if not line or line.strip() == word:
+            return got
+
+
 def _progress(capsys, line: str) -> None:
     """One line on the terminal even under pytest's capture: a 3-minute test must not look hung."""
     with capsys.disabled():
@@ -91,7 +107,25 @@ def _progress(capsys, line: str) -> None:
 
 def test_kill9_never_loses_an_acknowledged_batch_nor_keeps_part_of_one(tmp_path, capsys):
     path = str(tmp_path / "store")
-    ngstore.open(path).close()
+    creation_kills = 0
+    # Kills during the child's creation of the store: at a few moments after its
+    # directory appears (creation then takes 10 to 40 ms).
+    for delay in (0.0, 0.001, 0.003, 0.006, 0.01, 0.015, 0.02, 0.03, 0.05):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, path, "0", "0", "0.02"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
+        first = _read_until(child, "opening")
+        deadline = time.monotonic() + 30.0
+        while not os.path.exists(path) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        time.sleep(delay)
+        os.kill(child.pid, signal.SIGKILL)
+        out, err = child.communicate()
+        assert child.returncode == -signal.SIGKILL, err
+        if "open" not in (first + out).splitlines() and os.path.exists(path):
+            creation_kills += 1  # killed while creating the store
+        if os.path.exists(path):  # whatever the kill left opens, and checks sound
+            _verify(path, {})
+        shutil.rmtree(path, ignore_errors=True)
     budget = float(os.environ.get("NGSTORE_CRASH_SECONDS", "200"))
     max_iter = int(os.environ.get("NGSTORE_CRASH_ITERATIONS", "300"))
     rng = random.Random(12345)
@@ -111,13 +145,19 @@ def test_kill9_never_loses_an_acknowledged_batch_nor_keeps_part_of_one(tmp_path,
         interval = rng.choice([0.001, 0.02, 0.3])
         child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(start), str(iterations), str(interval)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(tmp_path))
-        # Kill at a random moment: sometimes while it is still opening (recovering).
-        delay = rng.choice([0.0, 0.02, 0.05]) if rng.random() < 0.2 else rng.uniform(0.15, 0.6)
-        time.sleep(delay)
+        # Kill at a random moment: a fifth of the time anywhere from the start (so often
+        # while it is still opening, i.e. recovering), else while it commits (its start
+        # takes from 0.3 s to over 1 s as the machine is loaded: wait for it).
+        first = ""
+        if rng.random() < 0.2:
+            time.sleep(rng.uniform(0.0, 0.6))
+        else:
+            first = _read_until(child, "open")
+            time.sleep(rng.uniform(0.0, 0.4))
         os.kill(child.pid, signal.SIGKILL)
         out, err = child.communicate()
         assert child.returncode == -signal.SIGKILL, err
-        lines = out.splitlines()
+        lines = (first + out).splitlines()
         if "open" not in lines:
             kills_before_open += 1
         for line in lines:
@@ -134,7 +174,8 @@ def test_kill9_never_loses_an_acknowledged_batch_nor_keeps_part_of_one(tmp_path,
         if rng.random() < 0.5:
             _verify(path, acked)
     batches, tokens = _verify(path, acked)
-    _progress(capsys, f"kill -9: {iterations} iterations ({kills_before_open} during open/recovery), "
+    _progress(capsys, f"kill -9: {creation_kills} kills during creation; "
+                      f"{iterations} iterations ({kills_before_open} during open/recovery), "
                       f"{len(acked)} acknowledged batches, {batches} batches / {tokens} tokens present, "
                       "0 lost, 0 partial")
     assert iterations >= 20 and len(acked) > 0

@@ -362,6 +362,64 @@ def test_the_async_flusher_makes_commits_durable_without_a_flush(tmp_path):
         assert rec.log.durable >= pos, "the flusher never fdatasync'ed an async commit"
 
 
+class SlowLogSyncIO(TracedIO):
+    """A TracedIO whose log fdatasyncs take ``seconds`` (a slow disk), each marked where it
+    starts as well as (by RecordingIO) where it ends."""
+
+    def __init__(self, root: str, seconds: float) -> None:
+        super().__init__(root)
+        self.seconds = seconds
+
+    def fdatasync(self, fd: int) -> None:
+        if _is_wal(self._paths.get(fd, "")):
+            self.mark(("log_sync_start",))
+            time.sleep(self.seconds)
+        super().fdatasync(fd)
+
+
+@pytest.mark.parametrize("sync_seconds", [0.002, 0.03], ids=["fast-disk", "sync-slower-than-interval"])
+def test_the_async_loss_window_is_closed_by_the_first_log_sync_that_starts_after_the_commit(
+        tmp_path, sync_seconds):
+    """The loss window of ``async`` (docs/api.md): a batch acknowledged at t is durable by
+    t + flush_interval + one fdatasync. Its two parts are checked here in order, not in
+    time: the flusher alone (no later commit, flush or close) syncs it, and the first log
+    fdatasync that *starts* after the commit returned covers it (the sync in progress
+    when it was written may not, and is the only one that may not)."""
+    rec = SlowLogSyncIO(str(tmp_path), sync_seconds)
+    rng = np.random.default_rng(3)
+    acked: list[tuple[int, int]] = []  # (index in the recording of the return, position)
+    with ngstore.open(str(tmp_path / "s"), durability="async", flush_interval=0.01, io=rec, **FAST) as s:
+        for i in range(40):
+            pos = s.put_tokens(make_tokens(np.array([i])))
+            acked.append((len(rec.ops), pos))
+            rec.mark(("ret", pos))
+            time.sleep(float(rng.uniform(0, 0.02)))
+        deadline = time.monotonic() + 20.0  # liveness only: generous
+        while time.monotonic() < deadline:
+            rec.log.update(list(rec.ops))
+            if rec.log.durable >= acked[-1][1]:
+                break
+            time.sleep(0.005)
+        assert rec.log.durable >= acked[-1][1], "the flusher never fdatasync'ed the last async commit"
+        ops = list(rec.ops)
+    first = acked[0][0]  # the open's own syncs come before
+    log_syncs = [(i, o) for i, o in enumerate(ops) if i > first and o.kind == "fdatasync" and _is_wal(o.path)]
+    starts = [i for i, o in enumerate(ops) if i > first and o.kind == "mark" and o.label == ("log_sync_start",)]
+    assert log_syncs and all(o.thread == "ngstore-flusher" for _, o in log_syncs), \
+        {o.thread for _, o in log_syncs}
+    model = LogModel(rec.baseline)
+    for ret_index, pos in acked:
+        # The fdatasync the first start after the return begins ends at the first log
+        # fdatasync recorded after that start (the flusher is the only thread syncing the
+        # log here). With no start after it (a sync in progress covered it) or no end (the
+        # recording stopped meanwhile), the whole recording is the bound.
+        first_start = next((j for j in starts if j > ret_index), None)
+        end = next((j for j, _ in log_syncs if first_start is not None and j > first_start), len(ops) - 1)
+        model.update(ops[:end + 1])
+        assert model.durable >= pos, (f"the commit at position {pos} was not durable after the first log "
+                                      f"fdatasync started after it returned (durable {model.durable})")
+
+
 def test_a_checkpoint_after_unsynced_commits_syncs_the_log_before_lmdb(tmp_path):
     t = Traced(str(tmp_path / "s"), durability="none", flush_interval=3600.0)
     for i, st in enumerate(workload(6)):

@@ -227,14 +227,14 @@ def test_stress_refuses_a_store_held_by_a_writer_before_doing_any_work(tmp_path)
 def test_info_shows_counts_sizes_and_format_version(tmp_path, sound_store):
     r = ng("info", sound_store, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "format version: 1" in r.stdout
+    assert f"format version: {ngstore.layout.FORMAT_VERSION}" in r.stdout
     assert "tokens:         997 (chunks of 1024 ids)" in r.stdout
     assert "LMDB map:" in r.stdout and "log:" in r.stdout
     j = ng("info", sound_store, "--json", cwd=tmp_path)
     assert j.returncode == 0
     st = json.loads(j.stdout)
     assert st["tokens_live"] == 997 and st["tokens_deleted_total"] == 3
-    assert st["format_version"] == 1 and st["readonly"] is True
+    assert st["format_version"] == ngstore.layout.FORMAT_VERSION and st["readonly"] is True
     assert st["map_used_bytes"] > 0 and st["path"] == os.path.realpath(sound_store)
 
 
@@ -508,7 +508,8 @@ def test_version_and_python_dash_m(tmp_path):
                  [os.path.join(os.path.dirname(sys.executable), "ngstore"), "--version"]):
         r = subprocess.run(argv, cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        assert r.stdout.startswith(f"ngstore {ngstore.__version__} (store format 1; Python ")
+        fmt = ngstore.layout.FORMAT_VERSION
+        assert r.stdout.startswith(f"ngstore {ngstore.__version__} (store format {fmt}; Python ")
 
 
 def test_every_argument_has_help_and_help_shows_its_default():

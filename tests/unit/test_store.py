@@ -329,7 +329,7 @@ def test_stats_reports_counts_and_sizes(store):
     st = store.stats()
     assert st["tokens_live"] == 10 and st["tokens_created_total"] == 10
     assert st["map_used_bytes"] > 0 and st["readers_max"] > 0
-    assert st["format_version"] == 1
+    assert st["format_version"] == ngstore.layout.FORMAT_VERSION
 
 
 def test_column_reads_every_field_of_present_tokens_in_id_order(store):
