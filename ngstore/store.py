@@ -38,7 +38,7 @@ from .guardian import Guardian, Usage
 from .inputs import ids_array
 from .intuition import IntuitionEngine
 from .kv import KV, ReadTxn
-from .layout import DB_LEARN, DB_TOKENS, FORMAT_VERSION, ChunkLayout, Counters, Meta
+from .layout import DB_LEARN, FORMAT_VERSION, ChunkLayout, Counters, Meta
 from .learning import LearnedStatistics, read_statistics
 from .ops import Op
 from .options import Options
@@ -131,7 +131,7 @@ class Store:
         try:
             d.check_readable(d.read_state())
             kv = KV(self.path, readonly=True, io=self.options.io, walk=d.live_writer_pid() is None,
-                    mode=d.mode)
+                    mode=d.mode, verify=self.options.verify)
             try:
                 with ReadTxn(kv) as txn:
                     meta = kv.read_meta(txn)
@@ -305,7 +305,7 @@ class Store:
         kv = self._kv
         txn = kv.begin_read()
         try:
-            return token_record(txn, kv.db(DB_TOKENS), self._layout, token_id)
+            return token_record(txn, kv, self._layout, token_id)
         except BaseException as exc:
             translated = kv.translated(exc)
             if translated is exc:
@@ -423,7 +423,7 @@ class Store:
         else:
             self._kv.catch_up_with_writer()
         with ReadTxn(self._kv) as txn:
-            return read_statistics(txn, self._kv.db(DB_LEARN), bins_per_dim, groups=groups)
+            return read_statistics(txn, self._kv.db(DB_LEARN), bins_per_dim, groups=groups, region=self._kv.record)
 
     def resize_reflexes(self, capacity: int, *, durability: str | None = None) -> int:
         """Sets the reflex table's capacity as one logged batch (REFLEX_RESIZE, format.md §5):
