@@ -79,7 +79,11 @@ class _Shared:
 
 
 _registry: dict[str, _Shared] = {}
-_registry_lock = threading.Lock()
+#: Reentrant: the last release of a read lease runs wherever the garbage collector frees a
+#: zero-copy view -- possibly inside a block of this same thread that holds the lock (an
+#: open walking the file allocates); it then ends its transaction and drops a reference of
+#: another environment, which nothing in those blocks depends on. A plain lock deadlocked.
+_registry_lock = threading.RLock()
 
 
 #: At open, before LMDB reads anything, the trees whose pages are walked (``pages``): LMDB's
@@ -311,8 +315,9 @@ class KV:
         raise NgStoreError(f"{self.path}: the writer commits too fast to catch a snapshot's meta page")
 
     def read_meta(self, txn: lmdb.Transaction) -> Meta:
-        """The store's ``meta`` as of ``txn`` (``layout.decode_meta`` rules; every value
-        verified whatever the ``verify`` mode: they are few and small)."""
+        """The store's ``meta`` as of ``txn`` (``layout.decode_meta`` rules; the values
+        verified as the ``verify`` mode says: ``"off"`` opens a store whose meta is damaged,
+        for ``check()`` to report it)."""
         db = self.dbs[DB_META]
         if db is None:
             from .errors import NotAStoreError
@@ -322,7 +327,7 @@ class KV:
             raw = {k: txn.get(k, db=db) for k in META_KEYS}
         except lmdb.Error as exc:
             raise translate(exc, f"reading the meta database of {self.path}") from exc
-        values = {k: None if v is None else self.record(DB_META, k, v, layout.meta_region_bytes(k), verify=True)
+        values = {k: None if v is None else self.record(DB_META, k, v, layout.meta_region_bytes(k))
                   for k, v in raw.items()}
         return layout.decode_meta(values, self.path)
 
