@@ -225,13 +225,19 @@ def checksum_mismatch(db: bytes, key: bytes, value: Any, region_bytes: int) -> s
     computed = value_checksum(db, key, memoryview(value)[:region_bytes])
     if stored == computed:
         return None
-    return (f"{db.decode()} key {bytes(key).hex()}: checksum mismatch (stored {stored:#018x}, "
+    return (f"{describe_key(db, key)}: checksum mismatch (stored {stored:#018x}, "
             f"computed {computed:#018x} over its {region_bytes}-byte record and key)")
 
 
 def describe_key(db: bytes, key: bytes) -> str:
-    """A key as ``check()`` and errors name it: ``tokens key 00000005``."""
-    return f"{db.decode()} key {bytes(key).hex()}"
+    """A key as errors and ``check()`` name it: ``connections key 000000010000000200``, and
+    for a chunk its number too: ``token chunk 5 (tokens key 00000005)``."""
+    raw = bytes(key)
+    if db == DB_TOKENS and len(raw) == _CHUNK_KEY.size:
+        return f"token chunk {_CHUNK_KEY.unpack(raw)[0]} (tokens key {raw.hex()})"
+    if db == DB_META and raw.isascii() and raw.isalnum() is False and raw.replace(b"_", b"").isalnum():
+        return f"meta key {raw.decode()}"
+    return f"{db.decode()} key {raw.hex()}"
 
 
 def unseal(db: bytes, key: bytes, value: Any, region_bytes: int, *, verify: bool,

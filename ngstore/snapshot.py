@@ -174,7 +174,7 @@ class Snapshot:
         """The store's live counters as of this snapshot."""
         value = self._txn().get(M_COUNTERS, db=self._kv.db(DB_META))
         if value is not None:
-            value = self._kv.record(DB_META, M_COUNTERS, value, meta_region_bytes(M_COUNTERS), verify=True)
+            value = self._kv.record(DB_META, M_COUNTERS, value, meta_region_bytes(M_COUNTERS))
         return Counters.decode(value, self._path)
 
     # -- for analytics and backups (ngstore.arrow, ngstore.duckdb, ngstore.backup) ------
