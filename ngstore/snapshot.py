@@ -228,7 +228,7 @@ def chunk_values(txn: Any, kv: KV, layout: ChunkLayout, ids: np.ndarray, *,
     """The chunk keys (ascending) and the record regions of the chunks holding ``ids``
     (absent chunks left out), verified as ``kv`` says for a read (``writing``: for the
     writer's own reads)."""
-    db = kv.dbs.get(DB_TOKENS)
+    db = kv.db(DB_TOKENS)
     if ids.size == 0 or db is None:
         return np.zeros(0, np.uint32), []
     chunks = ids >> layout.shift
@@ -269,7 +269,7 @@ def presence(txn: Any, kv: KV, layout: ChunkLayout, ids: np.ndarray, *, writing:
 def token_record(txn: Any, kv: KV, layout: ChunkLayout, token_id: int) -> bytes | None:
     """The 64 bytes of token ``token_id`` in ``txn``, None if absent (a copy); its chunk
     verified as ``kv`` says for a read."""
-    db = kv.dbs.get(DB_TOKENS)
+    db = kv.db(DB_TOKENS)
     key = layout.key(token_id >> layout.shift)
     v = txn.get(key, db=db) if db is not None else None
     if v is None:
