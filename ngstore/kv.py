@@ -70,7 +70,7 @@ import lmdb
 
 from . import layout, pages
 from .errors import CorruptionError, NgStoreError, StorageError, StoreLockedError, StoreState, storage_error
-from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO
+from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO, lock_mode
 from .layout import ALL_DBS, DATA_FILE, DB_META, LMDB_LOCK_FILE, META_KEYS, Checkpoint, Meta
 
 T = TypeVar("T")
@@ -230,7 +230,7 @@ class KV:
                                         "; `ngstore check PATH` lists the damage: restore the store from a backup"
                                         if not readonly else "")
                 if not readonly:
-                    _back_lock_file(self.path, max_readers, io)
+                    _back_lock_file(self.path, max_readers, io, mode)
                 try:
                     env = _open_env(self.path, readonly, map_size, max_readers, mode)
                 except lmdb.Error as exc:
@@ -651,14 +651,15 @@ def restore_checkpoint_meta(store_path: str, ckpt: Checkpoint, io: FileIO) -> No
         io.close(fd)
 
 
-def _back_lock_file(path: str, max_readers: int, io: FileIO) -> None:
+def _back_lock_file(path: str, max_readers: int, io: FileIO, mode: int) -> None:
     """Gives LMDB's lock file disk blocks before LMDB maps it (see the module essay): a
     new (or empty) one is made as long as LMDB would make it; an existing one keeps its
     length (a live reader of another process may have mapped it: its reader table must
-    not change under it) and only its holes are filled."""
+    not change under it) and only its holes are filled. A file made here gets the store's
+    lock mode (``fileio.lock_mode`` of ``mode``: every reader writes it)."""
     lock = os.path.join(path, LMDB_LOCK_FILE)
     try:
-        fd = io.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = io.open(lock, os.O_RDWR | os.O_CREAT, lock_mode(mode))
         try:
             size = io.file_size(fd) or _LOCK_HEAD_BYTES + (max_readers - 1) * _LOCK_SLOT_BYTES
             io.allocate(fd, size)
