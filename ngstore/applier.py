@@ -20,6 +20,10 @@ the applier starts.
 The applier owns the state LMDB holds: the counters, the applied log position and the
 current reflex table version. A failed LMDB write or sync stops it (fsyncgate): every
 waiter gets the error, the writer refuses commits, and reopening recovers from the log.
+Nobody waits for most applies, so the failure is seen by the next write or read that
+needs the applier: it raises :func:`errors.refusal` -- for a full disk a
+``DiskFullError`` saying the store stopped after it (state "stopped", this write not
+applied) -- and so does every later one, until the store is closed and opened again.
 
 Crash model: a commit in the log and the overlay but not yet in LMDB is replayed from the
 log after a crash, exactly as before the overlay existed -- LMDB was never the commit
@@ -40,7 +44,7 @@ from . import reflex_store, wal
 from .apply import ApplyResult, ApplyState, Entry, apply_ops
 from .checkpoint import Checkpointer
 from .directory import Directory
-from .errors import NgStoreError
+from .errors import NgStoreError, StorageError, StoreState, refusal, storage_error
 from .kv import KV
 from .layout import ChunkLayout, Counters, Meta
 from .ops import Op
@@ -265,15 +269,21 @@ class Applier:
                 elif self._failure is None:
                     self._drain()
             except BaseException as exc:
+                if self._failure is None:  # fsyncgate: LMDB's state is unknown from here on
+                    exc = self._fail(exc)
                 if job is not None:
                     job.error = exc
-                if self._failure is None:  # fsyncgate: LMDB's state is unknown from here on
-                    self._fail(exc)
             finally:
                 if job is not None:
                     job.done.set()
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException) -> BaseException:
+        """Stops the applier after ``exc``; returns the error as it is reported: an
+        ``OSError`` of the store's files as its named StorageError, in state "stopped"."""
+        if isinstance(exc, StorageError):
+            exc.restate(StoreState.STOPPED)
+        elif isinstance(exc, OSError) and not isinstance(exc, NgStoreError):
+            exc = storage_error(exc, "applying commits to LMDB", StoreState.STOPPED)
         self._failure = exc
         self.failed_event.set()
         self._overlay.wake_waiters()
@@ -283,10 +293,10 @@ class Applier:
                                    "until reopened", exc)
         with self._cv:
             self._cv.notify_all()
+        return exc
 
     def _refusal(self) -> NgStoreError:
-        return NgStoreError(f"the store {self._kv.path} stopped accepting writes after an I/O error "
-                            f"({self._failure!r}); close it and open it again to recover")
+        return refusal(self._kv.path, self._failure)
 
     def run(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` in the applier thread (after what is queued) and returns its result."""

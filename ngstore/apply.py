@@ -33,18 +33,21 @@ from .layout import (
     DB_LEARN,
     DB_META,
     DB_REFLEXES,
+    DB_SPATIAL,
     DB_TOKENS,
     LEARN_CURSOR_BYTES,
     LEARN_MOMENTS_DTYPE,
     M_APPLIED,
     M_COUNTERS,
     M_REFLEX_CAPACITY,
+    M_SPATIAL,
     ChunkLayout,
     Counters,
     LearnCursor,
     conn_key,
     conn_reverse_key,
     decode_learn_moments,
+    decode_spatial_layers,
     encode_u64,
     event_key,
     event_sequence,
@@ -71,6 +74,7 @@ from .ops import (
 )
 from .records import EVENT_DTYPE, RAW64, TOKEN_DTYPE
 from .reflex import ReflexTable
+from .spatial import IndexUpdate
 
 Entry = tuple[int, list[Op]]
 
@@ -130,15 +134,18 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
     layout = state.layout
     reflexes: ReflexTable | None = None  # a writable copy, made at the first reflex op
     reflex_capacity = state.reflex_capacity
+    index: IndexUpdate | None = None  # the spatial index's changes, made at the first token op
     for position, op in _coalesced(entries):
         kind = op.kind
         if kind == OP_TOKEN_PUT:
+            index = _index_before(txn, dbs, layout, index, op.data["id"])
             added, written, chunks = _token_put(txn, tokens_db, layout, op.data, state.region)
             counters.tokens_live += added
             counters.tokens_created_total += added
             result.tokens_written += written
             result.bytes_written += chunks * layout.sealed_bytes
         elif kind == OP_TOKEN_DELETE:
+            index = _index_before(txn, dbs, layout, index, op.data)
             removed, chunks = _token_delete(txn, tokens_db, layout, op.data, state.region)
             counters.tokens_live -= removed
             counters.tokens_deleted_total += removed
@@ -191,6 +198,8 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
                 result.learn_folds_stale += 1
         else:
             raise CorruptionError(f"log record {position}: unknown op kind {kind}")
+    if index is not None:
+        index.finish(txn, tokens_db, dbs[DB_SPATIAL])
     meta = dbs[DB_META]
     txn.put(M_COUNTERS, seal_meta(M_COUNTERS, counters.encode()), db=meta)
     if result.reflex_capacity is not None:
@@ -200,6 +209,18 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
         result.reflexes = reflexes
     txn.put(M_APPLIED, seal_meta(M_APPLIED, encode_u64(result.applied_position)), db=meta)
     return result
+
+
+def _index_before(txn: Any, dbs: dict[bytes, Any], layout: ChunkLayout, index: IndexUpdate | None,
+                  ids: np.ndarray) -> IndexUpdate:
+    """The group's spatial index update (docs/format.md §3.5; made at the first token op,
+    for the layers meta ``spatial_index`` names), told the ids the next op changes."""
+    if index is None:
+        raw = txn.get(M_SPATIAL, db=dbs[DB_META])
+        mask = unseal(DB_META, M_SPATIAL, raw, 8, verify=False) if raw is not None else None
+        index = IndexUpdate(decode_spatial_layers(mask, "meta"), layout)
+    index.before(txn, dbs[DB_TOKENS], ids)
+    return index
 
 
 def _coalesced(entries: list[Entry]) -> Iterator[tuple[int, Op]]:

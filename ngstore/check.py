@@ -8,9 +8,10 @@ version-1 length is counted (``values_without_checksum``), not a finding. Then, 
 token chunk: the value length, that every present record's ``id`` equals its slot's id, that absent slots
 hold only zeros, and that the presence bits add up to the stored live count; the
 connections, their reverse index and the events against each other and the counters;
-the learning statistics (format.md §3.3); the reflex table, by its full structural scan
-in C (format.md §7); the meta database, the checkpoint file and (for a writer) that LMDB
-has not applied past the end of the log.
+the learning statistics (format.md §3.3); the spatial index against the present tokens
+(format.md §3.5); the reflex table, by its full structural scan in C (format.md §7); the
+meta database, the checkpoint file and (for a writer) that LMDB has not applied past the
+end of the log.
 
 Damage is a finding, never an exception: each section runs in its own read transaction,
 and an error that describes damage (``CorruptionError``, an LMDB error that reports a
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import reflex_store
+from . import reflex_store, spatial
 from .directory import Directory
 from .errors import CorruptionError
 from .kv import KV, ReadTxn
@@ -41,25 +42,31 @@ from .layout import (
     DB_LEARN,
     DB_META,
     DB_REFLEXES,
+    DB_SPATIAL,
     DB_TOKENS,
     LEARN_CURSOR_BYTES,
     LEARN_CURSOR_KEY_BYTES,
     LEARN_GROUP_KEY_BYTES,
     LEARN_MOMENTS_DTYPE,
     M_COUNTERS,
+    M_SPATIAL,
     META_KEYS,
     REFLEX_HEADER_KEY,
+    SPATIAL_ENTRY_DTYPE,
     ChunkLayout,
     Counters,
     LearnCursor,
     checksum_mismatch,
     decode_learn_moments,
+    decode_spatial_layers,
     describe_key,
     forward_of_reverse,
     is_sealed,
     learn_group_key_fields,
     meta_region_bytes,
     reflex_segment_key,
+    spatial_region_bytes,
+    unseal,
 )
 from .pages import MAIN
 from .records import CONNECTION_DTYPE, EVENT_DTYPE
@@ -191,6 +198,8 @@ def check_store(kv: KV, layout: ChunkLayout, directory: Directory, applied_posit
          lambda txn: _check_connections(txn, kv, counters, f, facts)),
         ("events", (DB_EVENTS,), lambda txn: _check_events(txn, kv, counters, f, facts)),
         ("learn", (DB_LEARN,), lambda txn: _check_learning(txn, kv, counters, f, facts)),
+        # reads the token chunks too (the index must hold exactly the present tokens)
+        ("spatial", (DB_SPATIAL, DB_TOKENS, DB_META), lambda txn: _check_spatial(txn, kv, layout, f, facts)),
     ]
     skipped = []
     for name, dbs, run in sections:
@@ -427,6 +436,53 @@ def _check_reflex_values(txn: Any, kv: KV, f: _Findings) -> None:
         value = txn.get(key, db=db)
         if value is not None:  # a missing segment: the structural check reports it
             f.region(DB_REFLEXES, key, value, reflex_store.segment_region_bytes(fields, i), f"reflexes segment {i}")
+def _check_spatial(txn: Any, kv: KV, layout: ChunkLayout, f: _Findings, facts: dict[str, Any]) -> None:
+    """The spatial index (format.md §3.5): its page rules, and per indexed layer exactly
+    the present tokens' (id, coordinates); no page of a layer that is not indexed."""
+    value = txn.get(M_SPATIAL, db=kv.dbs[DB_META])
+    try:  # its checksum: the meta section's
+        mask = decode_spatial_layers(None if value is None else unseal(DB_META, M_SPATIAL, value, 8, verify=False),
+                                     kv.path)
+    except CorruptionError as exc:
+        f.value(exc.reason, "meta spatial_index", value)
+        return
+    facts["spatial_layers"] = mask
+
+    def page_problem(reason: str, key: bytes, page: Any) -> None:
+        f.value(reason, f"spatial key {key.hex()}", page)
+
+    def page_region(key: bytes, page: Any) -> Any:
+        return f.region(DB_SPATIAL, key, page, spatial_region_bytes(page), f"spatial key {key.hex()}")
+
+    entries = spatial.read_layers(txn, kv.dbs.get(DB_SPATIAL), page_problem, page_region)
+    facts["spatial_entries"] = sum(int(e.size) for e in entries.values())
+    layers = spatial.layers_of(mask)
+    for layer in sorted(set(entries) - set(layers)):
+        f.add(f"the spatial index has pages for layer {layer}, which it does not cover", f"spatial layer {layer}")
+    if not layers:
+        return
+    ids_parts, coord_parts = [], []
+    db = kv.dbs[DB_TOKENS]
+    for key, chunk in (txn.cursor(db=db) if db is not None else ()):
+        if len(key) != 4 or len(chunk) not in (layout.region_bytes, layout.sealed_bytes):
+            continue  # reported by the token section
+        bits = np.unpackbits(layout.bitmap(chunk), bitorder="little").astype(bool)
+        rows = np.frombuffer(chunk, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)[bits]
+        ids_parts.append(rows[:, 48:52].copy().view("<u4").reshape(-1))
+        coord_parts.append(rows[:, :48].copy().view("<i2").reshape(-1, 24))
+    ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.uint32)
+    coords = np.concatenate(coord_parts) if coord_parts else np.zeros((0, 24), np.int16)
+    order = np.argsort(ids, kind="stable")
+    ids, coords = ids[order], coords[order]
+    for layer in layers:
+        got = entries.get(layer, np.zeros(0, dtype=SPATIAL_ENTRY_DTYPE))
+        got = got[np.argsort(got["id"], kind="stable")]
+        want = coords[:, 3 * layer:3 * layer + 3]
+        same = got.size == ids.size and bool(np.array_equal(got["id"], ids)) and bool(
+            np.array_equal(np.stack([got["x"], got["y"], got["z"]], axis=1), want))
+        if not same:
+            f.add(f"the spatial index of layer {layer} holds {got.size} entries that do not match "
+                  f"the {ids.size} present tokens", f"spatial layer {layer}")
 
 
 def _check_reflexes(kv: KV, f: _Findings, facts: dict[str, Any]) -> None:

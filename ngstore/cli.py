@@ -37,9 +37,10 @@ from .cliutil import (
     fmt_bytes,
     open_store,
     positive_int,
+    storage_cli_error,
     store_error,
 )
-from .errors import NgStoreError
+from .errors import NgStoreError, StorageError
 from .fileio import DEFAULT_IO
 
 
@@ -68,11 +69,12 @@ def _best(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 def stress_limits(n: int) -> tuple[int, int]:
     """``(max_tokens, max_bytes)`` for a stress run of ``n`` tokens: room for what the run
-    writes (the ``n`` tokens, about a thousand commit tokens above them, 100 000 experience
-    events, up to 100 000 reflexes) with a wide margin, and never below the defaults. The
-    Guardian refuses writes from ``memory_threshold`` (80 %) of ``max_bytes``."""
+    writes (the ``n`` tokens, a few thousand commit and asyncio tokens above them, 100 000
+    experience events, up to 100 000 reflexes, 200 000 connections) with a wide margin, and
+    never below the defaults. The Guardian refuses writes from ``memory_threshold`` (80 %)
+    of ``max_bytes``."""
     tokens = n + 10_000
-    accounted = 64 * tokens + 128 * 100_000 + 128 * min(n, 100_000)
+    accounted = 64 * tokens + 128 * 100_000 + 128 * min(n, 100_000) + 64 * 200_000
     return max(10_000_000, 2 * tokens), max(1_024_000_000, int(accounted / 0.8 * 2))
 
 
@@ -94,7 +96,8 @@ def stress(path: str | None, n: int, quiet: bool = False, repeats: int = 3) -> d
                            "max_bytes": max_bytes}
     steps = ["create single", "create batch", "clone", "ingest", "reopen", "read sequential",
              "read random", "get one", "column scan", "small commits", "async commits",
-             "group commit", "reflexes", "learning", "memory"]
+             "group commit", "reflexes", "learning", "nearest tokens", "graph walk", "check",
+             "asyncio commits", "memory"]
     try:
         writer = ngstore.open(store_path, durability="sync", max_tokens=max_tokens, max_bytes=max_bytes)
     except BaseException:
@@ -154,13 +157,18 @@ def stress(path: str | None, n: int, quiet: bool = False, repeats: int = 3) -> d
             res.update(progress.run("group commit", lambda: _group_commit(store, n)))
             res.update(progress.run("reflexes", lambda: _reflexes(store, min(n, 100_000), rng)))
             res.update(progress.run("learning", lambda: _learning(store, rng)))
-            st = store.stats()
+            res.update(progress.run("nearest tokens", lambda: _nearest(store, rng)))
+            res.update(progress.run("graph walk", lambda: _graph_walk(store, n, rng)))
+            t, report = progress.run("check", lambda: _best(store.check, 1))
+            res["check_s"], res["check_ok"] = t, report.ok
         finally:
             store.close()
+        res.update(progress.run("asyncio commits", lambda: _asyncio_commits(store_path, n, max_tokens, max_bytes)))
 
         res["disk_bytes"] = progress.run("memory", lambda: _disk_bytes(store_path))
         res["disk_bytes_per_token"] = res["disk_bytes"] / n
-        res["tokens_stored"] = st["tokens_live"]
+        with ngstore.open(store_path, readonly=True) as after:  # the asyncio tokens included
+            res["tokens_stored"] = after.stats()["tokens_live"]
         del got
     finally:
         progress.close()
@@ -262,6 +270,63 @@ def _learning(store: Any, rng: Any, n_events: int = 100_000) -> dict[str, float]
             "analyze_reflexes": report.consolidated}
 
 
+def _nearest(store: Any, rng: Any, queries: int = 100, k: int = 10) -> dict[str, float]:
+    """Exact k nearest tokens (all 24 coordinates) for a batch of random queries."""
+    q = rng.integers(-32768, 32767, size=(queries, 24)).astype(np.int16)
+    with store.snapshot() as snap:
+        t, _ = _best(lambda: snap.tokens.knn(q, k), 1)
+    return {"knn_queries": queries, "knn_ms": t * 1e3}
+
+
+def _graph_walk(store: Any, n: int, rng: Any, edges: int = 200_000, seeds: int = 1000) -> dict[str, float]:
+    """Random connections among the tokens (one batch), then a 2-hop walk from many seeds."""
+    from ngstore.connections import new_connections
+
+    a = rng.integers(0, n, size=edges, dtype=np.uint32)
+    b = rng.integers(0, n, size=edges, dtype=np.uint32)
+    keep = a != b
+    store.put_connections(new_connections(a[keep], b[keep]))
+    store.flush()  # in LMDB, where walks read: not timed below
+    start = rng.integers(0, n, size=seeds, dtype=np.uint32)
+    t, hops = _best(lambda: store.k_hop(start, 2), 1)
+    return {"graph_edges": int(keep.sum()), "k_hop_seeds": seeds, "k_hop_ms": t * 1e3,
+            "k_hop_reached": len(hops.ids)}
+
+
+def _asyncio_commits(path: str, n: int, max_tokens: int, max_bytes: int, tasks: int = 1000) -> dict[str, float]:
+    """``tasks`` concurrent asyncio tasks, each committing one token (durability sync)
+    through ngstore.aio, while a ticker measures the longest stall of the event loop."""
+    import asyncio
+
+    import ngstore.aio
+    from ngstore import Token
+
+    async def run() -> dict[str, float]:
+        async with await ngstore.aio.open(path, max_tokens=max_tokens, max_bytes=max_bytes) as db:
+            toks = [Token.create_batch(1, start=n + 2_000_000 + i) for i in range(tasks)]
+            stall = 0.0
+            done = False
+
+            async def ticker() -> None:
+                nonlocal stall
+                last = time.perf_counter()
+                while not done:
+                    await asyncio.sleep(0.001)
+                    now = time.perf_counter()
+                    stall = max(stall, now - last - 0.001)
+                    last = now
+
+            tick = asyncio.create_task(ticker())
+            t0 = time.perf_counter()
+            await asyncio.gather(*(db.put_tokens(t) for t in toks))
+            took = time.perf_counter() - t0
+            done = True
+            await tick
+        return {"aio_tasks": tasks, "aio_commits_per_s": tasks / took, "aio_loop_stall_ms": stall * 1e3}
+
+    return asyncio.run(run())
+
+
 def _print_stress(res: dict[str, Any]) -> None:
     n = res["tokens"]
     print(f"ngstore stress: {n:,} tokens in a real store (durability=sync)\n")
@@ -294,6 +359,16 @@ def _print_stress(res: dict[str, Any]) -> None:
          "try_fast_path from Python"),
         ("Analysis cycle", f"{res['analyze_s'] * 1e3:.0f} ms", "-", "-",
          f"{res['analyze_events']:,} events folded -> {res['analyze_reflexes']} reflexes"),
+        ("Nearest tokens (knn)", f"{res['knn_ms']:.0f} ms", "-", "-",
+         f"{res['knn_queries']} queries, k=10, exact over 24 coordinates"),
+        ("Graph walk (k_hop, k=2)", f"{res['k_hop_ms']:.0f} ms", "-", "-",
+         f"{res['k_hop_seeds']:,} seeds over {res['graph_edges']:,} connections, "
+         f"{res['k_hop_reached']:,} tokens reached"),
+        ("check()", f"{res['check_s']:.2f} s", "-", "-",
+         f"every page and record verified: {'OK' if res['check_ok'] else 'PROBLEMS FOUND'}"),
+        ("asyncio commits", f"{res['aio_commits_per_s']:.0f}/sec", "-", "-",
+         f"{res['aio_tasks']:,} concurrent tasks, durable; longest loop stall "
+         f"{res['aio_loop_stall_ms']:.1f} ms"),
         ("Reopen", f"{res['reopen_ms']:.1f} ms", "-", "-", "open after close"),
     ]
     for r in rows:
@@ -469,6 +544,8 @@ def _one_line(exc: BaseException) -> CliError:
     """Anything a command raised, as the one-line error to print."""
     if isinstance(exc, CliError):
         return exc
+    if isinstance(exc, StorageError):
+        return storage_cli_error(exc)
     if isinstance(exc, NgStoreError):
         return CliError(str(exc), "rerun with --debug for the traceback", EXIT_FAILED)
     if isinstance(exc, OSError):

@@ -19,6 +19,7 @@ from .errors import (
     NgStoreError,
     NotAStoreError,
     QuotaExceededError,
+    StorageError,
     StoreLockedError,
 )
 from .fileio import DEFAULT_IO
@@ -107,6 +108,8 @@ class Progress:
 
 def store_error(path: str, exc: NgStoreError, *, doing: str = "open") -> CliError:
     """The one-line error (and exit code) for a store that cannot be opened."""
+    if isinstance(exc, StorageError):  # a full disk, a read-only file system, ...: exit 4
+        return storage_cli_error(exc)
     if isinstance(exc, StoreLockedError):
         pid = _writer_pid(path)
         who = f"a live writer (pid {pid})" if pid else "another writer"
@@ -135,6 +138,12 @@ def store_error(path: str, exc: NgStoreError, *, doing: str = "open") -> CliErro
     if "needs recovery" in text:
         hint = f"run `ngstore recover {path}` (or open the store once for writing)"
     return CliError(f"cannot {doing} {path}: {text}", hint, EXIT_CANNOT_OPEN)
+
+
+def storage_cli_error(exc: StorageError) -> CliError:
+    """An error of the store's files (``errors.StorageError``): what failed and the
+    store's state, its "what to do" as the hint; exit 4 (an OS error)."""
+    return CliError(exc.summary(), exc.hint, EXIT_FAILED)
 
 
 def _writer_pid(path: str) -> str | None:

@@ -38,7 +38,12 @@ the ``sync`` batches that returned; ``async`` batches of at most the last
 may be lost -- always a suffix of the commit order, never part of a batch.
 
 After an I/O error (fsyncgate) the writer refuses every later write: the state of the
-log or of LMDB's file is unknown, and only reopening (recovery) is sound.
+log or of LMDB's file is unknown, and only reopening (recovery) is sound. An error of the
+store's files reaches the caller as the named ``errors.StorageError`` of its errno
+(``DiskFullError``, ...) in state "stopped"; a commit whose record may have reached the log
+gets it as an ``OutcomeUnknownError`` that is also that leaf; every later write gets
+``errors.refusal`` of it. A close that fails leaves the store closed and openable: its
+error is restated "closed" (nothing acknowledged is lost: it is in the log).
 """
 from __future__ import annotations
 
@@ -56,7 +61,15 @@ from .applier import Applier
 from .batch import CommitResult
 from .committer import Committer
 from .directory import Directory
-from .errors import NgStoreError, OutcomeUnknownError, QuotaExceededError
+from .errors import (
+    NgStoreError,
+    OutcomeUnknownError,
+    QuotaExceededError,
+    StorageError,
+    StoreState,
+    refusal,
+    storage_error,
+)
 from .guardian import CONNECTION_BYTES, EVENT_BYTES, TOKEN_BYTES, Guardian, Usage
 from .kv import KV, ReadTxn
 from .ops import (
@@ -271,9 +284,7 @@ class Writer:
             raise NgStoreError(f"the writer of {self._directory.path} is closed")
         failed = self.failed
         if failed is not None:
-            raise NgStoreError(
-                f"the store {self._directory.path} stopped accepting writes after an I/O error "
-                f"({failed!r}); close it and open it again to recover")
+            raise refusal(self._directory.path, failed)
 
     # -- commit ------------------------------------------------------------------------
 
@@ -617,7 +628,11 @@ class Writer:
     def _fail(self, accepted: list[_Pending], exc: BaseException, where: str,
               positions: list[int] | None = None) -> None:
         """Stops the writer after ``exc``. Batches that were written to the log before it
-        (``positions``) get an OutcomeUnknownError: recovery decides whether they stay."""
+        (``positions``) get an OutcomeUnknownError: recovery decides whether they stay. A
+        failed log write may have put some of the group's records on disk whole, so its
+        batches' outcome is unknown too (``outcome_known`` False)."""
+        if isinstance(exc, StorageError) and exc.refused_by is None:  # a refusal wrote nothing
+            exc.restate(StoreState.STOPPED, outcome_known=False)
         self._failed = exc
         self.stats_counters["commit_errors_total"] += len(accepted)
         self.stats_counters["panics_recovered_total"] += 1  # the original's name for a caught failure
@@ -778,6 +793,15 @@ class Writer:
                 self._run_exclusive(lambda: self._applier.close(final=True))
                 if self.failed is None:
                     self._directory.write_state(clean=True)
+        except StorageError as exc:
+            # Nothing acknowledged is lost: every commit is in the log, which a failed final
+            # checkpoint has not dropped; the state file still says "unclean", so the next
+            # open recovers.
+            raise exc.restate(StoreState.CLOSED) from exc.__cause__
+        except OSError as exc:
+            if isinstance(exc, NgStoreError):
+                raise
+            raise storage_error(exc, "closing the store", StoreState.CLOSED) from exc
         finally:
             self._closed = True
             self._committer.close()

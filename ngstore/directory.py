@@ -11,6 +11,10 @@ Locks (``flock``, so they die with the process that holds them):
 * ``readers.lock``, shared by every read-only handle for its life, exclusive only while a
   writer rolls LMDB back after a power loss (no reader may have the file mapped then).
 
+A failed write of one of these files (a full disk, a read-only file system, ...) raises
+the named ``errors.StorageError`` of its errno, with the file's path; its ``state`` says
+"stopped" until the operation that called (an open, a checkpoint, a close) restates it.
+
 Permissions: a store has one file mode (:attr:`Directory.mode`, private 0600 unless the
 application asks for another); its directories get :func:`fileio.dir_mode` of it and
 LMDB's ``lock.mdb``, which every reader writes, :func:`fileio.lock_mode`. The mode is kept
@@ -21,11 +25,12 @@ way. A writer that asks for another mode changes every file of the store to it
 """
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import NgStoreError, NotAStoreError, StoreLockedError
+from .errors import NgStoreError, NotAStoreError, StoreLockedError, StoreState, storage_error
 from .fileio import PRIVATE_MODE, FileIO, LockBusyError, dir_mode, lock_mode
 from .layout import (
     CHECKPOINT_FILE,
@@ -49,6 +54,17 @@ from .layout import (
 
 #: The largest marker or state file a reader will read (they are a few dozen bytes).
 _SMALL_FILE_LIMIT = 4096
+
+
+@contextmanager
+def _named(doing: str, path: str, state: StoreState = StoreState.STOPPED) -> Iterator[None]:
+    """Raises an ``OSError`` of the block as the named StorageError of its errno."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, NgStoreError):
+            raise
+        raise storage_error(exc, doing, state, path=path) from exc
 
 
 class Directory:
@@ -89,7 +105,8 @@ class Directory:
         if not self.io.exists(p):
             if not create or readonly:
                 raise NotAStoreError(f"{p} does not exist (pass create=True to make a new store)")
-            self.io.makedirs(p, dir_mode(self.mode))
+            with _named("creating the store directory", p, StoreState.NOT_CREATED):
+                self.io.makedirs(p, dir_mode(self.mode))
             return True
         names = set(self.io.listdir(p))
         if MARKER_FILE in names:
@@ -112,23 +129,29 @@ class Directory:
         try:
             return self.io.read_file(self.file(name), limit=_SMALL_FILE_LIMIT)
         except OSError as exc:
-            raise NotAStoreError(f"{self.path}: cannot read {name}: {exc}") from exc
+            if exc.errno in (errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.ELOOP):
+                raise NotAStoreError(f"{self.path}: cannot read {name}: {exc}") from exc
+            # a permission, an I/O error: the file is there, the store is not opened
+            raise storage_error(exc, f"reading the {name} file", StoreState.NOT_OPENED,
+                                path=self.file(name)) from exc
 
     def remove_leftovers(self) -> None:
         """Before a (re)creation: removes what an interrupted earlier creation left (the
         LMDB files, the checkpoint and state files, the log's segments)."""
-        for name in (DATA_FILE, LMDB_LOCK_FILE, CHECKPOINT_FILE, STATE_FILE):
-            p = self.file(name)
-            if self.io.exists(p):
-                self.io.unlink(p)
-        wal = self.wal_dir
-        if self.io.is_dir(wal):
-            for name in self.io.listdir(wal):
-                self.io.unlink(os.path.join(wal, name))
+        with _named("removing what an interrupted creation left in", self.path):
+            for name in (DATA_FILE, LMDB_LOCK_FILE, CHECKPOINT_FILE, STATE_FILE):
+                p = self.file(name)
+                if self.io.exists(p):
+                    self.io.unlink(p)
+            wal = self.wal_dir
+            if self.io.is_dir(wal):
+                for name in self.io.listdir(wal):
+                    self.io.unlink(os.path.join(wal, name))
 
     def write_marker(self) -> None:
         """The last step of a creation: from now on the directory is a store."""
-        self.io.atomic_write(self.file(MARKER_FILE), encode_marker(), self.mode)
+        with _named("writing the store marker", self.file(MARKER_FILE)):
+            self.io.atomic_write(self.file(MARKER_FILE), encode_marker(), self.mode)
 
     def apply_mode(self) -> None:
         """Gives the store directory, ``wal/`` and every file in them the store's modes (at
@@ -160,9 +183,10 @@ class Directory:
         return decode_state(data)
 
     def write_state(self, clean: bool) -> None:
-        self.io.atomic_write(self.file(STATE_FILE),
-                             encode_state(WriterState(clean=clean, boot_id=self.boot_id(), pid=os.getpid())),
-                             self.mode)
+        with _named("writing the state file", self.file(STATE_FILE)):
+            self.io.atomic_write(self.file(STATE_FILE),
+                                 encode_state(WriterState(clean=clean, boot_id=self.boot_id(), pid=os.getpid())),
+                                 self.mode)
 
     def went_down_since(self, state: WriterState) -> bool:
         """True when ``state`` was written by a writer that did not close, and the machine
@@ -209,7 +233,8 @@ class Directory:
         return decode_checkpoint(data, p)
 
     def write_checkpoint(self, ckpt: Checkpoint) -> None:
-        self.io.atomic_write(self.file(CHECKPOINT_FILE), encode_checkpoint(ckpt), self.mode)
+        with _named("writing the checkpoint file", self.file(CHECKPOINT_FILE)):
+            self.io.atomic_write(self.file(CHECKPOINT_FILE), encode_checkpoint(ckpt), self.mode)
 
     # -- locks -------------------------------------------------------------------------
 
@@ -224,12 +249,17 @@ class Directory:
             raise StoreLockedError(
                 f"{self.path}: another writer (this process or another) has the store open; "
                 "open it with readonly=True, or close the other handle") from None
+        except OSError as exc:  # creating writer.lock: a read-only file system, a permission
+            raise storage_error(exc, "taking the writer lock", StoreState.STOPPED,
+                                path=self.file(WRITER_LOCK)) from exc
         self._writer_fd = fd
-        self.io.truncate(fd, 0)
-        self.io.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with _named("writing the writer lock file", self.file(WRITER_LOCK)):
+            self.io.truncate(fd, 0)
+            self.io.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         readers = self.file(READERS_LOCK)
         if not self.io.exists(readers):
-            self.io.close(self.io.open(readers, os.O_RDONLY | os.O_CREAT, self.mode))
+            with _named("creating the readers lock file", readers):
+                self.io.close(self.io.open(readers, os.O_RDONLY | os.O_CREAT, self.mode))
 
     def lock_reader(self) -> None:
         """A read-only handle's shared lock on ``readers.lock`` (StoreLockedError while a

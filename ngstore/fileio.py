@@ -9,6 +9,10 @@ argument (default :data:`DEFAULT_IO`), so a test can substitute a subclass that 
 each call (to reconstruct what a power loss can leave) or fails the Nth one with ``EIO``
 (see ``tests/walfaults.py``) -- without patching any other module.
 
+Failures are not translated here: the layer that made the call knows what it was doing
+and what state the failure leaves, and turns the ``OSError`` into a named
+``errors.StorageError`` (``errors.storage_error``).
+
 The methods are deliberately thin and fd-based: they do what ``os`` does, plus loops for
 short reads/writes. OS errors pass through unwrapped, with errno and (where ``os`` gives
 one) the path.
@@ -200,6 +204,15 @@ class FileIO:
     def truncate(self, fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
+    def allocate(self, fd: int, size: int) -> None:
+        """Makes the first ``size`` bytes of the file backed by disk blocks
+        (``posix_fallocate``), extending it with zeros if it is shorter; existing bytes are
+        not changed. For files the store maps and writes through memory (LMDB's lock file,
+        the black-box ring, the stats page): a store into a hole of a shared mapping that
+        the file system cannot back -- a full disk -- kills the process with SIGBUS, where
+        this call fails with ``ENOSPC``."""
+        os.posix_fallocate(fd, 0, size)
+
     # -- durability ----------------------------------------------------------------
     def fdatasync(self, fd: int) -> None:
         os.fdatasync(fd)
@@ -253,6 +266,17 @@ class FileIO:
             return os.stat(path).st_mtime
         except FileNotFoundError:
             return None
+
+    def free_bytes(self, path: str) -> int | None:
+        """Bytes this process may still write on the file system that holds ``path``
+        (``statvfs``: the blocks available to unprivileged users, or all free blocks for
+        root), or None when it cannot be told. Quotas are not counted."""
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+        return int(blocks) * int(st.f_frsize)
 
     def disk_usage(self, path: str) -> int:
         """Bytes allocated on disk by the files under directory ``path``."""

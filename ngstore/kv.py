@@ -38,9 +38,29 @@ What it owns
   needed. If it is, :meth:`KV.write` grows the map, but only while no read transaction
   of this process is open: remapping under an open zero-copy view would leave it
   pointing at unmapped memory.
+
+* Errors of LMDB's own file I/O. py-lmdb raises ``lmdb.Error`` with the errno LMDB
+  returned in ``code``; an errno of the store's files (a full disk, a read-only file
+  system, a permission, an I/O error) becomes the named ``errors.StorageError`` of that
+  errno with data.mdb's path (:func:`lmdb_storage_error`). **A full disk often reaches
+  us as EIO**: LMDB's ``mdb_page_flush`` returns the errno of a failed ``pwrite``
+  (``ENOSPC`` when nothing could be written), but ``EIO`` for a *short* write -- what a
+  nearly full file system does to a write larger than the space left. So an EIO from
+  LMDB is reported as :class:`errors.DiskFullError` when the file system holding
+  data.mdb has less than :data:`DISK_FULL_FREE_BYTES` free when the error is seen
+  (``statvfs``; quotas are not seen), and as :class:`errors.StorageIOError` otherwise.
+  The heuristic can be wrong both ways: a real device error on a nearly full disk is
+  named a full disk, and a full disk that another process freed between the failed
+  write and the check is named an I/O error. Both stop the store the same way and both
+  messages say to reopen; the ``detail`` of the error says that the heuristic decided.
+* LMDB's lock file is mapped shared and written through memory. A store into a hole of
+  that mapping that the file system cannot back (a full disk) kills the process with
+  SIGBUS, so a writer that creates lock.mdb first gives it disk blocks
+  (``FileIO.allocate``), and a full disk fails the open with ``DiskFullError`` instead.
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable, Collection
@@ -50,14 +70,28 @@ import lmdb
 import numpy as np
 
 from . import layout, pages
-from .errors import CorruptionError, NgStoreError, StoreLockedError
-from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO
-from .layout import ALL_DBS, DATA_FILE, DB_META, META_KEYS, Checkpoint, Meta
+from .errors import CorruptionError, NgStoreError, StorageError, StoreLockedError, StoreState, storage_error
+from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO, lock_mode
+from .layout import ALL_DBS, DATA_FILE, DB_META, LMDB_LOCK_FILE, META_KEYS, Checkpoint, Meta
 
 T = TypeVar("T")
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; disk use follows the data
 MAX_MAP_SIZE = 1 << 46
+
+#: An EIO from LMDB is taken for a full disk when the file system has less than this free
+#: (see the module essay): more than the largest single write LMDB's page flush makes in
+#: practice (a group of a few MiB of dirty pages), small next to any disk in use.
+DISK_FULL_FREE_BYTES = 16 << 20
+
+#: The errnos of LMDB's file I/O that become a named StorageError.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
+
+#: LMDB's lock file: a header of two cache lines (the reader-table head and the writer
+#: mutex, on Linux with POSIX robust mutexes), then one 64-byte slot per reader
+#: (``MDB_txninfo`` in mdb.c); LMDB makes the file exactly this long when it creates it.
+_LOCK_HEAD_BYTES = 192
+_LOCK_SLOT_BYTES = 64
 
 
 class _Shared:
@@ -207,10 +241,14 @@ class KV:
                     raise _damage_error(fatal[0], os.path.join(self.path, DATA_FILE),
                                         "; `ngstore check PATH` lists the damage: restore the store from a backup"
                                         if not readonly else "")
+                if not readonly:
+                    _back_lock_file(self.path, max_readers, io, mode)
                 try:
                     env = _open_env(self.path, readonly, map_size, max_readers, mode)
                 except lmdb.Error as exc:
-                    raise translate(exc, f"opening the LMDB environment in {self.path}") from exc
+                    raise (lmdb_storage_error(exc, "opening the LMDB environment", os.path.join(
+                        self.path, DATA_FILE), io, StoreState.NOT_OPENED)
+                        or translate(exc, f"opening the LMDB environment in {self.path}")) from exc
                 dbs: dict[bytes, Any] = {}
                 try:
                     # py-lmdb opens (and keeps) the handles in its own transaction. A missing
@@ -377,6 +415,9 @@ class KV:
                 self._grow()
             except lmdb.Error as exc:
                 txn.abort()
+                named = lmdb_storage_error(exc, "writing LMDB's data file", self.data_path, self.io)
+                if named is not None:
+                    raise named from exc
                 raise NgStoreError(f"LMDB write in {self.path} failed ({exc}); if the batch reached "
                                    "the write-ahead log it is applied, whole, when the store is "
                                    "reopened; no more writes are taken: close the store and open it "
@@ -469,9 +510,17 @@ class KV:
         try:
             self.io.lmdb_sync(self.env, self)
         except lmdb.Error as exc:
+            named = lmdb_storage_error(exc, "syncing LMDB's data file", self.data_path, self.io)
+            if named is not None:
+                raise named from exc
             raise NgStoreError(f"fdatasync of {self.path}/data.mdb failed ({exc}); what it covered "
                                "is safe in the write-ahead log, but no more writes are taken: close "
                                "the store and open it again to recover") from exc
+
+    @property
+    def data_path(self) -> str:
+        """LMDB's data file."""
+        return os.path.join(self.path, DATA_FILE)
 
     def last_txnid(self) -> int:
         return int(self.env.info()["last_txnid"])
@@ -516,7 +565,15 @@ class KV:
         ``fd`` (``mdb_env_copyfd2``; with ``compact`` free pages are left out and pages
         renumbered, and the copy's meta says transaction 1). The copy is consistent
         whatever the writer does meanwhile: it is one read transaction. ``fd`` may be a
-        pipe. Nothing is synced: the caller makes the destination durable."""
+        pipe. Nothing is synced: the caller makes the destination durable.
+
+        Refused (CorruptionError) when the open found damaged pages in any tree: LMDB's copy
+        walks every tree, and LMDB must not follow damaged pages (it may read past the file
+        or abort); a copy of damage is no backup anyway."""
+        if self._shared.damaged:
+            first = next(iter(self._shared.damaged.values()))
+            raise _damage_error(first, os.path.join(self.path, DATA_FILE),
+                                "; a copy would read the damaged pages: back up from an undamaged store")
         try:
             self.env.copyfd(fd, compact=compact, txn=txn)
         except lmdb.Error as exc:
@@ -633,10 +690,63 @@ def restore_checkpoint_meta(store_path: str, ckpt: Checkpoint, io: FileIO) -> No
         io.close(fd)
 
 
+def _back_lock_file(path: str, max_readers: int, io: FileIO, mode: int) -> None:
+    """Gives LMDB's lock file disk blocks before LMDB maps it (see the module essay): a
+    new (or empty) one is made as long as LMDB would make it; an existing one keeps its
+    length (a live reader of another process may have mapped it: its reader table must
+    not change under it) and only its holes are filled. A file made here gets the store's
+    lock mode (``fileio.lock_mode`` of ``mode``: every reader writes it)."""
+    lock = os.path.join(path, LMDB_LOCK_FILE)
+    try:
+        fd = io.open(lock, os.O_RDWR | os.O_CREAT, lock_mode(mode))
+        try:
+            size = io.file_size(fd) or _LOCK_HEAD_BYTES + (max_readers - 1) * _LOCK_SLOT_BYTES
+            io.allocate(fd, size)
+        finally:
+            io.close(fd)
+    except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP:  # a file system without fallocate: LMDB as before
+            return
+        raise storage_error(exc, "giving LMDB's lock file its disk blocks", StoreState.NOT_OPENED,
+                            path=lock) from exc
+
+
 # -- errors ----------------------------------------------------------------------------
 
+def lmdb_errno(exc: lmdb.Error) -> int | None:
+    """The errno py-lmdb carries in ``code`` (LMDB's own codes are negative), or None."""
+    code = getattr(exc, "code", None)
+    return code if isinstance(code, int) and code > 0 else None
+
+
+def lmdb_storage_error(exc: lmdb.Error, doing: str, path: str, io: FileIO,
+                       state: StoreState = StoreState.STOPPED) -> StorageError | None:
+    """``exc`` as the named StorageError of its errno, or None when it carries none of
+    the store's file errors. An EIO is a full disk when the file system holding ``path``
+    has less than :data:`DISK_FULL_FREE_BYTES` free (the module essay says why and how
+    this can be wrong)."""
+    code = lmdb_errno(exc)
+    if code not in _STORAGE_ERRNOS:
+        return None
+    what = getattr(exc, "what", None) or str(exc).partition(":")[0]
+    detail = f"LMDB's {what}"
+    errno_ = None
+    if code == errno.EIO:
+        free = io.free_bytes(os.path.dirname(path) or ".")
+        if free is not None and free < DISK_FULL_FREE_BYTES:
+            errno_ = errno.ENOSPC
+            detail = (f"LMDB's {what} reported EIO, which is how it reports a short write; the file "
+                      f"system has {free} bytes free, so this is taken for a full disk")
+        else:
+            detail = (f"LMDB's {what} reported EIO" + (f" with {free} bytes free on the file system"
+                                                       if free is not None else ""))
+    return storage_error(OSError(code, os.strerror(code)), doing, state, path=path, errno_=errno_,
+                         detail=detail)
+
+
 def translate(exc: lmdb.Error, doing: str) -> NgStoreError:
-    """One place that turns LMDB's exceptions into ngstore's, with a hint."""
+    """One place that turns LMDB's exceptions into ngstore's, with a hint. (Errors of
+    LMDB's file I/O, where a file is known, go through :func:`lmdb_storage_error` first.)"""
     if isinstance(exc, lmdb.ReadersFullError):
         return NgStoreError(f"{doing}: all LMDB reader slots are in use ({exc}); close snapshots "
                             "or open the store with a larger max_readers=")

@@ -124,9 +124,10 @@ DB_CONN_REVERSE = b"conn_by_b"
 DB_EVENTS = b"events"
 DB_REFLEXES = b"reflexes"
 DB_LEARN = b"learn"
-ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES, DB_LEARN)
+DB_SPATIAL = b"spatial"
+ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES, DB_LEARN, DB_SPATIAL)
 #: The databases whose values carry a checksum trailer (§3.0): all but the empty-valued index.
-SEALED_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_EVENTS, DB_REFLEXES, DB_LEARN)
+SEALED_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_EVENTS, DB_REFLEXES, DB_LEARN, DB_SPATIAL)
 
 _CONN_KEY = struct.Struct(">IIB")
 _SEQ_KEY = struct.Struct(">Q")
@@ -342,6 +343,7 @@ M_STORE_ID = b"store_id"  # 16 bytes
 M_COUNTERS = b"counters"
 M_EVENT_CAPACITY = b"event_capacity"
 M_REFLEX_CAPACITY = b"reflex_capacity"
+M_SPATIAL = b"spatial_index"  # u64 mask of the indexed layers (§3.5); absent = 0
 
 DEFAULT_CHUNK_SLOTS = 1024
 DEFAULT_EVENT_CAPACITY = 1_000_000
@@ -406,14 +408,18 @@ class Meta:
     counters: Counters
     store_id: bytes = b""
     created_unix: int = 0
+    #: the layers the spatial index covers (§3.5), a bit per layer; 0: no index
+    spatial_layers: int = 0
 
 
-def initial_meta(chunk_slots: int, event_capacity: int, reflex_capacity: int) -> list[tuple[bytes, bytes]]:
+def initial_meta(chunk_slots: int, event_capacity: int, reflex_capacity: int,
+                 spatial_layers: int = 0) -> list[tuple[bytes, bytes]]:
     """The ``meta`` entries of a new store (sealed values, §3.0)."""
     regions = [(M_FORMAT, encode_u64(FORMAT_VERSION)), (M_CHUNK_SLOTS, encode_u64(chunk_slots)),
                (M_APPLIED, encode_u64(0)), (M_CREATED, encode_u64(int(time.time()))),
                (M_STORE_ID, uuid.uuid4().bytes), (M_EVENT_CAPACITY, encode_u64(event_capacity)),
-               (M_REFLEX_CAPACITY, encode_u64(reflex_capacity)), (M_COUNTERS, Counters().encode())]
+               (M_REFLEX_CAPACITY, encode_u64(reflex_capacity)), (M_COUNTERS, Counters().encode()),
+               (M_SPATIAL, encode_u64(spatial_layers))]
     return [(k, seal_meta(k, v)) for k, v in regions]
 
 
@@ -440,11 +446,87 @@ def decode_meta(values: Mapping[bytes, bytes | memoryview | None], where: str) -
                 applied_position=u64(M_APPLIED, 0), event_capacity=u64(M_EVENT_CAPACITY, DEFAULT_EVENT_CAPACITY),
                 reflex_capacity=u64(M_REFLEX_CAPACITY, DEFAULT_REFLEX_CAPACITY),
                 counters=Counters.decode(values.get(M_COUNTERS), where),
-                store_id=bytes(sid) if sid is not None else b"", created_unix=u64(M_CREATED, 0))
+                store_id=bytes(sid) if sid is not None else b"", created_unix=u64(M_CREATED, 0),
+                spatial_layers=decode_spatial_layers(values.get(M_SPATIAL), where))
+
+
+def spatial_region_bytes(value: Any) -> int:
+    """The record region of a ``spatial`` page value (§3.5, §3.0): its entries are 10
+    bytes each, so a sealed page is 8 bytes past a multiple of 10 and a page without a
+    trailer is a multiple of 10 (what is neither, ``unseal`` reports)."""
+    n = len(value)
+    return n - CHECKSUM_BYTES if n % SPATIAL_ENTRY_BYTES == CHECKSUM_BYTES else n
+
+
+def decode_spatial_layers(value: bytes | memoryview | None, where: str) -> int:
+    """The layer mask of meta ``spatial_index`` (absent: 0, no index)."""
+    if value is None:
+        return 0
+    if len(value) != 8:
+        raise CorruptionError(f"{where}: meta/{M_SPATIAL.decode()} is {len(value)} bytes, expected 8")
+    mask = int(_U64.unpack(bytes(value))[0])
+    if mask > 0xFF:
+        raise CorruptionError(f"{where}: meta/{M_SPATIAL.decode()} names layers beyond 8 ({mask:#x})")
+    return mask
 
 
 META_KEYS = (M_FORMAT, M_CHUNK_SLOTS, M_APPLIED, M_CREATED, M_STORE_ID, M_COUNTERS, M_EVENT_CAPACITY,
-             M_REFLEX_CAPACITY)
+             M_REFLEX_CAPACITY, M_SPATIAL)
+
+
+# -- the spatial index (§3.5) --------------------------------------------------------------
+
+#: One entry: a token's id and its raw coordinates in the page's layer (10 bytes, packed).
+SPATIAL_ENTRY_DTYPE = np.dtype([("id", "<u4"), ("x", "<i2"), ("y", "<i2"), ("z", "<i2")])
+SPATIAL_ENTRY_BYTES = 10
+SPATIAL_CELL_SHIFT = 6        # cells of 64 raw units, 1024 per axis
+SPATIAL_PAGE_MAX = 400        # entries of a page at most (4000 bytes: one LMDB overflow page)
+SPATIAL_PAGE_SPLIT = 300      # a page beyond the maximum is cut into pages of about this many
+ALL_LAYERS = 0xFF
+_PAGE_KEY = struct.Struct(">BQ")
+
+
+def spatial_page_key(layer: int, sort_key: int) -> bytes:
+    """``spatial`` key: layer u8 ‖ sort key u64 BE."""
+    return _PAGE_KEY.pack(layer, sort_key)
+
+
+def spatial_page_key_fields(key: bytes | memoryview) -> tuple[int, int]:
+    """(layer, sort key) of a ``spatial`` key; CorruptionError if it is not 9 bytes."""
+    if len(key) != _PAGE_KEY.size:
+        raise CorruptionError(f"spatial index key of {len(key)} bytes (expected {_PAGE_KEY.size})")
+    layer, sk = _PAGE_KEY.unpack(bytes(key))
+    return int(layer), int(sk)
+
+
+def _spread3(v: np.ndarray) -> np.ndarray:
+    """The 10 low bits of ``v`` (uint64) moved to bits 0, 3, 6, … 27."""
+    v = v & np.uint64(0x3FF)
+    v = (v | (v << np.uint64(16))) & np.uint64(0x30000FF)
+    v = (v | (v << np.uint64(8))) & np.uint64(0x300F00F)
+    v = (v | (v << np.uint64(4))) & np.uint64(0x30C30C3)
+    out: np.ndarray = (v | (v << np.uint64(2))) & np.uint64(0x9249249)
+    return out
+
+
+def spatial_cells(coords: np.ndarray) -> np.ndarray:
+    """Cell coordinates (uint64, 0..1023) of raw i16 coordinates."""
+    out: np.ndarray = (coords.astype(np.int64) + 32768).astype(np.uint64) >> np.uint64(SPATIAL_CELL_SHIFT)
+    return out
+
+
+def spatial_zorder(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """The 30-bit Morton code (uint64) of the cells of raw coordinates x, y, z."""
+    out: np.ndarray = _spread3(spatial_cells(x)) | (_spread3(spatial_cells(y)) << np.uint64(1)) \
+        | (_spread3(spatial_cells(z)) << np.uint64(2))
+    return out
+
+
+def spatial_sort_keys(entries: np.ndarray) -> np.ndarray:
+    """The sort key (uint64) of each SPATIAL_ENTRY_DTYPE entry: Z << 32 | id."""
+    zo = spatial_zorder(entries["x"], entries["y"], entries["z"])
+    out: np.ndarray = (zo << np.uint64(32)) | entries["id"].astype(np.uint64)
+    return out
 
 
 def meta_region_bytes(key: bytes) -> int:

@@ -55,6 +55,10 @@ class Options:
     #: once per batch); ``"refuse"`` raises QuotaExceededError before anything of the batch
     #: is written. A policy of this handle, not of the store: each open chooses.
     reflex_eviction: str = "evict"
+    #: Keep the spatial index of token coordinates (``snapshot.tokens.within`` / ``box``;
+    #: docs/format.md §3.5) for all 8 layers; fixed at creation. Without it those queries
+    #: scan every token (same answers), and token writes skip its upkeep.
+    spatial_index: bool = True
     #: LMDB's virtual map size (address space, not disk) and its reader slots.
     map_size: int = DEFAULT_MAP_SIZE
     max_readers: int = 126
@@ -123,6 +127,8 @@ class Options:
             raise InvalidArgumentError(
                 f"mode must be file permission bits with at least 0o600 and no execute bits (directories get "
                 f"search where read is granted), got {self.mode!r}")
+        if not isinstance(self.spatial_index, bool):
+            raise InvalidArgumentError(f"spatial_index must be a bool, got {self.spatial_index!r}")
         if not isinstance(self.io, FileIO):
             raise InvalidArgumentError(f"io must be a FileIO, got {type(self.io).__name__}")
 

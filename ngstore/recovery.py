@@ -20,6 +20,12 @@
 5. after a rollback the state file keeps the old boot id until the replay and its
    checkpoint are done, so readers never see the rolled-back state as current, and a
    crash during recovery simply rolls back to the same checkpoint again.
+
+An open that fails on the store's files (a full disk, a read-only file system, ...)
+raises the named ``errors.StorageError`` of the errno, restated "not created" (a new
+store: the marker is written last, so the next open creates it again) or "not opened"
+(an existing store: nothing acknowledged was dropped -- the log is dropped only after a
+checkpoint covers it -- and the next open recovers it as after a crash).
 """
 from __future__ import annotations
 
@@ -32,10 +38,10 @@ from .applier import Applier, ApplierOptions
 from .apply import Entry
 from .commit import Writer, WriterOptions
 from .directory import Directory
-from .errors import CorruptionError
+from .errors import CorruptionError, NgStoreError, StorageError, StoreState, storage_error
 from .guardian import Guardian
 from .kv import KV, ReadTxn, restore_checkpoint_meta
-from .layout import DB_META, FORMAT_VERSION, M_FORMAT, encode_u64, initial_meta, seal_meta
+from .layout import ALL_LAYERS, DB_META, FORMAT_VERSION, M_FORMAT, encode_u64, initial_meta, seal_meta
 from .ops import decode_ops
 from .options import Options
 from .overlay import Overlay
@@ -86,6 +92,7 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
     kv: KV | None = None
     log: wal.Log | None = None
     applier: Applier | None = None
+    new: bool | None = None  # None until the directory was inspected
     try:
         new = directory.inspect(create=opts.create, readonly=False)
         directory.lock_writer()
@@ -96,7 +103,8 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             kv.create_missing_dbs()
             directory.apply_mode()  # LMDB's files exist now; the umask may have narrowed them
             meta_db = kv.dbs[DB_META]
-            entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity)
+            entries = initial_meta(opts.chunk_slots, opts.event_capacity, opts.reflex_capacity,
+                                   ALL_LAYERS if opts.spatial_index else 0)
             kv.write(lambda txn: [txn.put(k, v, db=meta_db) for k, v in entries])
             log, applier = _applier(directory, kv, opts, obs, info, "tolerate-tail")
             applier.checkpoint_now()
@@ -134,7 +142,7 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
         applier.start()
         kv.set_writer_barrier(writer.barrier)
         return kv, writer, info
-    except BaseException:
+    except BaseException as exc:
         if applier is not None:
             applier.close(final=False)
         if log is not None:
@@ -142,6 +150,13 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
         if kv is not None:
             kv.close()
         directory.release()
+        # before the directory was inspected, the error says which it was (Directory.inspect)
+        state = StoreState.NOT_OPENED if not new else StoreState.NOT_CREATED
+        if isinstance(exc, StorageError):
+            raise exc.restate(state if new is not None else exc.state) from exc.__cause__
+        if isinstance(exc, OSError) and not isinstance(exc, NgStoreError):
+            raise storage_error(exc, "opening the store: working on", state,
+                                path=exc.filename or directory.path) from exc
         raise
 
 

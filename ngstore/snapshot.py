@@ -24,6 +24,7 @@ each view gets a region bounded to its own value instead.
 """
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _native
+from . import _native, graph, similarity, spatial
 from .connections import ConnectionArray
 from .errors import CorruptionError, InvalidArgumentError, NotFoundError, StoreClosedError
 from .inputs import connection_keys, ids_array
@@ -41,15 +42,19 @@ from .layout import (
     DB_CONNECTIONS,
     DB_EVENTS,
     DB_META,
+    DB_SPATIAL,
     DB_TOKENS,
     M_COUNTERS,
+    M_SPATIAL,
     ChunkLayout,
     Counters,
     Meta,
     conn_key,
+    decode_spatial_layers,
     event_key,
     event_sequence,
     forward_of_reverse,
+    meta_page_txnid,
     meta_region_bytes,
 )
 from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
@@ -405,6 +410,79 @@ class TokenView:
         mapped = self.mapped_runs()
         return arrow.token_table(iter(()) if mapped is not None else self.chunks(), self.column, columns, mapped)
 
+    def _chunk_buffers(self) -> list[Any]:
+        """Every chunk value, in id order (memory of the snapshot's transaction)."""
+        snap = self._snap
+        txn = snap._txn()
+        db = snap._db(DB_TOKENS)
+        layout = self._layout
+        bufs = []
+        if db is not None:
+            record, region_bytes = snap._kv.record, layout.region_bytes
+            for key, value in txn.cursor(db=db):
+                bufs.append(record(DB_TOKENS, bytes(key), value, region_bytes))  # verified as a scan is
+        return bufs
+
+    # -- similarity (ngstore/similarity.py, docs/api.md "Similarity and traversal") ------
+
+    def knn(self, queries: Any, k: int, *, layers: Any = None, metric: str = "l2") -> similarity.Neighbors:
+        """The ``k`` tokens nearest to each query, exactly: ``(ids, distances)``.
+
+        ``queries``: raw coordinates -- shape ``(24,)`` or ``(8, 3)`` for one query,
+        ``(n, 24)`` or ``(n, 8, 3)`` for a batch -- or tokens (a Token: one query; a
+        TokenArray: a batch). ``layers``: None (all 24 coordinates), a layer or layers
+        0..7 (their coordinates only). ``metric``: ``"l2"`` (squared Euclidean distance in
+        raw units, exact) or ``"cosine"`` (1 - cosine similarity; a zero vector is at 1
+        from everything but another zero vector). Nearest first; ties go to the smaller
+        id. Shape ``(min(k, len(self)),)`` per query; ``(n, ·)`` for a batch. One pass
+        over the mapped chunks in C, the GIL released."""
+        q, single = similarity.query_coordinates(queries)
+        dims = similarity.coordinate_dims(layers)
+        metric_code = similarity.check_metric(metric)
+        k = similarity.check_k(k)
+        ids, dist = similarity.knn(self._chunk_buffers(), self._layout.shift, self.count(), q, dims, metric_code, k)
+        return similarity.Neighbors(ids[0], dist[0]) if single else similarity.Neighbors(ids, dist)
+
+    @property
+    def spatial_layers(self) -> tuple[int, ...]:
+        """The layers the store's spatial index covers (empty: the store has none, and
+        ``within``/``box`` scan every token instead)."""
+        snap = self._snap
+        txn = snap._txn()
+        if snap._db(DB_SPATIAL) is None:
+            return ()
+        raw = txn.get(M_SPATIAL, db=snap._db(DB_META))
+        mask = decode_spatial_layers(None if raw is None else snap._kv.record(DB_META, M_SPATIAL, raw, 8), snap._path)
+        return tuple(spatial.layers_of(mask))
+
+    def within(self, center: Any, radius: float, *, layer: int) -> np.ndarray:
+        """Ids (ascending uint32) of the tokens whose coordinates in ``layer`` are within
+        ``radius`` of ``center`` (3 raw coordinates; Euclidean distance in raw units,
+        boundary included)."""
+        c = _raw_point(center, "center")
+        r = _radius(radius)
+        lo = tuple(max(math.ceil(v - r), -32768) for v in c)
+        hi = tuple(min(math.floor(v + r), 32767) for v in c)
+        return self._spatial(_layer(layer), lo, hi, c, r * r)
+
+    def box(self, lo: Any, hi: Any, *, layer: int) -> np.ndarray:
+        """Ids (ascending uint32) of the tokens whose coordinates in ``layer`` lie in the
+        box ``lo..hi`` (3 raw coordinates each, bounds included)."""
+        lo_a, hi_a = _raw_point(lo, "lo"), _raw_point(hi, "hi")
+        if any(a > b for a, b in zip(lo_a, hi_a, strict=True)):
+            raise InvalidArgumentError(f"box bounds must have lo <= hi on every axis, got {lo!r} and {hi!r}")
+        return self._spatial(_layer(layer), lo_a, hi_a, None, 0.0)
+
+    def _spatial(self, layer: int, lo: tuple[int, ...], hi: tuple[int, ...], center: tuple[int, ...] | None,
+                 r2: float) -> np.ndarray:
+        if any(a > b for a, b in zip(lo, hi, strict=True)):  # a ball that misses the coordinate range
+            return np.zeros(0, np.uint32)
+        if layer in self.spatial_layers:
+            snap = self._snap
+            return spatial.query(snap._txn(), snap._db(DB_SPATIAL), layer, lo, hi, center, r2, snap._kv.record)
+        return similarity.filter_chunks(self._chunk_buffers(), self._layout.shift, layer, self.count(), lo, hi,
+                                        center, r2)
+
     def to_array(self) -> np.ndarray:
         """Every present token as one TOKEN_DTYPE array (a copy)."""
         parts = [a for _f, a in self.chunks()]
@@ -438,6 +516,37 @@ class TokenView:
         except InvalidArgumentError:
             return False
         return bool(self.presence(ids)[0])
+
+
+def _raw_point(value: Any, what: str) -> tuple[int, int, int]:
+    """3 raw coordinates in the i16 range, or InvalidArgumentError."""
+    try:
+        x, y, z = value
+        point = (_raw_int(x), _raw_int(y), _raw_int(z))
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{what} must be 3 raw integer coordinates (x, y, z), got {value!r}") from None
+    if not all(-32768 <= v <= 32767 for v in point):
+        raise InvalidArgumentError(f"{what} must be in the i16 range -32768..32767, got {value!r}")
+    return point
+
+
+def _raw_int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(v)
+    return int(v)
+
+
+def _radius(radius: Any) -> float:
+    if isinstance(radius, bool) or not isinstance(radius, (int, float, np.integer, np.floating)) \
+            or not radius >= 0 or radius == float("inf"):
+        raise InvalidArgumentError(f"radius must be a finite number >= 0 (raw units), got {radius!r}")
+    return float(radius)
+
+
+def _layer(layer: Any) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) <= 7:
+        raise InvalidArgumentError(f"layer must be an int 0..7, got {layer!r}")
+    return int(layer)
 
 
 def _records_array(parts: list[bytes], dtype: np.dtype) -> np.ndarray:
@@ -503,6 +612,50 @@ class ConnectionView:
                 inn = inn[inn["token_a"] != inn["token_b"]]
             parts.append(inn)
         return ConnectionArray(np.concatenate(parts) if parts else np.zeros(0, CONNECTION_DTYPE))
+
+    def k_hop(self, ids: Any, k: int, *, types: Any = None, min_strength: float | None = None,
+              direction: str = "both") -> graph.Hops:
+        """The tokens within ``k`` connections of any of ``ids`` (one id or many): ``(ids,
+        depth)``, ids ascending, seeds at depth 0. ``types``: connection types to follow
+        (None: all); ``min_strength``: follow only connections with ``pull_strength`` >= it;
+        ``direction``: ``"both"`` (connections are stored undirected, a <= b), ``"out"``
+        (a -> b) or ``"in"`` (b -> a). Costs time in proportion to the connections touched
+        (ngstore/graph.py)."""
+        snap = self._snap
+        f = graph.Filter(types, min_strength, direction)
+        return graph.k_hop(snap._txn(), snap._db(DB_CONNECTIONS), snap._db(DB_CONN_REVERSE), ids, k, f,
+                           self._tree(), self.count())
+
+    def _tree(self) -> graph.Tree | None:
+        """Where this snapshot's connection B-trees lie in the map, for walks in C; None
+        when the map cannot be found (the walk then goes through py-lmdb)."""
+        snap = self._snap
+        txn = snap._txn()
+        kv = snap._kv
+        probe = txn.get(M_COUNTERS, db=snap._db(DB_META))
+        span = kv.map_span(_address(probe)) if probe is not None else None
+        psize = kv.page_size()
+        if span is None or span[1] < 2 * psize:
+            return None
+        start, length = span
+        if meta_page_txnid(bytes(_ffi.buffer(_ffi.cast("uint8_t *", start), psize))) is None:
+            return None  # the mapping does not begin at the file's first page
+        roots = []
+        for name in (DB_CONNECTIONS, DB_CONN_REVERSE):
+            record = txn.get(name)  # the named database's MDB_db record in the main database
+            if record is not None and len(record) != 48:
+                return None
+            roots.append(int.from_bytes(bytes(record[40:48]), "little") if record is not None else 2**64 - 1)
+        return graph.Tree(start, length, psize, roots[0], roots[1])
+
+    def shortest_path(self, a: int, b: int, *, weight: str | None = "pull_strength", types: Any = None,
+                      min_strength: float | None = None, direction: str = "both") -> graph.Path | None:
+        """The cheapest path from token ``a`` to ``b``: ``(ids, cost)``, or None when there
+        is none. ``weight="pull_strength"``: a connection costs 1/pull_strength (1 when the
+        strength is <= 0), Dijkstra; ``None``: hops, breadth first. Filters as ``k_hop``."""
+        snap = self._snap
+        return graph.shortest_path(snap._txn(), snap._db(DB_CONNECTIONS), snap._db(DB_CONN_REVERSE), a, b, weight,
+                                   graph.Filter(types, min_strength, direction))
 
     def to_array(self) -> np.ndarray:
         """Every connection, in key order (a CONNECTION_DTYPE copy)."""

@@ -34,6 +34,7 @@ from .directory import Directory
 from .errors import InvalidArgumentError, NgStoreError, NotFoundError, StoreClosedError
 from .experience import ExperienceStream
 from .experience_store import StoreExperienceStream
+from .graph import Hops, Path
 from .guardian import Guardian, Usage
 from .inputs import ids_array
 from .intuition import IntuitionEngine
@@ -357,6 +358,16 @@ class Store:
         ``"both"``: the union (a self-connection appears once)."""
         with self.snapshot() as snap:
             return snap.connections.neighbors(token_id, direction)
+
+    def k_hop(self, ids: Any, k: int, **options: Any) -> Hops:
+        """``snapshot().connections.k_hop``: the tokens within ``k`` connections of ``ids``."""
+        with self.snapshot() as snap:
+            return snap.connections.k_hop(ids, k, **options)
+
+    def shortest_path(self, a: int, b: int, **options: Any) -> Path | None:
+        """``snapshot().connections.shortest_path``: the cheapest path from ``a`` to ``b``."""
+        with self.snapshot() as snap:
+            return snap.connections.shortest_path(a, b, **options)
 
     def count_connections(self) -> int:
         self._check_open()

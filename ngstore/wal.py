@@ -74,8 +74,10 @@ with both. ``iter_records`` sees the records appended before it was called.
 
 After an I/O error (fsyncgate)
 ------------------------------
-A failed write, fdatasync, truncate or segment creation makes the log refuse every later
-``append``/``sync`` with ``NgStoreError`` (the first error is the cause). After a failed
+A failed write, fdatasync, truncate or segment creation raises the ``OSError`` as the
+named ``errors.StorageError`` of its errno (``DiskFullError`` for ``ENOSPC``, with the
+segment's path, in state "stopped") and makes the log refuse every later ``append``/``sync``
+(``errors.refusal``: an error of the same leaf saying the store stopped after it). After a failed
 fdatasync the kernel may have dropped the dirty pages and marked them clean, so a retried
 fsync "succeeding" proves nothing; after a failed write the file may hold a partial frame
 at an offset later appends would skip over. The only sound continuation is to close and
@@ -94,7 +96,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CorruptionError, FormatVersionError, InvalidArgumentError, NgStoreError, StoreClosedError
+from .errors import (
+    CorruptionError,
+    FormatVersionError,
+    InvalidArgumentError,
+    NgStoreError,
+    StoreClosedError,
+    StoreState,
+    refusal,
+    storage_error,
+)
 from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO, dir_mode
 
 _zstd: Any
@@ -739,10 +750,9 @@ class Log:
             self._io.fdatasync(fd)
             self._io.fsync_dir(self._dir)
         except BaseException as e:
-            self._failed = e
             if fd is not None:
                 self._io.close(fd)
-            raise
+            raise self._poison(e, "creating log segment", path) from e
         seg = _Seg(path, salt, first, first - 1, SEGMENT_HEADER_SIZE, [(SEGMENT_HEADER_SIZE, SEGMENT_HEADER_SIZE)])
         with self._lock:
             self._segs.append(seg)
@@ -759,8 +769,7 @@ class Log:
             self._io.truncate(fd, self._write_off)
             self._io.fdatasync(fd)
         except BaseException as e:
-            self._failed = e
-            raise
+            raise self._poison(e, "sealing log segment", self._segs[-1].path) from e
         with self._lock:
             self._durable = self._last
             self._fd = None
@@ -768,14 +777,24 @@ class Log:
         self._create_segment(self._last + 1)
 
     # -- writing ------------------------------------------------------------------------
+    def _poison(self, exc: BaseException, doing: str, path: str) -> BaseException:
+        """Records the first failure of a write, fdatasync, truncate or segment creation
+        (the log refuses writes from here on) and returns it as it is raised: an
+        ``OSError`` of the file as the named :class:`errors.StorageError` (the store is
+        stopped), anything else as it is."""
+        if isinstance(exc, OSError):
+            exc = storage_error(exc, doing, StoreState.STOPPED, path=path)
+        if self._failed is None:
+            self._failed = exc
+        return exc
+
     def _check_writable(self) -> None:
         if self._closed:
             raise StoreClosedError("the log is closed")
         if self._failed is not None:
-            raise NgStoreError(
-                f"the log refuses writes after an I/O error ({self._failed!r}): a failed "
-                "write or fsync may have lost data the kernel reported as written; close the "
-                "store and reopen it to recover from what is on disk") from self._failed
+            # a failed write or fsync may have lost data the kernel reported as written:
+            # only reopening (recovery from what is on disk) is sound
+            raise refusal(os.path.dirname(self._dir), self._failed)
 
     def append(self, records: Sequence[tuple[int, Buffer]]) -> list[int]:
         """Frames ``records`` ((type, payload) pairs) and writes them with one write call at
@@ -840,8 +859,7 @@ class Log:
         try:
             self._io.pwritev(self._fd, bufs, start)  # type: ignore[arg-type]
         except BaseException as e:
-            self._failed = e
-            raise
+            raise self._poison(e, "appending to the log segment", seg.path) from e
         with self._lock:
             self._last = pos - 1
             self._write_off = end
@@ -867,8 +885,7 @@ class Log:
             try:
                 self._io.fdatasync(fd)  # type: ignore[arg-type]
             except BaseException as e:
-                self._failed = e
-                raise
+                raise self._poison(e, "syncing (fdatasync) the log segment", self._segs[-1].path) from e
             with self._lock:
                 self._durable = max(self._durable, target)
             return self._durable

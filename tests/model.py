@@ -63,3 +63,43 @@ class ModelStore:
 
     def neighbors(self, token_id: int) -> set[tuple[int, int, int]]:
         return {k for k in self.connections if token_id in (k[0], k[1])}
+
+    # -- similarity and walks (what snapshot.tokens.knn / box / within and k_hop promise) ---------
+
+    def coordinates(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids ascending, raw coordinates (n, 24) int64) of the tokens."""
+        ids = np.array(sorted(self.tokens), dtype=np.uint32)
+        rows = [np.frombuffer(self.tokens[int(i)], dtype="<i2", count=24) for i in ids]
+        return ids, (np.array(rows, dtype=np.int64) if rows else np.zeros((0, 24), np.int64))
+
+    def knn(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Squared L2 over the 24 raw coordinates; ties to the smaller id."""
+        ids, x = self.coordinates()
+        d = ((x - q.astype(np.int64)) ** 2).sum(1)
+        order = np.lexsort((ids, d))[:k]
+        return ids[order], d[order].astype(np.float64)
+
+    def box(self, layer: int, lo, hi) -> list[int]:
+        ids, x = self.coordinates()
+        c = x[:, 3 * layer:3 * layer + 3]
+        return ids[np.all((c >= lo) & (c <= hi), axis=1)].tolist()
+
+    def within(self, layer: int, center, radius: float) -> list[int]:
+        ids, x = self.coordinates()
+        c = x[:, 3 * layer:3 * layer + 3]
+        return ids[((c - np.asarray(center)) ** 2).sum(1) <= radius * radius].tolist()
+
+    def k_hop(self, seeds, k: int) -> dict[int, int]:
+        """Breadth first over the connections, both ways."""
+        adj: dict[int, set[int]] = {}
+        for a, b, _t in self.connections:
+            adj.setdefault(a, set()).add(b)
+            adj.setdefault(b, set()).add(a)
+        depth = {int(s): 0 for s in seeds}
+        frontier = list(depth)
+        for level in range(1, k + 1):
+            nxt = [m for n in frontier for m in sorted(adj.get(n, ())) if m not in depth]
+            for m in nxt:
+                depth.setdefault(m, level)
+            frontier = list(dict.fromkeys(nxt))
+        return depth

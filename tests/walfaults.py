@@ -4,8 +4,9 @@
   test can reconstruct the directory states a power loss could leave
   (:func:`simulate_power_loss`). ``mark(label)`` inserts a marker (e.g. "batch 3 was
   acknowledged") into the same stream.
-* :class:`FaultyIO` raises ``OSError(EIO)`` on the Nth call of a kind ("write", "fdatasync",
-  "fsync", "fsync_dir", "rename", "unlink", "truncate", "open", "mkdir"; and LMDB's
+* :class:`FaultyIO` raises ``OSError(EIO)`` (or ``error=`` another errno: ``ENOSPC`` is a
+  full disk) on the Nth call of a kind ("write", "fdatasync",
+  "fsync", "fsync_dir", "rename", "unlink", "truncate", "allocate", "open", "mkdir"; and LMDB's
   "lmdb_commit" and "lmdb_sync", which raise what py-lmdb raises), optionally only for
   paths matching a glob, and counts calls so a test can loop N = 1, 2, … until an operation
   completes without reaching N (SQLite's fail-the-Nth-I/O test).
@@ -95,6 +96,12 @@ class _Delegating(FileIO):
 
     def boot_id(self) -> str | None:
         return self.inner.boot_id()
+
+    def allocate(self, fd: int, size: int) -> None:
+        self.inner.allocate(fd, size)
+
+    def free_bytes(self, path: str) -> int | None:
+        return self.inner.free_bytes(path)
 
     def lmdb_commit(self, txn: Any, kv: KVHandle) -> None:
         self.inner.lmdb_commit(txn, kv)
@@ -240,11 +247,11 @@ class FaultyIO(_Delegating):
     bytes (a short write that then errors). ``counts`` holds the calls seen per kind;
     ``fired`` the (kind, path) of each injected failure."""
 
-    KINDS = ("open", "write", "truncate", "fdatasync", "fsync", "fsync_dir", "rename", "unlink", "mkdir",
-             "lmdb_commit", "lmdb_sync")
+    KINDS = ("open", "write", "truncate", "allocate", "fdatasync", "fsync", "fsync_dir", "rename", "unlink",
+             "mkdir", "lmdb_commit", "lmdb_sync")
 
     def __init__(self, fail_on: dict[str, int] | None = None, *, path_glob: str | None = None,
-                 partial_write: bool = False, inner: FileIO = DEFAULT_IO) -> None:
+                 partial_write: bool = False, error: int = errno.EIO, inner: FileIO = DEFAULT_IO) -> None:
         super().__init__(inner)
         unknown = set(fail_on or {}) - set(self.KINDS)
         if unknown:
@@ -252,6 +259,7 @@ class FaultyIO(_Delegating):
         self.fail_on = dict(fail_on or {})
         self.path_glob = path_glob
         self.partial_write = partial_write
+        self.error = error
         self.counts: Counter[str] = Counter()
         self.fired: list[tuple[str, str]] = []
         self._paths: dict[int, str] = {}
@@ -266,7 +274,8 @@ class FaultyIO(_Delegating):
 
     def _fail(self, kind: str, path: str) -> None:
         self.fired.append((kind, path))
-        raise OSError(errno.EIO, f"injected EIO on {kind} #{self.counts[kind]}", path)
+        name = errno.errorcode.get(self.error, str(self.error))
+        raise OSError(self.error, f"injected {name} on {kind} #{self.counts[kind]}: {os.strerror(self.error)}", path)
 
     def open(self, path: str, flags: int, mode: int = 0o644) -> int:
         if self._check("open", path):
@@ -317,6 +326,9 @@ class FaultyIO(_Delegating):
     def truncate(self, fd: int, size: int) -> None:
         self._fd_op("truncate", fd, lambda: self.inner.truncate(fd, size))
 
+    def allocate(self, fd: int, size: int) -> None:
+        self._fd_op("allocate", fd, lambda: self.inner.allocate(fd, size))
+
     def fdatasync(self, fd: int) -> None:
         self._fd_op("fdatasync", fd, lambda: self.inner.fdatasync(fd))
 
@@ -333,25 +345,30 @@ class FaultyIO(_Delegating):
             self._fail("rename", src)
         self.inner.rename(src, dst)
 
-    # LMDB's durability points fail as py-lmdb fails them on EIO: with an ``lmdb.Error``
-    # (a failed mdb_txn_commit leaves nothing committed).
+    # LMDB's durability points fail as py-lmdb fails them: with an ``lmdb.Error`` carrying
+    # the C function in ``what`` and the errno in ``code`` (a failed mdb_txn_commit leaves
+    # nothing committed).
+    def _lmdb_error(self, what: str) -> Exception:
+        import lmdb
+
+        exc = lmdb.Error(f"{what}: {os.strerror(self.error)} (injected)")
+        exc.what = what  # type: ignore[attr-defined]
+        exc.code = self.error  # type: ignore[attr-defined]
+        return exc
+
     def lmdb_commit(self, txn: Any, kv: KVHandle) -> None:
         path = os.path.join(kv.path, "data.mdb")
         if self._check("lmdb_commit", path):
-            import lmdb
-
             txn.abort()
             self.fired.append(("lmdb_commit", path))
-            raise lmdb.Error("mdb_txn_commit: Input/output error (injected)")
+            raise self._lmdb_error("mdb_txn_commit")
         self.inner.lmdb_commit(txn, kv)
 
     def lmdb_sync(self, env: Any, kv: KVHandle) -> None:
         path = os.path.join(kv.path, "data.mdb")
         if self._check("lmdb_sync", path):
-            import lmdb
-
             self.fired.append(("lmdb_sync", path))
-            raise lmdb.Error("mdb_env_sync: Input/output error (injected)")
+            raise self._lmdb_error("mdb_env_sync")
         self.inner.lmdb_sync(env, kv)
 
     def unlink(self, path: str) -> None:

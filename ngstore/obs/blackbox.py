@@ -588,7 +588,9 @@ class BlackBox:
             old = io.pread(fd, io.file_size(fd), 0)
             salvaged, old_events_raw, next_seq = _take_over(old, path, self.capacity)
             io.truncate(fd, 0)      # drops a previous faulthandler text (salvaged above)
-            io.truncate(fd, size)   # a zero-filled ring
+            io.allocate(fd, size)   # a zero-filled ring backed by disk blocks: on a full disk
+            #                         this fails (ENOSPC), where a store into a hole of the
+            #                         mapping would kill the process with SIGBUS
             mm = io.map_file(fd, size)
         except BaseException:
             io.close(fd)

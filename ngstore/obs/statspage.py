@@ -160,6 +160,7 @@ class StatsPublisher:
         try:
             self._lock_page(fd)
             io.truncate(fd, PAGE_BYTES)
+            io.allocate(fd, PAGE_BYTES)  # disk blocks: a full disk fails here, not with SIGBUS
             self._mm = io.map_file(fd, PAGE_BYTES)
         except BaseException:
             io.close(fd)

@@ -16,6 +16,8 @@
 
 #include "ngcore.h"
 #include "reflex.h"
+#include "similarity.h"
+#include "graph.h"
 
 static unsigned long long rng_state = 0x9E3779B97F4A7C15ULL;
 static unsigned long long rnd(void) { /* xorshift64* */
@@ -395,10 +397,149 @@ static void check_reflex(unsigned rounds) {
     free(states);
 }
 
+/* similarity.h: exact-length chunks and pages, every status the header promises, and
+ * knn checked against a brute force of its own. */
+static void check_similarity(void) {
+    const unsigned shift = 3;
+    const size_t slots = 8, vlen = slots * 64 + 1;
+    uint8_t *chunk = (uint8_t *)calloc(vlen, 1);
+    int16_t coords[8][24];
+    for (size_t s = 0; s < slots; s++) {
+        if (s == 5) continue; /* one absent slot */
+        chunk[slots * 64] |= (uint8_t)(1u << s);
+        uint32_t id = (uint32_t)s;
+        memcpy(chunk + s * 64 + 48, &id, 4);
+        for (unsigned d = 0; d < 24; d++) {
+            coords[s][d] = (int16_t)((int)(rnd() % 65536) - 32768);
+            if (s == 6) coords[s][d] = coords[2][d]; /* a tie */
+            memcpy(chunk + s * 64 + 2 * d, &coords[s][d], 2);
+        }
+    }
+    const uint8_t *ptrs[1] = {chunk};
+    uint64_t lens[1] = {vlen};
+    uint8_t dims[24];
+    for (unsigned d = 0; d < 24; d++) dims[d] = (uint8_t)d;
+    int16_t *q = (int16_t *)malloc(2 * 24 * sizeof(int16_t));
+    memcpy(q, coords[2], sizeof coords[2]);
+    memset(q + 24, 0, 24 * sizeof(int16_t));
+    double *od = (double *)malloc(2 * 10 * sizeof(double));
+    uint32_t *oi = (uint32_t *)malloc(2 * 10 * sizeof(uint32_t));
+    size_t m = 99;
+    for (int metric = 0; metric < 2; metric++) {
+        EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, dims, 24, metric, 10, od, oi, &m) == NG_OK, "knn");
+        EXPECT(m == 7, "knn count %zu", m);
+        EXPECT(oi[0] == 2 && oi[1] == 6 && od[0] == od[1] && od[0] < 1e-12, "knn tie %u %u", oi[0], oi[1]);
+        for (size_t j = 1; j < m; j++) EXPECT(od[j - 1] <= od[j], "knn order");
+    }
+    EXPECT(od[10] == 1.0 && od[16] == 1.0, "cosine of the zero query");
+    lens[0] = vlen - 1;
+    EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, dims, 24, 0, 10, od, oi, &m) == NG_ECORRUPT, "short chunk");
+    lens[0] = vlen;
+    uint8_t bad_dims[2] = {3, 3};
+    EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, bad_dims, 2, 0, 10, od, oi, &m) == NG_EINVAL, "dims");
+    EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, dims, 24, 2, 10, od, oi, &m) == NG_EINVAL, "metric");
+    EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, dims, 24, 0, 0, od, oi, &m) == NG_EINVAL, "k 0");
+    EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, (size_t)1 << 62, dims, 24, 0, 1 << 20, od, oi, &m) == NG_ERANGE,
+           "nq * k overflows");
+
+    int16_t lo[3] = {-32768, -32768, -32768}, hi[3] = {32767, 32767, 32767}, center[3] = {0, 0, 0};
+    uint32_t *out = (uint32_t *)malloc(8 * sizeof(uint32_t));
+    size_t n = 0;
+    EXPECT(ng_filter_chunks(ptrs, lens, 1, shift, 4, lo, hi, NULL, 0.0, out, 7, &n) == NG_OK && n == 7, "box all");
+    EXPECT(ng_filter_chunks(ptrs, lens, 1, shift, 4, lo, hi, NULL, 0.0, out, 6, &n) == NG_ERANGE, "box cap");
+    EXPECT(ng_filter_chunks(ptrs, lens, 1, shift, 8, lo, hi, NULL, 0.0, out, 7, &n) == NG_EINVAL, "layer");
+    EXPECT(ng_filter_chunks(ptrs, lens, 1, shift, 0, lo, hi, center, -1.0, out, 7, &n) == NG_EINVAL, "radius");
+
+    uint8_t *entries = (uint8_t *)malloc(7 * 10);
+    uint64_t *keys = (uint64_t *)malloc(7 * sizeof(uint64_t));
+    uint32_t ids[7] = {0, 1, 2, 3, 4, 6, 7};
+    int16_t *c7 = (int16_t *)malloc(7 * 24 * sizeof(int16_t));
+    for (size_t i = 0; i < 7; i++) memcpy(c7 + 24 * i, coords[ids[i]], sizeof coords[0]);
+    EXPECT(ng_spatial_entries(ids, c7, 7, 7, entries, keys) == NG_OK, "entries");
+    for (size_t i = 1; i < 7; i++) EXPECT(keys[i - 1] < keys[i], "entries order");
+    const uint8_t *pages[1] = {entries};
+    uint64_t plen[1] = {70};
+    EXPECT(ng_filter_entries(pages, plen, 1, lo, hi, center, 1e300, out, 7, &n) == NG_OK && n == 7, "entries");
+    plen[0] = 69;
+    EXPECT(ng_filter_entries(pages, plen, 1, lo, hi, NULL, 0.0, out, 7, &n) == NG_ECORRUPT, "partial entry");
+    ids[3] = 1;
+    EXPECT(ng_spatial_entries(ids, c7, 7, 0, entries, keys) == NG_EINVAL, "ids must ascend");
+
+    uint16_t zlo[3] = {1, 2, 3}, zhi[3] = {5, 2, 900}, bad[3] = {6, 2, 900};
+    uint32_t z = 0;
+    EXPECT(ng_zorder_next_in_box(0, zlo, zhi, &z) == NG_OK && z > 0, "zorder");
+    EXPECT(ng_zorder_next_in_box((1u << 30) - 1, zlo, zhi, &z) == NG_ENOTFOUND, "zorder past the box");
+    EXPECT(ng_zorder_next_in_box(1u << 30, zlo, zhi, &z) == NG_EINVAL, "zorder code");
+    EXPECT(ng_zorder_next_in_box(0, bad, zhi, &z) == NG_EINVAL, "zorder lo > hi");
+    free(chunk); free(q); free(od); free(oi); free(out); free(entries); free(keys); free(c7);
+}
+
+/* graph.h: a one-leaf B-tree of connections built by hand, in pages LMDB's layout; then
+ * the same tree with a bad root, bad flags and a node offset past the page. */
+static void put16(uint8_t *p, unsigned v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+
+static void leaf_of(uint8_t *page, const uint32_t (*edges)[2], unsigned n, unsigned psize) {
+    memset(page, 0, psize);
+    put16(page + 10, 0x02);
+    put16(page + 12, 16 + 2 * n);
+    unsigned upper = psize;
+    for (unsigned i = 0; i < n; i++) {
+        upper -= 8 + 9 + 64;
+        uint8_t *nd = page + upper;
+        put16(page + 16 + 2 * i, upper);
+        put16(nd, 64);      /* data size lo */
+        put16(nd + 6, 9);   /* key size */
+        uint8_t *k = nd + 8;
+        for (int b = 0; b < 4; b++) {
+            k[b] = (uint8_t)(edges[i][0] >> (24 - 8 * b));
+            k[4 + b] = (uint8_t)(edges[i][1] >> (24 - 8 * b));
+        }
+        k[8] = 0x50;
+        float strength = (float)i;
+        memcpy(nd + 8 + 9 + 16, &strength, 4);
+    }
+    put16(page + 14, upper);
+}
+
+static void check_graph(void) {
+    const unsigned psize = 512;
+    const uint32_t fwd[4][2] = {{1, 2}, {2, 3}, {3, 4}, {7, 7}}; /* sorted keys: a | b */
+    const uint32_t rev[4][2] = {{2, 1}, {3, 2}, {4, 3}, {7, 7}};
+    uint8_t *map = (uint8_t *)malloc(3 * psize);
+    memset(map, 0, psize);
+    leaf_of(map + psize, fwd, 4, psize);
+    leaf_of(map + 2 * psize, rev, 4, psize);
+    uint8_t all[32];
+    memset(all, 0xFF, sizeof all);
+    uint32_t seeds[2] = {1, 7}, ids[8], depth[8];
+    size_t n = 0;
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 1, 2, seeds, 2, 9, 3, all, 0, 0.0, ids, depth, 8, &n) == NG_OK,
+           "walk");
+    EXPECT(n == 5 && depth[4] == 3, "walk reached %zu", n);
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 1, 2, seeds, 2, 9, 3, all, 0, 0.0, ids, depth, 2, &n) == NG_ERANGE
+           && n == 5, "walk cap");
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 1, 2, seeds, 1, 9, 1, all, 1, 1.0, ids, depth, 8, &n) == NG_OK
+           && n == 1, "min strength: 1-2 has strength 0");
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 1, (uint64_t)-1, seeds, 1, 9, 3, all, 1, 0.0, ids, depth, 8, &n)
+           == NG_OK && n == 4, "no reverse tree");
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 5, 2, seeds, 1, 9, 3, all, 0, 0.0, ids, depth, 8, &n)
+           == NG_ECORRUPT, "root past the map");
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 0, 2, seeds, 1, 9, 3, all, 0, 0.0, ids, depth, 8, &n)
+           == NG_ECORRUPT, "a page with no tree flags");
+    EXPECT(ng_graph_walk(map, 3 * psize, 500, 1, 2, seeds, 1, 9, 3, all, 0, 0.0, ids, depth, 8, &n) == NG_EINVAL,
+           "page size");
+    put16(map + psize + 16, psize - 4); /* a node that would run past its page */
+    EXPECT(ng_graph_walk(map, 3 * psize, psize, 1, 2, seeds, 1, 9, 3, all, 0, 0.0, ids, depth, 8, &n)
+           == NG_ECORRUPT, "node offset");
+    free(map);
+}
+
 int main(int argc, char **argv) {
     unsigned rounds = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 40;
     check_core();
     check_reflex(rounds);
+    check_similarity();
+    check_graph();
     puts("contract held");
     return 0;
 }

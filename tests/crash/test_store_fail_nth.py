@@ -10,10 +10,12 @@ of call, the Nth call of that kind *counted from the start of the operation* rai
 
 After each injected failure:
 
-* the call that hit it raised the OSError itself, or a clear ``NgStoreError`` saying the
-  store must be reopened (a failure inside an automatic checkpoint is reported by the
-  next call);
-* the live store either refuses further writes with such an ``NgStoreError`` (mandatory
+* the call that hit it raised the OSError as its named ``StorageError`` (``StorageIOError``
+  for EIO: an ``NgStoreError`` that is also the ``OSError``, with the file's path), or a
+  clear ``NgStoreError`` saying the store must be reopened (a failure inside an automatic
+  checkpoint is reported by the next call); never a raw ``OSError`` or ``lmdb.Error``;
+* the live store either refuses further writes with such an ``NgStoreError`` -- for a
+  failure of the store's files, the same named leaf in state "stopped" (mandatory
   after a failed write/fdatasync/truncate of the log: fsyncgate), or is still consistent
   (``check().ok``) and a further batch is kept;
 * after ``close()`` (which may raise) a reopen with the real file system passes
@@ -30,7 +32,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import lmdb
 import numpy as np
 import pytest
 from conftest import make_tokens
@@ -39,7 +40,7 @@ from walfaults import FaultyIO, NoSyncIO
 
 import ngstore
 from ngstore.directory import Directory
-from ngstore.errors import NgStoreError, StoreClosedError
+from ngstore.errors import NgStoreError, StorageError, StoreClosedError, StoreState
 from ngstore.fileio import DEFAULT_IO
 
 REOPEN = re.compile(r"reopen|open it again", re.I)
@@ -208,11 +209,8 @@ def _run_once(name: str, kind: str, partial: bool, n: int, tmp_path) -> tuple[bo
     else:
         fired_kind, fired_path = io.fired[0]
         if error is not None:
-            # (a raw lmdb.Error is tolerated here only for LMDB's own I/O: it is the subject
-            # of test_lmdb_io_errors_reach_the_caller_as_clear_ngstore_errors)
-            assert (isinstance(error, OSError) and error.errno == errno.EIO) or \
-                (isinstance(error, NgStoreError) and REOPEN.search(str(error))) or \
-                (kind in LMDB_KINDS and isinstance(error, lmdb.Error)), \
+            assert (isinstance(error, StorageError) and error.errno == errno.EIO) or \
+                (isinstance(error, NgStoreError) and REOPEN.search(str(error))), \
                 f"{name}, {kind} #{n}: unclear error {error!r}"
         # the live store: refuses writes (fsyncgate) or is consistent and keeps writing
         # fsyncgate: after a failed write/fdatasync/truncate of the log, or a failed fdatasync
@@ -225,7 +223,9 @@ def _run_once(name: str, kind: str, partial: bool, n: int, tmp_path) -> tuple[bo
         except StoreClosedError:
             assert name == "close" or (failing is not None and failing.label == "close")
         except NgStoreError as exc:
-            assert not isinstance(exc, OSError)
+            if isinstance(exc, OSError):  # refused after an error of the store's files
+                assert isinstance(exc, StorageError) and exc.state is StoreState.STOPPED, repr(exc)
+                assert exc.outcome_known is True and exc.errno == errno.EIO, repr(exc)
             assert REOPEN.search(str(exc)), f"refusal without saying what to do: {exc}"
         if must_refuse:
             assert not probe_acked, f"{name}: store kept writing after a failed {fired_kind} of {fired_path}"
@@ -320,5 +320,6 @@ def test_lmdb_io_errors_reach_the_caller_as_clear_ngstore_errors(tmp_path):
                 pass
     assert set(seen) == {"lmdb_commit", "lmdb_sync"}
     bad = {k: e for k, e in seen.items()
-           if not (isinstance(e, OSError) or (isinstance(e, NgStoreError) and REOPEN.search(str(e))))}
-    assert not bad, f"LMDB errors reach the caller raw: {bad!r}"
+           if not (isinstance(e, StorageError) and e.errno == errno.EIO and REOPEN.search(str(e))
+                   and str(e.filename).endswith("data.mdb"))}
+    assert not bad, f"LMDB errors reach the caller unnamed: {bad!r}"

@@ -45,6 +45,41 @@ class StoreModel(RuleBasedStateMachine):
         self.store.put_tokens(recs)
         self.model.put_tokens(recs)
 
+    @rule(ids=st.lists(ids_st, min_size=1, max_size=40), data=st.data())
+    def put_placed(self, ids, data):
+        """Tokens at drawn coordinates: a few values, so ties, equal cells and moves abound."""
+        self.version += 1
+        recs = make_tokens(ids, weight=np.float32(self.version))
+        values = st.sampled_from([-32768, -5000, -64, -1, 0, 1, 63, 64, 700, 32767])
+        recs["coordinates"] = np.array(data.draw(st.lists(st.lists(values, min_size=24, max_size=24),
+                                                          min_size=len(ids), max_size=len(ids))),
+                                       dtype=np.int16).reshape(-1, 8, 3)
+        self.store.put_tokens(recs)
+        self.model.put_tokens(recs)
+
+    @rule(layer=st.integers(0, 7), a=st.tuples(*[st.sampled_from([-32768, -100, 0, 1, 64, 30000])] * 3),
+          size=st.sampled_from([0, 1, 63, 700, 70000]), radius=st.sampled_from([0, 1, 64.5, 5000, 50000]))
+    def spatial_queries(self, layer, a, size, radius):
+        lo = np.array(a)
+        hi = np.minimum(lo + size, 32767)
+        with self.store.snapshot() as snap:
+            assert snap.tokens.box(lo, hi, layer=layer).tolist() == self.model.box(layer, lo, hi)
+            assert snap.tokens.within(lo, radius, layer=layer).tolist() == self.model.within(layer, lo, radius)
+
+    @rule(data=st.data(), k=st.integers(1, 8))
+    def nearest(self, data, k):
+        q = np.array(data.draw(st.lists(st.sampled_from([-32768, -64, 0, 1, 700]), min_size=24, max_size=24)))
+        with self.store.snapshot() as snap:
+            got = snap.tokens.knn(q, k)
+        ids, d = self.model.knn(q, k)
+        assert got.ids.tolist() == ids.tolist() and got.distances.tolist() == d.tolist()
+
+    @rule(seeds=st.lists(small_ids, min_size=1, max_size=3), k=st.integers(0, 3))
+    def walk(self, seeds, k):
+        got = self.store.k_hop(seeds, k)
+        want = self.model.k_hop(seeds, k)
+        assert dict(zip(got.ids.tolist(), got.depth.tolist(), strict=True)) == want
+
     @rule(ids=st.lists(ids_st, max_size=20), data=st.data())
     def delete(self, ids, data):
         if self.model.tokens and data.draw(st.booleans()):

@@ -142,8 +142,8 @@ def test_stress_shows_plain_step_lines_when_stderr_is_not_a_terminal(tmp_path):
     r = ng("stress", "--tokens", "2000", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()
-    assert lines[0] == "stress: step 1/15: create single" and lines[-1] == "stress: step 15/15: memory"
-    assert len(lines) == 15 and "\r" not in r.stderr and "%|" not in r.stderr   # no tqdm bar
+    assert lines[0] == "stress: step 1/19: create single" and lines[-1] == "stress: step 19/19: memory"
+    assert len(lines) == 19 and "\r" not in r.stderr and "%|" not in r.stderr   # no tqdm bar
     quiet = ng("stress", "--tokens", "2000", "--quiet", "--json", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stderr == "" and json.loads(quiet.stdout)["tokens"] == 2000
 
@@ -185,7 +185,7 @@ def test_progress_is_a_tqdm_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
         os.close(slave)
     assert quiet_out == b""
     assert b"stress:" in out and b"%|" in out and b"\r" in out, out[:300]
-    assert b"step 1/15" not in out                      # a bar, not lines
+    assert b"step 1/19" not in out                      # a bar, not lines
 
 
 def _readable(fd: int) -> bool:

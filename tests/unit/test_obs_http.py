@@ -262,8 +262,13 @@ def test_main_serve_waits_for_the_store_then_serves_it_until_sigterm(tmp_path: A
             raise AssertionError("condition never held; stderr: " + proc.stderr.read())
 
         wait_for(lambda: get(url + "/health")[0] == 200)
-        code, _, body = get(url + "/ready")
-        assert code == 503 and "no store yet" in body.decode()
+        # The server answers from the moment it binds, before main_serve's first open attempt
+        # has run ("not opened yet"): wait for that attempt's error, not for the first answer.
+        def first_open_failed() -> Any:
+            r = get(url + "/ready")
+            return r if "no store yet" in r[2].decode() else None
+
+        assert wait_for(first_open_failed)[0] == 503
         assert 'neurograph_store_open{store=' in get(url + "/metrics")[2].decode()
         open(os.path.join(tmp_path, "created"), "w").close()
         wait_for(lambda: get(url + "/ready")[0] == 200)

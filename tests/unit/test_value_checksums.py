@@ -37,6 +37,7 @@ from ngstore.layout import (
     DB_LEARN,
     DB_META,
     DB_REFLEXES,
+    DB_SPATIAL,
     DB_TOKENS,
     SEALED_DBS,
     ChunkLayout,
@@ -292,7 +293,8 @@ def _strip_trailers(path: str) -> int:
     the store version 1; returns how many values it stripped."""
     regions = {DB_TOKENS: lambda k, v: CHUNK.region_bytes, DB_CONNECTIONS: lambda k, v: 64,
                DB_EVENTS: lambda k, v: 128, DB_META: lambda k, v: layout.meta_region_bytes(k),
-               DB_LEARN: lambda k, v: len(v) - CHECKSUM_BYTES, DB_REFLEXES: lambda k, v: len(v) - CHECKSUM_BYTES}
+               DB_LEARN: lambda k, v: len(v) - CHECKSUM_BYTES, DB_REFLEXES: lambda k, v: len(v) - CHECKSUM_BYTES,
+               DB_SPATIAL: lambda k, v: len(v) - CHECKSUM_BYTES}
     n = 0
     env = lmdb.open(path, max_dbs=32, map_size=1 << 30)
     try:
@@ -397,3 +399,36 @@ def test_a_store_read_never_returns_the_bytes_of_a_flipped_chunk_silently(path, 
             assert not s.check().ok
     finally:
         _surgery(path, DB_TOKENS, lambda txn, h: txn.put(key, intact, db=h))
+
+
+def _first_key(path: str, db: bytes) -> bytes:
+    out: list[bytes] = []
+
+    def first(txn: Any, h: Any) -> None:
+        cur = txn.cursor(db=h)
+        assert cur.first()
+        out.append(bytes(cur.key()))
+
+    _surgery(path, db, first)
+    return out[0]
+
+
+def test_a_flipped_spatial_page_is_a_finding_and_a_box_query_over_it_raises(path):
+    key = _first_key(path, DB_SPATIAL)
+    damaged = _flip(path, DB_SPATIAL, key, 3)  # the first entry's id
+    assert len(damaged) % 10 == CHECKSUM_BYTES
+    with ngstore.open(path, readonly=True, **OPEN) as s:
+        report = s.check()
+        with s.snapshot() as snap, pytest.raises(CorruptionError, match=f"spatial key {key.hex()}: checksum"):
+            snap.tokens.box([-32768] * 3, [32767] * 3, layer=key[0])
+    hits = [f for f in report.findings if f"spatial key {key.hex()}: checksum mismatch" in f.reason]
+    assert len(hits) == 1 and hits[0].offset == _offset_in_file(path, damaged), report
+
+
+def test_knn_over_the_mapped_chunks_verifies_each_chunk(path):
+    _flip(path, DB_TOKENS, CHUNK.key(4), 7)
+    with ngstore.open(path, readonly=True, **OPEN) as s, s.snapshot() as snap, \
+            pytest.raises(CorruptionError, match=r"tokens key 00000004\): checksum mismatch"):
+        snap.tokens.knn(np.zeros(24, np.int16), 3)
+    with ngstore.open(path, readonly=True, verify="off", **OPEN) as s, s.snapshot() as snap:
+        assert len(snap.tokens.knn(np.zeros(24, np.int16), 3).ids) == 3
