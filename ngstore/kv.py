@@ -210,7 +210,7 @@ class KV:
 
     def __init__(self, path: str, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE,
                  max_readers: int = 126, io: FileIO = DEFAULT_IO, walk: bool | None = None,
-                 mode: int = PRIVATE_MODE, verify: str = "read") -> None:
+                 mode: int = PRIVATE_MODE, verify: str = "off") -> None:
         """``walk``: verify LMDB's own trees and the small databases before LMDB reads them
         (:func:`check_data_file`); only valid while no other process writes the file. By
         default a writer does (it holds the writer lock) and a read-only handle does not.

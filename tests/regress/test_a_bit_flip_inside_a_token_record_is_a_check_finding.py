@@ -3,7 +3,7 @@ every structural rule true -- the chunk's length, its slot ids, its presence bit
 ``check()`` reported the store sound and every read returned the rotten token. Every LMDB
 value now ends in an XXH3-64 checksum of its record region and key (format.md §3.0):
 ``check()`` reports the flip as a finding naming the chunk's key and where the value lies in
-data.mdb, and a read under the default ``verify="read"`` raises instead of returning it."""
+data.mdb, and a read under ``verify="read"`` raises instead of returning it."""
 from __future__ import annotations
 
 import os
@@ -33,7 +33,7 @@ def test_a_bit_flip_inside_a_token_record_is_a_check_finding(tmp_path):
     env.close()
     with open(os.path.join(path, "data.mdb"), "rb") as f:
         offset = f.read().find(bytes(value))
-    with ngstore.open(path, readonly=True, **OPEN) as s:
+    with ngstore.open(path, readonly=True, verify="read", **OPEN) as s:
         report = s.check()
         with pytest.raises(ngstore.CorruptionError, match=r"tokens key 00000001\): checksum mismatch"):
             s.get_token(74)

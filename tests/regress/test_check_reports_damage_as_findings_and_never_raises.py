@@ -80,8 +80,8 @@ def test_zeroed_reflex_pages_are_a_finding(tmp_path):
     env.close()
     # the segment's checksum (format.md §3.0) refuses a verifying open at once
     with pytest.raises(ngstore.CorruptionError, match="reflexes key 5300000000: checksum mismatch"):
-        ngstore.open(path, readonly=True, **OPEN)
-    with ngstore.open(path, readonly=True, verify="off", **OPEN) as s:
+        ngstore.open(path, readonly=True, verify="read", **OPEN)
+    with ngstore.open(path, readonly=True, **OPEN) as s:  # verify="off", the default
         report = s.check()
     assert not report.ok
     assert any(f.where and f.where.startswith("reflexes") for f in report.findings), report

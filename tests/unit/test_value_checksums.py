@@ -43,7 +43,10 @@ from ngstore.layout import (
     ChunkLayout,
 )
 
-OPEN = dict(observability=False, crash_handlers=False, max_tokens=None, max_bytes=None, map_size=1 << 30)
+OPEN = dict(observability=False, crash_handlers=False, max_tokens=None, max_bytes=None, map_size=1 << 30,
+            verify="read")
+OFF = dict(OPEN, verify="off")
+ALWAYS = dict(OPEN, verify="always")
 SLOTS = 64
 CHUNK = ChunkLayout(SLOTS)
 
@@ -166,9 +169,9 @@ def test_a_bit_flip_in_any_stored_record_is_a_check_finding_naming_key_and_offse
         assert len(damaged) == region + CHECKSUM_BYTES
     if case == "reflex header":  # its own CRC (format.md §7.2) refuses every open first
         with pytest.raises(CorruptionError, match="reflex table: header CRC mismatch"):
-            ngstore.open(path, readonly=True, verify="off", **OPEN)
+            ngstore.open(path, readonly=True, **OFF)
         return
-    with ngstore.open(path, readonly=True, verify="off", **OPEN) as s:
+    with ngstore.open(path, readonly=True, **OFF) as s:
         report = s.check()  # check() verifies whatever the handle's mode
     hits = [f for f in report.findings if f"{layout.describe_key(db, key)}: checksum mismatch" in f.reason]
     assert len(hits) == 1, report
@@ -210,8 +213,8 @@ READS: dict[str, Callable[[ngstore.Store], Any]] = {
 def test_every_token_read_of_a_flipped_chunk_raises_naming_key_and_offset_under_verify_read(path, read):
     db, key, _region, bit = CASES["token chunk"]
     damaged = _flip(path, db, key, bit)
-    with ngstore.open(path, readonly=True, **OPEN) as s:  # "read" is the default
-        assert s.options.verify == "read"
+    with ngstore.open(path, readonly=True, **OPEN) as s:
+        assert s.options.verify == "read" and ngstore.Options().verify == "off"  # the default: see api.md
         with pytest.raises(CorruptionError) as exc:
             READS[read](s)
     err = exc.value
@@ -225,7 +228,7 @@ def test_verify_off_reads_the_flipped_bytes_as_they_are(path):
     _flip(path, db, key, bit)
     with ngstore.open(path, readonly=True, **OPEN) as s:
         good = make_tokens(np.arange(SLOTS * 5))[2 * SLOTS + 5]
-    with ngstore.open(path, readonly=True, verify="off", **OPEN) as s:
+    with ngstore.open(path, readonly=True, **OFF) as s:
         got = s.get_tokens([2 * SLOTS + 5]).data[0]
         assert got.tobytes() != good.tobytes()  # the flipped weight, unverified
         _read_all(s)
@@ -245,7 +248,7 @@ def test_record_reads_of_a_flipped_value_raise_under_verify_read(path, case):
             read(s)
         assert exc.value.offset == _offset_in_file(path, damaged)
         assert f"{db.decode()} key {key.hex()}" in exc.value.reason
-    with ngstore.open(path, readonly=True, verify="off", **OPEN) as s:
+    with ngstore.open(path, readonly=True, **OFF) as s:
         read(s)
 
 
@@ -263,13 +266,13 @@ def test_a_flipped_meta_value_or_reflex_segment_refuses_the_open_under_verify_re
     _flip(path, *CASES["reflex segment"][:2], CASES["reflex segment"][3])
     with pytest.raises(CorruptionError, match="reflexes key"):
         ngstore.open(path, readonly=True, **OPEN)
-    ngstore.open(path, readonly=True, verify="off", **OPEN).close()
+    ngstore.open(path, readonly=True, **OFF).close()
 
 
 def test_verify_always_checks_the_chunk_a_write_rewrites(path):
     db, key, _region, bit = CASES["token chunk"]
     _flip(path, db, key, bit)
-    s = ngstore.open(path, verify="always", **OPEN)
+    s = ngstore.open(path, **ALWAYS)
     s.put_tokens(make_tokens([2 * SLOTS + 1], weight=5.0))  # logged; LMDB gets it when applied
     # waits for the apply, which read the chunk to rewrite it: the writer stops (and says why)
     with pytest.raises(NgStoreError, match=r"token chunk 2 \(tokens key 00000002\): checksum mismatch"):
@@ -277,7 +280,7 @@ def test_verify_always_checks_the_chunk_a_write_rewrites(path):
     with contextlib.suppress(NgStoreError):
         s.close()
     assert len(_stored(path, DB_TOKENS, key)) == CHUNK.sealed_bytes
-    with ngstore.open(path, readonly=True, verify="off", **OPEN) as r:
+    with ngstore.open(path, readonly=True, **OFF) as r:
         assert r.get_token(2 * SLOTS + 1).weight != 5.0  # the damaged chunk was not rewritten
 
 
@@ -343,7 +346,7 @@ def test_a_version_1_store_reads_unverified_counts_its_values_and_seals_what_a_w
 def test_a_value_of_neither_length_is_corruption_for_readers_and_a_finding_for_check(path):
     key = CHUNK.key(3)
     _surgery(path, DB_TOKENS, lambda txn, h: txn.put(key, bytes(txn.get(key, db=h))[:-1], db=h))
-    with ngstore.open(path, readonly=True, verify="off", **OPEN) as s:
+    with ngstore.open(path, readonly=True, **OFF) as s:
         with pytest.raises(CorruptionError, match=r"token chunk 3 \(tokens key 00000003\): a value of"):
             s.get_token(3 * SLOTS)
         report = s.check()
@@ -430,5 +433,5 @@ def test_knn_over_the_mapped_chunks_verifies_each_chunk(path):
     with ngstore.open(path, readonly=True, **OPEN) as s, s.snapshot() as snap, \
             pytest.raises(CorruptionError, match=r"tokens key 00000004\): checksum mismatch"):
         snap.tokens.knn(np.zeros(24, np.int16), 3)
-    with ngstore.open(path, readonly=True, verify="off", **OPEN) as s, s.snapshot() as snap:
+    with ngstore.open(path, readonly=True, **OFF) as s, s.snapshot() as snap:
         assert len(snap.tokens.knn(np.zeros(24, np.int16), 3).ids) == 3
