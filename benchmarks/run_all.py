@@ -26,7 +26,7 @@ sys.path.insert(1, os.path.dirname(HERE))
 import _harness  # noqa: E402
 
 MODULES = ["records", "create", "ingest", "commit", "sustained", "read", "reflex", "learning", "open", "disk", "obs",
-           "analytics", "aio", "similarity"]
+           "analytics", "aio", "similarity", "verify"]
 
 
 def main(argv: list[str] | None = None) -> int:

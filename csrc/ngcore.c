@@ -105,7 +105,9 @@ int ng_gather64(const uint32_t *ids, size_t n, const uint32_t *chunk_keys,
     for (size_t k = 0; k < nchunks; k++) {
         if (k > 0 && chunk_keys[k] <= chunk_keys[k - 1]) return NG_EINVAL;
         if (!chunk_ptrs[k]) return NG_EINVAL;
-        if (chunk_lens[k] != value_len) return NG_ECORRUPT;
+        /* the record region alone (format version 1) or followed by its checksum
+         * trailer (format 2, docs/format.md 3.0): only the region is ever read */
+        if (chunk_lens[k] != value_len && chunk_lens[k] != value_len + NG_CHECKSUM_BYTES) return NG_ECORRUPT;
     }
     if (n == 0) return NG_OK;
 
@@ -145,8 +147,8 @@ int ng_gather64(const uint32_t *ids, size_t n, const uint32_t *chunk_keys,
 /* Copies field bytes [field_off, field_off + field_size) of every PRESENT record of
  * `nchunks` chunk values, in chunk order then slot order, into `out` (packed).
  * Each chunk value must be exactly S*64 + S/8 bytes (S = 1 << slot_shift; the token
- * chunk layout of docs/format.md 3.2) or NG_ECORRUPT is returned before anything is
- * read from it. `out_cap` is the capacity of `out` in records; *n_out receives how many
+ * chunk layout of docs/format.md 3.2), or that plus the NG_CHECKSUM_BYTES trailer
+ * (3.0, not verified here), or NG_ECORRUPT is returned before anything is read from it. `out_cap` is the capacity of `out` in records; *n_out receives how many
  * records were written (NG_ERANGE if they would not fit). The GIL is released by cffi:
  * this runs over the LMDB map while the read transaction is held by the caller. */
 int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens, size_t nchunks,
@@ -162,7 +164,8 @@ int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_len
     const size_t records_bytes = slots * NG_TOKEN_SIZE;
     const size_t value_bytes = records_bytes + slots / 8;
     for (size_t c = 0; c < nchunks; c++)
-        if (!chunk_ptrs[c] || chunk_lens[c] != value_bytes) return NG_ECORRUPT;
+        if (!chunk_ptrs[c] || (chunk_lens[c] != value_bytes && chunk_lens[c] != value_bytes + NG_CHECKSUM_BYTES))
+            return NG_ECORRUPT;
     size_t n = 0;
     for (size_t c = 0; c < nchunks; c++) {
         const uint8_t *base = chunk_ptrs[c];

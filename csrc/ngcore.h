@@ -22,7 +22,10 @@
 #include <stdint.h>
 
 /* Bumped whenever a declaration in any csrc .cdef file changes meaning. */
-#define NG_ABI_VERSION 3
+#define NG_ABI_VERSION 4
+
+/* Bytes of the checksum trailer after a stored value's record region (docs/format.md 3.0). */
+#define NG_CHECKSUM_BYTES 8
 
 #define NG_OK 0
 #define NG_EINVAL (-1)    /* bad argument (NULL pointer, zero size, bad shift) */
@@ -100,7 +103,10 @@ int ng_grid_hash_states(const void *states, size_t n, const uint8_t shifts[8],
  * S = 1 << slot_shift consecutive id slots; chunk key = id >> slot_shift, slot
  * = id & (S - 1). A chunk value is S records of 64 bytes at offset 0, followed
  * by a presence bitmap of S/8 bytes (slot i present iff bit (i & 7) of byte
- * (i >> 3) is set, LSB first). Its length must be exactly S*64 + S/8.
+ * (i >> 3) is set, LSB first). Its length must be exactly S*64 + S/8 (the record
+ * region), or that plus NG_CHECKSUM_BYTES: the checksum trailer of docs/format.md
+ * 3.0, which the caller verifies (XXH3-64 over a whole chunk is Python's job: the
+ * gather never reads past the region).
  *
  * chunk_keys[0..nchunks) is strictly ascending; chunk_ptrs[k]/chunk_lens[k]
  * is the value of chunk_keys[k]. For each ids[i]: if its chunk is listed and

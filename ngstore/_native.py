@@ -23,11 +23,12 @@ import numpy.typing as npt
 
 from .codec import DEFAULT_SHIFTS, check_shifts
 from .errors import InvalidArgumentError, NativeCorruptionError, NativeError, NgStoreError
+from .layout import CHECKSUM_BYTES
 from .records import RAW64, TOKEN_DTYPE, TOKEN_SIZE
 
 #: Must equal ``NG_ABI_VERSION`` in ``csrc/ngcore.h``; bump both together whenever a
 #: declaration in a ``csrc/*.cdef`` changes meaning.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 _FIX = "reinstall it with `pip install .` (or `pip install -e .` in a checkout); a C compiler and cffi are needed"
 
@@ -194,7 +195,9 @@ def gather64(
     ``chunk_keys``: strictly ascending uint32 chunk keys (``id >> slot_shift``);
     ``chunk_buffers[k]``: the value of ``chunk_keys[k]``, any buffer object (bytes,
     memoryview from LMDB, numpy array); its length must be exactly
-    ``chunk_value_size(slot_shift)``. The layout is in ``csrc/ngcore.h`` / docs/format.md.
+    ``chunk_value_size(slot_shift)`` (the record region), or that plus the 8-byte
+    checksum trailer (docs/format.md §3.0; not verified here: ``kv.KV.record`` does). The layout is in
+    ``csrc/ngcore.h`` / docs/format.md.
 
     Returns ``(out, found)``: ``out`` a new array of ``len(ids)`` records of ``dtype``
     (RAW64 by default, or TOKEN_DTYPE), ``found`` a bool array; rows of absent ids
@@ -236,9 +239,10 @@ def gather64(
     )
     if rc != 0:
         want = chunk_value_size(int(slot_shift))
-        bad = [int(keys[k]) for k in range(nchunks) if int(lens[k]) != want]
+        bad = [int(keys[k]) for k in range(nchunks) if int(lens[k]) not in (want, want + CHECKSUM_BYTES)]
         hint = (f"chunk key {bad[0]} has {int(lens[keys.tolist().index(bad[0])])} bytes, "
-                f"a chunk of {1 << int(slot_shift)} slots must have exactly {want}") if bad else ""
+                f"a chunk of {1 << int(slot_shift)} slots must have exactly {want} "
+                f"(or {want + CHECKSUM_BYTES} with its checksum)") if bad else ""
         check_status("ng_gather64", rc, hint)
     del views
     return out, found

@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from . import reflex_store, wal
@@ -165,7 +166,8 @@ class Applier:
         calling thread: only the applier thread, or the opening thread before
         :meth:`start`, may call it."""
         state = ApplyState(self.layout, self.event_capacity, self.reflex_capacity, self._counters,
-                           self.reflex_table)  # apply_ops works on a copy of the counters
+                           self.reflex_table,  # apply_ops works on a copy of the counters
+                           partial(self._kv.record, writing=True))
         dbs = self._kv.dbs
         result = self._kv.write(lambda txn: apply_ops(txn, dbs, state, entries))
         self._counters = result.counters

@@ -19,7 +19,7 @@ holds a key twice applies it once. The value layouts are ``docs/format.md`` §3 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 from . import learning, reflex_store
 from .errors import CorruptionError
 from .layout import (
+    CHECKSUM_BYTES,
     DB_CONN_REVERSE,
     DB_CONNECTIONS,
     DB_EVENTS,
@@ -37,6 +38,7 @@ from .layout import (
     DB_REFLEXES,
     DB_SPATIAL,
     DB_TOKENS,
+    LEARN_CURSOR_BYTES,
     LEARN_MOMENTS_DTYPE,
     M_APPLIED,
     M_COUNTERS,
@@ -61,6 +63,9 @@ from .layout import (
     outcome_key,
     outcome_order_key,
     popcount,
+    seal,
+    seal_meta,
+    unseal,
 )
 from .ops import (
     OP_CONNECTION_DELETE,
@@ -94,6 +99,11 @@ class ApplyState:
     reflex_capacity: int
     counters: Counters
     reflexes: ReflexTable | None
+    #: ``(db, key, value, region bytes) -> record region`` for values read to be rewritten
+    #: (``kv.KV.record`` with ``writing=True``: verifies the checksum when the store's
+    #: ``verify`` mode is ``"always"``; a wrong length is always corruption)
+    region: Callable[[bytes, bytes, Any, int], Any] = lambda db, key, value, n: unseal(
+        db, key, value, n, verify=False)
 
 
 @dataclass
@@ -144,22 +154,22 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
         kind = op.kind
         if kind == OP_TOKEN_PUT:
             index = _index_before(txn, dbs, layout, index, op.data["id"])
-            added, written, chunks = _token_put(txn, tokens_db, layout, op.data)
+            added, written, chunks = _token_put(txn, tokens_db, layout, op.data, state.region)
             counters.tokens_live += added
             counters.tokens_created_total += added
             result.tokens_written += written
-            result.bytes_written += chunks * layout.value_bytes
+            result.bytes_written += chunks * layout.sealed_bytes
         elif kind == OP_TOKEN_DELETE:
             index = _index_before(txn, dbs, layout, index, op.data)
-            removed, chunks = _token_delete(txn, tokens_db, layout, op.data)
+            removed, chunks = _token_delete(txn, tokens_db, layout, op.data, state.region)
             counters.tokens_live -= removed
             counters.tokens_deleted_total += removed
-            result.bytes_written += chunks * layout.value_bytes
+            result.bytes_written += chunks * layout.sealed_bytes
         elif kind == OP_CONNECTION_PUT:
             added = _connection_put(txn, conn_db, rconn_db, op.data)
             counters.connections_live += added
             counters.connections_created_total += added
-            result.bytes_written += op.count * 82
+            result.bytes_written += op.count * (82 + CHECKSUM_BYTES)
         elif kind == OP_CONNECTION_DELETE:
             counters.connections_live -= _connection_delete(txn, conn_db, rconn_db, op.data)
         elif kind == OP_EVENT_APPEND:
@@ -168,7 +178,7 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
             trimmed = _event_append(txn, events_db, op.data, counters, state.event_capacity)
             result.appended.append((first, op.data))
             result.events_trimmed += trimmed
-            result.bytes_written += op.count * 136
+            result.bytes_written += op.count * (136 + CHECKSUM_BYTES)
         elif kind == OP_EVENT_TRIM:
             removed = _event_trim(txn, events_db, int(op.data.sum()))
             counters.events_live -= removed
@@ -197,7 +207,7 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
             else:
                 result.reflexes_evicted += reflex_store.apply_delete_key(reflexes, op.data)
         elif kind == OP_LEARN_UPDATE:
-            written = _learn_update(txn, dbs[DB_LEARN], op.data, position)
+            written = _learn_update(txn, dbs[DB_LEARN], op.data, position, state.region)
             if written:
                 result.learn_folds += 1
                 result.bytes_written += written
@@ -208,13 +218,13 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
     if index is not None:
         index.finish(txn, tokens_db, dbs[DB_SPATIAL])
     meta = dbs[DB_META]
-    txn.put(M_COUNTERS, counters.encode(), db=meta)
+    txn.put(M_COUNTERS, seal_meta(M_COUNTERS, counters.encode()), db=meta)
     if result.reflex_capacity is not None:
-        txn.put(M_REFLEX_CAPACITY, encode_u64(result.reflex_capacity), db=meta)
+        txn.put(M_REFLEX_CAPACITY, seal_meta(M_REFLEX_CAPACITY, encode_u64(result.reflex_capacity)), db=meta)
     if reflexes is not None:
         result.bytes_written += reflex_store.persist(txn, dbs[DB_REFLEXES], reflexes)
         result.reflexes = reflexes
-    txn.put(M_APPLIED, encode_u64(result.applied_position), db=meta)
+    txn.put(M_APPLIED, seal_meta(M_APPLIED, encode_u64(result.applied_position)), db=meta)
     return result
 
 
@@ -268,7 +278,9 @@ def _index_before(txn: Any, dbs: dict[bytes, Any], layout: ChunkLayout, index: I
     """The group's spatial index update (docs/format.md §3.5; made at the first token op,
     for the layers meta ``spatial_index`` names), told the ids the next op changes."""
     if index is None:
-        index = IndexUpdate(decode_spatial_layers(txn.get(M_SPATIAL, db=dbs[DB_META]), "meta"), layout)
+        raw = txn.get(M_SPATIAL, db=dbs[DB_META])
+        mask = unseal(DB_META, M_SPATIAL, raw, 8, verify=False) if raw is not None else None
+        index = IndexUpdate(decode_spatial_layers(mask, "meta"), layout)
     index.before(txn, dbs[DB_TOKENS], ids)
     return index
 
@@ -330,7 +342,8 @@ def _groups(chunks: np.ndarray) -> Iterable[tuple[int, int, int]]:
 _SMALL_PUT = 16  # below this many records, plain Python beats numpy's per-call overhead
 
 
-def _small_token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> tuple[int, int, int]:
+def _small_token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray,
+                     region: Callable[[bytes, bytes, Any, int], Any]) -> tuple[int, int, int]:
     """The same as the general path, for a handful of records (the common small commit)."""
     raw = np.ascontiguousarray(records).tobytes()
     latest: dict[int, int] = {}
@@ -345,10 +358,9 @@ def _small_token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray
         key = layout.key(chunk)
         old = txn.get(key, db=db)
         if old is not None:
-            layout.check(old, chunk)
-            buf = bytearray(old)
+            buf = layout.sealable(region(DB_TOKENS, key, old, layout.region_bytes))
         else:
-            buf = bytearray(layout.value_bytes)
+            buf = layout.new_value()
         for tid in tids:
             slot = tid & layout.mask
             i = latest[tid]
@@ -358,15 +370,16 @@ def _small_token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray
             if not buf[byte] & bit:
                 buf[byte] |= bit
                 added += 1
-        txn.put(key, buf, db=db)
+        txn.put(key, layout.seal(key, buf), db=db)
     return added, len(latest), len(by_chunk)
 
 
-def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> tuple[int, int, int]:
+def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray,
+               region: Callable[[bytes, bytes, Any, int], Any]) -> tuple[int, int, int]:
     """Writes token records; returns (ids that became present, records written, chunks
-    written)."""
+    written). Every chunk is written sealed (format.md §3.0), whatever length it had."""
     if records.shape[0] <= _SMALL_PUT:
-        return _small_token_put(txn, db, layout, records)
+        return _small_token_put(txn, db, layout, records, region)
     ids = records["id"].astype(np.uint32, copy=False)
     records, ids = sort_unique_last(records, ids)
     added = 0
@@ -379,18 +392,19 @@ def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> t
         n_chunks += 1
         key = layout.key(chunk)
         old = txn.get(key, db=db)
-        if old is not None:
-            layout.check(old, chunk)
         if e - s == layout.slots:  # the whole chunk is replaced: no read-modify-write
+            if old is not None:  # only its bitmap is used: a length check, not a verify
+                layout.check(old, chunk)
             before = popcount(layout.bitmap(old)) if old is not None else 0
             if scratch is None:
-                scratch = bytearray(layout.value_bytes)
-                scratch[layout.records_bytes:] = layout.full_bitmap
+                scratch = layout.new_value()
+                scratch[layout.records_bytes:layout.region_bytes] = layout.full_bitmap
             scratch[:layout.records_bytes] = raw[s:e].data  # one copy; LMDB copies it again
-            txn.put(key, scratch, db=db)
+            txn.put(key, layout.seal(key, scratch), db=db)
             added += layout.slots - before
             continue
-        buf = bytearray(old) if old is not None else bytearray(layout.value_bytes)
+        buf = layout.sealable(region(DB_TOKENS, key, old, layout.region_bytes)) if old is not None \
+            else layout.new_value()
         rows = np.frombuffer(buf, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)
         bitmap = np.frombuffer(buf, dtype=np.uint8, count=layout.bitmap_bytes, offset=layout.records_bytes)
         slots = (ids[s:e] & layout.mask).astype(np.intp)
@@ -398,11 +412,12 @@ def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray) -> t
         rows[slots] = raw[s:e]
         np.bitwise_or.at(bitmap, slots >> 3, (1 << (slots & 7)).astype(np.uint8))
         added += popcount(bitmap) - before
-        txn.put(key, buf, db=db)
+        txn.put(key, layout.seal(key, buf), db=db)
     return added, int(ids.size), n_chunks
 
 
-def _token_delete(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> tuple[int, int]:
+def _token_delete(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray,
+                  region: Callable[[bytes, bytes, Any, int], Any]) -> tuple[int, int]:
     """Deletes ids; returns (how many were present, chunks rewritten)."""
     ids = np.unique(ids.astype(np.uint32, copy=False))
     removed = 0
@@ -413,9 +428,8 @@ def _token_delete(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> tu
         old = txn.get(key, db=db)
         if old is None:
             continue
-        layout.check(old, chunk)
         rewritten += 1
-        buf = bytearray(old)
+        buf = layout.sealable(region(DB_TOKENS, key, old, layout.region_bytes))
         rows = np.frombuffer(buf, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)
         bitmap = np.frombuffer(buf, dtype=np.uint8, count=layout.bitmap_bytes, offset=layout.records_bytes)
         slots = (ids[s:e] & layout.mask).astype(np.intp)
@@ -427,7 +441,7 @@ def _token_delete(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> tu
         if after == 0:
             txn.delete(key, db=db)
         else:
-            txn.put(key, bytes(buf), db=db)
+            txn.put(key, layout.seal(key, buf), db=db)
     return removed, rewritten
 
 
@@ -441,7 +455,8 @@ def _connection_put(txn: Any, db: Any, rdb: Any, records: np.ndarray) -> int:
     raw = np.ascontiguousarray(records).view(np.uint8).reshape(-1, 64)
     added = 0
     for i in range(len(a)):
-        if txn.put(conn_key(a[i], b[i], t[i]), raw[i].tobytes(), db=db, overwrite=True) and txn.put(
+        key = conn_key(a[i], b[i], t[i])
+        if txn.put(key, seal(DB_CONNECTIONS, key, raw[i].tobytes()), db=db, overwrite=True) and txn.put(
                 conn_reverse_key(a[i], b[i], t[i]), b"", db=rdb, overwrite=False):
             added += 1
     return added
@@ -470,7 +485,8 @@ def _event_append(txn: Any, db: Any, events: np.ndarray, counters: Counters, cap
     raw = rows.view(np.uint8).reshape(-1, 128)
     first_kept = max(next_seq, next_seq + n - capacity)  # a batch larger than capacity keeps its tail
     for i in range(first_kept - next_seq, n):
-        txn.put(event_key(next_seq + i), raw[i].tobytes(), db=db, append=True)
+        key = event_key(next_seq + i)
+        txn.put(key, seal(DB_EVENTS, key, raw[i].tobytes()), db=db, append=True)
     live += n - (first_kept - next_seq)
     trimmed = first_kept - next_seq  # events of this batch dropped at once
     next_seq += n
@@ -501,14 +517,16 @@ def _event_trim(txn: Any, db: Any, count: int) -> int:
 
 # -- learning statistics (`learn`: format.md §3.3, §5.1) --------------------------------------
 
-def _learn_update(txn: Any, db: Any, fold: np.ndarray, position: int) -> int:
+def _learn_update(txn: Any, db: Any, fold: np.ndarray, position: int,
+                  region: Callable[[bytes, bytes, Any, int], Any]) -> int:
     """Merges one fold into the stored moments of its binning and moves the cursor;
     returns the bytes written, 0 when the fold is stale (its events are folded already)."""
     where = f"log record {position}"
     bins_per_dim, _first, _end = learning.check_fold(fold)
     ckey = learn_cursor_key(bins_per_dim)
     raw = txn.get(ckey, db=db)
-    cursor = LearnCursor.decode(raw, where) if raw is not None else LearnCursor()
+    cursor = LearnCursor.decode(region(DB_LEARN, ckey, raw, LEARN_CURSOR_BYTES), where) if raw is not None \
+        else LearnCursor()
     after = learning.next_cursor(cursor, fold)
     if after is None:
         return 0
@@ -519,9 +537,10 @@ def _learn_update(txn: Any, db: Any, fold: np.ndarray, position: int) -> int:
     for i, key in enumerate(keys):
         value = txn.get(key, db=db)
         if value is not None:
-            old[i] = decode_learn_moments(value, f"{where}: learn group {key.hex()}")[0]
+            old[i] = decode_learn_moments(region(DB_LEARN, key, value, LEARN_MOMENTS_DTYPE.itemsize),
+                                          f"{where}: learn group {key.hex()}")[0]
     merged = learning.merge_moments(old, learning.fold_moments(live))
     for i, key in enumerate(keys):
-        txn.put(key, merged[i:i + 1].tobytes(), db=db)
-    txn.put(ckey, after.encode(), db=db)
-    return len(keys) * LEARN_MOMENTS_DTYPE.itemsize + 32
+        txn.put(key, seal(DB_LEARN, key, merged[i:i + 1].tobytes()), db=db)
+    txn.put(ckey, seal(DB_LEARN, ckey, after.encode()), db=db)
+    return len(keys) * (LEARN_MOMENTS_DTYPE.itemsize + CHECKSUM_BYTES) + LEARN_CURSOR_BYTES + CHECKSUM_BYTES

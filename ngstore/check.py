@@ -1,8 +1,11 @@
 """``Store.check()``: verifies what the store's structures promise each other.
 
 It reads the raw LMDB values rather than going through the read API (a symmetric bug
-in writer and reader cannot hide), and checks, for every token chunk: the value
-length, that every present record's ``id`` equals its slot's id, that absent slots
+in writer and reader cannot hide). Every value of every database is checked against its
+checksum trailer (format.md §3.0) whatever the store's ``verify`` mode: a mismatch is a
+finding naming the database, the key and the value's offset in data.mdb; a value of the
+version-1 length is counted (``values_without_checksum``), not a finding. Then, for every
+token chunk: the value length, that every present record's ``id`` equals its slot's id, that absent slots
 hold only zeros, and that the presence bits add up to the stored live count; the
 connections, their reverse index and the events against each other and the counters;
 the learning statistics (format.md §3.3); the spatial index against the present tokens
@@ -44,27 +47,39 @@ from .layout import (
     DB_SPATIAL,
     DB_TOKENS,
     DIGEST_BYTES,
+    LEARN_CURSOR_BYTES,
     LEARN_CURSOR_KEY_BYTES,
     LEARN_GROUP_KEY_BYTES,
+    LEARN_MOMENTS_DTYPE,
     M_COUNTERS,
     M_SPATIAL,
+    META_KEYS,
     ORDER_PREFIX,
     OUTCOME_KEY_BYTES,
     OUTCOMES_HEADER_KEY,
+    REFLEX_HEADER_KEY,
     SPATIAL_ENTRY_DTYPE,
     ChunkLayout,
     Counters,
     KnownOutcome,
     LearnCursor,
     OutcomesHeader,
+    checksum_mismatch,
     decode_learn_moments,
     decode_spatial_layers,
+    describe_key,
     forward_of_reverse,
+    is_sealed,
     learn_group_key_fields,
+    meta_region_bytes,
     outcome_order_sequence,
+    reflex_segment_key,
+    spatial_region_bytes,
+    unseal,
 )
 from .pages import MAIN
-from .records import EVENT_DTYPE
+from .records import CONNECTION_DTYPE, EVENT_DTYPE
+from .reflex import HEADER_SIZE, parse_header
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,27 @@ class _Findings:
     def __init__(self, kv: KV, report: CheckReport) -> None:
         self.kv = kv
         self.report = report
+        report.facts["values_verified"] = 0
+        report.facts["values_without_checksum"] = 0
+
+    def region(self, db: bytes, key: bytes, value: Any, region_bytes: int, where: str) -> Any | None:
+        """The record region of ``value`` once its length and checksum are checked (format.md
+        §3.0): a wrong length is a finding and None; a mismatch is a finding, and the region
+        is still returned so the structural checks run on what is there."""
+        facts = self.report.facts
+        try:
+            sealed = is_sealed(value, region_bytes)
+        except CorruptionError as exc:
+            self.value(f"{describe_key(db, key)}: {exc.reason}", where, value)
+            return None
+        if not sealed:
+            facts["values_without_checksum"] += 1
+            return value
+        facts["values_verified"] += 1
+        why = checksum_mismatch(db, key, value, region_bytes)
+        if why is not None:
+            self.value(why, where, value)
+        return memoryview(value)[:region_bytes]
 
     def add(self, reason: str, where: str | None = None, offset: int | None = None,
             file: str = DATA_FILE) -> None:
@@ -125,11 +161,8 @@ class _Findings:
         self.add(reason, where, self.value_offset(value, at))
 
     def value_offset(self, value: Any, at: int = 0) -> int | None:
-        if not isinstance(value, memoryview) or not len(value):
-            return None
-        address = np.frombuffer(value, dtype=np.uint8).ctypes.data
-        span = self.kv.map_span(address)
-        return None if span is None else address - span[0] + at  # LMDB maps data.mdb from 0
+        start = self.kv.value_offset(value)
+        return None if start is None else start + at
 
     def corruption(self, exc: CorruptionError, where: str) -> None:
         """A CorruptionError raised while checking ``where``, as a finding."""
@@ -153,11 +186,19 @@ def check_store(kv: KV, layout: ChunkLayout, directory: Directory, applied_posit
     def meta(txn: Any) -> None:
         nonlocal counters
         db = kv.dbs[DB_META]
-        value = txn.get(M_COUNTERS, db=db)
-        try:
-            counters = Counters.decode(value, kv.path)
-        except CorruptionError as exc:
-            f.value(exc.reason, "meta counters", value)
+        for raw_key, value in txn.cursor(db=db):
+            key = bytes(raw_key)
+            if key not in META_KEYS:
+                continue  # not a key of this version: nothing to say about its bytes
+            where = f"meta {key.decode()}"
+            region = f.region(DB_META, key, value, meta_region_bytes(key), where)
+            if key == M_COUNTERS:
+                try:
+                    counters = Counters.decode(region, kv.path)
+                except CorruptionError as exc:
+                    f.value(exc.reason, "meta counters", value)
+        if counters is None and txn.get(M_COUNTERS, db=db) is None:
+            f.add("the meta counters are missing", "meta counters")
 
     sections: list[tuple[str, tuple[bytes, ...], Callable[[Any], None]]] = [
         ("meta", (DB_META,), meta),
@@ -181,6 +222,7 @@ def check_store(kv: KV, layout: ChunkLayout, directory: Directory, applied_posit
     if damaged & {MAIN, DB_REFLEXES.decode()}:
         skipped.append("reflexes")
     else:
+        _section(kv, f, "reflexes", lambda txn: _check_reflex_values(txn, kv, f))
         _check_reflexes(kv, f, facts)
     if skipped:
         facts["not_read_for_damaged_pages"] = skipped
@@ -233,15 +275,14 @@ def _check_tokens(txn: Any, kv: KV, layout: ChunkLayout, counters: Counters | No
             continue
         chunk = ChunkLayout.chunk_of(key)
         where = f"tokens chunk {chunk}"
-        try:
-            layout.check(value, chunk)
-        except CorruptionError as exc:
-            f.value(exc.reason, where, value)
+        stored = value
+        value = f.region(DB_TOKENS, bytes(key), stored, layout.region_bytes, where)
+        if value is None:
             continue
         bits = np.unpackbits(layout.bitmap(value), bitorder="little").astype(bool)
         n = int(bits.sum())
         if n == 0:
-            f.value(f"token chunk {chunk} is stored with no present token", where, value, layout.records_bytes)
+            f.value(f"token chunk {chunk} is stored with no present token", where, stored, layout.records_bytes)
         present += n
         facts["tokens_present"] = present
         rows = np.frombuffer(value, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)
@@ -251,11 +292,11 @@ def _check_tokens(txn: Any, kv: KV, layout: ChunkLayout, counters: Counters | No
         if wrong.any():
             slot = int(np.flatnonzero(wrong)[0])
             f.value(f"slot {slot} holds id {int(ids[slot])}, expected {int(expected[slot])} "
-                    f"({int(wrong.sum())} such slots)", where, value, slot * 64 + 48)
+                    f"({int(wrong.sum())} such slots)", where, stored, slot * 64 + 48)
         stale = ~bits & rows.any(axis=1)
         if stale.any():
             slot = int(np.flatnonzero(stale)[0])
-            f.value(f"{int(stale.sum())} absent slot(s) hold bytes (the first: slot {slot})", where, value,
+            f.value(f"{int(stale.sum())} absent slot(s) hold bytes (the first: slot {slot})", where, stored,
                     slot * 64)
     if counters is None:
         return  # the counters could not be read (a finding already)
@@ -272,10 +313,13 @@ def _check_connections(txn: Any, kv: KV, counters: Counters | None, f: _Findings
         key = bytes(raw_key)
         n += 1
         where = f"connections key {key.hex()}"
-        if len(key) != 9 or len(value) != 64:
-            f.value(f"a {len(key)}-byte key with a {len(value)}-byte value (expected 9 and 64)", where, value)
+        if len(key) != 9:
+            f.value(f"a {len(key)}-byte key (expected 9)", where, value)
             continue
-        rec = bytes(value)
+        region = f.region(DB_CONNECTIONS, key, value, CONNECTION_DTYPE.itemsize, where)
+        if region is None:
+            continue
+        rec = bytes(region)
         a, b, t = int.from_bytes(key[0:4], "big"), int.from_bytes(key[4:8], "big"), key[8]
         ra, rb, rt = int.from_bytes(rec[0:4], "little"), int.from_bytes(rec[4:8], "little"), rec[8]
         if (a, b, t) != (ra, rb, rt):
@@ -305,10 +349,14 @@ def _check_events(txn: Any, kv: KV, counters: Counters | None, f: _Findings, fac
     first = last = None
     for key, value in (txn.cursor(db=db) if db is not None else ()):
         seq = int.from_bytes(bytes(key), "big")
-        if len(key) != 8 or len(value) != 128:
-            f.value(f"a {len(key)}-byte key with a {len(value)}-byte value (expected 8 and 128)",
-                    f"events key {bytes(key).hex()}", value)
-        elif int.from_bytes(bytes(value[_EVENT_SEQUENCE_OFF:_EVENT_SEQUENCE_OFF + 4]), "little") != seq & 0xFFFFFFFF:
+        region = None
+        if len(key) != 8:
+            f.value(f"a {len(key)}-byte key (expected 8)", f"events key {bytes(key).hex()}", value)
+        else:
+            region = f.region(DB_EVENTS, bytes(key), value, EVENT_DTYPE.itemsize, f"events {seq}")
+        if region is None:
+            pass
+        elif int.from_bytes(bytes(region[_EVENT_SEQUENCE_OFF:_EVENT_SEQUENCE_OFF + 4]), "little") != seq & 0xFFFFFFFF:
             f.value(f"event {seq} holds the record of another sequence number", f"events {seq}", value,
                     _EVENT_SEQUENCE_OFF)
         if last is not None and seq != last + 1:
@@ -387,13 +435,18 @@ def _check_learning(txn: Any, kv: KV, counters: Counters | None, f: _Findings, f
         where = f"learn key {key.hex()}"
         try:
             if len(key) == LEARN_CURSOR_KEY_BYTES and key[:1] == b"C":
-                cursors[int.from_bytes(key[1:3], "big")] = LearnCursor.decode(value, f"learn cursor {key.hex()}")
+                region = f.region(DB_LEARN, key, value, LEARN_CURSOR_BYTES, where)
+                if region is not None:
+                    cursors[int.from_bytes(key[1:3], "big")] = LearnCursor.decode(region, f"learn cursor {key.hex()}")
                 continue
             if len(key) != LEARN_GROUP_KEY_BYTES or key[:1] != b"S":
                 f.value("neither a cursor nor a group key", where, value)
                 continue
             bins_per_dim, _bin, _action = learn_group_key_fields(key)
-            m = decode_learn_moments(value, f"learn group {key.hex()}")[0]
+            region = f.region(DB_LEARN, key, value, LEARN_MOMENTS_DTYPE.itemsize, where)
+            if region is None:
+                continue
+            m = decode_learn_moments(region, f"learn group {key.hex()}")[0]
         except CorruptionError as exc:
             f.value(exc.reason, where, value)
             continue
@@ -419,12 +472,32 @@ def _check_learning(txn: Any, kv: KV, counters: Counters | None, f: _Findings, f
     facts["learn_binnings"] = len(cursors)
 
 
+def _check_reflex_values(txn: Any, kv: KV, f: _Findings) -> None:
+    """The checksums of the reflex table's header and of each of its segments (format.md
+    §3.0); values past the header's segment count are left over from a larger table and
+    never read, so they are not checked."""
+    db = kv.dbs.get(DB_REFLEXES)
+    raw = txn.get(REFLEX_HEADER_KEY, db=db) if db is not None else None
+    if raw is None:
+        return
+    header = f.region(DB_REFLEXES, REFLEX_HEADER_KEY, raw, HEADER_SIZE, "reflexes header")
+    if header is None:
+        return
+    fields = parse_header(header)
+    if not fields["crc_ok"]:
+        return  # the structural check reports the header; its segment sizes mean nothing
+    for i in range(fields["segment_count"]):
+        key = reflex_segment_key(i)
+        value = txn.get(key, db=db)
+        if value is not None:  # a missing segment: the structural check reports it
+            f.region(DB_REFLEXES, key, value, reflex_store.segment_region_bytes(fields, i), f"reflexes segment {i}")
 def _check_spatial(txn: Any, kv: KV, layout: ChunkLayout, f: _Findings, facts: dict[str, Any]) -> None:
     """The spatial index (format.md §3.5): its page rules, and per indexed layer exactly
     the present tokens' (id, coordinates); no page of a layer that is not indexed."""
     value = txn.get(M_SPATIAL, db=kv.dbs[DB_META])
-    try:
-        mask = decode_spatial_layers(value, kv.path)
+    try:  # its checksum: the meta section's
+        mask = decode_spatial_layers(None if value is None else unseal(DB_META, M_SPATIAL, value, 8, verify=False),
+                                     kv.path)
     except CorruptionError as exc:
         f.value(exc.reason, "meta spatial_index", value)
         return
@@ -433,7 +506,10 @@ def _check_spatial(txn: Any, kv: KV, layout: ChunkLayout, f: _Findings, facts: d
     def page_problem(reason: str, key: bytes, page: Any) -> None:
         f.value(reason, f"spatial key {key.hex()}", page)
 
-    entries = spatial.read_layers(txn, kv.dbs.get(DB_SPATIAL), page_problem)
+    def page_region(key: bytes, page: Any) -> Any:
+        return f.region(DB_SPATIAL, key, page, spatial_region_bytes(page), f"spatial key {key.hex()}")
+
+    entries = spatial.read_layers(txn, kv.dbs.get(DB_SPATIAL), page_problem, page_region)
     facts["spatial_entries"] = sum(int(e.size) for e in entries.values())
     layers = spatial.layers_of(mask)
     for layer in sorted(set(entries) - set(layers)):
@@ -443,7 +519,7 @@ def _check_spatial(txn: Any, kv: KV, layout: ChunkLayout, f: _Findings, facts: d
     ids_parts, coord_parts = [], []
     db = kv.dbs[DB_TOKENS]
     for key, chunk in (txn.cursor(db=db) if db is not None else ()):
-        if len(key) != 4 or len(chunk) != layout.value_bytes:
+        if len(key) != 4 or len(chunk) not in (layout.region_bytes, layout.sealed_bytes):
             continue  # reported by the token section
         bits = np.unpackbits(layout.bitmap(chunk), bitorder="little").astype(bool)
         rows = np.frombuffer(chunk, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)[bits]
@@ -468,7 +544,7 @@ def _check_reflexes(kv: KV, f: _Findings, facts: dict[str, Any]) -> None:
     """The stored reflex table: attached as a reader would, then C's full structural scan
     (records, index, Robin Hood order, the box, the live count)."""
     try:
-        version = reflex_store.attach(kv)
+        version = reflex_store.attach(kv, verify=False)  # the checksums: _check_reflex_values
         if version is None:
             facts["reflexes"] = 0
             return

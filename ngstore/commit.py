@@ -73,7 +73,7 @@ from .errors import (
 )
 from .guardian import CONNECTION_BYTES, EVENT_BYTES, TOKEN_BYTES, Guardian, Usage
 from .kv import KV, ReadTxn
-from .layout import DB_OUTCOMES, DB_TOKENS, KnownOutcome
+from .layout import DB_OUTCOMES, KnownOutcome
 from .ops import (
     OP_CONNECTION_PUT,
     OP_EVENT_APPEND,
@@ -557,7 +557,7 @@ class Writer:
         self._applier.wait_applied(self._overlay.last_position)
         ids = np.unique(np.asarray(ids, dtype=np.uint32))
         with ReadTxn(self._kv) as txn:
-            present = presence(txn, self._kv.dbs[DB_TOKENS], self._applier.layout, ids)
+            present = presence(txn, self._kv, self._applier.layout, ids, writing=True)
         return int(ids.size - np.count_nonzero(present))
 
     def _commit_group(self, group: list[_Pending]) -> None:

@@ -67,6 +67,7 @@ from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 import lmdb
+import numpy as np
 
 from . import layout, pages
 from .errors import CorruptionError, NgStoreError, StorageError, StoreLockedError, StoreState, storage_error
@@ -112,7 +113,11 @@ class _Shared:
 
 
 _registry: dict[str, _Shared] = {}
-_registry_lock = threading.Lock()
+#: Reentrant: the last release of a read lease runs wherever the garbage collector frees a
+#: zero-copy view -- possibly inside a block of this same thread that holds the lock (an
+#: open walking the file allocates); it then ends its transaction and drops a reference of
+#: another environment, which nothing in those blocks depends on. A plain lock deadlocked.
+_registry_lock = threading.RLock()
 
 
 #: At open, before LMDB reads anything, the trees whose pages are walked (``pages``): LMDB's
@@ -205,11 +210,18 @@ class KV:
 
     def __init__(self, path: str, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE,
                  max_readers: int = 126, io: FileIO = DEFAULT_IO, walk: bool | None = None,
-                 mode: int = PRIVATE_MODE) -> None:
+                 mode: int = PRIVATE_MODE, verify: str = "off") -> None:
         """``walk``: verify LMDB's own trees and the small databases before LMDB reads them
         (:func:`check_data_file`); only valid while no other process writes the file. By
         default a writer does (it holds the writer lock) and a read-only handle does not.
-        ``mode``: the store's file mode, given to LMDB for the files it creates."""
+        ``mode``: the store's file mode, given to LMDB for the files it creates.
+        ``verify``: which reads check value checksums (``layout.VERIFY_MODES``, §3.0)."""
+        if verify not in layout.VERIFY_MODES:
+            raise ValueError(f"verify must be one of {layout.VERIFY_MODES}, got {verify!r}")
+        #: reads (gets, gathers, scans, record copies) verify the values they use
+        self.verify_reads = verify != "off"
+        #: the writer's reads of values it is about to rewrite verify them too
+        self.verify_writes = verify == "always"
         self.path = os.path.realpath(path)
         self.readonly = readonly
         self.io = io
@@ -341,17 +353,44 @@ class KV:
         raise NgStoreError(f"{self.path}: the writer commits too fast to catch a snapshot's meta page")
 
     def read_meta(self, txn: lmdb.Transaction) -> Meta:
-        """The store's ``meta`` as of ``txn`` (``layout.decode_meta`` rules)."""
+        """The store's ``meta`` as of ``txn`` (``layout.decode_meta`` rules; the values
+        verified as the ``verify`` mode says: ``"off"`` opens a store whose meta is damaged,
+        for ``check()`` to report it)."""
         db = self.dbs[DB_META]
         if db is None:
             from .errors import NotAStoreError
 
             raise NotAStoreError(f"{self.path}: the LMDB file has no ngstore meta database")
         try:
-            values = {k: txn.get(k, db=db) for k in META_KEYS}
+            raw = {k: txn.get(k, db=db) for k in META_KEYS}
         except lmdb.Error as exc:
             raise translate(exc, f"reading the meta database of {self.path}") from exc
+        values = {k: None if v is None else self.record(DB_META, k, v, layout.meta_region_bytes(k))
+                  for k, v in raw.items()}
         return layout.decode_meta(values, self.path)
+
+    # -- values and their checksums (format.md §3.0) ---------------------------------
+
+    def record(self, db: bytes, key: bytes, value: Any, region_bytes: int, *, verify: bool | None = None,
+               writing: bool = False) -> Any:
+        """The record region of ``value`` (read under ``key`` of database ``db``), its
+        checksum verified as the store's ``verify`` mode says for a read (``writing``:
+        for a read of a value the writer is about to rewrite), or as ``verify`` says.
+        CorruptionError names the database, key, data.mdb and the value's offset in it."""
+        if verify is None:
+            verify = self.verify_writes if writing else self.verify_reads
+        return layout.unseal(db, key, value, region_bytes, verify=verify,
+                                 path=os.path.join(self.path, DATA_FILE), locate=self.value_offset)
+
+    def value_offset(self, value: Any) -> int | None:
+        """The offset in data.mdb of the first byte of ``value`` (a buffer a read
+        transaction returned), or None when it is not in the map (a value the current write
+        transaction made dirty lives in LMDB's heap until the commit)."""
+        if not isinstance(value, memoryview) or not len(value):
+            return None
+        address = int(np.frombuffer(value, dtype=np.uint8).ctypes.data)
+        span = self.map_span(address)
+        return None if span is None else address - span[0]  # LMDB maps data.mdb from offset 0
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Runs ``fn(txn)`` in one write transaction and commits it (no fsync).

@@ -21,8 +21,10 @@ import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
+import xxhash
 
 from .errors import CorruptionError, FormatVersionError, NotAStoreError
 
@@ -134,6 +136,8 @@ DB_SPATIAL = b"spatial"
 DB_OUTCOMES = b"outcomes"
 ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_REFLEXES, DB_LEARN, DB_SPATIAL,
            DB_OUTCOMES)
+#: The databases whose values carry a checksum trailer (§3.0): all but the empty-valued index.
+SEALED_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_EVENTS, DB_REFLEXES, DB_LEARN, DB_SPATIAL)
 
 _CONN_KEY = struct.Struct(">IIB")
 _SEQ_KEY = struct.Struct(">Q")
@@ -257,6 +261,100 @@ class KnownOutcome:
             raise CorruptionError(f"{where}: an outcome is {len(value)} bytes, expected {_OUTCOME_VALUE.size}")
         position, sequence, first = _OUTCOME_VALUE.unpack(bytes(value))
         return KnownOutcome(int(position), int(sequence), None if first == NO_EVENT else int(first))
+
+
+# -- value checksums (§3.0) ------------------------------------------------------------------
+
+#: Bytes of the trailer after a value's record region.
+CHECKSUM_BYTES = 8
+
+#: ``ngstore.open(verify=...)``: which reads verify the trailers of the values they use.
+VERIFY_MODES = ("off", "read", "always")
+
+#: The seed of each database's checksums: a value moved to another database fails.
+_DOMAIN = {db: xxhash.xxh3_64_intdigest(b"ngstore:" + db) for db in SEALED_DBS}
+
+#: Below this many bytes a region and its key are joined and hashed in one call; above,
+#: streamed (joining a 64 KiB chunk would copy it, which costs as much as hashing it).
+_JOIN_BELOW = 4096
+
+
+def value_checksum(db: bytes, key: bytes, region: Any) -> int:
+    """XXH3-64 of ``region`` ‖ ``key`` with the seed of database ``db`` (§3.0)."""
+    if len(region) < _JOIN_BELOW:
+        return int(xxhash.xxh3_64_intdigest(bytes(region) + key, seed=_DOMAIN[db]))
+    h = xxhash.xxh3_64(seed=_DOMAIN[db])
+    h.update(region)
+    h.update(key)
+    return int(h.intdigest())
+
+
+def seal(db: bytes, key: bytes, region: bytes | bytearray | memoryview) -> bytes:
+    """The value to store for ``region`` under ``key`` of ``db``: region, then trailer."""
+    return bytes(region) + _U64.pack(value_checksum(db, key, region))
+
+
+def seal_into(db: bytes, key: bytes, buf: bytearray, region_bytes: int) -> bytearray:
+    """Writes the trailer of ``buf[:region_bytes]`` into ``buf[region_bytes:]`` (a buffer
+    of ``region_bytes + CHECKSUM_BYTES``) in place and returns ``buf``."""
+    _U64.pack_into(buf, region_bytes, value_checksum(db, key, memoryview(buf)[:region_bytes]))
+    return buf
+
+
+def is_sealed(value: Any, region_bytes: int) -> bool:
+    """True when ``value`` carries a trailer; False for a version-1 value of exactly
+    ``region_bytes``; CorruptionError (naming no place) for any other length."""
+    n = len(value)
+    if n == region_bytes + CHECKSUM_BYTES:
+        return True
+    if n == region_bytes:
+        return False
+    raise CorruptionError(f"a value of {n} bytes, expected {region_bytes + CHECKSUM_BYTES} "
+                          f"(or {region_bytes} from format version 1)")
+
+
+def checksum_mismatch(db: bytes, key: bytes, value: Any, region_bytes: int) -> str | None:
+    """Why the trailer of sealed ``value`` does not match its region and key, or None."""
+    stored = int(_U64.unpack_from(value, region_bytes)[0])
+    computed = value_checksum(db, key, memoryview(value)[:region_bytes])
+    if stored == computed:
+        return None
+    return (f"{describe_key(db, key)}: checksum mismatch (stored {stored:#018x}, "
+            f"computed {computed:#018x} over its {region_bytes}-byte record and key)")
+
+
+def describe_key(db: bytes, key: bytes) -> str:
+    """A key as errors and ``check()`` name it: ``connections key 000000010000000200``, and
+    for a chunk its number too: ``token chunk 5 (tokens key 00000005)``."""
+    raw = bytes(key)
+    if db == DB_TOKENS and len(raw) == _CHUNK_KEY.size:
+        return f"token chunk {_CHUNK_KEY.unpack(raw)[0]} (tokens key {raw.hex()})"
+    if db == DB_META and raw.isascii() and raw.isalnum() is False and raw.replace(b"_", b"").isalnum():
+        return f"meta key {raw.decode()}"
+    return f"{db.decode()} key {raw.hex()}"
+
+
+def unseal(db: bytes, key: bytes, value: Any, region_bytes: int, *, verify: bool,
+               path: str | None = None, locate: Any = None) -> Any:
+    """The record region of ``value`` stored under ``key`` of ``db``: ``value`` itself when
+    it is a version-1 value, else a memoryview of its first ``region_bytes`` (zero copy).
+
+    With ``verify`` the trailer is checked. A wrong length or a mismatch raises
+    CorruptionError naming the database and key, with ``path`` and the value's offset
+    in that file (``locate(value)``, a callable the caller supplies because this module
+    has no access to the map; None when it cannot tell)."""
+    n = len(value)
+    if n == region_bytes:
+        return value
+    reason: str | None
+    if n != region_bytes + CHECKSUM_BYTES:
+        reason = (f"{describe_key(db, key)}: a value of {n} bytes, expected {region_bytes + CHECKSUM_BYTES} "
+                  f"(or {region_bytes} from format version 1)")
+    elif not verify or (reason := checksum_mismatch(db, key, value, region_bytes)) is None:
+        return memoryview(value)[:region_bytes]
+    raise CorruptionError(reason, path=path, offset=locate(value) if locate is not None else None)
+
+
 # -- learning statistics (`learn`, §3.3) ---------------------------------------------------
 
 _LEARN_CURSOR_KEY = struct.Struct(">cH")
@@ -314,6 +412,8 @@ class LearnCursor:
 
 
 _LEARN_CURSOR = struct.Struct("<4Q")
+#: The record region of a learn cursor value (§3.3).
+LEARN_CURSOR_BYTES = _LEARN_CURSOR.size
 
 
 def decode_learn_moments(value: bytes | memoryview, where: str) -> np.ndarray:
@@ -407,16 +507,18 @@ class Meta:
 
 def initial_meta(chunk_slots: int, event_capacity: int, reflex_capacity: int,
                  spatial_layers: int = 0) -> list[tuple[bytes, bytes]]:
-    """The ``meta`` entries of a new store."""
-    return [(M_FORMAT, encode_u64(FORMAT_VERSION)), (M_CHUNK_SLOTS, encode_u64(chunk_slots)),
-            (M_APPLIED, encode_u64(0)), (M_CREATED, encode_u64(int(time.time()))),
-            (M_STORE_ID, uuid.uuid4().bytes), (M_EVENT_CAPACITY, encode_u64(event_capacity)),
-            (M_REFLEX_CAPACITY, encode_u64(reflex_capacity)), (M_COUNTERS, Counters().encode()),
-            (M_SPATIAL, encode_u64(spatial_layers))]
+    """The ``meta`` entries of a new store (sealed values, §3.0)."""
+    regions = [(M_FORMAT, encode_u64(FORMAT_VERSION)), (M_CHUNK_SLOTS, encode_u64(chunk_slots)),
+               (M_APPLIED, encode_u64(0)), (M_CREATED, encode_u64(int(time.time()))),
+               (M_STORE_ID, uuid.uuid4().bytes), (M_EVENT_CAPACITY, encode_u64(event_capacity)),
+               (M_REFLEX_CAPACITY, encode_u64(reflex_capacity)), (M_COUNTERS, Counters().encode()),
+               (M_SPATIAL, encode_u64(spatial_layers))]
+    return [(k, seal_meta(k, v)) for k, v in regions]
 
 
 def decode_meta(values: Mapping[bytes, bytes | memoryview | None], where: str) -> Meta:
-    """A :class:`Meta` from the raw ``meta`` values (``values[key]`` None when absent)."""
+    """A :class:`Meta` from the record regions of the ``meta`` values (``values[key]``
+    None when absent; ``unseal`` gives the regions)."""
 
     def u64(key: bytes, default: int | None = None) -> int:
         v = values.get(key)
@@ -444,6 +546,14 @@ def decode_meta(values: Mapping[bytes, bytes | memoryview | None], where: str) -
                 counters=Counters.decode(values.get(M_COUNTERS), where),
                 store_id=bytes(sid) if sid is not None else b"", created_unix=u64(M_CREATED, 0),
                 spatial_layers=decode_spatial_layers(values.get(M_SPATIAL), where))
+
+
+def spatial_region_bytes(value: Any) -> int:
+    """The record region of a ``spatial`` page value (§3.5, §3.0): its entries are 10
+    bytes each, so a sealed page is 8 bytes past a multiple of 10 and a page without a
+    trailer is a multiple of 10 (what is neither, ``unseal`` reports)."""
+    n = len(value)
+    return n - CHECKSUM_BYTES if n % SPATIAL_ENTRY_BYTES == CHECKSUM_BYTES else n
 
 
 def decode_spatial_layers(value: bytes | memoryview | None, where: str) -> int:
@@ -517,6 +627,19 @@ def spatial_sort_keys(entries: np.ndarray) -> np.ndarray:
     return out
 
 
+def meta_region_bytes(key: bytes) -> int:
+    """The record region of ``meta`` value ``key`` (§3.1): 16 for the store id, 64 for
+    the counters, 8 (a u64) for every other key."""
+    return 16 if key == M_STORE_ID else _COUNTERS.size if key == M_COUNTERS else 8
+
+
+def seal_meta(key: bytes, region: bytes) -> bytes:
+    """The value to store as ``meta`` key ``key``."""
+    if len(region) != meta_region_bytes(key):
+        raise ValueError(f"meta/{key.decode()} must be {meta_region_bytes(key)} bytes, got {len(region)}")
+    return seal(DB_META, key, region)
+
+
 # -- token chunks (§3.2) -------------------------------------------------------------------
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -528,9 +651,12 @@ def popcount(bitmap: np.ndarray) -> int:
 
 class ChunkLayout:
     """Tokens live in chunks of ``slots`` consecutive ids: ``slots * 64`` bytes of
-    records at offset 0, then a presence bitmap of ``slots / 8`` bytes (LSB first)."""
+    records at offset 0, then a presence bitmap of ``slots / 8`` bytes (LSB first) --
+    together the record region of ``region_bytes`` -- then the checksum trailer (§3.0):
+    ``sealed_bytes`` in all. A version-1 chunk is the region alone."""
 
-    __slots__ = ("bitmap_bytes", "full_bitmap", "mask", "records_bytes", "shift", "slots", "value_bytes")
+    __slots__ = ("bitmap_bytes", "full_bitmap", "mask", "records_bytes", "region_bytes", "sealed_bytes", "shift",
+                 "slots")
 
     def __init__(self, slots: int) -> None:
         if not isinstance(slots, int) or slots < 8 or slots & (slots - 1) or slots > 1 << 16:
@@ -540,7 +666,8 @@ class ChunkLayout:
         self.mask = slots - 1
         self.records_bytes = slots * 64
         self.bitmap_bytes = slots // 8
-        self.value_bytes = self.records_bytes + self.bitmap_bytes
+        self.region_bytes = self.records_bytes + self.bitmap_bytes
+        self.sealed_bytes = self.region_bytes + CHECKSUM_BYTES
         self.full_bitmap = b"\xff" * self.bitmap_bytes
 
     @staticmethod
@@ -552,11 +679,27 @@ class ChunkLayout:
         return int(_CHUNK_KEY.unpack(bytes(key))[0])
 
     def check(self, value: memoryview | bytes | bytearray, chunk: int) -> None:
-        """CorruptionError unless ``value`` has the exact length of a chunk."""
-        if len(value) != self.value_bytes:
+        """CorruptionError unless ``value`` has the length of a chunk (sealed, or of
+        format version 1). Readers that verify use ``unseal`` instead."""
+        n = len(value)
+        if n != self.sealed_bytes and n != self.region_bytes:
             raise CorruptionError(
-                f"token chunk {chunk} (key {self.key(chunk).hex()}) is {len(value)} bytes, "
-                f"expected {self.value_bytes}")
+                f"token chunk {chunk} (key {self.key(chunk).hex()}) is {n} bytes, "
+                f"expected {self.sealed_bytes} (or {self.region_bytes} from format version 1)")
+
+    def new_value(self) -> bytearray:
+        """A zeroed sealed chunk value to fill, then seal with :meth:`seal`."""
+        return bytearray(self.sealed_bytes)
+
+    def sealable(self, value: Any) -> bytearray:
+        """A writable sealed-size copy of a stored chunk value (either length)."""
+        buf = bytearray(self.sealed_bytes)
+        buf[:self.region_bytes] = memoryview(value)[:self.region_bytes]
+        return buf
+
+    def seal(self, chunk_key: bytes, buf: bytearray) -> bytearray:
+        """``buf`` (``sealed_bytes`` long, the region filled) with its trailer written."""
+        return seal_into(DB_TOKENS, chunk_key, buf, self.region_bytes)
 
     def bitmap(self, value: memoryview | bytes | bytearray) -> np.ndarray:
         return np.frombuffer(value, dtype=np.uint8, count=self.bitmap_bytes, offset=self.records_bytes)

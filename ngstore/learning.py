@@ -36,18 +36,22 @@ an in-memory engine and a store hold the same numbers bit for bit.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .errors import CorruptionError, InvalidArgumentError, NgStoreError
 from .layout import (
+    DB_LEARN,
+    LEARN_CURSOR_BYTES,
     LEARN_MOMENTS_DTYPE,
     LearnCursor,
     decode_learn_moments,
     learn_cursor_key,
     learn_group_key_fields,
     learn_group_prefix,
+    unseal,
 )
 from .ops import LEARN_UPDATE_DTYPE
 
@@ -274,14 +278,22 @@ class LearnedStatistics:
                 f"events_counted={c.events_counted}, events_missed={c.events_missed}, folds={c.folds})")
 
 
-def read_statistics(txn: Any, db: Any, bins_per_dim: int, *, groups: bool = True) -> LearnedStatistics:
+def read_statistics(txn: Any, db: Any, bins_per_dim: int, *, groups: bool = True,
+                    region: Callable[[bytes, bytes, Any, int], Any] | None = None) -> LearnedStatistics:
     """The statistics of one binning as a read transaction ``txn`` sees the ``learn``
     database ``db`` (None: a store from before it existed, read-only: no statistics).
-    ``groups=False`` reads the cursor only."""
+    ``groups=False`` reads the cursor only. ``region(db, key, value, n)`` gives a value's
+    record region (``kv.KV.record``: verifies its checksum as the store's mode says;
+    None: unverified, format.md §3.0)."""
     if db is None:
         return LearnedStatistics(bins_per_dim)
-    raw = txn.get(learn_cursor_key(bins_per_dim), db=db)
-    cursor = LearnCursor.decode(raw, "learn cursor") if raw is not None else None
+    if region is None:
+        def region(dbname: bytes, key: bytes, value: Any, n: int) -> Any:
+            return unseal(dbname, key, value, n, verify=False)
+    ckey = learn_cursor_key(bins_per_dim)
+    raw = txn.get(ckey, db=db)
+    cursor = LearnCursor.decode(region(DB_LEARN, ckey, raw, LEARN_CURSOR_BYTES), "learn cursor") \
+        if raw is not None else None
     if not groups:
         return LearnedStatistics(bins_per_dim, cursor)
     prefix = learn_group_prefix(bins_per_dim)
@@ -297,6 +309,7 @@ def read_statistics(txn: Any, db: Any, bins_per_dim: int, *, groups: bool = True
             _b, state_bin, action = learn_group_key_fields(k)
             bins.append(state_bin)
             actions.append(action)
-            values.append(decode_learn_moments(value, f"learn group {k.hex()}").tobytes())
+            values.append(decode_learn_moments(region(DB_LEARN, k, value, LEARN_MOMENTS_DTYPE.itemsize),
+                                               f"learn group {k.hex()}").tobytes())
     moments = np.frombuffer(b"".join(values), LEARN_MOMENTS_DTYPE).copy()
     return LearnedStatistics(bins_per_dim, cursor, np.array(bins, np.uint64), np.array(actions, np.uint16), moments)

@@ -9,7 +9,7 @@ from .errors import InvalidArgumentError
 from .fileio import DEFAULT_IO, FileIO
 from .guardian import DEFAULT_MAX_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_MEMORY_THRESHOLD
 from .kv import DEFAULT_MAP_SIZE
-from .layout import DEFAULT_CHUNK_SLOTS, DEFAULT_EVENT_CAPACITY, DEFAULT_REFLEX_CAPACITY, ChunkLayout
+from .layout import DEFAULT_CHUNK_SLOTS, DEFAULT_EVENT_CAPACITY, DEFAULT_REFLEX_CAPACITY, VERIFY_MODES, ChunkLayout
 from .outcomes import DEFAULT_REMEMBER_KEYS, check_remember_keys
 from .wal import DEFAULT_SEGMENT_BYTES
 
@@ -34,6 +34,14 @@ class Options:
     #: record and refuses mid-log corruption; ``"strict"`` refuses any damage;
     #: ``"salvage"`` skips damaged records and reports them.
     recovery: str = "tolerate-tail"
+    #: Which reads verify the checksum every stored value carries (``docs/format.md`` §3.0):
+    #: ``"off"`` -- lengths only; ``"read"`` -- each value a read uses (a get's chunk, each
+    #: chunk of a scan as it is reached, each connection or event copied), raising
+    #: CorruptionError on a mismatch; ``"always"`` -- also what the writer reads to rewrite.
+    #: ``check()`` verifies every value whatever this says. A choice of this handle. The
+    #: default is ``"off"`` because ``"read"`` costs more than the 5 % of a scan issue 13
+    #: allowed a default (about 1.6x a view scan, 2.5x a column scan: docs/performance.md).
+    verify: str = "off"
     #: Guardian quotas: the most tokens, the most accounted bytes (None: unlimited), and
     #: the fraction of ``max_bytes`` from which writes are refused.
     max_tokens: int | None = DEFAULT_MAX_TOKENS
@@ -108,6 +116,8 @@ class Options:
         if self.reflex_eviction not in REFLEX_EVICTION:
             raise InvalidArgumentError(
                 f"reflex_eviction must be one of {REFLEX_EVICTION}, got {self.reflex_eviction!r}")
+        if self.verify not in VERIFY_MODES:
+            raise InvalidArgumentError(f"verify must be one of {VERIFY_MODES}, got {self.verify!r}")
         if self.recovery not in RECOVERY_MODES:
             raise InvalidArgumentError(f"recovery must be one of {RECOVERY_MODES}, got {self.recovery!r}")
         for name in ("flush_interval", "apply_interval"):

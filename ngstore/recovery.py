@@ -41,7 +41,7 @@ from .directory import Directory
 from .errors import CorruptionError, NgStoreError, StorageError, StoreState, storage_error
 from .guardian import Guardian
 from .kv import KV, ReadTxn, restore_checkpoint_meta
-from .layout import ALL_LAYERS, DB_META, FORMAT_VERSION, M_FORMAT, encode_u64, initial_meta
+from .layout import ALL_LAYERS, DB_META, FORMAT_VERSION, M_FORMAT, encode_u64, initial_meta, seal_meta
 from .ops import decode_ops
 from .options import Options
 from .overlay import Overlay
@@ -170,12 +170,12 @@ def _upgrade_format(directory: Directory, kv: KV) -> None:
         return
     directory.write_marker()
     meta_db = kv.dbs[DB_META]
-    kv.write(lambda txn: txn.put(M_FORMAT, encode_u64(FORMAT_VERSION), db=meta_db))
+    kv.write(lambda txn: txn.put(M_FORMAT, seal_meta(M_FORMAT, encode_u64(FORMAT_VERSION)), db=meta_db))
 
 
 def _open_kv(directory: Directory, opts: Options) -> KV:
     return KV(directory.path, readonly=False, map_size=opts.map_size, max_readers=opts.max_readers,
-              io=opts.io, mode=directory.mode)
+              io=opts.io, mode=directory.mode, verify=opts.verify)
 
 
 def _applier(directory: Directory, kv: KV, opts: Options, obs: Observability | None, info: RecoveryInfo,

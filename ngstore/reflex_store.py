@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import NotFoundError
 from .kv import KV, ReadLease
-from .layout import DB_REFLEXES, REFLEX_HEADER_KEY, reflex_segment_key
+from .layout import CHECKSUM_BYTES, DB_REFLEXES, REFLEX_HEADER_KEY, reflex_segment_key, seal
 from .ops import (
     OP_REFLEX_DELETE,
     OP_REFLEX_DELETE_KEY,
@@ -36,7 +36,7 @@ from .ops import (
     Op,
 )
 from .records import CONNECTION_DTYPE, ConnectionFlags, Mutability
-from .reflex import INITIAL_ROOM, ReflexTable, grown_room, parse_header, plan_room
+from .reflex import HEADER_SIZE, INITIAL_ROOM, ReflexTable, grown_room, parse_header, plan_room
 
 #: ``insert_batch`` outcomes from this one on pushed a reflex out: 3 evicted (the table at
 #: capacity), 4 replaced (the weakest of a full cell).
@@ -60,32 +60,49 @@ class ReflexVersion:
             weakref.finalize(self, lease.release)
 
 
-def attach(kv: KV) -> ReflexVersion | None:
-    """The stored table, zero-copy over a fresh read transaction (None if no table)."""
+def attach(kv: KV, *, verify: bool | None = None) -> ReflexVersion | None:
+    """The stored table, zero-copy over a fresh read transaction (None if no table).
+
+    The header and every segment are checked against their checksum trailers
+    (format.md §3.0) when ``verify`` says so (None: as the store's ``verify`` mode says
+    for a read); the table then reads their record regions."""
     lease = ReadLease(kv)
     try:
         db = kv.dbs[DB_REFLEXES]
         txn = lease.txn
         assert txn is not None
-        hdr = txn.get(REFLEX_HEADER_KEY, db=db) if db is not None else None
-        if hdr is None:
+        raw_hdr = txn.get(REFLEX_HEADER_KEY, db=db) if db is not None else None
+        if raw_hdr is None:
             lease.release()
             return None
+        hdr = kv.record(DB_REFLEXES, REFLEX_HEADER_KEY, raw_hdr, HEADER_SIZE, verify=verify)
+        fields = parse_header(hdr)
         # The header is not validated yet (attach does that, with the segments), so its
         # count may be anything up to 2^33: read the segments that are stored, up to the
         # first missing one, and let attach report a count that does not match.
-        nseg = parse_header(hdr)["segment_count"]
-        segs = []
-        for i in range(nseg):
-            v = txn.get(reflex_segment_key(i), db=db)
+        segs: list[Any] = []
+        for i in range(fields["segment_count"]):
+            key = reflex_segment_key(i)
+            v = txn.get(key, db=db)
             if v is None:
                 break
-            segs.append(v)
+            if not fields["crc_ok"]:
+                segs.append(v)  # sizes from a damaged header mean nothing: attach reports it
+            else:
+                segs.append(kv.record(DB_REFLEXES, key, v, segment_region_bytes(fields, i), verify=verify))
         table = ReflexTable.attach(hdr, segs, writable=False)
     except BaseException:
         lease.release()
         raise
     return ReflexVersion(table, lease)
+
+
+def segment_region_bytes(header: dict[str, Any], index: int) -> int:
+    """The record region of segment ``index`` of a table with header fields ``header``
+    (``reflex.parse_header``): a record segment or an index segment (format.md §7.3)."""
+    if index < header["record_segments"]:
+        return int(header["records_per_segment"]) * int(header["record_size"])
+    return int(header["entries_per_segment"]) * int(header["entry_size"])
 
 
 def writable_copy(current: ReflexTable | None, capacity: int) -> ReflexTable:
@@ -174,11 +191,12 @@ def persist(txn: Any, db: Any, table: ReflexTable) -> int:
     """Stores the header and every segment changed since the table's last persist;
     returns the bytes written."""
     header, dirty = table.segments()
-    txn.put(REFLEX_HEADER_KEY, header, db=db)
-    written = len(header)
+    txn.put(REFLEX_HEADER_KEY, seal(DB_REFLEXES, REFLEX_HEADER_KEY, header), db=db)
+    written = len(header) + CHECKSUM_BYTES
     for index, seg in dirty:
-        txn.put(reflex_segment_key(index), bytes(seg), db=db)
-        written += len(seg)
+        key = reflex_segment_key(index)
+        txn.put(key, seal(DB_REFLEXES, key, seg), db=db)
+        written += len(seg) + CHECKSUM_BYTES
     return written
 
 

@@ -55,6 +55,7 @@ from .layout import (
     event_sequence,
     forward_of_reverse,
     meta_page_txnid,
+    meta_region_bytes,
 )
 from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
 from .tokens import Token, TokenArray
@@ -176,7 +177,10 @@ class Snapshot:
 
     def counters(self) -> Counters:
         """The store's live counters as of this snapshot."""
-        return Counters.decode(self._txn().get(M_COUNTERS, db=self._kv.db(DB_META)), self._path)
+        value = self._txn().get(M_COUNTERS, db=self._kv.db(DB_META))
+        if value is not None:
+            value = self._kv.record(DB_META, M_COUNTERS, value, meta_region_bytes(M_COUNTERS))
+        return Counters.decode(value, self._path)
 
     # -- for analytics and backups (ngstore.arrow, ngstore.duckdb, ngstore.backup) ------
 
@@ -224,8 +228,12 @@ class Snapshot:
             pass
 
 
-def chunk_values(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> tuple[np.ndarray, list[Any]]:
-    """The chunk keys (ascending) and values holding ``ids``; absent chunks left out."""
+def chunk_values(txn: Any, kv: KV, layout: ChunkLayout, ids: np.ndarray, *,
+                 writing: bool = False) -> tuple[np.ndarray, list[Any]]:
+    """The chunk keys (ascending) and the record regions of the chunks holding ``ids``
+    (absent chunks left out), verified as ``kv`` says for a read (``writing``: for the
+    writer's own reads)."""
+    db = kv.db(DB_TOKENS)
     if ids.size == 0 or db is None:
         return np.zeros(0, np.uint32), []
     chunks = ids >> layout.shift
@@ -237,18 +245,19 @@ def chunk_values(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> tup
     else:
         uniq = np.unique(chunks)
     keys, bufs = [], []
+    record, region_bytes = kv.record, layout.region_bytes
     for c in uniq.tolist():
-        v = txn.get(layout.key(c), db=db)
+        key = layout.key(c)
+        v = txn.get(key, db=db)
         if v is not None:
-            layout.check(v, c)
             keys.append(c)
-            bufs.append(v)
+            bufs.append(record(DB_TOKENS, key, v, region_bytes, writing=writing))
     return np.asarray(keys, dtype=np.uint32), bufs
 
 
-def presence(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> np.ndarray:
+def presence(txn: Any, kv: KV, layout: ChunkLayout, ids: np.ndarray, *, writing: bool = False) -> np.ndarray:
     """A bool per id of ``ids`` (uint32): is the token present in ``txn``."""
-    keys, bufs = chunk_values(txn, db, layout, ids)
+    keys, bufs = chunk_values(txn, kv, layout, ids, writing=writing)
     present = np.zeros(ids.size, dtype=bool)
     if not bufs:
         return present
@@ -262,14 +271,15 @@ def presence(txn: Any, db: Any, layout: ChunkLayout, ids: np.ndarray) -> np.ndar
     return present
 
 
-def token_record(txn: Any, db: Any, layout: ChunkLayout, token_id: int) -> bytes | None:
-    """The 64 bytes of token ``token_id`` in ``txn``, None if absent (a copy)."""
-    chunk = token_id >> layout.shift
-    v = txn.get(layout.key(chunk), db=db) if db is not None else None
+def token_record(txn: Any, kv: KV, layout: ChunkLayout, token_id: int) -> bytes | None:
+    """The 64 bytes of token ``token_id`` in ``txn``, None if absent (a copy); its chunk
+    verified as ``kv`` says for a read."""
+    db = kv.db(DB_TOKENS)
+    key = layout.key(token_id >> layout.shift)
+    v = txn.get(key, db=db) if db is not None else None
     if v is None:
         return None
-    if len(v) != layout.value_bytes:
-        layout.check(v, chunk)
+    v = kv.record(DB_TOKENS, key, v, layout.region_bytes)
     slot = token_id & layout.mask
     if not v[layout.records_bytes + (slot >> 3)] >> (slot & 7) & 1:
         return None
@@ -302,8 +312,9 @@ class TokenView:
         views = snap._views
         layout = self._layout
         full = layout.full_bitmap
-        rb, vb, slots, shift = layout.records_bytes, layout.value_bytes, layout.slots, layout.shift
+        rb, region_bytes, slots, shift = layout.records_bytes, layout.region_bytes, layout.slots, layout.shift
         records = views.records
+        record = snap._kv.record
         from_bytes = int.from_bytes
         db = snap._db(DB_TOKENS)
         if db is None:
@@ -311,11 +322,11 @@ class TokenView:
         cur = txn.cursor(db=db)
         if not cur.set_range(layout.key(first_chunk)):
             return
-        for key, value in cur:
+        for key, stored in cur:
             if end_chunk is not None and from_bytes(key, "big") >= end_chunk:
                 return
-            if len(value) != vb:
-                layout.check(value, from_bytes(key, "big"))
+            # verified (per the store's verify mode) before any view of it is handed out
+            value = record(DB_TOKENS, bytes(key), stored, region_bytes)
             first = from_bytes(key, "big") << shift
             rows = records(value, slots)
             bitmap = value[rb:]
@@ -378,10 +389,9 @@ class TokenView:
         layout = self._layout
         bufs = []
         if db is not None:
+            record, region_bytes = snap._kv.record, layout.region_bytes
             for key, value in txn.cursor(db=db):
-                if len(value) != layout.value_bytes:
-                    layout.check(value, ChunkLayout.chunk_of(key))
-                bufs.append(value)
+                bufs.append(record(DB_TOKENS, bytes(key), value, region_bytes))
         raw_dt = np.dtype((np.void, field_dt.itemsize))
         # Room for every slot of the chunks read, not for the tokens_live counter: the counter
         # is stored bytes too, and no stored number may size an allocation (invariant 4).
@@ -410,10 +420,9 @@ class TokenView:
         layout = self._layout
         bufs = []
         if db is not None:
+            record, region_bytes = snap._kv.record, layout.region_bytes
             for key, value in txn.cursor(db=db):
-                if len(value) != layout.value_bytes:
-                    layout.check(value, ChunkLayout.chunk_of(key))
-                bufs.append(value)
+                bufs.append(record(DB_TOKENS, bytes(key), value, region_bytes))  # verified as a scan is
         return bufs
 
     # -- similarity (ngstore/similarity.py, docs/api.md "Similarity and traversal") ------
@@ -444,7 +453,8 @@ class TokenView:
         txn = snap._txn()
         if snap._db(DB_SPATIAL) is None:
             return ()
-        mask = decode_spatial_layers(txn.get(M_SPATIAL, db=snap._db(DB_META)), snap._path)
+        raw = txn.get(M_SPATIAL, db=snap._db(DB_META))
+        mask = decode_spatial_layers(None if raw is None else snap._kv.record(DB_META, M_SPATIAL, raw, 8), snap._path)
         return tuple(spatial.layers_of(mask))
 
     def within(self, center: Any, radius: float, *, layer: int) -> np.ndarray:
@@ -471,7 +481,7 @@ class TokenView:
             return np.zeros(0, np.uint32)
         if layer in self.spatial_layers:
             snap = self._snap
-            return spatial.query(snap._txn(), snap._db(DB_SPATIAL), layer, lo, hi, center, r2)
+            return spatial.query(snap._txn(), snap._db(DB_SPATIAL), layer, lo, hi, center, r2, snap._kv.record)
         return similarity.filter_chunks(self._chunk_buffers(), self._layout.shift, layer, self.count(), lo, hi,
                                         center, r2)
 
@@ -486,7 +496,7 @@ class TokenView:
             raise InvalidArgumentError(f"missing must be 'raise' or 'skip', got {missing!r}")
         id_arr = ids_array(ids)
         snap = self._snap
-        keys, bufs = chunk_values(snap._txn(), snap._db(DB_TOKENS), self._layout, id_arr)
+        keys, bufs = chunk_values(snap._txn(), snap._kv, self._layout, id_arr)
         out, found = _native.gather64(id_arr, keys, bufs, self._layout.shift)
         if not found.all():
             if missing == "raise":
@@ -500,7 +510,7 @@ class TokenView:
     def presence(self, ids: Any) -> np.ndarray:
         """A bool per id: is the token present."""
         snap = self._snap
-        return presence(snap._txn(), snap._db(DB_TOKENS), self._layout, ids_array(ids))
+        return presence(snap._txn(), snap._kv, self._layout, ids_array(ids))
 
     def __contains__(self, token_id: object) -> bool:
         try:
@@ -573,13 +583,15 @@ class ConnectionView:
         snap = self._snap
         txn, db = snap._txn(), snap._db(DB_CONNECTIONS)
         out, absent = [], []
+        record = snap._kv.record
         for a, b, t in zip(k["token_a"].tolist(), k["token_b"].tolist(), k["connection_type"].tolist(),
                            strict=True):
-            v = txn.get(conn_key(a, b, t), db=db) if db is not None else None
+            key = conn_key(a, b, t)
+            v = txn.get(key, db=db) if db is not None else None
             if v is None:
                 absent.append((a, b, t))
             else:
-                out.append(bytes(v))
+                out.append(bytes(record(DB_CONNECTIONS, key, v, CONNECTION_DTYPE.itemsize)))
         if absent and missing == "raise":
             shown = ", ".join(map(str, absent[:5])) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
             raise NotFoundError(f"no connection {shown} in {snap._path}")
@@ -668,6 +680,7 @@ class ConnectionView:
         snap = self._snap
         txn, db, cdb = snap._txn(), snap._db(dbname), snap._db(DB_CONNECTIONS)
         out = []
+        record = snap._kv.record
         if db is not None:
             cur = txn.cursor(db=db)
             if cur.set_range(prefix):
@@ -676,10 +689,11 @@ class ConnectionView:
                     if not k.startswith(prefix):
                         break
                     if reverse:  # the reverse index is empty: fetch the record by its forward key
-                        value = txn.get(forward_of_reverse(k), db=cdb)
+                        rk, k = k, forward_of_reverse(k)
+                        value = txn.get(k, db=cdb)
                         if value is None:
-                            raise CorruptionError(f"reverse index entry {k.hex()} of {snap._path} has no connection")
-                    out.append(bytes(value))
+                            raise CorruptionError(f"reverse index entry {rk.hex()} of {snap._path} has no connection")
+                    out.append(bytes(record(DB_CONNECTIONS, k, value, CONNECTION_DTYPE.itemsize)))
         return _records_array(out, CONNECTION_DTYPE, "connection", snap._path)
 
 
@@ -706,13 +720,14 @@ class EventView:
         txn, db = snap._txn(), snap._db(DB_EVENTS)
         rows: list[bytes] = []
         first_seq = self.next_sequence()
+        record = snap._kv.record
         if db is not None:
             cur = txn.cursor(db=db)
             if cur.set_range(event_key(first)):
                 for key, value in cur:
                     if not rows:
                         first_seq = event_sequence(key)
-                    rows.append(bytes(value))
+                    rows.append(bytes(record(DB_EVENTS, bytes(key), value, EVENT_DTYPE.itemsize)))
         return first_seq, _records_array(rows, EVENT_DTYPE, "event", snap._path)
 
     def to_arrow(self, columns: Sequence[str] | None = None, *, first: int = 0) -> Any:

@@ -24,15 +24,19 @@ import numpy as np
 from . import _native, similarity
 from .errors import CorruptionError
 from .layout import (
+    DB_SPATIAL,
     SPATIAL_CELL_SHIFT,
     SPATIAL_ENTRY_BYTES,
     SPATIAL_ENTRY_DTYPE,
     SPATIAL_PAGE_MAX,
     SPATIAL_PAGE_SPLIT,
     ChunkLayout,
+    seal,
     spatial_page_key,
     spatial_page_key_fields,
+    spatial_region_bytes,
     spatial_sort_keys,
+    unseal,
 )
 from .records import TOKEN_DTYPE
 
@@ -168,11 +172,13 @@ def update_layer(txn: Any, db: Any, layer: int, removed: np.ndarray, rk: np.ndar
             if ri < rk.size:
                 raise CorruptionError(f"the spatial index of layer {layer} has no page for a token it should hold")
             for k, part in _cut(added[ai:], ak[ai:]):
-                txn.put(spatial_page_key(layer, k), part.tobytes(), db=db)
+                pkey = spatial_page_key(layer, k)
+                txn.put(pkey, seal(DB_SPATIAL, pkey, part.tobytes()), db=db)
             return
         key, _first = where
         page_k = spatial_page_key_fields(key)[1]
-        page = _page_entries(cur.value(), key)
+        value = cur.value()  # the writer's own read: lengths checked, the trailer rewritten below
+        page = _page_entries(unseal(DB_SPATIAL, key, value, spatial_region_bytes(value), verify=False), key)
         upper = _next_key(cur, layer)
         # np.uint64: a Python int would be compared as a float64 and lose the low bits
         r_end = rk.size if upper is None else int(np.searchsorted(rk, np.uint64(upper)))
@@ -198,7 +204,8 @@ def update_layer(txn: Any, db: Any, layer: int, removed: np.ndarray, rk: np.ndar
             txn.delete(key, db=db)
         pages[0] = (first_k, pages[0][1])
         for k, part in pages:
-            txn.put(spatial_page_key(layer, k), part.tobytes(), db=db)
+            pkey = spatial_page_key(layer, k)
+            txn.put(pkey, seal(DB_SPATIAL, pkey, part.tobytes()), db=db)
 
 
 # -- queries ----------------------------------------------------------------------------------------
@@ -217,7 +224,7 @@ def _seek(cur: Any, layer: int, sort_key: int) -> bool:
 
 
 def query(txn: Any, db: Any, layer: int, lo: Sequence[int], hi: Sequence[int], center: Sequence[int] | None,
-          r2: float) -> np.ndarray:
+          r2: float, region: Callable[[bytes, bytes, Any, int], Any] | None = None) -> np.ndarray:
     """Ids (ascending) of the tokens whose layer-``layer`` coordinates are in the box
     ``lo..hi`` (raw, lo <= hi), and within ``r2`` of ``center`` when it is given. Plain
     ints throughout: a query touches a handful of pages, and numpy's per-call cost on
@@ -229,7 +236,9 @@ def query(txn: Any, db: Any, layer: int, lo: Sequence[int], hi: Sequence[int], c
     pages: list[Any] = []
     if zmin is not None and _seek(cur, layer, zmin << 32):
         while True:
-            pages.append(cur.value())
+            value = cur.value()
+            pages.append(region(DB_SPATIAL, bytes(cur.key()), value, spatial_region_bytes(value)) if region
+                         else unseal(DB_SPATIAL, bytes(cur.key()), value, spatial_region_bytes(value), verify=False))
             if not cur.next():
                 break
             key = cur.key()
@@ -248,7 +257,8 @@ def query(txn: Any, db: Any, layer: int, lo: Sequence[int], hi: Sequence[int], c
 
 # -- checking -----------------------------------------------------------------------------------
 
-def read_layers(txn: Any, db: Any, problem: Callable[[str, bytes, Any], None]) -> dict[int, np.ndarray]:
+def read_layers(txn: Any, db: Any, problem: Callable[[str, bytes, Any], None],
+                region: Callable[[bytes, Any], Any] | None = None) -> dict[int, np.ndarray]:
     """Every entry of the index by layer, checking the page rules of format.md §3.5 on the
     way (a broken page is reported as ``problem(reason, key, value)`` and its entries left
     out; ``value`` is the page's LMDB value, so the caller can place it in the file)."""
@@ -258,7 +268,13 @@ def read_layers(txn: Any, db: Any, problem: Callable[[str, bytes, Any], None]) -
         key = bytes(raw_key)
         try:
             layer, k = spatial_page_key_fields(key)
-            page = _page_entries(value, key)
+            if region is not None:  # check(): the page's length and checksum (format.md §3.0)
+                body = region(key, value)
+                if body is None:
+                    continue
+            else:
+                body = unseal(DB_SPATIAL, key, value, spatial_region_bytes(value), verify=False)
+            page = _page_entries(body, key)
         except CorruptionError as exc:
             problem(exc.reason, key, value)
             continue

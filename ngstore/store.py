@@ -40,7 +40,7 @@ from .guardian import Guardian, Usage
 from .inputs import ids_array
 from .intuition import IntuitionEngine
 from .kv import KV, ReadTxn
-from .layout import DB_LEARN, DB_TOKENS, FORMAT_VERSION, ChunkLayout, Counters, Meta
+from .layout import DB_LEARN, FORMAT_VERSION, ChunkLayout, Counters, Meta
 from .learning import LearnedStatistics, read_statistics
 from .ops import Op
 from .options import Options
@@ -134,7 +134,7 @@ class Store:
         try:
             d.check_readable(d.read_state())
             kv = KV(self.path, readonly=True, map_size=self.options.map_size, max_readers=self.options.max_readers,
-                    io=self.options.io, walk=d.live_writer_pid() is None, mode=d.mode)
+                    io=self.options.io, walk=d.live_writer_pid() is None, mode=d.mode, verify=self.options.verify)
             try:
                 with ReadTxn(kv) as txn:
                     meta = kv.read_meta(txn)
@@ -310,7 +310,7 @@ class Store:
         kv = self._kv
         txn = kv.begin_read()
         try:
-            return token_record(txn, kv.db(DB_TOKENS), self._layout, token_id)
+            return token_record(txn, kv, self._layout, token_id)
         except BaseException as exc:
             translated = kv.translated(exc)
             if translated is exc:
@@ -438,7 +438,7 @@ class Store:
         else:
             self._kv.catch_up_with_writer()
         with ReadTxn(self._kv) as txn:
-            return read_statistics(txn, self._kv.db(DB_LEARN), bins_per_dim, groups=groups)
+            return read_statistics(txn, self._kv.db(DB_LEARN), bins_per_dim, groups=groups, region=self._kv.record)
 
     def resize_reflexes(self, capacity: int, *, durability: str | None = None,
                         key: bytes | str | None = None) -> int:

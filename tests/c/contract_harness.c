@@ -95,8 +95,22 @@ static void check_core(void) {
     EXPECT(ng_gather64(ids, 6, unsorted, ptrs, lens, 2, shift, out, found) == NG_EINVAL, "unsorted keys");
     lens[1] = len - 1;
     EXPECT(ng_gather64(ids, 6, keys, ptrs, lens, 2, shift, out, found) == NG_ECORRUPT, "short chunk");
+    lens[1] = len + NG_CHECKSUM_BYTES - 1;
+    EXPECT(ng_gather64(ids, 6, keys, ptrs, lens, 2, shift, out, found) == NG_ECORRUPT, "chunk of neither length");
     lens[1] = len;
     EXPECT(ng_gather64(ids, 6, keys, ptrs, lens, 2, 2, out, found) == NG_EINVAL, "slot shift 2");
+    /* a sealed chunk (record region + checksum trailer, format.md 3.0), at its exact length */
+    uint8_t *sealed = (uint8_t *)malloc(len + NG_CHECKSUM_BYTES);
+    memcpy(sealed, chunk, len);
+    memset(sealed + len, 0xA5, NG_CHECKSUM_BYTES);
+    const uint8_t *sptrs[2] = {chunk, sealed};
+    uint64_t slens[2] = {len, len + NG_CHECKSUM_BYTES};
+    uint8_t *sout = (uint8_t *)malloc(6 * 64), sfound[6];
+    EXPECT(ng_gather64(ids, 6, keys, sptrs, slens, 2, shift, sout, sfound) == NG_OK, "gather64 of a sealed chunk");
+    EXPECT(ng_gather64(ids, 6, keys, ptrs, lens, 2, shift, out, found) == NG_OK &&
+           memcmp(out, sout, 6 * 64) == 0 && memcmp(found, sfound, 6) == 0, "sealed and unsealed gather alike");
+    free(sout);
+    free(sealed);
     free(out);
     size_t n_out = 0;
     uint8_t *col = (uint8_t *)malloc(16 * 8);

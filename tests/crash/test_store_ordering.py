@@ -99,7 +99,7 @@ class TracedIO(RecordingIO):
 
     def lmdb_commit(self, txn, kv) -> None:
         raw = txn.get(b"applied_position", db=kv.dbs[DB_META])
-        applied = struct.unpack("<Q", bytes(raw))[0] if raw is not None else 0
+        applied = struct.unpack_from("<Q", bytes(raw))[0] if raw is not None else 0  # the region (format.md §3.0)
         super().lmdb_commit(txn, kv)
         self.log.update(self.ops)
         self.applied = applied

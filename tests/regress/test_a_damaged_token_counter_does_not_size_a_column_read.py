@@ -25,9 +25,11 @@ def _set_tokens_live(path: str, n: int) -> None:
     try:
         db = kv.dbs[layout.DB_META]
         with kv.env.begin(db=db) as txn:
-            counters = layout.Counters.decode(txn.get(layout.M_COUNTERS), path)
-        damaged = layout.Counters(n, *counters.values()[1:])
-        kv.write(lambda txn: txn.put(layout.M_COUNTERS, damaged.encode(), db=db))
+            region = layout.unseal(layout.DB_META, layout.M_COUNTERS, txn.get(layout.M_COUNTERS), 64, verify=True)
+            counters = layout.Counters.decode(bytes(region), path)
+        damaged = layout.Counters(n, *counters.values()[1:])  # sealed again: damage with a valid checksum
+        value = layout.seal(layout.DB_META, layout.M_COUNTERS, damaged.encode())
+        kv.write(lambda txn: txn.put(layout.M_COUNTERS, value, db=db))
     finally:
         kv.close()
 

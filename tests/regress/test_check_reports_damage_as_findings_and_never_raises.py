@@ -78,7 +78,12 @@ def test_zeroed_reflex_pages_are_a_finding(tmp_path):
         seg[: len(seg) // 2] = bytes(len(seg) // 2)
         txn.put(reflex_segment_key(0), bytes(seg))
     env.close()
-    with ngstore.open(path, readonly=True, **OPEN) as s:
+    # the segment's checksum (format.md §3.0) refuses a verifying open at once
+    with pytest.raises(ngstore.CorruptionError, match="reflexes key 5300000000: checksum mismatch"):
+        ngstore.open(path, readonly=True, verify="read", **OPEN)
+    with ngstore.open(path, readonly=True, **OPEN) as s:  # verify="off", the default
         report = s.check()
     assert not report.ok
     assert any(f.where and f.where.startswith("reflexes") for f in report.findings), report
+    structural = [f for f in report.findings if (f.where or "").startswith("reflexes") and "checksum" not in f.reason]
+    assert structural, report  # and C's scan still runs over the zeroed records
