@@ -260,6 +260,15 @@ class FileIO:
         except FileNotFoundError:
             return None
 
+    def identity(self, path: str) -> tuple[int, int] | None:
+        """``(st_dev, st_ino)`` of the file at ``path``: which file it is, whatever its
+        name; None when there is none."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
     def mtime(self, path: str) -> float | None:
         """The modification time of ``path`` (Unix seconds), or None when there is none."""
         try:

@@ -110,6 +110,8 @@ class _Shared:
         #: Databases the open's page walk found damaged, with the first problem: reads of
         #: them raise CorruptionError instead of letting LMDB follow the damaged pages.
         self.damaged: dict[str, pages.PageProblem] = {}
+        #: ``(st_dev, st_ino)`` of the data.mdb this environment maps.
+        self.identity: tuple[int, int] | None = None
 
 
 _registry: dict[str, _Shared] = {}
@@ -231,6 +233,13 @@ class KV:
         self.before_grow: Callable[[], None] | None = None
         with _registry_lock:
             shared = _registry.get(self.path)
+            if shared is not None and shared.identity != io.identity(os.path.join(self.path, DATA_FILE)):
+                # The directory was removed and made again (a store re-created at the same
+                # path) while something of the old store still holds its environment: that
+                # environment maps a file that is gone. Never hand it to the new store; it
+                # closes when its last holder lets go.
+                del _registry[self.path]
+                shared = None
             if shared is None:
                 walked = check_data_file(self.path, io, walk=not readonly if walk is None else walk)
                 damaged: dict[str, pages.PageProblem] = {}
@@ -265,6 +274,7 @@ class KV:
                     raise translate(exc, f"opening the databases of {self.path}") from exc
                 shared = _Shared(env, dbs, readonly)
                 shared.damaged = damaged
+                shared.identity = io.identity(os.path.join(self.path, DATA_FILE))
                 _registry[self.path] = shared
             elif not readonly and shared.readonly:
                 raise StoreLockedError(

@@ -50,7 +50,7 @@ BATCH = 50
 #: End-to-end checksums of stored records (an XXH3 per value) are not implemented yet, so a
 #: bit flip inside a present token's bytes (other than its id) passes ``check()`` today. When
 #: they are, set this True: the campaign then requires every such corruption to be found.
-RECORD_CHECKSUMS = False
+RECORD_CHECKSUMS = True
 
 #: Trials per kind of file, out of 1,000 (scaled to TRIALS). "token records" are flips aimed
 #: at the bytes of present tokens inside data.mdb, other than their id field.
