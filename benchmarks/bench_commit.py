@@ -18,6 +18,8 @@ with committing threads, and what do the modes buy?
   recorded in the applier's transaction) beside the same commit without one, p50 in
   ``sync`` and in ``none`` mode (no fdatasync to hide the CPU it costs). Keyed and unkeyed
   commits alternate, one each, so drift of the machine falls on both alike.
+* **Visibility in another process**: the time from a commit's return in the writer to a
+  read-only handle in another process reading it (``apply_interval`` plus one apply).
 * **The async loss window**: for ``async`` commits made at random moments, the time from a
   commit's return to the end of the first log fdatasync that *starts* after it (an upper
   bound of how long it stays in the page cache only: what a power loss can take), beside
@@ -48,6 +50,7 @@ W_CONC = "concurrent sync commits (n = threads)"
 W_MODE = "commit modes, 1 thread"
 W_KEYED = "keyed vs unkeyed one-token commit"
 W_WINDOW = "async loss window"
+W_VISIBLE = "visible to another process"
 LIMITS[W_LAT] = "pwrite + fdatasync (pre-zeroed)"
 LIMITS[W_CONC] = "bare group commit (Python)"
 LIMITS[W_MODE] = "pwrite + fdatasync (pre-zeroed)"
@@ -312,6 +315,7 @@ def run(b: Bench) -> None:
     for _name, (_fn, close) in peers.items():
         close()
     _loss_window(b, 1.0 if b.quick else 3.0)
+    _visibility(b, 10 if b.quick else 30)
     shutil.rmtree(os.path.join(b.root, "commit"), ignore_errors=True)
 
 
@@ -393,3 +397,46 @@ def _loss_window(b: Bench, seconds: float) -> None:
             f"p99 {np.percentile(window_ms, 99):.2f} ms, max {window_ms.max():.2f} ms, bound {bound:.2f} ms",
             len(window_ms))
 
+
+
+_READER = """
+import sys, time, ngstore
+r = ngstore.open(sys.argv[1], readonly=True, observability=False, crash_handlers=False)
+print("ready", flush=True)
+for line in sys.stdin:
+    want = float(line)
+    while abs(r.get_token(5).weight - want) > 1e-6:
+        pass
+    print(time.perf_counter_ns(), flush=True)
+"""
+
+
+def _visibility(b: Bench, k: int) -> None:
+    """A read-only handle in another process polls one token; the writer commits a new
+    weight for it (async) and the reader reports when it first reads it."""
+    import subprocess
+    import sys
+
+    b.log(f"## {W_VISIBLE}")
+    path = os.path.join(b.root, "commit", "visible")
+    lags = []
+    with ngstore.open(path, durability="async", **store_options(1000)) as s:
+        s.put_tokens(ngstore.Token.create_batch(1000))
+        s.flush()
+        p = subprocess.Popen([sys.executable, "-c", _READER, path], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdin is not None and p.stdout is not None
+        p.stdout.readline()
+        for i in range(1, k + 1):
+            t = ngstore.Token.create_batch(1, start=5)
+            t.data["weight"] = i / 64
+            p.stdin.write(f"{i / 64}\n")
+            p.stdin.flush()
+            time.sleep(0.02)
+            t0 = time.perf_counter_ns()  # the same clock in both processes (CLOCK_MONOTONIC)
+            s.put_tokens(t)
+            lags.append((int(p.stdout.readline()) - t0) / 1e6)
+        p.stdin.close()
+        p.wait(timeout=60)
+    b.record(W_VISIBLE, "ngstore, read-only handle in another process", k, "ms", lags,
+             note=f"apply_interval {s.options.apply_interval * 1e3:g} ms (default); max {max(lags):.1f} ms")
