@@ -220,13 +220,7 @@ def find_patterns(events: np.ndarray, config: IntuitionConfig | None = None, *,
     sample-count and delta cut-offs, sorted. The input is not modified.
     """
     config = config or IntuitionConfig()
-    if not isinstance(events, np.ndarray) or events.dtype != EVENT_DTYPE:
-        raise InvalidArgumentError("events must be an EVENT_DTYPE numpy array")
-    events = events.reshape(-1)
-    rewards = total_reward(events).astype(np.float64)
-    finite = np.isfinite(rewards)
-    if not finite.all():
-        events, rewards = events[finite], rewards[finite]
+    events, rewards = _finite_rewards(events)
     if len(events) == 0:
         return []
 
@@ -356,10 +350,9 @@ def analyze_stream(stream: ExperienceStream, config: IntuitionConfig | None = No
 # Accumulated evidence (``learning``): folds of events, patterns of the statistics
 # --------------------------------------------------------------------------------------
 
-def fold_events(events: np.ndarray, bins_per_dim: int, first_seq: int, end_seq: int) -> np.ndarray:
-    """The fold (LEARN_UPDATE items, format.md §5.1) of ``events``, the events with sequence
-    numbers ``first_seq .. end_seq - 1``: partial moments per (bin, action), events with a
-    non-finite total reward left out (as ``find_patterns`` does)."""
+def _finite_rewards(events: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``events`` (checked to be an EVENT_DTYPE array, flattened) without those whose total
+    reward is not finite, and their total rewards as float64."""
     if not isinstance(events, np.ndarray) or events.dtype != EVENT_DTYPE:
         raise InvalidArgumentError("events must be an EVENT_DTYPE numpy array")
     events = events.reshape(-1)
@@ -367,6 +360,14 @@ def fold_events(events: np.ndarray, bins_per_dim: int, first_seq: int, end_seq: 
     finite = np.isfinite(rewards)
     if not finite.all():
         events, rewards = events[finite], rewards[finite]
+    return events, rewards
+
+
+def fold_events(events: np.ndarray, bins_per_dim: int, first_seq: int, end_seq: int) -> np.ndarray:
+    """The fold (LEARN_UPDATE items, format.md §5.1) of ``events``, the events with sequence
+    numbers ``first_seq .. end_seq - 1``: partial moments per (bin, action), events with a
+    non-finite total reward left out (as ``find_patterns`` does)."""
+    events, rewards = _finite_rewards(events)
     bins = state_bins(events["state"], bins_per_dim)
     g_bins, g_actions, moments = group_moments(bins, events["event_type"], rewards, events["action"],
                                                events["state"])

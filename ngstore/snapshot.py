@@ -383,15 +383,8 @@ class TokenView:
         fields = TOKEN_DTYPE.fields
         assert fields is not None
         field_dt, offset = fields[name][:2]
-        snap = self._snap
-        txn = snap._txn()
-        db = snap._db(DB_TOKENS)
         layout = self._layout
-        bufs = []
-        if db is not None:
-            record, region_bytes = snap._kv.record, layout.region_bytes
-            for key, value in txn.cursor(db=db):
-                bufs.append(record(DB_TOKENS, bytes(key), value, region_bytes))
+        bufs = self._chunk_buffers()
         raw_dt = np.dtype((np.void, field_dt.itemsize))
         # Room for every slot of the chunks read, not for the tokens_live counter: the counter
         # is stored bytes too, and no stored number may size an allocation (invariant 4).
