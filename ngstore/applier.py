@@ -49,8 +49,7 @@ from .kv import KV
 from .layout import ChunkLayout, Counters, Meta
 from .ops import Op
 from .overlay import Overlay
-from .reflex import ReflexTable
-from .reflex_store import ReflexVersion
+from .reflex import Current, ReflexTable
 
 if TYPE_CHECKING:
     from .obs import Observability
@@ -82,7 +81,7 @@ class _Job:
 class Applier:
     """Applies the overlay to LMDB and runs every other LMDB write (module docstring)."""
 
-    def __init__(self, directory: Directory, kv: KV, log: wal.Log, meta: Meta, reflexes: ReflexVersion | None,
+    def __init__(self, directory: Directory, kv: KV, log: wal.Log, meta: Meta, reflexes: ReflexTable | None,
                  overlay: Overlay, options: ApplierOptions, obs: Observability | None) -> None:
         self._kv = kv
         self._log = log
@@ -94,7 +93,8 @@ class Applier:
         self.reflex_capacity = meta.reflex_capacity
         self._counters = meta.counters.copy()
         self._applied = meta.applied_position
-        self._reflexes = reflexes
+        #: the table lookups use (swapped after each reflex-writing apply; None once closed)
+        self.current = Current(reflexes)
         self._reflex_carry: dict[str, int] = {}  # C counters of table versions swapped out
         self.reflexes_written_total = 0
         self.reflexes_created_total = 0
@@ -136,8 +136,7 @@ class Applier:
 
     @property
     def reflex_table(self) -> ReflexTable | None:
-        v = self._reflexes
-        return v.table if v is not None else None
+        return self.current.table
 
     @property
     def failure(self) -> BaseException | None:
@@ -176,7 +175,7 @@ class Applier:
         if result.reflexes is not None:  # swap in the new version; lookups never wait
             for k, v in reflex_store.counters(self.reflex_table).items():
                 self._reflex_carry[k] = self._reflex_carry.get(k, 0) + v
-            self._reflexes = ReflexVersion(result.reflexes)
+            self.current.table = result.reflexes
             self.reflexes_written_total += result.reflexes_written
             self.reflexes_created_total += result.reflexes_created
         if result.reflex_capacity is not None:
@@ -389,3 +388,7 @@ class Applier:
             if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join()
             self._overlay.wake_waiters()
+            # Let go of the table: one attached at open holds a read lease (and with it the
+            # LMDB environment), and the writer's objects form reference cycles, which would
+            # keep it until a garbage collection. A table handed out keeps its own lease.
+            self.current.table = None

@@ -544,15 +544,15 @@ def _check_reflexes(kv: KV, f: _Findings, facts: dict[str, Any]) -> None:
     """The stored reflex table: attached as a reader would, then C's full structural scan
     (records, index, Robin Hood order, the box, the live count)."""
     try:
-        version = reflex_store.attach(kv, verify=False)  # the checksums: _check_reflex_values
-        if version is None:
+        table = reflex_store.attach(kv, verify=False)  # the checksums: _check_reflex_values
+        if table is None:
             facts["reflexes"] = 0
             return
         try:
-            version.table.check()
-            facts["reflexes"] = len(version.table)
+            table.check()
+            facts["reflexes"] = len(table)
         finally:
-            del version  # releases its read transaction
+            table.close()  # releases its read transaction
     except CorruptionError as exc:
         f.add(exc.reason, f"reflexes: {exc.path}" if exc.path else "reflexes", None)
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ from .snapshot import presence
 
 if TYPE_CHECKING:
     from .obs import Observability
+    from .reflex import ReflexTable
 
 T = TypeVar("T")
 
@@ -242,7 +244,7 @@ class Writer:
         #: observations off the commit path (``observe_pending``)
         self._timings: deque[tuple[float, float, list[_Pending]]] = deque()
         self._refuse = options.reflex_eviction == "refuse"
-        self._table_seen: object = None  # the reflex table version whose memory_bytes ...
+        self._table_seen: weakref.ref[ReflexTable] | None = None  # the version whose memory_bytes ...
         self._table_bytes = 0            # ... is this
         #: leads and finishes submitted batches (one thread, started by the first one)
         self._committer = Committer(self._lead, applier.wait_applied, "ngstore-committer")
@@ -278,8 +280,11 @@ class Writer:
         c = a.counters
         pend = self._overlay.pending
         table = a.reflex_table
-        if table is not self._table_seen:  # a version never changes: ask C once per version
-            self._table_seen, self._table_bytes = table, table.memory_bytes if table is not None else 0
+        seen = self._table_seen
+        if seen is None or seen() is not table:  # a version never changes: ask C once per version
+            # by weak reference: this accounting must not keep a version (or its lease) alive
+            self._table_seen = weakref.ref(table) if table is not None else None
+            self._table_bytes = table.memory_bytes if table is not None else 0
         reflex_bytes = self._table_bytes
         if pend.reflexes:
             reflex_bytes = max(reflex_bytes, reflex_store.table_bytes_after(table, a.reflex_capacity, [],

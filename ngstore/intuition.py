@@ -72,7 +72,17 @@ from .inputs import state_coords
 from .layout import LEARN_MOMENTS_DTYPE
 from .learning import LearnedStatistics, make_fold, merge_folds
 from .records import CONNECTION_DTYPE, TOKEN_DTYPE, Mutability
-from .reflex import ANSWERED, KIND_COORDS, KIND_F32, LookupParams, LookupResult, ReflexHit, ReflexTable, _as_states
+from .reflex import (
+    ANSWERED,
+    KIND_COORDS,
+    KIND_F32,
+    Current,
+    LookupParams,
+    LookupResult,
+    ReflexHit,
+    ReflexTable,
+    _as_states,
+)
 from .validation import check_reflex
 
 if TYPE_CHECKING:
@@ -87,6 +97,8 @@ class ReflexStore(Protocol):
     def obs(self) -> Observability | None: ...
 
     def reflex_table(self) -> ReflexTable | None: ...
+
+    def reflex_current(self) -> Current: ...
 
     def reflex_stats(self) -> dict[str, Any]: ...
 
@@ -142,6 +154,7 @@ FOLD_CHUNK = 1 << 18
 class _MemoryReflexes:
     def __init__(self, capacity: int, shifts: Any) -> None:
         self.table_ = ReflexTable.create(capacity, shifts)
+        self.current = Current(self.table_)  # one object, grown in place: never replaced
         self.lock = threading.Lock()
         self.created = 0
 
@@ -170,6 +183,7 @@ class _MemoryReflexes:
 class _StoreReflexes:
     def __init__(self, store: ReflexStore) -> None:
         self.store = store
+        self.current = store.reflex_current()  # the applier's (or a reader's): a new version after a reflex commit
 
     def table(self) -> ReflexTable | None:
         return self.store.reflex_table()
@@ -231,6 +245,7 @@ class _StoreLearning:
 
     def __init__(self, store: ReflexStore) -> None:
         self.store = store
+        self.current = store.reflex_current()  # the applier's (or a reader's): a new version after a reflex commit
         self.held: dict[int, LearnedStatistics] = {}
 
     def statistics(self, bins_per_dim: int) -> LearnedStatistics:
@@ -280,14 +295,14 @@ class IntuitionEngine:
         #: events written before the last analysis cycle started (intuition_queue_size)
         self._analyzed_through = 0
         self.last_error: BaseException | None = None
-        # The fast path's state, prepared once: the thresholds as C parameters, and the
-        # table itself when it never changes (an in-memory engine's table is one object,
-        # which grows in place; a store's is a new version after each reflex commit).
+        # The fast path's state, prepared once: the thresholds as C parameters, and what
+        # names the table to use (read once per lookup: an in-memory engine's table is one
+        # object, which grows in place; a store's is a new version after each reflex
+        # commit, None once the store closed). With the fast path off it names none.
         self._fast_enabled = config.enable_fast_path
         self._params = LookupParams(config.fast_path_min_confidence, config.hypothesis_threshold,
                                     config.similarity_threshold, config.nearest_fallback)
-        self._fixed_table: ReflexTable | None = (reflexes.table_ if isinstance(reflexes, _MemoryReflexes)
-                                                 else None)
+        self._current: Current = reflexes.current if config.enable_fast_path else Current()
         # Learning: the statistics (the store's, or in memory), and whether a miss is looked
         # up again at its bin's key (only once this binning has learned: a store or an
         # engine that never learned pays nothing on a miss).
@@ -370,10 +385,9 @@ class IntuitionEngine:
         Lean on purpose: for a list or tuple of 8 floats it is one C call and, on a hit, one
         112-byte copy. A state that is not one state raises InvalidArgumentError, whether or
         not the table holds reflexes."""
-        table = self._fixed_table
-        if table is None:
-            table = self._reflexes.table()
-        if table is None or not self._fast_enabled:
+        table = self._current.table
+        if table is None:  # no reflex yet, the fast path off, or the store closed
+            self._reflexes.table()  # raises StoreClosedError once the store is closed
             _check_one_state(state)
             return None
         hit = table.lookup_with(self._params, state)
@@ -425,10 +439,9 @@ class IntuitionEngine:
 
         if isinstance(states, TokenArray):
             states = states.data
-        table = self._fixed_table
+        table = self._current.table
         if table is None:
-            table = self._reflexes.table()
-        if not self._fast_enabled or table is None:
+            self._reflexes.table()  # raises StoreClosedError once the store is closed
             kind, arr, _ = _as_states(states)
             n = arr.nbytes // {0: 32, 1: 64, 2: 48}[kind]
             zeros = np.zeros(n, np.float32)

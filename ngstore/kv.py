@@ -225,6 +225,8 @@ class KV:
         #: the writer's reads of values it is about to rewrite verify them too
         self.verify_writes = verify == "always"
         self.path = os.path.realpath(path)
+        #: LMDB's data file (named in every error about it; joined once: reads name it)
+        self.data_path = os.path.join(self.path, DATA_FILE)
         self.readonly = readonly
         self.io = io
         self._pin: lmdb.Transaction | None = None
@@ -233,7 +235,7 @@ class KV:
         self.before_grow: Callable[[], None] | None = None
         with _registry_lock:
             shared = _registry.get(self.path)
-            if shared is not None and shared.identity != io.identity(os.path.join(self.path, DATA_FILE)):
+            if shared is not None and shared.identity != io.identity(self.data_path):
                 # The directory was removed and made again (a store re-created at the same
                 # path) while something of the old store still holds its environment: that
                 # environment maps a file that is gone. Never hand it to the new store; it
@@ -247,7 +249,7 @@ class KV:
                     damaged.setdefault(p.tree, p)
                 fatal = [p for name, p in damaged.items() if name in _OPEN_CRITICAL or not readonly]
                 if fatal:
-                    raise _damage_error(fatal[0], os.path.join(self.path, DATA_FILE),
+                    raise _damage_error(fatal[0], self.data_path,
                                         "; `ngstore check PATH` lists the damage: restore the store from a backup"
                                         if not readonly else "")
                 if not readonly:
@@ -274,7 +276,7 @@ class KV:
                     raise translate(exc, f"opening the databases of {self.path}") from exc
                 shared = _Shared(env, dbs, readonly)
                 shared.damaged = damaged
-                shared.identity = io.identity(os.path.join(self.path, DATA_FILE))
+                shared.identity = io.identity(self.data_path)
                 _registry[self.path] = shared
             elif not readonly and shared.readonly:
                 raise StoreLockedError(
@@ -326,6 +328,36 @@ class KV:
             self._shared.refs += 1  # the environment outlives its handles while a txn is open
         return txn
 
+    def read_one(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(txn, *args)`` in a read transaction of its own, for one short read whose
+        result is a copy (no view of the map may escape ``fn``): the point-read path.
+
+        It costs one acquisition of the registry lock where :meth:`begin_read` and
+        :meth:`end_read` cost two: the lock is held across the read, so neither map growth
+        nor the last close of the environment (both take it) can come between the
+        transaction's beginning and its end. LMDB errors are translated."""
+        with _registry_lock:
+            try:
+                fast = self.env.begin(write=False, buffers=True)
+            except lmdb.MapResizedError:
+                fast = None  # another process grew the map: begin_read adopts its size
+            except lmdb.Error as exc:
+                raise translate(exc, "beginning a read transaction") from exc
+            if fast is not None:
+                try:
+                    return fn(fast, *args)
+                except lmdb.Error as exc:
+                    raise translate(exc, f"reading {self.path}") from exc
+                finally:
+                    fast.abort()
+        txn = self.begin_read()
+        try:
+            return fn(txn, *args)
+        except lmdb.Error as exc:
+            raise translate(exc, f"reading {self.path}") from exc
+        finally:
+            self.end_read(txn)
+
     def end_read(self, txn: lmdb.Transaction) -> None:
         try:
             txn.abort()
@@ -339,9 +371,10 @@ class KV:
     def db(self, name: bytes) -> Any:
         """The handle of database ``name`` for a read; CorruptionError when the open found
         its pages damaged (LMDB must not walk them)."""
-        problem = self._shared.damaged.get(name.decode())
+        damaged = self._shared.damaged
+        problem = damaged.get(name.decode()) if damaged else None  # a point read pays nothing
         if problem is not None:
-            raise _damage_error(problem, os.path.join(self.path, DATA_FILE),
+            raise _damage_error(problem, self.data_path,
                                 f"; the {name.decode()} database cannot be read")
         return self.dbs[name]
 
@@ -349,7 +382,7 @@ class KV:
         """Walks every B-tree of the snapshot of a read transaction held for the walk
         (``pages.verify``): LMDB reuses none of its pages meanwhile, whatever a writer
         commits. Done by ``check()`` before it lets LMDB read the large databases."""
-        data = os.path.join(self.path, DATA_FILE)
+        data = self.data_path
         for _attempt in range(16):
             txn = self.begin_read()
             try:
@@ -390,7 +423,7 @@ class KV:
         if verify is None:
             verify = self.verify_writes if writing else self.verify_reads
         return layout.unseal(db, key, value, region_bytes, verify=verify,
-                                 path=os.path.join(self.path, DATA_FILE), locate=self.value_offset)
+                                 path=self.data_path, locate=self.value_offset)
 
     def value_offset(self, value: Any) -> int | None:
         """The offset in data.mdb of the first byte of ``value`` (a buffer a read
@@ -502,7 +535,7 @@ class KV:
             text = self.io.read_file("/proc/self/maps").decode("ascii", "replace")
         except OSError:
             return None
-        data_path = os.path.join(self.path, DATA_FILE)
+        data_path = self.data_path
         for line in text.splitlines():
             parts = line.split(None, 5)
             if len(parts) < 6 or os.path.realpath(parts[5].strip()) != data_path:
@@ -527,11 +560,6 @@ class KV:
                                "is safe in the write-ahead log, but no more writes are taken: close "
                                "the store and open it again to recover") from exc
 
-    @property
-    def data_path(self) -> str:
-        """LMDB's data file."""
-        return os.path.join(self.path, DATA_FILE)
-
     def last_txnid(self) -> int:
         return int(self.env.info()["last_txnid"])
 
@@ -544,7 +572,7 @@ class KV:
     def read_meta_page(self, txnid: int) -> bytes:
         """The meta page bytes of committed transaction ``txnid`` (must be current)."""
         ps = self.page_size()
-        data_path = os.path.join(self.path, DATA_FILE)
+        data_path = self.data_path
         fd = self.io.open(data_path, os.O_RDONLY)
         try:
             for slot in (txnid & 1, (txnid & 1) ^ 1):
@@ -582,7 +610,7 @@ class KV:
         or abort); a copy of damage is no backup anyway."""
         if self._shared.damaged:
             first = next(iter(self._shared.damaged.values()))
-            raise _damage_error(first, os.path.join(self.path, DATA_FILE),
+            raise _damage_error(first, self.data_path,
                                 "; a copy would read the damaged pages: back up from an undamaged store")
         try:
             self.env.copyfd(fd, compact=compact, txn=txn)

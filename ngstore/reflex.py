@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import struct
 import threading
+import weakref
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -544,7 +545,7 @@ class _Version:
     """One C handle and every buffer it reads. A lookup holds a reference to the version it
     started on, so a growth that publishes a new version never frees memory under it."""
 
-    __slots__ = ("buffers", "handle", "keepalive", "tls")
+    __slots__ = ("__weakref__", "buffers", "handle", "keepalive", "tls")
 
     def __init__(self, handle: Any, buffers: list[Any], keepalive: list[Any]) -> None:
         self.handle = handle
@@ -568,6 +569,17 @@ def _allocate(geometry: Geometry) -> tuple[np.ndarray, list[np.ndarray]]:
 
 def _lookup_f32_fn() -> Any:
     return lib.ng_reflex_lookup_f32
+
+
+class Current:
+    """The table version lookups use now (None before the first reflex of a store, and
+    once the store is closed). One attribute read per lookup: the fast path reads it
+    without a lock or a call; its owner (a store's applier or read-only handle, or an in-memory engine) replaces it."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: ReflexTable | None = None) -> None:
+        self.table = table
 
 
 class ReflexTable:
@@ -603,14 +615,20 @@ class ReflexTable:
         return table
 
     @classmethod
-    def attach(cls, header: Any, segment_buffers: Sequence[Any], *, writable: bool = False) -> ReflexTable:
+    def attach(cls, header: Any, segment_buffers: Sequence[Any], *, writable: bool = False,
+               release: Callable[[], object] | None = None) -> ReflexTable:
         """A table over stored bytes, zero-copy: ``header`` (256 bytes) and the segments in
         index order (any buffer: bytes, memoryview of an LMDB value, numpy array).
 
         The header and every segment length are validated (O(1); :meth:`check` scans the
         rest). Raises CorruptionError naming the failed check and FormatVersionError for a
         table of another format version (version 1 included: see format §7). The buffers
-        must outlive the table (see the module doc)."""
+        must outlive the table (see the module doc): ``release`` is called once nothing
+        can read them any more -- the table and every lookup running on it are gone (or
+        closed) -- and is how a caller ties their memory to the table's lifetime (an LMDB
+        read lease, released then). It is not called at interpreter exit: the exit's own
+        collection frees everything, and releasing a map while a daemon thread still
+        looks up in it would fault."""
         hdr = bytes(header)
         err = _version_error(hdr)
         if err is not None:
@@ -633,7 +651,10 @@ class ReflexTable:
         if rc == _ERANGE:
             raise FormatVersionError(f"reflex table: {why}")
         _native.check_status("ng_reflex_attach", rc, why)
-        return cls(_Version(ffi.gc(out[0], lib.ng_reflex_free), bufs, [*ptrs, hdr]), bool(writable))
+        version = _Version(ffi.gc(out[0], lib.ng_reflex_free), bufs, [*ptrs, hdr])
+        if release is not None:
+            weakref.finalize(version, release).atexit = False
+        return cls(version, bool(writable))
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview, *, writable: bool = True) -> ReflexTable:

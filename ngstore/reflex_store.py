@@ -1,16 +1,19 @@
 """The reflex table of a store: versions for lock-free lookups, and how ops apply.
 
-Lookups never take a lock. They run on a :class:`ReflexVersion`, an immutable table:
+Lookups never take a lock. They run on the table a ``reflex.Current`` names, an
+immutable version:
 
 * at open (and in read-only processes) the version is attached **zero-copy** to the
   LMDB values of one read transaction (a ``kv.ReadLease``), so opening a store with
-  a million reflexes costs one ``get`` per segment, not a rebuild;
+  a million reflexes costs one ``get`` per segment, not a rebuild. The table itself
+  holds the lease: whoever holds the table (an engine, a caller, a lookup running on
+  it) keeps its memory valid, after the store's close too, and the lease is released
+  when the last of them lets go;
 * a commit that writes reflexes copies the current version into a writable table,
   applies its ops, stores the header and the changed segments in the same LMDB
-  transaction as the rest of the batch, and -- only after LMDB committed -- swaps the
-  new version in. A lookup already running keeps the old version alive through its
-  Python reference; the old version's memory (and lease) go when the last lookup
-  holding it returns.
+  transaction as the rest of the batch, and -- only after LMDB committed -- names the
+  new version in the ``Current``. A lookup already running keeps the old version
+  alive through its Python reference.
 
 The copy is O(table) per reflex-writing commit. Reflexes are written by consolidation
 (a few per analysis cycle), so this is cheap where it matters; a bulk load should put
@@ -18,7 +21,6 @@ all its reflexes in one batch.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import numpy as np
@@ -49,19 +51,9 @@ COUNTER_NAMES = ("lookups", "hits", "misses", "answers", "collisions", "candidat
                  "fallback_scans", "time_ns", "timed_lookups")
 
 
-class ReflexVersion:
-    """One immutable table for lookups, and whatever keeps its memory valid."""
-
-    __slots__ = ("__weakref__", "table")
-
-    def __init__(self, table: ReflexTable, lease: ReadLease | None = None) -> None:
-        self.table = table
-        if lease is not None:
-            weakref.finalize(self, lease.release)
-
-
-def attach(kv: KV, *, verify: bool | None = None) -> ReflexVersion | None:
-    """The stored table, zero-copy over a fresh read transaction (None if no table).
+def attach(kv: KV, *, verify: bool | None = None) -> ReflexTable | None:
+    """The stored table, zero-copy over a fresh read transaction (None if no table); the
+    table holds the transaction's lease until it is gone or closed.
 
     The header and every segment are checked against their checksum trailers
     (format.md §3.0) when ``verify`` says so (None: as the store's ``verify`` mode says
@@ -90,11 +82,10 @@ def attach(kv: KV, *, verify: bool | None = None) -> ReflexVersion | None:
                 segs.append(v)  # sizes from a damaged header mean nothing: attach reports it
             else:
                 segs.append(kv.record(DB_REFLEXES, key, v, segment_region_bytes(fields, i), verify=verify))
-        table = ReflexTable.attach(hdr, segs, writable=False)
+        return ReflexTable.attach(hdr, segs, writable=False, release=lease.release)
     except BaseException:
         lease.release()
         raise
-    return ReflexVersion(table, lease)
 
 
 def segment_region_bytes(header: dict[str, Any], index: int) -> int:

@@ -47,8 +47,7 @@ from .options import Options
 from .outcomes import Outcome, key_digest, key_op, keyed, outcome_in
 from .records import MAX_TOKEN_ID
 from .recovery import RecoveryInfo, open_writer
-from .reflex import ReflexTable
-from .reflex_store import ReflexVersion
+from .reflex import Current, ReflexTable
 from .snapshot import Snapshot, token_record
 from .tokens import Token, TokenArray
 
@@ -92,7 +91,7 @@ class Store:
         self._closing = False
         self._lock = threading.Lock()
         self._writer: Writer | None = None
-        self._reader_reflexes: ReflexVersion | None = None  # read-only handles
+        self._reader_reflexes = Current()  # read-only handles: the table they attached
         self._experience: StoreExperienceStream | None = None
         self._intuition: IntuitionEngine | None = None
         self.recovery = RecoveryInfo()
@@ -138,7 +137,7 @@ class Store:
             try:
                 with ReadTxn(kv) as txn:
                     meta = kv.read_meta(txn)
-                self._reader_reflexes = reflex_store.attach(kv)
+                self._reader_reflexes.table = reflex_store.attach(kv)
             except BaseException:
                 kv.close()
                 raise
@@ -308,16 +307,7 @@ class Store:
         else:
             self._kv.catch_up_with_writer()
         kv = self._kv
-        txn = kv.begin_read()
-        try:
-            return token_record(txn, kv, self._layout, token_id)
-        except BaseException as exc:
-            translated = kv.translated(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
-        finally:
-            kv.end_read(txn)
+        return kv.read_one(token_record, kv, self._layout, token_id)
 
     def get_tokens(self, ids: Any, *, missing: str = "raise") -> TokenArray:
         """Tokens for ``ids`` in the given order, as a TokenArray (a copy).
@@ -419,15 +409,20 @@ class Store:
         self._check_open()
         if self._writer is not None:
             return self._writer.applier.reflex_table
-        v = self._reader_reflexes
-        return v.table if v is not None else None
+        return self._reader_reflexes.table
+
+    def reflex_current(self) -> Current:
+        """What names the current reflex table, for a lookup path that reads it per call
+        without a call (the engine's fast path); its table is None once the store closed."""
+        self._check_open()
+        return self._writer.applier.current if self._writer is not None else self._reader_reflexes
 
     def refresh(self) -> None:
         """Read-only handles: look up reflexes in the newest committed table (the writer
         process sees its own commits at once)."""
         self._check_open()
         if self._writer is None:
-            self._reader_reflexes = reflex_store.attach(self._kv)
+            self._reader_reflexes.table = reflex_store.attach(self._kv)
 
     def learning_statistics(self, bins_per_dim: int = 4, *, groups: bool = True) -> LearnedStatistics:
         """The learning statistics of one binning, as committed (``groups=False``: the fold
@@ -576,10 +571,9 @@ class Store:
             if self._obs is not None:
                 self._obs.publish_stats()  # the stats page's last values, while stats() answers
             self._closed = True
-            # The reader's own hold on its reflex version: else the environment stays open
-            # until a garbage collection. (The writer's version is not dropped here: objects
-            # of the writer that outlive close can still reference the table's buffers.)
-            self._reader_reflexes = None
+            # The reader's own hold on its reflex table (and with it the read lease and the
+            # environment); a table handed out keeps its own lease.
+            self._reader_reflexes.table = None
             if self._obs is not None:
                 self._obs.event("close")
                 self._obs.close()
