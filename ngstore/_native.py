@@ -92,6 +92,16 @@ def _address(arr: np.ndarray) -> Any:
     return ffi.cast("const uint8_t *", arr.__array_interface__["data"][0])
 
 
+def buffer_pointer(buf: Any) -> tuple[Any, int]:
+    """``(pointer, length)`` of the bytes of ``buf`` (any buffer), as a plain pointer: no
+    cffi buffer export stays behind, so ``buf`` -- which must outlive every use of the
+    pointer -- is the only owner. An export of a memoryview left in a reference cycle
+    (a frame an exception's traceback keeps, say) crashed the garbage collector that
+    cleared both; a plain pointer cannot."""
+    exported = ffi.from_buffer("uint8_t[]", buf)
+    return ffi.cast("const uint8_t *", exported), len(exported)
+
+
 def _record_rows(records: Any) -> tuple[np.ndarray, int]:
     """Returns (rows, stride): a 1-D array of 64-byte rows and its positive byte stride.
 
@@ -224,10 +234,10 @@ def gather64(
     n = id_arr.shape[0]
     out = np.empty(n, dtype=dt)
     found = np.empty(n, dtype=np.bool_)
-    # The cdata objects own the buffer exports: keep them referenced until C returns.
-    views = [ffi.from_buffer("uint8_t[]", b) for b in chunk_buffers]
-    ptrs = ffi.new("const uint8_t *[]", views) if nchunks else ffi.NULL
-    lens = np.fromiter((len(v) for v in views), dtype=np.uint64, count=nchunks)
+    # chunk_buffers (referenced by the caller until this returns) own the memory
+    views = [buffer_pointer(b) for b in chunk_buffers]
+    ptrs = ffi.new("const uint8_t *[]", [p for p, _n in views]) if nchunks else ffi.NULL
+    lens = np.fromiter((n for _p, n in views), dtype=np.uint64, count=nchunks)
     if n == 0 and nchunks == 0:
         return out, found
     rc = lib.ng_gather64(
@@ -244,7 +254,6 @@ def gather64(
                 f"a chunk of {1 << int(slot_shift)} slots must have exactly {want} "
                 f"(or {want + CHECKSUM_BYTES} with its checksum)") if bad else ""
         check_status("ng_gather64", rc, hint)
-    del views
     return out, found
 
 
@@ -266,9 +275,9 @@ def gather_column(chunk_buffers: Sequence[Any], slot_shift: int, field_offset: i
     nchunks = len(chunk_buffers)
     if nchunks == 0:
         return out[:0]
-    views = [ffi.from_buffer("uint8_t[]", b) for b in chunk_buffers]
-    ptrs = ffi.new("const uint8_t *[]", views)
-    lens = np.fromiter((len(v) for v in views), dtype=np.uint64, count=nchunks)
+    views = [buffer_pointer(b) for b in chunk_buffers]  # chunk_buffers own the memory
+    ptrs = ffi.new("const uint8_t *[]", [p for p, _n in views])
+    lens = np.fromiter((n for _p, n in views), dtype=np.uint64, count=nchunks)
     n_out = ffi.new("size_t *")
     rc = lib.ng_gather_column(ptrs, ffi.from_buffer("uint64_t[]", lens), nchunks, slot_shift,
                               field_offset, dt.itemsize,
@@ -276,6 +285,5 @@ def gather_column(chunk_buffers: Sequence[Any], slot_shift: int, field_offset: i
                               if out.size else ffi.NULL, out.shape[0], n_out)
     check_status("ng_gather_column", rc, "a chunk value has the wrong length, or the counter "
                   "of present tokens is lower than the chunks' presence bits")
-    del views
     n = int(n_out[0])
     return out[:n].copy() if 2 * n < out.shape[0] else out[:n]  # let a mostly unused buffer go

@@ -155,6 +155,12 @@ class Applier:
         c = reflex_store.counters(self.reflex_table)
         return {k: c[k] + self._reflex_carry.get(k, 0) for k in c}
 
+    def _carry_counters(self) -> None:
+        """Adds the current table's lookup counters to those of the versions before it
+        (before the table is replaced or dropped)."""
+        for k, v in reflex_store.counters(self.reflex_table).items():
+            self._reflex_carry[k] = self._reflex_carry.get(k, 0) + v
+
     def add_listener(self, listener: ApplyListener) -> None:
         self._listeners.append(listener)
 
@@ -173,8 +179,7 @@ class Applier:
         self._applied = result.applied_position
         self._written_since_checkpoint += result.bytes_written
         if result.reflexes is not None:  # swap in the new version; lookups never wait
-            for k, v in reflex_store.counters(self.reflex_table).items():
-                self._reflex_carry[k] = self._reflex_carry.get(k, 0) + v
+            self._carry_counters()
             self.current.table = result.reflexes
             self.reflexes_written_total += result.reflexes_written
             self.reflexes_created_total += result.reflexes_created
@@ -391,4 +396,6 @@ class Applier:
             # Let go of the table: one attached at open holds a read lease (and with it the
             # LMDB environment), and the writer's objects form reference cycles, which would
             # keep it until a garbage collection. A table handed out keeps its own lease.
+            # Its lookup counters stay counted (the close's last stats read them).
+            self._carry_counters()
             self.current.table = None

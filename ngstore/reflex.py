@@ -567,6 +567,21 @@ def _allocate(geometry: Geometry) -> tuple[np.ndarray, list[np.ndarray]]:
     return arena, segs
 
 
+def _segment_pointer(buf: Any, writable: bool) -> tuple[Any, int]:
+    """``(pointer, length)`` of a segment the table reads in place, kept with ``buf``.
+
+    A memoryview (an LMDB value's, or one over another object it keeps exported) gets a
+    plain pointer (``_native.buffer_pointer``: no cffi export of a memoryview may stay in
+    the table, where a reference cycle -- a table reached from an exception's traceback --
+    would crash the garbage collector); an LMDB value's memory is kept by the read lease
+    (``attach``'s ``release``). Other buffers stay exported, so that an object such as a
+    bytearray cannot be resized under the table."""
+    if isinstance(buf, memoryview) and not writable:
+        return _native.buffer_pointer(buf)
+    exported = ffi.from_buffer("uint8_t[]", buf, require_writable=writable)
+    return exported, len(exported)
+
+
 def _lookup_f32_fn() -> Any:
     return lib.ng_reflex_lookup_f32
 
@@ -635,15 +650,16 @@ class ReflexTable:
             raise err
         bufs = list(segment_buffers)
         try:
-            ptrs = [ffi.from_buffer("uint8_t[]", b, require_writable=writable) for b in bufs]
+            segs = [_segment_pointer(b, writable) for b in bufs]
         except (TypeError, BufferError) as exc:
             raise InvalidArgumentError(
                 f"reflex segments must be buffers{' (writable, since writable=True)' if writable else ''}: {exc}"
             ) from None
         out = ffi.new("ng_reflex_table **")
         reason = ffi.new("char *[1]")
+        ptrs = [p for p, _n in segs]
         rc = lib.ng_reflex_attach(hdr, len(hdr), ffi.new("uint8_t *[]", ptrs) if ptrs else ffi.NULL,
-                                  ffi.new("size_t[]", [len(p) for p in ptrs]) if ptrs else ffi.NULL,
+                                  ffi.new("size_t[]", [n for _p, n in segs]) if ptrs else ffi.NULL,
                                   len(ptrs), 1 if writable else 0, out, ffi.cast("const char **", reason))
         why = ffi.string(reason[0]).decode() if reason[0] != ffi.NULL else ""
         if rc == _ECORRUPT:

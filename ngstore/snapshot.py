@@ -38,6 +38,7 @@ from .errors import CorruptionError, InvalidArgumentError, NotFoundError, StoreC
 from .inputs import connection_keys, ids_array
 from .kv import KV, ReadLease
 from .layout import (
+    CHECKSUM_BYTES,
     DB_CONN_REVERSE,
     DB_CONNECTIONS,
     DB_EVENTS,
@@ -279,7 +280,9 @@ def token_record(txn: Any, kv: KV, layout: ChunkLayout, token_id: int) -> bytes 
     v = txn.get(key, db=db) if db is not None else None
     if v is None:
         return None
-    v = kv.record(DB_TOKENS, key, v, layout.region_bytes)
+    if kv.verify_reads or len(v) != layout.region_bytes + CHECKSUM_BYTES:
+        v = kv.record(DB_TOKENS, key, v, layout.region_bytes)  # verified, or reported if malformed
+    # else a sealed chunk read unverified: its record region is its prefix, read in place
     slot = token_id & layout.mask
     if not v[layout.records_bytes + (slot >> 3)] >> (slot & 7) & 1:
         return None
@@ -314,7 +317,8 @@ class TokenView:
         full = layout.full_bitmap
         rb, region_bytes, slots, shift = layout.records_bytes, layout.region_bytes, layout.slots, layout.shift
         records = views.records
-        record = snap._kv.record
+        kv = snap._kv
+        record, verify, sealed = kv.record, kv.verify_reads, region_bytes + CHECKSUM_BYTES
         from_bytes = int.from_bytes
         db = snap._db(DB_TOKENS)
         if db is None:
@@ -325,11 +329,13 @@ class TokenView:
         for key, stored in cur:
             if end_chunk is not None and from_bytes(key, "big") >= end_chunk:
                 return
-            # verified (per the store's verify mode) before any view of it is handed out
-            value = record(DB_TOKENS, bytes(key), stored, region_bytes)
+            # verified (per the store's verify mode) before any view of it is handed out; a
+            # sealed chunk read unverified is used in place (its record region is its prefix)
+            value = stored if not verify and len(stored) == sealed else record(DB_TOKENS, bytes(key), stored,
+                                                                               region_bytes)
             first = from_bytes(key, "big") << shift
             rows = records(value, slots)
-            bitmap = value[rb:]
+            bitmap = value[rb:region_bytes]
             if bitmap == full:
                 yield first, rows
                 continue
