@@ -142,7 +142,7 @@ class ApplyResult:
 def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[Entry]) -> ApplyResult:
     """Applies ``entries`` (non-empty, in log order) in ``txn``; see the module docstring."""
     counters = state.counters.copy()
-    result = ApplyResult(counters, max(pos for pos, _ in entries))
+    result = ApplyResult(counters, entries[-1][0])
     entries = _record_keys(txn, dbs.get(DB_OUTCOMES), entries, counters.events_next_seq, result)
     tokens_db, conn_db, rconn_db = dbs[DB_TOKENS], dbs[DB_CONNECTIONS], dbs[DB_CONN_REVERSE]
     events_db = dbs[DB_EVENTS]
@@ -240,7 +240,8 @@ def _record_keys(txn: Any, db: Any, entries: list[Entry], next_event: int, resul
     kept: list[Entry] = []
     head: OutcomesHeader | None = None
     for position, ops in entries:
-        key = batch_key(ops, f"log record {position}")
+        # one op that is not a key: unkeyed, and nothing for batch_key to find wrong
+        key = batch_key(ops, position) if len(ops) != 1 or ops[0].kind == OP_OUTCOME_KEY else None
         if key is not None:
             digest, remember = key
             if db is None:
@@ -269,7 +270,9 @@ def _record_keys(txn: Any, db: Any, entries: list[Entry], next_event: int, resul
             result.keys_recorded += 1
             result.bytes_written += 80
         kept.append((position, ops))
-        next_event += sum(op.count for op in ops if op.kind == OP_EVENT_APPEND)
+        for op in ops:  # (a loop: a generator per entry cost more than the rest of it)
+            if op.kind == OP_EVENT_APPEND:
+                next_event += op.count
     if head is not None:
         txn.put(OUTCOMES_HEADER_KEY, head.encode(), db=db)
     return kept
@@ -290,12 +293,12 @@ def _coalesced(entries: list[Entry]) -> Iterator[tuple[int, Op]]:
     TOKEN_PUT ops (across batches) merged into one, so a group of small commits rewrites
     each chunk once. Same result: within a put the last record of an id wins, and only
     adjacent puts merge, so no delete or other op is reordered."""
-    run: list[np.ndarray] = []
+    run: list[Op] = []
     run_pos = 0
     for position, ops in entries:
         for op in ops:
             if op.kind == OP_TOKEN_PUT:
-                run.append(op.data)
+                run.append(op)
                 run_pos = position
                 continue
             if run:
@@ -306,12 +309,17 @@ def _coalesced(entries: list[Entry]) -> Iterator[tuple[int, Op]]:
         yield run_pos, Op(OP_TOKEN_PUT, _concat_records(run))
 
 
-def _concat_records(run: list[np.ndarray]) -> np.ndarray:
-    """Token record arrays concatenated as opaque 64-byte rows (numpy's concatenate of a
-    structured dtype is several times slower)."""
+def _concat_records(run: list[Op]) -> np.ndarray:
+    """The records of TOKEN_PUT ops concatenated as opaque 64-byte rows (numpy's
+    concatenate of a structured dtype is several times slower); one join of their bytes
+    when every op has them (a group of small commits: a view per op cost most of its
+    apply). Read-only: the apply only reads it."""
     if len(run) == 1:
-        return run[0]
-    return np.concatenate([np.ascontiguousarray(r).view(RAW64) for r in run]).view(TOKEN_DTYPE)
+        return run[0].data
+    raws = [op.raw for op in run]
+    if None not in raws:
+        return np.frombuffer(b"".join(raws), dtype=TOKEN_DTYPE)  # type: ignore[arg-type]
+    return np.concatenate([np.ascontiguousarray(op.data).view(RAW64) for op in run]).view(TOKEN_DTYPE)
 
 
 # -- token chunks ------------------------------------------------------------------------

@@ -117,25 +117,29 @@ def outcome_key_op(digest: bytes, remember: int) -> Op:
     return Op.of_bytes(OP_OUTCOME_KEY, _OUTCOME_KEY_ITEM.pack(digest, remember))
 
 
-def batch_key(ops: list[Op], where: str = "batch") -> tuple[bytes, int] | None:
+def batch_key(ops: list[Op], where: str | int = "batch") -> tuple[bytes, int] | None:
     """``(digest, remember)`` of a keyed batch, None for an unkeyed one. A batch holds at
     most one OUTCOME_KEY op, of one item, as its first op (§5.2); anything else is a
-    CorruptionError."""
+    CorruptionError naming ``where`` (an int: the log position of the batch's record)."""
     if not ops:
         return None
     keyed = ops[0].kind == OP_OUTCOME_KEY
     for op in ops[1:] if keyed else ops:
         if op.kind == OP_OUTCOME_KEY:
-            raise CorruptionError(f"{where}: an OUTCOME_KEY op that is not the batch's first")
+            raise CorruptionError(f"{_where(where)}: an OUTCOME_KEY op that is not the batch's first")
     if not keyed:
         return None
     op = ops[0]
     if op.count != 1:
-        raise CorruptionError(f"{where}: an OUTCOME_KEY op of {op.count} items")
+        raise CorruptionError(f"{_where(where)}: an OUTCOME_KEY op of {op.count} items")
     digest, remember = _OUTCOME_KEY_ITEM.unpack(op.body())
     if remember < 1:
-        raise CorruptionError(f"{where}: an OUTCOME_KEY op keeping {remember} keys")
+        raise CorruptionError(f"{_where(where)}: an OUTCOME_KEY op keeping {remember} keys")
     return bytes(digest), int(remember)
+
+
+def _where(where: str | int) -> str:
+    return f"log record {where}" if isinstance(where, int) else where
 
 
 _ID_AT_48 = struct.Struct("<48xI")

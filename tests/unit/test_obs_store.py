@@ -256,7 +256,7 @@ def test_two_stores_in_one_process_have_separate_metrics(tmp_path):
 def test_an_unhandled_store_error_in_a_child_leaves_a_dump_with_the_events_before_it(tmp_path, path):
     r = run_child("""
         import sys, ngstore
-        s = ngstore.open(sys.argv[1])
+        s = ngstore.open(sys.argv[1], apply_interval=600.0)  # no apply by age, however slow
         for i in range(3):
             s.put_tokens(ngstore.Token.create_batch(5, start=i * 5))
         s.flush()                                 # the three commits reach LMDB: one "apply"
@@ -279,7 +279,7 @@ def test_an_unhandled_store_error_in_a_child_leaves_a_dump_with_the_events_befor
 def test_an_application_error_that_does_not_involve_the_store_leaves_no_dump(tmp_path, path):
     r = run_child("""
         import sys, ngstore
-        s = ngstore.open(sys.argv[1])
+        s = ngstore.open(sys.argv[1], apply_interval=600.0)
         s.put_tokens(ngstore.Token.create_batch(5))
         s.flush()
         raise RuntimeError("the application's own bug")
