@@ -245,7 +245,6 @@ class _StoreLearning:
 
     def __init__(self, store: ReflexStore) -> None:
         self.store = store
-        self.current = store.reflex_current()  # the applier's (or a reader's): a new version after a reflex commit
         self.held: dict[int, LearnedStatistics] = {}
 
     def statistics(self, bins_per_dim: int) -> LearnedStatistics:
@@ -299,7 +298,6 @@ class IntuitionEngine:
         # names the table to use (read once per lookup: an in-memory engine's table is one
         # object, which grows in place; a store's is a new version after each reflex
         # commit, None once the store closed). With the fast path off it names none.
-        self._fast_enabled = config.enable_fast_path
         self._params = LookupParams(config.fast_path_min_confidence, config.hypothesis_threshold,
                                     config.similarity_threshold, config.nearest_fallback)
         self._current: Current = reflexes.current if config.enable_fast_path else Current()
