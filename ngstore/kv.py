@@ -309,21 +309,20 @@ class KV:
         transaction of ngstore begins here: map growth counts them (it must not remap
         under one) and LMDB's errors are translated.
         """
-        try:
-            txn = self.env.begin(write=False, buffers=True)
-        except lmdb.MapResizedError:
-            # Another process grew the map; adopt the new size (no txn of ours is open
-            # on this path, or LMDB would not have let us get here).
+        with _registry_lock:  # begun and counted at once: map growth checks the count under it
             try:
-                with _registry_lock:
-                    self._shared.map_span = None
-                self.env.set_mapsize(0)
                 txn = self.env.begin(write=False, buffers=True)
+            except lmdb.MapResizedError:
+                # Another process grew the map; adopt the new size (no txn of ours is open
+                # on this path, or LMDB would not have let us get here).
+                try:
+                    self._shared.map_span = None
+                    self.env.set_mapsize(0)
+                    txn = self.env.begin(write=False, buffers=True)
+                except lmdb.Error as exc:
+                    raise translate(exc, "beginning a read transaction") from exc
             except lmdb.Error as exc:
                 raise translate(exc, "beginning a read transaction") from exc
-        except lmdb.Error as exc:
-            raise translate(exc, "beginning a read transaction") from exc
-        with _registry_lock:
             self._shared.open_readers += 1
             self._shared.refs += 1  # the environment outlives its handles while a txn is open
         return txn
@@ -474,20 +473,28 @@ class KV:
         with _registry_lock:
             busy = self._shared.open_readers
         if busy:
-            raise NgStoreError(
-                f"the LMDB map of {self.path} is full at {size} bytes and cannot grow while "
-                f"{busy} snapshot(s) of this process are open; close them and retry")
+            raise self._busy_growing(size, busy)
         if size * 2 > MAX_MAP_SIZE:
             raise NgStoreError(f"the LMDB map of {self.path} reached its maximum size {size}")
         # The pin must stay on the checkpointed transaction, and remapping needs it
         # closed: so checkpoint now (the writer's hook), then remap and pin afresh.
         if self.before_grow is not None:
             self.before_grow()
-        self.unpin()
+        # Checked again, and remapped, under the lock every read transaction of this process
+        # begins under: a reader that began during the checkpoint above must not have the
+        # map moved under it, and none can begin until the remap is done.
         with _registry_lock:
+            busy = self._shared.open_readers
+            if busy:
+                raise self._busy_growing(size, busy)
+            self.unpin()
             self._shared.map_span = None
-        self.env.set_mapsize(size * 2)
-        self.pin()
+            self.env.set_mapsize(size * 2)
+            self.pin()
+
+    def _busy_growing(self, size: int, busy: int) -> NgStoreError:
+        return NgStoreError(f"the LMDB map of {self.path} is full at {size} bytes and cannot grow while "
+                            f"{busy} snapshot(s) of this process are open; close them and retry")
 
     def set_writer_barrier(self, barrier: Callable[[], None] | None) -> None:
         """A writer in this process registers how to bring LMDB up to date with its
