@@ -38,7 +38,6 @@ from .errors import CorruptionError, InvalidArgumentError, NotFoundError, StoreC
 from .inputs import connection_keys, ids_array
 from .kv import KV, ReadLease
 from .layout import (
-    CHECKSUM_BYTES,
     DB_CONN_REVERSE,
     DB_CONNECTIONS,
     DB_EVENTS,
@@ -280,7 +279,7 @@ def token_record(txn: Any, kv: KV, layout: ChunkLayout, token_id: int) -> bytes 
     v = txn.get(key, db=db) if db is not None else None
     if v is None:
         return None
-    if kv.verify_reads or len(v) != layout.region_bytes + CHECKSUM_BYTES:
+    if kv.verify_reads or len(v) != layout.sealed_bytes:
         v = kv.record(DB_TOKENS, key, v, layout.region_bytes)  # verified, or reported if malformed
     # else a sealed chunk read unverified: its record region is its prefix, read in place
     slot = token_id & layout.mask
@@ -318,7 +317,7 @@ class TokenView:
         rb, region_bytes, slots, shift = layout.records_bytes, layout.region_bytes, layout.slots, layout.shift
         records = views.records
         kv = snap._kv
-        record, verify, sealed = kv.record, kv.verify_reads, region_bytes + CHECKSUM_BYTES
+        record, verify, sealed = kv.record, kv.verify_reads, layout.sealed_bytes
         from_bytes = int.from_bytes
         db = snap._db(DB_TOKENS)
         if db is None:
