@@ -144,11 +144,33 @@ int ng_gather64(const uint32_t *ids, size_t n, const uint32_t *chunk_keys,
     return NG_OK;
 }
 
+/* Bit counts of a bitmap word; the portable forms are for compilers without the builtins. */
+static inline size_t ng_popcount64(uint64_t v) {
+#if defined(__GNUC__)
+    return (size_t)__builtin_popcountll(v);
+#else
+    size_t n = 0;
+    for (; v; v &= v - 1) n++;
+    return n;
+#endif
+}
+
+static inline size_t ng_ctz64(uint64_t v) { /* v != 0 */
+#if defined(__GNUC__)
+    return (size_t)__builtin_ctzll(v);
+#else
+    size_t n = 0;
+    for (; !(v & 1u); v >>= 1) n++;
+    return n;
+#endif
+}
+
 /* Copies field bytes [field_off, field_off + field_size) of every PRESENT record of
  * `nchunks` chunk values, in chunk order then slot order, into `out` (packed).
  * Each chunk value must be exactly S*64 + S/8 bytes (S = 1 << slot_shift; the token
  * chunk layout of docs/format.md 3.2), or that plus the NG_CHECKSUM_BYTES trailer
- * (3.0, not verified here), or NG_ECORRUPT is returned before anything is read from it. `out_cap` is the capacity of `out` in records; *n_out receives how many
+ * (3.0, not verified here), or NG_ECORRUPT is returned before anything is read
+ * from it. `out_cap` is the capacity of `out` in records; *n_out receives how many
  * records were written (NG_ERANGE if they would not fit). The GIL is released by cffi:
  * this runs over the LMDB map while the read transaction is held by the caller. */
 int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens, size_t nchunks,
@@ -166,32 +188,38 @@ int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_len
     for (size_t c = 0; c < nchunks; c++)
         if (!chunk_ptrs[c] || (chunk_lens[c] != value_bytes && chunk_lens[c] != value_bytes + NG_CHECKSUM_BYTES))
             return NG_ECORRUPT;
+    /* Most chunks are full: a bitmap word of 64 present slots copies 64 fields at a
+     * fixed stride (a loop the compiler unrolls, as numpy's strided copy is); other
+     * words copy their set bits one by one. The bitmap is read as bytes: a chunk value
+     * need not be 8-byte aligned. */
     size_t n = 0;
     for (size_t c = 0; c < nchunks; c++) {
         const uint8_t *base = chunk_ptrs[c];
         const uint8_t *bitmap = base + records_bytes;
-        for (size_t b = 0; b < slots / 8; b++) {
-            unsigned bits = bitmap[b];
+        for (size_t w = 0; w * 8 < slots / 8; w++) {
+            size_t wbytes = slots / 8 - w * 8 < 8 ? slots / 8 - w * 8 : 8;  /* < 8: chunks of 8..32 slots */
+            uint64_t bits = 0;
+            for (size_t k = 0; k < wbytes; k++) bits |= (uint64_t)bitmap[w * 8 + k] << (8 * k);
             if (!bits) continue;
-            if (n + 8 > out_cap) {  /* exact check only near the end */
-                size_t present = 0;
-                for (unsigned k = 0; k < 8; k++) present += (bits >> k) & 1u;
-                if (n + present > out_cap) return NG_ERANGE;
-            }
-            const uint8_t *rec = base + b * 8 * NG_TOKEN_SIZE + field_off;
+            const uint8_t *rec = base + w * 64 * NG_TOKEN_SIZE + field_off;
 #if defined(__GNUC__)
-            /* The map has 4 KiB pages: the hardware prefetcher stops at each page
-             * boundary, so ask for the line one page ahead ourselves. */
-            if ((b & 7) == 0 && (b + 64) * 8 * NG_TOKEN_SIZE < records_bytes)
-                __builtin_prefetch(base + (b + 64) * 8 * NG_TOKEN_SIZE + field_off, 0, 0);
+            /* A word's records are one 4 KiB page of the map, and the hardware prefetcher
+             * stops at page boundaries: ask for the first lines two pages ahead. */
+            __builtin_prefetch(rec + 2 * 64 * NG_TOKEN_SIZE, 0, 0);
 #endif
-            /* Constant-size copies compile to plain loads and stores. */
-#define NG_COPY_FIELDS(SIZE)                                                   \
-            for (unsigned k = 0; k < 8; k++, rec += NG_TOKEN_SIZE) {           \
-                if (!((bits >> k) & 1u)) continue;                             \
-                memcpy(out + n * (SIZE), rec, (SIZE));                         \
-                n++;                                                           \
+            size_t present = bits == UINT64_MAX ? 64 : ng_popcount64(bits);
+            if (present > out_cap - n) return NG_ERANGE;
+            uint8_t *dst = out + n * field_size;
+            n += present;
+#define NG_COPY_FIELDS(SIZE)                                                       \
+            if (bits == UINT64_MAX) {                                              \
+                for (unsigned k = 0; k < 64; k++)                                  \
+                    memcpy(dst + k * (SIZE), rec + k * NG_TOKEN_SIZE, (SIZE));     \
+            } else {                                                               \
+                for (; bits; bits &= bits - 1, dst += (SIZE))                      \
+                    memcpy(dst, rec + ng_ctz64(bits) * NG_TOKEN_SIZE, (SIZE));        \
             }
+            /* Constant-size copies compile to plain loads and stores. */
             switch (field_size) {
             case 1: NG_COPY_FIELDS(1) break;
             case 2: NG_COPY_FIELDS(2) break;

@@ -7,7 +7,8 @@
  * while the buffers stay mapped.
  *
  * Token chunk values are the layout of ngcore.h / docs/format.md §3.2 (S records of 64
- * bytes, then a presence bitmap of S/8 bytes; S = 1 << slot_shift). A present record's
+ * bytes, then a presence bitmap of S/8 bytes; S = 1 << slot_shift), with or without the
+ * NG_CHECKSUM_BYTES trailer of a sealed value (never read here). A present record's
  * id is read from its own id field (offset 48). Coordinates are the 24 raw i16 at
  * offset 0 (layer L, axis A at byte 6L + 2A).
  *

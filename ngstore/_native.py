@@ -102,6 +102,16 @@ def buffer_pointer(buf: Any) -> tuple[Any, int]:
     return ffi.cast("const uint8_t *", exported), len(exported)
 
 
+def _pointer_array(buffers: Sequence[Any]) -> tuple[Any, Any]:
+    """``(const uint8_t *[], uint64_t[])``: the addresses and lengths of many buffers, as
+    plain pointers (:func:`buffer_pointer`: ``buffers`` must outlive every use of them)."""
+    from_buffer, cast = ffi.from_buffer, ffi.cast
+    exports = [from_buffer("uint8_t[]", b) for b in buffers]
+    ptrs = ffi.new("const uint8_t *[]", [cast("const uint8_t *", e) for e in exports])
+    lens = ffi.new("uint64_t[]", [len(e) for e in exports])
+    return ptrs, lens
+
+
 def _record_rows(records: Any) -> tuple[np.ndarray, int]:
     """Returns (rows, stride): a 1-D array of 64-byte rows and its positive byte stride.
 
@@ -275,11 +285,9 @@ def gather_column(chunk_buffers: Sequence[Any], slot_shift: int, field_offset: i
     nchunks = len(chunk_buffers)
     if nchunks == 0:
         return out[:0]
-    views = [buffer_pointer(b) for b in chunk_buffers]  # chunk_buffers own the memory
-    ptrs = ffi.new("const uint8_t *[]", [p for p, _n in views])
-    lens = np.fromiter((n for _p, n in views), dtype=np.uint64, count=nchunks)
+    ptrs, lens = _pointer_array(chunk_buffers)
     n_out = ffi.new("size_t *")
-    rc = lib.ng_gather_column(ptrs, ffi.from_buffer("uint64_t[]", lens), nchunks, slot_shift,
+    rc = lib.ng_gather_column(ptrs, lens, nchunks, slot_shift,
                               field_offset, dt.itemsize,
                               ffi.from_buffer("uint8_t[]", out.view(np.uint8), require_writable=True)
                               if out.size else ffi.NULL, out.shape[0], n_out)

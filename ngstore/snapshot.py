@@ -416,11 +416,18 @@ class TokenView:
         txn = snap._txn()
         db = snap._db(DB_TOKENS)
         layout = self._layout
-        bufs = []
+        bufs: list[Any] = []
         if db is not None:
-            record, region_bytes = snap._kv.record, layout.region_bytes
+            kv = snap._kv
+            record, region_bytes, sealed = kv.record, layout.region_bytes, layout.sealed_bytes
+            append = bufs.append
+            if kv.verify_reads:
+                for key, value in txn.cursor(db=db):
+                    append(record(DB_TOKENS, bytes(key), value, region_bytes))  # verified as a scan is
+                return bufs
             for key, value in txn.cursor(db=db):
-                bufs.append(record(DB_TOKENS, bytes(key), value, region_bytes))  # verified as a scan is
+                # unverified, a sealed chunk is used whole (the C reads its region, a prefix)
+                append(value if len(value) == sealed else record(DB_TOKENS, bytes(key), value, region_bytes))
         return bufs
 
     # -- similarity (ngstore/similarity.py, docs/api.md "Similarity and traversal") ------

@@ -126,6 +126,47 @@ static void check_core(void) {
     free(chunk);
 }
 
+/* gather_column against a plain loop over the presence bits: chunks of 8 to 256 slots
+ * (bitmap words shorter than, equal to and longer than 64 bits), random, full and empty
+ * bitmaps, every field size path (1, 2, 4, 8 and an odd 3), sealed and unsealed values. */
+static void check_gather_column(void) {
+    for (unsigned shift = 3; shift <= 8; shift++) {
+        const size_t slots = (size_t)1 << shift, len = slots * 64 + slots / 8;
+        enum { NCHUNKS = 3 };
+        uint8_t *chunks[NCHUNKS];
+        const uint8_t *ptrs[NCHUNKS];
+        uint64_t lens[NCHUNKS];
+        for (unsigned c = 0; c < NCHUNKS; c++) {
+            chunks[c] = (uint8_t *)malloc(len + NG_CHECKSUM_BYTES);
+            for (size_t i = 0; i < len + NG_CHECKSUM_BYTES; i++) chunks[c][i] = (uint8_t)rnd();
+            if (c == 1) memset(chunks[c] + slots * 64, 0xFF, slots / 8); /* full */
+            if (c == 2 && shift == 4) memset(chunks[c] + slots * 64, 0, slots / 8); /* empty */
+            ptrs[c] = chunks[c];
+            lens[c] = c == 1 ? len + NG_CHECKSUM_BYTES : len;
+        }
+        static const unsigned fields[][2] = {{52, 4}, {0, 1}, {6, 2}, {56, 8}, {13, 3}};
+        for (unsigned f = 0; f < sizeof fields / sizeof fields[0]; f++) {
+            const unsigned off = fields[f][0], size = fields[f][1];
+            uint8_t *want = (uint8_t *)malloc(NCHUNKS * slots * size), *got = (uint8_t *)malloc(NCHUNKS * slots * size);
+            size_t n_want = 0, n_got = 0;
+            for (unsigned c = 0; c < NCHUNKS; c++)
+                for (size_t s = 0; s < slots; s++)
+                    if ((chunks[c][slots * 64 + s / 8] >> (s % 8)) & 1u)
+                        memcpy(want + size * n_want++, chunks[c] + s * 64 + off, size);
+            EXPECT(ng_gather_column(ptrs, lens, NCHUNKS, shift, off, size, got, NCHUNKS * slots, &n_got) == NG_OK,
+                   "gather_column shift %u field %u+%u", shift, off, size);
+            EXPECT(n_got == n_want && memcmp(got, want, n_want * size) == 0,
+                   "gather_column shift %u field %u+%u: %zu of %zu", shift, off, size, n_got, n_want);
+            if (n_want)
+                EXPECT(ng_gather_column(ptrs, lens, NCHUNKS, shift, off, size, got, n_want - 1, &n_got) == NG_ERANGE,
+                       "gather_column one short, shift %u", shift);
+            free(want);
+            free(got);
+        }
+        for (unsigned c = 0; c < NCHUNKS; c++) free(chunks[c]);
+    }
+}
+
 /* ---- the reflex table */
 
 typedef struct {
@@ -434,6 +475,21 @@ static void check_similarity(void) {
     EXPECT(od[10] == 1.0 && od[16] == 1.0, "cosine of the zero query");
     lens[0] = vlen - 1;
     EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, dims, 24, 0, 10, od, oi, &m) == NG_ECORRUPT, "short chunk");
+    /* a sealed value (region + trailer) is read alike; a length of neither kind is corrupt */
+    uint8_t *sealed = (uint8_t *)malloc(vlen + NG_CHECKSUM_BYTES);
+    memcpy(sealed, chunk, vlen);
+    memset(sealed + vlen, 0x5A, NG_CHECKSUM_BYTES);
+    const uint8_t *sptrs[1] = {sealed};
+    uint64_t slens[1] = {vlen + NG_CHECKSUM_BYTES};
+    double sd[10];
+    uint32_t si[10];
+    size_t sm = 0;
+    EXPECT(ng_knn_chunks(sptrs, slens, 1, shift, q, 1, dims, 24, 0, 10, sd, si, &sm) == NG_OK && sm == 7 &&
+           si[0] == 2 && si[1] == 6, "knn over a sealed chunk");
+    slens[0] = vlen + NG_CHECKSUM_BYTES - 1;
+    EXPECT(ng_knn_chunks(sptrs, slens, 1, shift, q, 1, dims, 24, 0, 10, sd, si, &sm) == NG_ECORRUPT,
+           "chunk of neither length");
+    free(sealed);
     lens[0] = vlen;
     uint8_t bad_dims[2] = {3, 3};
     EXPECT(ng_knn_chunks(ptrs, lens, 1, shift, q, 2, bad_dims, 2, 0, 10, od, oi, &m) == NG_EINVAL, "dims");
@@ -537,6 +593,7 @@ static void check_graph(void) {
 int main(int argc, char **argv) {
     unsigned rounds = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 40;
     check_core();
+    check_gather_column();
     check_reflex(rounds);
     check_similarity();
     check_graph();
