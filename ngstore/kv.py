@@ -137,10 +137,14 @@ def check_data_file(path: str, io: FileIO, *, walk: bool = False) -> pages.Verif
     walk's result (None without ``walk``), and the caller decides what damage it can open
     with. A missing or empty file is fine (LMDB creates it)."""
     data = os.path.join(path, DATA_FILE)
+    # The meta pages first, then the size: a writer in another process writes a commit's
+    # pages before its meta page and never shrinks the file, so the size read after a meta
+    # page covers it. Read the other way round, a commit between the two reads made a
+    # growing file look truncated.
+    head = io.read_file(data, limit=layout.MAX_PAGE_SIZE * 2) if io.size_of(data) else b""
     size = io.size_of(data)
-    if not size:
+    if not size or not head:
         return None
-    head = io.read_file(data, limit=layout.MAX_PAGE_SIZE * 2)
     psize = layout.meta_page_size(head) if len(head) >= 44 else 0
     if not 512 <= psize <= layout.MAX_PAGE_SIZE or psize & (psize - 1):
         raise CorruptionError(f"data.mdb's first meta page names a page size of {psize}", path=data, offset=40)
