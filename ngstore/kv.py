@@ -112,6 +112,20 @@ class _Shared:
         self.damaged: dict[str, pages.PageProblem] = {}
         #: ``(st_dev, st_ino)`` of the data.mdb this environment maps.
         self.identity: tuple[int, int] | None = None
+        #: The read transaction point reads reuse (``KV.read_one``) while a writer of this
+        #: process is open; ended at each write commit, so it never shows an old state nor
+        #: holds pages the writer freed. Used and replaced only under ``_registry_lock``.
+        self.point_txn: lmdb.Transaction | None = None
+        #: Values ``point_txn`` has read, kept for the reads after (``KV.read_one``); they
+        #: point into its snapshot, so they go with it.
+        self.point_values: dict[Any, Any] = {}
+
+    def drop_point_txn(self) -> None:
+        """Ends the reused point-read transaction (with ``_registry_lock`` held)."""
+        txn, self.point_txn = self.point_txn, None
+        self.point_values = {}
+        if txn is not None:
+            txn.abort()
 
 
 _registry: dict[str, _Shared] = {}
@@ -121,6 +135,10 @@ _registry: dict[str, _Shared] = {}
 #: another environment, which nothing in those blocks depends on. A plain lock deadlocked.
 _registry_lock = threading.RLock()
 
+
+#: At most this many values are kept for point reads (``KV.read_one``) at once: token chunks
+#: of 8M ids with the default 1024-slot chunks, about 2 MB of memoryview objects.
+POINT_VALUES_KEPT = 8192
 
 #: At open, before LMDB reads anything, the trees whose pages are walked (``pages``): LMDB's
 #: own (free list, main) and every database of at most this many branch and leaf pages --
@@ -332,30 +350,51 @@ class KV:
         return txn
 
     def read_one(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(txn, *args)`` in a read transaction of its own, for one short read whose
-        result is a copy (no view of the map may escape ``fn``): the point-read path.
+        """``fn(txn, values, *args)`` in a read transaction that sees every commit made so
+        far, for one short read whose result is a copy (no view of the map may escape
+        ``fn``): the point-read path. ``values`` is a dict ``fn`` may keep values of ``txn``
+        in, by any key, for later calls: it lives as long as ``txn``.
 
-        It costs one acquisition of the registry lock where :meth:`begin_read` and
-        :meth:`end_read` cost two: the lock is held across the read, so neither map growth
-        nor the last close of the environment (both take it) can come between the
-        transaction's beginning and its end. LMDB errors are translated."""
+        The registry lock is held across the read, so neither map growth nor the last close
+        of the environment (both take it) can come between the transaction's beginning and
+        its end. While a writer of this process is open, every commit to this environment
+        is one of its own (``write``), and each ends the transaction point reads share: so
+        that transaction, and the values read in it, are reused from one read to the next
+        (py-lmdb has no ``mdb_txn_renew``, and beginning a transaction and getting a value
+        each cost about what the rest of the read does). The shared transaction is never
+        counted as an open reader (``_grow`` ends it first) and never outlives the next
+        commit, so it pins no page a later checkpoint frees. Without a writer here, each
+        read begins a transaction of its own: another process may commit at any time.
+        LMDB errors are translated."""
+        shared = self._shared
         with _registry_lock:
-            try:
-                fast = self.env.begin(write=False, buffers=True)
-            except lmdb.MapResizedError:
-                fast = None  # another process grew the map: begin_read adopts its size
-            except lmdb.Error as exc:
-                raise translate(exc, "beginning a read transaction") from exc
-            if fast is not None:
+            txn = shared.point_txn
+            reuse = shared.writer_barrier is not None
+            values = shared.point_values
+            if txn is None:
                 try:
-                    return fn(fast, *args)
+                    txn = self.env.begin(write=False, buffers=True)
+                except lmdb.MapResizedError:
+                    txn = None  # another process grew the map: begin_read adopts its size
+                except lmdb.Error as exc:
+                    raise translate(exc, "beginning a read transaction") from exc
+                if reuse:
+                    shared.point_txn = txn
+                else:
+                    values = {}
+            elif len(values) >= POINT_VALUES_KEPT:
+                values.clear()
+            if txn is not None:
+                try:
+                    return fn(txn, values, *args)
                 except lmdb.Error as exc:
                     raise translate(exc, f"reading {self.path}") from exc
                 finally:
-                    fast.abort()
+                    if not reuse:
+                        txn.abort()
         txn = self.begin_read()
         try:
-            return fn(txn, *args)
+            return fn(txn, {}, *args)
         except lmdb.Error as exc:
             raise translate(exc, f"reading {self.path}") from exc
         finally:
@@ -454,7 +493,14 @@ class KV:
                 raise translate(exc, "beginning a write transaction") from exc
             try:
                 result = fn(txn)
-                self.io.lmdb_commit(txn, self)
+                try:
+                    self.io.lmdb_commit(txn, self)
+                finally:
+                    # Point reads must see this commit: end the transaction they reuse. Until
+                    # then they read the state before it, as a read begun a moment earlier
+                    # would; the writer's pending writes stay in its overlay past this point.
+                    with _registry_lock:
+                        self._shared.drop_point_txn()
                 return result
             except lmdb.MapFullError:
                 txn.abort()
@@ -491,6 +537,7 @@ class KV:
             busy = self._shared.open_readers
             if busy:
                 raise self._busy_growing(size, busy)
+            self._shared.drop_point_txn()  # no point read is under way: the lock is held
             self.unpin()
             self._shared.map_span = None
             self.env.set_mapsize(size * 2)
@@ -506,6 +553,7 @@ class KV:
         commits at once, as readers in other processes do once the applier ran."""
         with _registry_lock:
             self._shared.writer_barrier = barrier
+            self._shared.drop_point_txn()  # reused only while a writer of this process is open
 
     def catch_up_with_writer(self) -> None:
         """Runs the registered writer barrier, if a writer of this process has one."""
@@ -658,6 +706,7 @@ class KV:
             if shared.refs == 0:
                 if _registry.get(self.path) is shared:
                     del _registry[self.path]
+                shared.drop_point_txn()
                 shared.env.close()
 
 

@@ -61,6 +61,8 @@ from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
 from .tokens import Token, TokenArray
 
 _ffi = _native.ffi
+#: ``ChunkLayout.key`` without its descriptor lookup: the point-read path calls it once per read
+_chunk_key = ChunkLayout.key
 
 
 def _address(value: Any) -> int:
@@ -271,21 +273,29 @@ def presence(txn: Any, kv: KV, layout: ChunkLayout, ids: np.ndarray, *, writing:
     return present
 
 
-def token_record(txn: Any, kv: KV, layout: ChunkLayout, token_id: int) -> bytes | None:
+def token_record(txn: Any, values: dict[Any, Any], kv: KV, layout: ChunkLayout, token_id: int) -> bytes | None:
     """The 64 bytes of token ``token_id`` in ``txn``, None if absent (a copy); its chunk
-    verified as ``kv`` says for a read."""
-    db = kv.db(DB_TOKENS)
-    key = layout.key(token_id >> layout.shift)
-    v = txn.get(key, db=db) if db is not None else None
+    verified as ``kv`` says for a read. ``values``: chunk values already read in ``txn``
+    (``KV.read_one``), by chunk number; a chunk read here is added."""
+    chunk = token_id >> layout.shift
+    v = values.get(chunk)
     if v is None:
-        return None
-    if kv.verify_reads or len(v) != layout.sealed_bytes:
-        v = kv.record(DB_TOKENS, key, v, layout.region_bytes)  # verified, or reported if malformed
-    # else a sealed chunk read unverified: its record region is its prefix, read in place
+        db = kv.db(DB_TOKENS)
+        if db is None:
+            return None
+        key = _chunk_key(chunk)
+        v = txn.get(key, db=db)
+        if v is None:
+            return None
+        if kv.verify_reads or len(v) != layout.sealed_bytes:
+            v = kv.record(DB_TOKENS, key, v, layout.region_bytes)  # verified, or reported if malformed
+        # else a sealed chunk read unverified: its record region is its prefix, read in place
+        values[chunk] = v
     slot = token_id & layout.mask
     if not v[layout.records_bytes + (slot >> 3)] >> (slot & 7) & 1:
         return None
-    return bytes(v[slot * 64:slot * 64 + 64])
+    off = slot << 6
+    return bytes(v[off:off + 64])
 
 
 class TokenView:

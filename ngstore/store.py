@@ -49,7 +49,7 @@ from .records import MAX_TOKEN_ID
 from .recovery import RecoveryInfo, open_writer
 from .reflex import Current, ReflexTable
 from .snapshot import Snapshot, token_record
-from .tokens import Token, TokenArray
+from .tokens import Token, TokenArray, token_of_image
 
 if TYPE_CHECKING:
     from .obs import Observability
@@ -288,13 +288,15 @@ class Store:
     def get_token(self, token_id: int) -> Token:
         """The stored token ``token_id`` (a copy), or NotFoundError (a KeyError).
 
-        One read transaction, one LMDB get, 64 bytes copied: the batch API is for many."""
+        One LMDB get and 64 bytes copied, in a read transaction shared with the point reads
+        before it while no commit came between (docs/design.md): the batch API is for many."""
         raw = self._token_record(token_id)
         if raw is None:
             raise NotFoundError(f"no token with id {token_id} in {self.path}")
-        return Token.from_bytes(raw)
+        return token_of_image(raw)
 
     def _token_record(self, token_id: int) -> bytes | None:
+        """The 64 bytes of token ``token_id`` as this handle sees them, None if absent."""
         if self._closed:
             raise StoreClosedError(f"the store {self.path} is closed")
         if type(token_id) is not int or not 0 <= token_id <= MAX_TOKEN_ID:

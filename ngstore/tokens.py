@@ -469,6 +469,14 @@ def _token_from_bytes(data: bytes) -> Token:
     return Token.from_bytes(data)
 
 
+def token_of_image(image: bytes) -> Token:
+    """A token over ``image``, 64 immutable bytes a read just copied (not checked: the
+    point-read path's ``Token.from_bytes``; the first write copies them, as for any token)."""
+    t = _new(Token)
+    t._buf = image
+    return t
+
+
 def _row_token(buf: memoryview) -> Token:
     """A Token over a 64-byte row buffer (no copy; writes go to the row)."""
     t = _new(Token)
