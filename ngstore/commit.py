@@ -76,11 +76,14 @@ from .guardian import CONNECTION_BYTES, EVENT_BYTES, TOKEN_BYTES, Guardian, Usag
 from .kv import KV, ReadTxn
 from .layout import DB_OUTCOMES, KnownOutcome
 from .ops import (
+    OP_CONNECTION_DELETE,
     OP_CONNECTION_PUT,
     OP_EVENT_APPEND,
     OP_EVENT_TRIM,
+    OP_OUTCOME_KEY,
     OP_REFLEX_DELETE_KEY,
     OP_REFLEX_PUT,
+    OP_TOKEN_DELETE,
     OP_TOKEN_PUT,
     REFLEX_KINDS,
     Op,
@@ -89,7 +92,7 @@ from .ops import (
     token_writes,
 )
 from .outcomes import Outcome, lookup, outcome_in
-from .overlay import Overlay
+from .overlay import INDEX_ENTRY_BYTES, Overlay
 from .snapshot import presence
 
 if TYPE_CHECKING:
@@ -97,6 +100,16 @@ if TYPE_CHECKING:
     from .reflex import ReflexTable
 
 T = TypeVar("T")
+
+#: Op kinds whose quota charge is known from the op alone (upper bounds: every put a new
+#: record), so a batch of them can be checked against the slack (``Writer._quota_check``)
+#: and is charged exactly what the full check charges it. An event append is charged
+#: what it adds below the event capacity, and a reflex op the table growth it may cause:
+#: both need the store's state, and take the full check.
+_SLACK_KINDS = frozenset({OP_TOKEN_PUT, OP_TOKEN_DELETE, OP_CONNECTION_PUT, OP_CONNECTION_DELETE,
+                          OP_EVENT_TRIM, OP_OUTCOME_KEY})
+#: The slack of a limit that is not set.
+_UNLIMITED = 1 << 62
 
 #: Called with (first sequence number, events) for every committed EVENT_APPEND, in
 #: commit order, as the batch becomes visible.
@@ -233,6 +246,10 @@ class Writer:
         #: accounted bytes that may still be added before cleanup must be looked at (the
         #: groups' upper bounds are subtracted; looking recomputes it)
         self._cleanup_headroom = 0
+        #: (Guardian.revision, tokens, bytes): what may still be added before a quota could
+        #: refuse, measured at a group's first batch and lowered by each batch accepted since
+        #: -- its upper-bound additions and what it adds to the overlay. None: measure again.
+        self._slack: tuple[int, int, int] | None = None
         self._queue: list[_Pending] = []
         self._leader = False
         #: the leader is a submitted batch whose lead waits for its ``defer`` (``submit``)
@@ -482,7 +499,7 @@ class Writer:
             with self._qlock:
                 self._hand_over()
 
-    def _quota_check(self, ops: list[Op], group: _GroupAdds) -> int:
+    def _quota_check(self, ops: list[Op], group: _GroupAdds, overlay_bytes: int) -> int:
         """Raises QuotaExceededError if the batch would pass a limit -- or, with
         ``reflex_eviction="refuse"``, push a reflex out of the table -- and writes nothing
         then; returns the tokens it may add. Counts with upper bounds (every put a new id or
@@ -491,7 +508,56 @@ class Writer:
         far the applier has got. The overlay counts in the usage while it holds other
         commits; a batch is not charged its own passage through it (transient, and bounded
         by ``overlay_bytes``). Takes what it may add from the cleanup headroom and adds it
-        to ``group``."""
+        to ``group``. ``overlay_bytes``: the batch's payload, what the overlay will hold of
+        it besides its token index.
+
+        A batch of :data:`_SLACK_KINDS` ops is checked against the slack instead of a new
+        usage: the room left under each limit, measured at a group's first batch and
+        lowered by every batch accepted since. Usage only falls meanwhile (applies turn upper
+        bounds into exact counts, deletes free), so a batch the slack admits, the full
+        check would admit too; one it does not goes to the full check, which decides."""
+        slack = self._slack
+        add_tokens = add_bytes = entries = 0
+        for op in ops:
+            kind = op.kind
+            if kind == OP_TOKEN_PUT:
+                n = op.count
+                add_tokens += n
+                add_bytes += n * TOKEN_BYTES
+                entries += n
+            elif kind == OP_TOKEN_DELETE:
+                entries += op.count
+            elif kind == OP_CONNECTION_PUT:
+                add_bytes += op.count * CONNECTION_BYTES
+            elif kind not in _SLACK_KINDS:
+                slack = None
+                break
+        else:
+            if slack is None or slack[0] != self._guardian.revision:
+                slack = self._measure_slack(group)
+            if slack is not None and add_tokens <= slack[1] and add_bytes <= slack[2]:
+                self._slack = (slack[0], slack[1] - add_tokens,
+                               slack[2] - add_bytes - overlay_bytes - entries * INDEX_ENTRY_BYTES)
+                group.tokens += add_tokens
+                group.bytes += add_bytes
+                group.ops.extend(ops)
+                self._cleanup_headroom -= add_bytes
+                return add_tokens
+        self._slack = None  # measured again at the next group
+        return self._full_quota_check(ops, group)
+
+    def _measure_slack(self, group: _GroupAdds) -> tuple[int, int, int] | None:
+        """The slack (see :meth:`_quota_check`) now, at a group's first batch; None within
+        a group (its earlier batches are in neither the usage nor the slack)."""
+        if group.ops:
+            return None
+        g = self._guardian
+        usage = self.usage()
+        limit = g.byte_limit
+        return (g.revision, _UNLIMITED if g.max_tokens is None else g.max_tokens - usage.tokens,
+                _UNLIMITED if limit is None else limit - usage.bytes)
+
+    def _full_quota_check(self, ops: list[Op], group: _GroupAdds) -> int:
         g = self._guardian
         refuse = self._refuse and any(op.kind == OP_REFLEX_PUT for op in ops)
         if refuse and self._overlay.pending.reflex_ops:
@@ -586,7 +652,7 @@ class Writer:
                     p.error, p.done = refused(exc), True
                     continue
             try:
-                p.add_tokens = self._quota_check(p.ops, adds)
+                p.add_tokens = self._quota_check(p.ops, adds, len(p.payload))
             except BaseException as exc:  # refused: nothing of it is written
                 p.error, p.done = refused(exc), True
                 if obs is not None:
@@ -794,8 +860,9 @@ class Writer:
                 if p.wait_applied:
                     self._applier.wait_applied(p.position)
                 return CommitResult(p.position, p.first_event, True)
+        self._slack = None  # this batch goes to LMDB past the overlay: measure the slack again after it
         try:
-            self._quota_check(ops, _GroupAdds())
+            self._full_quota_check(ops, _GroupAdds())
         except BaseException as exc:
             if self._obs is not None:
                 self._obs.event("quota_refused", error=str(exc))

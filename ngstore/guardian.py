@@ -92,6 +92,10 @@ class Guardian:
         self.quota_exceeded_total = 0
         self.aggressive_cleanups_total = 0
         self._reserved: dict[str, int] = {}
+        #: Changes whenever a reservation does: the writer's quota slack, measured under
+        #: the old reservations, is measured again. (The limits are fixed for the life of
+        #: the Guardian.)
+        self.revision = 0
 
     def reserve(self, name: str, nbytes: int) -> None:
         """Counts a fixed allocation of the store (``name``: ``blackbox``, ``stats_page``,
@@ -101,6 +105,7 @@ class Guardian:
             self._reserved[name] = int(nbytes)
         else:
             self._reserved.pop(name, None)
+        self.revision += 1
 
     @property
     def reserved(self) -> Mapping[str, int]:
