@@ -7,6 +7,7 @@ import struct
 import threading
 import zlib
 
+import numpy as np
 import pytest
 from walfaults import NoSyncIO, RecordingIO
 
@@ -456,3 +457,17 @@ def test_reopening_a_log_with_an_empty_segment_appends_into_it(tmp_path):
     log, _ = open_log(d)
     assert payloads(log) == [b"x"] and log.segment_count == 1
     log.close()
+
+
+def test_zero_tail_finds_where_the_trailing_zeros_begin_as_rstrip_does():
+    from ngstore.wal import _zero_tail
+
+    rng = np.random.default_rng(11)
+    for body in (0, 1, 5, 4095, 4096, 4097, 10_000, 100_000):
+        for zeros in (0, 1, 3, 4096, 9_000, 70_000, 5_000_000):
+            data = bytearray(rng.integers(1, 256, body, dtype=np.uint8).tobytes())
+            if body > 2:
+                data[body // 2] = 0  # a zero inside the data is not the tail
+            data = bytes(data) + bytes(zeros)
+            assert _zero_tail(data) == len(data.rstrip(b"\0")) == body
+
