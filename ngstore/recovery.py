@@ -222,7 +222,7 @@ def replay(applier: Applier, log: wal.Log, info: RecoveryInfo, *, progress: bool
     group: list[Entry] = []
     size = 0
     n = 0
-    for rec in log.iter_records(start):
+    for rec in log.iter_records(start, copy=False):  # the apply copies the records it writes
         advance(1)
         if rec.position <= start:
             continue

@@ -148,6 +148,10 @@ COMPRESS_MIN_BYTES = 4096
 RECOVERY_MODES = ("strict", "tolerate-tail", "salvage")
 
 _READ_BLOCK = 16 << 20
+#: At most this many bytes of segments the open's scan read are kept for the replay that
+#: follows (``Log.open``'s ``start_after``): those records are replayed from the bytes the
+#: scan checked, not read and checked a second time. Past it, replay reads from the file.
+REPLAY_KEEP_BYTES = 128 << 20
 _JOIN_BELOW = 64 << 10  # payloads smaller than this are copied into one buffer with their header
 
 
@@ -163,10 +167,12 @@ def segment_name(first_position: int) -> str:
 # ------------------------------------------------------------------------------ reports --
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One log record. ``payload`` is a ``bytes`` copy (decompressed), owned by the caller."""
+    """One log record. ``payload`` is a ``bytes`` copy (decompressed), owned by the caller;
+    or, from ``iter_records(copy=False)``, a read-only memoryview where the payload was not
+    compressed (it keeps the bytes it views alive)."""
     position: int
     type: int
-    payload: bytes
+    payload: bytes | memoryview
     path: str
     offset: int
     size: int  # bytes of the frame on disk (header + stored payload)
@@ -402,6 +408,10 @@ class _Seg:
     end: int                                   # offset after the last valid frame
     runs: list[tuple[int, int]]                # byte ranges of consecutive valid frames
     records: int = 0
+    #: the segment's bytes as the open's scan read and checked them, kept for the replay
+    #: (valid below ``end`` as the scan found it; taken, so dropped, by ``iter_records``)
+    scanned: bytes | None = None
+    end_scanned: int = 0
 
 
 @dataclass(slots=True)
@@ -428,10 +438,13 @@ def _later_evidence(files: list[tuple[int, str]], start: int, io: FileIO) -> boo
     return False
 
 
-def _scan(dirpath: str, io: FileIO) -> _Scan:
+def _scan(dirpath: str, io: FileIO, keep_after: int | None = None) -> _Scan:
     """Reads every segment and classifies every irregularity (salvage-style: it continues
-    past corruption so ``verify`` can list all of it). Changes nothing on disk."""
+    past corruption so ``verify`` can list all of it). Changes nothing on disk.
+    ``keep_after``: keep (``_Seg.scanned``, up to :data:`REPLAY_KEEP_BYTES`) the bytes of
+    the segments that hold valid records after this position, for their replay."""
     files, foreign = _list_segments(dirpath, io)
+    keep_budget = REPLAY_KEEP_BYTES if keep_after is not None else 0
     problems = [Problem("foreign-file", p, None, "not a log segment name; ignored") for p in foreign]
     segs: list[_Seg] = []
     expected: int | None = None     # next position; None before the first segment / after a lost end
@@ -538,6 +551,9 @@ def _scan(dirpath: str, io: FileIO) -> _Scan:
         if run_start < off:
             seg.runs.append((run_start, off))
         seg.end = off
+        if keep_after is not None and seg.last > keep_after and size <= keep_budget:
+            seg.scanned, seg.end_scanned = data, seg.end
+            keep_budget -= size
     return _Scan(segs, problems, torn, truncate_at, remove)
 
 
@@ -576,9 +592,10 @@ def _iter_run(io: FileIO, fd: int, path: str, a: int, b: int, salt: int, after: 
         off += flen
 
 
-def _decode_payload(hdr: FrameHeader, stored: memoryview, path: str, off: int, dctx: Any) -> bytes:
+def _decode_payload(hdr: FrameHeader, stored: memoryview, path: str, off: int, dctx: Any,
+                    copy: bool = True) -> bytes | memoryview:
     if not hdr[6] & FLAG_ZSTD:
-        return bytes(stored)
+        return bytes(stored) if copy else stored.toreadonly()
     if _zstd is None:  # pragma: no cover
         raise NgStoreError("the log holds zstd-compressed records; install 'zstandard' to read them")
     try:
@@ -592,17 +609,41 @@ def _decode_payload(hdr: FrameHeader, stored: memoryview, path: str, off: int, d
 
 
 def _iter_segments(io: FileIO, segs: list[tuple[str, list[tuple[int, int]], int, int]], after: int,
-                   payloads: bool) -> Iterator[tuple[FrameHeader, str, int, memoryview | None]]:
+                   payloads: bool, scanned: dict[str, tuple[bytes, int]] | None = None
+                   ) -> Iterator[tuple[FrameHeader, str, int, memoryview | None]]:
+    """The frames after position ``after`` of ``segs`` (path, runs, salt, last), in order.
+    ``scanned``: by path, ``(bytes, end)`` the open's scan read and checked: frames below
+    ``end`` come from them; the rest is read from the file and checked again."""
     for path, runs, salt, last in segs:
         if last <= after:
             continue
+        kept = scanned.pop(path, None) if scanned is not None else None
         fd = io.open(path, os.O_RDONLY)
         try:
             for a, b in runs:
+                if kept is not None and a < kept[1]:
+                    yield from ((hdr, path, off, stored)
+                                for hdr, off, stored in _iter_kept(kept[0], a, min(b, kept[1]), after, payloads))
+                    a = min(b, kept[1])
                 for hdr, off, stored in _iter_run(io, fd, path, a, b, salt, after, payloads):
                     yield hdr, path, off, stored
         finally:
             io.close(fd)
+
+
+def _iter_kept(data: bytes, a: int, b: int, after: int,
+               payloads: bool) -> Iterator[tuple[FrameHeader, int, memoryview | None]]:
+    """The frames in bytes [a, b) of a segment's bytes as the scan read them: every frame
+    there passed the scan's checks (CRC, salt, consecutive positions), on these very bytes."""
+    mv = memoryview(data)
+    off = a
+    unpack = FRAME_HEADER.unpack_from
+    while off < b:
+        hdr: FrameHeader = unpack(data, off)
+        flen = FRAME_HEADER_SIZE + hdr[1]
+        if hdr[3] > after:
+            yield hdr, off, (mv[off + FRAME_HEADER_SIZE:off + flen] if payloads else None)
+        off += flen
 
 
 # ------------------------------------------------------------------------------- the log --
@@ -655,7 +696,7 @@ class Log:
                 raise FileNotFoundError(f"log directory {dirpath} does not exist")
             io.mkdir(dirpath, dir_mode(mode))
             io.fsync_dir(os.path.dirname(os.path.abspath(dirpath)))
-        scan = _scan(dirpath, io)
+        scan = _scan(dirpath, io, keep_after=start_after)
         report = RecoveryReport(mode=recovery)
         report.foreign_files = [p.path for p in scan.problems if p.kind == "foreign-file"]
         corrupt = [p for p in scan.problems if p.kind == "corruption"]
@@ -940,16 +981,22 @@ class Log:
         return n
 
     # -- reading ------------------------------------------------------------------------
-    def iter_records(self, after_position: int = 0) -> Iterator[Record]:
+    def iter_records(self, after_position: int = 0, *, copy: bool = True) -> Iterator[Record]:
         """Yields every record with position > ``after_position``, in order, payloads
-        decompressed; each is checked again (CRC) as it is read. Sees the records appended
-        before the call. Raises ``CorruptionError`` if the file changed under it."""
+        decompressed. Records the open's scan kept (its ``start_after``: the replay at open)
+        come from the bytes the scan read and checked; every other record is read again and
+        its CRC checked again as it is read. Sees the records appended before the call.
+        Raises ``CorruptionError`` if the file changed under it. ``copy=False``: uncompressed
+        payloads are views (see :class:`Record`), for a reader that copies what it keeps."""
         with self._lock:
             segs = [(s.path, list(s.runs), s.salt, s.last) for s in self._segs]
+            scanned = {s.path: (s.scanned, s.end_scanned) for s in self._segs if s.scanned is not None}
+            for s in self._segs:
+                s.scanned = None  # used once: by this replay, or by nobody
         dctx = _zstd.ZstdDecompressor() if _zstd is not None else None
-        for hdr, path, off, stored in _iter_segments(self._io, segs, after_position, True):
+        for hdr, path, off, stored in _iter_segments(self._io, segs, after_position, True, scanned):
             assert stored is not None
-            yield Record(hdr[3], hdr[5], _decode_payload(hdr, stored, path, off, dctx), path, off,
+            yield Record(hdr[3], hdr[5], _decode_payload(hdr, stored, path, off, dctx, copy), path, off,
                          FRAME_HEADER_SIZE + hdr[1])
 
     # -- facts ----------------------------------------------------------------------------
@@ -998,6 +1045,8 @@ class Log:
                 return
             self._closed = True
             fd, self._fd = self._fd, None
+            for seg in self._segs:
+                seg.scanned = None  # kept for a replay that did not come
         if fd is not None:
             self._io.close(fd)
 

@@ -471,3 +471,68 @@ def test_zero_tail_finds_where_the_trailing_zeros_begin_as_rstrip_does():
             data = bytes(data) + bytes(zeros)
             assert _zero_tail(data) == len(data.rstrip(b"\0")) == body
 
+
+class CountingReads(NoSyncIO):
+    """Counts the bytes read with ``pread`` (the scan's whole-file reads too: reset it after
+    the open to count the replay's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pread_bytes = 0
+
+    def pread(self, fd: int, n: int, offset: int) -> bytes:
+        data = super().pread(fd, n, offset)
+        self.pread_bytes += len(data)
+        return data
+
+
+def _written(path, n: int, segment_bytes: int = 1 << 16) -> list[bytes]:
+    log, _ = open_log(path, segment_bytes=segment_bytes)
+    data = [os.urandom(50 + i % 700) for i in range(n)]
+    for i in range(0, n, 10):
+        log.append([(B, d) for d in data[i:i + 10]])
+    log.sync()
+    log.close()
+    return data
+
+
+def test_the_replay_after_an_open_reads_the_scanned_bytes_not_the_file_again(tmp_path):
+    data = _written(tmp_path / "wal", 600)
+    io = CountingReads()
+    log, _ = wal.Log.open(str(tmp_path / "wal"), io=io, segment_bytes=1 << 16, start_after=100)
+    io.pread_bytes = 0
+    assert [r.payload for r in log.iter_records(100, copy=False)] == data[100:]
+    assert io.pread_bytes == 0  # every record came from the scan's bytes
+    assert [r.payload for r in log.iter_records(100)] == data[100:]  # kept once: read again now
+    assert io.pread_bytes > 0
+    log.close()
+
+
+def test_records_appended_after_the_scan_are_read_from_the_file(tmp_path):
+    data = _written(tmp_path / "wal", 50)
+    log, _ = open_log(tmp_path / "wal", segment_bytes=1 << 16, start_after=0)
+    more = [os.urandom(300) for _ in range(20)]
+    log.append([(B, d) for d in more])  # into the runway the scan saw as zeros
+    got = [bytes(r.payload) for r in log.iter_records(0, copy=False)]
+    assert got == data + more
+    log.close()
+
+
+def test_the_scan_keeps_no_more_than_its_budget(tmp_path, monkeypatch):
+    data = _written(tmp_path / "wal", 600, segment_bytes=1 << 15)
+    monkeypatch.setattr(wal, "REPLAY_KEEP_BYTES", 1 << 16)
+    io = CountingReads()
+    log, _ = wal.Log.open(str(tmp_path / "wal"), io=io, segment_bytes=1 << 15, start_after=0)
+    io.pread_bytes = 0
+    assert sum(len(s.scanned or b"") for s in log._segs) <= 1 << 16
+    assert [r.payload for r in log.iter_records(0, copy=False)] == data
+    assert io.pread_bytes > 0  # the segments past the budget were read again
+    assert all(s.scanned is None for s in log._segs)
+    log.close()
+
+
+def test_a_clean_open_keeps_nothing(tmp_path):
+    _written(tmp_path / "wal", 200)
+    log, _ = open_log(tmp_path / "wal", segment_bytes=1 << 16, start_after=200)
+    assert all(s.scanned is None for s in log._segs)
+    log.close()
