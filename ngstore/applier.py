@@ -166,10 +166,11 @@ class Applier:
 
     # -- applying ------------------------------------------------------------------------
 
-    def apply_now(self, entries: list[Entry]) -> ApplyResult:
+    def apply_now(self, entries: list[Entry], count: int | None = None) -> ApplyResult:
         """Applies ``entries`` in one LMDB transaction and adopts the result. Runs in the
         calling thread: only the applier thread, or the opening thread before
-        :meth:`start`, may call it."""
+        :meth:`start`, may call it. ``count``: the log entries they stand for, when runs
+        were merged (``Overlay.take``)."""
         state = ApplyState(self.layout, self.event_capacity, self.reflex_capacity, self._counters,
                            self.reflex_table,  # apply_ops works on a copy of the counters
                            partial(self._kv.record, writing=True))
@@ -194,7 +195,7 @@ class Applier:
                                      "applied again, the first at log position %d", len(result.duplicates),
                                      result.duplicates[0])
         self.groups_applied_total += 1
-        self.entries_applied_total += len(entries)
+        self.entries_applied_total += len(entries) if count is None else count
         for listener in self._listeners:
             listener(result)
         return result
@@ -215,13 +216,13 @@ class Applier:
 
     def _drain(self) -> None:
         """Applies everything pending in the overlay, then drops it; checkpoints if due."""
-        entries = self._overlay.take()
-        if entries:
+        taken = self._overlay.take()
+        if taken.log_entries:
             t0 = time.perf_counter()
-            result = self.apply_now(entries)
+            result = self.apply_now(taken.entries, taken.log_entries)
             self._overlay.drop(result.applied_position)
             if self._obs is not None:
-                self._obs.event("apply", entries=len(entries), first=entries[0][0],
+                self._obs.event("apply", entries=taken.log_entries, first=taken.first,
                                 last=result.applied_position, seconds=round(time.perf_counter() - t0, 6))
             if self._checkpoint_due():
                 self._checkpoint(pin=True)

@@ -199,6 +199,23 @@ class _Pending:
         self.wake = wake
 
 
+_PUTS_TOKENS = 1
+_PUTS_CONNECTIONS = 2
+
+
+def _batch_summary(ops: list[Op]) -> tuple[int, int]:
+    """``(records, puts)`` of a batch for its histograms: its records, and whether it puts
+    tokens (``_PUTS_TOKENS``) and connections (``_PUTS_CONNECTIONS``)."""
+    records = puts = 0
+    for op in ops:
+        records += op.count
+        if op.kind == OP_TOKEN_PUT:
+            puts |= _PUTS_TOKENS
+        elif op.kind == OP_CONNECTION_PUT:
+            puts |= _PUTS_CONNECTIONS
+    return records, puts
+
+
 class _NoWake:
     """The wake of a batch nobody waits for (a solo commit's, on its error path)."""
 
@@ -274,7 +291,9 @@ class Writer:
         self._flusher_stop = threading.Event()
         #: per group: (seconds logging, seconds in all, its batches); turned into histogram
         #: observations off the commit path (``observe_pending``)
-        self._timings: deque[tuple[float, float, list[list[Op]]]] = deque()
+        #: Each batch is summed up as ints, ``_batch_summary``: a timing holds no object the
+        #: garbage collector must visit.
+        self._timings: deque[tuple[float, float, tuple[tuple[int, int], ...]]] = deque()
         self._refuse = options.reflex_eviction == "refuse"
         self._table_seen: weakref.ref[ReflexTable] | None = None  # the version whose memory_bytes ...
         self._table_bytes = 0            # ... is this
@@ -538,7 +557,7 @@ class Writer:
             raise p.error from None
         tokens = token_writes(ops, self._options.index_limit)
         n = len(payload)
-        after = self._overlay.add(position, ops, n, tokens)
+        after = self._overlay.add(position, ops, payload, tokens)
         before = after - n
         if before == 0 or before < self._apply_bytes <= after:
             self._applier.poke()
@@ -546,7 +565,7 @@ class Writer:
         if obs is not None:
             t1 = time.perf_counter()
             timings = self._timings
-            timings.append((t_logged - t0, t1 - t0, [ops]))
+            timings.append((t_logged - t0, t1 - t0, (_batch_summary(ops),)))
             if len(timings) > self.TIMINGS_KEPT:
                 self.observe_pending()
             tracer = obs.tracer
@@ -859,7 +878,7 @@ class Writer:
             tokens = token_writes(p.ops, limit)
             if tokens is None:
                 p.wait_applied = True
-            after = self._overlay.add(pos, p.ops, len(p.payload), tokens,
+            after = self._overlay.add(pos, p.ops, p.payload, tokens,
                                       (p.key, p.first_event) if p.key is not None else None)
             before = after - len(p.payload)
             if before == 0 or before < self._apply_bytes <= after:
@@ -870,7 +889,7 @@ class Writer:
         if obs is not None:
             t1 = time.perf_counter()
             timings = self._timings
-            timings.append((t_logged - t0, t1 - t0, [p.ops for p in accepted]))
+            timings.append((t_logged - t0, t1 - t0, tuple(_batch_summary(p.ops) for p in accepted)))
             if len(timings) > self.TIMINGS_KEPT:
                 self.observe_pending()
             tracer = obs.tracer
@@ -890,13 +909,12 @@ class Writer:
             except IndexError:
                 return
             obs.wal_write_seconds.observe(logged)
-            for batch in group:
-                obs.batch_records.observe(sum(op.count for op in batch))
+            for records, puts in group:
+                obs.batch_records.observe(records)
                 obs.commit_seconds.observe(total)
-                kinds = {op.kind for op in batch}
-                if OP_TOKEN_PUT in kinds:
+                if puts & _PUTS_TOKENS:
                     obs.token_creation_seconds.observe(total)
-                if OP_CONNECTION_PUT in kinds:
+                if puts & _PUTS_CONNECTIONS:
                     obs.connection_creation_seconds.observe(total)
 
     def _fail(self, accepted: list[_Pending], exc: BaseException, where: str,

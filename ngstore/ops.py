@@ -186,6 +186,18 @@ def encode_ops(ops: list[Op]) -> bytes:
     return b"".join(parts)
 
 
+def token_put_records(payload: bytes) -> bytes | None:
+    """The records of a payload that is one TOKEN_PUT op and nothing else (what a commit of
+    tokens encodes), as bytes; None for any other payload (``decode_ops`` reads those)."""
+    if len(payload) < _ONE_OP_HEAD.size:
+        return None
+    magic, n_ops, kind, _res, count, nbytes = _ONE_OP_HEAD.unpack_from(payload)
+    if magic != PAYLOAD_MAGIC or n_ops != 1 or kind != OP_TOKEN_PUT or nbytes != count * OP_ITEM_SIZE[kind] \
+            or nbytes != len(payload) - _ONE_OP_HEAD.size:
+        return None
+    return payload[_ONE_OP_HEAD.size:]
+
+
 def decode_ops(payload: bytes | memoryview, where: str = "batch payload") -> list[Op]:
     """Inverse of :func:`encode_ops`; an op kind it does not know is a FormatVersionError,
     any other inconsistency a CorruptionError.

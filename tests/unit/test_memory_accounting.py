@@ -10,7 +10,7 @@ from conftest import make_tokens
 
 import ngstore
 from ngstore.guardian import RESERVATIONS
-from ngstore.ops import OP_TOKEN_PUT, Op
+from ngstore.ops import OP_TOKEN_PUT, Op, encode_ops
 from ngstore.overlay import INDEX_ENTRY_BYTES, Overlay
 from ngstore.records import CONNECTION_DTYPE, TOKEN_DTYPE
 from ngstore.reflex import INITIAL_ROOM, plan_room
@@ -108,7 +108,10 @@ def test_the_overlay_counts_its_ops_and_its_token_index():
     recs = np.zeros(3, TOKEN_DTYPE)
     recs["id"] = [1, 2, 3]
     raw = recs.tobytes()
-    o.add(1, [Op.of_bytes(OP_TOKEN_PUT, raw)], len(raw) + 24, [(i, raw[64 * i:64 * i + 64]) for i in range(3)])
+    ops = [Op.of_bytes(OP_TOKEN_PUT, raw)]
+    payload = encode_ops(ops)
+    assert len(payload) == len(raw) + 24
+    o.add(1, ops, payload, [(i, raw[64 * i:64 * i + 64]) for i in range(3)])
     assert o.memory_bytes == len(raw) + 24 + 3 * INDEX_ENTRY_BYTES
     o.drop(1)
     assert o.memory_bytes == 0
