@@ -868,7 +868,7 @@ class Log:
         for typ, payload in records:
             if typ not in KNOWN_TYPES:
                 raise InvalidArgumentError(f"unknown log record type {typ!r}; known: {sorted(KNOWN_TYPES)}")
-            view = memoryview(payload).cast("B")
+            view = payload if type(payload) is bytes else memoryview(payload).cast("B")  # a commit's: bytes
             raw = len(view)
             if raw > MAX_RECORD_BYTES:
                 raise InvalidArgumentError(f"a log record holds at most {MAX_RECORD_BYTES} bytes, "
