@@ -102,9 +102,12 @@ def buffer_pointer(buf: Any) -> tuple[Any, int]:
     return ffi.cast("const uint8_t *", exported), len(exported)
 
 
-def _pointer_array(buffers: Sequence[Any]) -> tuple[Any, Any]:
+def pointer_array(buffers: Sequence[Any]) -> tuple[Any, Any]:
     """``(const uint8_t *[], uint64_t[])``: the addresses and lengths of many buffers, as
-    plain pointers (:func:`buffer_pointer`: ``buffers`` must outlive every use of them)."""
+    plain pointers (:func:`buffer_pointer`: ``buffers`` must outlive every use of them);
+    ``(NULL, NULL)`` for none."""
+    if not buffers:
+        return ffi.NULL, ffi.NULL
     from_buffer, cast = ffi.from_buffer, ffi.cast
     exports = [from_buffer("uint8_t[]", b) for b in buffers]
     ptrs = ffi.new("const uint8_t *[]", [cast("const uint8_t *", e) for e in exports])
@@ -245,15 +248,12 @@ def gather64(
     out = np.empty(n, dtype=dt)
     found = np.empty(n, dtype=np.bool_)
     # chunk_buffers (referenced by the caller until this returns) own the memory
-    views = [buffer_pointer(b) for b in chunk_buffers]
-    ptrs = ffi.new("const uint8_t *[]", [p for p, _n in views]) if nchunks else ffi.NULL
-    lens = np.fromiter((n for _p, n in views), dtype=np.uint64, count=nchunks)
+    ptrs, lens = pointer_array(chunk_buffers)
     if n == 0 and nchunks == 0:
         return out, found
     rc = lib.ng_gather64(
         ffi.from_buffer("uint32_t[]", id_arr) if n else ffi.NULL, n,
-        ffi.from_buffer("uint32_t[]", keys) if nchunks else ffi.NULL, ptrs,
-        ffi.from_buffer("uint64_t[]", lens) if nchunks else ffi.NULL, nchunks, slot_shift,
+        ffi.from_buffer("uint32_t[]", keys) if nchunks else ffi.NULL, ptrs, lens, nchunks, slot_shift,
         ffi.from_buffer("uint8_t[]", out, require_writable=True) if n else ffi.NULL,
         ffi.from_buffer("uint8_t[]", found, require_writable=True) if n else ffi.NULL,
     )
@@ -285,7 +285,7 @@ def gather_column(chunk_buffers: Sequence[Any], slot_shift: int, field_offset: i
     nchunks = len(chunk_buffers)
     if nchunks == 0:
         return out[:0]
-    ptrs, lens = _pointer_array(chunk_buffers)
+    ptrs, lens = pointer_array(chunk_buffers)
     n_out = ffi.new("size_t *")
     rc = lib.ng_gather_column(ptrs, lens, nchunks, slot_shift,
                               field_offset, dt.itemsize,

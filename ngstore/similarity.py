@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._native import check_status, ffi, lib
+from ._native import check_status, ffi, lib, pointer_array
 from .errors import InvalidArgumentError
 from .records import TOKEN_DTYPE
 from .tokens import Token, TokenArray
@@ -115,11 +115,6 @@ def check_metric(metric: Any) -> int:
 
 # -- k nearest -------------------------------------------------------------------------------
 
-def _buffers(bufs: Sequence[Any]) -> tuple[list[Any], Any, np.ndarray]:
-    views = [ffi.from_buffer("uint8_t[]", b) for b in bufs]
-    ptrs = ffi.new("const uint8_t *[]", views) if views else ffi.NULL
-    lens = np.fromiter((len(v) for v in views), dtype=np.uint64, count=len(views))
-    return views, ptrs, lens
 
 
 def _knn_part(bufs: Sequence[Any], slot_shift: int, q: np.ndarray, dims: np.ndarray, metric: int,
@@ -127,14 +122,13 @@ def _knn_part(bufs: Sequence[Any], slot_shift: int, q: np.ndarray, dims: np.ndar
     nq = q.shape[0]
     dist = np.empty((nq, k), dtype=np.float64)
     ids = np.empty((nq, k), dtype=np.uint32)
-    views, ptrs, lens = _buffers(bufs)
+    ptrs, lens = pointer_array(bufs)  # bufs (the caller's) own the memory until this returns
     n_out = ffi.new("size_t *")
-    rc = lib.ng_knn_chunks(ptrs, ffi.from_buffer("uint64_t[]", lens) if len(views) else ffi.NULL, len(views),
+    rc = lib.ng_knn_chunks(ptrs, lens, len(bufs),
                            slot_shift, ffi.from_buffer("int16_t[]", q), nq, ffi.from_buffer("uint8_t[]", dims),
                            dims.size, metric, k, ffi.from_buffer("double[]", dist, require_writable=True),
                            ffi.from_buffer("uint32_t[]", ids, require_writable=True), n_out)
     check_status("ng_knn_chunks", rc, "a token chunk has the wrong length")
-    del views
     m = int(n_out[0])
     return ids[:, :m], dist[:, :m]
 
@@ -176,18 +170,15 @@ def _filter_args(lo: Point, hi: Point, center: Point | None) -> tuple[Any, Any, 
 def filter_entries(pages: Sequence[Any], lo: Point, hi: Point, center: Point | None, r2: float) -> np.ndarray:
     """Ids of the spatial index entries of ``pages`` inside the box ``lo..hi`` (and, with
     a ``center``, within squared distance ``r2`` of it), in page order."""
-    views = [ffi.from_buffer("uint8_t[]", p) for p in pages]
-    ptrs = ffi.new("const uint8_t *[]", views) if views else ffi.NULL
-    lens = ffi.new("uint64_t[]", [len(v) for v in views]) if views else ffi.NULL
-    cap = sum(len(v) for v in views) // 10
+    ptrs, lens = pointer_array(pages)  # pages (the caller's) own the memory until this returns
+    cap = sum(lens[i] for i in range(len(pages))) // 10
     out = np.empty(max(cap, 1), dtype=np.uint32)
     n_out = ffi.new("size_t *")
     c_lo, c_hi, c_center = _filter_args(lo, hi, center)
-    rc = lib.ng_filter_entries(ptrs, lens, len(views), c_lo, c_hi, c_center, r2,
+    rc = lib.ng_filter_entries(ptrs, lens, len(pages), c_lo, c_hi, c_center, r2,
                                ffi.from_buffer("uint32_t[]", out, require_writable=True),
                                cap, n_out)
     check_status("ng_filter_entries", rc, "a spatial index page is not a whole number of entries")
-    del views
     return out[: int(n_out[0])]
 
 
@@ -195,15 +186,14 @@ def filter_chunks(bufs: Sequence[Any], slot_shift: int, layer: int, present: int
                   center: Point | None, r2: float) -> np.ndarray:
     """The same filter over the present tokens of chunk values (ids ascending): the scan
     a store without the index answers with."""
-    views, ptrs, lens = _buffers(bufs)
+    ptrs, lens = pointer_array(bufs)  # bufs (the caller's) own the memory until this returns
     out = np.empty(max(present, 1), dtype=np.uint32)
     n_out = ffi.new("size_t *")
     c_lo, c_hi, c_center = _filter_args(lo, hi, center)
-    rc = lib.ng_filter_chunks(ptrs, ffi.from_buffer("uint64_t[]", lens) if len(views) else ffi.NULL, len(views),
+    rc = lib.ng_filter_chunks(ptrs, lens, len(bufs),
                               slot_shift, layer, c_lo, c_hi, c_center, r2,
                               ffi.from_buffer("uint32_t[]", out, require_writable=True), present, n_out)
     check_status("ng_filter_chunks", rc, "a token chunk has the wrong length, or the live counter is low")
-    del views
     return out[: int(n_out[0])]
 
 
