@@ -554,7 +554,9 @@ class Writer:
             p = _Pending(ops, durability, _NO_WAKE)
             self._fail([p], exc, "log append/sync", [position] if position is not None else [], writing)
             assert p.error is not None
-            raise p.error from None
+            if p.error is exc:  # refused before anything was written: exc itself
+                raise
+            raise p.error from exc  # as _fail sets it: the error names exc as its cause
         tokens = token_writes(ops, self._options.index_limit)
         n = len(payload)
         after = self._overlay.add(position, ops, payload, tokens)

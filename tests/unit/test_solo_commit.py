@@ -81,6 +81,7 @@ def test_a_failed_log_write_of_a_solo_commit_stops_the_writer_with_the_outcome_u
         with pytest.raises(OutcomeUnknownError) as info:
             s.put_tokens(make_tokens([1]))
         assert not info.value.outcome_known
+        assert isinstance(info.value.__cause__, OSError)  # the error it names as its cause
         io.fail = False
         with pytest.raises(ngstore.NgStoreError) as refused:
             s.put_tokens(make_tokens([2]))
