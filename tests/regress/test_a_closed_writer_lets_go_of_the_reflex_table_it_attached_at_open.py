@@ -16,15 +16,14 @@ from fuzz import stores
 
 import ngstore
 from ngstore import kv as kv_module
-from ngstore.records import CONNECTION_DTYPE
 
 
-def _store_with_reflexes(path: str) -> None:
-    states = np.random.default_rng(3).uniform(-1, 1, (5, 8)).astype(np.float32)
-    conns = np.zeros(5, CONNECTION_DTYPE)
-    conns["token_a"], conns["token_b"], conns["confidence"] = np.arange(5), np.arange(5) + 100, 200
+def _store_with_reflexes(path: str) -> np.ndarray:
+    """A store holding five reflexes; returns their states."""
+    states, conns = stores.reflexes(5)
     with ngstore.open(path) as s, s.batch() as b:
         b.put_reflexes(states, conns)
+    return states
 
 
 def test_closing_the_writer_closes_the_environment_at_once(tmp_path):
@@ -56,8 +55,7 @@ def test_a_table_handed_out_keeps_its_memory_after_close_and_lets_go_when_droppe
     drops: a table a caller kept answers after the store's close, and the environment
     closes when the last such table goes."""
     path = str(tmp_path / "s")
-    _store_with_reflexes(path)
-    states = np.random.default_rng(3).uniform(-1, 1, (5, 8)).astype(np.float32)
+    states = _store_with_reflexes(path)
     for readonly in (False, True):
         s = ngstore.open(path, readonly=readonly)
         table = s.reflex_table()
