@@ -533,23 +533,16 @@ class Writer:
             if obs is not None:
                 obs.event("quota_refused", error=str(exc))
             raise refused(exc) from None
-        log = self._log
         writing = False
         position: int | None = None
         try:
             self._overlay.wait_for_room(len(payload), self._applier.failed_event)
             self.check_writable()
             writing = True
-            position = log.append([(wal.RECORD_BATCH, payload)])[0]
+            position = self._log.append([(wal.RECORD_BATCH, payload)])[0]
             self.stats_counters["wal_records_written_total"] += 1
             t_logged = time.perf_counter()
-            if durability == "sync":
-                log.sync()
-                self._unsynced = False
-            else:
-                self._unsynced = True
-                if durability == "async" and (self._flusher is None or not self._flusher.is_alive()):
-                    self._ensure_flusher()
+            self._settle_appended(durability == "sync", durability == "async")
         except BaseException as exc:  # as _commit_accepted: the writer stops (fsyncgate)
             p = _Pending(ops, durability, _NO_WAKE)
             self._fail([p], exc, "log append/sync", [position] if position is not None else [], writing)
@@ -558,11 +551,7 @@ class Writer:
                 raise
             raise p.error from exc  # as _fail sets it: the error names exc as its cause
         tokens = token_writes(ops, self._options.index_limit)
-        n = len(payload)
-        after = self._overlay.add(position, ops, payload, tokens)
-        before = after - n
-        if before == 0 or before < self._apply_bytes <= after:
-            self._applier.poke()
+        self._add_to_overlay(position, ops, payload, tokens)
         self.stats_counters["commits_total"] += 1
         if obs is not None:
             t1 = time.perf_counter()
@@ -853,13 +842,7 @@ class Writer:
             positions = self._log.append([(wal.RECORD_BATCH, p.payload) for p in accepted])
             self.stats_counters["wal_records_written_total"] += len(accepted)
             t_logged = time.perf_counter()
-            if sync:
-                self._log.sync()
-                self._unsynced = False
-            else:
-                self._unsynced = True
-                if asynchronous and (self._flusher is None or not self._flusher.is_alive()):
-                    self._ensure_flusher()
+            self._settle_appended(sync, asynchronous)
         except BaseException as exc:
             # fsyncgate: after a failed write or fsync the log's state is unknown; stop
             # writing. Reopening recovers whatever reached the log, each batch whole.
@@ -880,12 +863,8 @@ class Writer:
             tokens = token_writes(p.ops, limit)
             if tokens is None:
                 p.wait_applied = True
-            after = self._overlay.add(pos, p.ops, p.payload, tokens,
-                                      (p.key, p.first_event) if p.key is not None else None)
-            before = after - len(p.payload)
-            if before == 0 or before < self._apply_bytes <= after:
-                self._applier.poke()  # the applier sleeps until the overlay is due: it is now, or
-                #                       it was empty and the applier must start counting its age
+            self._add_to_overlay(pos, p.ops, p.payload, tokens,
+                                 (p.key, p.first_event) if p.key is not None else None)
             p.done = True
         self.stats_counters["commits_total"] += len(accepted)
         if obs is not None:
@@ -899,6 +878,27 @@ class Writer:
                 tracer.record("group_commit", t1 - t0, attributes=lambda: {
                     "batches": len(accepted), "records": sum(op.count for p in accepted for op in p.ops),
                     "last_position": positions[-1]})
+
+    def _settle_appended(self, sync: bool, asynchronous: bool) -> None:
+        """After a log append: fdatasync it (``sync``), or note it unsynced and make sure
+        the flusher runs (``asynchronous``: it bounds how long the append stays unsynced)."""
+        if sync:
+            self._log.sync()
+            self._unsynced = False
+        else:
+            self._unsynced = True
+            if asynchronous and (self._flusher is None or not self._flusher.is_alive()):
+                self._ensure_flusher()
+
+    def _add_to_overlay(self, position: int, ops: list[Op], payload: bytes,
+                        tokens: list[tuple[int, bytes | None]] | None,
+                        key: tuple[bytes, int | None] | None = None) -> None:
+        """Adds a logged batch to the overlay, and wakes the applier when the overlay just
+        became due: it was empty (the applier starts counting its age) or passed its size."""
+        after = self._overlay.add(position, ops, payload, tokens, key)
+        before = after - len(payload)
+        if before == 0 or before < self._apply_bytes <= after:
+            self._applier.poke()
 
     def observe_pending(self) -> None:
         """Turns the timings of recent groups into histogram observations (called off the
