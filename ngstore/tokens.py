@@ -88,6 +88,7 @@ assert _IMAGE.size == TOKEN_SIZE
 
 _new_image: Callable[[int, int, int], bytes] = _NEW.pack
 _coords: Callable[[Any], tuple[int, ...]] = struct.Struct("<24h").unpack_from
+_coords_u16: Callable[[Any], tuple[int, ...]] = struct.Struct("<24H").unpack_from
 _layer_x: Callable[[Any], tuple[int, ...]] = struct.Struct("<h4xh4xh4xh4xh4xh4xh4xh").unpack_from
 _u8: Callable[[Any, int], tuple[int]] = struct.Struct("<B").unpack_from
 _u16: Callable[[Any, int], tuple[int]] = struct.Struct("<H").unpack_from
@@ -104,6 +105,20 @@ _put_f32: Callable[[Any, int, float], None] = struct.Struct("<f").pack_into
 _OFF_ID, _OFF_FLAGS, _OFF_WEIGHT, _OFF_RADIUS, _OFF_STRENGTH, _OFF_TIMESTAMP = 48, 52, 54, 58, 59, 60
 # The unrolled decode in Token.coordinates / to_state spells these scales out.
 assert SCALE_FACTORS == (100, 10000, 1000, 10000, 10000, 10000, 100, 10000)
+
+#: The decoded value of every stored coordinate, indexed by its bits read as a u16, for
+#: the scales 100, 1000 and 10000: ``Token.coordinates`` looks its 24 values up instead of
+#: dividing (an int / int division costs more than the list index, and the float it makes
+#: is a new object each time). Built at the first use (a few ms); 3 x 65,536 floats, about
+#: 6 MB. Each value is ``int16 / scale`` in double precision, as ``codec.decode`` computes it.
+_decoded: tuple[list[float], list[float], list[float]] | None = None
+
+
+def _decoded_tables() -> tuple[list[float], list[float], list[float]]:
+    global _decoded
+    raw = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.int16).astype(np.float64)
+    _decoded = ((raw / 100).tolist(), (raw / 1000).tolist(), (raw / 10000).tolist())
+    return _decoded
 
 _ACTIVE = int(TokenFlags.ACTIVE)
 _ENTITY_TYPES = tuple(EntityType)
@@ -339,14 +354,15 @@ class Token:
 
         Setting takes 8 x 3 reals, encoded like the original (float32, truncate, saturate).
         """
-        # Unrolled on purpose: one struct call and 24 correctly rounded int/int divisions
-        # (bit-identical to codec.decode) cost about a third of a loop over the scales.
-        (a, b, c, d, e, f, g, h, i, j, k, l, m,  # noqa: E741 - 24 coordinates, a..x
-         n, o, p, q, r, s, t, u, v, w, x) = _coords(self._buf)
-        return [[a / 100, b / 100, c / 100], [d / 10000, e / 10000, f / 10000],
-                [g / 1000, h / 1000, i / 1000], [j / 10000, k / 10000, l / 10000],
-                [m / 10000, n / 10000, o / 10000], [p / 10000, q / 10000, r / 10000],
-                [s / 100, t / 100, u / 100], [v / 10000, w / 10000, x / 10000]]
+        # Unrolled on purpose: one struct call and 24 lookups in the tables of decoded
+        # values (bit-identical to codec.decode), about a third of a loop over the scales.
+        h, k, t = _decoded or _decoded_tables()  # scales 100, 1000, 10000
+        (a, b, c, d, e, f, g, i, j, l, m, n,  # noqa: E741 - 24 coordinates
+         o, p, q, r, s, u, v, w, x, y, z, zz) = _coords_u16(self._buf)
+        return [[h[a], h[b], h[c]], [t[d], t[e], t[f]],
+                [k[g], k[i], k[j]], [t[l], t[m], t[n]],
+                [t[o], t[p], t[q]], [t[r], t[s], t[u]],
+                [h[v], h[w], h[x]], [t[y], t[z], t[zz]]]
 
     @coordinates.setter
     def coordinates(self, value: Any) -> None:

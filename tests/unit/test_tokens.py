@@ -156,6 +156,19 @@ def test_coordinates_are_settable_as_8_by_3_floats_and_read_back_decoded():
     assert t.raw_coordinates[1] == [1000, 1100, 1200]
 
 
+def test_coordinates_decode_every_stored_value_bit_identically_to_codec_decode():
+    # Token.coordinates looks values up in tables; codec.decode divides. Every int16 at
+    # every layer (three consecutive values per layer and token) must give the same double.
+    values = np.arange(-32768, 32768 + 2, dtype=np.int64).clip(-32768, 32767).astype(np.int16)
+    rows = values.reshape(-1, 1, 3).repeat(8, axis=1)  # (21846, 8, 3): every layer sees all
+    expected = codec.decode(rows)
+    t = Token(1)
+    for raw, want in zip(rows, expected, strict=True):
+        t.raw_coordinates = raw.tolist()
+        got = np.array(t.coordinates, dtype=np.float64)
+        assert got.view(np.uint64).tolist() == want.view(np.uint64).tolist()
+
+
 def test_coordinates_setter_uses_float32_arithmetic_like_the_original():
     t = Token(1)
     t.set_coordinates(6, 0.7, 0.29, -0.7)
