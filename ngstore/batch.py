@@ -35,7 +35,7 @@ from .ops import (
     REFLEX_PUT_DTYPE,
     Op,
 )
-from .records import CONNECTION_DTYPE, EVENT_DTYPE
+from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
 from .tokens import as_token_array
 from .validation import check_connections
 
@@ -276,7 +276,7 @@ class Batch:
     @property
     def nbytes(self) -> int:
         """Bytes of the records it holds (what its commit writes, about)."""
-        return sum(op.data.nbytes for op in self._ops)
+        return sum(op.nbytes for op in self._ops)
 
     def discard(self) -> None:
         self._done = True
@@ -307,13 +307,19 @@ def token_put_op(tokens: Any, counters: ValidationCounters, obs: Observability |
                  copy: bool = True) -> Op | None:
     """The TOKEN_PUT op of ``tokens``, validated (None when there are none). ``copy=False``
     lets a large contiguous array be used in place."""
-    arr = as_token_array(tokens)
-    n = int(arr.size)
-    if n == 0:
-        return None
+    raw: bytes | None
+    if type(tokens) is np.ndarray and tokens.dtype is TOKEN_DTYPE and tokens.ndim == 1 \
+            and 0 < tokens.shape[0] <= _SMALL:
+        # a small 1-D array (what a one-token commit passes): its bytes are the op's
+        arr, n, raw = tokens, tokens.shape[0], tokens.tobytes()
+    else:
+        arr = as_token_array(tokens)
+        n = int(arr.size)
+        if n == 0:
+            return None
+        raw = arr.tobytes() if copy or n <= _SMALL else None
     timed = obs is not None and n >= _TIMED
     t0 = time.perf_counter() if timed else 0.0
-    raw = arr.tobytes() if copy or n <= _SMALL else None
     try:
         if raw is not None and n <= _SMALL:
             for off in range(0, len(raw), 64):

@@ -368,10 +368,10 @@ class Writer:
         self.check_commit()
         if not ops:
             return CommitResult(self._log.last_position)
-        if durability == "sync" and sum(op.data.nbytes for op in ops) >= self._options.direct_threshold:
+        if durability == "sync" and sum(op.nbytes for op in ops) >= self._options.direct_threshold:
             return self._run_exclusive(lambda: self._commit_direct(ops))
         payload = encode_ops(ops)
-        if all(op.kind in _SOLO_KINDS for op in ops):
+        if (ops[0].kind in _SOLO_KINDS if len(ops) == 1 else all(op.kind in _SOLO_KINDS for op in ops)):
             with self._qlock:
                 solo = not self._leader
                 if solo:
@@ -439,7 +439,7 @@ class Writer:
         if not ops:
             callback(CommitResult(self._log.last_position))
             return
-        if durability == "sync" and sum(op.data.nbytes for op in ops) >= self._options.direct_threshold:
+        if durability == "sync" and sum(op.nbytes for op in ops) >= self._options.direct_threshold:
             def blocking() -> None:
                 try:
                     result: CommitResult | BaseException = self.commit(ops, durability)
@@ -904,20 +904,33 @@ class Writer:
         """Turns the timings of recent groups into histogram observations (called off the
         commit path: by ``stats()`` and the metrics collector)."""
         obs = self._obs
+        if obs is None:
+            return
         timings = self._timings
-        while obs is not None:
+        pop = timings.popleft
+        logged: list[float] = []
+        totals: list[float] = []
+        records: list[int] = []
+        tokens: list[float] = []
+        connections: list[float] = []
+        for _ in range(len(timings)):  # what is there now: the leader may append meanwhile
             try:  # the leader and the applier both drain this; popleft is atomic, the test is not
-                logged, total, group = timings.popleft()
+                wal, total, group = pop()
             except IndexError:
-                return
-            obs.wal_write_seconds.observe(logged)
-            for records, puts in group:
-                obs.batch_records.observe(records)
-                obs.commit_seconds.observe(total)
+                break
+            logged.append(wal)
+            for n, puts in group:
+                records.append(n)
+                totals.append(total)
                 if puts & _PUTS_TOKENS:
-                    obs.token_creation_seconds.observe(total)
+                    tokens.append(total)
                 if puts & _PUTS_CONNECTIONS:
-                    obs.connection_creation_seconds.observe(total)
+                    connections.append(total)
+        obs.wal_write_seconds.observe_many(logged)
+        obs.batch_records.observe_many(records)
+        obs.commit_seconds.observe_many(totals)
+        obs.token_creation_seconds.observe_many(tokens)
+        obs.connection_creation_seconds.observe_many(connections)
 
     def _fail(self, accepted: list[_Pending], exc: BaseException, where: str,
               positions: list[int] | None = None, writing: bool = False) -> None:

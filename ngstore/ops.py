@@ -8,7 +8,6 @@ the record layout of every op's items; it knows nothing of LMDB.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -84,27 +83,57 @@ assert OP_ITEM_SIZE == {1: 64, 2: 4, 3: 64, 4: 12, 5: 128, 6: 112, 7: 60, 8: 8, 
 REFLEX_KINDS: Final = frozenset({OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY, OP_REFLEX_RESIZE})
 
 
-@dataclass(frozen=True, slots=True)
 class Op:
     """One operation: ``data`` is a contiguous array of ``OP_DTYPES[kind]`` items;
-    ``raw``, when given, is the same items as bytes (``data`` a view of them), which
-    saves the encoders a copy."""
+    ``raw``, when given, is the same items as bytes, which saves the encoders a copy.
 
-    kind: int
-    data: np.ndarray
-    raw: bytes | None = None
+    An op made from bytes (:meth:`of_bytes`) makes its array at the first use of ``data``:
+    a one-token commit never needs it (the log takes the bytes, the overlay their
+    record), and ``np.frombuffer`` would be a tenth of such a commit. Treat an op as
+    immutable."""
+
+    __slots__ = ("_data", "count", "kind", "raw")
+
+    def __init__(self, kind: int, data: np.ndarray, raw: bytes | None = None) -> None:
+        self.kind = kind
+        self._data: np.ndarray | None = data
+        self.raw = raw
+        #: the number of items
+        self.count: int = int(data.shape[0])
 
     @property
-    def count(self) -> int:
-        return int(self.data.shape[0])
+    def data(self) -> np.ndarray:
+        d = self._data
+        if d is None:
+            assert self.raw is not None
+            d = self._data = np.frombuffer(self.raw, dtype=OP_DTYPES[self.kind])
+        return d
+
+    @property
+    def nbytes(self) -> int:
+        """The size of the body."""
+        return len(self.raw) if self.raw is not None else int(self.data.nbytes)
 
     def body(self) -> bytes:
         return self.raw if self.raw is not None else np.ascontiguousarray(self.data).tobytes()
 
     @staticmethod
     def of_bytes(kind: int, raw: bytes) -> Op:
-        """An op over ``raw`` (a whole number of items), its array a read-only view."""
-        return Op(kind, np.frombuffer(raw, dtype=OP_DTYPES[kind]), raw)
+        """An op over ``raw`` (a whole number of items, checked); its array, made when
+        first used, is a read-only view."""
+        op = _new_op(Op)
+        size = OP_ITEM_SIZE[kind]
+        n = len(raw) // size
+        if n * size != len(raw):
+            raise AssertionError(f"op {kind}: {len(raw)} bytes are not whole items of {size}")
+        op.kind, op._data, op.raw, op.count = kind, None, raw, n
+        return op
+
+    def __repr__(self) -> str:
+        return f"Op(kind={self.kind}, count={self.count})"
+
+
+_new_op = object.__new__
 
 
 _OUTCOME_KEY_ITEM = struct.Struct("<16sQ")

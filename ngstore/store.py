@@ -216,7 +216,10 @@ class Store:
         writer = self._live_writer()
         d = self.durability if durability is None else check_durability(durability)
         op = token_put_op(tokens, self._validation, self._obs, copy=False)
-        return writer.commit(keyed([op] if op is not None else [], key, self.options.remember_keys), d).position
+        ops = [op] if op is not None else []
+        if key is not None:
+            ops = keyed(ops, key, self.options.remember_keys)
+        return writer.commit(ops, d).position
 
     def delete_tokens(self, ids: Any, *, durability: str | None = None, key: bytes | str | None = None) -> int:
         """Deletes tokens by id (absent ids are ignored). Atomic."""

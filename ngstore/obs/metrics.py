@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .statspage import PageHistograms, merge_published, published_labels
 
 __all__ = [
@@ -93,6 +95,18 @@ class Histogram:
         """Count one observation (``value`` in base units: seconds, records)."""
         self._counts[bisect_left(self.buckets, value)] += 1
         self._sum += value
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        """Count each of ``values``, as many ``observe`` calls would: one vectorised bucket
+        search for a whole drain of pending timings."""
+        if not values:
+            return
+        v = np.asarray(values, dtype=np.float64)
+        found = np.bincount(np.searchsorted(self.buckets, v, side="left"), minlength=len(self._counts))
+        counts = self._counts
+        for i in np.flatnonzero(found).tolist():
+            counts[i] += int(found[i])
+        self._sum += float(v.sum())
 
     def snapshot(self) -> tuple[list[tuple[float, int]], int, float]:
         """``([(le, cumulative_count), …, (inf, count)], count, sum)``."""

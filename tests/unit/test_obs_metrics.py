@@ -5,6 +5,8 @@ import math
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -185,6 +187,19 @@ def test_histogram_value_on_a_boundary_falls_in_that_bucket() -> None:
     assert (count, total) == (4, 7.5)
     with pytest.raises(ValueError):
         Histogram((2.0, 1.0))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from([0.0, 1.0, 2.0, 2.5, 1e-9]),
+                          st.floats(min_value=-10, max_value=10, allow_nan=False)), max_size=60))
+def test_observe_many_counts_like_one_observe_per_value(values: list[float]) -> None:
+    one, many = Histogram((0.5, 1.0, 2.0)), Histogram((0.5, 1.0, 2.0))
+    for v in values:
+        one.observe(v)
+    many.observe_many(values)
+    (a, na, sa), (b, nb, sb) = one.snapshot(), many.snapshot()
+    assert a == b and na == nb == len(values)
+    assert math.isclose(sa, sb, rel_tol=1e-12, abs_tol=1e-12)
 
 
 def test_observability_has_every_histogram_the_store_observes(store: FakeStore) -> None:
