@@ -539,7 +539,7 @@ class Writer:
             self._overlay.wait_for_room(len(payload), self._applier.failed_event)
             self.check_writable()
             writing = True
-            position = self._log.append([(wal.RECORD_BATCH, payload)])[0]
+            position = self._log.append_one(wal.RECORD_BATCH, payload)
             self.stats_counters["wal_records_written_total"] += 1
             t_logged = time.perf_counter()
             self._settle_appended(durability == "sync", durability == "async")

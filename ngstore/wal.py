@@ -918,17 +918,51 @@ class Log:
             self._io.pwritev(self._fd, bufs, start)  # type: ignore[arg-type]
         except BaseException as e:
             raise self._poison(e, "appending to the log segment", seg.path) from e
+        self._advance(seg, pos - 1, len(items), total, zend)
+        return list(range(first_pos, pos))
+
+    def append_one(self, typ: int, payload: bytes) -> int:
+        """``append([(typ, payload)])[0]``, for a commit's record: a small ``bytes``
+        payload, too small to compress, that fits the active segment is framed and written
+        without the general path's lists (a one-token commit's record is about a hundred
+        bytes, and the general path's Python cost as much as its write)."""
+        raw = len(payload)
+        start = self._write_off
+        end = start + FRAME_HEADER_SIZE + raw
+        if (type(payload) is not bytes or raw >= COMPRESS_MIN_BYTES or typ not in KNOWN_TYPES or self._closed
+                or self._failed is not None or (start > SEGMENT_HEADER_SIZE and end > self._segment_bytes)):
+            return self.append([(typ, payload)])[0]  # checks, compresses, rotates, refuses
+        seg = self._segs[-1]
+        pos = self._last + 1
+        tail = _FRAME_TAIL.pack(raw, seg.salt, pos, self._durable, typ, 0, 0, raw)
+        buf = _U32.pack(zlib.crc32(payload, zlib.crc32(tail))) + tail + payload
+        zend = end
+        if self._prealloc and end - start < self._prealloc and end > self._zeroed_until:  # as append
+            zend = min(end + self._prealloc, max(self._segment_bytes, end))
+            buf += bytes(zend - end)
+        fd = self._fd
+        assert fd is not None  # open: not closed
+        try:
+            self._io.pwritev(fd, [buf], start)
+        except BaseException as e:
+            raise self._poison(e, "appending to the log segment", seg.path) from e
+        self._advance(seg, pos, 1, end - start, zend)
+        return pos
+
+    def _advance(self, seg: _Seg, last: int, records: int, total: int, zend: int) -> None:
+        """After a write of ``records`` frames (``total`` bytes) ending at position ``last``
+        and the zero runway through ``zend``: the log's and the segment's new end."""
+        end = self._write_off + total
         with self._lock:
-            self._last = pos - 1
+            self._last = last
             self._write_off = end
             self._appended += total
             self._zeroed_until = max(self._zeroed_until, zend)
-            seg.last = pos - 1
+            seg.last = last
             seg.end = end
-            seg.records += len(items)
+            seg.records += records
             a, _b = seg.runs[-1]
             seg.runs[-1] = (a, end)
-        return list(range(first_pos, pos))
 
     def sync(self) -> int:
         """fdatasync of the active segment (earlier segments were synced when sealed; the

@@ -42,6 +42,36 @@ def test_many_records_round_trip_with_consecutive_positions(tmp_path):
     log.close()
 
 
+def test_append_one_writes_the_bytes_append_writes(tmp_path, monkeypatch):
+    # The one-record path must frame, extend the runway and rotate exactly as append does:
+    # the same records through each give byte-identical segment files.
+    sizes = [0, 1, 88, 4095, 4096, 5000, 100, 3000, 2999, 64] * 6  # compressible and not
+    data = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    logs = {}
+    for how in ("append", "append_one"):
+        rng = iter(range(1, 1000))
+        monkeypatch.setattr(wal, "new_salt", lambda rng=rng: next(rng))
+        log, _ = open_log(tmp_path / how, segment_bytes=16384, preallocate_bytes=4096, compress=True)
+        for d in data:
+            pos = log.append([(B, d)])[0] if how == "append" else log.append_one(B, d)
+            assert pos == log.last_position
+        assert payloads(log) == data
+        log.close()
+        logs[how] = {n: (tmp_path / how / n).read_bytes() for n in sorted(os.listdir(tmp_path / how))}
+    assert len(logs["append"]) > 1  # it rotated
+    assert logs["append_one"] == logs["append"]
+
+
+def test_append_one_refuses_what_append_refuses(tmp_path):
+    log, _ = open_log(tmp_path / "wal")
+    with pytest.raises(InvalidArgumentError):
+        log.append_one(99, b"x")
+    assert log.last_position == 0
+    log.close()
+    with pytest.raises(StoreClosedError):
+        log.append_one(B, b"x")
+
+
 def test_iter_records_starts_after_the_given_position(tmp_path):
     log, _ = open_log(tmp_path / "wal", segment_bytes=4096)
     log.append([(B, bytes([i]) * 100) for i in range(100)])
