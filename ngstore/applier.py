@@ -177,7 +177,6 @@ class Applier:
         dbs = self._kv.dbs
         result = self._kv.write(lambda txn: apply_ops(txn, dbs, state, entries))
         self._counters = result.counters
-        self._applied = result.applied_position
         self._written_since_checkpoint += result.bytes_written
         if result.reflexes is not None:  # swap in the new version; lookups never wait
             self._carry_counters()
@@ -186,6 +185,9 @@ class Applier:
             self.reflexes_created_total += result.reflexes_created
         if result.reflex_capacity is not None:
             self.reflex_capacity = result.reflex_capacity
+        # Last: wait_applied returns as soon as it sees the position, and its caller reads
+        # the table and the capacity next (a refusal check plans on them).
+        self._applied = result.applied_position
         if result.reflex_displaced:
             self._report_displaced(result.reflex_displaced)
         if result.duplicates and self._obs is not None:
