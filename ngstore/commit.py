@@ -53,6 +53,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
@@ -251,8 +252,8 @@ class Writer:
     #: Fraction of the refusal point from which aggressive cleanup runs, and what it trims.
     CLEANUP_MARGIN = 0.9
     CLEANUP_EVENT_FRACTION = 0.25
-    #: Group timings kept for the histograms before the leader turns them into observations.
-    TIMINGS_KEPT = 256
+    #: Batch timings kept for the histograms before the leader turns them into observations.
+    TIMINGS_KEPT = 1024
 
     def __init__(self, directory: Directory, kv: KV, log: wal.Log, applier: Applier, overlay: Overlay,
                  guardian: Guardian, options: WriterOptions, obs: Observability | None) -> None:
@@ -289,11 +290,11 @@ class Writer:
         self._unsynced = False
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
-        #: per group: (seconds logging, seconds in all, its batches); turned into histogram
-        #: observations off the commit path (``observe_pending``)
-        #: Each batch is summed up as ints, ``_batch_summary``: a timing holds no object the
-        #: garbage collector must visit.
-        self._timings: deque[tuple[float, float, tuple[tuple[int, int], ...]]] = deque()
+        #: per batch: (seconds logging its group -- -1.0 for all but a group's first batch --,
+        #: seconds its group took in all, its records, what it puts: ``_batch_summary``);
+        #: turned into histogram observations in bulk (``observe_pending``). Flat tuples of
+        #: numbers: no object the garbage collector must visit, one array to count them.
+        self._timings: deque[tuple[float, float, int, int]] = deque()
         self._refuse = options.reflex_eviction == "refuse"
         self._table_seen: weakref.ref[ReflexTable] | None = None  # the version whose memory_bytes ...
         self._table_bytes = 0            # ... is this
@@ -380,7 +381,11 @@ class Writer:
                 try:
                     position, indexed = self._commit_solo(ops, durability, payload)
                 finally:
-                    self._lead()  # those who queued meanwhile; or give up leadership
+                    with self._qlock:  # nobody queued meanwhile (the usual case): done leading
+                        if not self._queue and not self._exclusive_waiting:
+                            self._leader = solo = False
+                    if solo:
+                        self._lead()  # those who queued meanwhile; or give up leadership
                 if not indexed:  # too many token writes to index: visible once applied
                     try:
                         self._applier.wait_applied(position)
@@ -528,7 +533,7 @@ class Writer:
         obs = self._obs
         t0 = time.perf_counter()
         try:
-            self._quota_check(ops, _GroupAdds(), len(payload))
+            self._quota_check(ops, None, len(payload))
         except BaseException as exc:  # refused: nothing of it is written
             if obs is not None:
                 obs.event("quota_refused", error=str(exc))
@@ -556,7 +561,7 @@ class Writer:
         if obs is not None:
             t1 = time.perf_counter()
             timings = self._timings
-            timings.append((t_logged - t0, t1 - t0, (_batch_summary(ops),)))
+            timings.append((t_logged - t0, t1 - t0, *_batch_summary(ops)))
             if len(timings) > self.TIMINGS_KEPT:
                 self.observe_pending()
             tracer = obs.tracer
@@ -600,7 +605,7 @@ class Writer:
             with self._qlock:
                 self._hand_over()
 
-    def _quota_check(self, ops: list[Op], group: _GroupAdds, overlay_bytes: int) -> int:
+    def _quota_check(self, ops: list[Op], group: _GroupAdds | None, overlay_bytes: int) -> int:
         """Raises QuotaExceededError if the batch would pass a limit -- or, with
         ``reflex_eviction="refuse"``, push a reflex out of the table -- and writes nothing
         then; returns the tokens it may add. Counts with upper bounds (every put a new id or
@@ -609,8 +614,8 @@ class Writer:
         far the applier has got. The overlay counts in the usage while it holds other
         commits; a batch is not charged its own passage through it (transient, and bounded
         by ``overlay_bytes``). Takes what it may add from the cleanup headroom and adds it
-        to ``group``. ``overlay_bytes``: the batch's payload, what the overlay will hold of
-        it besides its token index.
+        to ``group`` (None: a group of this batch alone). ``overlay_bytes``: the batch's
+        payload, what the overlay will hold of it besides its token index.
 
         A batch of :data:`_SLACK_KINDS` ops is checked against the slack instead of a new
         usage: the room left under each limit, measured at a group's first batch and
@@ -639,18 +644,19 @@ class Writer:
             if slack is not None and add_tokens <= slack[1] and add_bytes <= slack[2]:
                 self._slack = (slack[0], slack[1] - add_tokens,
                                slack[2] - add_bytes - overlay_bytes - entries * INDEX_ENTRY_BYTES)
-                group.tokens += add_tokens
-                group.bytes += add_bytes
-                group.ops.extend(ops)
+                if group is not None:
+                    group.tokens += add_tokens
+                    group.bytes += add_bytes
+                    group.ops.extend(ops)
                 self._cleanup_headroom -= add_bytes
                 return add_tokens
         self._slack = None  # measured again at the next group
-        return self._full_quota_check(ops, group)
+        return self._full_quota_check(ops, _GroupAdds() if group is None else group)
 
-    def _measure_slack(self, group: _GroupAdds) -> tuple[int, int, int] | None:
+    def _measure_slack(self, group: _GroupAdds | None) -> tuple[int, int, int] | None:
         """The slack (see :meth:`_quota_check`) now, at a group's first batch; None within
         a group (its earlier batches are in neither the usage nor the slack)."""
-        if group.ops:
+        if group is not None and group.ops:
             return None
         g = self._guardian
         usage = self.usage()
@@ -870,7 +876,11 @@ class Writer:
         if obs is not None:
             t1 = time.perf_counter()
             timings = self._timings
-            timings.append((t_logged - t0, t1 - t0, tuple(_batch_summary(p.ops) for p in accepted)))
+            total = t1 - t0
+            logging_s = t_logged - t0
+            for p in accepted:
+                timings.append((logging_s, total, *_batch_summary(p.ops)))
+                logging_s = -1.0  # observed once per group
             if len(timings) > self.TIMINGS_KEPT:
                 self.observe_pending()
             tracer = obs.tracer
@@ -908,29 +918,22 @@ class Writer:
             return
         timings = self._timings
         pop = timings.popleft
-        logged: list[float] = []
-        totals: list[float] = []
-        records: list[int] = []
-        tokens: list[float] = []
-        connections: list[float] = []
+        items: list[tuple[float, float, int, int]] = []
+        add = items.append
         for _ in range(len(timings)):  # what is there now: the leader may append meanwhile
             try:  # the leader and the applier both drain this; popleft is atomic, the test is not
-                wal, total, group = pop()
+                add(pop())
             except IndexError:
                 break
-            logged.append(wal)
-            for n, puts in group:
-                records.append(n)
-                totals.append(total)
-                if puts & _PUTS_TOKENS:
-                    tokens.append(total)
-                if puts & _PUTS_CONNECTIONS:
-                    connections.append(total)
-        obs.wal_write_seconds.observe_many(logged)
+        if not items:
+            return
+        wal, total, records, puts = np.fromiter(chain.from_iterable(items), np.float64, 4 * len(items)).reshape(-1, 4).T
+        kinds = puts.astype(np.int64)
+        obs.wal_write_seconds.observe_many(wal[wal >= 0.0])
         obs.batch_records.observe_many(records)
-        obs.commit_seconds.observe_many(totals)
-        obs.token_creation_seconds.observe_many(tokens)
-        obs.connection_creation_seconds.observe_many(connections)
+        obs.commit_seconds.observe_many(total)
+        obs.token_creation_seconds.observe_many(total[(kinds & _PUTS_TOKENS) != 0])
+        obs.connection_creation_seconds.observe_many(total[(kinds & _PUTS_CONNECTIONS) != 0])
 
     def _fail(self, accepted: list[_Pending], exc: BaseException, where: str,
               positions: list[int] | None = None, writing: bool = False) -> None:

@@ -129,6 +129,13 @@ class Op:
         op.kind, op._data, op.raw, op.count = kind, None, raw, n
         return op
 
+    @staticmethod
+    def whole(kind: int, raw: bytes, count: int) -> Op:
+        """``of_bytes`` for bytes the caller knows to be ``count`` whole items."""
+        op = _new_op(Op)
+        op.kind, op._data, op.raw, op.count = kind, None, raw, count
+        return op
+
     def __repr__(self) -> str:
         return f"Op(kind={self.kind}, count={self.count})"
 
@@ -177,6 +184,11 @@ _ID_AT_48 = struct.Struct("<48xI")
 def token_writes(ops: list[Op], limit: int) -> list[tuple[int, bytes | None]] | None:
     """The token writes of ``ops`` in order: ``(id, 64-byte record)`` per put and
     ``(id, None)`` per delete; None when there are more than ``limit`` of them."""
+    if len(ops) == 1 and limit >= 1:  # a one-token commit's
+        op = ops[0]
+        raw = op.raw
+        if op.kind == OP_TOKEN_PUT and raw is not None and len(raw) == 64:
+            return [(_ID_AT_48.unpack_from(raw)[0], raw)]
     n = sum(op.count for op in ops if op.kind in (OP_TOKEN_PUT, OP_TOKEN_DELETE))
     if n > limit:
         return None
@@ -201,9 +213,9 @@ def encode_ops(ops: list[Op]) -> bytes:
     if len(ops) == 1:
         op = ops[0]
         body = op.body()
-        n = len(body) // OP_ITEM_SIZE[op.kind]
+        n = op.count
         if n * OP_ITEM_SIZE[op.kind] != len(body):
-            raise AssertionError(f"op {op.kind}: body of {len(body)} bytes")
+            raise AssertionError(f"op {op.kind}: body of {len(body)} bytes for {n} items")
         return _ONE_OP_HEAD.pack(PAYLOAD_MAGIC, 1, op.kind, 0, n, len(body)) + body
     parts = [_PAYLOAD_HEAD.pack(PAYLOAD_MAGIC, len(ops))]
     for op in ops:

@@ -96,12 +96,12 @@ class Histogram:
         self._counts[bisect_left(self.buckets, value)] += 1
         self._sum += value
 
-    def observe_many(self, values: Sequence[float]) -> None:
+    def observe_many(self, values: Sequence[float] | np.ndarray) -> None:
         """Count each of ``values``, as many ``observe`` calls would: one vectorised bucket
         search for a whole drain of pending timings."""
-        if not values:
-            return
         v = np.asarray(values, dtype=np.float64)
+        if not v.size:
+            return
         found = np.bincount(np.searchsorted(self.buckets, v, side="left"), minlength=len(self._counts))
         counts = self._counts
         for i in np.flatnonzero(found).tolist():

@@ -16,11 +16,13 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,6 +33,7 @@ from ngstore.obs import StoreCollector, register
 from ngstore.obs.blackbox import list_dumps, load_dump, read_ring
 from ngstore.obs.logs import disable_json_logging, enable_json_logging
 from ngstore.obs.metrics import METRICS, metric_names
+from ngstore.records import CONNECTION_DTYPE
 
 TIMEOUT = 120
 
@@ -179,6 +182,58 @@ def test_histograms_and_blackbox_counters_move_with_commits(served):
     assert moved("neurograph_blackbox_events_recorded_total") >= 1  # an "apply" per group applied
     buckets = {dict(k)["le"]: v for k, v in after["neurograph_commit_duration_seconds_bucket"].items()}
     assert buckets["+Inf"] == value(after, "neurograph_commit_duration_seconds_count", store)
+
+
+def test_grouped_commits_are_observed_once_per_batch_and_once_per_group(path, monkeypatch):
+    # 8 threads commit at once, so batches share group commits: each batch is one
+    # commit-duration observation, each group (one log append) one log-write observation.
+    from ngstore import wal
+    appends = [0]
+    inside = threading.local()
+    for name in ("append", "append_one"):
+        real = getattr(wal.Log, name)
+
+        def counted(self: wal.Log, *args: Any, real: Any = real) -> Any:
+            if getattr(inside, "busy", False):  # append_one's fallback to append: one append
+                return real(self, *args)
+            appends[0] += 1
+            inside.busy = True
+            try:
+                return real(self, *args)
+            finally:
+                inside.busy = False
+
+        monkeypatch.setattr(wal.Log, name, counted)
+    with ngstore.open(path, tracing=False, durability="sync") as s:
+        obs = s.obs
+        assert obs is not None
+        s.stats()  # drains what the open observed
+        appends[0] = 0
+        before = {h: getattr(obs, h).count for h in ("commit_seconds", "wal_write_seconds", "batch_records",
+                                                     "token_creation_seconds", "connection_creation_seconds")}
+        records_before = obs.batch_records.sum
+
+        def work(t: int) -> None:
+            for i in range(25):
+                if i % 5 == 4:
+                    c = np.zeros(1, CONNECTION_DTYPE)
+                    c["token_a"], c["token_b"] = t * 1000 + i, t * 1000 + i + 1
+                    s.put_connections(c)
+                else:
+                    s.put_tokens(ngstore.Token.create_batch(2, start=t * 1000 + 2 * i))
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        st = s.stats()  # drains the pending timings
+        moved = {h: getattr(obs, h).count - n for h, n in before.items()}
+        assert moved["commit_seconds"] == moved["batch_records"] == 200
+        assert moved["token_creation_seconds"] == 160 and moved["connection_creation_seconds"] == 40
+        assert moved["wal_write_seconds"] == appends[0] <= 200
+        assert obs.batch_records.sum - records_before == 160 * 2 + 40
+        assert st["commits_total"] >= 200
 
 
 def test_quota_refusal_and_readiness_follow_the_store(path):
