@@ -233,3 +233,27 @@ int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_len
     *n_out = n;
     return NG_OK;
 }
+
+int ng_chunk_patch(uint8_t *region, size_t region_len, const uint8_t *src, size_t src_len, unsigned slot_shift,
+                   const uint8_t *records, const uint32_t *ids, size_t n) {
+    if (!region || (n && (!records || !ids)) || slot_shift < NG_MIN_SLOT_SHIFT || slot_shift > 16)
+        return NG_EINVAL;
+    const size_t slots = (size_t)1 << slot_shift;
+    const size_t records_bytes = slots * NG_TOKEN_SIZE;
+    const size_t region_bytes = records_bytes + slots / 8;
+    if (region_len < region_bytes || (src && src_len < region_bytes)) return NG_EINVAL;
+    if (src)
+        memcpy(region, src, region_bytes);
+    else
+        memset(region, 0, region_bytes);
+    uint8_t *bitmap = region + records_bytes;
+    int added = 0;
+    for (size_t i = 0; i < n; i++) {
+        const size_t slot = ids[i] & (slots - 1);
+        const uint8_t bit = (uint8_t)(1u << (slot & 7));
+        added += !(bitmap[slot >> 3] & bit);
+        bitmap[slot >> 3] |= bit;
+        memcpy(region + slot * NG_TOKEN_SIZE, records + i * NG_TOKEN_SIZE, NG_TOKEN_SIZE);
+    }
+    return added;
+}

@@ -128,4 +128,20 @@ int ng_gather64(const uint32_t *ids, size_t n, const uint32_t *chunk_keys,
                 const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens,
                 size_t nchunks, unsigned slot_shift, uint8_t *out, uint8_t *found);
 
+/* ---- Writing records into one chunk ------------------------------------------
+ *
+ * Builds a chunk's new record region in `region` (S = 1 << slot_shift slots;
+ * `region_len` at least the record region, S*64 + S/8 bytes): first the old region,
+ * copied from `src` (`src_len` at least the record region; only the region is read),
+ * or zeros when `src` is NULL; then n 64-byte records (records + 64*i), each into slot
+ * ids[i] & (S - 1) with its presence bit set; a later record for the same slot wins.
+ * The caller chooses ids of this chunk (only the slot bits are used, so no byte outside
+ * the region is ever written). Bytes of `region` past the record region are left as
+ * they are. Returns how many presence bits were newly set (0..S), or NG_EINVAL (NULL
+ * pointer with a non-zero count, bad slot_shift, a buffer too short) with nothing
+ * written. The copy is the point of doing it here: cffi releases the GIL, and reading
+ * a chunk freshly written to the map costs page faults. */
+int ng_chunk_patch(uint8_t *region, size_t region_len, const uint8_t *src, size_t src_len, unsigned slot_shift,
+                   const uint8_t *records, const uint32_t *ids, size_t n);
+
 #endif

@@ -42,7 +42,8 @@ ffi: Any = _ngcore.ffi
 lib: Any = _ngcore.lib
 
 #: C functions this wrapper needs; a stale build that lacks one is refused at import.
-_REQUIRED = ("ng_abi_version", "ng_strerror", "ng_grid_hash_tokens", "ng_grid_hash_states", "ng_gather64")
+_REQUIRED = ("ng_abi_version", "ng_strerror", "ng_grid_hash_tokens", "ng_grid_hash_states", "ng_gather64",
+             "ng_chunk_patch")
 
 
 def _check_build() -> None:
@@ -295,3 +296,24 @@ def gather_column(chunk_buffers: Sequence[Any], slot_shift: int, field_offset: i
                   "of present tokens is lower than the chunks' presence bits")
     n = int(n_out[0])
     return out[:n].copy() if 2 * n < out.shape[0] else out[:n]  # let a mostly unused buffer go
+
+
+def chunk_patch(region: bytearray, slot_shift: int, rows: np.ndarray, ids: np.ndarray, src: Any = None) -> int:
+    """Builds a chunk's new record region in ``region`` (a writable buffer of at least the
+    record region): the old region copied from ``src`` (a buffer, e.g. the stored value;
+    None: all zero), then ``rows`` (n x 64 uint8, C-contiguous), row i into slot
+    ``ids[i]`` of the chunk (uint32; only the slot bits count), presence bits set; returns
+    how many bits were newly set. One C call, without the GIL, for what the applier did
+    with a copy and five numpy calls a chunk."""
+    if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 64 or not rows.flags.c_contiguous \
+            or ids.dtype != np.uint32 or ids.shape != (rows.shape[0],) or not ids.flags.c_contiguous:
+        raise InvalidArgumentError(f"chunk_patch takes (n, 64) uint8 rows and n uint32 ids, got {rows.dtype} "
+                                   f"{rows.shape} and {ids.dtype} {ids.shape}")
+    rc = lib.ng_chunk_patch(ffi.from_buffer("uint8_t[]", region, require_writable=True), len(region),
+                            ffi.NULL if src is None else ffi.from_buffer("uint8_t[]", src),
+                            0 if src is None else len(src), slot_shift,
+                            ffi.from_buffer("uint8_t[]", rows), ffi.from_buffer("uint32_t[]", ids), rows.shape[0])
+    if rc < 0:
+        check_status("ng_chunk_patch", rc, f"slot_shift {slot_shift}, a region of {len(region)} bytes, "
+                     f"a source of {0 if src is None else len(src)}")
+    return int(rc)

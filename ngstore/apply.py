@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import learning, reflex_store
+from ._native import chunk_patch
 from .errors import CorruptionError
 from .layout import (
     CHECKSUM_BYTES,
@@ -390,11 +391,13 @@ def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray,
         return _small_token_put(txn, db, layout, records, region)
     ids = records["id"].astype(np.uint32, copy=False)
     records, ids = sort_unique_last(records, ids)
+    ids = np.ascontiguousarray(ids)  # a strided view of the records when they were in order
     added = 0
     raw = records.view(np.uint8).reshape(-1, 64) if records.flags.c_contiguous else \
         np.ascontiguousarray(records).view(np.uint8).reshape(-1, 64)
     chunks = ids >> layout.shift
     scratch: bytearray | None = None  # one value buffer reused for every whole chunk
+    patched: bytearray | None = None  # and one for every chunk written in part
     n_chunks = 0
     for chunk, s, e in _groups(chunks):
         n_chunks += 1
@@ -411,16 +414,11 @@ def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray,
             txn.put(key, layout.seal(key, scratch), db=db)
             added += layout.slots - before
             continue
-        buf = layout.sealable(region(DB_TOKENS, key, old, layout.region_bytes)) if old is not None \
-            else layout.new_value()
-        rows = np.frombuffer(buf, dtype=np.uint8, count=layout.records_bytes).reshape(-1, 64)
-        bitmap = np.frombuffer(buf, dtype=np.uint8, count=layout.bitmap_bytes, offset=layout.records_bytes)
-        slots = (ids[s:e] & layout.mask).astype(np.intp)
-        before = popcount(bitmap)
-        rows[slots] = raw[s:e]
-        np.bitwise_or.at(bitmap, slots >> 3, (1 << (slots & 7)).astype(np.uint8))
-        added += popcount(bitmap) - before
-        txn.put(key, layout.seal(key, buf), db=db)
+        if patched is None:
+            patched = layout.new_value()
+        src = region(DB_TOKENS, key, old, layout.region_bytes) if old is not None else None
+        added += chunk_patch(patched, layout.shift, raw[s:e], ids[s:e], src)  # the old region, then the rows
+        txn.put(key, layout.seal(key, patched), db=db)  # LMDB copies it: the buffer serves the next chunk
     return added, int(ids.size), n_chunks
 
 

@@ -693,8 +693,11 @@ class ChunkLayout:
 
     def sealable(self, value: Any) -> bytearray:
         """A writable sealed-size copy of a stored chunk value (either length)."""
-        buf = bytearray(self.sealed_bytes)
-        buf[:self.region_bytes] = memoryview(value)[:self.region_bytes]
+        n = len(value)
+        if n == self.sealed_bytes:  # one copy (its trailer is written again by seal)
+            return bytearray(value)
+        buf = bytearray(memoryview(value)[:self.region_bytes])  # one copy, not a zeroing and a copy
+        buf += bytes(self.sealed_bytes - min(n, self.region_bytes))
         return buf
 
     def seal(self, chunk_key: bytes, buf: bytearray) -> bytearray:

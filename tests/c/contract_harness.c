@@ -167,6 +167,51 @@ static void check_gather_column(void) {
     }
 }
 
+/* chunk_patch against a plain model: the old region copied (or zeroed), then each record
+ * into its slot, a later one for a slot winning, the bits newly set counted; ids whose high
+ * bits name another chunk still land in this one (only slot bits count), and the bytes
+ * past the region stay. Short buffers and bad shifts are refused before any write. */
+static void check_chunk_patch(void) {
+    for (unsigned shift = 3; shift <= 10; shift++) {
+        const size_t slots = (size_t)1 << shift, len = slots * 64 + slots / 8;
+        uint8_t *src = (uint8_t *)malloc(len), *got = (uint8_t *)malloc(len + 8), *want = (uint8_t *)malloc(len + 8);
+        enum { N = 40 };
+        uint8_t recs[N * 64];
+        uint32_t ids[N];
+        for (size_t i = 0; i < len; i++) src[i] = (uint8_t)rnd();
+        for (size_t i = 0; i < sizeof recs; i++) recs[i] = (uint8_t)rnd();
+        for (unsigned i = 0; i < N; i++) ids[i] = (uint32_t)rnd();  /* duplicates of a slot when slots < N */
+        for (int with_src = 0; with_src < 2; with_src++) {
+            memset(got, 0xA5, len + 8);
+            memset(want, 0xA5, len + 8);
+            if (with_src) memcpy(want, src, len); else memset(want, 0, len);
+            int added = 0;
+            for (unsigned i = 0; i < N; i++) {
+                size_t slot = ids[i] & (slots - 1);
+                uint8_t *byte = want + slots * 64 + slot / 8;
+                if (!((*byte >> (slot % 8)) & 1u)) added++;
+                *byte |= (uint8_t)(1u << (slot % 8));
+                memcpy(want + slot * 64, recs + i * 64, 64);
+            }
+            int rc = ng_chunk_patch(got, len, with_src ? src : NULL, with_src ? len : 0, shift, recs, ids, N);
+            EXPECT(rc == added, "chunk_patch shift %u src %d: %d bits, want %d", shift, with_src, rc, added);
+            EXPECT(memcmp(got, want, len + 8) == 0, "chunk_patch shift %u src %d: bytes differ", shift, with_src);
+        }
+        memset(got, 0x5A, len);
+        EXPECT(ng_chunk_patch(got, len - 1, NULL, 0, shift, recs, ids, N) == NG_EINVAL, "short region");
+        EXPECT(ng_chunk_patch(got, len, src, len - 1, shift, recs, ids, N) == NG_EINVAL, "short source");
+        EXPECT(ng_chunk_patch(got, len, NULL, 0, shift, NULL, ids, N) == NG_EINVAL, "no records");
+        EXPECT(ng_chunk_patch(got, len, NULL, 0, 2, recs, ids, N) == NG_EINVAL, "shift too small");
+        EXPECT(got[0] == 0x5A && got[len - 1] == 0x5A, "a refused patch wrote nothing");
+        EXPECT(ng_chunk_patch(got, len, NULL, 0, shift, NULL, NULL, 0) == 0, "nothing to patch");
+        free(src);
+        free(got);
+        free(want);
+    }
+    uint8_t big[64];
+    EXPECT(ng_chunk_patch(big, sizeof big, NULL, 0, 17, NULL, NULL, 0) == NG_EINVAL, "shift too large");
+}
+
 /* ---- the reflex table */
 
 typedef struct {
@@ -594,6 +639,7 @@ int main(int argc, char **argv) {
     unsigned rounds = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 40;
     check_core();
     check_gather_column();
+    check_chunk_patch();
     check_reflex(rounds);
     check_similarity();
     check_graph();

@@ -360,3 +360,39 @@ def test_gather_uses_whole_u32_range_at_the_largest_slot_shift_keys():
     value = make_chunk(slot_shift, recs, np.ones(8, bool))
     out, found = _native.gather64([0xFFFFFFFF, 0xFFFFFFF8, 0], [max_key], [value], slot_shift, dtype=TOKEN_DTYPE)
     assert out["id"].tolist() == [0xFFFFFFFF, 0xFFFFFFF8, 0] and found.tolist() == [True, True, False]
+
+
+def test_chunk_patch_copies_the_old_region_then_writes_rows_into_their_slots():
+    shift, slots = 4, 16
+    region_bytes = slots * 64 + slots // 8
+    rng = np.random.default_rng(3)
+    old = rng.integers(0, 256, region_bytes + 8, dtype=np.uint8).tobytes()
+    rows = rng.integers(0, 256, (3, 64), dtype=np.uint8)
+    ids = np.array([16 * 5 + 2, 16 * 5 + 9, 16 * 5 + 2], dtype=np.uint32)  # slot 2 twice: the last wins
+    out = bytearray(region_bytes + 8)
+    old_bits = np.frombuffer(old, np.uint8, slots // 8, slots * 64)
+    newly = sum(1 for s in (2, 9) if not (old_bits[s // 8] >> (s % 8)) & 1)
+    assert _native.chunk_patch(out, shift, rows, ids, memoryview(old)[:region_bytes]) == newly
+    want = bytearray(old[:region_bytes]) + bytes(8)
+    want[2 * 64:3 * 64] = rows[2].tobytes()
+    want[9 * 64:10 * 64] = rows[1].tobytes()
+    want[slots * 64] |= 1 << 2
+    want[slots * 64 + 1] |= 1 << 1
+    assert out == want
+    fresh = bytearray(region_bytes)
+    assert _native.chunk_patch(fresh, shift, rows, ids) == 2  # no source: from zeros
+
+
+def test_chunk_patch_refuses_bad_arguments_without_writing():
+    rows = np.zeros((2, 64), np.uint8)
+    ids = np.zeros(2, np.uint32)
+    buf = bytearray(b"\x01" * (16 * 64 + 2))
+    with pytest.raises(InvalidArgumentError):
+        _native.chunk_patch(buf, 4, rows[:, :32], ids)
+    with pytest.raises(InvalidArgumentError):
+        _native.chunk_patch(buf, 4, rows, ids.astype(np.int64))
+    with pytest.raises(NativeError):
+        _native.chunk_patch(buf[:-1], 4, rows, ids)
+    with pytest.raises(NativeError):
+        _native.chunk_patch(buf, 4, rows, ids, bytes(10))
+    assert buf == bytearray(b"\x01" * (16 * 64 + 2))
