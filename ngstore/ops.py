@@ -209,6 +209,12 @@ def token_writes(ops: list[Op], limit: int) -> list[tuple[int, bytes | None]] | 
 _ONE_OP_HEAD = struct.Struct("<IIHHIQ")  # the payload head and one op head, for one-op batches
 
 
+def one_op_head(kind: int, count: int) -> bytes:
+    """The head ``encode_ops`` writes before the body of a batch of one op of ``count``
+    items of ``kind``."""
+    return _ONE_OP_HEAD.pack(PAYLOAD_MAGIC, 1, kind, 0, count, count * OP_ITEM_SIZE[kind])
+
+
 def encode_ops(ops: list[Op]) -> bytes:
     if len(ops) == 1:
         op = ops[0]

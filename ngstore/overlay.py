@@ -35,22 +35,36 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import NamedTuple
+
+import numpy as np
 
 from .ops import (
     OP_CONNECTION_PUT,
     OP_EVENT_APPEND,
+    OP_ITEM_SIZE,
     OP_REFLEX_PUT,
     OP_TOKEN_PUT,
     REFLEX_KINDS,
     Op,
     decode_ops,
+    one_op_head,
     token_put_records,
 )
 
 Entry = tuple[int, list[Op]]
+
+_POSITION = itemgetter(0)
+_PAYLOAD = itemgetter(1)
+#: The payload of a one-token commit: the head ``encode_ops`` writes for one TOKEN_PUT op
+#: of one record, then the record.
+_ONE_TOKEN_HEAD = np.frombuffer(one_op_head(OP_TOKEN_PUT, 1), dtype=np.uint8)
+_ONE_TOKEN_HEAD_BYTES = _ONE_TOKEN_HEAD.size
+_ONE_TOKEN_PAYLOAD_BYTES = _ONE_TOKEN_HEAD_BYTES + OP_ITEM_SIZE[OP_TOKEN_PUT]
 #: An entry's additions to :class:`Pending`: tokens, connections, events, reflexes, reflex ops.
 _Delta = tuple[int, int, int, int, int]
 #: position, payload, time added, then the five additions of ``_Delta``: atoms only
@@ -182,11 +196,22 @@ class Overlay:
         objects, not several per commit -- objects the collector would walk while the
         apply runs."""
         with self._lock:
-            pending = [(e[0], e[1]) for e in self._entries]
+            pending = self._entries[:]
+        if not pending:
+            return Taken([], 0, 0)
+        payloads = list(map(_PAYLOAD, pending))
+        if len(set(map(len, payloads))) == 1 and len(payloads[0]) == _ONE_TOKEN_PAYLOAD_BYTES:
+            # every entry of one size, that of a one-token commit (the sustained-update
+            # case): look at their heads as one array instead of one at a time
+            rows = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), -1)
+            if bool((rows[:, :_ONE_TOKEN_HEAD_BYTES] == _ONE_TOKEN_HEAD).all()):
+                joined = rows[:, _ONE_TOKEN_HEAD_BYTES:].tobytes()
+                return Taken([(pending[-1][0], [Op.whole(OP_TOKEN_PUT, joined, len(pending))])], len(pending),
+                             pending[0][0])
         entries: list[Entry] = []
         run: list[bytes] = []
         run_end = 0
-        for pos, payload in pending:
+        for (pos, *_rest), payload in zip(pending, payloads, strict=True):
             records = token_put_records(payload)
             if records is not None:
                 run.append(records)
@@ -198,19 +223,19 @@ class Overlay:
             entries.append((pos, decode_ops(payload, f"overlay entry {pos}")))
         if run:
             entries.append((run_end, [Op.of_bytes(OP_TOKEN_PUT, b"".join(run))]))
-        return Taken(entries, len(pending), pending[0][0] if pending else 0)
+        return Taken(entries, len(pending), pending[0][0])
 
     def drop(self, through: int) -> None:
         """Forgets the entries at or below position ``through``, now in LMDB, and the
         index entries they made (a later write of the same token stays)."""
         with self._lock:
-            keep = 0
-            while keep < len(self._entries) and self._entries[keep][0] <= through:
-                keep += 1
+            keep = bisect_right(self._entries, through, key=_POSITION)
             gone, self._entries = self._entries[:keep], self._entries[keep:]
-            for entry in gone:
-                self._bytes -= len(entry[1])
-                self.pending.add(entry, -1)
+            if gone:
+                columns = list(zip(*gone, strict=True))
+                self._bytes -= sum(map(len, columns[1]))
+                self.pending.add((sum(columns[3]), sum(columns[4]), sum(columns[5]), sum(columns[6]),
+                                  sum(columns[7])), -1)
             if self._keys:
                 for digest in [d for d, (pos, _f) in self._keys.items() if pos <= through]:
                     del self._keys[digest]
@@ -218,7 +243,7 @@ class Overlay:
                 self._tokens.clear()
             elif self._tokens:
                 index = self._tokens
-                stale = [tid for tid, (pos, _r) in index.items() if pos <= through]
+                stale = [tid for tid, hit in index.items() if hit[0] <= through]
                 for tid in stale:
                     del index[tid]
             self._room.notify_all()

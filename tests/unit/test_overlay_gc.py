@@ -52,3 +52,48 @@ def test_the_applier_takes_the_ops_it_was_given():
     assert o.pending.tokens == 50 + 100 and o.pending.connections == 2
     o.drop(len(batches))
     assert (o.pending.tokens, o.pending.connections, o.entries, o.bytes) == (0, 0, 0, 0)
+
+
+def test_a_take_of_one_token_commits_only_gives_the_same_records_in_one_put():
+    # All one-token puts: the heads are checked as one array, not one at a time.
+    o = Overlay(1 << 30)
+    tokens = make_tokens(np.arange(300, 340))
+    for pos, t in enumerate(tokens, start=10):
+        ops = [Op.of_bytes(OP_TOKEN_PUT, t.tobytes())]
+        o.add(pos, ops, encode_ops(ops), token_writes(ops, 4096))
+    taken = o.take()
+    assert (taken.log_entries, taken.first) == (40, 10)
+    ((pos, ops),) = taken.entries
+    assert pos == 49 and [op.kind for op in ops] == [OP_TOKEN_PUT] and ops[0].count == 40
+    assert ops[0].data.tobytes() == tokens.tobytes()
+
+
+def test_a_one_connection_commit_of_a_one_token_commits_size_is_not_taken_for_a_token_put():
+    # A one-connection payload has the length of a one-token payload, not its head.
+    o = Overlay(1 << 30)
+    conn = np.zeros(1, CONNECTION_DTYPE)
+    conn["token_a"], conn["token_b"] = 1, 2
+    batches = [[Op.of_bytes(OP_TOKEN_PUT, make_tokens([5]).tobytes())],
+               [Op.of_bytes(OP_CONNECTION_PUT, conn.tobytes())],
+               [Op.of_bytes(OP_TOKEN_PUT, make_tokens([6]).tobytes())]]
+    for pos, ops in enumerate(batches, start=1):
+        assert len(encode_ops(ops)) == len(encode_ops(batches[0]))
+        o.add(pos, ops, encode_ops(ops), token_writes(ops, 4096))
+    taken = o.take()
+    assert [(pos, [op.kind for op in ops]) for pos, ops in taken.entries] == \
+        [(1, [OP_TOKEN_PUT]), (2, [OP_CONNECTION_PUT]), (3, [OP_TOKEN_PUT])]
+    assert taken.entries[1][1][0].data.tobytes() == conn.tobytes()
+
+
+def test_drop_forgets_exactly_the_entries_through_a_position():
+    o = Overlay(1 << 30)
+    batches = _batches()
+    for pos, ops in enumerate(batches, start=1):
+        o.add(pos, ops, encode_ops(ops), token_writes(ops, 4096))
+    sizes = [len(encode_ops(ops)) for ops in batches]
+    o.drop(30)
+    assert o.entries == len(batches) - 30 and o.bytes == sum(sizes[30:])
+    assert o.pending.tokens == 20 + 100 and o.pending.connections == 2
+    assert o.token(29) == (False, None) and o.token(30)[0] and o.token(150)[0]
+    o.drop(0)  # nothing at or below it is left
+    assert o.entries == len(batches) - 30
