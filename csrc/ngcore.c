@@ -234,6 +234,31 @@ int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_len
     return NG_OK;
 }
 
+int ng_count_present(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens, size_t nchunks,
+                     unsigned slot_shift, size_t *n_out) {
+    if (!n_out || (nchunks && (!chunk_ptrs || !chunk_lens)) || slot_shift < NG_MIN_SLOT_SHIFT ||
+        slot_shift > NG_MAX_SLOT_SHIFT)
+        return NG_EINVAL;
+    const size_t slots = (size_t)1 << slot_shift;
+    const size_t records_bytes = slots * NG_TOKEN_SIZE;
+    const size_t value_bytes = records_bytes + slots / 8;
+    for (size_t c = 0; c < nchunks; c++)
+        if (!chunk_ptrs[c] || (chunk_lens[c] != value_bytes && chunk_lens[c] != value_bytes + NG_CHECKSUM_BYTES))
+            return NG_ECORRUPT;
+    size_t n = 0;
+    for (size_t c = 0; c < nchunks; c++) {
+        const uint8_t *bitmap = chunk_ptrs[c] + records_bytes;
+        for (size_t w = 0; w * 8 < slots / 8; w++) {
+            size_t wbytes = slots / 8 - w * 8 < 8 ? slots / 8 - w * 8 : 8;
+            uint64_t bits = 0;
+            for (size_t k = 0; k < wbytes; k++) bits |= (uint64_t)bitmap[w * 8 + k] << (8 * k);
+            n += ng_popcount64(bits);
+        }
+    }
+    *n_out = n;
+    return NG_OK;
+}
+
 int ng_chunk_patch(uint8_t *region, size_t region_len, const uint8_t *src, size_t src_len, unsigned slot_shift,
                    const uint8_t *records, const uint32_t *ids, size_t n) {
     if (!region || (n && (!records || !ids)) || slot_shift < NG_MIN_SLOT_SHIFT || slot_shift > 16)

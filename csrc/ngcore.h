@@ -73,6 +73,12 @@ const char *ng_strerror(int code);
 int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens, size_t nchunks,
                      unsigned slot_shift, unsigned field_off, unsigned field_size,
                      uint8_t *out, size_t out_cap, size_t *n_out);
+/* The number of present records (presence bits set) of `nchunks` chunk values, the
+ * values checked as ng_gather_column checks them (NG_ECORRUPT for a wrong length, before
+ * any is read); *n_out receives it. Only the bitmaps are read: a parallel gather uses it
+ * to place the part of its output that later chunks fill. */
+int ng_count_present(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens, size_t nchunks,
+                     unsigned slot_shift, size_t *n_out);
 
 /* ---- Batch grid hash ------------------------------------------------------
  *

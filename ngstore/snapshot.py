@@ -390,9 +390,10 @@ class TokenView:
     def column(self, name: str) -> np.ndarray:
         """One field of every present token, in id order (a new array).
 
-        One C call reads the field straight out of the mapped chunk values (GIL
-        released), so this is the fast way to scan a column: about the cost of the same
-        field access on an in-RAM array."""
+        C reads the field straight out of the mapped chunk values (GIL released; a scan
+        of 128 chunks or more is split between this thread and a helper thread), so this
+        is the fast way to scan a column: about the cost of the same field access on an
+        in-RAM array."""
         if name not in (TOKEN_DTYPE.names or ()):
             raise InvalidArgumentError(f"no token field {name!r}; fields are {TOKEN_DTYPE.names}")
         fields = TOKEN_DTYPE.fields

@@ -157,12 +157,21 @@ static void check_gather_column(void) {
                    "gather_column shift %u field %u+%u", shift, off, size);
             EXPECT(n_got == n_want && memcmp(got, want, n_want * size) == 0,
                    "gather_column shift %u field %u+%u: %zu of %zu", shift, off, size, n_got, n_want);
+            size_t n_count = 0;
+            EXPECT(ng_count_present(ptrs, lens, NCHUNKS, shift, &n_count) == NG_OK && n_count == n_want,
+                   "count_present shift %u: %zu of %zu", shift, n_count, n_want);
             if (n_want)
                 EXPECT(ng_gather_column(ptrs, lens, NCHUNKS, shift, off, size, got, n_want - 1, &n_got) == NG_ERANGE,
                        "gather_column one short, shift %u", shift);
             free(want);
             free(got);
         }
+        uint64_t short_lens[NCHUNKS] = {lens[0], lens[1] - 1, lens[2]};
+        size_t n_count = 12345;
+        EXPECT(ng_count_present(ptrs, short_lens, NCHUNKS, shift, &n_count) == NG_ECORRUPT && n_count == 12345,
+               "count_present refuses a short chunk");
+        EXPECT(ng_count_present(ptrs, lens, NCHUNKS, 2, &n_count) == NG_EINVAL, "count_present bad shift");
+        EXPECT(ng_count_present(NULL, NULL, 0, shift, &n_count) == NG_OK && n_count == 0, "count_present none");
         for (unsigned c = 0; c < NCHUNKS; c++) free(chunks[c]);
     }
 }

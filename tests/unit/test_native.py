@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import pathlib
 import re
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -396,3 +399,59 @@ def test_chunk_patch_refuses_bad_arguments_without_writing():
     with pytest.raises(NativeError):
         _native.chunk_patch(buf, 4, rows, ids, bytes(10))
     assert buf == bytearray(b"\x01" * (16 * 64 + 2))
+
+
+# -- column gather: one thread or two ---------------------------------------------------------
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(3, 6), st.lists(st.tuples(st.integers(0, 255), st.floats(0, 1)), min_size=1, max_size=9),
+       st.integers(0, 60), st.sampled_from([1, 2, 4, 8, 3]))
+def test_a_gather_split_between_two_threads_gives_the_one_thread_result(shift, chunk_specs, offset, size):
+    slots = 1 << shift
+    rng = np.random.default_rng(len(chunk_specs) * 131 + shift)
+    bufs = []
+    for seed, density in chunk_specs:
+        recs = np.random.default_rng(seed).integers(0, 256, (slots, 64), dtype=np.uint8).view(RAW64)[:, 0]
+        bufs.append(make_chunk(shift, recs, rng.random(slots) < density))
+    offset = min(offset, 64 - size)
+    dt = np.dtype((np.void, size))
+    one = _native.gather_column(bufs, shift, offset, dt, len(bufs) << shift, parallel=False)
+    two = _native.gather_column(bufs, shift, offset, dt, len(bufs) << shift, parallel=True)
+    assert two.tobytes() == one.tobytes() and two.shape == one.shape
+    if one.size:  # one row short: refused, whichever half runs out of room
+        for parallel in (False, True):
+            with pytest.raises(NativeError):
+                _native.gather_column(bufs, shift, offset, dt, one.size - 1, parallel=parallel)
+
+
+def test_a_split_gather_refuses_a_bad_chunk_in_either_half():
+    recs = np.zeros(8, RAW64)
+    good = make_chunk(3, recs, np.ones(8, bool))
+    for bad_at in (0, 3):
+        bufs = [good] * 4
+        bufs[bad_at] = good[:-1]
+        with pytest.raises(NativeError):
+            _native.gather_column(bufs, 3, 0, np.dtype("u4"), 32, parallel=True)
+
+
+def test_a_forked_child_gathers_in_parallel_with_its_own_helper(tmp_path):
+    # The helper thread does not survive a fork; the child must make its own, not wait on it.
+    recs = np.zeros(8, RAW64)
+    bufs = [make_chunk(3, recs, np.ones(8, bool))] * 4
+    _native.gather_column(bufs, 3, 0, np.dtype("u4"), 32, parallel=True)  # the parent's helper exists
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            ok = _native.gather_column(bufs, 3, 0, np.dtype("u4"), 32, parallel=True).size == 32
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's parallel gather hung")
