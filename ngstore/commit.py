@@ -295,6 +295,7 @@ class Writer:
         #: turned into histogram observations in bulk (``observe_pending``). Flat tuples of
         #: numbers: no object the garbage collector must visit, one array to count them.
         self._timings: deque[tuple[float, float, int, int]] = deque()
+        self._drain_lock = threading.Lock()
         self._refuse = options.reflex_eviction == "refuse"
         self._table_seen: weakref.ref[ReflexTable] | None = None  # the version whose memory_bytes ...
         self._table_bytes = 0            # ... is this
@@ -565,8 +566,8 @@ class Writer:
             if len(timings) > self.TIMINGS_KEPT:
                 self.observe_pending()
             tracer = obs.tracer
-            if tracer is not None:
-                tracer.record("group_commit", t1 - t0, attributes=lambda: {
+            if tracer is not None and tracer.due(t1 - t0):
+                tracer.emit("group_commit", t1 - t0, None, {
                     "batches": 1, "records": sum(op.count for op in ops), "last_position": position})
         if self._cleanup_headroom <= 0:
             self._maybe_cleanup()
@@ -884,8 +885,8 @@ class Writer:
             if len(timings) > self.TIMINGS_KEPT:
                 self.observe_pending()
             tracer = obs.tracer
-            if tracer is not None:
-                tracer.record("group_commit", t1 - t0, attributes=lambda: {
+            if tracer is not None and tracer.due(t1 - t0):
+                tracer.emit("group_commit", t1 - t0, None, {
                     "batches": len(accepted), "records": sum(op.count for p in accepted for op in p.ops),
                     "last_position": positions[-1]})
 
@@ -918,13 +919,8 @@ class Writer:
             return
         timings = self._timings
         pop = timings.popleft
-        items: list[tuple[float, float, int, int]] = []
-        add = items.append
-        for _ in range(len(timings)):  # what is there now: the leader may append meanwhile
-            try:  # the leader and the applier both drain this; popleft is atomic, the test is not
-                add(pop())
-            except IndexError:
-                break
+        with self._drain_lock:  # drains pop under it, so what is there stays there; the leader only appends
+            items = [pop() for _ in range(len(timings))]
         if not items:
             return
         wal, total, records, puts = np.fromiter(chain.from_iterable(items), np.float64, 4 * len(items)).reshape(-1, 4).T

@@ -40,6 +40,7 @@ shared no-op object and nothing is counted.
 from __future__ import annotations
 
 import functools
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -81,6 +82,37 @@ class TraceSampler:
         self.config = config or SamplerConfig()
         self._rng = rng or random.Random()
         self._total = self._recorded = self._skipped = self._errors = self._slow = 0
+        #: The base-rate decisions of :meth:`base_sampled`: calls left until the next one
+        #: recorded, drawn for the rate ``_gap_rate`` (drawn again when the rate changes).
+        self._gap = 0
+        self._gap_rate = -1.0
+
+    def base_sampled(self) -> bool:
+        """Record this ordinary operation (no error, not slow) at ``base_rate``? Updates the
+        counters. The same decisions as one ``random() < base_rate`` per call, but drawn
+        as the gaps between recorded calls (geometric: the number of independent trials up
+        to the first success), so a skipped call costs a decrement, not a random number:
+        the commit path asks this once per commit."""
+        self._total += 1
+        p = self.config.base_rate
+        if p != self._gap_rate:  # the first call, or the rate changed: a fresh gap
+            self._gap_rate = p
+            self._gap = self._draw_gap(p)
+        self._gap -= 1
+        if self._gap > 0:
+            self._skipped += 1
+            return False
+        self._gap = self._draw_gap(p)
+        self._recorded += 1
+        return True
+
+    def _draw_gap(self, p: float) -> int:
+        """Trials up to and including the next success, each a success with probability p."""
+        if p >= 1.0:
+            return 1
+        if p <= 0.0:
+            return 1 << 62  # never, until the rate changes
+        return 1 + int(math.log(1.0 - self._rng.random()) / math.log1p(-p))
 
     def decide(self, elapsed_s: float, *, is_error: bool = False, force: bool = False,
                parent_sampled: bool = False, rate: float | None = None,
@@ -305,20 +337,23 @@ class Tracer:
         object made while it ran: the sampler decides, and only a recorded operation costs
         more than the decision -- ``attributes()`` is called only then. For hot paths that
         time themselves anyway."""
+        chosen = self.due(elapsed_s) if exc is None else self.sampler.decide(elapsed_s, is_error=True)
+        if chosen:
+            self.emit(name, elapsed_s, exc, attributes() if attributes is not None else {})
+
+    def due(self, elapsed_s: float) -> bool:
+        """:meth:`record`'s decision for an operation without an error that took
+        ``elapsed_s`` (counted): a caller that asks first builds the attributes only for
+        an operation to record, then calls :meth:`emit`."""
         sampler = self.sampler
         cfg = sampler.config
-        if exc is None and cfg.enabled and elapsed_s < cfg.slow_threshold_s:
-            p = cfg.base_rate
-            record = p >= 1.0 or (p > 0.0 and sampler._rng.random() < p)
-            sampler._total += 1
-            if record:
-                sampler._recorded += 1
-            else:
-                sampler._skipped += 1
-                return
-        elif not sampler.decide(elapsed_s, is_error=exc is not None):
-            return
-        self._emit(_Span(self, name, **(attributes() if attributes is not None else {})), elapsed_s, exc)
+        if cfg.enabled and elapsed_s < cfg.slow_threshold_s:
+            return sampler.base_sampled()
+        return sampler.decide(elapsed_s)
+
+    def emit(self, name: str, elapsed_s: float, exc: BaseException | None, attributes: dict[str, Any]) -> None:
+        """Records an operation the sampler chose (:meth:`due`)."""
+        self._emit(_Span(self, name, **attributes), elapsed_s, exc)
 
     def _parent_context(self, traceparent: str | None) -> Any:
         """An OTel context whose remote parent is the ``traceparent``, flagged *sampled*.

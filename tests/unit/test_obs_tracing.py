@@ -338,3 +338,22 @@ def test_ngstore_serve_sends_its_spans_to_an_otlp_collector(tmp_path: Any) -> No
     svc, span = ours[0]
     assert svc == "sidecar-under-test" and span.name == "GET /metrics"
     assert span.parent_span_id.hex() == "00f067aa0ba902b7" and span.kind == 2   # SPAN_KIND_SERVER
+
+
+def test_base_rate_decisions_drawn_as_gaps_record_the_rate_and_follow_a_rate_change():
+    s = TraceSampler(SamplerConfig(base_rate=0.01), rng=random.Random(7))
+    picks = [s.base_sampled() for _ in range(200_000)]
+    n = sum(picks)
+    assert abs(n - 2000) < 5 * (200_000 * 0.01 * 0.99) ** 0.5  # binomial: 2000 +- 5 sigma
+    gaps = [b - a for a, b in zip([-1, *[i for i, p in enumerate(picks) if p]], [i for i, p in enumerate(picks) if p],
+                                   strict=False)]
+    assert 85 < sum(gaps) / len(gaps) < 115  # geometric with mean 1/p
+    assert sum(1 for g in gaps if g == 1) > 0  # back-to-back records happen, as with independent draws
+    c = s.counters()
+    assert (c["total"], c["recorded"], c["skipped"]) == (200_000, n, 200_000 - n)
+    s.config.base_rate = 0.0001  # a long gap is drawn ...
+    s.base_sampled()
+    s.config.base_rate = 1.0  # ... and a new rate applies from the next call, not after it
+    assert all(s.base_sampled() for _ in range(100))
+    s.config.base_rate = 0.0
+    assert not any(s.base_sampled() for _ in range(10_000))
