@@ -184,10 +184,12 @@ def test_histograms_and_blackbox_counters_move_with_commits(served):
     assert buckets["+Inf"] == value(after, "neurograph_commit_duration_seconds_count", store)
 
 
-def test_grouped_commits_are_observed_once_per_batch_and_once_per_group(path, monkeypatch):
+@pytest.mark.parametrize("bulk", [1, 10**9], ids=["drained-as-arrays", "drained-row-by-row"])
+def test_grouped_commits_are_observed_once_per_batch_and_once_per_group(path, monkeypatch, bulk):
     # 8 threads commit at once, so batches share group commits: each batch is one
     # commit-duration observation, each group (one log append) one log-write observation.
-    from ngstore import wal
+    from ngstore import commit, wal
+    monkeypatch.setattr(commit, "_BULK_TIMINGS", bulk)
     appends = [0]
     inside = threading.local()
     for name in ("append", "append_one"):
