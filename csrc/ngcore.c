@@ -165,6 +165,25 @@ static inline size_t ng_ctz64(uint64_t v) { /* v != 0 */
 #endif
 }
 
+/* 1 when every chunk value is present and exactly value_bytes long, or that plus the
+ * checksum trailer (what the chunk readers below accept before reading anything). */
+static int ng_chunk_lens_ok(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens, size_t nchunks,
+                            size_t value_bytes) {
+    for (size_t c = 0; c < nchunks; c++)
+        if (!chunk_ptrs[c] || (chunk_lens[c] != value_bytes && chunk_lens[c] != value_bytes + NG_CHECKSUM_BYTES))
+            return 0;
+    return 1;
+}
+
+/* Word w (64 slots) of a presence bitmap of bitmap_bytes bytes, read as bytes (a chunk value
+ * need not be 8-byte aligned); the last word of a chunk of 8..32 slots is shorter. */
+static inline uint64_t ng_bitmap_word(const uint8_t *bitmap, size_t bitmap_bytes, size_t w) {
+    size_t wbytes = bitmap_bytes - w * 8 < 8 ? bitmap_bytes - w * 8 : 8;
+    uint64_t bits = 0;
+    for (size_t k = 0; k < wbytes; k++) bits |= (uint64_t)bitmap[w * 8 + k] << (8 * k);
+    return bits;
+}
+
 /* Copies field bytes [field_off, field_off + field_size) of every PRESENT record of
  * `nchunks` chunk values, in chunk order then slot order, into `out` (packed).
  * Each chunk value must be exactly S*64 + S/8 bytes (S = 1 << slot_shift; the token
@@ -185,9 +204,7 @@ int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_len
     const size_t slots = (size_t)1 << slot_shift;
     const size_t records_bytes = slots * NG_TOKEN_SIZE;
     const size_t value_bytes = records_bytes + slots / 8;
-    for (size_t c = 0; c < nchunks; c++)
-        if (!chunk_ptrs[c] || (chunk_lens[c] != value_bytes && chunk_lens[c] != value_bytes + NG_CHECKSUM_BYTES))
-            return NG_ECORRUPT;
+    if (!ng_chunk_lens_ok(chunk_ptrs, chunk_lens, nchunks, value_bytes)) return NG_ECORRUPT;
     /* Most chunks are full: a bitmap word of 64 present slots copies 64 fields at a
      * fixed stride (a loop the compiler unrolls, as numpy's strided copy is); other
      * words copy their set bits one by one. The bitmap is read as bytes: a chunk value
@@ -197,9 +214,7 @@ int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_len
         const uint8_t *base = chunk_ptrs[c];
         const uint8_t *bitmap = base + records_bytes;
         for (size_t w = 0; w * 8 < slots / 8; w++) {
-            size_t wbytes = slots / 8 - w * 8 < 8 ? slots / 8 - w * 8 : 8;  /* < 8: chunks of 8..32 slots */
-            uint64_t bits = 0;
-            for (size_t k = 0; k < wbytes; k++) bits |= (uint64_t)bitmap[w * 8 + k] << (8 * k);
+            uint64_t bits = ng_bitmap_word(bitmap, slots / 8, w);
             if (!bits) continue;
             const uint8_t *rec = base + w * 64 * NG_TOKEN_SIZE + field_off;
 #if defined(__GNUC__)
@@ -242,17 +257,12 @@ int ng_count_present(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_len
     const size_t slots = (size_t)1 << slot_shift;
     const size_t records_bytes = slots * NG_TOKEN_SIZE;
     const size_t value_bytes = records_bytes + slots / 8;
-    for (size_t c = 0; c < nchunks; c++)
-        if (!chunk_ptrs[c] || (chunk_lens[c] != value_bytes && chunk_lens[c] != value_bytes + NG_CHECKSUM_BYTES))
-            return NG_ECORRUPT;
+    if (!ng_chunk_lens_ok(chunk_ptrs, chunk_lens, nchunks, value_bytes)) return NG_ECORRUPT;
     size_t n = 0;
     for (size_t c = 0; c < nchunks; c++) {
         const uint8_t *bitmap = chunk_ptrs[c] + records_bytes;
         for (size_t w = 0; w * 8 < slots / 8; w++) {
-            size_t wbytes = slots / 8 - w * 8 < 8 ? slots / 8 - w * 8 : 8;
-            uint64_t bits = 0;
-            for (size_t k = 0; k < wbytes; k++) bits |= (uint64_t)bitmap[w * 8 + k] << (8 * k);
-            n += ng_popcount64(bits);
+            n += ng_popcount64(ng_bitmap_word(bitmap, slots / 8, w));
         }
     }
     *n_out = n;

@@ -121,13 +121,11 @@ class Op:
     def of_bytes(kind: int, raw: bytes) -> Op:
         """An op over ``raw`` (a whole number of items, checked); its array, made when
         first used, is a read-only view."""
-        op = _new_op(Op)
         size = OP_ITEM_SIZE[kind]
         n = len(raw) // size
         if n * size != len(raw):
             raise AssertionError(f"op {kind}: {len(raw)} bytes are not whole items of {size}")
-        op.kind, op._data, op.raw, op.count = kind, None, raw, n
-        return op
+        return Op.whole(kind, raw, n)
 
     @staticmethod
     def whole(kind: int, raw: bytes, count: int) -> Op:

@@ -12,25 +12,11 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import pytest
+from fuzz import stores
 
 import ngstore
 from ngstore.applier import Applier
-from ngstore.records import CONNECTION_DTYPE
-
-
-def _conns(n: int, start: int) -> np.ndarray:
-    c = np.zeros(n, CONNECTION_DTYPE)
-    c["token_a"] = np.arange(start, start + n)
-    c["token_b"] = c["token_a"] + 1
-    c["confidence"] = 230
-    c["mutability"] = ngstore.Mutability.LEARNABLE
-    return c
-
-
-def _states(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-1, 1, (n, 8)).astype(np.float32)
 
 
 def test_refuse_sees_the_reflexes_of_a_commit_that_just_returned(tmp_path, monkeypatch):
@@ -45,12 +31,12 @@ def test_refuse_sees_the_reflexes_of_a_commit_that_just_returned(tmp_path, monke
     monkeypatch.setattr(Applier, "_carry_counters", carry_slowly)
     with ngstore.open(str(tmp_path / "s"), reflex_capacity=8, reflex_eviction="refuse") as s:
         with s.batch() as b:
-            b.put_reflexes(_states(4, 1), _conns(4, 0))  # a table exists: the next apply adopts a new one
+            b.put_reflexes(*stores.reflexes(4, seed=1))  # a table exists: the next apply adopts a new one
         adopting.clear()
 
         def fill() -> None:
             with s.batch() as b:
-                b.put_reflexes(_states(4, 2), _conns(4, 10))  # the table is full once applied
+                b.put_reflexes(*stores.reflexes(4, seed=2))  # the table is full once applied
 
         t = threading.Thread(target=fill)
         t.start()
@@ -58,7 +44,7 @@ def test_refuse_sees_the_reflexes_of_a_commit_that_just_returned(tmp_path, monke
         # The fill is applied, its table not adopted yet: this batch must be checked
         # against the full table, and refused.
         with pytest.raises(ngstore.QuotaExceededError), s.batch() as b:
-            b.put_reflexes(_states(1, 3), _conns(1, 100))
+            b.put_reflexes(*stores.reflexes(1, seed=3))
         t.join()
         st = s.stats()
         assert st["reflex_evictions_total"] == 0 and st["reflexes_live"] == 8
