@@ -301,6 +301,11 @@ _SMALL = 64
 _WEIGHT = struct.Struct("<54xf")
 #: Validation of a batch this large is timed (a smaller one takes less than the timing).
 _TIMED = 64
+#: A copy of this many tokens or more (1 MiB) is made as a numpy array, not as bytes:
+#: numpy's copy of 64 MB takes 5.4 ns/token against tobytes' 20 (it gets huge pages, bytes
+#: do not), and a batch this large usually goes to LMDB directly (``direct_threshold``),
+#: which reads the array. Through the log it is turned into bytes once more, at encode.
+_COPY_AS_ARRAY = 16_384
 
 
 def token_put_op(tokens: Any, counters: ValidationCounters, obs: Observability | None, *,
@@ -325,7 +330,11 @@ def token_put_op(tokens: Any, counters: ValidationCounters, obs: Observability |
         n = int(arr.size)
         if n == 0:
             return None
-        raw = arr.tobytes() if copy or n <= _SMALL else None
+        raw = None
+        if n <= _SMALL or (copy and n < _COPY_AS_ARRAY):
+            raw = arr.tobytes()
+        elif copy:  # numpy's copy of the bytes: the copy is what gets validated and committed
+            arr = arr.view(np.uint8).copy().view(TOKEN_DTYPE)
     timed = obs is not None and n >= _TIMED
     t0 = time.perf_counter() if timed else 0.0
     try:

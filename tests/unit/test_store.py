@@ -296,6 +296,25 @@ def test_batch_copies_the_records_it_is_given(store):
     assert store.get_token(1).weight != pytest.approx(0.75)
 
 
+@pytest.mark.parametrize("n", [1, 100, 20_000, 300_000], ids=["one", "bytes-copy", "array-copy", "direct"])
+@pytest.mark.parametrize("durability", ["sync", "none"])
+def test_batch_copies_the_records_it_is_given_at_every_size(store, n, durability):
+    # Small batches are copied as bytes, large ones as an array; 300,000 tokens in "sync" go to
+    # LMDB directly. A change to the caller's array after put_tokens never reaches the store,
+    # and a non-finite weight written after it cannot slip past validation.
+    a = make_tokens(range(n))
+    with store.batch(durability=durability) as b:
+        b.put_tokens(a)
+        a["weight"] = np.nan
+    assert np.all(np.isfinite(store.get_tokens([0, n - 1]).data["weight"]))
+    assert store.get_tokens(range(n)).data.tobytes() == make_tokens(range(n)).tobytes()
+    bad = make_tokens(range(n, 2 * n))
+    bad["weight"][-1] = np.inf
+    with pytest.raises(ngstore.InvalidArgumentError), store.batch(durability=durability) as b:
+        b.put_tokens(bad)
+    assert store.count() == n
+
+
 def test_the_map_grows_by_itself(store_path):
     with ngstore.open(store_path, map_size=1 << 20) as s:
         for k in range(8):
