@@ -155,6 +155,13 @@ REPLAY_KEEP_BYTES = 128 << 20
 _JOIN_BELOW = 64 << 10  # payloads smaller than this are copied into one buffer with their header
 
 
+def _frame_head(stored: Buffer, salt: int, position: int, synced: int, typ: int, flags: int, raw: int) -> bytes:
+    """The 40-byte frame header of a record whose stored payload is ``stored`` (``raw``
+    bytes before compression): the CRC-32 of the header's tail and the payload, then the tail."""
+    tail = _FRAME_TAIL.pack(len(stored), salt, position, synced, typ, flags, 0, raw)
+    return _U32.pack(zlib.crc32(stored, zlib.crc32(tail))) + tail
+
+
 def new_salt() -> int:
     """A fresh non-zero segment salt (module-level so a test can make runs reproducible)."""
     return secrets.randbits(64) or 1
@@ -893,8 +900,7 @@ class Log:
         bufs: list[Buffer] = []
         small = bytearray()
         for typ, flags, raw, stored in items:
-            tail = _FRAME_TAIL.pack(len(stored), salt, pos, synced, typ, flags, 0, raw)
-            head = _U32.pack(zlib.crc32(stored, zlib.crc32(tail))) + tail
+            head = _frame_head(stored, salt, pos, synced, typ, flags, raw)
             small += head
             if len(stored) < _JOIN_BELOW:
                 small += stored
@@ -934,8 +940,7 @@ class Log:
             return self.append([(typ, payload)])[0]  # checks, compresses, rotates, refuses
         seg = self._segs[-1]
         pos = self._last + 1
-        tail = _FRAME_TAIL.pack(raw, seg.salt, pos, self._durable, typ, 0, 0, raw)
-        buf = _U32.pack(zlib.crc32(payload, zlib.crc32(tail))) + tail + payload
+        buf = _frame_head(payload, seg.salt, pos, self._durable, typ, 0, raw) + payload
         zend = end
         if self._prealloc and end - start < self._prealloc and end > self._zeroed_until:  # as append
             zend = min(end + self._prealloc, max(self._segment_bytes, end))
