@@ -30,7 +30,7 @@ from .records import RAW64, TOKEN_DTYPE, TOKEN_SIZE
 
 #: Must equal ``NG_ABI_VERSION`` in ``csrc/ngcore.h``; bump both together whenever a
 #: declaration in a ``csrc/*.cdef`` changes meaning.
-ABI_VERSION = 4
+ABI_VERSION = 5
 
 _FIX = "reinstall it with `pip install .` (or `pip install -e .` in a checkout); a C compiler and cffi are needed"
 
@@ -45,7 +45,7 @@ lib: Any = _ngcore.lib
 
 #: C functions this wrapper needs; a stale build that lacks one is refused at import.
 _REQUIRED = ("ng_abi_version", "ng_strerror", "ng_grid_hash_tokens", "ng_grid_hash_states", "ng_gather64",
-             "ng_chunk_patch")
+             "ng_chunk_patch", "ng_crc32", "ng_wal_write_frame")
 
 
 def _check_build() -> None:

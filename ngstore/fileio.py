@@ -148,6 +148,15 @@ class FileIO:
         return os.fstat(fd).st_size
 
     # -- data ----------------------------------------------------------------------
+    def maps_writes(self) -> bool:
+        """Whether the log may store its small records through a shared mapping of the
+        active segment instead of calling :meth:`pwrite` (``wal.Log.append_one``): yes
+        unless a subclass overrides ``pwrite`` or ``pwritev`` -- it observes or breaks
+        writes, and then every write goes through it. A subclass that only passes writes
+        on may say yes again."""
+        cls = type(self)
+        return cls.pwrite is FileIO.pwrite and cls.pwritev is FileIO.pwritev
+
     def pwrite(self, fd: int, data: Buffer, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (loops over short writes)."""
         done = os.pwrite(fd, data, offset)

@@ -1,7 +1,8 @@
 """The write-ahead log: segment files of CRC-framed records with consecutive positions.
 
 The format, byte by byte, is ``docs/format.md §6``; this module holds its constants and is
-the only code that reads or writes those bytes.
+the only code that reads or writes those bytes -- but for a small record's frame, which
+:meth:`Log.append_one` has ``csrc/wal.c`` build and write in one call (the same bytes).
 
 What the log is for
 -------------------
@@ -33,36 +34,9 @@ offset and reason, ``"salvage"`` resynchronises on the next valid frame (found b
 for the segment's salt bytes, then checking the CRC) and reports the lost positions.
 ``"strict"`` also raises on a torn tail.
 
-Alternatives rejected
----------------------
-* **The original's single file, no header, no positions** (reference §6): a reused or
-  truncated file replays stale records; a 4 GiB length allocates 4 GiB; a partial payload
-  aborts replay. Every one of these is a check here.
-* **LevelDB's 32 KiB blocks with FIRST/MIDDLE/LAST fragments**: they make resynchronisation
-  cheap (jump to the next block) at the cost of fragmenting every large batch and a Python
-  loop per fragment. Our batches are up to hundreds of MB and replay must run at disk speed,
-  so a record is one frame; resync searches for the 8 salt bytes (``bytes.find``, memchr
-  speed) instead of stepping through blocks.
-* **LevelDB's pure rule** ("valid record after a bad one = corruption") misreports a state a
-  power loss really produces: two unsynced appends reach the disk out of order, the first
-  is lost and the second is intact. The ``synced`` watermark (8 bytes per record) tells a
-  hole the writer had synced (corruption) from one it had not (torn tail).
-* **SQLite's "the log ends at the first invalid frame"** never detects mid-log corruption,
-  silently dropping acknowledged batches after a flipped bit.
-* **Recycling segment files** (SQLite, RocksDB): the salt would make stale frames harmless,
-  but the measured gain is what the zero runway already gives, without the bookkeeping.
-* **Preallocating whole segments with zeros at creation**: the fastest steady state
-  (≈1.7× for 64 KiB synced appends) but a 64 MiB write + fsync stall inside a commit at every
-  rotation; a 1 MiB zero runway extended in the same write as the data keeps most of the gain
-  for small batches (where fdatasync cost dominates) and costs nothing for big ones (the
-  runway is skipped for writes larger than itself). ``posix_fallocate`` was measured and
-  does not help 64 KiB appends on ext4 (unwritten extents must still be converted).
-* **Compressing by default**: zstd level 1 on 1 MiB of tokens with random coordinates
-  gives 1.29× at ≈400 MB/s on this machine, i.e. it costs the commit leader more CPU time
-  than the bytes it saves cost to write and sync. ``compress=True`` turns it on (payloads
-  ≥ ``COMPRESS_MIN_BYTES`` that shrink by ≥ 1/8) for callers whose batches compress well.
-* **mmap for reading**: a concurrent writer truncating a segment (rotation drops the runway)
-  would SIGBUS a reader; ``pread`` of 16 MiB blocks with memoryview slicing is as fast.
+The alternatives measured and rejected (LevelDB's blocks, SQLite's end-of-log rule, recycled
+or preallocated segments, compression by default, mmap for reading) are in
+``docs/design.md §7``.
 
 Threads
 -------
@@ -107,6 +81,7 @@ from .errors import (
     storage_error,
 )
 from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO, dir_mode
+from .walmap import MAX_ZEROS, SegmentMap, put_frame, write_frame
 
 _zstd: Any
 try:  # zstandard is a declared dependency; the log still reads uncompressed logs without it
@@ -677,6 +652,12 @@ class Log:
         self._lock = threading.Lock()        # state read by sync/iter/properties
         self._sync_lock = threading.Lock()   # fdatasync of the active fd vs rotation/close
         self._drop_lock = threading.Lock()
+        # append_one's native writes (``walmap``), unless ``io`` observes or breaks writes:
+        # the mapped active segment, made by the first append_one into it, and the end of
+        # the zero runway this object wrote there (only those bytes are stored into)
+        self._native_write = io.maps_writes()
+        self._map: SegmentMap | None = None
+        self._mappable_until = 0
 
     # -- opening and recovery ---------------------------------------------------------
     @classmethod
@@ -800,6 +781,7 @@ class Log:
         self._fd = fd
         self._write_off = seg.end
         self._zeroed_until = max(seg.end, self._io.file_size(fd))
+        self._mappable_until = 0
 
     def _create_segment(self, first: int) -> None:
         """New active segment: header (+ zero runway), fdatasync, fsync dir. Poisons on error."""
@@ -823,13 +805,15 @@ class Log:
             self._segs.append(seg)
             self._fd = fd
             self._write_off = SEGMENT_HEADER_SIZE
-            self._zeroed_until = SEGMENT_HEADER_SIZE + runway
+            self._zeroed_until = self._mappable_until = SEGMENT_HEADER_SIZE + runway
 
     def _rotate(self) -> None:
         """Seals the active segment (drop the runway, fdatasync) and starts the next one.
         Caller holds ``_sync_lock``, or is ``open``."""
         fd = self._fd
         assert fd is not None
+        with self._lock:
+            self._unmap()
         try:
             self._io.truncate(fd, self._write_off)
             self._io.fdatasync(fd)
@@ -929,9 +913,9 @@ class Log:
 
     def append_one(self, typ: int, payload: bytes) -> int:
         """``append([(typ, payload)])[0]``, for a commit's record: a small ``bytes``
-        payload, too small to compress, that fits the active segment is framed and written
-        without the general path's lists (a one-token commit's record is about a hundred
-        bytes, and the general path's Python cost as much as its write)."""
+        payload, too small to compress, that fits the active segment is framed in C and
+        stored through the segment's shared mapping (``walmap``), or, past the zero runway
+        the log wrote, written with the runway's extension as ``append`` writes it."""
         raw = len(payload)
         start = self._write_off
         end = start + FRAME_HEADER_SIZE + raw
@@ -940,19 +924,48 @@ class Log:
             return self.append([(typ, payload)])[0]  # checks, compresses, rotates, refuses
         seg = self._segs[-1]
         pos = self._last + 1
-        buf = _frame_head(payload, seg.salt, pos, self._durable, typ, 0, raw) + payload
+        if self._native_write and end <= self._mappable_until:
+            with self._lock:
+                if self._closed:  # by another thread since the check above
+                    raise StoreClosedError("the log is closed")
+                m, fd = self._map, self._fd
+                assert fd is not None  # open: not closed
+                if m is None or m.fd != fd:
+                    if m is not None:
+                        m.close()
+                    m = self._map = SegmentMap(fd, max(self._segment_bytes, self._zeroed_until))
+                if end <= m.length:
+                    if put_frame(m.address, self._mappable_until, start, payload, raw, seg.salt, pos, self._durable,
+                                 typ):
+                        raise AssertionError("a frame inside the checked runway did not fit")  # never
+                    self._last = seg.last = pos
+                    self._write_off = seg.end = end
+                    self._appended += end - start
+                    seg.records += 1
+                    seg.runs[-1] = (seg.runs[-1][0], end)
+                    return pos
         zend = end
         if self._prealloc and end - start < self._prealloc and end > self._zeroed_until:  # as append
             zend = min(end + self._prealloc, max(self._segment_bytes, end))
-            buf += bytes(zend - end)
         fd = self._fd
         assert fd is not None  # open: not closed
         try:
-            self._io.pwritev(fd, [buf], start)
+            if self._native_write and zend - end <= MAX_ZEROS:
+                write_frame(fd, start, payload, seg.salt, pos, self._durable, typ, zend - end)
+            else:
+                head = _frame_head(payload, seg.salt, pos, self._durable, typ, 0, raw)
+                self._io.pwritev(fd, [head + payload + bytes(zend - end)], start)
         except BaseException as e:
             raise self._poison(e, "appending to the log segment", seg.path) from e
         self._advance(seg, pos, 1, end - start, zend)
         return pos
+
+    def _unmap(self) -> None:
+        """With ``_lock`` held, or before the log is shared: drops the active segment's
+        mapping, if any (before its file is truncated, sealed or closed)."""
+        m, self._map = self._map, None
+        if m is not None:
+            m.close()
 
     def _advance(self, seg: _Seg, last: int, records: int, total: int, zend: int) -> None:
         """After a write of ``records`` frames (``total`` bytes) ending at position ``last``
@@ -963,6 +976,8 @@ class Log:
             self._write_off = end
             self._appended += total
             self._zeroed_until = max(self._zeroed_until, zend)
+            if zend > end:  # a runway this object wrote
+                self._mappable_until = zend
             seg.last = last
             seg.end = end
             seg.records += records
@@ -1083,6 +1098,7 @@ class Log:
             if self._closed:
                 return
             self._closed = True
+            self._unmap()
             fd, self._fd = self._fd, None
             for seg in self._segs:
                 seg.scanned = None  # kept for a replay that did not come

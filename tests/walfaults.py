@@ -134,6 +134,9 @@ class NoSyncIO(_Delegating):
     def fsync_dir(self, path: str) -> None:
         pass
 
+    def maps_writes(self) -> bool:  # writes pass through unchanged
+        return self.inner.maps_writes()
+
 
 # ------------------------------------------------------------------------- recording --
 @dataclass(frozen=True)
