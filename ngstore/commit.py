@@ -373,7 +373,9 @@ class Writer:
         Every error it raises says whether the batch's outcome is known (``errors``). A
         keyed batch whose key is committed already is not written: the result is the
         original's, with ``already_committed``."""
-        self.check_commit()
+        if self._failed is not None or self._closed or self._applier.failure is not None \
+                or self._log.failed is not None:  # check_commit's test, inline: every commit pays it
+            self.check_commit()
         if not ops:
             return CommitResult(self._log.last_position)
         if durability == "sync" and sum(op.nbytes for op in ops) >= self._options.direct_threshold:
@@ -548,8 +550,8 @@ class Writer:
         writing = False
         position: int | None = None
         try:
-            self._overlay.wait_for_room(len(payload), self._applier.failed_event)
-            self.check_writable()
+            if self._overlay.wait_for_room(len(payload), self._applier.failed_event):
+                self.check_writable()  # commit checked before; waiting gave time to fail
             writing = True
             position = self._log.append_one(wal.RECORD_BATCH, payload)
             self.stats_counters["wal_records_written_total"] += 1
@@ -904,7 +906,7 @@ class Writer:
             self._unsynced = False
         else:
             self._unsynced = True
-            if asynchronous and (self._flusher is None or not self._flusher.is_alive()):
+            if asynchronous and self._flusher is None:  # started once: it runs until close
                 self._ensure_flusher()
 
     def _add_to_overlay(self, position: int, ops: list[Op], payload: bytes,

@@ -139,15 +139,17 @@ class Overlay:
 
     # -- the commit leader ------------------------------------------------------------
 
-    def wait_for_room(self, nbytes: int, failed: threading.Event) -> None:
+    def wait_for_room(self, nbytes: int, failed: threading.Event) -> bool:
         """Blocks while ``nbytes`` more would pass ``max_bytes`` and the overlay is not
         empty (a single entry larger than the bound still goes in, alone), or until
-        ``failed`` is set (the applier stopped: nothing will drain)."""
+        ``failed`` is set (the applier stopped: nothing will drain). Returns whether it
+        had to look (the caller then checks again that the writer still accepts writes)."""
         if self._bytes + nbytes <= self.max_bytes:  # only the leader adds: room stays room
-            return
+            return False
         with self._room:
             while self._entries and self._bytes + nbytes > self.max_bytes and not failed.is_set():
                 self._room.wait(0.5)
+        return True
 
     def add(self, position: int, ops: list[Op], payload: bytes, tokens: list[tuple[int, bytes | None]] | None,
             key: tuple[bytes, int | None] | None = None) -> int:
@@ -157,7 +159,10 @@ class Overlay:
         commit waits for the applier before it returns); ``key``, for a keyed entry, its
         key's digest and the sequence number of its first event. Returns the overlay's
         size in bytes after the add."""
-        t, c, e, r, ro = Pending.delta(ops)
+        if len(ops) == 1 and ops[0].kind == OP_TOKEN_PUT:  # a one-op put: the usual commit
+            t, c, e, r, ro = ops[0].count, 0, 0, 0, 0
+        else:
+            t, c, e, r, ro = Pending.delta(ops)
         with self._lock:
             entry = (position, payload, time.monotonic(), t, c, e, r, ro)
             self._entries.append(entry)
