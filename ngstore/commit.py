@@ -202,6 +202,8 @@ class _Pending:
 
 _PUTS_TOKENS = 1
 _PUTS_CONNECTIONS = 2
+#: what a batch of one op puts, by the op's kind (``_batch_summary`` without its loop)
+_PUTS_OF = {OP_TOKEN_PUT: _PUTS_TOKENS, OP_CONNECTION_PUT: _PUTS_CONNECTIONS}
 
 
 #: From this many timing rows a drain counts them as arrays (``Histogram.observe_many``):
@@ -570,7 +572,11 @@ class Writer:
         if obs is not None:
             t1 = time.perf_counter()
             timings = self._timings
-            timings.append((t_logged - t0, t1 - t0, *_batch_summary(ops)))
+            if len(ops) == 1:  # the usual solo commit: its summary without a call and a loop
+                op = ops[0]
+                timings.append((t_logged - t0, t1 - t0, op.count, _PUTS_OF.get(op.kind, 0)))
+            else:
+                timings.append((t_logged - t0, t1 - t0, *_batch_summary(ops)))
             if len(timings) > self.TIMINGS_KEPT:
                 self.observe_pending()
             tracer = obs.tracer
