@@ -6,11 +6,14 @@
   ``observability=False``, alternated in the same run.
 * ns per black-box event (keyword form and the typed commit event, into the mapped ring
   file) and per sampled-out span (``benchmarks/obs_overhead.py`` has the full list).
+* One-token ``async`` commits into a store of 100,000 tokens, metrics + black box + tracing
+  at 1 % sampling against ``observability=False``, alternated in the same run: the mean per
+  commit, so the 1 % of commits whose span is exported count with their share.
 * One stats-page publish, and one full scrape (collect + text exposition) of a store holding
   the largest n tokens, in the writer and through the sidecar's view.
 
-Targets: stress with observability ≤ 1.03× without; one black-box event ≤ 500 ns; scrape
-≤ 5 ms with 1M tokens.
+Targets: stress with observability ≤ 1.03× without; a one-token commit with observability
+≤ 1.03× without; one black-box event ≤ 500 ns; scrape ≤ 5 ms with 1M tokens.
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ from reflex_lookup import random_states
 import ngstore
 
 W = "stress with observability"
+W_SMALL = "one-token async commit with observability"
+#: the store size of the small-commit comparison (the commit issue's: 100,000 tokens)
+N_SMALL = 100_000
 _PROVIDER = None
 
 
@@ -77,6 +83,49 @@ def stress(path: str, n: int, obs: bool, rng_seed: int = 3) -> float:
     return dt
 
 
+def small_commits(b: Bench, tracing_note: str, reps: int) -> None:
+    """Mean µs per one-token async commit, observability on and off, alternated run by run
+    (each run: ``k`` commits to one store of N_SMALL tokens, then a flush outside the clock)."""
+    b.log(f"## {W_SMALL}")
+    n, k = N_SMALL, 20_000 if b.quick else 100_000
+    base = dataset(b, "ngstore", n)
+    stores = {}
+    for obs in (True, False):
+        path = b.tmpdir("obs", f"small-{obs}")
+        shutil.rmtree(path)
+        shutil.copytree(base, path)
+        kw = {"observability": True, "tracing": True, "sample_rate": 0.01} if obs else {"observability": False}
+        stores[obs] = ngstore.open(path, durability="async", crash_handlers=False, **store_options(n), **kw)
+    toks = []
+    for i in range(k):
+        a = ngstore.Token.create_batch(1, start=n + i).data
+        a["weight"] = 0.5
+        toks.append(a)
+    out: dict[bool, list[float]] = {True: [], False: []}
+
+    def commits(s: ngstore.Store) -> None:
+        put = s.put_tokens
+        for t in toks:
+            put(t)
+
+    try:
+        for s in stores.values():  # warm: every id exists in both stores before the clock
+            commits(s)
+            s.flush()
+        for r in range(max(5, reps)):
+            for obs in (True, False) if r % 2 == 0 else (False, True):
+                dt, _ = timed(lambda obs=obs: commits(stores[obs]))
+                stores[obs].flush()
+                out[obs].append(dt / k * 1e6)
+    finally:
+        for s in stores.values():
+            s.close()
+    b.record(W_SMALL, "ngstore observability on", n, "µs", out[True], note=f"{tracing_note}; mean of {k:,} commits")
+    b.record(W_SMALL, "ngstore observability off", n, "µs", out[False], note=f"mean of {k:,} commits")
+    b.ratio_check("observability", "one-token async commit, observability on ÷ off", W_SMALL,
+                  "ngstore observability on", "ngstore observability off", "<=", 1.03, n)
+
+
 def run(b: Bench) -> None:
     b.log(f"## {W}")
     try:
@@ -100,6 +149,8 @@ def run(b: Bench) -> None:
     nmax = max(x for x in b.sizes if x <= 1_000_000)
     b.ratio_check("observability", "stress workload, observability on ÷ off", W, "ngstore observability on",
                   "ngstore observability off", "<=", 1.03, nmax)
+
+    small_commits(b, tracing_note, reps)
 
     # -- per-call costs, with obs_overhead's objects
     from ngstore.obs import Observability
