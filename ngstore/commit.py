@@ -54,7 +54,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -210,6 +210,11 @@ _PUTS_OF = {OP_TOKEN_PUT: _PUTS_TOKENS, OP_CONNECTION_PUT: _PUTS_CONNECTIONS}
 #: numpy's fixed cost, some 10 us a histogram, is more than a bisect per row below it, and
 #: the applier drains after every apply, often a handful of rows.
 _BULK_TIMINGS = 64
+
+
+def _lookup_in(txn: Any, _values: dict[Any, Any], db: Any, digest: bytes, where: str) -> KnownOutcome | None:
+    """``outcomes.lookup`` in the shape ``KV.read_one`` calls."""
+    return lookup(txn, db, digest, where)
 
 
 def _batch_summary(ops: list[Op]) -> tuple[int, int]:
@@ -825,9 +830,12 @@ class Writer:
         p.done = True
 
     def lookup_key(self, digest: bytes) -> KnownOutcome | None:
-        """The outcome LMDB records for a key digest (None: none is recorded)."""
-        with ReadTxn(self._kv) as txn:
-            return lookup(txn, self._kv.db(DB_OUTCOMES), digest, self._kv.path)
+        """The outcome LMDB records for a key digest (None: none is recorded). A point
+        read (``KV.read_one``): the transaction point reads share is ended by every LMDB
+        commit, so it sees each key the applier recorded before dropping it from the
+        overlay, and a keyed commit does not begin and end a transaction of its own."""
+        kv = self._kv
+        return kv.read_one(_lookup_in, kv.db(DB_OUTCOMES), digest, kv.path)
 
     def outcome(self, digest: bytes) -> Outcome:
         """What is known of the batch with key ``digest``: committed (pending in the overlay,
