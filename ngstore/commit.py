@@ -54,7 +54,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 
@@ -75,7 +75,7 @@ from .errors import (
 )
 from .guardian import CONNECTION_BYTES, EVENT_BYTES, TOKEN_BYTES, Guardian, Usage
 from .kv import KV, ReadTxn
-from .layout import DB_OUTCOMES, KnownOutcome
+from .layout import KnownOutcome
 from .ops import (
     OP_CONNECTION_DELETE,
     OP_CONNECTION_PUT,
@@ -86,13 +86,17 @@ from .ops import (
     OP_REFLEX_PUT,
     OP_TOKEN_DELETE,
     OP_TOKEN_PUT,
+    PUTS_CONNECTIONS,
+    PUTS_OF,
+    PUTS_TOKENS,
     REFLEX_KINDS,
     Op,
     batch_key,
+    batch_summary,
     encode_ops,
     token_writes,
 )
-from .outcomes import Outcome, lookup, outcome_in
+from .outcomes import Outcome, outcome_in, point_lookup
 from .overlay import INDEX_ENTRY_BYTES, Overlay
 from .snapshot import presence
 
@@ -112,7 +116,8 @@ _SLACK_KINDS = frozenset({OP_TOKEN_PUT, OP_TOKEN_DELETE, OP_CONNECTION_PUT, OP_C
 #: The slack of a limit that is not set.
 _UNLIMITED = 1 << 62
 #: Op kinds a batch may hold to be committed alone by a committer that finds no leader
-#: (``Writer._commit_solo``): no key to look up, no events to number, no reflexes to wait for.
+#: (``Writer._commit_solo``), after its OUTCOME_KEY op if it has one: no events to number,
+#: no reflexes to wait for.
 _SOLO_KINDS = frozenset({OP_TOKEN_PUT, OP_TOKEN_DELETE, OP_CONNECTION_PUT, OP_CONNECTION_DELETE})
 
 #: Called with (first sequence number, events) for every committed EVENT_APPEND, in
@@ -200,34 +205,10 @@ class _Pending:
         self.wake = wake
 
 
-_PUTS_TOKENS = 1
-_PUTS_CONNECTIONS = 2
-#: what a batch of one op puts, by the op's kind (``_batch_summary`` without its loop)
-_PUTS_OF = {OP_TOKEN_PUT: _PUTS_TOKENS, OP_CONNECTION_PUT: _PUTS_CONNECTIONS}
-
-
 #: From this many timing rows a drain counts them as arrays (``Histogram.observe_many``):
 #: numpy's fixed cost, some 10 us a histogram, is more than a bisect per row below it, and
 #: the applier drains after every apply, often a handful of rows.
 _BULK_TIMINGS = 64
-
-
-def _lookup_in(txn: Any, _values: dict[Any, Any], db: Any, digest: bytes, where: str) -> KnownOutcome | None:
-    """``outcomes.lookup`` in the shape ``KV.read_one`` calls."""
-    return lookup(txn, db, digest, where)
-
-
-def _batch_summary(ops: list[Op]) -> tuple[int, int]:
-    """``(records, puts)`` of a batch for its histograms: its records, and whether it puts
-    tokens (``_PUTS_TOKENS``) and connections (``_PUTS_CONNECTIONS``)."""
-    records = puts = 0
-    for op in ops:
-        records += op.count
-        if op.kind == OP_TOKEN_PUT:
-            puts |= _PUTS_TOKENS
-        elif op.kind == OP_CONNECTION_PUT:
-            puts |= _PUTS_CONNECTIONS
-    return records, puts
 
 
 class _NoWake:
@@ -304,7 +285,7 @@ class Writer:
         self._flusher: threading.Thread | None = None
         self._flusher_stop = threading.Event()
         #: per batch: (seconds logging its group -- -1.0 for all but a group's first batch --,
-        #: seconds its group took in all, its records, what it puts: ``_batch_summary``);
+        #: seconds its group took in all, its records, what it puts: ``batch_summary``);
         #: turned into histogram observations in bulk (``observe_pending``). Flat tuples of
         #: numbers: no object the garbage collector must visit, one array to count them.
         self._timings: deque[tuple[float, float, int, int]] = deque()
@@ -388,26 +369,31 @@ class Writer:
         if durability == "sync" and sum(op.nbytes for op in ops) >= self._options.direct_threshold:
             return self._run_exclusive(lambda: self._commit_direct(ops))
         payload = encode_ops(ops)
-        if (ops[0].kind in _SOLO_KINDS if len(ops) == 1 else all(op.kind in _SOLO_KINDS for op in ops)):
+        if len(ops) == 1:
+            alone = ops[0].kind in _SOLO_KINDS
+        else:
+            keyed = ops[0].kind == OP_OUTCOME_KEY  # a key is the first op (format §5.2)
+            alone = all(op.kind in _SOLO_KINDS for op in (ops[1:] if keyed else ops))
+        if alone:
             with self._qlock:
                 solo = not self._leader
                 if solo:
                     self._leader = True
             if solo:
                 try:
-                    position, indexed = self._commit_solo(ops, durability, payload)
+                    position, wait, first_event, already = self._commit_solo(ops, durability, payload)
                 finally:
                     with self._qlock:  # nobody queued meanwhile (the usual case): done leading
                         if not self._queue and not self._exclusive_waiting:
                             self._leader = solo = False
                     if solo:
                         self._lead()  # those who queued meanwhile; or give up leadership
-                if not indexed:  # too many token writes to index: visible once applied
+                if wait:  # too many token writes to index, or an original still in the overlay
                     try:
                         self._applier.wait_applied(position)
                     except NgStoreError as exc:
                         raise _committed_not_applied(position, exc) from exc
-                return CommitResult(position)
+                return CommitResult(position, first_event, already)
         wake = threading.Lock()
         wake.acquire()
         p = _Pending(ops, durability, wake)
@@ -538,16 +524,27 @@ class Writer:
                     self._hand_over()
                 return
 
-    def _commit_solo(self, ops: list[Op], durability: str, payload: bytes) -> tuple[int, bool]:
-        """As the leader, with nobody queued: commits one unkeyed batch of token and
-        connection ops as a group of its own -- what ``_commit_group`` and
+    def _commit_solo(self, ops: list[Op], durability: str, payload: bytes) -> tuple[int, bool, int | None, bool]:
+        """As the leader, with nobody queued: commits one batch of token and connection ops,
+        keyed or not, as a group of its own -- what ``_commit_group`` and
         ``_commit_accepted`` do for such a group, without the queue, the wake-up lock and
         the per-batch bookkeeping a group of many needs (a one-token commit spends about a
-        fifth of its time there). Returns its position and whether the overlay indexed its
-        token writes (if not, ``commit`` waits for the applier); raises what ``commit``
-        raises."""
+        fifth of its time there, a keyed one more than half). Returns ``(position, wait,
+        first_event, already)``: ``wait`` when ``commit`` must wait for the applier (the
+        overlay could not index the token writes, or the key's original is still in the
+        overlay), ``already`` when the key was committed already (nothing was written; the
+        position and first event are the original's). Raises what ``commit`` raises."""
         obs = self._obs
         t0 = time.perf_counter()
+        key: bytes | None = None
+        if ops[0].kind == OP_OUTCOME_KEY:
+            try:
+                key = batch_key(ops)[0]  # type: ignore[index]  # keyed: not None
+                original = self._original(key)
+            except BaseException as exc:  # nothing of it is written
+                raise refused(exc) from None
+            if original is not None:
+                return original[0], original[2], original[1], True
         try:
             self._quota_check(ops, None, len(payload))
         except BaseException as exc:  # refused: nothing of it is written
@@ -572,16 +569,16 @@ class Writer:
                 raise
             raise p.error from exc  # as _fail sets it: the error names exc as its cause
         tokens = token_writes(ops, self._options.index_limit)
-        self._add_to_overlay(position, ops, payload, tokens)
+        self._add_to_overlay(position, ops, payload, tokens, (key, None) if key is not None else None)
         self.stats_counters["commits_total"] += 1
         if obs is not None:
             t1 = time.perf_counter()
             timings = self._timings
             if len(ops) == 1:  # the usual solo commit: its summary without a call and a loop
                 op = ops[0]
-                timings.append((t_logged - t0, t1 - t0, op.count, _PUTS_OF.get(op.kind, 0)))
+                timings.append((t_logged - t0, t1 - t0, op.count, PUTS_OF.get(op.kind, 0)))
             else:
-                timings.append((t_logged - t0, t1 - t0, *_batch_summary(ops)))
+                timings.append((t_logged - t0, t1 - t0, *batch_summary(ops)))
             if len(timings) > self.TIMINGS_KEPT:
                 self.observe_pending()
             tracer = obs.tracer
@@ -590,7 +587,7 @@ class Writer:
                     "batches": 1, "records": sum(op.count for op in ops), "last_position": position})
         if self._cleanup_headroom <= 0:
             self._maybe_cleanup()
-        return position, tokens is not None
+        return position, tokens is None, None, False
 
     def _give_up_leadership(self) -> None:
         """With ``_qlock`` held: no leader from now on; wake an exclusive caller waiting."""
@@ -795,23 +792,32 @@ class Writer:
             for p in duplicates:
                 self._settle_duplicate(p)
 
-    def _answer_if_committed(self, p: _Pending) -> bool:
-        """If the key of ``p`` is committed already (pending in the overlay, or in LMDB),
-        ``p`` is done with the original's position and True is returned; it is not written.
-        The overlay is looked at first: the applier drops a key from it only after LMDB has
-        committed it, so a key cannot fall between the two looks."""
-        assert p.key is not None
-        hit = self._overlay.key(p.key)
+    def _original(self, digest: bytes) -> tuple[int, int | None, bool] | None:
+        """``(position, first event, wait)`` of the committed batch with key ``digest``
+        (None: none), counted as an answer. The overlay is looked at first: the applier
+        drops a key from it only after LMDB has committed it, so a key cannot fall between
+        the two looks. ``wait``: the original is pending there, and the retry returns once
+        it is applied (visible, whatever it wrote)."""
+        hit = self._overlay.key(digest)
         if hit is not None:
-            p.position, p.first_event = hit
-            p.wait_applied = True  # returns once the original is applied: visible whatever it wrote
+            answer = (hit[0], hit[1], True)
         else:
-            known = self.lookup_key(p.key)
+            known = self.lookup_key(digest)
             if known is None:
-                return False
-            p.position, p.first_event = known.position, known.first_event
-        p.already = p.done = True
+                return None
+            answer = (known.position, known.first_event, False)
         self.stats_counters["commits_already_committed_total"] += 1
+        return answer
+
+    def _answer_if_committed(self, p: _Pending) -> bool:
+        """If the key of ``p`` is committed already, ``p`` is done with the original's
+        position and True is returned; it is not written."""
+        assert p.key is not None
+        original = self._original(p.key)
+        if original is None:
+            return False
+        p.position, p.first_event, p.wait_applied = original
+        p.already = p.done = True
         return True
 
     def _settle_duplicate(self, p: _Pending) -> None:
@@ -830,12 +836,9 @@ class Writer:
         p.done = True
 
     def lookup_key(self, digest: bytes) -> KnownOutcome | None:
-        """The outcome LMDB records for a key digest (None: none is recorded). A point
-        read (``KV.read_one``): the transaction point reads share is ended by every LMDB
-        commit, so it sees each key the applier recorded before dropping it from the
-        overlay, and a keyed commit does not begin and end a transaction of its own."""
-        kv = self._kv
-        return kv.read_one(_lookup_in, kv.db(DB_OUTCOMES), digest, kv.path)
+        """The outcome LMDB records for a key digest (None: none is recorded); see
+        ``outcomes.point_lookup``."""
+        return point_lookup(self._kv, digest)
 
     def outcome(self, digest: bytes) -> Outcome:
         """What is known of the batch with key ``digest``: committed (pending in the overlay,
@@ -902,7 +905,7 @@ class Writer:
             total = t1 - t0
             logging_s = t_logged - t0
             for p in accepted:
-                timings.append((logging_s, total, *_batch_summary(p.ops)))
+                timings.append((logging_s, total, *batch_summary(p.ops)))
                 logging_s = -1.0  # observed once per group
             if len(timings) > self.TIMINGS_KEPT:
                 self.observe_pending()
@@ -949,9 +952,9 @@ class Writer:
                     obs.wal_write_seconds.observe(wal_s)
                 obs.batch_records.observe(n)
                 obs.commit_seconds.observe(total_s)
-                if puts_kinds & _PUTS_TOKENS:
+                if puts_kinds & PUTS_TOKENS:
                     obs.token_creation_seconds.observe(total_s)
-                if puts_kinds & _PUTS_CONNECTIONS:
+                if puts_kinds & PUTS_CONNECTIONS:
                     obs.connection_creation_seconds.observe(total_s)
             return
         wal, total, records, puts = np.fromiter(chain.from_iterable(items), np.float64, 4 * len(items)).reshape(-1, 4).T
@@ -959,8 +962,8 @@ class Writer:
         obs.wal_write_seconds.observe_many(wal[wal >= 0.0])
         obs.batch_records.observe_many(records)
         obs.commit_seconds.observe_many(total)
-        obs.token_creation_seconds.observe_many(total[(kinds & _PUTS_TOKENS) != 0])
-        obs.connection_creation_seconds.observe_many(total[(kinds & _PUTS_CONNECTIONS) != 0])
+        obs.token_creation_seconds.observe_many(total[(kinds & PUTS_TOKENS) != 0])
+        obs.connection_creation_seconds.observe_many(total[(kinds & PUTS_CONNECTIONS) != 0])
 
     def _fail(self, accepted: list[_Pending], exc: BaseException, where: str,
               positions: list[int] | None = None, writing: bool = False) -> None:

@@ -151,6 +151,26 @@ def outcome_key_op(digest: bytes, remember: int) -> Op:
     return Op.of_bytes(OP_OUTCOME_KEY, _OUTCOME_KEY_ITEM.pack(digest, remember))
 
 
+#: What a batch puts, as ``batch_summary`` says it: tokens, connections (bits).
+PUTS_TOKENS: Final = 1
+PUTS_CONNECTIONS: Final = 2
+#: what a batch of one op puts, by the op's kind (``batch_summary`` without its loop)
+PUTS_OF: Final = {OP_TOKEN_PUT: PUTS_TOKENS, OP_CONNECTION_PUT: PUTS_CONNECTIONS}
+
+
+def batch_summary(ops: list[Op]) -> tuple[int, int]:
+    """``(records, puts)`` of a batch for the commit histograms: its records, and whether
+    it puts tokens (``PUTS_TOKENS``) and connections (``PUTS_CONNECTIONS``)."""
+    records = puts = 0
+    for op in ops:
+        records += op.count
+        if op.kind == OP_TOKEN_PUT:
+            puts |= PUTS_TOKENS
+        elif op.kind == OP_CONNECTION_PUT:
+            puts |= PUTS_CONNECTIONS
+    return records, puts
+
+
 def batch_key(ops: list[Op], where: str | int = "batch") -> tuple[bytes, int] | None:
     """``(digest, remember)`` of a keyed batch, None for an unkeyed one. A batch holds at
     most one OUTCOME_KEY op, of one item, as its first op (§5.2); anything else is a

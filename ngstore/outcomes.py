@@ -97,6 +97,17 @@ def lookup(txn: Any, db: Any, digest: bytes, where: str) -> KnownOutcome | None:
     return KnownOutcome.decode(value, where) if value is not None else None
 
 
+def point_lookup(kv: KV, digest: bytes) -> KnownOutcome | None:
+    """:func:`lookup` as a point read (``KV.read_one``), for a writer: the transaction point
+    reads share is ended by every LMDB commit, so it sees each key the applier recorded
+    before dropping it from the overlay, and a keyed commit begins no transaction of its own."""
+    return kv.read_one(_lookup_in, kv.db(DB_OUTCOMES), digest, kv.path)
+
+
+def _lookup_in(txn: Any, _values: dict[Any, Any], db: Any, digest: bytes, where: str) -> KnownOutcome | None:
+    return lookup(txn, db, digest, where)
+
+
 def header(txn: Any, db: Any, where: str) -> OutcomesHeader:
     if db is None:
         return OutcomesHeader()

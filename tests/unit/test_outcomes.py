@@ -153,6 +153,30 @@ def test_a_key_pending_in_the_overlay_is_committed(store_path):
         assert s.stats()["events_live"] == 2
 
 
+def test_a_keyed_token_batch_is_written_once_whether_its_original_is_pending_or_applied(store_path):
+    # A keyed batch of token ops alone is committed by a committer that finds no leader
+    # (the solo path): its key is looked up in the overlay, then in LMDB, as in a group.
+    with ngstore.open(store_path, **OPEN, apply_interval=3600.0) as s:
+        writer = s._writer
+        assert writer is not None
+        digest = key_digest(b"tok")
+        position = s.put_tokens(make_tokens([1]), key=b"tok", durability="none")
+        assert writer.overlay.key(digest) is not None and writer.lookup_key(digest) is None  # pending
+        written = writer.stats_counters["wal_records_written_total"]  # (stats() would apply the overlay)
+        with s.batch(key=b"tok", durability="none") as b:
+            b.put_tokens(make_tokens([2]))
+        # answered with the original's position once the original is applied (visible)
+        assert b.already_committed and b.position == position
+        assert writer.overlay.key(digest) is None and writer.lookup_key(digest) is not None
+        with s.batch(key=b"tok") as b2:  # now found in LMDB
+            b2.put_tokens(make_tokens([3]))
+        assert b2.already_committed and b2.position == position
+        stats = s.stats()
+        assert stats["wal_records_written_total"] == written  # neither retry wrote a record
+        assert stats["commits_already_committed_total"] == 2
+        assert 1 in s and 2 not in s and 3 not in s
+
+
 def test_a_key_beyond_the_window_is_unknown_and_so_is_any_absent_key_once_one_was_forgotten(store_path):
     with ngstore.open(store_path, **OPEN, remember_keys=2) as s:
         for k in (b"a", b"b"):
