@@ -87,7 +87,6 @@ from .ops import (
     OP_TOKEN_DELETE,
     OP_TOKEN_PUT,
     PUTS_CONNECTIONS,
-    PUTS_OF,
     PUTS_TOKENS,
     REFLEX_KINDS,
     Op,
@@ -539,12 +538,15 @@ class Writer:
         key: bytes | None = None
         if ops[0].kind == OP_OUTCOME_KEY:
             try:
-                key = batch_key(ops)[0]  # type: ignore[index]  # keyed: not None
+                key_and_remember = batch_key(ops)
+                assert key_and_remember is not None  # its first op is a key
+                key = key_and_remember[0]
                 original = self._original(key)
             except BaseException as exc:  # nothing of it is written
                 raise refused(exc) from None
-            if original is not None:
-                return original[0], original[2], original[1], True
+            if original is not None:  # not written: the original's outcome
+                at, first_event, wait = original
+                return at, wait, first_event, True
         try:
             self._quota_check(ops, None, len(payload))
         except BaseException as exc:  # refused: nothing of it is written
@@ -574,11 +576,7 @@ class Writer:
         if obs is not None:
             t1 = time.perf_counter()
             timings = self._timings
-            if len(ops) == 1:  # the usual solo commit: its summary without a call and a loop
-                op = ops[0]
-                timings.append((t_logged - t0, t1 - t0, op.count, PUTS_OF.get(op.kind, 0)))
-            else:
-                timings.append((t_logged - t0, t1 - t0, *batch_summary(ops)))
+            timings.append((t_logged - t0, t1 - t0, *batch_summary(ops)))
             if len(timings) > self.TIMINGS_KEPT:
                 self.observe_pending()
             tracer = obs.tracer
