@@ -195,8 +195,10 @@ class RecordingIO(_Delegating):
         return fd
 
     def close(self, fd: int) -> None:
-        self.inner.close(fd)
+        # Forgotten before the close: once closed, another thread's open may get the same
+        # number, and forgetting it after would drop that file's path.
         self._paths.pop(fd, None)
+        self.inner.close(fd)
 
     def pwrite(self, fd: int, data: Buffer, offset: int) -> None:
         self.inner.pwrite(fd, data, offset)
@@ -288,8 +290,10 @@ class FaultyIO(_Delegating):
         return fd
 
     def close(self, fd: int) -> None:
-        self.inner.close(fd)
+        # Forgotten before the close: once closed, another thread's open may get the same
+        # number, and forgetting it after would drop that file's path.
         self._paths.pop(fd, None)
+        self.inner.close(fd)
 
     def _write(self, fd: int, data: bytes, offset: int | None) -> None:
         path = self._paths.get(fd, "")
