@@ -360,9 +360,7 @@ class Writer:
         Every error it raises says whether the batch's outcome is known (``errors``). A
         keyed batch whose key is committed already is not written: the result is the
         original's, with ``already_committed``."""
-        if self._failed is not None or self._closed or self._applier.failure is not None \
-                or self._log.failed is not None:  # check_commit's test, inline: every commit pays it
-            self.check_commit()
+        self.check_commit()
         if not ops:
             return CommitResult(self._log.last_position)
         if durability == "sync" and sum(op.nbytes for op in ops) >= self._options.direct_threshold:
