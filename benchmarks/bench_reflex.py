@@ -25,6 +25,7 @@ from reflex_lookup import random_states, rss_mib
 
 import ngstore
 from ngstore import _native
+from ngstore.codec import encode_state
 from ngstore.records import SCALE_FACTORS
 from ngstore.reflex import LookupParams, ReflexTable, state_keys
 
@@ -133,6 +134,15 @@ def run(b: Bench) -> None:
                  per_call_ns(lambda: eng.try_fast_path(hit_state), k, reps))
         b.record(W_ONE, "ngstore try_fast_path, miss", n, "ns/call",
                  per_call_ns(lambda: eng.try_fast_path(miss_state), k, reps))
+        row = states[0].copy()
+        b.record(W_ONE, "ngstore try_fast_path, hit, a numpy float32 row", n, "ns/call",
+                 per_call_ns(lambda: eng.try_fast_path(row), k, reps))
+        rec = np.zeros(1, ngstore.TOKEN_DTYPE)
+        rec["coordinates"][0, :, 0] = encode_state(states[:1])[0]
+        tok = ngstore.Token.from_bytes(rec.tobytes())
+        assert eng.try_fast_path(tok) is not None
+        b.record(W_ONE, "ngstore try_fast_path, hit, a Token", n, "ns/call",
+                 per_call_ns(lambda: eng.try_fast_path(tok), k, reps))
         b.record(W_ONE, "empty cffi call", n, "ns/call", per_call_ns(empty, k, reps))
         b.record(W_ONE, "lambda calling an empty cffi call", n, "ns/call", per_call_ns(lambda: empty(), k, reps),
                  note="the harness's own call overhead, included in the ngstore rows")

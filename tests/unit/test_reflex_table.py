@@ -389,6 +389,46 @@ def test_batch_lookup_equals_single_lookups():
     assert np.array_equal(r.found, r2.found) and np.array_equal(r.record, r2.record)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # the test's own casts of 1e39
+def test_one_state_in_every_form_answers_as_the_batch_lookup_of_it():
+    """The single lookup's shortcuts (a float row passed as Python floats, a Token's bytes
+    passed as they are) answer exactly what the general batch path answers."""
+    from ngstore import Token
+
+    rng = np.random.default_rng(9)
+    t = ReflexTable.create(300)
+    states = rng.uniform(-1, 1, (200, 8)).astype(np.float32)
+    for i in range(200):
+        t.insert(states[i], conn(a=i, target=rng.integers(-32768, 32767, 8)))
+    q = np.concatenate([states[:40], rng.uniform(-1, 1, (20, 8)).astype(np.float32),
+                        np.full((1, 8), 1e39)]).astype(np.float64)  # beyond float32: saturates
+    p = LookupParams(nearest_fallback=2.0)
+    expect = t.lookup_batch(q, params=p)
+    wide = np.zeros((len(q), 16))
+    wide[:, ::2] = q
+    for i in range(len(q)):
+        forms = [q[i], q[i].astype(np.float32), wide[i, ::2]]  # f64, f32, a strided row
+        if np.abs(q[i]).max() < 6e4:
+            forms.append(q[i].astype(np.float16).astype(np.float64))
+        rec = np.zeros(1, TOKEN_DTYPE)
+        rec["id"] = i + 1
+        rec["coordinates"][0, :, 0] = encode_state(q[i:i + 1].astype(np.float32))[0]
+        tok = Token.from_bytes(rec.tobytes())
+        rec = rec[0]
+        for form in forms[:3]:
+            one = t.lookup_with(p, form)
+            assert (one is not None) == bool(expect.found[i])
+            if one is not None:
+                assert one.record == expect.record[i] and one.similarity == np.float32(expect.similarity[i])
+                assert np.array_equal(one.action, expect.action[i])
+        by_token = t.lookup_with(p, tok)
+        assert by_token == t.lookup_with(p, rec) == t.lookup_with(p, np.asarray(rec["coordinates"]))
+        if np.abs(q[i]).max() < 1:
+            assert by_token == t.lookup_with(p, q[i].astype(np.float32))
+        if len(forms) == 4:
+            assert t.lookup_with(p, forms[3]) == t.lookup_with(p, forms[3].tolist())
+
+
 def test_action_is_the_target_vector_decoded_with_the_layer_scales():
     t = ReflexTable.create(10)
     tv = (-32768, 32767, -1, 1, 12345, -12345, 100, 7)
