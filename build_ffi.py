@@ -20,13 +20,38 @@ HERE = pathlib.Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 
 
+#: Functions whose wrappers keep the GIL during the call. cffi releases it around every
+#: call; for a call of well under a microsecond that costs more than the call (a release and
+#: a re-acquisition), and it invites any thread waiting for the GIL to run until its switch
+#: interval ends before the caller continues (a commit's log append, a lookup, each paying
+#: a slice of the applier's work). Only functions that are short and bounded, take no lock
+#: and do no system call belong here: a caller holding the GIL blocks every Python thread.
+KEEPS_GIL = ("ng_wal_put_frame", "ng_reflex_lookup_f32", "ng_reflex_lookup_one")
+
+
+def keeps_gil_preamble(names: tuple[str, ...] = KEEPS_GIL) -> str:
+    """C that redefines the two macros cffi's generated wrappers put around each call, so
+    that the wrappers of ``names`` keep the GIL. A wrapper is the function
+    ``_cffi_f_<name>``; comparing ``__func__`` with constant strings is resolved at compile
+    time, so every other wrapper releases the GIL exactly as before."""
+    test = " || ".join(f'strcmp(__func__, "_cffi_f_{n}") == 0' for n in names) or "0"
+    return (
+        "#include <string.h>\n"
+        "#undef Py_BEGIN_ALLOW_THREADS\n"
+        "#undef Py_END_ALLOW_THREADS\n"
+        f"#define NG_KEEPS_GIL ({test})\n"
+        "#define Py_BEGIN_ALLOW_THREADS { PyThreadState *_save = NG_KEEPS_GIL ? NULL : PyEval_SaveThread();\n"
+        "#define Py_END_ALLOW_THREADS if (_save != NULL) PyEval_RestoreThread(_save); }\n"
+    )
+
+
 def _make_builder() -> FFI:
     builder = FFI()
     builder.cdef("\n".join(p.read_text() for p in sorted(CSRC.glob("*.cdef"))))
     headers = sorted(h.name for h in CSRC.glob("*.h"))
     builder.set_source(
         "ngstore._ngcore",
-        "".join(f'#include "{h}"\n' for h in headers),
+        "".join(f'#include "{h}"\n' for h in headers) + keeps_gil_preamble(),
         # Relative paths: setuptools rejects absolute source paths.
         sources=[str(p.relative_to(HERE)) for p in sorted(CSRC.glob("*.c"))],
         include_dirs=[str(CSRC.relative_to(HERE))],

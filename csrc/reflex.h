@@ -260,6 +260,14 @@ int ng_reflex_lookup_f32(ng_reflex_ctx *ctx, const ng_reflex_params *params, flo
 /* One state of any kind; same results. */
 int ng_reflex_lookup_one(ng_reflex_ctx *ctx, const ng_reflex_params *params, int kind,
                          const void *state);
+/* The same two, under the names whose Python wrappers release the GIL: the wrappers of the
+ * two above keep it (build_ffi.py), which a lookup without a fallback radius can afford (a
+ * bounded probe of one cell); a fallback may probe many cells or scan every record, and
+ * goes through these. */
+int ng_reflex_lookup_f32_released(ng_reflex_ctx *ctx, const ng_reflex_params *params, float s0, float s1,
+                                  float s2, float s3, float s4, float s5, float s6, float s7);
+int ng_reflex_lookup_one_released(ng_reflex_ctx *ctx, const ng_reflex_params *params, int kind,
+                                  const void *state);
 
 /* Benchmark helper: the per-state work of lookup_one in a plain loop (no prefetching, no
  * per-state output); *answered counts answers. */

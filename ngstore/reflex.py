@@ -288,8 +288,8 @@ class LookupParams:
     ``max(256, live / 8)``).
     """
 
-    __slots__ = ("_c", "fallback_budget", "hypothesis_threshold", "min_confidence", "nearest_fallback",
-                 "similarity_threshold")
+    __slots__ = ("_c", "_f32", "_one", "fallback_budget", "hypothesis_threshold", "min_confidence",
+                 "nearest_fallback", "similarity_threshold")
 
     def __init__(self, min_confidence: int = 150, hypothesis_threshold: int = 200,
                  similarity_threshold: float = 0.85, nearest_fallback: float | None = None,
@@ -315,6 +315,10 @@ class LookupParams:
         self.fallback_budget = int(fallback_budget)
         self._c: Any = ffi.new("ng_reflex_params *", (self.min_confidence, self.hypothesis_threshold, sim,
                                                       radius, self.fallback_budget))
+        # A lookup without a fallback is a bounded probe of one cell, whose C call keeps the
+        # GIL; a fallback may probe many cells or scan every record, and releases it.
+        self._f32: Any = lib.ng_reflex_lookup_f32 if radius == 0.0 else lib.ng_reflex_lookup_f32_released
+        self._one: Any = lib.ng_reflex_lookup_one if radius == 0.0 else lib.ng_reflex_lookup_one_released
 
     def __repr__(self) -> str:
         return (f"LookupParams(min_confidence={self.min_confidence}, hypothesis_threshold="
@@ -582,10 +586,6 @@ def _segment_pointer(buf: Any, writable: bool) -> tuple[Any, int]:
         return _native.buffer_pointer(buf)
     exported = ffi.from_buffer("uint8_t[]", buf, require_writable=writable)
     return exported, len(exported)
-
-
-def _lookup_f32_fn() -> Any:
-    return lib.ng_reflex_lookup_f32
 
 
 class Current:
@@ -985,13 +985,13 @@ class ReflexTable:
         tp = type(state)
         if tp is list or tp is tuple:
             try:
-                r = _LOOKUP_F32(ctx, params._c, *state)
+                r = params._f32(ctx, params._c, *state)
             except TypeError:  # not 8 numbers: the general path reports what is wrong
                 r = self._lookup_any(ctx, params, state)
         elif tp is np.ndarray and state.shape == _ONE_STATE and state.dtype.kind == "f" and state.itemsize <= 8:
             # a row of a float array: its 8 values as Python floats round to float32 as
             # the general path's astype would, without its temporaries (5 µs -> 0.5 µs)
-            r = _LOOKUP_F32(ctx, params._c, *state.tolist())
+            r = params._f32(ctx, params._c, *state.tolist())
         else:
             r = self._lookup_any(ctx, params, state)
         if r > KNOWN:  # answered (a negative status is an error)
@@ -1012,11 +1012,11 @@ class ReflexTable:
     @staticmethod
     def _lookup_any(ctx: Any, params: LookupParams, state: Any) -> int:
         if type(state) is Token:  # its 64 bytes as they are, without an array around them
-            return int(lib.ng_reflex_lookup_one(ctx, params._c, KIND_TOKEN, ffi.from_buffer(state.to_bytes())))
+            return int(params._one(ctx, params._c, KIND_TOKEN, ffi.from_buffer(state.to_bytes())))
         kind, arr, single = _as_states(state)
         if not single:
             raise InvalidArgumentError("lookup takes one state; use lookup_batch for many")
-        return int(lib.ng_reflex_lookup_one(ctx, params._c, kind, ffi.from_buffer(arr)))
+        return int(params._one(ctx, params._c, kind, ffi.from_buffer(arr)))
 
     def lookup_batch(self, states: Any, *, params: LookupParams | None = None, min_confidence: int = 150,
                      hypothesis_threshold: int = 200, similarity_threshold: float = 0.85,
@@ -1152,9 +1152,6 @@ class ReflexTable:
         info = self._info(v)
         return (f"<ReflexTable {int(info.live_count)}/{int(info.capacity)} reflexes, room {int(info.room)}, "
                 f"{self.memory_bytes} bytes{'' if self._writable else ', read-only'}>")
-
-
-_LOOKUP_F32 = _lookup_f32_fn()
 
 
 def _positive_int(name: str, v: Any) -> int:

@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 from ngstore import _native, codec
 from ngstore.errors import InvalidArgumentError, NativeError, NgStoreError
-from ngstore.records import RAW64, TOKEN_DTYPE
+from ngstore.records import CONNECTION_DTYPE, RAW64, TOKEN_DTYPE
 
 A2_STATE = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 A3_MIXED_STATE = [-0.1, 0.2, -0.3, 0.4, -0.5, 0.6, -0.7, 0.8]
@@ -455,3 +455,53 @@ def test_a_forked_child_gathers_in_parallel_with_its_own_helper(tmp_path):
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     pytest.fail("the forked child's parallel gather hung")
+
+
+def _waiter_ran_during(calls, seconds: float) -> bool:
+    """Whether a thread that wants the GIL got it while ``calls()`` ran for ``seconds`` (or,
+    for a call that releases it, until it did). With a switch interval far longer than the
+    test, a thread waiting for the GIL gets it only when the running thread releases it."""
+    import sys
+    import threading
+
+    old = sys.getswitchinterval()
+    ran: list[int] = []
+    go = threading.Event()
+    waiter = threading.Thread(target=lambda: (go.wait(), ran.append(1)))
+    waiter.start()
+    sys.setswitchinterval(1000.0)
+    try:
+        go.set()  # the waiter wakes and waits for the GIL from now on
+        end = time.perf_counter() + seconds
+        while not ran and time.perf_counter() < end:
+            calls()
+        return bool(ran)
+    finally:
+        sys.setswitchinterval(old)
+        waiter.join(10)
+
+
+def test_the_short_calls_keep_the_gil_and_the_others_release_it():
+    from ngstore.reflex import LookupParams, ReflexTable
+    from ngstore.walmap import put_frame
+
+    lib, ffi = _native.lib, _native.ffi
+    t = ReflexTable.create(10)
+    c = np.zeros(1, CONNECTION_DTYPE)[0]
+    c["confidence"] = 230
+    t.insert(A2_STATE, c)
+    exact, near = LookupParams(), LookupParams(nearest_fallback=1.0)
+    assert t.lookup_with(exact, A2_STATE) is not None and t.lookup_with(near, A2_STATE) is not None
+    buf, payload = ffi.new("uint8_t[]", 4096), b"x" * 100
+
+    def kept() -> None:
+        for _ in range(100):
+            t.lookup_with(exact, A2_STATE)
+            t.lookup_with(exact, np.array(A2_STATE, np.float32))
+            assert put_frame(buf, 4096, 0, payload, 100, 1, 1, 0, 1) == 0
+
+    # the kept calls: 0.2 s of them, and the waiting thread never ran
+    assert not _waiter_ran_during(kept, 0.2)
+    # the harness sees a release: an empty call, and a lookup with a fallback radius
+    assert _waiter_ran_during(lib.ng_abi_version, 10.0)
+    assert _waiter_ran_during(lambda: t.lookup_with(near, A2_STATE), 10.0)
