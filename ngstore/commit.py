@@ -557,7 +557,7 @@ class Writer:
             if self._overlay.wait_for_room(len(payload), self._applier.failed_event):
                 self.check_writable()  # commit checked before; waiting gave time to fail
             writing = True
-            position = self._log.append_one(wal.RECORD_BATCH, payload)
+            position = self._log.append_one(wal.RECORD_BATCH, payload, mapped=durability != "sync")
             self.stats_counters["wal_records_written_total"] += 1
             t_logged = time.perf_counter()
             self._settle_appended(durability == "sync", durability == "async")

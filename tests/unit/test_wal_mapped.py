@@ -158,3 +158,35 @@ def test_append_one_after_close_is_refused(tmp_path):
     with pytest.raises(StoreClosedError):
         log.append_one(B, b"y")
     threading.Thread(target=log.close).start()  # idempotent from any thread
+
+
+def test_a_record_synced_at_once_is_written_not_stored_through_the_mapping(tmp_path):
+    """An fdatasync after stores through a mapping write-protects the stored pages, and
+    costs more than after a write: a record about to be synced is written."""
+    log, _ = wal.Log.open(str(tmp_path / "wal"))
+    data = [os.urandom(60 + i) for i in range(40)]
+    for d in data[:20]:
+        log.append_one(B, d, mapped=False)
+    assert mapped_paths(tmp_path / "wal") == set()
+    for d in data[20:]:  # then mapped stores after the written records, in the same pages
+        log.append_one(B, d)
+    assert len(mapped_paths(tmp_path / "wal")) == 1
+    log.sync()
+    log.close()
+    log, rep = wal.Log.open(str(tmp_path / "wal"), recovery="strict")
+    assert rep.clean and [r.payload for r in log.iter_records()] == data
+    log.close()
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "none"])
+def test_a_store_maps_its_log_only_for_commits_it_does_not_sync_at_once(tmp_path, durability):
+    import ngstore
+
+    s = ngstore.open(str(tmp_path / "s"), durability=durability, observability=False, crash_handlers=False)
+    try:
+        for i in range(5):
+            s.put_tokens(ngstore.Token.create_batch(1, start=i + 1).data)
+        assert bool(mapped_paths(tmp_path / "s" / "wal")) == (durability != "sync")
+        assert s.get_token(5) is not None
+    finally:
+        s.close()
