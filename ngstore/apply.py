@@ -389,9 +389,10 @@ def _token_put(txn: Any, db: Any, layout: ChunkLayout, records: np.ndarray,
     written). Every chunk is written sealed (format.md §3.0), whatever length it had."""
     if records.shape[0] <= _SMALL_PUT:
         return _small_token_put(txn, db, layout, records, region)
-    ids = records["id"].astype(np.uint32, copy=False)
+    # the ids copied out once (one pass over the records' lines): the order check and
+    # everything after read 4 bytes a token, not a 64-byte line (1M tokens: 15 -> 8 ms)
+    ids = np.array(records["id"], dtype=np.uint32)
     records, ids = sort_unique_last(records, ids)
-    ids = np.ascontiguousarray(ids)  # a strided view of the records when they were in order
     added = 0
     raw = records.view(np.uint8).reshape(-1, 64) if records.flags.c_contiguous else \
         np.ascontiguousarray(records).view(np.uint8).reshape(-1, 64)
