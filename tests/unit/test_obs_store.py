@@ -195,13 +195,13 @@ def test_grouped_commits_are_observed_once_per_batch_and_once_per_group(path, mo
     for name in ("append", "append_one"):
         real = getattr(wal.Log, name)
 
-        def counted(self: wal.Log, *args: Any, real: Any = real) -> Any:
+        def counted(self: wal.Log, *args: Any, real: Any = real, **kwargs: Any) -> Any:
             if getattr(inside, "busy", False):  # append_one's fallback to append: one append
-                return real(self, *args)
+                return real(self, *args, **kwargs)
             appends[0] += 1
             inside.busy = True
             try:
-                return real(self, *args)
+                return real(self, *args, **kwargs)
             finally:
                 inside.busy = False
 
