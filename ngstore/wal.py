@@ -917,7 +917,7 @@ class Log:
         stored through the segment's shared mapping (``walmap``), or, past the zero runway
         the log wrote or without ``mapped``, written as ``append`` writes it. A record
         synced at once is written (``mapped=False``): an fdatasync after stores through a
-        mapping costs about 70 µs more, write-protecting its pages for the next store."""
+        mapping write-protects the stored pages, and measured up to 70 µs more a commit."""
         raw = len(payload)
         start = self._write_off
         end = start + FRAME_HEADER_SIZE + raw
