@@ -188,8 +188,6 @@ def apply_ops(txn: Any, dbs: dict[bytes, Any], state: ApplyState, entries: list[
         elif kind == OP_REFLEX_RESIZE and reflexes is None and state.reflexes is None:
             reflex_capacity = int(op.data[-1])  # no table yet: the first one is made with it
             result.reflex_capacity = reflex_capacity
-        elif kind == OP_OUTCOME_KEY:
-            pass  # recorded by _record_keys
         elif kind in (OP_REFLEX_PUT, OP_REFLEX_DELETE, OP_REFLEX_DELETE_KEY, OP_REFLEX_RESIZE):
             if reflexes is None:
                 reflexes = reflex_store.writable_copy(state.reflexes, reflex_capacity)
@@ -293,7 +291,10 @@ def _coalesced(entries: list[Entry]) -> Iterator[tuple[int, Op]]:
     """``(position, op)`` for the ops of ``entries`` in order, with runs of adjacent
     TOKEN_PUT ops (across batches) merged into one, so a group of small commits rewrites
     each chunk once. Same result: within a put the last record of an id wins, and only
-    adjacent puts merge, so no delete or other op is reordered."""
+    adjacent puts merge, so no delete or other op is reordered. OUTCOME_KEY ops are left
+    out (``_record_keys`` records them before, and they touch nothing an op reads): a
+    keyed batch between two small puts no longer splits their run, which made each keyed
+    one-token commit rewrite its chunk in an apply of its own."""
     run: list[Op] = []
     run_pos = 0
     for position, ops in entries:
@@ -301,6 +302,8 @@ def _coalesced(entries: list[Entry]) -> Iterator[tuple[int, Op]]:
             if op.kind == OP_TOKEN_PUT:
                 run.append(op)
                 run_pos = position
+                continue
+            if op.kind == OP_OUTCOME_KEY:
                 continue
             if run:
                 yield run_pos, Op(OP_TOKEN_PUT, _concat_records(run))
