@@ -166,10 +166,7 @@ def batch_summary(ops: list[Op]) -> tuple[int, int]:
     records = puts = 0
     for op in ops:
         records += op.count
-        if op.kind == OP_TOKEN_PUT:
-            puts |= PUTS_TOKENS
-        elif op.kind == OP_CONNECTION_PUT:
-            puts |= PUTS_CONNECTIONS
+        puts |= _PUTS_OF.get(op.kind, 0)
     return records, puts
 
 
