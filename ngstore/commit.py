@@ -95,7 +95,7 @@ from .ops import (
     encode_ops,
     token_writes,
 )
-from .outcomes import Outcome, outcome_in, point_lookup
+from .outcomes import DEFAULT_REMEMBER_KEYS, KeyFilter, Outcome, outcome_in, point_lookup
 from .overlay import INDEX_ENTRY_BYTES, Overlay
 from .snapshot import presence
 
@@ -139,6 +139,7 @@ class WriterOptions:
     #: ``"evict"``: a reflex put into a full table pushes the weakest out; ``"refuse"``: the
     #: batch is refused (QuotaExceededError) before anything of it is written.
     reflex_eviction: str = "evict"
+    remember_keys: int = DEFAULT_REMEMBER_KEYS  #: the keys a keyed batch's record keeps (``outcomes``)
 
 
 @dataclass
@@ -259,6 +260,7 @@ class Writer:
         self._options = options
         self._obs = obs
         self._next_event = applier.counters.events_next_seq
+        self._key_filter: KeyFilter | None = None  # built at the first keyed look-up
         self._apply_bytes = applier.apply_bytes
         applier.add_listener(lambda _result: self.observe_pending())  # histograms, off the commit path
         self._listeners: list[CommitListener] = []
@@ -798,7 +800,11 @@ class Writer:
         if hit is not None:
             answer = (hit[0], hit[1], True)
         else:
-            known = self.lookup_key(digest)
+            f = self._key_filter
+            if f is None:  # the leader's: nothing commits meanwhile (KeyFilter.build)
+                f = self._key_filter = KeyFilter.build(self._kv, self._options.remember_keys,
+                                                       lambda: self._applier.applied_position, self._overlay.keys())
+            known = self.lookup_key(digest) if f.may_hold(digest) else None
             if known is None:
                 return None
             answer = (known.position, known.first_event, False)
@@ -928,6 +934,8 @@ class Writer:
         """Adds a logged batch to the overlay, and wakes the applier when the overlay just
         became due: it was empty (the applier starts counting its age) or passed its size."""
         after = self._overlay.add(position, ops, payload, tokens, key)
+        if key is not None and self._key_filter is not None:
+            self._key_filter.add(key[0], position)
         before = after - len(payload)
         if before == 0 or before < self._apply_bytes <= after:
             self._applier.poke()
@@ -1031,6 +1039,8 @@ class Writer:
                 "LMDB may hold it without its checkpoint, so whether it is committed is known only once the "
                 f"store is reopened. {_ASK_AFTER_REOPEN}", None, exc) from exc
         position = result.applied_position
+        if key is not None and self._key_filter is not None:
+            self._key_filter.add(key[0], position)
         first = result.first_event.get(position)
         for first_seq, events in result.appended:
             for listener in self._listeners:

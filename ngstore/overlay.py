@@ -191,6 +191,11 @@ class Overlay:
         when no pending entry has it (LMDB may: look there next)."""
         return self._keys.get(digest)
 
+    def keys(self) -> list[tuple[bytes, int]]:
+        """``(digest, position)`` of the pending keyed entries, in log order."""
+        with self._lock:
+            return sorted(((d, pos) for d, (pos, _f) in self._keys.items()), key=lambda k: k[1])
+
     # -- the applier -----------------------------------------------------------------
 
     def take(self) -> Taken:

@@ -137,7 +137,7 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
                 directory.write_state(clean=False)
         writer = Writer(directory, kv, log, applier, applier.overlay, guardian,
                         WriterOptions(opts.flush_interval, opts.direct_threshold,
-                                      reflex_eviction=opts.reflex_eviction), obs)
+                                      reflex_eviction=opts.reflex_eviction, remember_keys=opts.remember_keys), obs)
         writer.note_replayed(info.replayed_records)
         applier.start()
         kv.set_writer_barrier(writer.barrier)
