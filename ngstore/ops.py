@@ -262,13 +262,19 @@ def token_put_records(payload: bytes) -> bytes | None:
     return payload[_ONE_OP_HEAD.size:]
 
 
+#: ``decode_ops`` copies an op body up to this size to bytes rather than view it: a copy
+#: is cheaper than ``np.frombuffer``, which an applier of small keyed commits paid twice a
+#: commit (the key's op and the token's), on the thread that competes with committers.
+_COPIED_BODY_BYTES: Final = 4096
+
+
 def decode_ops(payload: bytes | memoryview, where: str = "batch payload") -> list[Op]:
     """Inverse of :func:`encode_ops`; an op kind it does not know is a FormatVersionError,
     any other inconsistency a CorruptionError.
 
     The log's CRC has already vouched for the bytes, so an error here means a bug or a
     payload from an incompatible version -- never a reason to guess. The op arrays are
-    read-only views of ``payload``.
+    read-only: views of ``payload``, or of a copy of a body up to ``_COPIED_BODY_BYTES``.
     """
     mv = memoryview(payload)
     if len(mv) < _PAYLOAD_HEAD.size:
@@ -292,7 +298,10 @@ def decode_ops(payload: bytes | memoryview, where: str = "batch payload") -> lis
                 "newer version wrote it. Open the store with that version (nothing was changed)")
         if nbytes != count * dtype.itemsize or pos + nbytes > len(mv):
             raise CorruptionError(f"{where}: op {kind} body length {nbytes} for {count} items", offset=pos)
-        ops.append(Op(kind, np.frombuffer(mv, dtype=dtype, count=count, offset=pos)))
+        if nbytes <= _COPIED_BODY_BYTES:  # its array made when first used (most never are)
+            ops.append(Op.whole(kind, bytes(mv[pos:pos + nbytes]), count))
+        else:
+            ops.append(Op(kind, np.frombuffer(mv, dtype=dtype, count=count, offset=pos)))
         pos += nbytes
     if pos != len(mv):
         raise CorruptionError(f"{where}: {len(mv) - pos} trailing bytes", offset=pos)
