@@ -547,8 +547,9 @@ class Writer:
             if original is not None:  # not written: the original's outcome
                 at, first_event, wait = original
                 return at, wait, first_event, True
+        body = ops[1:] if key is not None else ops  # a key adds nothing: one-op paths below
         try:
-            self._quota_check(ops, None, len(payload))
+            self._quota_check(body, None, len(payload))
         except BaseException as exc:  # refused: nothing of it is written
             if obs is not None:
                 obs.event("quota_refused", error=str(exc))
@@ -570,8 +571,8 @@ class Writer:
             if p.error is exc:  # refused before anything was written: exc itself
                 raise
             raise p.error from exc  # as _fail sets it: the error names exc as its cause
-        tokens = token_writes(ops, self._options.index_limit)
-        self._add_to_overlay(position, ops, payload, tokens, (key, None) if key is not None else None)
+        tokens = token_writes(body, self._options.index_limit)
+        self._add_to_overlay(position, body, payload, tokens, (key, None) if key is not None else None)
         self.stats_counters["commits_total"] += 1
         if obs is not None:
             t1 = time.perf_counter()

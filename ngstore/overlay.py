@@ -153,7 +153,8 @@ class Overlay:
 
     def add(self, position: int, ops: list[Op], payload: bytes, tokens: list[tuple[int, bytes | None]] | None,
             key: tuple[bytes, int | None] | None = None) -> int:
-        """Adds one committed entry: ``ops`` and ``payload``, their encoding in its log
+        """Adds one committed entry: ``ops`` (what it adds is counted; a key's op, which adds
+        nothing, may be left out) and ``payload``, the encoding of all its ops in its log
         record (``ops.encode_ops``: kept, and decoded again when the applier takes it);
         ``tokens`` are its token writes in order (None: the entry is not indexed -- its
         commit waits for the applier before it returns); ``key``, for a keyed entry, its
