@@ -120,6 +120,10 @@ class Applier:
         return self._applied
 
     @property
+    def kv(self) -> KV:
+        return self._kv
+
+    @property
     def overlay(self) -> Overlay:
         return self._overlay
 

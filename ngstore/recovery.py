@@ -16,7 +16,8 @@
 4. the log is opened and repaired (``wal.Log.open``: torn tail vs corruption, per the
    recovery mode), the current LMDB state protected by a checkpoint (or re-pinned), and
    every record after LMDB's applied position replayed through the same apply as live
-   commits, in groups; a checkpoint follows a replay;
+   commits, in groups, each group's pages written back while the next is applied
+   (:class:`_Writeback`); a checkpoint follows a replay;
 5. after a rollback the state file keeps the old boot id until the replay and its
    checkpoint are done, so readers never see the rolled-back state as current, and a
    crash during recovery simply rolls back to the same checkpoint again.
@@ -29,6 +30,8 @@ checkpoint covers it -- and the next open recovers it as after a crash).
 """
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -209,9 +212,74 @@ def _rollback_to_checkpoint(directory: Directory, opts: Options, info: RecoveryI
         info.rolled_back_to_txn = ckpt.txnid
 
 
+class _Writeback:
+    """Writes back to disk what a replay has applied to data.mdb so far, in a thread of its
+    own while the replay goes on, so that the checkpoint after it finds little left to
+    write: the apply is CPU work and the write-back disk work, and one after the other
+    they took ~385 ms of a 103 MB replay here, overlapped ~335.
+
+    Only an early fdatasync of data.mdb: nothing it makes durable is relied on before the
+    checkpoint, and a power loss meanwhile rolls LMDB back to the checkpoint as before
+    (the rollback writes the checkpoint's meta page over both). A failure is raised by the
+    next :meth:`kick` or by :meth:`finish`, as the open's StorageError."""
+
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+        self._fd: int | None = None
+        self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def kick(self) -> None:
+        """Starts a write-back of everything applied so far, unless one is running."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._check()
+        if self._fd is None:
+            self._fd = self._kv.io.open(self._kv.data_path, os.O_RDONLY)
+        self._thread = threading.Thread(target=self._run, args=(self._fd,), name="ngstore-replay-writeback",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, fd: int) -> None:
+        try:
+            self._kv.io.fdatasync(fd)
+        except OSError as exc:
+            self._error = exc
+
+    def finish(self) -> None:
+        """Waits for the write-back running, closes the file; raises what failed."""
+        try:
+            if self._thread is not None:
+                self._thread.join()
+            self._check()
+        finally:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                self._kv.io.close(fd)
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise storage_error(self._error, "writing back the replayed data.mdb", StoreState.NOT_OPENED,
+                                path=self._kv.data_path)
+
+
 def replay(applier: Applier, log: wal.Log, info: RecoveryInfo, *, progress: bool = False) -> None:
     """Applies every log record after LMDB's applied position, in order, in groups (in the
-    calling thread: the applier's thread is not running yet)."""
+    calling thread: the applier's thread is not running yet), writing back each group's
+    pages while the next is applied (:class:`_Writeback`)."""
+    writeback = _Writeback(applier.kv)
+    try:
+        _replay(applier, log, info, writeback, progress)
+    except BaseException:
+        try:
+            writeback.finish()
+        except NgStoreError:
+            pass  # the replay's own error says more
+        raise
+    writeback.finish()
+
+
+def _replay(applier: Applier, log: wal.Log, info: RecoveryInfo, writeback: _Writeback, progress: bool) -> None:
     start = applier.applied_position
     bar: Any = None
     if progress:
@@ -231,6 +299,7 @@ def replay(applier: Applier, log: wal.Log, info: RecoveryInfo, *, progress: bool
         n += 1
         if size >= REPLAY_GROUP_BYTES or len(group) >= REPLAY_GROUP_RECORDS:
             applier.apply_now(group)
+            writeback.kick()
             group, size = [], 0
     if group:
         applier.apply_now(group)
