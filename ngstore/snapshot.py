@@ -95,6 +95,7 @@ class _Views:
         self._start = 0
         self._records: np.ndarray | None = None  # the region typed as TOKEN_DTYPE rows
         self._records_start = 0
+        self._records_base: Any = _ffi.NULL  # _records_start as a char * (records)
         self._unbounded = False  # True when the map could not be found
 
     def drop(self) -> None:
@@ -126,15 +127,24 @@ class _Views:
 
         LMDB places a large value 16 bytes into a page, so every chunk value of a
         snapshot sits at the same address modulo 64: the region typed as TOKEN_DTYPE rows
-        from that residue turns each chunk into a plain slice."""
+        from that residue turns each chunk into a plain slice. Once that region exists, a
+        value's row is the distance of its pointer from the region's, in bytes (a cffi
+        pointer difference: half what turning the pointer into an int costs, once a chunk
+        in a scan)."""
+        rows = self._records
+        if rows is not None:
+            off = (_ffi.from_buffer(value) + 0) - self._records_base
+            if off >= 0 and not off & 63 and (off >> 6) + count <= rows.shape[0]:
+                return rows[off >> 6:(off >> 6) + count]
         addr = _address(value)
         region = self._shared(addr)
         if region is not None:
             if self._records is None:
                 skip = (addr - self._start) % 64
-                rows = region[skip:]
-                self._records = rows[: rows.shape[0] // 64 * 64].view(TOKEN_DTYPE)
+                table = region[skip:]
+                self._records = table[: table.shape[0] // 64 * 64].view(TOKEN_DTYPE)
                 self._records_start = self._start + skip
+                self._records_base = _ffi.cast("char *", self._records_start)
             off = addr - self._records_start
             if off >= 0 and off % 64 == 0 and off // 64 + count <= self._records.shape[0]:
                 return self._records[off // 64: off // 64 + count]
@@ -345,7 +355,8 @@ class TokenView:
             first = from_bytes(key, "big") << shift
             rows = records(value, slots)
             bitmap = value[rb:region_bytes]
-            if bitmap == full:
+            # a memoryview compares with bytes item by item: its bytes, at once (1 -> 0.4 µs)
+            if (bitmap.tobytes() if type(bitmap) is memoryview else bitmap) == full:
                 yield first, rows
                 continue
             bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little").astype(np.int8)
