@@ -32,9 +32,93 @@ static inline uint32_t ld32le(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+/* ---- CRC-32 by carry-less multiplication (x86-64 with PCLMULQDQ) ---------------
+ *
+ * The folding method of Gopal et al., "Fast CRC Computation for Generic Polynomials
+ * Using PCLMULQDQ Instruction" (Intel, 2009), for the bit-reflected polynomial: four
+ * 128-bit lanes are folded forward 64 bytes a step, then into one lane, then 16 bytes a
+ * step; the lane is reduced to 64 bits and the remainder taken by Barrett reduction.
+ * The constants are x^k mod P for the fold distances (reflected, with the 33rd bit),
+ * and P and floor(x^64 / P) for the reduction. Measured here: ~10x the tables above,
+ * which made the CRC a sixth of a 1M-token bulk commit and a tenth of a replay. It
+ * runs on whole 16-byte blocks of at least 64 bytes; the tables do the rest. The CPU is
+ * asked once, at load; no build flag is needed (the function carries its own target). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define NG_CRC_CLMUL 1
+
+static int crc_clmul_ok;
+
+__attribute__((constructor)) static void crc_clmul_init(void) {
+    __builtin_cpu_init();
+    crc_clmul_ok = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+}
+
+/* The inverted CRC state `c` after n bytes (n >= 64, a multiple of 16). */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t crc_clmul(const uint8_t *p, size_t n, uint32_t c) {
+    const __m128i k1k2 = _mm_set_epi64x(0x01c6e41596LL, 0x0154442bd4LL); /* fold by 512 bits */
+    const __m128i k3k4 = _mm_set_epi64x(0x00ccaa009eLL, 0x01751997d0LL); /* fold by 128 bits */
+    const __m128i k5 = _mm_set_epi64x(0, 0x0163cd6124LL);                 /* 96 -> 64 bits */
+    const __m128i pmu = _mm_set_epi64x(0x01f7011641LL, 0x01db710641LL);   /* P, floor(x^64/P) */
+    const __m128i low32 = _mm_setr_epi32(-1, 0, -1, 0);
+    __m128i x1 = _mm_loadu_si128((const __m128i *)(p + 0x00));
+    __m128i x2 = _mm_loadu_si128((const __m128i *)(p + 0x10));
+    __m128i x3 = _mm_loadu_si128((const __m128i *)(p + 0x20));
+    __m128i x4 = _mm_loadu_si128((const __m128i *)(p + 0x30));
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)c));
+    p += 64;
+    n -= 64;
+    while (n >= 64) {
+        __m128i t1 = _mm_clmulepi64_si128(x1, k1k2, 0x00), t2 = _mm_clmulepi64_si128(x2, k1k2, 0x00);
+        __m128i t3 = _mm_clmulepi64_si128(x3, k1k2, 0x00), t4 = _mm_clmulepi64_si128(x4, k1k2, 0x00);
+        x1 = _mm_clmulepi64_si128(x1, k1k2, 0x11);
+        x2 = _mm_clmulepi64_si128(x2, k1k2, 0x11);
+        x3 = _mm_clmulepi64_si128(x3, k1k2, 0x11);
+        x4 = _mm_clmulepi64_si128(x4, k1k2, 0x11);
+        x1 = _mm_xor_si128(_mm_xor_si128(x1, t1), _mm_loadu_si128((const __m128i *)(p + 0x00)));
+        x2 = _mm_xor_si128(_mm_xor_si128(x2, t2), _mm_loadu_si128((const __m128i *)(p + 0x10)));
+        x3 = _mm_xor_si128(_mm_xor_si128(x3, t3), _mm_loadu_si128((const __m128i *)(p + 0x20)));
+        x4 = _mm_xor_si128(_mm_xor_si128(x4, t4), _mm_loadu_si128((const __m128i *)(p + 0x30)));
+        p += 64;
+        n -= 64;
+    }
+    /* four lanes into one */
+    __m128i t = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), t), x2);
+    t = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), t), x3);
+    t = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), t), x4);
+    while (n >= 16) {
+        t = _mm_clmulepi64_si128(x1, k3k4, 0x00);
+        x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k3k4, 0x11), t),
+                           _mm_loadu_si128((const __m128i *)p));
+        p += 16;
+        n -= 16;
+    }
+    /* 128 -> 64 bits */
+    x2 = _mm_clmulepi64_si128(x1, k3k4, 0x10);
+    x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), x2);
+    x2 = _mm_srli_si128(x1, 4);
+    x1 = _mm_xor_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, low32), k5, 0x00), x2);
+    /* Barrett reduction to 32 bits */
+    x2 = _mm_clmulepi64_si128(_mm_and_si128(x1, low32), pmu, 0x10);
+    x2 = _mm_clmulepi64_si128(_mm_and_si128(x2, low32), pmu, 0x00);
+    return (uint32_t)_mm_extract_epi32(_mm_xor_si128(x1, x2), 1);
+}
+#endif
+
 uint32_t ng_crc32(const void *data, size_t n, uint32_t crc) {
     const uint8_t *p = (const uint8_t *)data;
     uint32_t c = ~crc;
+#ifdef NG_CRC_CLMUL
+    if (n >= 64 && crc_clmul_ok) {
+        const size_t whole = n & ~(size_t)15;
+        c = crc_clmul(p, whole, c);
+        p += whole;
+        n -= whole;
+    }
+#endif
     while (n >= 8) {
         uint32_t lo = ld32le(p) ^ c, hi = ld32le(p + 4);
         c = crc_tab[7][lo & 0xFF] ^ crc_tab[6][(lo >> 8) & 0xFF] ^ crc_tab[5][(lo >> 16) & 0xFF] ^

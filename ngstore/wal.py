@@ -70,6 +70,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._native import crc32
 from .errors import (
     CorruptionError,
     FormatVersionError,
@@ -134,7 +135,7 @@ def _frame_head(stored: Buffer, salt: int, position: int, synced: int, typ: int,
     """The 40-byte frame header of a record whose stored payload is ``stored`` (``raw``
     bytes before compression): the CRC-32 of the header's tail and the payload, then the tail."""
     tail = _FRAME_TAIL.pack(len(stored), salt, position, synced, typ, flags, 0, raw)
-    return _U32.pack(zlib.crc32(stored, zlib.crc32(tail))) + tail
+    return _U32.pack(crc32(stored, zlib.crc32(tail))) + tail
 
 
 def new_salt() -> int:
@@ -323,7 +324,7 @@ def _parse_frame(data: bytes, mv: memoryview, off: int, size: int, salt: int,
     end = off + FRAME_HEADER_SIZE + length
     if end > size:
         return f"record length {length} runs past the end of the file ({size - off} bytes left)"
-    if zlib.crc32(mv[off + 4:end]) != hdr[0]:
+    if crc32(mv[off + 4:end]) != hdr[0]:
         return "checksum mismatch"
     why = _frame_problem(hdr, salt, expected)
     return why if why is not None else hdr
@@ -343,7 +344,7 @@ def _valid_frames_after(data: bytes, start: int, salt: int, min_pos: int) -> Ite
             length = hdr[1]
             end = off + FRAME_HEADER_SIZE + length
             if (length <= MAX_RECORD_BYTES and end <= size and hdr[3] >= min_pos
-                    and zlib.crc32(mv[off + 4:end]) == hdr[0]
+                    and crc32(mv[off + 4:end]) == hdr[0]
                     and _frame_problem(hdr, salt, None) is None):
                 yield off, hdr
         idx = data.find(key, idx + 1)
@@ -360,7 +361,7 @@ def _guess_salt(data: bytes, name_first: int) -> int | None:
         if off + FRAME_HEADER_SIZE <= len(data):
             hdr = FRAME_HEADER.unpack_from(data, off)
             end = off + FRAME_HEADER_SIZE + hdr[1]
-            if hdr[1] <= MAX_RECORD_BYTES and end <= len(data) and zlib.crc32(mv[off + 4:end]) == hdr[0]:
+            if hdr[1] <= MAX_RECORD_BYTES and end <= len(data) and crc32(mv[off + 4:end]) == hdr[0]:
                 return hdr[2] or None
         idx = data.find(key, idx + 1)
     return None
@@ -567,7 +568,7 @@ def _iter_run(io: FileIO, fd: int, path: str, a: int, b: int, salt: int, after: 
             if len(buf) < flen:
                 raise CorruptionError("log segment shrank while being read", path=path, offset=off)
         mv = memoryview(buf)
-        if zlib.crc32(mv[rel + 4:rel + flen]) != hdr[0] or hdr[2] != salt:
+        if crc32(mv[rel + 4:rel + flen]) != hdr[0] or hdr[2] != salt:
             raise CorruptionError("checksum mismatch (the file changed since recovery)",
                                   path=path, offset=off)
         yield hdr, off, (mv[rel + FRAME_HEADER_SIZE:rel + flen] if payloads else None)

@@ -8,6 +8,7 @@ import pathlib
 import re
 import signal
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -505,3 +506,26 @@ def test_the_short_calls_keep_the_gil_and_the_others_release_it():
     # the harness sees a release: an empty call, and a lookup with a fallback radius
     assert _waiter_ran_during(lib.ng_abi_version, 10.0)
     assert _waiter_ran_during(lambda: t.lookup_with(near, A2_STATE), 10.0)
+
+
+# -- CRC-32 ------------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(0, 9000), start=st.integers(0, 15), seed=st.integers(0, 2**32 - 1),
+       fill=st.integers(0, 2**32 - 1))
+def test_the_c_crc32_is_zlibs_at_every_length_alignment_and_starting_value(n, start, seed, fill):
+    # lengths from 0 to past the carry-less path's 64-byte minimum and the wrapper's 4 KiB
+    # switch, at every offset from a 16-byte boundary, continuing from any CRC
+    data = np.random.default_rng(fill).integers(0, 256, start + n, dtype=np.uint8).tobytes()
+    view = memoryview(data)[start:]
+    want = zlib.crc32(view, seed)
+    assert _native.lib.ng_crc32(_native.ffi.from_buffer(view), view.nbytes, seed) == want
+    assert _native.crc32(view, seed) == want and _native.crc32(bytes(view), seed) == want
+
+
+def test_the_c_crc32_of_a_large_buffer_in_pieces_is_the_crc_of_the_whole():
+    data = np.random.default_rng(5).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()
+    crc = 0
+    for a, b in ((0, 100), (100, 70_001), (70_001, 1 << 20), (1 << 20, len(data))):
+        crc = _native.crc32(data[a:b], crc)
+    assert crc == zlib.crc32(data)
