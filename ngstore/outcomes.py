@@ -130,6 +130,13 @@ def outcome_in(kv: KV, digest: bytes, sees_everything: bool) -> Outcome:
     return Outcome.UNKNOWN_KEY
 
 
+#: The most keys a :class:`KeyFilter` is built for: its 2^27 bits a generation at 16 bits a
+#: key. With a wider window (or more keys held) a keyed commit looks every key up in LMDB,
+#: as without a filter: one past its size would answer "may hold" for nearly every key, and
+#: building it would read millions of keys at the first keyed commit.
+FILTER_MAX_KEYS = 1 << 23
+
+
 class KeyFilter:
     """Which digests LMDB's ``outcomes`` may hold, in memory: a writer's keyed commit asks
     it before the LMDB look-up, and a fresh key -- nearly every key -- is answered without
@@ -177,12 +184,16 @@ class KeyFilter:
         the keys committed but not yet applied, in log order. Call it as the commit leader
         with ``pending`` read *before* LMDB: a key the applier moves meanwhile is then in
         one or both, never in neither (no key is committed meanwhile)."""
-        f = cls(remember, applied)
         pending = list(pending)
         db = kv.db(DB_OUTCOMES)
         digests: list[bytes] = []
+        if remember > FILTER_MAX_KEYS:
+            return _NoFilter(remember, applied)
+        f = cls(remember, applied)
         if db is not None:
             with ReadTxn(kv) as txn:
+                if header(txn, db, kv.path).held > FILTER_MAX_KEYS:  # a window once wider than now
+                    return _NoFilter(remember, applied)
                 cur = txn.cursor(db=db)
                 if cur.set_range(ORDER_PREFIX):
                     for k, v in cur:
@@ -232,3 +243,18 @@ class KeyFilter:
         self._count += 1
         if self._count == self._remember:
             self._rotate_at = position
+
+
+class _NoFilter(KeyFilter):
+    """A filter that holds everything: every key is looked up in LMDB (``FILTER_MAX_KEYS``)."""
+
+    __slots__ = ()
+
+    def __init__(self, remember: int, applied: Callable[[], int]) -> None:
+        super().__init__(1, applied)  # the smallest bit arrays: they are never read
+
+    def may_hold(self, digest: bytes) -> bool:
+        return True
+
+    def add(self, digest: bytes, position: int) -> None:
+        pass

@@ -15,6 +15,7 @@ from conftest import make_tokens
 from test_outcomes import OPEN, raw_outcomes
 
 import ngstore
+from ngstore import outcomes
 from ngstore.outcomes import KeyFilter, key_digest
 
 
@@ -121,3 +122,24 @@ def test_a_key_committed_straight_to_lmdb_is_in_the_filter(store_path):
             b.put_tokens(make_tokens(range(300, 400)))
         assert b.already_committed and b.position == position
         assert s.stats()["tokens_live"] == 101
+
+
+def test_past_the_filters_size_every_key_is_looked_up_in_lmdb(store_path, monkeypatch):
+    monkeypatch.setattr(outcomes, "FILTER_MAX_KEYS", 5)
+    with ngstore.open(store_path, **OPEN, remember_keys=8) as s:  # a window wider than a filter serves
+        w = _writer(s)
+        looked: list[bytes] = []
+        lookup = w.lookup_key
+        w.lookup_key = lambda d: looked.append(d) or lookup(d)
+        positions = [s.put_tokens(make_tokens([i + 1]), key=f"w{i}") for i in range(8)]
+        assert len(looked) == 8 and all(w._key_filter.may_hold(key_digest(f"never-{i}")) for i in range(50))
+        with s.batch(key="w3") as b:
+            b.put_tokens(make_tokens([100]))
+        assert b.already_committed and b.position == positions[3]
+    # a narrower window now, but LMDB holds more keys than a filter serves: no filter either
+    with ngstore.open(store_path, **OPEN, remember_keys=2) as s:
+        with s.batch(key="w7") as b:
+            b.put_tokens(make_tokens([101]))
+        assert b.already_committed and b.position == positions[7]
+        assert _writer(s)._key_filter.may_hold(key_digest("anything"))
+        assert s.stats()["tokens_live"] == 8
