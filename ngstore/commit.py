@@ -802,9 +802,9 @@ class Writer:
             answer = (hit[0], hit[1], True)
         else:
             f = self._key_filter
-            if f is None:  # the leader's: nothing commits meanwhile (KeyFilter.build)
-                f = self._key_filter = KeyFilter.build(self._kv, self._options.remember_keys,
-                                                       lambda: self._applier.applied_position, self._overlay.keys())
+            if f is None:  # built in a thread of its own (KeyFilter.start)
+                f = self._key_filter = KeyFilter.start(self._kv, self._options.remember_keys,
+                                                       lambda: self._applier.applied_position, self._overlay.keys)
             known = self.lookup_key(digest) if f.may_hold(digest) else None
             if known is None:
                 return None

@@ -13,6 +13,8 @@ reading a digest's entry in one LMDB read transaction, and the writer's in-memor
 from __future__ import annotations
 
 import enum
+import itertools
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,7 +23,15 @@ import xxhash
 
 from .errors import InvalidArgumentError
 from .kv import KV, ReadTxn
-from .layout import DB_OUTCOMES, ORDER_PREFIX, OUTCOMES_HEADER_KEY, KnownOutcome, OutcomesHeader, outcome_key
+from .layout import (
+    DB_OUTCOMES,
+    DIGEST_BYTES,
+    ORDER_PREFIX,
+    OUTCOMES_HEADER_KEY,
+    KnownOutcome,
+    OutcomesHeader,
+    outcome_key,
+)
 from .ops import Op, outcome_key_op
 
 #: The longest key, in bytes (a ``str`` key counts its UTF-8 bytes).
@@ -154,11 +164,18 @@ class KeyFilter:
     LMDB holds is among those then. Until it has, ``new`` grows past ``remember`` (more
     false positives, never a false negative).
 
-    Used by the commit leader alone, which adds each key it commits (:meth:`add`) before
-    any other commit is looked up; not thread-safe."""
+    A writer's filter builds itself in a thread (:meth:`start`): reading the keys LMDB
+    holds costs ~1.5 µs a key here, 0.15 s at the default window, which the first keyed
+    commit would otherwise wait for. Until the build is done every key "may" be held (the
+    look-up answers, as without a filter) and the keys committed meanwhile are kept; the
+    leader installs the build at its next use.
 
-    __slots__ = ("_applied", "_bits", "_count", "_last", "_last_digest", "_mask", "_new", "_old", "_remember",
-                 "_rotate_at")
+    Used by the commit leader alone, which adds each key it commits (:meth:`add`) before
+    any other commit is looked up; not thread-safe (the build thread only hands over its
+    bit array)."""
+
+    __slots__ = ("_applied", "_bits", "_built", "_count", "_early", "_failed", "_last", "_last_digest", "_mask",
+                 "_new", "_old", "_ready", "_remember", "_rotate_at", "_thread")
 
     def __init__(self, remember: int, applied: Callable[[], int]) -> None:
         if remember < 1:
@@ -176,54 +193,106 @@ class KeyFilter:
         self._rotate_at: int | None = None  # position of new's remember-th key
         self._last_digest = b""  # the digest may_hold saw last, and its probes
         self._last = (0, 0, 0)
+        self._ready = True  # False while a build runs (start)
+        self._built: bytearray | None = None  # the build's bits, handed over by its thread
+        self._failed = False  # the build failed: every key may be held, for good
+        self._early: list[tuple[bytes, int]] = []  # keys added while the build ran
+        self._thread: threading.Thread | None = None
 
     @classmethod
     def build(cls, kv: KV, remember: int, applied: Callable[[], int],
               pending: Iterable[tuple[bytes, int]]) -> KeyFilter:
         """The filter of the digests LMDB holds and of ``pending`` ``(digest, position)``,
-        the keys committed but not yet applied, in log order. Call it as the commit leader
-        with ``pending`` read *before* LMDB: a key the applier moves meanwhile is then in
-        one or both, never in neither (no key is committed meanwhile)."""
+        the keys committed but not yet applied, in log order, built in the calling thread.
+        Call it as the commit leader with ``pending`` read *before* LMDB: a key the applier
+        moves meanwhile is then in one or both, never in neither (no key is committed
+        meanwhile)."""
         pending = list(pending)
-        db = kv.db(DB_OUTCOMES)
-        digests: list[bytes] = []
         if remember > FILTER_MAX_KEYS:
             return _NoFilter(remember, applied)
+        joined = _held_digests(kv)
+        if joined is None:
+            return _NoFilter(remember, applied)
         f = cls(remember, applied)
-        if db is not None:
-            with ReadTxn(kv) as txn:
-                if header(txn, db, kv.path).held > FILTER_MAX_KEYS:  # a window once wider than now
-                    return _NoFilter(remember, applied)
-                cur = txn.cursor(db=db)
-                if cur.set_range(ORDER_PREFIX):
-                    for k, v in cur:
-                        if bytes(k[:1]) != ORDER_PREFIX:
-                            break
-                        digests.append(bytes(v))
-            f._set_many(f._old, digests)
+        f._set_many(f._old, joined)
         for digest, position in pending:
             f.add(digest, position)
         return f
 
-    def _probes(self, digest: bytes) -> tuple[int, int, int]:
+    @classmethod
+    def start(cls, kv: KV, remember: int, applied: Callable[[], int],
+              pending: Callable[[], Iterable[tuple[bytes, int]]]) -> KeyFilter:
+        """A filter that builds itself in a thread of its own, from ``pending()`` (the keys
+        committed but not applied) read before the digests LMDB holds; call it as the
+        commit leader. Keys committed from now on are :meth:`add`-ed as usual: a key the
+        applier moves while the build reads is in one of the two reads, and a key committed
+        after this call is among those added, so none falls between."""
+        if remember > FILTER_MAX_KEYS:
+            return _NoFilter(remember, applied)
+        f = cls(remember, applied)
+        f._ready = False
+        f._thread = threading.Thread(target=f._build, args=(kv, pending), name="ngstore-key-filter", daemon=True)
+        f._thread.start()
+        return f
+
+    def _build(self, kv: KV, pending: Callable[[], Iterable[tuple[bytes, int]]]) -> None:
+        try:
+            early = b"".join(digest for digest, _position in pending())  # before LMDB
+            joined = _held_digests(kv)
+            if joined is None:
+                self._failed = True
+                return
+            bits = bytearray(self._bits >> 3)
+            # pending keys go with LMDB's into the older generation: the applier applies
+            # them before any key committed later, so they leave LMDB no later either
+            self._set_many(bits, joined + early)
+            self._built = bits
+        except BaseException:  # a store closed meanwhile, an I/O error: no filter, the look-ups answer
+            self._failed = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits for the build (tests and tools; call it when no commit runs) and installs
+        it; True once the filter filters."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self._ready or (not self._failed and self._install())
+
+    def _install(self) -> bool:
+        """As the leader: the build's bits become the older generation and the keys added
+        meanwhile are added again; False while the build runs."""
+        built = self._built
+        if built is None:
+            return False
+        self._old, self._built, self._ready = built, None, True
+        early, self._early = self._early, []
+        for digest, position in early:
+            self.add(digest, position)
+        return True
+
+    @staticmethod
+    def _probes(digest: bytes, mask: int) -> tuple[int, int, int]:
         h = int.from_bytes(digest, "little")
-        mask = self._mask
         return h & mask, (h >> 40) & mask, (h >> 80) & mask
 
-    def _set_many(self, bits: bytearray, digests: list[bytes]) -> None:
-        if not digests:
+    def _set_many(self, bits: bytearray, joined: bytes) -> None:
+        """Sets the probes of the digests ``joined`` (16 bytes each) in ``bits``, as
+        :meth:`add` would one by one: a bool per bit, packed (a tenth of ``bitwise_or.at``)."""
+        if not joined:
             return
-        words = np.frombuffer(b"".join(digests), dtype="<u8").reshape(-1, 2)
+        words = np.frombuffer(joined, dtype="<u8").reshape(-1, 2)
         lo, hi = words[:, 0], words[:, 1]
         mask = np.uint64(self._mask)
-        view = np.frombuffer(bits, dtype=np.uint8)
+        hit = np.zeros(self._bits, dtype=bool)
         for p in (lo & mask, ((lo >> np.uint64(40)) | (hi << np.uint64(24))) & mask, (hi >> np.uint64(16)) & mask):
-            np.bitwise_or.at(view, (p >> np.uint64(3)).astype(np.intp),
-                             np.left_shift(np.uint8(1), (p & np.uint64(7)).astype(np.uint8)))
+            hit[p.astype(np.intp)] = True
+        view = np.frombuffer(bits, dtype=np.uint8)
+        view |= np.packbits(hit, bitorder="little")
 
     def may_hold(self, digest: bytes) -> bool:
         """False only when neither LMDB nor any commit since the build holds ``digest``."""
-        a, b, c = self._last = self._probes(digest)  # add() of the same key reuses them
+        if not self._ready and (self._failed or not self._install()):
+            return True
+        a, b, c = self._last = self._probes(digest, self._mask)  # add() of the same key reuses them
         self._last_digest = digest
         new = self._new
         if new[a >> 3] >> (a & 7) & new[b >> 3] >> (b & 7) & new[c >> 3] >> (c & 7) & 1:
@@ -233,16 +302,40 @@ class KeyFilter:
 
     def add(self, digest: bytes, position: int) -> None:
         """Notes a key committed at log ``position`` (positions rise from call to call)."""
+        if not self._ready and not self._install():
+            if not self._failed:
+                self._early.append((digest, position))
+            return
         rotate_at = self._rotate_at
         if rotate_at is not None and rotate_at <= self._applied():
             self._old, self._new = self._new, bytearray(self._bits >> 3)
             self._count, self._rotate_at = 0, None
         new = self._new
-        for p in self._last if digest == self._last_digest else self._probes(digest):
+        for p in self._last if digest == self._last_digest else self._probes(digest, self._mask):
             new[p >> 3] |= 1 << (p & 7)
         self._count += 1
         if self._count == self._remember:
             self._rotate_at = position
+
+
+def _held_digests(kv: KV) -> bytes | None:
+    """The digests LMDB's ``outcomes`` holds, 16 bytes each joined, oldest first; None
+    when there are more than :data:`FILTER_MAX_KEYS` (a window once wider than now) or
+    the order index does not hold as many as the header says (damage ``check()`` reports):
+    no filter then."""
+    db = kv.db(DB_OUTCOMES)
+    if db is None:
+        return b""
+    with ReadTxn(kv) as txn:
+        held = header(txn, db, kv.path).held
+        if held > FILTER_MAX_KEYS:
+            return None
+        cur = txn.cursor(db=db)
+        # the order index ("Q" ‖ sequence -> digest) holds `held` entries, the last keys of
+        # the database: their values, joined at once
+        joined = b"".join(itertools.islice(cur.iternext(keys=False, values=True), held)) \
+            if held and cur.set_range(ORDER_PREFIX) else b""
+    return joined if len(joined) == held * DIGEST_BYTES else None
 
 
 class _NoFilter(KeyFilter):

@@ -9,6 +9,7 @@ written again instead of being answered with the original's position.
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 from conftest import make_tokens
@@ -31,7 +32,10 @@ def test_fresh_keys_are_committed_without_an_lmdb_look_up_and_retries_still_find
         looked: list[bytes] = []
         lookup = w.lookup_key
         w.lookup_key = lambda d: looked.append(d) or lookup(d)
-        positions = [s.put_tokens(make_tokens([i + 1]), key=f"fresh-{i}", durability="none") for i in range(300)]
+        positions = [s.put_tokens(make_tokens([1]), key="fresh-0", durability="none")]
+        assert w._key_filter.wait(30)  # built in its own thread from the first keyed commit
+        looked.clear()
+        positions += [s.put_tokens(make_tokens([i + 1]), key=f"fresh-{i}", durability="none") for i in range(1, 300)]
         assert looked == []  # 300 keys in 2^22 bits: a false positive is a 1e-10 event
         s.flush()
         for i in (0, 150, 299):
@@ -52,6 +56,8 @@ def test_no_key_lmdb_remembers_is_hidden_while_generations_turn_over_and_the_app
         for step in range(150):
             key = f"k{seed}-{step}"
             committed.append((key, s.put_tokens(make_tokens([step % 40 + 1]), key=key, durability="none")))
+            if step == 0:
+                assert w._key_filter.wait(30)
             if rng.random() < 0.15:
                 s.flush()  # the applier catches up: LMDB forgets all but the newest `remember`
             if rng.random() < 0.25:
@@ -71,6 +77,7 @@ def test_old_generations_are_dropped_once_the_applier_has_applied_the_keys_that_
         w = _writer(s)
         for i in range(4):
             s.put_tokens(make_tokens([i + 1]), key=f"a{i}", durability="none")
+        assert w._key_filter.wait(30)
         s.flush()
         # twelve more keys, none applied: LMDB still holds a0..a3, so the filter keeps them
         for i in range(12):
@@ -93,6 +100,7 @@ def test_a_reopened_writer_builds_its_filter_from_the_keys_lmdb_holds(store_path
             b.put_tokens(make_tokens([500]))
         assert b.already_committed and b.position == positions[79]
         f = _writer(s)._key_filter
+        assert f.wait(30)
         known = raw_outcomes(store_path)[1]
         assert len(known) == 50 and all(f.may_hold(d) for d in known)
         assert not f.may_hold(key_digest("r0"))  # forgotten by LMDB before the build
@@ -143,3 +151,52 @@ def test_past_the_filters_size_every_key_is_looked_up_in_lmdb(store_path, monkey
         assert b.already_committed and b.position == positions[7]
         assert _writer(s)._key_filter.may_hold(key_digest("anything"))
         assert s.stats()["tokens_live"] == 8
+
+
+def test_keys_committed_while_the_filter_builds_are_looked_up_then_kept(store_path, monkeypatch):
+    release = threading.Event()
+    read = outcomes._held_digests
+
+    def slow_read(kv):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        return read(kv)
+
+    with ngstore.open(store_path, **OPEN) as s:
+        s.put_tokens(make_tokens([1]), key="before")  # in LMDB when the build reads
+        s.flush()
+    monkeypatch.setattr(outcomes, "_held_digests", slow_read)
+    with ngstore.open(store_path, **OPEN) as s:
+        w = _writer(s)
+        looked: list[bytes] = []
+        lookup = w.lookup_key
+        w.lookup_key = lambda d: looked.append(d) or lookup(d)
+        during = {f"during-{i}": s.put_tokens(make_tokens([i + 10]), key=f"during-{i}") for i in range(5)}
+        assert len(looked) == 5  # the build has not read LMDB: every key is looked up there
+        release.set()
+        assert w._key_filter.wait(30)
+        assert all(w._key_filter.may_hold(key_digest(k)) for k in ("before", *during))
+        s.flush()  # every original applied: each retry finds its key in LMDB, not the overlay
+        looked.clear()
+        for k, position in during.items():
+            with s.batch(key=k) as b:
+                b.put_tokens(make_tokens([99]))
+            assert b.already_committed and b.position == position
+        s.put_tokens(make_tokens([50]), key="after")
+        assert len(looked) == 5  # the retries; the new key went by the filter
+        assert s.stats()["tokens_live"] == 7
+
+
+def test_a_build_that_fails_leaves_every_key_to_the_lmdb_look_up(store_path, monkeypatch):
+    def broken(kv):  # type: ignore[no-untyped-def]
+        raise ngstore.StorageError(5, "injected EIO reading the outcomes")
+
+    monkeypatch.setattr(outcomes, "_held_digests", broken)
+    with ngstore.open(store_path, **OPEN) as s:
+        w = _writer(s)
+        first = s.put_tokens(make_tokens([1]), key="k0")
+        assert not w._key_filter.wait(30)
+        assert w._key_filter.may_hold(key_digest("anything"))
+        with s.batch(key="k0") as b:
+            b.put_tokens(make_tokens([2]))
+        assert b.already_committed and b.position == first
+        assert s.stats()["tokens_live"] == 1
