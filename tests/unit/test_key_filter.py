@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 from conftest import make_tokens
@@ -92,7 +93,9 @@ def test_old_generations_are_dropped_once_the_applier_has_applied_the_keys_that_
         assert all(w._key_filter.may_hold(d) for d in raw_outcomes(store_path)[1])
 
 
-def test_a_reopened_writer_builds_its_filter_from_the_keys_lmdb_holds(store_path):
+@pytest.mark.parametrize("slice_", [7, 1024])
+def test_a_reopened_writer_builds_its_filter_from_the_keys_lmdb_holds(store_path, monkeypatch, slice_):
+    monkeypatch.setattr(outcomes, "_BUILD_SLICE", slice_)  # 7: the 50 keys read in eight point reads
     with ngstore.open(store_path, **OPEN, remember_keys=50) as s:
         positions = {i: s.put_tokens(make_tokens([i + 1]), key=f"r{i}") for i in range(80)}
     with ngstore.open(store_path, **OPEN, remember_keys=50) as s:
@@ -200,3 +203,32 @@ def test_a_build_that_fails_leaves_every_key_to_the_lmdb_look_up(store_path, mon
             b.put_tokens(make_tokens([2]))
         assert b.already_committed and b.position == first
         assert s.stats()["tokens_live"] == 1
+
+
+def test_the_map_grows_while_the_filter_builds(store_path, monkeypatch):
+    # The build reads LMDB in short point reads, never holding a reader between them:
+    # map growth refuses to remap under an open reader of the process.
+    opts = {**OPEN, "map_size": 2 << 20}
+    with ngstore.open(store_path, **opts) as s:
+        for i in range(20):
+            s.put_tokens(make_tokens([i + 1]), key=f"old-{i}")
+    monkeypatch.setattr(outcomes, "_BUILD_SLICE", 2)
+    one_slice = outcomes._order_slice
+
+    def slow_slice(*args):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)  # ten slices: the build spans the growths below
+        return one_slice(*args)
+
+    monkeypatch.setattr(outcomes, "_order_slice", slow_slice)
+    with ngstore.open(store_path, **opts) as s:
+        w = _writer(s)
+        s.put_tokens(make_tokens([1]), key="first")  # starts the build
+        size = s._kv.env.info()["map_size"]  # type: ignore[attr-defined]
+        for start in range(1000, 101_000, 10_000):
+            s.put_tokens(ngstore.Token.create_batch(10_000, start=start))
+        assert s._kv.env.info()["map_size"] > size  # type: ignore[attr-defined]
+        assert w._key_filter.wait(30)
+        with s.batch(key="old-7") as b:
+            b.put_tokens(make_tokens([5]))
+        assert b.already_committed
+        assert s.check().ok
