@@ -6,7 +6,7 @@ in the ``outcomes`` database (§3.6) in the transaction of the batch's own data.
 survives a crash, the key is known exactly when its batch is committed, and
 ``store.outcome(key)`` can answer after any failure or restart. This module owns the
 caller's side of it: which keys are valid, the digest, the :class:`Outcome` answer,
-reading a digest's entry in one LMDB read transaction, and the writer's in-memory
+reading a digest's entry in one LMDB point read, and the writer's in-memory
 :class:`KeyFilter` of the digests LMDB may hold. Recording and forgetting keys is
 ``apply``'s; the keys still pending in the log are the overlay's.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import xxhash
 
 from .errors import InvalidArgumentError
-from .kv import KV, ReadTxn
+from .kv import KV
 from .layout import (
     DB_OUTCOMES,
     DIGEST_BYTES,
@@ -132,13 +132,17 @@ def header(txn: Any, db: Any, where: str) -> OutcomesHeader:
 def outcome_in(kv: KV, digest: bytes, sees_everything: bool) -> Outcome:
     """The answer for a key as LMDB has it now: recorded; or absent from a store that
     forgot no key, when the caller sees every commit (a writer that found no pending entry
-    of the key); or neither."""
-    db = kv.db(DB_OUTCOMES)
-    with ReadTxn(kv) as txn:
-        if lookup(txn, db, digest, kv.path) is not None:
-            return Outcome.COMMITTED
-        if sees_everything and header(txn, db, kv.path).forgotten == 0:
-            return Outcome.NOT_COMMITTED
+    of the key); or neither. One point read (``KV.read_one``): a read transaction of its
+    own would be an open reader, and a map growth meanwhile would fail and stop the writer."""
+    return kv.read_one(_outcome_in, kv.db(DB_OUTCOMES), digest, sees_everything, kv.path)
+
+
+def _outcome_in(txn: Any, _values: dict[Any, Any], db: Any, digest: bytes, sees_everything: bool,
+                where: str) -> Outcome:
+    if lookup(txn, db, digest, where) is not None:
+        return Outcome.COMMITTED
+    if sees_everything and header(txn, db, where).forgotten == 0:
+        return Outcome.NOT_COMMITTED
     return Outcome.UNKNOWN_KEY
 
 
