@@ -63,6 +63,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -103,6 +104,9 @@ class _Shared:
         self.readonly = readonly
         self.refs = 0
         self.open_readers = 0
+        #: Of the open readers, those of :class:`ReadTxn` (short internal reads): map growth
+        #: waits for them, where a snapshot or a view makes it fail (it may live for hours).
+        self.short_readers = 0
         #: (start, length) of the memory map, found once (see KV.map_span); None: unknown.
         self.map_span: tuple[int, int] | None = None
         #: Set by a writer of this process: brings LMDB up to date with its commits.
@@ -134,6 +138,10 @@ _registry: dict[str, _Shared] = {}
 #: open walking the file allocates); it then ends its transaction and drops a reference of
 #: another environment, which nothing in those blocks depends on. A plain lock deadlocked.
 _registry_lock = threading.RLock()
+#: Notified when a short reader ends (``ReadTxn``), for a map growth waiting under the lock.
+_reader_ended = threading.Condition(_registry_lock)
+#: How long a map growth waits for short internal reads (``ReadTxn``) to end.
+GROW_WAIT_SECONDS = 10.0
 
 
 #: At most this many values are kept for point reads (``KV.read_one``) at once: token chunks
@@ -521,7 +529,7 @@ class KV:
     def _grow(self) -> None:
         size = int(self.env.info()["map_size"])
         with _registry_lock:
-            busy = self._shared.open_readers
+            busy = self._readers_after_short_ones()
         if busy:
             raise self._busy_growing(size, busy)
         if size * 2 > MAX_MAP_SIZE:
@@ -534,7 +542,7 @@ class KV:
         # begins under: a reader that began during the checkpoint above must not have the
         # map moved under it, and none can begin until the remap is done.
         with _registry_lock:
-            busy = self._shared.open_readers
+            busy = self._readers_after_short_ones()
             if busy:
                 raise self._busy_growing(size, busy)
             self._shared.drop_point_txn()  # no point read is under way: the lock is held
@@ -542,6 +550,19 @@ class KV:
             self._shared.map_span = None
             self.env.set_mapsize(size * 2)
             self.pin()
+
+    def _readers_after_short_ones(self) -> int:
+        """With ``_registry_lock`` held: the open readers once the short internal ones
+        (``ReadTxn``: a statistics read, a check section, ``store.outcome``) have ended,
+        waited for up to :data:`GROW_WAIT_SECONDS` while they are the only ones; a snapshot
+        or a view is not waited for."""
+        shared = self._shared
+        deadline = time.monotonic() + GROW_WAIT_SECONDS
+        while shared.open_readers and shared.open_readers == shared.short_readers:
+            left = deadline - time.monotonic()
+            if left <= 0 or not _reader_ended.wait(left):
+                break
+        return shared.open_readers
 
     def _busy_growing(self, size: int, busy: int) -> NgStoreError:
         return NgStoreError(f"the LMDB map of {self.path} is full at {size} bytes and cannot grow while "
@@ -759,14 +780,24 @@ class ReadTxn:
         self._txn: lmdb.Transaction | None = None
 
     def __enter__(self) -> lmdb.Transaction:
-        self._txn = self._kv.begin_read()
-        return self._txn
+        kv = self._kv
+        with _registry_lock:  # begun and counted short at once (map growth reads both)
+            txn = kv.begin_read()
+            kv._shared.short_readers += 1
+        self._txn = txn
+        return txn
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:
         txn, self._txn = self._txn, None
         if txn is not None:
-            self._kv.end_read(txn)
+            kv = self._kv
+            with _registry_lock:
+                try:
+                    kv.end_read(txn)
+                finally:
+                    kv._shared.short_readers -= 1
+                    _reader_ended.notify_all()
         if isinstance(exc, lmdb.Error):
             raise translate(exc, f"{self._doing} {self._kv.path}") from exc
 
