@@ -206,26 +206,6 @@ class KeyFilter:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def build(cls, kv: KV, remember: int, applied: Callable[[], int],
-              pending: Iterable[tuple[bytes, int]]) -> KeyFilter:
-        """The filter of the digests LMDB holds and of ``pending`` ``(digest, position)``,
-        the keys committed but not yet applied, in log order, built in the calling thread.
-        Call it as the commit leader with ``pending`` read *before* LMDB: a key the applier
-        moves meanwhile is then in one or both, never in neither (no key is committed
-        meanwhile)."""
-        pending = list(pending)
-        if remember > FILTER_MAX_KEYS:
-            return _NoFilter(remember, applied)
-        joined = _held_digests(kv)
-        if joined is None:
-            return _NoFilter(remember, applied)
-        f = cls(remember, applied)
-        f._set_many(f._old, joined)
-        for digest, position in pending:
-            f.add(digest, position)
-        return f
-
-    @classmethod
     def start(cls, kv: KV, remember: int, applied: Callable[[], int],
               pending: Callable[[], Iterable[tuple[bytes, int]]]) -> KeyFilter:
         """A filter that builds itself in a thread of its own, from ``pending()`` (the keys
