@@ -792,19 +792,19 @@ class Writer:
                 self._settle_duplicate(p)
 
     def _original(self, digest: bytes) -> tuple[int, int | None, bool] | None:
-        """``(position, first event, wait)`` of the committed batch with key ``digest``
-        (None: none), counted as an answer. The overlay is looked at first: the applier
-        drops a key from it only after LMDB has committed it, so a key cannot fall between
-        the two looks. ``wait``: the original is pending there, and the retry returns once
-        it is applied (visible, whatever it wrote)."""
+        """``(position, first event, wait)`` of the committed batch with key ``digest`` (None:
+        none), counted as an answer. The overlay is looked at first: the applier drops a key
+        from it only after LMDB has committed it, so a key cannot fall between the two looks.
+        ``wait``: the original is pending there; the retry returns once it is applied."""
         hit = self._overlay.key(digest)
         if hit is not None:
             answer = (hit[0], hit[1], True)
         else:
             f = self._key_filter
             if f is None:  # built in a thread of its own (KeyFilter.start)
+                applier = self._applier
                 f = self._key_filter = KeyFilter.start(self._kv, self._options.remember_keys,
-                                                       lambda: self._applier.applied_position, self._overlay.keys)
+                                                       lambda: applier.applied_position, self._overlay.key_digests)
             known = self.lookup_key(digest) if f.may_hold(digest) else None
             if known is None:
                 return None

@@ -207,9 +207,9 @@ class KeyFilter:
 
     @classmethod
     def start(cls, kv: KV, remember: int, applied: Callable[[], int],
-              pending: Callable[[], Iterable[tuple[bytes, int]]]) -> KeyFilter:
-        """A filter that builds itself in a thread of its own, from ``pending()`` (the keys
-        committed but not applied) read before the digests LMDB holds; call it as the
+              pending: Callable[[], Iterable[bytes]]) -> KeyFilter:
+        """A filter that builds itself in a thread of its own, from ``pending()`` (the
+        digests of the keys committed but not applied) read before the digests LMDB holds; call it as the
         commit leader. Keys committed from now on are :meth:`add`-ed as usual: a key the
         applier moves while the build reads is in one of the two reads, and a key committed
         after this call is among those added, so none falls between."""
@@ -221,9 +221,9 @@ class KeyFilter:
         f._thread.start()
         return f
 
-    def _build(self, kv: KV, pending: Callable[[], Iterable[tuple[bytes, int]]]) -> None:
+    def _build(self, kv: KV, pending: Callable[[], Iterable[bytes]]) -> None:
         try:
-            early = b"".join(digest for digest, _position in pending())  # before LMDB
+            early = b"".join(pending())  # before LMDB
             joined = _held_digests(kv)
             if joined is None:
                 self._failed = True

@@ -192,10 +192,10 @@ class Overlay:
         when no pending entry has it (LMDB may: look there next)."""
         return self._keys.get(digest)
 
-    def keys(self) -> list[tuple[bytes, int]]:
-        """``(digest, position)`` of the pending keyed entries, in log order."""
+    def key_digests(self) -> list[bytes]:
+        """The key digests of the pending keyed entries."""
         with self._lock:
-            return sorted(((d, pos) for d, (pos, _f) in self._keys.items()), key=lambda k: k[1])
+            return list(self._keys)
 
     # -- the applier -----------------------------------------------------------------
 
