@@ -44,20 +44,21 @@ class Checkpointer:
         self._page_size = kv.page_size()
         self._appended_at_last = log.appended_bytes
 
-    def write(self, applied_position: int, *, pin: bool, final: bool = False) -> None:
+    def write(self, applied_position: int, *, pin: bool, final: bool = False, drop_log: bool = True) -> None:
         """Checkpoints LMDB's current transaction, which holds ``applied_position``.
 
         ``pin=False`` leaves the old pin in place (the caller re-pins after remapping);
         ``final`` (closing: every record is applied and durable) also seals the active
-        log segment so that no record is kept."""
+        log segment so that no record is kept. ``drop_log=False`` leaves the log segments
+        it covers on disk: the caller deletes them later (``Log.drop_through``)."""
         if self._obs is None:
-            self._write(applied_position, pin, final)
+            self._write(applied_position, pin, final, drop_log)
             return
         with self._obs.span("checkpoint"):
-            self._write(applied_position, pin, final)
+            self._write(applied_position, pin, final, drop_log)
         self._obs.event("checkpoint", applied_position=applied_position, wal_segments=self._log.segment_count)
 
-    def _write(self, applied_position: int, pin: bool, final: bool) -> None:
+    def _write(self, applied_position: int, pin: bool, final: bool, drop_log: bool) -> None:
         kv, log = self._kv, self._log
         log.sync()
         kv.sync()
@@ -71,7 +72,8 @@ class Checkpointer:
         self._appended_at_last = log.appended_bytes
         if final:
             log.rotate()
-        log.drop_through(applied_position)
+        if drop_log:
+            log.drop_through(applied_position)
         self.count += 1
         self.last_unix = time.time()
 

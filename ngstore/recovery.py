@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 #: Replay applies at most this many records, or this many payload bytes, per transaction.
 REPLAY_GROUP_RECORDS = 4096
-REPLAY_GROUP_BYTES = 64 << 20
+REPLAY_GROUP_BYTES = 8 << 20
 
 
 @dataclass
@@ -135,7 +135,7 @@ def open_writer(directory: Directory, opts: Options, guardian: Guardian,
             _upgrade_format(directory, kv)
             replay(applier, log, info, progress=opts.progress)
             if info.replayed_records:
-                applier.checkpoint_now()
+                applier.checkpoint_now(drop_log=False)
             if went_down:
                 directory.write_state(clean=False)
         writer = Writer(directory, kv, log, applier, applier.overlay, guardian,
