@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -125,6 +127,96 @@ class Histogram:
     @property
     def sum(self) -> float:
         return self._sum
+
+
+class CommitTimings:
+    """The commit path's timings, turned into histogram observations and sampled spans in
+    bulk, off that path.
+
+    A row of :data:`ROW` numbers per batch: the seconds its group spent appending to the
+    log (-1.0 for all but a group's first batch: one log-write observation, one span per
+    group), the seconds its group took in all, its records, what it puts (bits: ``by_bit``
+    says in which histogram each bit observes the total as well), the ``perf_counter``
+    at which its group ended, and its log position. The rows are one flat ``array('d')``:
+    a commit adds its group's rows with one C call (``timings.rows.extend(...)``, so a
+    drain never sees part of a group) and leaves nothing the garbage collector visits.
+    :meth:`drain` takes the whole rows there are with a slice -- a copy, so no buffer is
+    exported that a concurrent ``extend`` could trip on -- counts them in the histograms,
+    and asks the tracer's sampler which groups to record (``TraceSampler.sample_many``):
+    a recorded group is a ``group_commit`` span emitted then, with the times it had.
+
+    Measured in place, on a one-token commit of ~16 us: a tuple appended to a deque and
+    drained through ``np.fromiter`` cost ~1.5 us a commit, and the sampler's decision
+    asked on the commit path ~1.3 us."""
+
+    #: numbers per row
+    ROW = 6
+    #: rows the committing thread lets pile up before it drains them itself (the applier
+    #: drains after every apply, so this bounds only a store whose applier falls behind)
+    KEPT = 16384
+    #: from this many rows a drain counts them as arrays (``Histogram.observe_many``):
+    #: numpy's fixed cost, some 10 us a histogram, is more than a bisect per row below it,
+    #: and the applier drains after every apply, often a handful of rows.
+    BULK = 64
+
+    __slots__ = ("_by_bit", "_commit", "_lock", "_records", "_tracer", "_wal", "rows")
+
+    def __init__(self, wal_write: Histogram, commit: Histogram, records: Histogram,
+                 by_bit: Sequence[tuple[int, Histogram]], tracer: Callable[[], Any]) -> None:
+        self.rows = array("d")
+        self._lock = threading.Lock()  # one drain at a time; the commit path only appends
+        self._wal, self._commit, self._records = wal_write, commit, records
+        self._by_bit = tuple(by_bit)
+        self._tracer = tracer  # the tracer now, or None (tracing off)
+
+    def drain(self) -> None:
+        """Observes every row there is, emits the spans of the groups sampled, and drops
+        the rows."""
+        with self._lock:
+            rows = self.rows
+            n = len(rows) - len(rows) % self.ROW  # an extend adds whole rows: the rest is 0
+            if not n:
+                return
+            taken = rows[:n]
+            del rows[:n]
+            wal, total, records, puts, end, position = np.frombuffer(taken, np.float64).reshape(-1, self.ROW).T
+            if n < self.ROW * self.BULK:
+                self._observe_rows(wal.tolist(), total.tolist(), records.tolist(), puts.tolist())
+            else:
+                kinds = puts.astype(np.int64)
+                self._wal.observe_many(wal[wal >= 0.0])
+                self._records.observe_many(records)
+                self._commit.observe_many(total)
+                for bit, hist in self._by_bit:
+                    hist.observe_many(total[(kinds & bit) != 0])
+            tracer = self._tracer()
+            if tracer is not None:
+                self._emit_spans(tracer, wal, total, records, end, position)
+
+    def _observe_rows(self, wal: list[float], total: list[float], records: list[float], puts: list[float]) -> None:
+        for wal_s, total_s, n, bits in zip(wal, total, records, puts, strict=True):
+            if wal_s >= 0.0:
+                self._wal.observe(wal_s)
+            self._records.observe(n)
+            self._commit.observe(total_s)
+            for bit, hist in self._by_bit:
+                if int(bits) & bit:
+                    hist.observe(total_s)
+
+    @staticmethod
+    def _emit_spans(tracer: Any, wal: np.ndarray, total: np.ndarray, records: np.ndarray, end: np.ndarray,
+                    position: np.ndarray) -> None:
+        firsts = np.flatnonzero(wal >= 0.0)  # each group's first row (a drain holds whole groups)
+        chosen = tracer.sampler.sample_many(total[firsts])
+        if not chosen:
+            return
+        bounds = [*firsts.tolist(), len(wal)]
+        now_ns, now_s = time.time_ns(), time.perf_counter()
+        for g in chosen:
+            a, b = bounds[g], bounds[g + 1]
+            tracer.emit("group_commit", float(total[a]), None,
+                        {"batches": b - a, "records": int(records[a:b].sum()), "last_position": int(position[b - 1])},
+                        end_ns=now_ns - int((now_s - float(end[a])) * 1e9))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "NOOP_SPAN",
     "SamplerConfig",
@@ -105,6 +107,49 @@ class TraceSampler:
         self._gap = self._draw_gap(p)
         self._recorded += 1
         return True
+
+    def sample_many(self, elapsed_s: np.ndarray) -> list[int]:
+        """The indices of the operations to record among finished ones that took
+        ``elapsed_s`` seconds (none an error), in order: the decisions :meth:`Tracer.due`
+        would make for them one after another, counters included. The runs under
+        ``slow_threshold_s`` take their base-rate gaps in one step (no call each); a slow
+        one is decided alone. For operations timed in bulk, after the fact (the commit
+        path's, ``metrics.CommitTimings``)."""
+        cfg = self.config
+        n = len(elapsed_s)
+        if not cfg.enabled:
+            self._total += n
+            self._skipped += n
+            return []
+        chosen: list[int] = []
+        start = 0
+        for i in [*np.flatnonzero(elapsed_s >= cfg.slow_threshold_s).tolist(), n]:
+            self._base_run(start, i, chosen)
+            if i < n and self.decide(float(elapsed_s[i])):
+                chosen.append(i)
+            start = i + 1
+        return chosen
+
+    def _base_run(self, start: int, end: int, chosen: list[int]) -> None:
+        """:meth:`base_sampled` for the operations ``start`` to ``end`` - 1; appends the
+        recorded ones to ``chosen``."""
+        m = end - start
+        if m <= 0:
+            return
+        p = self.config.base_rate
+        if p != self._gap_rate:
+            self._gap_rate = p
+            self._gap = self._draw_gap(p)
+        used = picked = 0
+        while self._gap <= m - used:  # the _gap-th operation from here is recorded
+            used += self._gap
+            chosen.append(start + used - 1)
+            picked += 1
+            self._gap = self._draw_gap(p)
+        self._gap -= m - used
+        self._total += m
+        self._recorded += picked
+        self._skipped += m - picked
 
     def _draw_gap(self, p: float) -> int:
         """Trials up to and including the next success, each a success with probability p."""
@@ -351,9 +396,11 @@ class Tracer:
             return sampler.base_sampled()
         return sampler.decide(elapsed_s)
 
-    def emit(self, name: str, elapsed_s: float, exc: BaseException | None, attributes: dict[str, Any]) -> None:
-        """Records an operation the sampler chose (:meth:`due`)."""
-        self._emit(_Span(self, name, **attributes), elapsed_s, exc)
+    def emit(self, name: str, elapsed_s: float, exc: BaseException | None, attributes: dict[str, Any],
+             end_ns: int | None = None) -> None:
+        """Records an operation the sampler chose (:meth:`due`), which ended now or at
+        ``end_ns`` (``time.time_ns()`` units)."""
+        self._emit(_Span(self, name, **attributes), elapsed_s, exc, end_ns)
 
     def _parent_context(self, traceparent: str | None) -> Any:
         """An OTel context whose remote parent is the ``traceparent``, flagged *sampled*.
@@ -369,9 +416,10 @@ class Tracer:
                                 trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
         return trace.set_span_in_context(trace.NonRecordingSpan(ctx))
 
-    def _emit(self, sp: _Span, elapsed_s: float, exc: BaseException | None) -> None:
+    def _emit(self, sp: _Span, elapsed_s: float, exc: BaseException | None, end_ns: int | None = None) -> None:
         t_start = time.perf_counter()
-        end_ns = time.time_ns()
+        if end_ns is None:
+            end_ns = time.time_ns()
         start_ns = end_ns - max(int(elapsed_s * 1e9), 0)
         attrs = {k: (v if isinstance(v, (str, bool, int, float)) else str(v))
                  for k, v in sp.attributes.items()}

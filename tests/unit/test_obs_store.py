@@ -188,8 +188,9 @@ def test_histograms_and_blackbox_counters_move_with_commits(served):
 def test_grouped_commits_are_observed_once_per_batch_and_once_per_group(path, monkeypatch, bulk):
     # 8 threads commit at once, so batches share group commits: each batch is one
     # commit-duration observation, each group (one log append) one log-write observation.
-    from ngstore import commit, wal
-    monkeypatch.setattr(commit, "_BULK_TIMINGS", bulk)
+    from ngstore import wal
+    from ngstore.obs.metrics import CommitTimings
+    monkeypatch.setattr(CommitTimings, "BULK", bulk)
     appends = [0]
     inside = threading.local()
     for name in ("append", "append_one"):
@@ -482,6 +483,42 @@ def test_at_rate_one_every_operation_is_one_span_never_one_per_token(path, expor
         pass
     rec = [sp for sp in exporter.get_finished_spans() if sp.name == "recovery"]
     assert len(rec) == 1 and rec[0].attributes["replayed_records"] == 0
+
+
+def test_commit_spans_are_emitted_in_bulk_with_the_times_the_commits_had(path, exporter):
+    # Commits are traced after the fact, when their timings are drained (CommitTimings):
+    # each span must still cover its own commit, and a group of batches is one span.
+    with ngstore.open(path, tracing=True, sample_rate=1.0, apply_interval=3600.0) as s:
+        exporter.clear()
+        windows = []
+        for i in range(3):
+            a = time.time_ns()
+            s.put_tokens(ngstore.Token.create_batch(10, start=i * 10), durability="none")
+            windows.append((a, time.time_ns()))
+            time.sleep(0.002)
+        s.stats()  # drains the timings
+        spans = [sp for sp in exporter.get_finished_spans() if sp.name == "group_commit"]
+        assert len(spans) == 3
+        for sp, (a, b) in zip(spans, windows, strict=True):
+            assert a <= sp.start_time <= sp.end_time <= b
+            assert sp.attributes["records"] == 10 and sp.attributes["batches"] == 1
+        exporter.clear()
+        barrier = threading.Barrier(8)
+
+        def commit(t: int) -> None:
+            barrier.wait()
+            s.put_tokens(ngstore.Token.create_batch(1, start=1000 + t))
+
+        threads = [threading.Thread(target=commit, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        s.stats()
+        spans = [sp for sp in exporter.get_finished_spans() if sp.name == "group_commit"]
+        assert sum(sp.attributes["batches"] for sp in spans) == 8
+        assert sum(sp.attributes["records"] for sp in spans) == 8
+        assert sorted(sp.attributes["last_position"] for sp in spans)[-1] == s.stats()["wal_position"]
 
 
 def test_analysis_is_one_span_and_one_event(path, exporter):

@@ -357,3 +357,28 @@ def test_base_rate_decisions_drawn_as_gaps_record_the_rate_and_follow_a_rate_cha
     assert all(s.base_sampled() for _ in range(100))
     s.config.base_rate = 0.0
     assert not any(s.base_sampled() for _ in range(10_000))
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.01, 0.3, 1.0])
+def test_sample_many_decides_as_due_would_one_operation_after_another(rate):
+    # The commit path's spans are decided in bulk (CommitTimings): the same operations, the
+    # same random stream, must give the same decisions and counters as asking one by one.
+    import numpy as np
+
+    from ngstore.obs.tracing import Tracer
+
+    rng = np.random.default_rng(5)
+    elapsed = rng.exponential(1e-5, 5000)
+    elapsed[rng.choice(5000, 40, replace=False)] = 0.25  # slow operations, decided alone
+    one = TraceSampler(SamplerConfig(base_rate=rate), rng=random.Random(11))
+    bulk = TraceSampler(SamplerConfig(base_rate=rate), rng=random.Random(11))
+    tracer = Tracer.__new__(Tracer)  # only its decision, no OTel behind it
+    tracer.sampler = one
+    expected = [i for i, e in enumerate(elapsed.tolist()) if tracer.due(e)]
+    got: list[int] = []
+    for part in np.array_split(np.arange(5000), [1, 7, 700, 2500, 4999]):  # drains of any size
+        got += [int(part[0]) + j for j in bulk.sample_many(elapsed[part])] if part.size else []
+    assert got == expected
+    assert bulk.counters() == one.counters()
+    off = TraceSampler(SamplerConfig(base_rate=1.0, enabled=False))
+    assert off.sample_many(elapsed) == [] and off.counters()["skipped"] == 5000
