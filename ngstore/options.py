@@ -15,6 +15,8 @@ from .wal import DEFAULT_SEGMENT_BYTES
 
 RECOVERY_MODES = ("strict", "tolerate-tail", "salvage")
 REFLEX_EVICTION = ("evict", "refuse")
+#: The default ``max_apply_lag`` (seconds): see ``Options.max_apply_lag``.
+DEFAULT_APPLY_LAG = 1.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,12 @@ class Options:
     #: Commits reach LMDB (where snapshots of other processes see them) in groups, at
     #: the latest when the oldest pending one is this many seconds old...
     apply_interval: float = 0.050
+    #: ...and a commit waits for the applier while the oldest commit not yet in LMDB is
+    #: older than this many seconds, so that LMDB is never older than that plus one apply,
+    #: however hard the store is written (None: 1 s, or twice ``apply_interval`` if that
+    #: is longer; ``math.inf``: no bound; at least ``apply_interval``). Lower bounds cost
+    #: sustained small commits throughput (docs/api.md)...
+    max_apply_lag: float | None = None
     #: ...and the overlay of commits not yet in LMDB holds at most this many bytes of
     #: batches (a commit waits for the applier beyond it); a quarter of it starts an apply.
     overlay_bytes: int = 64 << 20
@@ -124,6 +132,11 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise InvalidArgumentError(f"{name} must be > 0 seconds, got {value!r}")
+        lag = self.max_apply_lag
+        if lag is not None and (isinstance(lag, bool) or not isinstance(lag, (int, float))
+                                or not lag >= self.apply_interval):
+            raise InvalidArgumentError(f"max_apply_lag must be None or at least apply_interval "
+                                       f"({self.apply_interval!r} s), got {lag!r}")
         try:
             ChunkLayout(self.chunk_slots)
         except ValueError as exc:
@@ -143,6 +156,13 @@ class Options:
             raise InvalidArgumentError(f"spatial_index must be a bool, got {self.spatial_index!r}")
         if not isinstance(self.io, FileIO):
             raise InvalidArgumentError(f"io must be a FileIO, got {type(self.io).__name__}")
+
+    @property
+    def apply_lag_bound(self) -> float:
+        """``max_apply_lag``, its default resolved: seconds."""
+        if self.max_apply_lag is None:
+            return max(DEFAULT_APPLY_LAG, 2.0 * self.apply_interval)
+        return float(self.max_apply_lag)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

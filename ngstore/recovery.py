@@ -190,7 +190,7 @@ def _applier(directory: Directory, kv: KV, opts: Options, obs: Observability | N
                                recovery=recovery, start_after=meta.applied_position, mode=directory.mode)
     info.log_report = report
     try:
-        overlay = Overlay(opts.overlay_bytes)
+        overlay = Overlay(opts.overlay_bytes, opts.apply_lag_bound)
         return log, Applier(directory, kv, log, meta, reflexes, overlay,
                             ApplierOptions(opts.apply_interval, max(1, opts.overlay_bytes // 4),
                                            opts.checkpoint_bytes, opts.checkpoint_interval), obs)
