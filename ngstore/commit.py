@@ -89,6 +89,7 @@ from .ops import (
     PUTS_OF,
     PUTS_TOKENS,
     REFLEX_KINDS,
+    KeyOp,
     Op,
     batch_key,
     batch_summary,
@@ -365,6 +366,8 @@ class Writer:
         payload = encode_ops(ops)
         if len(ops) == 1:
             alone = ops[0].kind in _SOLO_KINDS
+        elif len(ops) == 2 and ops[0].kind == OP_OUTCOME_KEY:  # a keyed small commit
+            alone = ops[1].kind in _SOLO_KINDS
         else:
             keyed = ops[0].kind == OP_OUTCOME_KEY  # a key is the first op (format §5.2)
             alone = all(op.kind in _SOLO_KINDS for op in (ops[1:] if keyed else ops))
@@ -531,11 +534,15 @@ class Writer:
         obs = self._obs
         t0 = time.perf_counter()
         key: bytes | None = None
-        if ops[0].kind == OP_OUTCOME_KEY:
+        first = ops[0]
+        if first.kind == OP_OUTCOME_KEY:
             try:
-                key_and_remember = batch_key(ops)
-                assert key_and_remember is not None  # its first op is a key
-                key = key_and_remember[0]
+                if type(first) is KeyOp:  # the API's: its digest at hand (the rest are solo kinds)
+                    key = first.digest
+                else:
+                    key_and_remember = batch_key(ops)
+                    assert key_and_remember is not None  # its first op is a key
+                    key = key_and_remember[0]
                 original = self._original(key)
             except BaseException as exc:  # nothing of it is written
                 raise refused(exc) from None

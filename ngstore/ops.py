@@ -141,6 +141,16 @@ class Op:
 _new_op = object.__new__
 
 
+class KeyOp(Op):
+    """The OUTCOME_KEY op of a batch the API built (:func:`outcome_key_op`): an ``Op`` that
+    also holds what its body encodes, so that the writer reads the key without unpacking
+    it again (``batch_key`` does that for any other)."""
+
+    __slots__ = ("digest", "remember")
+    digest: bytes
+    remember: int
+
+
 _OUTCOME_KEY_ITEM = struct.Struct("<16sQ")
 
 
@@ -148,7 +158,10 @@ def outcome_key_op(digest: bytes, remember: int) -> Op:
     """The OUTCOME_KEY op of a keyed batch: its key's digest and the keys to keep (≥ 1)."""
     if len(digest) != 16 or not 1 <= remember < 1 << 64:
         raise AssertionError(f"outcome key op of a {len(digest)}-byte digest, remember {remember}")
-    return Op.of_bytes(OP_OUTCOME_KEY, _OUTCOME_KEY_ITEM.pack(digest, remember))
+    op = _new_op(KeyOp)
+    op.kind, op._data, op.raw, op.count = OP_OUTCOME_KEY, None, _OUTCOME_KEY_ITEM.pack(digest, remember), 1
+    op.digest, op.remember = bytes(digest), remember
+    return op
 
 
 #: What a batch puts, as ``batch_summary`` says it: tokens, connections (bits).
@@ -240,6 +253,14 @@ def encode_ops(ops: list[Op]) -> bytes:
         if n * OP_ITEM_SIZE[op.kind] != len(body):
             raise AssertionError(f"op {op.kind}: body of {len(body)} bytes for {n} items")
         return _ONE_OP_HEAD.pack(PAYLOAD_MAGIC, 1, op.kind, 0, n, len(body)) + body
+    if len(ops) == 2:  # a keyed small commit: the key's op and one more, without the list
+        a, b = ops
+        body_a, body_b = a.body(), b.body()
+        if len(body_a) != a.count * OP_ITEM_SIZE[a.kind] or len(body_b) != b.count * OP_ITEM_SIZE[b.kind]:
+            raise AssertionError(f"ops {a.kind}, {b.kind}: bodies of {len(body_a)}, {len(body_b)} bytes "
+                                 f"for {a.count}, {b.count} items")
+        return (_ONE_OP_HEAD.pack(PAYLOAD_MAGIC, 2, a.kind, 0, a.count, len(body_a)) + body_a
+                + _OP_HEAD.pack(b.kind, 0, b.count, len(body_b)) + body_b)
     parts = [_PAYLOAD_HEAD.pack(PAYLOAD_MAGIC, len(ops))]
     for op in ops:
         body = op.body()

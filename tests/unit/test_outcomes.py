@@ -133,6 +133,24 @@ def test_a_batch_holds_one_key_op_of_one_item_as_its_first_op():
             batch_key(decode_ops(encode_ops(bad)))
 
 
+
+def test_the_api_key_op_holds_what_its_body_says_and_two_ops_encode_as_any_batch_does():
+    # The writer reads a KeyOp's digest instead of unpacking its body, and encode_ops has a
+    # path of its own for two ops: both must agree with the general format (format.md §5).
+    op = outcome_key_op(key_digest("order-17"), 3)
+    assert (op.digest, op.remember) == batch_key([op]) == (key_digest("order-17"), 3)
+    tokens = Op(OP_TOKEN_PUT, make_tokens([1, 2, 3]))
+    events = Op(OP_EVENT_APPEND, new_events(2, event_type=1))
+    for pair in ([op, tokens], [tokens, events], [op, events]):
+        payload = encode_ops(pair)
+        general = encode_ops([*pair, Op(OP_TOKEN_PUT, make_tokens([9]))])  # three ops: the general path
+        assert payload[8:] == general[8:len(payload)]  # the same op heads and bodies, in order
+        back = decode_ops(payload)
+        assert [(o.kind, o.count, o.body()) for o in back] == [(o.kind, o.count, o.body()) for o in pair]
+    with pytest.raises(AssertionError):
+        encode_ops([op, Op.whole(OP_TOKEN_PUT, bytes(64), 2)])  # a body that is not its items
+
+
 # -- the three answers -------------------------------------------------------------------
 
 def test_a_key_never_given_to_a_store_that_forgot_none_is_not_committed(store):
