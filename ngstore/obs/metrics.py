@@ -159,7 +159,7 @@ class CommitTimings:
     #: and the applier drains after every apply, often a handful of rows.
     BULK = 64
 
-    __slots__ = ("_by_bit", "_commit", "_lock", "_records", "_tracer", "_wal", "rows")
+    __slots__ = ("_by_bit", "_commit", "_lock", "_records", "_tracer", "_wal", "_warned", "rows")
 
     def __init__(self, wal_write: Histogram, commit: Histogram, records: Histogram,
                  by_bit: Sequence[tuple[int, Histogram]], tracer: Callable[[], Any]) -> None:
@@ -168,6 +168,7 @@ class CommitTimings:
         self._wal, self._commit, self._records = wal_write, commit, records
         self._by_bit = tuple(by_bit)
         self._tracer = tracer  # the tracer now, or None (tracing off)
+        self._warned = False
 
     def drain(self) -> None:
         """Observes every row there is, emits the spans of the groups sampled, and drops
@@ -191,7 +192,13 @@ class CommitTimings:
                     hist.observe_many(total[(kinds & bit) != 0])
             tracer = self._tracer()
             if tracer is not None:
-                self._emit_spans(tracer, wal, total, records, end, position)
+                try:
+                    self._emit_spans(tracer, wal, total, records, end, position)
+                except Exception as exc:  # a tracing backend's failure must not fail who drains (the applier)
+                    if not self._warned:
+                        self._warned = True
+                        _log.warning("emitting commit spans failed: %r; commits go on, their spans may be "
+                                     "missing (said once)", exc)
 
     def _observe_rows(self, wal: list[float], total: list[float], records: list[float], puts: list[float]) -> None:
         for wal_s, total_s, n, bits in zip(wal, total, records, puts, strict=True):

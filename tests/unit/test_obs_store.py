@@ -521,6 +521,27 @@ def test_commit_spans_are_emitted_in_bulk_with_the_times_the_commits_had(path, e
         assert sorted(sp.attributes["last_position"] for sp in spans)[-1] == s.stats()["wal_position"]
 
 
+def test_a_tracing_backend_that_raises_costs_the_spans_not_the_commits(path, exporter, caplog, monkeypatch):
+    # Commit spans are emitted by whoever drains the timings -- the applier, after each apply:
+    # an exception from the tracing side must not stop it (that would stop the writer).
+    with ngstore.open(path, tracing=True, sample_rate=1.0) as s:
+        tracer = s.obs.tracer
+        assert tracer is not None
+
+        def broken(*_args: Any, **_kwargs: Any) -> None:
+            raise RuntimeError("exporter down")
+
+        monkeypatch.setattr(tracer, "emit", broken)
+        with caplog.at_level(logging.WARNING, logger="ngstore.obs"):
+            for i in range(3):
+                s.put_tokens(ngstore.Token.create_batch(10, start=i * 10))
+                s.flush()  # an apply, then its drain
+        assert "emitting commit spans failed" in caplog.text
+        assert caplog.text.count("emitting commit spans failed") == 1  # said once
+        s.put_tokens(ngstore.Token.create_batch(10, start=100))  # the writer still writes
+        assert s.count() == 40 and not s.stats()["write_failed"]
+
+
 def test_analysis_is_one_span_and_one_event(path, exporter):
     import numpy as np
 
