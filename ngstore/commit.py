@@ -86,7 +86,6 @@ from .ops import (
     OP_TOKEN_DELETE,
     OP_TOKEN_PUT,
     PUTS_CONNECTIONS,
-    PUTS_OF,
     PUTS_TOKENS,
     REFLEX_KINDS,
     KeyOp,
@@ -580,11 +579,7 @@ class Writer:
         if timings is not None:  # observed, and traced when sampled, in bulk (CommitTimings)
             t1 = time.perf_counter()
             rows = timings.rows
-            if len(ops) == 1:  # batch_summary inline: ~0.5 us of a ~16 us commit here
-                op = ops[0]
-                rows.extend((t_logged - t0, t1 - t0, op.count, PUTS_OF.get(op.kind, 0), t1, position))
-            else:
-                rows.extend((t_logged - t0, t1 - t0, *batch_summary(ops), t1, position))
+            rows.extend((t_logged - t0, t1 - t0, *batch_summary(ops), t1, position))
             if len(rows) > _TIMING_VALUES_KEPT:
                 timings.drain()
         if self._cleanup_headroom <= 0:

@@ -21,8 +21,8 @@ than ``max_lag`` seconds (back-pressure, never an unbounded queue). The age boun
 bounds how stale LMDB -- what other processes read -- can be. Without it, a thread
 committing in a loop keeps the GIL from the applier (which gets it back only at the
 interpreter's switch interval, each time it lets it go), and an apply of one group of
-one-token updates to a 1M-token store took 1.1-2.0 s instead of ~60 ms, its group growing
-to ~70,000 commits.
+one-token updates to a 1M-token store took 1.1-3.4 s instead of ~60 ms, its group growing
+to ~80,000 commits.
 
 An entry holds no object the cyclic garbage collector must visit: it is one flat tuple
 of its position, its log payload (the bytes the committer encoded for the log), its time
@@ -156,7 +156,7 @@ class Overlay:
         entries = self._entries  # replaced, never shrunk, by drop: its first entry stays there
         if self._bytes + nbytes <= self.max_bytes and (not entries or
                                                        time.monotonic() - entries[0][2] <= self.max_lag):
-            return False  # only the leader adds: room stays room, and the oldest only gets younger
+            return False  # only the leader adds, and drop only puts a younger entry first
         with self._room:
             while self._entries and not failed.is_set() and (
                     self._bytes + nbytes > self.max_bytes or time.monotonic() - self._entries[0][2] > self.max_lag):
