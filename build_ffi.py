@@ -6,9 +6,13 @@ compiled into the one extension, so a new C component is added by dropping its
 The ABI stamp ``NG_ABI_VERSION`` in ``csrc/ngcore.h`` must equal
 ``ngstore._native.ABI_VERSION``; the wrapper refuses a mismatched build at import.
 
+One small second extension, ``ngstore._fastpath`` (``csrc/cpython/``), is written against
+the CPython API instead: the single-state reflex lookup, whose cffi conversions cost more
+than the lookup. It calls into ``_ngcore`` and carries the same ABI stamp.
+
 This file is also the project's PEP 517 build backend (``pyproject.toml`` names it
-with ``backend-path = ["."]``): it is setuptools' own backend with one change, the
-``cffi_modules`` argument that would otherwise need a ``setup.py``.
+with ``backend-path = ["."]``): it is setuptools' own backend with two additions, the
+``cffi_modules`` and ``ext_modules`` arguments that would otherwise need a ``setup.py``.
 """
 from __future__ import annotations
 
@@ -63,6 +67,21 @@ def _make_builder() -> FFI:
 
 ffibuilder = _make_builder()
 
+
+def fastpath_extension() -> object:
+    """``ngstore._fastpath``: the one-state reflex lookup through the CPython API
+    (``csrc/cpython/fastpath.c``), where cffi's argument and result conversions would cost
+    several times the lookup. It includes the core's headers for its types and calls the
+    core through a function pointer that ``ngstore.reflex`` binds at import."""
+    from setuptools import Extension
+
+    return Extension(
+        "ngstore._fastpath",
+        sources=["csrc/cpython/fastpath.c"],
+        include_dirs=[str(CSRC.relative_to(HERE))],
+        extra_compile_args=["-O3", "-std=c99", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+    )
+
 try:  # the backend part; absent when this file is run only as a cffi builder
     from setuptools import build_meta as _build_meta
 except ImportError:  # pragma: no cover
@@ -74,7 +93,7 @@ if _build_meta is not None:
         def run_setup(self, setup_script: str = "setup.py") -> None:
             import setuptools
 
-            setuptools.setup(cffi_modules=["build_ffi.py:ffibuilder"])
+            setuptools.setup(cffi_modules=["build_ffi.py:ffibuilder"], ext_modules=[fastpath_extension()])
 
     _BACKEND = _Backend()
     get_requires_for_build_wheel = _BACKEND.get_requires_for_build_wheel

@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 /* Bumped whenever a declaration in any csrc .cdef file changes meaning. */
-#define NG_ABI_VERSION 6
+#define NG_ABI_VERSION 7
 
 /* Bytes of the checksum trailer after a stored value's record region (docs/format.md 3.0). */
 #define NG_CHECKSUM_BYTES 8

@@ -1513,11 +1513,6 @@ int ng_reflex_lookup_one(ng_reflex_ctx *ctx, const ng_reflex_params *p, int kind
     return lookup_ctx(ctx, p, &qy);
 }
 
-int ng_reflex_lookup_f32_released(ng_reflex_ctx *ctx, const ng_reflex_params *p, float s0, float s1, float s2,
-                                  float s3, float s4, float s5, float s6, float s7) {
-    return ng_reflex_lookup_f32(ctx, p, s0, s1, s2, s3, s4, s5, s6, s7);
-}
-
 int ng_reflex_lookup_one_released(ng_reflex_ctx *ctx, const ng_reflex_params *p, int kind, const void *state) {
     return ng_reflex_lookup_one(ctx, p, kind, state);
 }

@@ -260,12 +260,11 @@ int ng_reflex_lookup_f32(ng_reflex_ctx *ctx, const ng_reflex_params *params, flo
 /* One state of any kind; same results. */
 int ng_reflex_lookup_one(ng_reflex_ctx *ctx, const ng_reflex_params *params, int kind,
                          const void *state);
-/* The same two, under the names whose Python wrappers release the GIL: the wrappers of the
- * two above keep it (build_ffi.py), which a lookup without a fallback radius can afford (a
+/* lookup_one under the name whose Python wrapper releases the GIL: the wrappers of the two
+ * above keep it (build_ffi.py), which a lookup without a fallback radius can afford (a
  * bounded probe of one cell); a fallback may probe many cells or scan every record, and
- * goes through these. */
-int ng_reflex_lookup_f32_released(ng_reflex_ctx *ctx, const ng_reflex_params *params, float s0, float s1,
-                                  float s2, float s3, float s4, float s5, float s6, float s7);
+ * goes through this one. (ngstore._fastpath calls ng_reflex_lookup_f32 directly and
+ * releases the GIL itself for a fallback.) */
 int ng_reflex_lookup_one_released(ng_reflex_ctx *ctx, const ng_reflex_params *params, int kind,
                                   const void *state);
 

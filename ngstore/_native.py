@@ -31,7 +31,7 @@ from .records import RAW64, TOKEN_DTYPE, TOKEN_SIZE
 
 #: Must equal ``NG_ABI_VERSION`` in ``csrc/ngcore.h``; bump both together whenever a
 #: declaration in a ``csrc/*.cdef`` changes meaning.
-ABI_VERSION = 6
+ABI_VERSION = 7
 
 _FIX = "reinstall it with `pip install .` (or `pip install -e .` in a checkout); a C compiler and cffi are needed"
 
@@ -58,6 +58,27 @@ def _check_build() -> None:
 
 
 _check_build()
+
+try:
+    from . import _fastpath
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    raise NgStoreError(f"the compiled extension ngstore._fastpath is missing or cannot load ({exc}): {_FIX}") from exc
+if _fastpath.ABI_VERSION != ABI_VERSION:  # pragma: no cover - a stale build
+    raise NgStoreError(f"the compiled extension ngstore._fastpath is stale (ABI version {_fastpath.ABI_VERSION}, "
+                       f"expected {ABI_VERSION}): {_FIX}")
+_fastpath.bind(int(ffi.cast("uintptr_t", ffi.addressof(lib, "ng_reflex_lookup_f32"))))
+
+#: One thread's single-state lookups on one reflex table version, through the CPython API
+#: (``csrc/cpython/fastpath.c``): ``Probe(ctx_address, owner, hit_type).lookup(params_address,
+#: state)`` answers a list or tuple of 8 numbers with a ``hit_type`` instance or None, and
+#: returns an int otherwise: a negative C status, or :data:`NOT_SIMPLE` for a state of
+#: another form (the caller's general path takes it). ``ctx_address`` is an
+#: ``ng_reflex_ctx`` that ``owner`` keeps alive; the GIL is kept unless the params have a
+#: fallback radius, as for the cffi wrappers of ``ng_reflex_lookup_f32``.
+Probe = _fastpath.Probe
+NOT_SIMPLE: int = _fastpath.NOT_SIMPLE
+#: ``sizeof(ng_reflex_hit)``, the bytes of a hit the probe copies.
+HIT_SIZE: int = _fastpath.HIT_SIZE
 
 #: Bounds of ``slot_shift`` accepted by :func:`gather64` (``NG_MIN/MAX_SLOT_SHIFT``).
 MIN_SLOT_SHIFT = 3

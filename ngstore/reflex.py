@@ -288,7 +288,7 @@ class LookupParams:
     ``max(256, live / 8)``).
     """
 
-    __slots__ = ("_c", "_f32", "_one", "fallback_budget", "hypothesis_threshold", "min_confidence",
+    __slots__ = ("_addr", "_c", "_one", "fallback_budget", "hypothesis_threshold", "min_confidence",
                  "nearest_fallback", "similarity_threshold")
 
     def __init__(self, min_confidence: int = 150, hypothesis_threshold: int = 200,
@@ -317,8 +317,8 @@ class LookupParams:
                                                       radius, self.fallback_budget))
         # A lookup without a fallback is a bounded probe of one cell, whose C call keeps the
         # GIL; a fallback may probe many cells or scan every record, and releases it.
-        self._f32: Any = lib.ng_reflex_lookup_f32 if radius == 0.0 else lib.ng_reflex_lookup_f32_released
         self._one: Any = lib.ng_reflex_lookup_one if radius == 0.0 else lib.ng_reflex_lookup_one_released
+        self._addr = int(ffi.cast("uintptr_t", self._c))  # for _native.Probe, which keeps or releases the GIL alike
 
     def __repr__(self) -> str:
         return (f"LookupParams(min_confidence={self.min_confidence}, hypothesis_threshold="
@@ -557,7 +557,7 @@ class _Version:
         self.handle = handle
         self.buffers = buffers      # segment buffers, by segment index
         self.keepalive = keepalive  # cffi buffer exports and arenas that back them
-        self.tls = threading.local()  # per thread: (ng_reflex_ctx, its output buffer)
+        self.tls = threading.local()  # per thread: ctx = (ng_reflex_ctx, its output buffer, probe), probe
 
 
 def _allocate(geometry: Geometry) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -975,39 +975,52 @@ class ReflexTable:
                                              nearest_fallback), state)
 
     def lookup_with(self, params: LookupParams, state: Any) -> ReflexHit | None:
-        """:meth:`lookup` with prepared parameters: one C call, no numpy temporaries for a
-        list or tuple of 8 floats, and on a hit one 112-byte copy (the result)."""
+        """:meth:`lookup` with prepared parameters. A list or tuple of 8 numbers takes one
+        call through the CPython API (``_native.Probe``: no cffi conversions, and a hit is
+        built in one allocation); other forms of a state go through cffi."""
         v = self._v
         try:
-            ctx, out = v.tls.ctx  # type: ignore[union-attr]  # None once closed: AttributeError, below
+            probe = v.tls.probe  # type: ignore[union-attr]  # None once closed: AttributeError, below
         except AttributeError:
-            ctx, out = self._thread_context(v)
-        tp = type(state)
-        if tp is list or tp is tuple:
-            try:
-                r = params._f32(ctx, params._c, *state)
-            except TypeError:  # not 8 numbers: the general path reports what is wrong
+            probe = self._thread_context(v)[2]
+        r = probe.lookup(params._addr, state)
+        if type(r) is not int:
+            return r  # type: ignore[no-any-return]  # a ReflexHit or None
+        assert v is not None  # a closed table has no probe
+        return self._lookup_general(v, params, state, r)
+
+    def _lookup_general(self, v: _Version, params: LookupParams, state: Any, r: int) -> ReflexHit | None:
+        """The rest of :meth:`lookup_with`: the probe's status ``r`` was an error, or the
+        state was not a list or tuple of 8 numbers."""
+        if r == _native.NOT_SIMPLE:
+            ctx, out, probe = v.tls.ctx  # made with the probe that answered NOT_SIMPLE
+            tp = type(state)
+            if tp is np.ndarray and state.shape == _ONE_STATE and state.dtype.kind == "f" and state.itemsize <= 8:
+                # a row of a float array: its 8 values as Python floats round to float32 as
+                # the general path's astype would, without its temporaries
+                hit = probe.lookup(params._addr, state.tolist())
+                if type(hit) is not int:
+                    return hit  # type: ignore[no-any-return]
+                r = hit
+            else:
                 r = self._lookup_any(ctx, params, state)
-        elif tp is np.ndarray and state.shape == _ONE_STATE and state.dtype.kind == "f" and state.itemsize <= 8:
-            # a row of a float array: its 8 values as Python floats round to float32 as
-            # the general path's astype would, without its temporaries (5-7 µs -> ~1 µs)
-            r = params._f32(ctx, params._c, *state.tolist())
-        else:
-            r = self._lookup_any(ctx, params, state)
-        if r > KNOWN:  # answered (a negative status is an error)
-            return ReflexHit(out)
+                if r > KNOWN:  # answered
+                    return ReflexHit(out)
         if r < 0:
             self._raise("ng_reflex_lookup_one", r)
         return None
 
-    def _thread_context(self, v: _Version | None) -> tuple[Any, Any]:
+    def _thread_context(self, v: _Version | None) -> tuple[Any, Any, Any]:
         if v is None:
             raise StoreClosedError("the reflex table is closed")
         ctx = ffi.new("ng_reflex_ctx *")
         ctx.table = v.handle
-        pair = (ctx, ffi.buffer(ffi.addressof(ctx, "out"), _HIT_DTYPE.itemsize))
-        v.tls.ctx = pair
-        return pair
+        assert _HIT_DTYPE.itemsize == _native.HIT_SIZE
+        entry = (ctx, ffi.buffer(ffi.addressof(ctx, "out"), _HIT_DTYPE.itemsize),
+                 _native.Probe(int(ffi.cast("uintptr_t", ctx)), ctx, ReflexHit))
+        v.tls.ctx = entry
+        v.tls.probe = entry[2]
+        return entry
 
     @staticmethod
     def _lookup_any(ctx: Any, params: LookupParams, state: Any) -> int:

@@ -1,0 +1,206 @@
+/* ngstore._fastpath: the one-state reflex lookup as a CPython method.
+ *
+ * Everything else in csrc/ is plain C reached through cffi. A single lookup is the one
+ * call for which cffi's own costs dominate: converting ten arguments and building a
+ * result object from a cffi buffer cost several times the probe itself (a hit took about
+ * 1 us against a 110-120 ns empty cffi call). This module does the same work through the
+ * CPython API: it reads the 8 floats of a list or tuple, calls the C core's
+ * ng_reflex_lookup_f32 through a function pointer bound once at import (the core lives in
+ * ngstore._ngcore; nothing is compiled twice), and on a hit builds the ReflexHit (a bytes
+ * subclass) in one allocation, as bytes' own constructor does for a subclass.
+ *
+ * A state that is not a list or tuple of exactly 8 floats or ints is not answered here:
+ * the method returns NOT_SIMPLE and the Python caller takes its general path, which also
+ * reports what is wrong with a bad state. No Python code runs inside a call (no __float__
+ * is invoked), so a list cannot change under the loop.
+ *
+ * The GIL: kept for a lookup without a fallback radius (a bounded probe of one cell, as
+ * the cffi wrapper of ng_reflex_lookup_f32 does), released for one with it. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#include "ngcore.h"
+#include "reflex.h"
+
+/* Returned when the state must go through the general path (not a list or tuple of 8
+ * plain numbers). Positive, so that it cannot be mistaken for a C error (< 0). */
+#define NOT_SIMPLE (1 << 30)
+
+typedef int (*lookup_f32_t)(ng_reflex_ctx *, const ng_reflex_params *, float, float, float, float, float, float,
+                            float, float);
+
+static lookup_f32_t lookup_f32 = NULL;
+
+typedef struct {
+    PyObject_HEAD
+    ng_reflex_ctx *ctx;     /* per thread and table version; its memory is kept by owner */
+    PyObject *owner;        /* the cffi object that owns ctx */
+    PyTypeObject *hit_type; /* ReflexHit: a bytes subclass with __slots__ = () */
+} Probe;
+
+static int probe_init(Probe *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"ctx", "owner", "hit_type", NULL};
+    PyObject *addr, *owner, *hit_type;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!", kwlist, &addr, &owner, &PyType_Type, &hit_type))
+        return -1;
+    PyTypeObject *tp = (PyTypeObject *)hit_type;
+    /* The result is built as bytes builds a subclass (tp_alloc, then the bytes): only a
+     * subclass with bytes' own layout -- no __dict__, no __weakref__ -- qualifies. */
+    if (!PyType_IsSubtype(tp, &PyBytes_Type) || tp->tp_basicsize != PyBytes_Type.tp_basicsize ||
+        tp->tp_itemsize != PyBytes_Type.tp_itemsize || tp->tp_dictoffset != 0 || tp->tp_weaklistoffset != 0) {
+        PyErr_SetString(PyExc_TypeError, "hit_type must be a bytes subclass with __slots__ = ()");
+        return -1;
+    }
+    void *ctx = PyLong_AsVoidPtr(addr);
+    if (ctx == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "ctx must be a non-null address");
+        return -1;
+    }
+    if (lookup_f32 == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ngstore._fastpath is not bound to the C core (bind() first)");
+        return -1;
+    }
+    Py_INCREF(owner);
+    Py_INCREF(hit_type);
+    Py_XSETREF(self->owner, owner);
+    Py_XSETREF(self->hit_type, tp);
+    self->ctx = (ng_reflex_ctx *)ctx;
+    return 0;
+}
+
+static void probe_dealloc(Probe *self) {
+    Py_XDECREF(self->owner);
+    Py_XDECREF(self->hit_type);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The 8 values of a list or tuple as float32, as cffi converts a float argument ((float)
+ * of the double). Returns 0, or -1 when the state is not simple (no exception set). */
+static int read_state(PyObject *state, float s[8]) {
+    PyObject **items;
+    if (PyList_CheckExact(state)) {
+        if (PyList_GET_SIZE(state) != 8) return -1;
+        items = ((PyListObject *)state)->ob_item;
+    } else if (PyTuple_CheckExact(state)) {
+        if (PyTuple_GET_SIZE(state) != 8) return -1;
+        items = ((PyTupleObject *)state)->ob_item;
+    } else {
+        return -1;
+    }
+    for (unsigned i = 0; i < 8; i++) {
+        PyObject *o = items[i];
+        double d;
+        if (PyFloat_Check(o)) { /* float and its subclasses (numpy.float64): no Python code */
+            d = PyFloat_AS_DOUBLE(o);
+        } else if (PyLong_CheckExact(o)) {
+            d = PyLong_AsDouble(o);
+            if (d == -1.0 && PyErr_Occurred()) { /* too large: the general path reports it */
+                PyErr_Clear();
+                return -1;
+            }
+        } else {
+            return -1;
+        }
+        s[i] = (float)d;
+    }
+    return 0;
+}
+
+static PyObject *probe_lookup(Probe *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "lookup(params_address, state) takes 2 arguments");
+        return NULL;
+    }
+    const ng_reflex_params *p = (const ng_reflex_params *)PyLong_AsVoidPtr(args[0]);
+    if (p == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "params_address must be a non-null address");
+        return NULL;
+    }
+    float s[8];
+    if (read_state(args[1], s) < 0) return PyLong_FromLong(NOT_SIMPLE);
+    int r;
+    if (p->fallback_radius > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        r = lookup_f32(self->ctx, p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
+        Py_END_ALLOW_THREADS
+    } else {
+        r = lookup_f32(self->ctx, p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
+    }
+    if (r < 0) return PyLong_FromLong(r);
+    if (!(r & NG_REFLEX_ANSWERED)) Py_RETURN_NONE;
+    const Py_ssize_t size = (Py_ssize_t)sizeof(ng_reflex_hit);
+    PyTypeObject *tp = self->hit_type;
+    PyObject *hit = tp->tp_alloc(tp, size); /* zeroed, the terminating NUL included */
+    if (hit == NULL) return NULL;
+    memcpy(PyBytes_AS_STRING(hit), &self->ctx->out, (size_t)size);
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    ((PyBytesObject *)hit)->ob_shash = -1; /* not computed yet (tp_alloc left 0) */
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+    return hit;
+}
+
+static PyMethodDef probe_methods[] = {
+    {"lookup", (PyCFunction)(void (*)(void))probe_lookup, METH_FASTCALL,
+     "lookup(params_address, state) -> ReflexHit | None | int: the reflex answering a list or tuple of\n"
+     "8 numbers; an int is a negative C status, or NOT_SIMPLE for a state of another form."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ProbeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ngstore._fastpath.Probe",
+    .tp_basicsize = sizeof(Probe),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Probe(ctx, owner, hit_type): one thread's single-state lookups on one table version.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)probe_init,
+    .tp_dealloc = (destructor)probe_dealloc,
+    .tp_methods = probe_methods,
+};
+
+static PyObject *bind(PyObject *module, PyObject *addr) {
+    (void)module;
+    void *fn = PyLong_AsVoidPtr(addr);
+    if (fn == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bind() needs the address of ng_reflex_lookup_f32");
+        return NULL;
+    }
+    lookup_f32 = (lookup_f32_t)fn;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"bind", bind, METH_O, "bind(address): the address of the C core's ng_reflex_lookup_f32."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "ngstore._fastpath",
+    "The one-state reflex lookup through the CPython API (see csrc/cpython/fastpath.c).", -1, module_methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    if (PyType_Ready(&ProbeType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "ABI_VERSION", NG_ABI_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "NOT_SIMPLE", NOT_SIMPLE) < 0 ||
+        PyModule_AddIntConstant(m, "HIT_SIZE", (long)sizeof(ng_reflex_hit)) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&ProbeType);
+    if (PyModule_AddObject(m, "Probe", (PyObject *)&ProbeType) < 0) {
+        Py_DECREF(&ProbeType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
