@@ -66,13 +66,15 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 if _fastpath.ABI_VERSION != ABI_VERSION:  # pragma: no cover - a stale build
     raise NgStoreError(f"the compiled extension ngstore._fastpath is stale (ABI version {_fastpath.ABI_VERSION}, "
                        f"expected {ABI_VERSION}): {_FIX}")
-_fastpath.bind(int(ffi.cast("uintptr_t", ffi.addressof(lib, "ng_reflex_lookup_f32"))))
+_fastpath.bind(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+                 for name in ("ng_reflex_lookup_f32", "ng_reflex_lookup_one")))
 
 #: One thread's single-state lookups on one reflex table version, through the CPython API
 #: (``csrc/cpython/fastpath.c``): ``Probe(ctx_address, owner, hit_type).lookup(params_address,
-#: state)`` answers a list or tuple of 8 numbers with a ``hit_type`` instance or None, and
-#: returns an int otherwise: a negative C status, or :data:`NOT_SIMPLE` for a state of
-#: another form (the caller's general path takes it). ``ctx_address`` is an
+#: state)`` answers a list or tuple of 8 numbers, or a buffer of 8 float32 or float64, with a
+#: ``hit_type`` instance or None, and returns an int otherwise: a negative C status, or
+#: :data:`NOT_SIMPLE` for a state of another form (the caller's general path takes it);
+#: ``lookup_token(params_address, image)`` does the same for a Token's 64-byte image. ``ctx_address`` is an
 #: ``ng_reflex_ctx`` that ``owner`` keeps alive; the GIL is kept unless the params have a
 #: fallback radius, as for the cffi wrappers of ``ng_reflex_lookup_f32``.
 Probe = _fastpath.Probe

@@ -113,7 +113,6 @@ _HIT_DTYPE = np.dtype({
 _HIT_ACTION = 16
 _HIT_CONN = 48
 _F32 = struct.Struct("<f")
-_ONE_STATE = (LAYERS,)  # the shape of one float state
 _U32 = struct.Struct("<I")
 
 #: The version 2 header (format §7.2).
@@ -975,9 +974,10 @@ class ReflexTable:
                                              nearest_fallback), state)
 
     def lookup_with(self, params: LookupParams, state: Any) -> ReflexHit | None:
-        """:meth:`lookup` with prepared parameters. A list or tuple of 8 numbers takes one
-        call through the CPython API (``_native.Probe``: no cffi conversions, and a hit is
-        built in one allocation); other forms of a state go through cffi."""
+        """:meth:`lookup` with prepared parameters. A list or tuple of 8 numbers, a float
+        row and a Token take one call through the CPython API (``_native.Probe``: no cffi
+        conversions, and a hit is built in one allocation); other forms of a state go
+        through cffi."""
         v = self._v
         try:
             probe = v.tls.probe  # type: ignore[union-attr]  # None once closed: AttributeError, below
@@ -994,11 +994,8 @@ class ReflexTable:
         state was not a list or tuple of 8 numbers."""
         if r == _native.NOT_SIMPLE:
             ctx, out, probe = v.tls.ctx  # made with the probe that answered NOT_SIMPLE
-            tp = type(state)
-            if tp is np.ndarray and state.shape == _ONE_STATE and state.dtype.kind == "f" and state.itemsize <= 8:
-                # a row of a float array: its 8 values as Python floats round to float32 as
-                # the general path's astype would, without its temporaries
-                hit = probe.lookup(params._addr, state.tolist())
+            if type(state) is Token:  # its 64 bytes as they are
+                hit = probe.lookup_token(params._addr, state.to_bytes())
                 if type(hit) is not int:
                     return hit  # type: ignore[no-any-return]
                 r = hit
@@ -1024,8 +1021,6 @@ class ReflexTable:
 
     @staticmethod
     def _lookup_any(ctx: Any, params: LookupParams, state: Any) -> int:
-        if type(state) is Token:  # its 64 bytes as they are, without an array around them
-            return int(params._one(ctx, params._c, KIND_TOKEN, ffi.from_buffer(state.to_bytes())))
         kind, arr, single = _as_states(state)
         if not single:
             raise InvalidArgumentError("lookup takes one state; use lookup_batch for many")

@@ -9,10 +9,12 @@
  * ngstore._ngcore; nothing is compiled twice), and on a hit builds the ReflexHit (a bytes
  * subclass) in one allocation, as bytes' own constructor does for a subclass.
  *
- * A state that is not a list or tuple of exactly 8 floats or ints is not answered here:
- * the method returns NOT_SIMPLE and the Python caller takes its general path, which also
- * reports what is wrong with a bad state. No Python code runs inside a call (no __float__
- * is invoked), so a list cannot change under the loop.
+ * States it takes: a list or tuple of exactly 8 floats or ints, and a one-dimensional
+ * buffer of 8 float32 or float64 (a numpy row, strided or not); lookup_token takes the
+ * 64-byte image of a Token. For anything else the method returns NOT_SIMPLE and the
+ * Python caller takes its general path, which also reports what is wrong with a bad
+ * state. No Python code runs while a list's items are read (no __float__ is invoked), so
+ * a list cannot change under the loop.
  *
  * The GIL: kept for a lookup without a fallback radius (a bounded probe of one cell, as
  * the cffi wrapper of ng_reflex_lookup_f32 does), released for one with it. */
@@ -30,7 +32,10 @@
 typedef int (*lookup_f32_t)(ng_reflex_ctx *, const ng_reflex_params *, float, float, float, float, float, float,
                             float, float);
 
+typedef int (*lookup_one_t)(ng_reflex_ctx *, const ng_reflex_params *, int, const void *);
+
 static lookup_f32_t lookup_f32 = NULL;
+static lookup_one_t lookup_one = NULL;
 
 typedef struct {
     PyObject_HEAD
@@ -57,7 +62,7 @@ static int probe_init(Probe *self, PyObject *args, PyObject *kwds) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "ctx must be a non-null address");
         return -1;
     }
-    if (lookup_f32 == NULL) {
+    if (lookup_f32 == NULL || lookup_one == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "ngstore._fastpath is not bound to the C core (bind() first)");
         return -1;
     }
@@ -75,8 +80,53 @@ static void probe_dealloc(Probe *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* The native-order float format of a buffer: 4 for float32, 8 for float64, else 0. */
+static int float_format(const Py_buffer *b) {
+    const char *f = b->format;
+    if (f == NULL) return 0;
+    if (*f == '@' || *f == '=') f++;
+#if PY_LITTLE_ENDIAN
+    else if (*f == '<') f++;
+#else
+    else if (*f == '>' || *f == '!') f++;
+#endif
+    if (f[0] == 'f' && f[1] == 0 && b->itemsize == 4) return 4;
+    if (f[0] == 'd' && f[1] == 0 && b->itemsize == 8) return 8;
+    return 0;
+}
+
+/* A one-dimensional buffer of 8 float32 or float64 (a numpy row), as float32 -- a float64
+ * rounded as the general path's astype(float32) rounds it. Returns 0, or -1 when the
+ * object is not such a buffer (no exception set). */
+static int read_buffer(PyObject *state, float s[8]) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(state, &b, PyBUF_RECORDS_RO) < 0) {
+        PyErr_Clear();
+        return -1;
+    }
+    const int size = float_format(&b);
+    int rc = -1;
+    if (size && b.ndim == 1 && b.shape[0] == 8) {
+        const Py_ssize_t step = b.strides ? b.strides[0] : size;
+        const char *p = (const char *)b.buf;
+        for (unsigned i = 0; i < 8; i++, p += step) {
+            if (size == 4) {
+                memcpy(&s[i], p, 4);
+            } else {
+                double d;
+                memcpy(&d, p, 8);
+                s[i] = (float)d;
+            }
+        }
+        rc = 0;
+    }
+    PyBuffer_Release(&b);
+    return rc;
+}
+
 /* The 8 values of a list or tuple as float32, as cffi converts a float argument ((float)
- * of the double). Returns 0, or -1 when the state is not simple (no exception set). */
+ * of the double), or of a float buffer. Returns 0, or -1 when the state is not simple (no
+ * exception set). */
 static int read_state(PyObject *state, float s[8]) {
     PyObject **items;
     if (PyList_CheckExact(state)) {
@@ -85,6 +135,8 @@ static int read_state(PyObject *state, float s[8]) {
     } else if (PyTuple_CheckExact(state)) {
         if (PyTuple_GET_SIZE(state) != 8) return -1;
         items = ((PyTupleObject *)state)->ob_item;
+    } else if (PyObject_CheckBuffer(state)) {
+        return read_buffer(state, s);
     } else {
         return -1;
     }
@@ -107,26 +159,19 @@ static int read_state(PyObject *state, float s[8]) {
     return 0;
 }
 
-static PyObject *probe_lookup(Probe *self, PyObject *const *args, Py_ssize_t nargs) {
+/* The params of a call: its first argument, an address. NULL with an exception set. */
+static const ng_reflex_params *params_of(PyObject *const *args, Py_ssize_t nargs, const char *usage) {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "lookup(params_address, state) takes 2 arguments");
+        PyErr_Format(PyExc_TypeError, "%s takes 2 arguments", usage);
         return NULL;
     }
     const ng_reflex_params *p = (const ng_reflex_params *)PyLong_AsVoidPtr(args[0]);
-    if (p == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "params_address must be a non-null address");
-        return NULL;
-    }
-    float s[8];
-    if (read_state(args[1], s) < 0) return PyLong_FromLong(NOT_SIMPLE);
-    int r;
-    if (p->fallback_radius > 0) {
-        Py_BEGIN_ALLOW_THREADS
-        r = lookup_f32(self->ctx, p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
-        Py_END_ALLOW_THREADS
-    } else {
-        r = lookup_f32(self->ctx, p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
-    }
+    if (p == NULL && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "params_address must be a non-null address");
+    return p;
+}
+
+/* The result of a lookup's status r: a hit_type instance, None, or the negative status. */
+static PyObject *answer(Probe *self, int r) {
     if (r < 0) return PyLong_FromLong(r);
     if (!(r & NG_REFLEX_ANSWERED)) Py_RETURN_NONE;
     const Py_ssize_t size = (Py_ssize_t)sizeof(ng_reflex_hit);
@@ -145,10 +190,52 @@ static PyObject *probe_lookup(Probe *self, PyObject *const *args, Py_ssize_t nar
     return hit;
 }
 
+static PyObject *probe_lookup(Probe *self, PyObject *const *args, Py_ssize_t nargs) {
+    const ng_reflex_params *p = params_of(args, nargs, "lookup(params_address, state)");
+    if (p == NULL) return NULL;
+    float s[8];
+    if (read_state(args[1], s) < 0) return PyLong_FromLong(NOT_SIMPLE);
+    int r;
+    if (p->fallback_radius > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        r = lookup_f32(self->ctx, p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
+        Py_END_ALLOW_THREADS
+    } else {
+        r = lookup_f32(self->ctx, p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
+    }
+    return answer(self, r);
+}
+
+static PyObject *probe_lookup_token(Probe *self, PyObject *const *args, Py_ssize_t nargs) {
+    const ng_reflex_params *p = params_of(args, nargs, "lookup_token(params_address, image)");
+    if (p == NULL) return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE) < 0) return NULL;
+    if (b.len != 64) {
+        PyBuffer_Release(&b);
+        PyErr_Format(PyExc_ValueError, "a token image is 64 bytes, got %zd", b.len);
+        return NULL;
+    }
+    int r;
+    if (p->fallback_radius > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        r = lookup_one(self->ctx, p, NG_REFLEX_STATE_TOKEN, b.buf);
+        Py_END_ALLOW_THREADS
+    } else {
+        r = lookup_one(self->ctx, p, NG_REFLEX_STATE_TOKEN, b.buf);
+    }
+    PyBuffer_Release(&b);
+    return answer(self, r);
+}
+
 static PyMethodDef probe_methods[] = {
     {"lookup", (PyCFunction)(void (*)(void))probe_lookup, METH_FASTCALL,
      "lookup(params_address, state) -> ReflexHit | None | int: the reflex answering a list or tuple of\n"
-     "8 numbers; an int is a negative C status, or NOT_SIMPLE for a state of another form."},
+     "8 numbers, or a buffer of 8 float32 or float64; an int is a negative C status, or NOT_SIMPLE\n"
+     "for a state of another form."},
+    {"lookup_token", (PyCFunction)(void (*)(void))probe_lookup_token, METH_FASTCALL,
+     "lookup_token(params_address, image) -> ReflexHit | None | int: the same for the 64-byte image\n"
+     "of a Token (its coordinates); an int is a negative C status."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -164,19 +251,23 @@ static PyTypeObject ProbeType = {
     .tp_methods = probe_methods,
 };
 
-static PyObject *bind(PyObject *module, PyObject *addr) {
+static PyObject *bind(PyObject *module, PyObject *args) {
     (void)module;
-    void *fn = PyLong_AsVoidPtr(addr);
-    if (fn == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bind() needs the address of ng_reflex_lookup_f32");
+    PyObject *f32, *one;
+    if (!PyArg_ParseTuple(args, "OO:bind", &f32, &one)) return NULL;
+    void *a = PyLong_AsVoidPtr(f32), *b = a ? PyLong_AsVoidPtr(one) : NULL;
+    if (a == NULL || b == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bind() needs two non-null addresses");
         return NULL;
     }
-    lookup_f32 = (lookup_f32_t)fn;
+    lookup_f32 = (lookup_f32_t)a;
+    lookup_one = (lookup_one_t)b;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
-    {"bind", bind, METH_O, "bind(address): the address of the C core's ng_reflex_lookup_f32."},
+    {"bind", bind, METH_VARARGS,
+     "bind(f32, one): the addresses of the C core's ng_reflex_lookup_f32 and ng_reflex_lookup_one."},
     {NULL, NULL, 0, NULL},
 };
 

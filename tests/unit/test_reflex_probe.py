@@ -61,6 +61,37 @@ def test_the_probe_answers_a_list_or_a_tuple_as_the_cffi_call_does(params: Looku
     assert 100 < answered < 300  # the states cover hits, misses and ineligible reflexes
 
 
+def test_the_probe_answers_float_rows_and_tokens_as_the_cffi_call_does() -> None:
+    from ngstore import Token
+
+    t, states = table_of(300)
+    rng = np.random.default_rng(5)
+    params = LookupParams(min_confidence=0, nearest_fallback=1.0)
+    queries = np.concatenate([states[:100], rng.uniform(-1, 1, (50, 8))]).astype(np.float64)
+    wide = np.zeros((len(queries), 16))
+    wide[:, ::2] = queries
+    answered = 0
+    for i, q in enumerate(queries):
+        want = by_cffi(t, params, q.tolist())  # float64 values, rounded to float32 by the call
+        f32 = q.astype(np.float32)
+        forms = [q, f32, wide[i, ::2], memoryview(f32), q.astype(">f8"), q.astype(np.float16).astype(np.float64)]
+        for form in forms[:5]:  # a big-endian row is not native: the general path answers it
+            got = t.lookup_with(params, form)
+            assert bytes(got) == want if want is not None else got is None
+        f16 = forms[5]
+        assert bytes(t.lookup_with(params, f16) or b"") == bytes(by_cffi(t, params, f16.tolist()) or b"")
+        tok = Token.from_state(i + 1, f32)
+        ctx = ffi.new("ng_reflex_ctx *")
+        ctx.table = t._v.handle  # type: ignore[union-attr]
+        r = int(lib.ng_reflex_lookup_one(ctx, params._c, 1, ffi.from_buffer(tok.to_bytes())))
+        by_token = t.lookup_with(params, tok)
+        assert (by_token is None) == (not r & 1)
+        if by_token is not None:
+            assert bytes(by_token) == bytes(ffi.buffer(ffi.addressof(ctx, "out"), 112))
+            answered += 1
+    assert 100 <= answered < 150
+
+
 def test_a_hit_built_by_the_probe_is_an_ordinary_bytes_value() -> None:
     t, states = table_of(50)
     params = LookupParams(min_confidence=0)
@@ -152,3 +183,10 @@ def test_a_probe_refuses_a_result_type_it_cannot_build_and_bad_arguments() -> No
     with pytest.raises(ValueError):
         probe.lookup(0, [0.0] * 8)
     assert probe.lookup(DEFAULT_PARAMS._addr, "not a state") == _native.NOT_SIMPLE
+    assert probe.lookup(DEFAULT_PARAMS._addr, b"\0" * 32) == _native.NOT_SIMPLE  # bytes are no float row
+    assert probe.lookup(DEFAULT_PARAMS._addr, np.zeros((1, 8), np.float32)) == _native.NOT_SIMPLE
+    assert probe.lookup(DEFAULT_PARAMS._addr, np.zeros(8, np.int32)) == _native.NOT_SIMPLE
+    with pytest.raises(ValueError, match="64 bytes"):
+        probe.lookup_token(DEFAULT_PARAMS._addr, b"\0" * 63)
+    with pytest.raises(TypeError):
+        probe.lookup_token(DEFAULT_PARAMS._addr, "not bytes")  # type: ignore[arg-type]
