@@ -21,8 +21,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Bumped whenever a declaration in any csrc .cdef file changes meaning. */
-#define NG_ABI_VERSION 7
+/* Bumped whenever a declaration in any csrc .cdef file, or a function of csrc/cpython/, changes
+ * meaning. */
+#define NG_ABI_VERSION 8
 
 /* Bytes of the checksum trailer after a stored value's record region (docs/format.md 3.0). */
 #define NG_CHECKSUM_BYTES 8

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,8 +30,8 @@ from .layout import CHECKSUM_BYTES
 from .records import RAW64, TOKEN_DTYPE, TOKEN_SIZE
 
 #: Must equal ``NG_ABI_VERSION`` in ``csrc/ngcore.h``; bump both together whenever a
-#: declaration in a ``csrc/*.cdef`` changes meaning.
-ABI_VERSION = 7
+#: declaration in a ``csrc/*.cdef`` or a function of ``csrc/cpython/`` changes meaning.
+ABI_VERSION = 8
 
 _FIX = "reinstall it with `pip install .` (or `pip install -e .` in a checkout); a C compiler and cffi are needed"
 
@@ -67,7 +67,7 @@ if _fastpath.ABI_VERSION != ABI_VERSION:  # pragma: no cover - a stale build
     raise NgStoreError(f"the compiled extension ngstore._fastpath is stale (ABI version {_fastpath.ABI_VERSION}, "
                        f"expected {ABI_VERSION}): {_FIX}")
 _fastpath.bind(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-                 for name in ("ng_reflex_lookup_f32", "ng_reflex_lookup_one")))
+                 for name in ("ng_reflex_lookup_f32", "ng_reflex_lookup_one", "ng_wal_put_frame")))
 
 #: One thread's single-state lookups on one reflex table version, through the CPython API
 #: (``csrc/cpython/fastpath.c``): ``Probe(ctx_address, owner, hit_type).lookup(params_address,
@@ -78,6 +78,9 @@ _fastpath.bind(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
 #: ``ng_reflex_ctx`` that ``owner`` keeps alive; the GIL is kept unless the params have a
 #: fallback radius, as for the cffi wrappers of ``ng_reflex_lookup_f32``.
 Probe = _fastpath.Probe
+#: ``ng_wal_put_frame`` through the CPython API, for the log's mapped append
+#: (``walmap.put_frame`` documents it).
+put_frame_fast: Callable[[int, int, int, bytes, int, int, int, int], int] = _fastpath.put_frame
 NOT_SIMPLE: int = _fastpath.NOT_SIMPLE
 #: ``sizeof(ng_reflex_hit)``, the bytes of a hit the probe copies.
 HIT_SIZE: int = _fastpath.HIT_SIZE

@@ -938,7 +938,7 @@ class Log:
                         m.close()
                     m = self._map = SegmentMap(fd, max(self._segment_bytes, self._zeroed_until))
                 if end <= m.length:
-                    if put_frame(m.address, self._mappable_until, start, payload, raw, seg.salt, pos, self._durable,
+                    if put_frame(m.base, self._mappable_until, start, payload, seg.salt, pos, self._durable,
                                  typ):
                         raise AssertionError("a frame inside the checked runway did not fit")  # never
                     self._last = seg.last = pos

@@ -17,7 +17,12 @@
  * a list cannot change under the loop.
  *
  * The GIL: kept for a lookup without a fallback radius (a bounded probe of one cell, as
- * the cffi wrapper of ng_reflex_lookup_f32 does), released for one with it. */
+ * the cffi wrapper of ng_reflex_lookup_f32 does), released for one with it.
+ *
+ * put_frame is the log's other per-commit call: a one-token commit's record framed and
+ * stored into the mapped log segment (ngstore/walmap.py). Through cffi its nine integer
+ * arguments cost ~400 ns of conversion for ~50 ns of work; here it takes the payload as
+ * the bytes object itself and keeps the GIL, as the cffi wrapper did. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
@@ -34,8 +39,12 @@ typedef int (*lookup_f32_t)(ng_reflex_ctx *, const ng_reflex_params *, float, fl
 
 typedef int (*lookup_one_t)(ng_reflex_ctx *, const ng_reflex_params *, int, const void *);
 
+typedef int (*put_frame_t)(uint8_t *, uint64_t, uint64_t, const char *, uint32_t, uint64_t, uint64_t, uint64_t,
+                           unsigned);
+
 static lookup_f32_t lookup_f32 = NULL;
 static lookup_one_t lookup_one = NULL;
+static put_frame_t put_frame_fn = NULL;
 
 typedef struct {
     PyObject_HEAD
@@ -253,27 +262,75 @@ static PyTypeObject ProbeType = {
 
 static PyObject *bind(PyObject *module, PyObject *args) {
     (void)module;
-    PyObject *f32, *one;
-    if (!PyArg_ParseTuple(args, "OO:bind", &f32, &one)) return NULL;
-    void *a = PyLong_AsVoidPtr(f32), *b = a ? PyLong_AsVoidPtr(one) : NULL;
-    if (a == NULL || b == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bind() needs two non-null addresses");
+    PyObject *f32, *one, *frame;
+    if (!PyArg_ParseTuple(args, "OOO:bind", &f32, &one, &frame)) return NULL;
+    void *a = PyLong_AsVoidPtr(f32), *b = a ? PyLong_AsVoidPtr(one) : NULL, *c = b ? PyLong_AsVoidPtr(frame) : NULL;
+    if (a == NULL || b == NULL || c == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "bind() needs three non-null addresses");
         return NULL;
     }
     lookup_f32 = (lookup_f32_t)a;
     lookup_one = (lookup_one_t)b;
+    put_frame_fn = (put_frame_t)c;
     Py_RETURN_NONE;
+}
+
+/* An unsigned 64-bit argument: an int in [0, 2**64), else an exception set and -1 in *ok. */
+static uint64_t u64_arg(PyObject *o, int *ok) {
+    if (!PyLong_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "put_frame: integer arguments expected");
+        *ok = 0;
+        return 0;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) *ok = 0;
+    return (uint64_t)v;
+}
+
+static PyObject *put_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "put_frame(address, limit, offset, payload, salt, position, synced, type) takes 8 arguments");
+        return NULL;
+    }
+    if (put_frame_fn == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ngstore._fastpath is not bound to the C core (bind() first)");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "put_frame: the payload must be bytes");
+        return NULL;
+    }
+    int ok = 1;
+    uint64_t address = u64_arg(args[0], &ok), limit = ok ? u64_arg(args[1], &ok) : 0,
+             offset = ok ? u64_arg(args[2], &ok) : 0, salt = ok ? u64_arg(args[4], &ok) : 0,
+             position = ok ? u64_arg(args[5], &ok) : 0, synced = ok ? u64_arg(args[6], &ok) : 0,
+             type = ok ? u64_arg(args[7], &ok) : 0;
+    if (!ok) return NULL;
+    Py_ssize_t len = PyBytes_GET_SIZE(args[3]);
+    if (address == 0 || (uint64_t)len > UINT32_MAX || type > 0xFF) {
+        PyErr_SetString(PyExc_ValueError, "put_frame: a null address, a payload of 4 GiB or more, or a type past 255");
+        return NULL;
+    }
+    int r = put_frame_fn((uint8_t *)(uintptr_t)address, limit, offset, PyBytes_AS_STRING(args[3]), (uint32_t)len,
+                         salt, position, synced, (unsigned)type);
+    return PyLong_FromLong(r);
 }
 
 static PyMethodDef module_methods[] = {
     {"bind", bind, METH_VARARGS,
-     "bind(f32, one): the addresses of the C core's ng_reflex_lookup_f32 and ng_reflex_lookup_one."},
+     "bind(f32, one, frame): the addresses of the C core's ng_reflex_lookup_f32, ng_reflex_lookup_one and\n"
+     "ng_wal_put_frame."},
+    {"put_frame", (PyCFunction)(void (*)(void))put_frame, METH_FASTCALL,
+     "put_frame(address, limit, offset, payload, salt, position, synced, type) -> int: ng_wal_put_frame of\n"
+     "the bytes payload at the mapped address (an int): 0, or a negative C status (NG_ERANGE: past limit)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "ngstore._fastpath",
-    "The one-state reflex lookup through the CPython API (see csrc/cpython/fastpath.c).", -1, module_methods,
+    "The one-state reflex lookup and the mapped log frame through the CPython API (see csrc/cpython/fastpath.c).", -1, module_methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -50,6 +50,41 @@ def test_put_frame_refuses_a_frame_past_its_limit_and_stores_nothing():
     assert stored[60:64] == zlib.crc32(stored[64:]).to_bytes(4, "little")
 
 
+@pytest.mark.parametrize("n", [0, 1, 64, 100, 4000])
+def test_put_frame_through_the_cpython_api_stores_the_bytes_of_the_cffi_call(n):
+    from ngstore.walmap import put_frame
+
+    payload = os.urandom(n)
+    a, b = ffi.new("uint8_t[]", 8192), ffi.new("uint8_t[]", 8192)
+    assert lib.ng_wal_put_frame(a, 8192, 24, payload, n, 0xFEDC_BA98_7654_3210, 1 << 40, 7, B) == 0
+    assert put_frame(int(ffi.cast("uintptr_t", b)), 8192, 24, payload, 0xFEDC_BA98_7654_3210, 1 << 40, 7, B) == 0
+    assert bytes(ffi.buffer(a, 8192)) == bytes(ffi.buffer(b, 8192))
+    # past its limit: NG_ERANGE, nothing stored
+    c = ffi.new("uint8_t[]", 8192)
+    assert put_frame(int(ffi.cast("uintptr_t", c)), 24 + 40 + n - 1, 24, payload, 1, 1, 0, B) == -6
+    assert bytes(ffi.buffer(c, 8192)) == bytes(8192)
+
+
+def test_put_frame_through_the_cpython_api_refuses_bad_arguments():
+    from ngstore.walmap import put_frame
+
+    buf = ffi.new("uint8_t[]", 256)
+    base = int(ffi.cast("uintptr_t", buf))
+    with pytest.raises(TypeError, match="8 arguments"):
+        put_frame(base, 256, 0, b"x", 1, 1, 0)
+    with pytest.raises(TypeError, match="bytes"):
+        put_frame(base, 256, 0, bytearray(b"x"), 1, 1, 0, B)
+    with pytest.raises(TypeError, match="integer"):
+        put_frame(base, 256.0, 0, b"x", 1, 1, 0, B)
+    with pytest.raises(OverflowError):
+        put_frame(base, 256, -1, b"x", 1, 1, 0, B)
+    with pytest.raises(ValueError, match="null address"):
+        put_frame(0, 256, 0, b"x", 1, 1, 0, B)
+    with pytest.raises(ValueError, match="type past 255"):
+        put_frame(base, 256, 0, b"x", 1, 1, 0, 256)
+    assert bytes(ffi.buffer(buf, 256)) == bytes(256)  # none of them stored anything
+
+
 def test_append_one_stores_through_the_mapping_and_a_reopen_reads_every_record(tmp_path):
     log, _ = wal.Log.open(str(tmp_path / "wal"), segment_bytes=64 << 10, preallocate_bytes=8192)
     data = [os.urandom(i % 700) for i in range(1500)]  # ~0.5 MB: rotations and runway extensions
