@@ -50,6 +50,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -74,7 +75,7 @@ from .errors import (
 from .guardian import CONNECTION_BYTES, EVENT_BYTES, TOKEN_BYTES, Guardian, Usage
 from .kv import KV, ReadTxn
 from .layout import KnownOutcome
-from .obs.metrics import CommitTimings
+from .obs.metrics import CommitTimings, pack_timing_row
 from .ops import (
     OP_CONNECTION_DELETE,
     OP_CONNECTION_PUT,
@@ -205,7 +206,7 @@ class _Pending:
         self.wake = wake
 
 
-_TIMING_VALUES_KEPT = CommitTimings.ROW * CommitTimings.KEPT
+_TIMING_BYTES_KEPT = CommitTimings.ROW_BYTES * CommitTimings.KEPT
 
 
 class _NoWake:
@@ -579,8 +580,8 @@ class Writer:
         if timings is not None:  # observed, and traced when sampled, in bulk (CommitTimings)
             t1 = time.perf_counter()
             rows = timings.rows
-            rows.extend((t_logged - t0, t1 - t0, *batch_summary(ops), t1, position))
-            if len(rows) > _TIMING_VALUES_KEPT:
+            rows += pack_timing_row(t_logged - t0, t1 - t0, *batch_summary(ops), t1, position)
+            if len(rows) > _TIMING_BYTES_KEPT:
                 timings.drain()
         if self._cleanup_headroom <= 0:
             self._maybe_cleanup()
@@ -909,8 +910,8 @@ class Writer:
                 values += (logging_s, total, *batch_summary(p.ops), t1, p.position)
                 logging_s = -1.0  # observed once per group
             rows = timings.rows
-            rows.extend(values)  # one call: a drain sees the whole group or none of it
-            if len(rows) > _TIMING_VALUES_KEPT:
+            rows += array("d", values)  # one call: a drain sees the whole group or none of it
+            if len(rows) > _TIMING_BYTES_KEPT:
                 timings.drain()
 
     def _settle_appended(self, sync: bool, asynchronous: bool) -> None:
