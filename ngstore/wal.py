@@ -770,10 +770,33 @@ class Log:
         else:
             log._open_active(segs[-1])
             io.fdatasync(log._fd)  # type: ignore[arg-type]  # what we will replay is durable
+        log._own_runway()
         report.records = sum(s.records for s in log._segs)
         report.first_position = log._segs[0].first
         report.last_position = log._last
         report.segments = len(log._segs)
+
+    def _own_runway(self) -> None:
+        """At open, into an active segment an earlier process wrote: writes the zero runway
+        ahead of the write offset once more (at most ``preallocate_bytes`` of it), so that
+        ``append_one`` may store small records into it through the mapping. Those bytes are
+        zeros on disk already, but not ones this object wrote: a copy of the directory may
+        have made them holes, and a store into a hole on a full disk is a SIGBUS, where a
+        write allocates the blocks or fails. A failed write is not an error here: the
+        runway stays unmapped, and appends write (and meet the error themselves). Without
+        this, every append until the runway's end took the written path (~8,000 one-token
+        commits after each open, each about 2 µs slower)."""
+        fd, start = self._fd, self._write_off
+        if fd is None or not self._native_write or self._mappable_until > start:
+            return
+        zend = min(self._zeroed_until, start + self._prealloc)
+        if zend <= start:  # no runway: the first append writes one (and maps it)
+            return
+        try:
+            self._io.pwritev(fd, [bytes(zend - start)], start)
+        except OSError:
+            return
+        self._mappable_until = zend
 
     def _open_active(self, seg: _Seg) -> None:
         fd = self._io.open(seg.path, os.O_RDWR)
