@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 DURABILITY_MODES = ("sync", "async", "none")
 
 
-@dataclass
+@dataclass(slots=True)
 class CommitResult:
     """What a commit did: its log position, and the sequence number of the first event
     it appended (None if it appended none). ``already_committed``: the batch's idempotency

@@ -87,6 +87,7 @@ from .ops import (
     OP_TOKEN_DELETE,
     OP_TOKEN_PUT,
     PUTS_CONNECTIONS,
+    PUTS_OF,
     PUTS_TOKENS,
     REFLEX_KINDS,
     KeyOp,
@@ -358,7 +359,9 @@ class Writer:
         Every error it raises says whether the batch's outcome is known (``errors``). A
         keyed batch whose key is committed already is not written: the result is the
         original's, with ``already_committed``."""
-        self.check_commit()
+        if self._failed is not None or self._closed or self._applier.failure is not None \
+                or self._log.failed is not None:  # check_writable's test, inline on this path
+            self.check_commit()
         if not ops:
             return CommitResult(self._log.last_position)
         if durability == "sync" and sum(op.nbytes for op in ops) >= self._options.direct_threshold:
@@ -580,7 +583,11 @@ class Writer:
         if timings is not None:  # observed, and traced when sampled, in bulk (CommitTimings)
             t1 = time.perf_counter()
             rows = timings.rows
-            rows += pack_timing_row(t_logged - t0, t1 - t0, *batch_summary(ops), t1, position)
+            if len(ops) == 1:  # batch_summary's one-op case, without its call
+                op = ops[0]
+                rows += pack_timing_row(t_logged - t0, t1 - t0, op.count, PUTS_OF.get(op.kind, 0), t1, position)
+            else:
+                rows += pack_timing_row(t_logged - t0, t1 - t0, *batch_summary(ops), t1, position)
             if len(rows) > _TIMING_BYTES_KEPT:
                 timings.drain()
         if self._cleanup_headroom <= 0:

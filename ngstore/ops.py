@@ -167,7 +167,8 @@ def outcome_key_op(digest: bytes, remember: int) -> Op:
 #: What a batch puts, as ``batch_summary`` says it: tokens, connections (bits).
 PUTS_TOKENS: Final = 1
 PUTS_CONNECTIONS: Final = 2
-_PUTS_OF: Final = {OP_TOKEN_PUT: PUTS_TOKENS, OP_CONNECTION_PUT: PUTS_CONNECTIONS}
+#: The ``puts`` bit of an op kind, for batch_summary (0 for the kinds that put neither).
+PUTS_OF: Final = {OP_TOKEN_PUT: PUTS_TOKENS, OP_CONNECTION_PUT: PUTS_CONNECTIONS}
 
 
 def batch_summary(ops: list[Op]) -> tuple[int, int]:
@@ -175,11 +176,11 @@ def batch_summary(ops: list[Op]) -> tuple[int, int]:
     it puts tokens (``PUTS_TOKENS``) and connections (``PUTS_CONNECTIONS``)."""
     if len(ops) == 1:  # the usual small commit: no loop
         op = ops[0]
-        return op.count, _PUTS_OF.get(op.kind, 0)
+        return op.count, PUTS_OF.get(op.kind, 0)
     records = puts = 0
     for op in ops:
         records += op.count
-        puts |= _PUTS_OF.get(op.kind, 0)
+        puts |= PUTS_OF.get(op.kind, 0)
     return records, puts
 
 

@@ -172,7 +172,8 @@ class Overlay:
         commit waits for the applier before it returns); ``key``, for a keyed entry, its
         key's digest and the sequence number of its first event. Returns the overlay's
         size in bytes after the add."""
-        if len(ops) == 1 and ops[0].kind == OP_TOKEN_PUT:  # a one-op put: the usual commit
+        one_put = len(ops) == 1 and ops[0].kind == OP_TOKEN_PUT  # the usual commit
+        if one_put:
             t, c, e, r, ro = ops[0].count, 0, 0, 0, 0
         else:
             t, c, e, r, ro = Pending.delta(ops)
@@ -180,7 +181,10 @@ class Overlay:
             entry = (position, payload, time.monotonic(), t, c, e, r, ro)
             self._entries.append(entry)
             self._bytes += len(payload)
-            self.pending.add(entry)
+            if one_put:
+                self.pending.tokens += t  # all that pending.add(entry) would add, without its call
+            else:
+                self.pending.add(entry)
             if key is not None:
                 self._keys[key[0]] = (position, key[1])
             if tokens:
