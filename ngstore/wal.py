@@ -82,7 +82,7 @@ from .errors import (
     storage_error,
 )
 from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO, dir_mode
-from .walmap import MAX_ZEROS, SegmentMap, put_frame, write_frame
+from .walmap import MAX_ZEROS, SegmentMap, own_runway, put_frame, write_frame
 
 _zstd: Any
 try:  # zstandard is a declared dependency; the log still reads uncompressed logs without it
@@ -653,9 +653,8 @@ class Log:
         self._lock = threading.Lock()        # state read by sync/iter/properties
         self._sync_lock = threading.Lock()   # fdatasync of the active fd vs rotation/close
         self._drop_lock = threading.Lock()
-        # append_one's native writes (``walmap``), unless ``io`` observes or breaks writes:
-        # the mapped active segment, made by the first append_one into it, and the end of
-        # the zero runway this object wrote there (only those bytes are stored into)
+        # append_one's native writes (``walmap``) unless ``io`` sees or breaks writes: the active
+        # segment's mapping (made by the first append_one) and the end of the runway it may store into
         self._native_write = io.maps_writes()
         self._map: SegmentMap | None = None
         self._mappable_until = 0
@@ -770,33 +769,12 @@ class Log:
         else:
             log._open_active(segs[-1])
             io.fdatasync(log._fd)  # type: ignore[arg-type]  # what we will replay is durable
-        log._own_runway()
+            if log._native_write:  # the runway an earlier process left: ours (walmap.own_runway)
+                log._mappable_until = own_runway(io, log._fd, log._write_off, log._zeroed_until, log._prealloc)
         report.records = sum(s.records for s in log._segs)
         report.first_position = log._segs[0].first
         report.last_position = log._last
         report.segments = len(log._segs)
-
-    def _own_runway(self) -> None:
-        """At open, into an active segment an earlier process wrote: writes the zero runway
-        ahead of the write offset once more (at most ``preallocate_bytes`` of it), so that
-        ``append_one`` may store small records into it through the mapping. Those bytes are
-        zeros on disk already, but not ones this object wrote: a copy of the directory may
-        have made them holes, and a store into a hole on a full disk is a SIGBUS, where a
-        write allocates the blocks or fails. A failed write is not an error here: the
-        runway stays unmapped, and appends write (and meet the error themselves). Without
-        this, every append until the runway's end took the written path (~8,000 one-token
-        commits after each open, each about 2 µs slower)."""
-        fd, start = self._fd, self._write_off
-        if fd is None or not self._native_write or self._mappable_until > start:
-            return
-        zend = min(self._zeroed_until, start + self._prealloc)
-        if zend <= start:  # no runway: the first append writes one (and maps it)
-            return
-        try:
-            self._io.pwritev(fd, [bytes(zend - start)], start)
-        except OSError:
-            return
-        self._mappable_until = zend
 
     def _open_active(self, seg: _Seg) -> None:
         fd = self._io.open(seg.path, os.O_RDWR)
@@ -936,12 +914,11 @@ class Log:
         return list(range(first_pos, pos))
 
     def append_one(self, typ: int, payload: bytes, *, mapped: bool = True) -> int:
-        """``append([(typ, payload)])[0]``, for a commit's record: a small ``bytes``
-        payload, too small to compress, that fits the active segment is framed in C and
-        stored through the segment's shared mapping (``walmap``), or, past the zero runway
-        the log wrote or without ``mapped``, written as ``append`` writes it. A record
-        synced at once is written (``mapped=False``): an fdatasync after stores through a
-        mapping write-protects the stored pages, and measured up to 70 µs more a commit."""
+        """``append([(typ, payload)])[0]`` for a commit's record: a small ``bytes`` payload (too small
+        to compress) that fits the active segment is framed in C and stored through its mapping
+        (``walmap``); past the runway the log wrote, or without ``mapped``, it is written as ``append``
+        does. A record synced at once is written (``mapped=False``): an fdatasync after stores through
+        a mapping write-protects the stored pages, which measured up to 70 µs more a commit."""
         raw = len(payload)
         start = self._write_off
         end = start + FRAME_HEADER_SIZE + raw

@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 from ._native import ffi, lib, put_frame_fast
+from .fileio import FileIO
 
 #: ``put_frame(base, limit, offset, payload, salt, position, synced, type)``: the frame of
 #: the bytes ``payload`` stored at ``offset`` of the mapping at ``base`` (``SegmentMap.base``):
@@ -53,6 +54,24 @@ class SegmentMap:
         length, self.length = self.length, 0
         if length:
             lib.ng_wal_unmap(self.address, length)
+
+
+def own_runway(io: FileIO, fd: int | None, start: int, zeroed_until: int, most: int) -> int:
+    """At open, for an active segment an earlier process wrote: writes its zero runway
+    ``start .. zeroed_until`` (at most ``most`` bytes of it) again, so that the mapping may
+    be stored into from the first record on, and returns where that runway ends (0: not
+    written, or nothing to write). Those bytes are zeros already, but not ones this log
+    wrote: a copy of the directory may have made them holes. A failed write is not an
+    error here: the runway stays unmapped, and appends write (and meet the error).
+    Without it, ~8,000 one-token commits after each open took the written path."""
+    end = min(zeroed_until, start + most)
+    if fd is None or end <= start:  # no runway: the first append writes one, and maps it
+        return 0
+    try:
+        io.pwritev(fd, [bytes(end - start)], start)
+    except OSError:
+        return 0
+    return end
 
 
 def write_frame(fd: int, offset: int, payload: bytes, salt: int, position: int, synced: int, typ: int,
