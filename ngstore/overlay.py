@@ -31,7 +31,16 @@ it takes it. Tens of thousands of entries of tracked ``Op`` objects made every f
 collection walk them all (measured: 14 % of a sustained run of one-token updates, in
 110 ms collections), and nested tuples are untracked only one level per collection.
 
-Threads: the commit leader adds, the applier takes and drops, readers look tokens up.
+The token index is two dicts: the entries of the applier's last take (``taken``) and those
+added since (``current``, looked at first: it holds the newer write of a token in both).
+When the applier has applied what it took, the drop forgets ``taken`` whole: a dict
+swapped for an empty one under the lock, freed after it. The drop used to find and delete
+the applied ids one by one under the lock, which every commit takes: 1.3-1.5 µs per
+applied entry, 46-67 ms per apply in a sustained run of one-token updates to a 1M-token
+store. It now takes ~0.46 µs per entry, none of it under the lock.
+
+Threads: the commit leader adds, the applier takes and drops (one thread: a drop's
+entries are found without the lock, as only it removes any), readers look tokens up.
 ``add``/``drop``/``take`` hold the overlay's lock; a token or key lookup does not need it
 (one dict ``get`` is atomic), because the applier drops an index entry only after LMDB has
 committed it: a reader that misses the index and then begins an LMDB transaction sees the
@@ -67,6 +76,8 @@ Entry = tuple[int, list[Op]]
 
 _POSITION = itemgetter(0)
 _PAYLOAD = itemgetter(1)
+#: the counts of an entry, in Pending.add's order (tokens, connections, events, reflexes, reflex ops)
+_COUNTS = tuple(itemgetter(k) for k in range(3, 8))
 #: The payload of a one-token commit: the head ``encode_ops`` writes for one TOKEN_PUT op
 #: of one record, then the record.
 _ONE_TOKEN_HEAD = np.frombuffer(one_op_head(OP_TOKEN_PUT, 1), dtype=np.uint8)
@@ -140,7 +151,9 @@ class Overlay:
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._entries: list[_Stored] = []
-        self._tokens: dict[int, tuple[int, bytes | None]] = {}
+        self._tokens: dict[int, tuple[int, bytes | None]] = {}  # current: written since the last take
+        self._taken: dict[int, tuple[int, bytes | None]] = {}  # written by the entries the applier took
+        self._taken_through = 0  # the position of the last entry taken
         self._keys: dict[bytes, tuple[int, int | None]] = {}  # digest -> (position, first event)
         self._bytes = 0
         self.pending = Pending()
@@ -200,7 +213,9 @@ class Overlay:
         ``(False, None)`` when LMDB has its newest state."""
         hit = self._tokens.get(token_id)
         if hit is None:
-            return False, None
+            hit = self._taken.get(token_id)
+            if hit is None:
+                return False, None
         return True, hit[1]
 
     def key(self, digest: bytes) -> tuple[int, int | None] | None:
@@ -224,6 +239,13 @@ class Overlay:
         apply runs."""
         with self._lock:
             pending = self._entries[:]
+            if pending:  # the index entries of what is taken go to the taken generation
+                if self._taken:  # a take whose apply failed: its entries are taken again
+                    self._taken.update(self._tokens)  # the newer write of a token wins
+                    self._tokens = {}
+                else:
+                    self._taken, self._tokens = self._tokens, {}
+                self._taken_through = pending[-1][0]
         if not pending:
             return Taken([], 0, 0)
         payloads = list(map(_PAYLOAD, pending))
@@ -255,25 +277,32 @@ class Overlay:
     def drop(self, through: int) -> None:
         """Forgets the entries at or below position ``through``, now in LMDB, and the
         index entries they made (a later write of the same token stays)."""
+        # Without the lock (only this thread removes entries; adds append): the entries
+        # dropped and what they add up to. The sums go through map(), which makes no object
+        # per entry; zip(*gone) made an iterator per entry, enough to run the collector.
+        keep = bisect_right(self._entries, through, key=_POSITION)
+        gone = self._entries[:keep]
+        nbytes = sum(map(len, map(_PAYLOAD, gone)))
+        counts = tuple(sum(map(column, gone)) for column in _COUNTS)
         with self._lock:
-            keep = bisect_right(self._entries, through, key=_POSITION)
-            gone, self._entries = self._entries[:keep], self._entries[keep:]
-            if gone:
-                columns = list(zip(*gone, strict=True))
-                self._bytes -= sum(map(len, columns[1]))
-                self.pending.add((sum(columns[3]), sum(columns[4]), sum(columns[5]), sum(columns[6]),
-                                  sum(columns[7])), -1)
+            self._entries = self._entries[keep:]
+            self._bytes -= nbytes
+            self.pending.add(counts, -1)
             if self._keys:
                 for digest in [d for d, (pos, _f) in self._keys.items() if pos <= through]:
                     del self._keys[digest]
+            forgotten: object = None  # freed after the lock
             if not self._entries:
-                self._tokens.clear()
-            elif self._tokens:
-                index = self._tokens
-                stale = [tid for tid, hit in index.items() if hit[0] <= through]
-                for tid in stale:
-                    del index[tid]
+                forgotten = (self._tokens, self._taken)
+                self._tokens, self._taken = {}, {}
+            elif through == self._taken_through:  # the applier's drop of what it took
+                forgotten, self._taken = self._taken, {}
+            else:  # any other position: the index entries at or below it, one by one
+                for index in (self._tokens, self._taken):
+                    for tid in [tid for tid, hit in index.items() if hit[0] <= through]:
+                        del index[tid]
             self._room.notify_all()
+        del forgotten, gone  # the deallocations, outside the lock
 
     def wake_waiters(self) -> None:
         with self._room:
@@ -295,7 +324,7 @@ class Overlay:
     @property
     def memory_bytes(self) -> int:
         """What the overlay holds in memory: its entries' op bytes and its token index."""
-        return self._bytes + len(self._tokens) * INDEX_ENTRY_BYTES
+        return self._bytes + (len(self._tokens) + len(self._taken)) * INDEX_ENTRY_BYTES
 
     @property
     def entries(self) -> int:
