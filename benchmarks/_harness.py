@@ -200,22 +200,25 @@ def repeat(fn: Callable[[], Any], repeats: int, *, setup: Callable[[], Any] | No
     return out
 
 
-def alternated(fns: dict[str, Callable[[], Any]], repeats: int, *, scale: float = 1.0,
-               warmup: bool = False) -> dict[str, list[float]]:
+def alternated(fns: dict[str, Callable[..., Any]], repeats: int, *, args: tuple[Any, ...] = (),
+               scale: float = 1.0, warmup: bool = False) -> dict[str, list[float]]:
     """:func:`repeat` of several functions in rounds, one run of each per round, so that
     all of them see the same state of the machine: these VMs run a process in phases of
     tens of ms whose speed differs by up to 1.7x, and runs made one system after the other
-    could land on different ones. Round i of every list is one round."""
+    could land on different ones. Round i of every list is one round. ``args`` are passed
+    to every call."""
     if warmup:
         for fn in fns.values():
-            fn()
+            fn(*args)
     out: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             gc.collect()
             gc.disable()
             try:
-                dt, _ = timed(fn)
+                t = time.perf_counter()
+                fn(*args)
+                dt = time.perf_counter() - t
             finally:
                 gc.enable()
             out[name].append(dt * scale)
