@@ -252,12 +252,35 @@ def _latency_table(b: Bench, n: int, k: int, rb: int) -> None:
     shutil.rmtree(os.path.join(b.root, "commit"), ignore_errors=True)
 
 
+def _paired(b: Bench, n: int, k: int, ours: tuple[str, Callable[[int], None]],
+            theirs: tuple[str, Callable[[int], None]], figure: str, threshold: float) -> None:
+    """Calls ``ours[1](i)`` then ``theirs[1](i)`` for i in range(k), timing each; records
+    both rows under their names and checks ``figure``: the median of the pairs' ratios.
+    These VMs run a process in phases of tens of ms whose speed differs by up to 1.7× (a
+    pure Python loop shows them too), so two loops run one after the other can land on
+    different phases; alternating puts both systems in the same ones."""
+    mine, peer = ours[1], theirs[1]
+    a: list[float] = []
+    c: list[float] = []
+    for i in range(k):
+        t = time.perf_counter()
+        mine(i)
+        t1 = time.perf_counter()
+        peer(i)
+        t2 = time.perf_counter()
+        a.append((t1 - t) * 1e6)
+        c.append((t2 - t1) * 1e6)
+    for name, lat in ((ours[0], a), (theirs[0], c)):
+        b.record(W_ALT, name, n, "µs", lat, p99=float(np.percentile(lat, 99)))
+    ratios = np.asarray(a) / np.asarray(c)
+    b.check("log", f"{figure} (median of paired ratios)", float(np.median(ratios)), "<=", threshold,
+            f"{k:,} pairs; p50s {np.median(a):.3g} vs {np.median(c):.3g} µs, their ratio "
+            f"{np.median(a) / np.median(c):.3g}", n)
+
+
 def _alternated_with_rocksdict(b: Bench, n: int, k: int) -> None:
-    """p50 of a one-token commit in ``async`` and ``none`` beside a rocksdict non-sync put,
-    one each in turn. These VMs run a process in phases of tens of ms whose speed differs
-    by up to 1.7× (a pure Python loop shows them too), so two loops run one after the other
-    can land on different phases; alternating puts both systems in the same ones. The check
-    reads the median of the pairs' ratios (each commit against the put right after it)."""
+    """A one-token commit in ``async`` and ``none``, each followed by a rocksdict non-sync
+    put (:func:`_paired`)."""
     from rocksdict import WriteOptions
 
     db = rocks_open(_copy(b, "rocksdict sync batch", n, "alt"))
@@ -265,62 +288,31 @@ def _alternated_with_rocksdict(b: Bench, n: int, k: int) -> None:
     wo.sync = False
     blob = one_token(0).tobytes()
     put = db.put
+    keys = [(n + i).to_bytes(8, "big") for i in range(k)]
     for mode in ("async", "none"):
         s = ngstore.open(_copy(b, "ngstore", n, f"alt-{mode}"), durability=mode, **store_options(n))
         toks = [one_token(n + i) for i in range(k)]
-        keys = [(n + i).to_bytes(8, "big") for i in range(k)]
         s.put_tokens(toks[0])
-        ours: list[float] = []
-        theirs: list[float] = []
-        for i in range(k):
-            t = time.perf_counter()
-            s.put_tokens(toks[i])
-            t1 = time.perf_counter()
-            put(keys[i], blob, wo)
-            t2 = time.perf_counter()
-            ours.append((t1 - t) * 1e6)
-            theirs.append((t2 - t1) * 1e6)
+        _paired(b, n, k, (f"{NG[mode]}, alternated", lambda i, s=s, toks=toks: s.put_tokens(toks[i])),
+                (f"rocksdict put sync=False, alternated with {mode}", lambda i: put(keys[i], blob, wo)),
+                f"1-token commit, {mode} ÷ rocksdict put sync=False", 3.0)
         s.close()
-        b.record(W_ALT, f"{NG[mode]}, alternated", n, "µs", ours, p99=float(np.percentile(ours, 99)))
-        b.record(W_ALT, f"rocksdict put sync=False, alternated with {mode}", n, "µs", theirs,
-                 p99=float(np.percentile(theirs, 99)))
-        ratios = np.asarray(ours) / np.asarray(theirs)
-        b.check("log", f"1-token commit, {mode} ÷ rocksdict put sync=False (median of paired ratios)",
-                float(np.median(ratios)), "<=", 3.0,
-                f"{k:,} pairs; p50s {np.median(ours):.3g} vs {np.median(theirs):.3g} µs, their ratio "
-                f"{np.median(ours) / np.median(theirs):.3g}", n)
     db.close()
 
 
 def _alternated_sync_with_bare(b: Bench, n: int, k: int, rb: int) -> None:
-    """p50 of a one-token ``sync`` commit beside a bare pwrite + fdatasync of the same bytes,
-    one each in turn (as :func:`_alternated_with_rocksdict`, for the same reason); the check
-    reads the median of the pairs' ratios."""
+    """A one-token ``sync`` commit, each followed by a bare pwrite + fdatasync of the same
+    bytes (:func:`_paired`)."""
     s = ngstore.open(_copy(b, "ngstore", n, "alt-sync"), durability="sync", **store_options(n))
     bl = BareLog(os.path.join(b.root, "commit", "bare-alt.log"), rb)
     toks = [one_token(n + i) for i in range(k)]
     s.put_tokens(toks[0])
     bl.commit()
-    ours: list[float] = []
-    theirs: list[float] = []
-    for i in range(k):
-        t = time.perf_counter()
-        s.put_tokens(toks[i])
-        t1 = time.perf_counter()
-        bl.commit()
-        t2 = time.perf_counter()
-        ours.append((t1 - t) * 1e6)
-        theirs.append((t2 - t1) * 1e6)
+    _paired(b, n, k, (f"{NG['sync']}, alternated", lambda i: s.put_tokens(toks[i])),
+            ("pwrite + fdatasync (pre-zeroed), alternated with sync", bl.commit),
+            "1-token commit, sync ÷ bare pwrite + fdatasync of the same bytes", 1.3)
     s.close()
     bl.close()
-    b.record(W_ALT, f"{NG['sync']}, alternated", n, "µs", ours, p99=float(np.percentile(ours, 99)))
-    b.record(W_ALT, "pwrite + fdatasync (pre-zeroed), alternated with sync", n, "µs", theirs,
-             p99=float(np.percentile(theirs, 99)))
-    ratios = np.asarray(ours) / np.asarray(theirs)
-    b.check("log", "1-token commit, sync ÷ bare pwrite + fdatasync of the same bytes (median of paired ratios)",
-            float(np.median(ratios)), "<=", 1.3,
-            f"{k:,} pairs; p50s {np.median(ours):.3g} vs {np.median(theirs):.3g} µs, their ratio "
-            f"{np.median(ours) / np.median(theirs):.3g}", n)
 
 
 def run(b: Bench) -> None:
