@@ -31,7 +31,7 @@ from .records import RAW64, TOKEN_DTYPE, TOKEN_SIZE
 
 #: Must equal ``NG_ABI_VERSION`` in ``csrc/ngcore.h``; bump both together whenever a
 #: declaration in a ``csrc/*.cdef`` or a function of ``csrc/cpython/`` changes meaning.
-ABI_VERSION = 8
+ABI_VERSION = 9
 
 _FIX = "reinstall it with `pip install .` (or `pip install -e .` in a checkout); a C compiler and cffi are needed"
 
@@ -69,13 +69,14 @@ if _fastpath.ABI_VERSION != ABI_VERSION:  # pragma: no cover - a stale build
 _fastpath.bind(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
                  for name in ("ng_reflex_lookup_f32", "ng_reflex_lookup_one", "ng_wal_put_frame")))
 
-#: One thread's single-state lookups on one reflex table version, through the CPython API
-#: (``csrc/cpython/fastpath.c``): ``Probe(ctx_address, owner, hit_type).lookup(params_address,
+#: Single-state lookups on one reflex table version, from any thread, through the CPython API
+#: (``csrc/cpython/fastpath.c``): ``Probe(table_address, owner, hit_type).lookup(params_address,
 #: state)`` answers a list or tuple of 8 numbers, or a buffer of 8 float32 or float64, with a
 #: ``hit_type`` instance or None, and returns an int otherwise: a negative C status, or
 #: :data:`NOT_SIMPLE` for a state of another form (the caller's general path takes it);
-#: ``lookup_token(params_address, image)`` does the same for a Token's 64-byte image. ``ctx_address`` is an
-#: ``ng_reflex_ctx`` that ``owner`` keeps alive; the GIL is kept unless the params have a
+#: ``lookup_token(params_address, image)`` does the same for a Token's 64-byte image.
+#: ``table_address`` is an ``ng_reflex_table`` whose handle and segments ``owner`` keeps
+#: alive; each call's context is on the C stack. The GIL is kept unless the params have a
 #: fallback radius, as for the cffi wrappers of ``ng_reflex_lookup_f32``.
 Probe = _fastpath.Probe
 #: ``ng_wal_put_frame`` through the CPython API, for the log's mapped append

@@ -388,7 +388,10 @@ class IntuitionEngine:
             self._reflexes.table()  # raises StoreClosedError once the store is closed
             _check_one_state(state)
             return None
-        hit = table.lookup_with(self._params, state)
+        probe = table.probe  # what lookup_with calls first, without its frame
+        r = probe.lookup(self._params.address, state) if probe is not None else 0
+        hit: ReflexHit | None = r if type(r) is not int else table.lookup_with(  # type: ignore[assignment]
+            self._params, state)  # another form of state, an error, or the table closed since
         if hit is None and self._bin_lookups:
             return self._bin_hit(table, state)
         return hit

@@ -35,7 +35,6 @@ alive until every lookup that holds it returns -- but it may see a torn record.
 from __future__ import annotations
 
 import struct
-import threading
 import weakref
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -287,7 +286,7 @@ class LookupParams:
     ``max(256, live / 8)``).
     """
 
-    __slots__ = ("_addr", "_c", "_one", "fallback_budget", "hypothesis_threshold", "min_confidence",
+    __slots__ = ("_c", "_one", "address", "fallback_budget", "hypothesis_threshold", "min_confidence",
                  "nearest_fallback", "similarity_threshold")
 
     def __init__(self, min_confidence: int = 150, hypothesis_threshold: int = 200,
@@ -317,7 +316,9 @@ class LookupParams:
         # A lookup without a fallback is a bounded probe of one cell, whose C call keeps the
         # GIL; a fallback may probe many cells or scan every record, and releases it.
         self._one: Any = lib.ng_reflex_lookup_one if radius == 0.0 else lib.ng_reflex_lookup_one_released
-        self._addr = int(ffi.cast("uintptr_t", self._c))  # for _native.Probe, which keeps or releases the GIL alike
+        #: the C params' address, what a probe (:attr:`ReflexTable.probe`) takes; it keeps or
+        #: releases the GIL by the radius itself
+        self.address = int(ffi.cast("uintptr_t", self._c))
 
     def __repr__(self) -> str:
         return (f"LookupParams(min_confidence={self.min_confidence}, hypothesis_threshold="
@@ -550,13 +551,17 @@ class _Version:
     """One C handle and every buffer it reads. A lookup holds a reference to the version it
     started on, so a growth that publishes a new version never frees memory under it."""
 
-    __slots__ = ("__weakref__", "buffers", "handle", "keepalive", "tls")
+    __slots__ = ("__weakref__", "buffers", "handle", "keepalive")
 
     def __init__(self, handle: Any, buffers: list[Any], keepalive: list[Any]) -> None:
         self.handle = handle
         self.buffers = buffers      # segment buffers, by segment index
         self.keepalive = keepalive  # cffi buffer exports and arenas that back them
-        self.tls = threading.local()  # per thread: ctx = (ng_reflex_ctx, its output buffer, probe), probe
+
+
+def _probe_of(v: _Version) -> Any:
+    """The single-state lookups of ``v`` through the CPython API; the probe keeps ``v``."""
+    return _native.Probe(int(ffi.cast("uintptr_t", v.handle)), v, ReflexHit)
 
 
 def _allocate(geometry: Geometry) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -604,6 +609,10 @@ class ReflexTable:
     def __init__(self, version: _Version, writable: bool) -> None:
         # Use create / attach / from_bytes; this only takes over a C handle.
         self._v: _Version | None = version
+        #: single-state lookups on the current version, for any thread (``_native.Probe``;
+        #: :meth:`lookup_with` is its checked use), None once closed. Replaced with the
+        #: version, and it keeps the version it was made for alive while a call runs.
+        self.probe: Any = _probe_of(version)
         self._writable = writable
         self._growths = 0
         self._segment_hints: tuple[int | None, int | None] = (None, None)  # sizes asked for at create
@@ -711,6 +720,7 @@ class ReflexTable:
         """Drops the table; later calls raise StoreClosedError. Memory is freed when the
         last lookup still running on it returns."""
         self._v = None
+        self.probe = None
 
     def __enter__(self) -> ReflexTable:
         return self
@@ -825,6 +835,7 @@ class ReflexTable:
         if rc != 0:
             self._raise("ng_reflex_rebuild", rc, f"rebuilding {int(info.live_count)} reflexes into room for {room}")
         self._v = new
+        self.probe = _probe_of(new)
         self._growths += 1
 
     def _grow_for(self, wanted: int) -> bool:
@@ -978,46 +989,34 @@ class ReflexTable:
         row and a Token take one call through the CPython API (``_native.Probe``: no cffi
         conversions, and a hit is built in one allocation); other forms of a state go
         through cffi."""
-        v = self._v
-        try:
-            probe = v.tls.probe  # type: ignore[union-attr]  # None once closed: AttributeError, below
-        except AttributeError:
-            probe = self._thread_context(v)[2]
-        r = probe.lookup(params._addr, state)
+        probe = self.probe
+        if probe is None:
+            raise StoreClosedError("the reflex table is closed")
+        r = probe.lookup(params.address, state)
         if type(r) is not int:
             return r  # type: ignore[no-any-return]  # a ReflexHit or None
-        assert v is not None  # a closed table has no probe
-        return self._lookup_general(v, params, state, r)
+        return self._lookup_general(probe, params, state, r)
 
-    def _lookup_general(self, v: _Version, params: LookupParams, state: Any, r: int) -> ReflexHit | None:
-        """The rest of :meth:`lookup_with`: the probe's status ``r`` was an error, or the
+    def _lookup_general(self, probe: Any, params: LookupParams, state: Any, r: int) -> ReflexHit | None:
+        """The rest of :meth:`lookup_with`: ``probe``'s status ``r`` was an error, or the
         state was not a list or tuple of 8 numbers."""
         if r == _native.NOT_SIMPLE:
-            ctx, out, probe = v.tls.ctx  # made with the probe that answered NOT_SIMPLE
             if type(state) is Token:  # its 64 bytes as they are
-                hit = probe.lookup_token(params._addr, state.to_bytes())
+                hit = probe.lookup_token(params.address, state.to_bytes())
                 if type(hit) is not int:
                     return hit  # type: ignore[no-any-return]
                 r = hit
             else:
+                v = self._version()  # held for the call, as the probe holds its own
+                ctx = ffi.new("ng_reflex_ctx *")
+                ctx.table = v.handle
                 r = self._lookup_any(ctx, params, state)
                 if r > KNOWN:  # answered
-                    return ReflexHit(out)
+                    assert _HIT_DTYPE.itemsize == _native.HIT_SIZE
+                    return ReflexHit(ffi.buffer(ffi.addressof(ctx, "out"), _HIT_DTYPE.itemsize))
         if r < 0:
             self._raise("ng_reflex_lookup_one", r)
         return None
-
-    def _thread_context(self, v: _Version | None) -> tuple[Any, Any, Any]:
-        if v is None:
-            raise StoreClosedError("the reflex table is closed")
-        ctx = ffi.new("ng_reflex_ctx *")
-        ctx.table = v.handle
-        assert _HIT_DTYPE.itemsize == _native.HIT_SIZE
-        entry = (ctx, ffi.buffer(ffi.addressof(ctx, "out"), _HIT_DTYPE.itemsize),
-                 _native.Probe(int(ffi.cast("uintptr_t", ctx)), ctx, ReflexHit))
-        v.tls.ctx = entry
-        v.tls.probe = entry[2]
-        return entry
 
     @staticmethod
     def _lookup_any(ctx: Any, params: LookupParams, state: Any) -> int:

@@ -16,6 +16,10 @@
  * state. No Python code runs while a list's items are read (no __float__ is invoked), so
  * a list cannot change under the loop.
  *
+ * One Probe serves one table version for every thread: a call's context (its output and
+ * the 1-in-64 timing sample) lives on the C stack, so the Python caller reaches the probe
+ * by one attribute read, with no thread-local lookup. The probe keeps the version alive.
+ *
  * The GIL: kept for a lookup without a fallback radius (a bounded probe of one cell, as
  * the cffi wrapper of ng_reflex_lookup_f32 does), released for one with it.
  *
@@ -48,13 +52,14 @@ static put_frame_t put_frame_fn = NULL;
 
 typedef struct {
     PyObject_HEAD
-    ng_reflex_ctx *ctx;     /* per thread and table version; its memory is kept by owner */
-    PyObject *owner;        /* the cffi object that owns ctx */
-    PyTypeObject *hit_type; /* ReflexHit: a bytes subclass with __slots__ = () */
+    const ng_reflex_table *table; /* one table version; its memory is kept by owner        */
+    uint64_t calls;               /* lookups made through this probe (1 in 64 is timed)   */
+    PyObject *owner;              /* what keeps the table's handle and segments alive     */
+    PyTypeObject *hit_type;       /* ReflexHit: a bytes subclass with __slots__ = ()      */
 } Probe;
 
 static int probe_init(Probe *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"ctx", "owner", "hit_type", NULL};
+    static char *kwlist[] = {"table", "owner", "hit_type", NULL};
     PyObject *addr, *owner, *hit_type;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!", kwlist, &addr, &owner, &PyType_Type, &hit_type))
         return -1;
@@ -66,9 +71,9 @@ static int probe_init(Probe *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_TypeError, "hit_type must be a bytes subclass with __slots__ = ()");
         return -1;
     }
-    void *ctx = PyLong_AsVoidPtr(addr);
-    if (ctx == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "ctx must be a non-null address");
+    void *table = PyLong_AsVoidPtr(addr);
+    if (table == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "table must be a non-null address");
         return -1;
     }
     if (lookup_f32 == NULL || lookup_one == NULL) {
@@ -79,7 +84,8 @@ static int probe_init(Probe *self, PyObject *args, PyObject *kwds) {
     Py_INCREF(hit_type);
     Py_XSETREF(self->owner, owner);
     Py_XSETREF(self->hit_type, tp);
-    self->ctx = (ng_reflex_ctx *)ctx;
+    self->table = (const ng_reflex_table *)table;
+    self->calls = 0;
     return 0;
 }
 
@@ -179,15 +185,22 @@ static const ng_reflex_params *params_of(PyObject *const *args, Py_ssize_t nargs
     return p;
 }
 
+/* A context for one call on the caller's stack, so that one probe serves every thread:
+ * its output is per call, and its sampling count is taken from the probe's atomically. */
+static inline void ctx_init(Probe *self, ng_reflex_ctx *ctx) {
+    ctx->table = self->table;
+    ctx->calls = __atomic_fetch_add(&self->calls, 1, __ATOMIC_RELAXED);
+}
+
 /* The result of a lookup's status r: a hit_type instance, None, or the negative status. */
-static PyObject *answer(Probe *self, int r) {
+static PyObject *answer(Probe *self, const ng_reflex_ctx *ctx, int r) {
     if (r < 0) return PyLong_FromLong(r);
     if (!(r & NG_REFLEX_ANSWERED)) Py_RETURN_NONE;
     const Py_ssize_t size = (Py_ssize_t)sizeof(ng_reflex_hit);
     PyTypeObject *tp = self->hit_type;
     PyObject *hit = tp->tp_alloc(tp, size); /* zeroed, the terminating NUL included */
     if (hit == NULL) return NULL;
-    memcpy(PyBytes_AS_STRING(hit), &self->ctx->out, (size_t)size);
+    memcpy(PyBytes_AS_STRING(hit), &ctx->out, (size_t)size);
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
@@ -204,15 +217,17 @@ static PyObject *probe_lookup(Probe *self, PyObject *const *args, Py_ssize_t nar
     if (p == NULL) return NULL;
     float s[8];
     if (read_state(args[1], s) < 0) return PyLong_FromLong(NOT_SIMPLE);
+    ng_reflex_ctx ctx;
+    ctx_init(self, &ctx);
     int r;
     if (p->fallback_radius > 0) {
         Py_BEGIN_ALLOW_THREADS
-        r = lookup_f32(self->ctx, p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
+        r = lookup_f32(&ctx, p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
         Py_END_ALLOW_THREADS
     } else {
-        r = lookup_f32(self->ctx, p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
+        r = lookup_f32(&ctx, p, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]);
     }
-    return answer(self, r);
+    return answer(self, &ctx, r);
 }
 
 static PyObject *probe_lookup_token(Probe *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -225,16 +240,18 @@ static PyObject *probe_lookup_token(Probe *self, PyObject *const *args, Py_ssize
         PyErr_Format(PyExc_ValueError, "a token image is 64 bytes, got %zd", b.len);
         return NULL;
     }
+    ng_reflex_ctx ctx;
+    ctx_init(self, &ctx);
     int r;
     if (p->fallback_radius > 0) {
         Py_BEGIN_ALLOW_THREADS
-        r = lookup_one(self->ctx, p, NG_REFLEX_STATE_TOKEN, b.buf);
+        r = lookup_one(&ctx, p, NG_REFLEX_STATE_TOKEN, b.buf);
         Py_END_ALLOW_THREADS
     } else {
-        r = lookup_one(self->ctx, p, NG_REFLEX_STATE_TOKEN, b.buf);
+        r = lookup_one(&ctx, p, NG_REFLEX_STATE_TOKEN, b.buf);
     }
     PyBuffer_Release(&b);
-    return answer(self, r);
+    return answer(self, &ctx, r);
 }
 
 static PyMethodDef probe_methods[] = {
@@ -253,7 +270,7 @@ static PyTypeObject ProbeType = {
     .tp_name = "ngstore._fastpath.Probe",
     .tp_basicsize = sizeof(Probe),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Probe(ctx, owner, hit_type): one thread's single-state lookups on one table version.",
+    .tp_doc = "Probe(table, owner, hit_type): single-state lookups on one table version, from any thread.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)probe_init,
     .tp_dealloc = (destructor)probe_dealloc,

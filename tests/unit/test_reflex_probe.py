@@ -121,24 +121,30 @@ def test_states_the_probe_does_not_take_are_answered_or_refused_by_the_general_p
 
 def test_a_closed_table_refuses_a_probe_lookup() -> None:
     t, states = table_of(10)
-    t.lookup_with(DEFAULT_PARAMS, states[0].tolist())  # this thread's probe exists
+    t.lookup_with(DEFAULT_PARAMS, states[0].tolist())
     t.close()
     with pytest.raises(StoreClosedError):
         t.lookup_with(DEFAULT_PARAMS, states[0].tolist())
 
 
-def test_each_thread_gets_its_own_probe_and_the_same_answers() -> None:
+@pytest.mark.parametrize("params", [LookupParams(min_confidence=0),
+                                    LookupParams(min_confidence=0, nearest_fallback=1.5)])
+def test_threads_share_one_probe_and_get_the_same_answers(params: LookupParams) -> None:
+    # With a fallback radius the probe releases the GIL, so the threads' C calls overlap:
+    # a context shared between them would hand one thread another's answer.
     t, states = table_of(300)
-    params = LookupParams(min_confidence=0)
-    want = [bytes(t.lookup_with(params, s.tolist()) or b"") for s in states]
+    rng = np.random.default_rng(5)
+    queries = [s.tolist() for s in np.concatenate([states, states + rng.normal(0, 0.02, states.shape)])]
+    want = [bytes(t.lookup_with(params, q) or b"") for q in queries]
+    probe = t.probe
     errors: list[str] = []
 
     def worker(offset: int) -> None:
         for i in range(offset, offset + 3000):
-            k = i % len(states)
-            got = t.lookup_with(params, states[k].tolist())
+            k = i % len(queries)
+            got = t.lookup_with(params, queries[k])
             if bytes(got or b"") != want[k]:
-                errors.append(f"state {k}")
+                errors.append(f"query {k}")
 
     threads = [threading.Thread(target=worker, args=(n * 7,)) for n in range(4)]
     for th in threads:
@@ -146,13 +152,32 @@ def test_each_thread_gets_its_own_probe_and_the_same_answers() -> None:
     for th in threads:
         th.join()
     assert errors == []
+    assert t.probe is probe  # one for every thread
+
+
+def test_a_probe_keeps_its_table_version_alive_after_growth_and_close() -> None:
+    states = np.random.default_rng(8).uniform(-1, 1, (3000, 8)).astype(np.float32)
+    conns = np.zeros(3000, CONNECTION_DTYPE)
+    conns["token_a"] = np.arange(3000)
+    t = ReflexTable.create(10_000)
+    t.insert_batch(states[:20], conns[:20])
+    params = LookupParams(min_confidence=0)
+    old = t.probe
+    want = bytes(old.lookup(params.address, states[4].tolist()))
+    t.insert_batch(states[20:], conns[20:])  # grows: a new version
+    assert t.probe is not old
+    t.close()
+    assert t.probe is None
+    gc.collect()
+    for _ in range(3):  # the old version's memory is still the probe's to read
+        assert bytes(old.lookup(params.address, states[4].tolist())) == want
 
 
 def test_hits_and_misses_leak_no_references() -> None:
     t, states = table_of(100)
     params = LookupParams(min_confidence=0)
     hit_state, miss_state = states[1].tolist(), [5.0] * 8
-    for _ in range(100):  # the thread's probe, caches
+    for _ in range(100):  # caches
         t.lookup_with(params, hit_state)
     gc.collect()
     before = (sys.getrefcount(ReflexHit), sys.getrefcount(hit_state[0]), sys.getrefcount(None))
@@ -166,27 +191,29 @@ def test_hits_and_misses_leak_no_references() -> None:
 
 
 def test_a_probe_refuses_a_result_type_it_cannot_build_and_bad_arguments() -> None:
-    ctx = ffi.new("ng_reflex_ctx *")
-    addr = int(ffi.cast("uintptr_t", ctx))
+    t, _states = table_of(10)
+    v = t._v
+    assert v is not None
+    addr = int(ffi.cast("uintptr_t", v.handle))
 
     class WithDict(bytes):
         pass
 
     for bad in (WithDict, str, int):
         with pytest.raises(TypeError):
-            _native.Probe(addr, ctx, bad)
+            _native.Probe(addr, v, bad)
     with pytest.raises(ValueError):
-        _native.Probe(0, ctx, ReflexHit)
-    probe = _native.Probe(addr, ctx, ReflexHit)
+        _native.Probe(0, v, ReflexHit)
+    probe = _native.Probe(addr, v, ReflexHit)
     with pytest.raises(TypeError):
-        probe.lookup(DEFAULT_PARAMS._addr)  # type: ignore[call-arg]
+        probe.lookup(DEFAULT_PARAMS.address)  # type: ignore[call-arg]
     with pytest.raises(ValueError):
         probe.lookup(0, [0.0] * 8)
-    assert probe.lookup(DEFAULT_PARAMS._addr, "not a state") == _native.NOT_SIMPLE
-    assert probe.lookup(DEFAULT_PARAMS._addr, b"\0" * 32) == _native.NOT_SIMPLE  # bytes are no float row
-    assert probe.lookup(DEFAULT_PARAMS._addr, np.zeros((1, 8), np.float32)) == _native.NOT_SIMPLE
-    assert probe.lookup(DEFAULT_PARAMS._addr, np.zeros(8, np.int32)) == _native.NOT_SIMPLE
+    assert probe.lookup(DEFAULT_PARAMS.address, "not a state") == _native.NOT_SIMPLE
+    assert probe.lookup(DEFAULT_PARAMS.address, b"\0" * 32) == _native.NOT_SIMPLE  # bytes are no float row
+    assert probe.lookup(DEFAULT_PARAMS.address, np.zeros((1, 8), np.float32)) == _native.NOT_SIMPLE
+    assert probe.lookup(DEFAULT_PARAMS.address, np.zeros(8, np.int32)) == _native.NOT_SIMPLE
     with pytest.raises(ValueError, match="64 bytes"):
-        probe.lookup_token(DEFAULT_PARAMS._addr, b"\0" * 63)
+        probe.lookup_token(DEFAULT_PARAMS.address, b"\0" * 63)
     with pytest.raises(TypeError):
-        probe.lookup_token(DEFAULT_PARAMS._addr, "not bytes")  # type: ignore[arg-type]
+        probe.lookup_token(DEFAULT_PARAMS.address, "not bytes")  # type: ignore[arg-type]
