@@ -165,6 +165,13 @@ static inline size_t ng_ctz64(uint64_t v) { /* v != 0 */
 #endif
 }
 
+#if defined(__GNUC__)
+#define NG_PREFETCH_NT(p) __builtin_prefetch((p), 0, 0)
+#else
+#define NG_PREFETCH_NT(p) ((void)(p))
+#endif
+#define GATHER_AHEAD 4 /* pages of 64 records (4 KiB) that ng_gather_column reads ahead */
+
 /* 1 when every chunk value is present and exactly value_bytes long, or that plus the
  * checksum trailer (what the chunk readers below accept before reading anything). */
 static int ng_chunk_lens_ok(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_lens, size_t nchunks,
@@ -217,22 +224,27 @@ int ng_gather_column(const uint8_t *const *chunk_ptrs, const uint64_t *chunk_len
             uint64_t bits = ng_bitmap_word(bitmap, slots / 8, w);
             if (!bits) continue;
             const uint8_t *rec = base + w * 64 * NG_TOKEN_SIZE + field_off;
-#if defined(__GNUC__)
-            /* A word's records are one 4 KiB page of the map, and the hardware prefetcher
-             * stops at page boundaries: ask for the first lines two pages ahead. */
-            __builtin_prefetch(rec + 2 * 64 * NG_TOKEN_SIZE, 0, 0);
-#endif
             size_t present = bits == UINT64_MAX ? 64 : ng_popcount64(bits);
             if (present > out_cap - n) return NG_ERANGE;
             uint8_t *dst = out + n * field_size;
             n += present;
+            /* A word's records are one 4 KiB page of the map, and the hardware prefetcher
+             * stops at page boundaries, so each new page would start with misses: every
+             * record read asks for its line GATHER_AHEAD pages on (one line per record;
+             * the prefetch cannot fault, past the end of the chunk or of the map). Measured
+             * on a 1M-token store: 1.50x an in-RAM strided sum on one thread with one
+             * prefetch two pages ahead per page, 1.17-1.39x with these (2, 3 or 4 pages
+             * ahead alike; 8 and 16 slower). */
 #define NG_COPY_FIELDS(SIZE)                                                       \
             if (bits == UINT64_MAX) {                                              \
-                for (unsigned k = 0; k < 64; k++)                                  \
+                for (unsigned k = 0; k < 64; k++) {                                \
+                    NG_PREFETCH_NT(rec + (GATHER_AHEAD * 64 + k) * NG_TOKEN_SIZE); \
                     memcpy(dst + k * (SIZE), rec + k * NG_TOKEN_SIZE, (SIZE));     \
+                }                                                                  \
             } else {                                                               \
+                NG_PREFETCH_NT(rec + GATHER_AHEAD * 64 * NG_TOKEN_SIZE);           \
                 for (; bits; bits &= bits - 1, dst += (SIZE))                      \
-                    memcpy(dst, rec + ng_ctz64(bits) * NG_TOKEN_SIZE, (SIZE));        \
+                    memcpy(dst, rec + ng_ctz64(bits) * NG_TOKEN_SIZE, (SIZE));     \
             }
             /* Constant-size copies compile to plain loads and stores. */
             switch (field_size) {

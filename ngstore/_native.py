@@ -152,12 +152,13 @@ def pointer_array(buffers: Sequence[Any]) -> tuple[Any, Any]:
     """``(const uint8_t *[], uint64_t[])``: the addresses and lengths of many buffers, as
     plain pointers (:func:`buffer_pointer`: ``buffers`` must outlive every use of them);
     ``(NULL, NULL)`` for none."""
-    if not buffers:
+    n = len(buffers)
+    if not n:
         return ffi.NULL, ffi.NULL
-    from_buffer, cast = ffi.from_buffer, ffi.cast
-    exports = [from_buffer("uint8_t[]", b) for b in buffers]
-    ptrs = ffi.new("const uint8_t *[]", [cast("const uint8_t *", e) for e in exports])
-    lens = ffi.new("uint64_t[]", [len(e) for e in exports])
+    ptrs = ffi.new("const uint8_t *[]", n)
+    lens = ffi.new("uint64_t[]", n)
+    # one C call reads every buffer's address (a cffi export per buffer cost ~0.3 us)
+    _fastpath.buffer_addresses(buffers, int(ffi.cast("uintptr_t", ptrs)), int(ffi.cast("uintptr_t", lens)), n)
     return ptrs, lens
 
 

@@ -447,9 +447,12 @@ class TokenView:
                 for key, value in txn.cursor(db=db):
                     append(record(DB_TOKENS, bytes(key), value, region_bytes))  # verified as a scan is
                 return bufs
-            for key, value in txn.cursor(db=db):
-                # unverified, a sealed chunk is used whole (the C reads its region, a prefix)
-                append(value if len(value) == sealed else record(DB_TOKENS, bytes(key), value, region_bytes))
+            # unverified, a sealed chunk is used whole (the C reads its region, a prefix);
+            # values alone, a third cheaper than (key, value) pairs: the key is read only
+            # for a chunk of another length, from the cursor that stands on it
+            cursor = txn.cursor(db=db)
+            for value in cursor.iternext(keys=False, values=True):
+                append(value if len(value) == sealed else record(DB_TOKENS, bytes(cursor.key()), value, region_bytes))
         return bufs
 
     # -- similarity (ngstore/similarity.py, docs/api.md "Similarity and traversal") ------

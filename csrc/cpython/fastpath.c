@@ -26,7 +26,9 @@
  * put_frame is the log's other per-commit call: a one-token commit's record framed and
  * stored into the mapped log segment (ngstore/walmap.py). Through cffi, converting its nine
  * integer arguments took about half of a ~470 ns call; here it takes the payload as the
- * bytes object itself (~220 ns a call) and keeps the GIL, as the cffi wrapper did. */
+ * bytes object itself (~220 ns a call) and keeps the GIL, as the cffi wrapper did.
+ *
+ * buffer_addresses fills the pointer and length arrays of a chunk scan in one call. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
@@ -335,6 +337,46 @@ static PyObject *put_frame(PyObject *module, PyObject *const *args, Py_ssize_t n
     return PyLong_FromLong(r);
 }
 
+/* buffer_addresses(buffers, pointers, lengths, n): the address and length of each of the n
+ * buffers (contiguous, any object with the buffer protocol) stored into the arrays at the
+ * addresses pointers (const uint8_t *[n]) and lengths (uint64_t[n]). One call for what
+ * a cffi export per buffer did (~0.3 us each, a tenth of a millisecond per 300 chunks of
+ * a column scan). The buffers must outlive every use of the addresses. */
+static PyObject *buffer_addresses(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "buffer_addresses(buffers, pointers, lengths, n) takes 4 arguments");
+        return NULL;
+    }
+    const uint8_t **ptrs = (const uint8_t **)PyLong_AsVoidPtr(args[1]);
+    uint64_t *lens = ptrs ? (uint64_t *)PyLong_AsVoidPtr(args[2]) : NULL;
+    const Py_ssize_t n = lens ? PyLong_AsSsize_t(args[3]) : -1;
+    if (ptrs == NULL || lens == NULL || n < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "buffer_addresses: null arrays or a negative n");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "buffer_addresses: buffers must be a sequence");
+    if (seq == NULL) return NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != n) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "buffer_addresses: n is not the number of buffers");
+        return NULL;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_buffer b;
+        if (PyObject_GetBuffer(items[i], &b, PyBUF_SIMPLE) < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        ptrs[i] = (const uint8_t *)b.buf;
+        lens[i] = (uint64_t)b.len;
+        PyBuffer_Release(&b);
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"bind", bind, METH_VARARGS,
      "bind(f32, one, frame): the addresses of the C core's ng_reflex_lookup_f32, ng_reflex_lookup_one and\n"
@@ -342,6 +384,9 @@ static PyMethodDef module_methods[] = {
     {"put_frame", (PyCFunction)(void (*)(void))put_frame, METH_FASTCALL,
      "put_frame(address, limit, offset, payload, salt, position, synced, type) -> int: ng_wal_put_frame of\n"
      "the bytes payload at the mapped address (an int): 0, or a negative C status (NG_ERANGE: past limit)."},
+    {"buffer_addresses", (PyCFunction)(void (*)(void))buffer_addresses, METH_FASTCALL,
+     "buffer_addresses(buffers, pointers, lengths, n): each buffer's address and length into the arrays\n"
+     "at the addresses pointers (const uint8_t *[n]) and lengths (uint64_t[n])."},
     {NULL, NULL, 0, NULL},
 };
 

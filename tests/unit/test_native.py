@@ -530,3 +530,23 @@ def test_the_c_crc32_of_a_large_buffer_in_pieces_is_the_crc_of_the_whole():
     for a, b in ((0, 100), (100, 70_001), (70_001, 1 << 20), (1 << 20, len(data))):
         crc = _native.crc32(data[a:b], crc)
     assert crc == zlib.crc32(data)
+
+
+def test_pointer_array_gives_each_buffers_address_and_length_in_one_call() -> None:
+    ffi = _native.ffi
+    arr = np.arange(40, dtype=np.uint8)
+    bufs: list[object] = [b"abc", bytearray(b"defgh"), memoryview(b"0123456789")[2:7], arr, arr[10:30], b""]
+    ptrs, lens = _native.pointer_array(bufs)
+    for i, b in enumerate(bufs):
+        want = ffi.from_buffer("uint8_t[]", b)
+        assert int(lens[i]) == len(want)
+        assert int(ffi.cast("uintptr_t", ptrs[i])) == int(ffi.cast("uintptr_t", want)) or len(want) == 0
+        assert bytes(ffi.buffer(ptrs[i], int(lens[i]))) == bytes(want)
+    assert _native.pointer_array([]) == (ffi.NULL, ffi.NULL)
+    with pytest.raises((BufferError, ValueError)):
+        _native.pointer_array([b"ok", arr[::2]])  # not contiguous: no address to give
+    with pytest.raises(TypeError):
+        _native.pointer_array([b"ok", 3])  # type: ignore[list-item]
+    p, n = ffi.new("const uint8_t *[]", 2), ffi.new("uint64_t[]", 2)
+    with pytest.raises(ValueError, match="number of buffers"):  # n must match: the arrays are n long
+        _native._fastpath.buffer_addresses([b"a"], int(ffi.cast("uintptr_t", p)), int(ffi.cast("uintptr_t", n)), 2)
