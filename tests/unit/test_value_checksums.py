@@ -386,6 +386,19 @@ def test_the_reader_never_returns_a_value_with_a_flipped_bit(db, key, region, da
         layout.unseal(db, other, sealed, len(region), verify=True)
 
 
+@settings(max_examples=200, deadline=None)
+@given(db=st.sampled_from(SEALED_DBS), key=st.binary(min_size=1, max_size=16),
+       region=st.one_of(st.binary(max_size=200), st.binary(min_size=4090, max_size=9000)),
+       trailer=st.binary(min_size=8, max_size=8))
+def test_sealing_in_place_writes_the_trailer_seal_computes(db, key, region, trailer):
+    # seal_into hashes region || key in one call with the key standing in the trailer's
+    # place (regions of 4 KiB and more, keys of at most 8 bytes), or streams them: both
+    # must give seal's bytes whatever the buffer held.
+    buf = bytearray(region + trailer)
+    assert layout.seal_into(db, key, buf, len(region)) is buf
+    assert bytes(buf) == layout.seal(db, key, region)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(chunk=st.integers(0, 4), bit=st.integers(0, CHUNK.sealed_bytes * 8 - 1))
 def test_a_store_read_never_returns_the_bytes_of_a_flipped_chunk_silently(path, chunk, bit):
