@@ -83,6 +83,7 @@ from .reflex import (
     ReflexTable,
     _as_states,
 )
+from .tokens import Token, TokenArray
 from .validation import check_reflex
 
 if TYPE_CHECKING:
@@ -390,6 +391,8 @@ class IntuitionEngine:
             return None
         probe = table.probe  # what lookup_with calls first, without its frame
         r = probe.lookup(self._params.address, state) if probe is not None else 0
+        if type(r) is int and type(state) is Token and probe is not None:  # its 64 bytes as they are
+            r = probe.lookup_token(self._params.address, state.to_bytes())
         hit: ReflexHit | None = r if type(r) is not int else table.lookup_with(  # type: ignore[assignment]
             self._params, state)  # another form of state, an error, or the table closed since
         if hit is None and self._bin_lookups:
@@ -436,8 +439,6 @@ class IntuitionEngine:
     def try_fast_path_batch(self, states: Any, *, with_connections: bool = True) -> FastPathBatch:
         """The fast path for many states in one C call: (n, 8) floats, a TokenArray, a
         TOKEN_DTYPE array, or (n, 8, 3) int16 coordinates."""
-        from .tokens import TokenArray
-
         if isinstance(states, TokenArray):
             states = states.data
         table = self._current.table

@@ -76,6 +76,29 @@ def test_fast_path_answers_a_consolidated_reflex_and_misses_other_states():
     assert s["fast_path_hits"] >= 2 and s["fast_path_misses"] >= 3
 
 
+def test_fast_path_answers_every_form_of_one_state_alike():
+    # A list takes the probe's own path, a Token its image path, the rest the general one.
+    from ngstore.codec import encode_state
+
+    e = ngstore.IntuitionEngine.create(config=ngstore.IntuitionConfig(reflex_capacity=1000))
+    e.consolidate_reflex(STATES[0], reflex())
+    rows = np.zeros(2, ngstore.TOKEN_DTYPE)
+    rows["coordinates"][:, :, 0] = encode_state(STATES[:2])
+    own = [ngstore.Token.from_bytes(r.tobytes()) for r in rows]
+    views = ngstore.TokenArray(rows)  # tokens over array rows (a memoryview image)
+    for k, want_hit in ((0, True), (1, False)):
+        want = e.try_fast_path(STATES[k].tolist())
+        assert (want is not None) == want_hit
+        coords = rows["coordinates"][k]
+        for form in (tuple(STATES[k].tolist()), STATES[k], own[k], views[k], coords):
+            got = e.try_fast_path(form)
+            assert (got is None) == (want is None), type(form)
+            if got is not None:
+                assert bytes(got) == bytes(want), type(form)
+    with pytest.raises(ngstore.errors.InvalidArgumentError):
+        e.try_fast_path(STATES[:2])
+
+
 def test_fast_path_applies_the_original_eligibility_rules():
     # Confidence decides eligibility (>= 150, a Hypothesis >= 200); the similarity compared
     # with 0.85 is measured (docs/format.md §7.7), no longer confidence/255, so a reflex of
