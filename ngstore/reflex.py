@@ -128,7 +128,7 @@ def _check_constants() -> None:
     assert (lib.NG_REFLEX_ANSWERED, lib.NG_REFLEX_KNOWN, lib.NG_REFLEX_BY_FALLBACK) == (1, 2, 4)
     assert len(_STAT_NAMES) == lib.NG_REFLEX_NSTATS
     assert ffi.sizeof("ng_reflex_entry") == ENTRY_DTYPE.itemsize
-    assert ffi.sizeof("ng_reflex_hit") == _HIT_DTYPE.itemsize
+    assert ffi.sizeof("ng_reflex_hit") == _HIT_DTYPE.itemsize == _native.HIT_SIZE
 
 
 _check_constants()
@@ -1012,7 +1012,6 @@ class ReflexTable:
                 ctx.table = v.handle
                 r = self._lookup_any(ctx, params, state)
                 if r > KNOWN:  # answered
-                    assert _HIT_DTYPE.itemsize == _native.HIT_SIZE
                     return ReflexHit(ffi.buffer(ffi.addressof(ctx, "out"), _HIT_DTYPE.itemsize))
         if r < 0:
             self._raise("ng_reflex_lookup_one", r)
