@@ -83,13 +83,10 @@ def ram_chunked_scan(arr: np.ndarray) -> float:
     return total
 
 
-#: per store size, each store scan's time ÷ the in-RAM column's in the same round
-SCAN_RATIOS: dict[int, dict[str, list[float]]] = {}
-
-
-def scan_rows(b: Bench, s: Any, arr: np.ndarray, n: int, reps: int) -> None:
+def scan_rows(b: Bench, s: Any, arr: np.ndarray, n: int, reps: int) -> dict[str, list[float]]:
     """The warm scans of the store and of the in-RAM column, in rounds (one run of each a
-    round: the host's phases hit them alike), and the per-chunk costs."""
+    round: the host's phases hit them alike), and the per-chunk costs. Returns each store
+    scan's time ÷ the in-RAM column's, round by round."""
     rounds = alternated({NG_VIEWS: lambda: ng_scan(s), NG_COLUMN: lambda: ng_column_scan(s),
                          RAM_COLUMN: lambda: float(arr["weight"].sum()),
                          RAM_CHUNKED: lambda: ram_chunked_scan(arr)},
@@ -97,8 +94,7 @@ def scan_rows(b: Bench, s: Any, arr: np.ndarray, n: int, reps: int) -> None:
     for name, times in rounds.items():
         b.record(W_SCAN, name, n, "ns/token", times)
     whole, chunked = rounds[RAM_COLUMN], rounds[RAM_CHUNKED]
-    SCAN_RATIOS[n] = {name: [x / y for x, y in zip(rounds[name], whole, strict=True)]
-                      for name in (NG_VIEWS, NG_COLUMN)}
+    ratios = {name: [x / y for x, y in zip(rounds[name], whole, strict=True)] for name in (NG_VIEWS, NG_COLUMN)}
     chunks = ng_chunk_walk(s)
     b.record(W_CHUNK, "ngstore chunks() walk", n, "µs/chunk",
              repeat(lambda: ng_chunk_walk(s), reps, scale=1e6 / chunks, warmup=True),
@@ -107,16 +103,19 @@ def scan_rows(b: Bench, s: Any, arr: np.ndarray, n: int, reps: int) -> None:
     b.record(W_CHUNK, "numpy's call per chunk (in RAM)", n, "µs/chunk",
              [max(0.0, (c - float(np.median(whole))) * per) for c in chunked],
              note="an in-RAM column summed chunk by chunk, less summed whole")
+    return ratios
 
 
-def scan_at_scale(b: Bench, n: int, reps: int) -> None:
-    """The warm scans at ``n`` tokens, the store alone (its peers' datasets are not built)."""
+def scan_at_scale(b: Bench, n: int, reps: int) -> dict[str, list[float]]:
+    """The warm scans at ``n`` tokens, the store alone (its peers' datasets are not built);
+    :func:`scan_rows`' ratios."""
     arr = token_data(b, n)
     with ngstore.open(dataset(b, "ngstore", n), **store_options(n)) as s:
-        scan_rows(b, s, arr, n, reps)
+        ratios = scan_rows(b, s, arr, n, reps)
         want = float(arr["weight"].sum())
         assert abs(ng_scan(s) - want) <= 1e-3 * abs(want) + 1, "ngstore scan disagrees with numpy"
     b.cache.pop(("tokens", n), None)  # 640 MB
+    return ratios
 
 
 def ng_column_scan(s: Any) -> float:
@@ -141,6 +140,7 @@ def run(b: Bench) -> None:
     rng = np.random.default_rng(7)
     reps = b.repeats
     pair_ratios: dict[int, list[float]] = {}  # get_token ÷ bare, per round, by store size
+    scan_ratios: dict[int, dict[str, list[float]]] = {}  # store scan ÷ in-RAM column, per round, by size
     for n in b.sizes:
         arr = token_data(b, n)
         s = ngstore.open(dataset(b, "ngstore", n), **store_options(n))
@@ -216,7 +216,7 @@ def run(b: Bench) -> None:
         tc.abort()
 
         # -- warm column scans
-        scan_rows(b, s, arr, n, reps)
+        scan_ratios[n] = scan_rows(b, s, arr, n, reps)
         b.record(W_SCAN, "numpy memmap .npy", n, "ns/token",
                  repeat(lambda: float(mm["weight"].sum()), reps, scale=1e9 / n, warmup=True))
         b.record(W_SCAN, "lmdb 64 KiB chunks", n, "ns/token",
@@ -269,7 +269,7 @@ def run(b: Bench) -> None:
         d = None
 
     if not b.quick and SCAN_AT_SCALE not in b.sizes:
-        scan_at_scale(b, SCAN_AT_SCALE, reps)
+        scan_ratios[SCAN_AT_SCALE] = scan_at_scale(b, SCAN_AT_SCALE, reps)
     n = 1_000_000 if b.max_size >= 1_000_000 else b.max_size
     g = b.get(W_GATHER, "ngstore get_tokens", n)
     if g:
@@ -286,7 +286,7 @@ def run(b: Bench) -> None:
                 f"{min(r):.3g}-{max(r):.3g}", n)
     for size in (n, SCAN_AT_SCALE):
         for name, what in ((NG_VIEWS, "over snapshot views"), (NG_COLUMN, "with column()")):
-            r = SCAN_RATIOS.get(size, {}).get(name)
+            r = scan_ratios.get(size, {}).get(name)
             if r:
                 b.check("store core", f"column scan {what} ÷ in-RAM numpy (median of rounds)",
                         float(np.median(r)), "<=", 1.5,
