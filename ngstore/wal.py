@@ -769,8 +769,8 @@ class Log:
         else:
             log._open_active(segs[-1])
             io.fdatasync(log._fd)  # type: ignore[arg-type]  # what we will replay is durable
-            if log._native_write:  # the runway an earlier process left: ours (walmap.own_runway)
-                log._mappable_until = own_runway(io, log._fd, log._write_off, log._zeroed_until, log._prealloc)
+        if log._native_write and not log._mappable_until:  # reopened (after a salvage too): walmap.own_runway
+            log._mappable_until = own_runway(io, log._fd, log._write_off, log._zeroed_until, log._prealloc)
         report.records = sum(s.records for s in log._segs)
         report.first_position = log._segs[0].first
         report.last_position = log._last

@@ -562,3 +562,12 @@ def _apply_name(names: dict[str, int], op: Op, pending_inode: dict[Op, int]) -> 
             names[op.dst] = ino
     elif op.kind == "unlink":
         names.pop(op.path, None)
+
+
+def mapped_paths(directory: str) -> set[str]:
+    """The files of ``directory`` this process maps now (/proc/self/maps): whether the log
+    stores its records through a mapping."""
+    d = os.path.realpath(directory)
+    with open("/proc/self/maps") as f:
+        fields = [line.split(maxsplit=5) for line in f]
+    return {x[5].strip() for x in fields if len(x) == 6 and x[5].startswith(d)}

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import os
 
+from walfaults import mapped_paths
+
 from ngstore import wal
 
 B = wal.BATCH
-
-
-def mapped_paths(directory) -> set[str]:
-    d = os.path.realpath(directory)
-    with open("/proc/self/maps") as f:
-        fields = [line.split(maxsplit=5) for line in f]
-    return {x[5].strip() for x in fields if len(x) == 6 and x[5].startswith(d)}
 
 
 def active_segment(directory) -> str:

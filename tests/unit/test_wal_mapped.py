@@ -12,7 +12,7 @@ import threading
 import zlib
 
 import pytest
-from walfaults import NoSyncIO, RecordingIO
+from walfaults import NoSyncIO, RecordingIO, mapped_paths
 
 from ngstore import wal
 from ngstore._native import ffi, lib
@@ -20,14 +20,6 @@ from ngstore.errors import StoreClosedError
 from ngstore.fileio import DEFAULT_IO, FileIO
 
 B = wal.BATCH
-
-
-def mapped_paths(directory) -> set[str]:
-    """Files of ``directory`` this process maps now."""
-    d = os.path.realpath(directory)
-    with open("/proc/self/maps") as f:
-        return {line.split(maxsplit=5)[5].strip() for line in f
-                if len(line.split(maxsplit=5)) == 6 and line.split(maxsplit=5)[5].startswith(d)}
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 63, 100, 4095, 70_000])
