@@ -129,6 +129,12 @@ CommitListener = Callable[[int, np.ndarray], None]
 SubmitCallback = Callable[[CommitResult | BaseException], None]
 
 
+#: The writer's counters (``Writer.stats_counters``; ``stats()`` shows them as zeros for a
+#: read-only handle).
+STATS_COUNTERS = ("commits_total", "commit_errors_total", "panics_recovered_total", "wal_records_written_total",
+                  "wal_records_replayed_total", "direct_commits_total", "commits_already_committed_total")
+
+
 @dataclass(frozen=True)
 class WriterOptions:
     """The writer's share of the store's options (see ``options.Options``)."""
@@ -293,9 +299,7 @@ class Writer:
         self._table_bytes = 0            # ... is this
         #: leads and finishes submitted batches (one thread, started by the first one)
         self._committer = Committer(self._lead, applier.wait_applied, "ngstore-committer")
-        self.stats_counters = {"commits_total": 0, "commit_errors_total": 0, "panics_recovered_total": 0,
-                               "wal_records_written_total": 0, "wal_records_replayed_total": 0,
-                               "direct_commits_total": 0, "commits_already_committed_total": 0}
+        self.stats_counters = dict.fromkeys(STATS_COUNTERS, 0)
 
     # -- state others read ---------------------------------------------------------------
 

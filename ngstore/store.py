@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from . import reflex_store
 from .batch import Batch, CommitResult, ValidationCounters, check_durability, reflex_resize_op, token_put_op
 from .check import CheckReport, check_store
-from .commit import Writer
+from .commit import STATS_COUNTERS, Writer
 from .config import IntuitionConfig
 from .connections import Connection, ConnectionArray
 from .directory import Directory
@@ -57,11 +57,6 @@ if TYPE_CHECKING:
     from .obs.metrics import StoreCollector
 
 __all__ = ["Options", "Store", "open"]
-
-#: The per-writer counters ``stats()`` shows for a read-only handle too (as zeros).
-_WRITER_STATS = ("commits_total", "commit_errors_total", "panics_recovered_total", "wal_records_written_total",
-                 "wal_records_replayed_total", "direct_commits_total", "commits_already_committed_total")
-
 
 def open(path: str | os.PathLike[str], options: Options | None = None, **overrides: Any) -> Store:
     """Opens (or creates) the store in directory ``path``.
@@ -479,7 +474,7 @@ class Store:
             return out
         w = self._writer
         c = self._counters(tolerate_failure=True)
-        out.update(w.stats_counters if w is not None else dict.fromkeys(_WRITER_STATS, 0))
+        out.update(w.stats_counters if w is not None else dict.fromkeys(STATS_COUNTERS, 0))
         out["checkpoints_total"] = w.applier.checkpoints_total if w is not None else 0
         if w is not None:
             w.observe_pending()
