@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,6 +66,19 @@ def _named(doing: str, path: str, state: StoreState = StoreState.STOPPED) -> Ite
         if isinstance(exc, NgStoreError):
             raise
         raise storage_error(exc, doing, state, path=path) from exc
+
+
+#: The directories holding a lock in this process, weakly: a child made by fork() lets go
+#: of its descriptors of them (``Directory.forget_locks``).
+_locking: weakref.WeakSet[Directory] = weakref.WeakSet()
+
+
+def _inherited_in_child() -> None:
+    for d in list(_locking):
+        d.forget_locks()
+
+
+os.register_at_fork(after_in_child=_inherited_in_child)
 
 
 class Directory:
@@ -253,6 +267,7 @@ class Directory:
             raise storage_error(exc, "taking the writer lock", StoreState.STOPPED,
                                 path=self.file(WRITER_LOCK)) from exc
         self._writer_fd = fd
+        _locking.add(self)
         with _named("writing the writer lock file", self.file(WRITER_LOCK)):
             self.io.truncate(fd, 0)
             self.io.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -267,6 +282,7 @@ class Directory:
         none is needed: nothing can write there either."""
         try:
             self._readers_fd = self.io.lock(self.file(READERS_LOCK), exclusive=False, mode=self.mode)
+            _locking.add(self)
         except LockBusyError:
             raise StoreLockedError(f"{self.path}: a writer is recovering this store; retry in a moment") from None
         except (PermissionError, FileNotFoundError):  # may neither write nor create it
@@ -298,6 +314,20 @@ class Directory:
             return self.io.read_file(p, limit=64).decode("ascii", "replace").strip() or "?"
         except OSError:
             return "?"
+
+    def forget_locks(self) -> None:
+        """In a child made by fork(): the locks are the parent's (a ``flock`` belongs to the
+        open file, which both processes share, so unlocking here would unlock the parent).
+        Closes this process's descriptors of them without unlocking: the locks stay the
+        parent's, and end with it even while the child lives on."""
+        for attr in ("_writer_fd", "_readers_fd"):
+            fd = getattr(self, attr)
+            setattr(self, attr, None)
+            if fd is not None:
+                try:
+                    self.io.close(fd)
+                except OSError:  # pragma: no cover - closing a descriptor we own
+                    pass
 
     def release(self) -> None:
         """Releases every lock this handle holds."""

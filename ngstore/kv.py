@@ -60,10 +60,12 @@ What it owns
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
@@ -123,16 +125,22 @@ class _Shared:
         #: Values ``point_txn`` has read, kept for the reads after (``KV.read_one``); they
         #: point into its snapshot, so they go with it.
         self.point_values: dict[Any, Any] = {}
+        #: Set in a child made by fork() (``_inherited_in_child``): the environment is the
+        #: parent's, and no transaction of it may be ended here.
+        self.inherited = False
+        _environments.add(self)
 
     def drop_point_txn(self) -> None:
         """Ends the reused point-read transaction (with ``_registry_lock`` held)."""
         txn, self.point_txn = self.point_txn, None
         self.point_values = {}
-        if txn is not None:
+        if txn is not None and not self.inherited:
             txn.abort()
 
 
 _registry: dict[str, _Shared] = {}
+#: Every environment of this process, open or not yet freed (what a fork inherits).
+_environments: weakref.WeakSet[_Shared] = weakref.WeakSet()
 #: Reentrant: the last release of a read lease runs wherever the garbage collector frees a
 #: zero-copy view -- possibly inside a block of this same thread that holds the lock (an
 #: open walking the file allocates); it then ends its transaction and drops a reference of
@@ -142,6 +150,27 @@ _registry_lock = threading.RLock()
 _reader_ended = threading.Condition(_registry_lock)
 #: How long a map growth waits for short internal reads (``ReadTxn``) to end.
 GROW_WAIT_SECONDS = 10.0
+
+
+def _inherited_in_child() -> None:
+    """In a child made by fork(): every environment open at the fork is the parent's. LMDB's
+    lock table is shared by the two processes, so ending a read transaction the child
+    inherited frees the parent's reader slot (the pages its snapshot reads could then be
+    reused under it), and py-lmdb ends every transaction of an environment it closes or
+    frees. So each is marked inherited -- none of its transactions is ended here, it is
+    never closed, and an open of its directory here is refused (py-lmdb refuses a second
+    environment of one path in a process anyway) -- and kept alive for the child's whole
+    life, through its exit. The locks are made anew: a thread of the parent may have held
+    one at the fork."""
+    global _registry_lock, _reader_ended
+    for shared in list(_environments):
+        shared.inherited = True
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(shared.env))  # never freed in this process
+    _registry_lock = threading.RLock()
+    _reader_ended = threading.Condition(_registry_lock)
+
+
+os.register_at_fork(after_in_child=_inherited_in_child)
 
 
 #: At most this many values are kept for point reads (``KV.read_one``) at once: token chunks
@@ -265,6 +294,12 @@ class KV:
         self.before_grow: Callable[[], None] | None = None
         with _registry_lock:
             shared = _registry.get(self.path)
+            if shared is not None and shared.inherited:
+                raise StoreLockedError(
+                    f"{self.path} was open in the process this one was forked from, at the fork: its LMDB "
+                    "environment can neither be used nor opened again here (LMDB's rule across fork(); py-lmdb "
+                    "refuses a second open). Open the store in a process started with the 'spawn' or "
+                    "'forkserver' method, or in one forked before the store was opened")
             if shared is not None and shared.identity != io.identity(self.data_path):
                 # The directory was removed and made again (a store re-created at the same
                 # path) while something of the old store still holds its environment: that
@@ -409,10 +444,18 @@ class KV:
             self.end_read(txn)
 
     def end_read(self, txn: lmdb.Transaction) -> None:
+        if self._shared.inherited:  # the parent's transaction (``_inherited_in_child``)
+            return
         try:
             txn.abort()
         finally:
             self._unref(reader=True)
+
+    @property
+    def inherited(self) -> bool:
+        """Whether this process is a child made by fork() after the environment was opened
+        (``_inherited_in_child``): nothing of it may be used here."""
+        return self._shared.inherited
 
     def translated(self, exc: BaseException, doing: str = "reading") -> BaseException:
         """``exc`` as ngstore raises it: an LMDB error translated, anything else as is."""
@@ -673,7 +716,8 @@ class KV:
 
     def unpin(self) -> None:
         if self._pin is not None:
-            self._pin.abort()
+            if not self._shared.inherited:
+                self._pin.abort()
             self._pin = None
 
     # -- copies (backups) ---------------------------------------------------------------
@@ -719,6 +763,8 @@ class KV:
         self._unref()
 
     def _unref(self, reader: bool = False) -> None:
+        if self._shared.inherited:  # the parent's: never closed here
+            return
         with _registry_lock:
             shared = self._shared
             if reader:

@@ -211,7 +211,10 @@ class Snapshot:
 
     def _txn(self) -> Any:
         txn = self._lease.txn
-        if self._closed or txn is None:
+        if self._closed or txn is None or self._kv.inherited:
+            if self._kv.inherited:
+                raise StoreClosedError(f"this snapshot of {self._kv.path} was taken by another process and inherited "
+                                       "through fork(), which LMDB's transactions cannot cross")
             raise StoreClosedError("this snapshot is closed")
         return txn
 

@@ -25,14 +25,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from . import reflex_store
+from . import forks, reflex_store
 from .batch import Batch, CommitResult, ValidationCounters, check_durability, reflex_resize_op, token_put_op
 from .check import CheckReport, check_store
 from .commit import STATS_COUNTERS, Writer
 from .config import IntuitionConfig
 from .connections import Connection, ConnectionArray
 from .directory import Directory
-from .errors import InvalidArgumentError, NgStoreError, NotFoundError, StoreClosedError
+from .errors import InvalidArgumentError, NgStoreError, NotFoundError
 from .experience import ExperienceStream
 from .experience_store import StoreExperienceStream
 from .graph import Hops, Path
@@ -85,6 +85,7 @@ class Store:
         self._closed = False
         self._closing = False
         self._lock = threading.Lock()
+        self._owner = os.getpid()
         self._writer: Writer | None = None
         self._reader_reflexes = Current()  # read-only handles: the table they attached
         self._experience: StoreExperienceStream | None = None
@@ -106,6 +107,7 @@ class Store:
         self._layout = ChunkLayout(meta.chunk_slots)
         self._meta = meta
         self._announce_open(meta)
+        forks.opened(self)
 
     def _open(self) -> tuple[KV, Meta]:
         if self.readonly:
@@ -160,7 +162,10 @@ class Store:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise StoreClosedError(f"the store {self.path} is closed")
+            raise forks.closed_error(self.path, self._owner)
+
+    def _inherited(self) -> None:  # in a child made by fork() (``forks``): refuse all, release nothing
+        self._lock, self._closing, self._closed = threading.Lock(), True, True
 
     def _live_writer(self) -> Writer:
         self._check_open()
@@ -296,7 +301,7 @@ class Store:
     def _token_record(self, token_id: int) -> bytes | None:
         """The 64 bytes of token ``token_id`` as this handle sees them, None if absent."""
         if self._closed:
-            raise StoreClosedError(f"the store {self.path} is closed")
+            raise forks.closed_error(self.path, self._owner)
         if type(token_id) is not int or not 0 <= token_id <= MAX_TOKEN_ID:
             token_id = int(ids_array([token_id])[0])
         w = self._writer
@@ -571,6 +576,7 @@ class Store:
             if self._obs is not None:
                 self._obs.publish_stats()  # the stats page's last values, while stats() answers
             self._closed = True
+            forks.closed(self)
             # The reader's own hold on its reflex table (and with it the read lease and the
             # environment); a table handed out keeps its own lease.
             self._reader_reflexes.table = None

@@ -148,6 +148,7 @@ class Observability:
         self._crash_installed = False
         self._publisher: StatsPublisher | None = None
         self._closed = False
+        _instances.add(self)
 
     # ------------------------------------------------------------------ the writer's files
     @property
@@ -333,6 +334,22 @@ class Observability:
         self.blackbox.detach()
         self._rebind()
 
+    def inherited_in_child(self) -> None:
+        """In a child made by fork(): the ring, the stats page and faulthandler's descriptor
+        are the parent's (the mappings are shared). Uninstalls the crash hooks here and goes
+        on in memory, writing neither file (``close`` would mark both closed)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._crash_installed:
+            _hooks.forget(self)
+            self._crash_installed = False
+        if self._publisher is not None:
+            self._publisher.inherited_in_child()
+            self._publisher = None
+        self.blackbox.inherited_in_child()
+        self._rebind()
+
     def __repr__(self) -> str:
         return (f"Observability({self.store_path!r}, tracing={self.tracing_enabled}, "
                 f"events={len(self.blackbox)}, ring={self.blackbox.path or 'memory'})")
@@ -418,13 +435,28 @@ class _ProcessHooks:
                 for other in list(self._members):   # hand it to another open writer
                     if self._install_faulthandler(other):
                         break
-            if not self._active or len(self._members):
-                return
-            self._active = False
-            if sys.excepthook == self._excepthook:
-                sys.excepthook = self._prev_excepthook
-            if threading.excepthook == self._threading_hook:
-                threading.excepthook = self._prev_threading_hook
+            self._uninstall_if_unused()
+
+    def forget(self, obs: Observability) -> None:
+        """``remove`` for a child made by fork() (``Observability.inherited_in_child``): the
+        ring's header is the parent's, so it is not written; faulthandler, which writes into
+        the parent's ring, is turned off here."""
+        self._lock = threading.RLock()  # a thread of the parent may have held it
+        self._members.discard(obs)
+        if self._fault_owner is obs:
+            faulthandler.disable()
+            self._fault_owner = None
+        self._uninstall_if_unused()
+
+    def _uninstall_if_unused(self) -> None:
+        """The exception hooks restored once no store is a member (if nobody replaced ours)."""
+        if not self._active or len(self._members):
+            return
+        self._active = False
+        if sys.excepthook == self._excepthook:
+            sys.excepthook = self._prev_excepthook
+        if threading.excepthook == self._threading_hook:
+            threading.excepthook = self._prev_threading_hook
 
     def _dump_all(self, reason: str, exc_info: tuple[Any, Any, Any]) -> None:
         if not self._active:
@@ -453,3 +485,13 @@ class _ProcessHooks:
 
 
 _hooks = _ProcessHooks()
+#: Every Observability of this process, weakly: a child made by fork() turns them off.
+_instances: weakref.WeakSet[Observability] = weakref.WeakSet()
+
+
+def _inherited_in_child() -> None:
+    for obs in list(_instances):
+        obs.inherited_in_child()
+
+
+os.register_at_fork(after_in_child=_inherited_in_child)

@@ -633,8 +633,10 @@ class BlackBox:
             self._flags = (self._flags | FLAG_FAULT_TEXT) if on else (self._flags & ~FLAG_FAULT_TEXT)
             self._write_file_head(STATE_OPEN)
 
-    def detach(self) -> None:
-        """Mark the file closed cleanly and go on in memory. Idempotent.
+    def detach(self, *, mark_closed: bool = True) -> None:
+        """Mark the file closed cleanly and go on in memory. Idempotent. Without
+        ``mark_closed`` the file is left as it is (a child made by fork() leaves the
+        parent's ring alone: the mapping is shared).
 
         The mapping is not closed here but dropped: a thread that took the old ``record``
         just before (an application thread racing the store's close) then still writes a
@@ -644,11 +646,18 @@ class BlackBox:
             mm, fd, io = self._mm, self._fd, self._io
             if mm is None or fd is None or io is None:
                 return
-            self._write_file_head(STATE_CLOSED)
+            if mark_closed:
+                self._write_file_head(STATE_CLOSED)
             self._buf = bytearray(mm)
             self._mm = self._fd = self._io = self._path = None
             self.record = self._make_record()
         io.close(fd)   # the mapping keeps its own reference to the file
+
+    def inherited_in_child(self) -> None:
+        """In a child made by fork(): goes on in memory and leaves the ring file, the
+        parent's (the mapping is shared), as it is."""
+        self._lock = threading.Lock()  # a thread of the parent may have held it
+        self.detach(mark_closed=False)
 
     def __repr__(self) -> str:
         where = self._path or "memory"

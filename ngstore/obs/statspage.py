@@ -280,6 +280,22 @@ class StatsPublisher:
                     pass
                 self._io.close(self._fd)   # drops the liveness lock
 
+    def inherited_in_child(self) -> None:
+        """In a child made by fork(): the page is the parent's, and its publishing thread
+        did not survive the fork. Lets go of this process's mapping and descriptor of it
+        without writing: the liveness lock stays the parent's (a ``flock`` belongs to the
+        open file, which closing one copy of its descriptor leaves locked), and ends with it."""
+        self._closed = True
+        self._thread = None
+        try:
+            self._mm.close()
+        except BufferError:
+            pass
+        try:
+            self._io.close(self._fd)
+        except OSError:
+            pass
+
 
 # ---------------------------------------------------------------------------- reading
 @dataclass

@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -122,27 +123,45 @@ def test_a_mode_that_is_not_file_permission_bits_with_owner_read_write_is_refuse
 NOBODY = 65534
 
 
-def _as_user(uid: int, gid: int, fn) -> int:
-    """Runs ``fn`` in a forked child as ``uid``/``gid`` (no other groups); its exit code:
-    0 if ``fn`` returned, 13 on PermissionError or a NotAStoreError caused by one, 1 else."""
+def _as_user_later(uid: int, gid: int, fn) -> Callable[[], int]:
+    """Forks now a child that, once the returned function is called, runs ``fn`` as
+    ``uid``/``gid`` (no other groups); that function returns its exit code: 0 if ``fn``
+    returned, 13 on PermissionError or a NotAStoreError caused by one, 1 else. Forking
+    before the caller opens the store matters: a child cannot use, nor open again, a store
+    that was open in its parent at the fork."""
+    go_r, go_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-            try:
-                fn()
-                code = 0
-            except PermissionError:
-                code = 13
-            except ngstore.NgStoreError as exc:
-                cause = exc.__cause__ or exc.__context__
-                code = 13 if isinstance(cause, PermissionError) or "ermission denied" in str(exc) else 1
+            os.close(go_w)
+            if os.read(go_r, 1) == b"x":  # else the parent gave up on us
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+                try:
+                    fn()
+                    code = 0
+                except PermissionError:
+                    code = 13
+                except ngstore.NgStoreError as exc:
+                    cause = exc.__cause__ or exc.__context__
+                    code = 13 if isinstance(cause, PermissionError) or "ermission denied" in str(exc) else 1
         finally:
             os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    os.close(go_r)
+
+    def start() -> int:
+        os.write(go_w, b"x")
+        os.close(go_w)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    return start
+
+
+def _as_user(uid: int, gid: int, fn) -> int:
+    """``fn`` run at once in a child as ``uid``/``gid`` (``_as_user_later``): its exit code."""
+    return _as_user_later(uid, gid, fn)()
 
 
 @pytest.fixture
@@ -170,6 +189,9 @@ def test_another_user_reads_where_the_mode_allows_and_is_refused_elsewhere(share
                                                                         others_read):
     path = os.path.join(shared_dir, "store")
     gid = 4242  # the store's group: a group nobody belongs to unless the child takes it
+    # forked before the writer opens: readers of the group, and of no group
+    group_reader = _as_user_later(NOBODY, gid, lambda: _read_100(path))
+    other_reader = _as_user_later(NOBODY, NOBODY, lambda: _read_100(path))
     with ngstore.open(path, mode=mode) as s:
         s.put_tokens(make_tokens(np.arange(100)))
         s.checkpoint()
@@ -177,8 +199,8 @@ def test_another_user_reads_where_the_mode_allows_and_is_refused_elsewhere(share
             for n in [".", *dns, *fns]:
                 os.chown(os.path.join(dp, n), -1, gid)
         # while the writer holds the store: a reader of the group, and one of no group
-        assert _as_user(NOBODY, gid, lambda: _read_100(path)) == (0 if same_group_reads else 13)
-        assert _as_user(NOBODY, NOBODY, lambda: _read_100(path)) == (0 if others_read else 13)
+        assert group_reader() == (0 if same_group_reads else 13)
+        assert other_reader() == (0 if others_read else 13)
     assert _as_user(NOBODY, gid, lambda: _read_100(path)) == (0 if same_group_reads else 13)
 
 
