@@ -139,8 +139,10 @@ class _Shared:
 
 
 _registry: dict[str, _Shared] = {}
-#: Every environment of this process, open or not yet freed (what a fork inherits).
+#: Every environment of this process, open or not yet freed, and every handle of one (what
+#: a fork inherits).
 _environments: weakref.WeakSet[_Shared] = weakref.WeakSet()
+_handles: weakref.WeakSet[KV] = weakref.WeakSet()
 #: Reentrant: the last release of a read lease runs wherever the garbage collector frees a
 #: zero-copy view -- possibly inside a block of this same thread that holds the lock (an
 #: open walking the file allocates); it then ends its transaction and drops a reference of
@@ -166,6 +168,8 @@ def _inherited_in_child() -> None:
     for shared in list(_environments):
         shared.inherited = True
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(shared.env))  # never freed in this process
+    for kv in list(_handles):
+        kv.inherited = True
     _registry_lock = threading.RLock()
     _reader_ended = threading.Condition(_registry_lock)
 
@@ -349,6 +353,10 @@ class KV:
                     "before opening it for writing")
             shared.refs += 1
         self._shared = shared
+        #: Set in a child made by fork() (``_inherited_in_child``): nothing of this handle
+        #: may be used here, and no transaction of it is ended.
+        self.inherited = False
+        _handles.add(self)
         self.env: lmdb.Environment = shared.env
         self.dbs: dict[bytes, Any] = shared.dbs
 
@@ -444,18 +452,12 @@ class KV:
             self.end_read(txn)
 
     def end_read(self, txn: lmdb.Transaction) -> None:
-        if self._shared.inherited:  # the parent's transaction (``_inherited_in_child``)
+        if self.inherited:  # the parent's transaction (``_inherited_in_child``)
             return
         try:
             txn.abort()
         finally:
             self._unref(reader=True)
-
-    @property
-    def inherited(self) -> bool:
-        """Whether this process is a child made by fork() after the environment was opened
-        (``_inherited_in_child``): nothing of it may be used here."""
-        return self._shared.inherited
 
     def translated(self, exc: BaseException, doing: str = "reading") -> BaseException:
         """``exc`` as ngstore raises it: an LMDB error translated, anything else as is."""
@@ -716,7 +718,7 @@ class KV:
 
     def unpin(self) -> None:
         if self._pin is not None:
-            if not self._shared.inherited:
+            if not self.inherited:
                 self._pin.abort()
             self._pin = None
 
@@ -763,7 +765,7 @@ class KV:
         self._unref()
 
     def _unref(self, reader: bool = False) -> None:
-        if self._shared.inherited:  # the parent's: never closed here
+        if self.inherited:  # the parent's: never closed here
             return
         with _registry_lock:
             shared = self._shared
