@@ -1048,8 +1048,9 @@ class Writer:
     def _ensure_flusher(self) -> None:
         if self._flusher is None or not self._flusher.is_alive():
             self._flusher_stop.clear()
-            self._flusher = threading.Thread(target=self._flush_loop, name="ngstore-flusher", daemon=True)
-            self._flusher.start()
+            flusher = threading.Thread(target=self._flush_loop, name="ngstore-flusher", daemon=True)
+            flusher.start()  # kept once started: close() joins it (an interrupted start left one it could not)
+            self._flusher = flusher
 
     def _flush_loop(self) -> None:
         # Syncs start flush_interval apart, counted from the start of the previous sync
