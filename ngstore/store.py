@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Options", "Store", "open"]
 
+
 def open(path: str | os.PathLike[str], options: Options | None = None, **overrides: Any) -> Store:
     """Opens (or creates) the store in directory ``path``.
 
