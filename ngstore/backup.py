@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import xxhash
 
-from . import wal
+from . import wal, waltools
 from .directory import Directory
 from .errors import CorruptionError, FormatVersionError, InvalidArgumentError, NgStoreError
 from .fileio import DEFAULT_IO, FileIO
@@ -278,7 +278,7 @@ class _Segment:
     first: int
     fd: int
     data: bytes = b""
-    frames: wal.SegmentFrames | None = None
+    frames: waltools.SegmentFrames | None = None
 
 
 class _HeldLog:
@@ -292,7 +292,7 @@ class _HeldLog:
 
     def hold(self) -> None:
         """Opens every segment listed now that is not held yet."""
-        for first, path in wal.list_segments(self.dir, io=self.io):
+        for first, path in waltools.list_segments(self.dir, io=self.io):
             name = os.path.basename(path)
             if name in self.segs:
                 continue
@@ -307,8 +307,8 @@ class _HeldLog:
         out = sorted(self.segs.values(), key=lambda s: s.first)
         for s in out:
             s.data = self.io.pread(s.fd, self.io.file_size(s.fd), 0)
-            got = wal.scan_segment(s.data, s.first)
-            s.frames = got if isinstance(got, wal.SegmentFrames) else None
+            got = waltools.scan_segment(s.data, s.first)
+            s.frames = got if isinstance(got, waltools.SegmentFrames) else None
         return out
 
     def close(self) -> None:

@@ -75,10 +75,10 @@ def _log_summary(records: int, first: int, last: int, segments: int, size: int |
 
 
 def cmd_wal_verify(a: argparse.Namespace) -> int:
-    from . import wal
+    from . import waltools
 
     refuse_if_live_writer(a.path)
-    report = wal.verify(os.path.join(a.path, "wal"))
+    report = waltools.verify(os.path.join(a.path, "wal"))
     if a.json:
         print(json.dumps(_as_dict(report), indent=2, default=str))
         return 0 if report.ok else EXIT_UNSOUND
@@ -93,10 +93,10 @@ def cmd_wal_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_wal_dump(a: argparse.Namespace) -> int:
-    from . import wal
+    from . import waltools
 
     refuse_if_live_writer(a.path)
-    rows = [_as_dict(r) for r in wal.dump(os.path.join(a.path, "wal"))]
+    rows = [_as_dict(r) for r in waltools.dump(os.path.join(a.path, "wal"))]
     if a.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -166,10 +166,10 @@ def cmd_recover(a: argparse.Namespace) -> int:
 def cmd_checkpoint(a: argparse.Namespace) -> int:
     import ngstore
 
-    from . import wal
+    from . import waltools
 
     refuse_if_live_writer(a.path)
-    before = wal.verify(os.path.join(a.path, "wal"))
+    before = waltools.verify(os.path.join(a.path, "wal"))
     try:
         s = ngstore.open(a.path, create=False)
     except NgStoreError as exc:
@@ -178,7 +178,7 @@ def cmd_checkpoint(a: argparse.Namespace) -> int:
         s.checkpoint()
         applied = s.stats()["applied_position"]
     # the closing checkpoint empties the log: its size is final only after close
-    after = wal.verify(os.path.join(a.path, "wal"))
+    after = waltools.verify(os.path.join(a.path, "wal"))
     print(f"checkpoint of {a.path}: applied position {applied:,}; log {fmt_bytes(before.bytes)} "
           f"({before.records:,} records) -> {fmt_bytes(after.bytes)} ({after.records:,} records)")
     return 0

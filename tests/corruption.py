@@ -194,12 +194,12 @@ def run_trial(path: str, expected_tokens: np.ndarray) -> dict[str, Stage]:
         """What an operator runs on a store whose writer is gone: ``ngstore wal verify`` and
         ``wal dump``, and the black-box and stats readers (documented to raise ValueError for
         a file they cannot read: a named error here)."""
-        from ngstore import wal
+        from ngstore import waltools
         from ngstore.obs import blackbox, statspage
 
         named = []
-        report = wal.verify(os.path.join(path, "wal"))
-        for _summary in wal.dump(os.path.join(path, "wal")):
+        report = waltools.verify(os.path.join(path, "wal"))
+        for _summary in waltools.dump(os.path.join(path, "wal")):
             pass
         for read in (lambda: blackbox.read_ring(path), lambda: statspage.read_stats_page(path, attempts=2),
                      *[lambda d=d: blackbox.load_dump(d) for d in blackbox.list_dumps(path)]):

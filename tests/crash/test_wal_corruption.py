@@ -16,7 +16,7 @@ import zlib
 import pytest
 from walfaults import NoSyncIO
 
-from ngstore import wal
+from ngstore import wal, waltools
 from ngstore.errors import CorruptionError
 
 B = wal.BATCH
@@ -180,7 +180,7 @@ def expect_corruption(d, files, name, off, reason_part, salvage_loses_records=Tr
     log, rep = wal.Log.open(d, io=IO, recovery="salvage")  # second salvage open is fine too
     assert rep.skipped
     log.close()
-    v = wal.verify(d)
+    v = waltools.verify(d)
     assert not v.sound and any(p.kind == "corruption" for p in v.problems)
 
 
@@ -287,7 +287,7 @@ def test_a_record_from_an_older_generation_of_the_same_file_name_is_never_valid(
 
 # ---------------------------------------------------- torn tail vs corruption, by proof --
 def zero_frame(d: str, position: int) -> None:
-    for s in wal.dump(d):
+    for s in waltools.dump(d):
         if s.position == position:
             with open(s.file, "r+b") as f:
                 f.seek(s.offset)
@@ -356,7 +356,7 @@ def test_salvage_skips_a_wholly_destroyed_middle_segment_and_a_checkpoint_cleans
     log.sync()
     log.drop_through(9)  # the store checkpoints after a salvage
     log.close()
-    assert wal.verify(d).clean
+    assert waltools.verify(d).clean
     log, rep = wal.Log.open(d, io=IO, recovery="strict", start_after=9)
     assert [r.payload for r in log.iter_records(9)] == [b"new"]
     log.close()

@@ -22,7 +22,7 @@ import stores  # noqa: E402
 import targets  # noqa: E402
 
 import ngstore  # noqa: E402
-from ngstore import layout, wal  # noqa: E402
+from ngstore import layout, wal, waltools  # noqa: E402
 from ngstore.kv import KV, ReadTxn  # noqa: E402
 from ngstore.obs import blackbox  # noqa: E402
 
@@ -59,7 +59,7 @@ def make_stores(base: str) -> tuple[str, str]:
 def seeds_of(closed: str, live: str, base: str) -> dict[str, dict[str, bytes]]:
     out: dict[str, dict[str, bytes]] = {name: {} for name in targets.TARGETS}
     logdir = os.path.join(live, "wal")
-    summaries = list(wal.dump(logdir))
+    summaries = list(waltools.dump(logdir))
     segments = sorted(os.path.join(logdir, n) for n in os.listdir(logdir))
     pieces = [used_segment(p, summaries) for p in segments]
     for i, piece in enumerate(pieces):

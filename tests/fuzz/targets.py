@@ -44,7 +44,7 @@ import stores
 
 import ngstore
 from ngstore import kv as kv_module
-from ngstore import layout, learning, ops, pages, wal
+from ngstore import layout, learning, ops, pages, wal, waltools
 from ngstore.errors import CorruptionError, FormatVersionError, NotAStoreError, NotFoundError
 from ngstore.fileio import DEFAULT_IO
 from ngstore.kv import KV, ReadTxn, check_data_file
@@ -173,9 +173,9 @@ def wal_recovery(data: bytes) -> None:
 
     lay_out()
     with documented(FormatVersionError):
-        report = wal.verify(d)
+        report = waltools.verify(d)
         assert isinstance(report.sound, bool)
-        for _ in wal.dump(d):
+        for _ in waltools.dump(d):
             pass
     for mode in wal.RECOVERY_MODES:
         lay_out()
@@ -190,7 +190,7 @@ def wal_recovery(data: bytes) -> None:
             finally:
                 log.close()
             if mode == "tolerate-tail":
-                after = wal.verify(d)
+                after = waltools.verify(d)
                 assert after.sound and not after.problems, str(after)
 
 

@@ -10,7 +10,7 @@ from backupmodel import commit, state_after
 
 import ngstore
 from ngstore import backup as ngbackup
-from ngstore import wal
+from ngstore import waltools
 
 pytest.importorskip("fsspec")
 
@@ -21,9 +21,9 @@ def test_an_incremental_backup_continues_after_a_piece_holding_only_a_segment_he
         for i in range(1, 6):
             commit(s, i)
     with ngstore.open(src) as s:  # closing rotated: the log is one segment header, no record
-        ((first, path),) = wal.list_segments(os.path.join(src, "wal"))
+        ((first, path),) = waltools.list_segments(os.path.join(src, "wal"))
         with open(path, "rb") as f:
-            scanned = wal.scan_segment(f.read(), first)
+            scanned = waltools.scan_segment(f.read(), first)
         assert not isinstance(scanned, str) and scanned.frames == [] and scanned.end == 40
         full = ngbackup.backup(s, dest)
         m = ngbackup.read_manifest(dest)

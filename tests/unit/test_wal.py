@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from walfaults import NoSyncIO, RecordingIO
 
-from ngstore import wal
+from ngstore import wal, waltools
 from ngstore.errors import CorruptionError, FormatVersionError, InvalidArgumentError, NgStoreError, StoreClosedError
 
 B = wal.BATCH
@@ -232,10 +232,10 @@ def test_compressed_payloads_round_trip_and_are_stored_smaller(tmp_path):
     assert [r.payload for r in recs] == [big, rnd, b"small"]
     assert recs[0].size < len(big) // 10
     assert recs[1].size == wal.FRAME_HEADER_SIZE + len(rnd)  # incompressible: stored raw
-    summ = list(wal.dump(str(d)))
+    summ = list(waltools.dump(str(d)))
     assert [s.compressed for s in summ] == [True, False, False]
     assert summ[0].raw_size == len(big)
-    assert wal.verify(str(d)).sound
+    assert waltools.verify(str(d)).sound
     log.close()
 
 
@@ -298,7 +298,7 @@ def test_a_segment_of_a_newer_format_version_is_refused_clearly(tmp_path):
     with pytest.raises(FormatVersionError, match="version 2"):
         open_log(d)
     with pytest.raises(FormatVersionError):
-        wal.verify(str(d))
+        waltools.verify(str(d))
 
 
 def test_foreign_files_in_the_log_directory_are_reported_and_left_alone(tmp_path):
@@ -314,7 +314,7 @@ def test_foreign_files_in_the_log_directory_are_reported_and_left_alone(tmp_path
     assert payloads(log) == [b"a"]
     log.close()
     assert (d / "notes.txt").read_bytes() == b"hello"
-    v = wal.verify(str(d))
+    v = waltools.verify(str(d))
     assert v.sound and {p.kind for p in v.problems} == {"foreign-file"}
 
 
@@ -324,7 +324,7 @@ def test_a_garbage_file_with_a_segment_name_is_a_torn_tail_when_nothing_follows(
     log.append([(B, b"a")])
     log.close()
     (d / wal.segment_name(2)).write_bytes(os.urandom(100))
-    assert not wal.verify(str(d)).clean
+    assert not waltools.verify(str(d)).clean
     log, rep = open_log(d)
     assert rep.torn_tail is not None and rep.torn_tail.removed_files == (str(d / wal.segment_name(2)),)
     assert payloads(log) == [b"a"] and log.append([(B, b"b")]) == [2]
@@ -448,9 +448,9 @@ def test_verify_and_dump_describe_a_healthy_log(tmp_path):
     for i in range(20):
         log.append([(B, bytes(300))])
     log.close()
-    v = wal.verify(str(d))
+    v = waltools.verify(str(d))
     assert v.sound and v.clean and v.records == 20 and v.last_position == 20 and v.segments > 1
-    s = list(wal.dump(str(d)))
+    s = list(waltools.dump(str(d)))
     assert [x.position for x in s] == list(range(1, 21))
     assert all(x.type == B and x.size == 340 and not x.compressed for x in s)
 
