@@ -49,10 +49,9 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
@@ -65,15 +64,14 @@ from .directory import Directory
 from .errors import (
     NgStoreError,
     OutcomeUnknownError,
-    QuotaExceededError,
     StorageError,
     StoreState,
     refusal,
     refused,
     storage_error,
 )
-from .guardian import CONNECTION_BYTES, EVENT_BYTES, TOKEN_BYTES, Guardian, Usage
-from .kv import KV, ReadTxn
+from .guardian import Guardian, Usage
+from .kv import KV
 from .layout import KnownOutcome
 from .obs.metrics import CommitTimings, pack_timing_row
 from .ops import (
@@ -83,7 +81,6 @@ from .ops import (
     OP_EVENT_TRIM,
     OP_OUTCOME_KEY,
     OP_REFLEX_DELETE_KEY,
-    OP_REFLEX_PUT,
     OP_TOKEN_DELETE,
     OP_TOKEN_PUT,
     PUTS_CONNECTIONS,
@@ -98,24 +95,14 @@ from .ops import (
     token_writes,
 )
 from .outcomes import DEFAULT_REMEMBER_KEYS, KeyFilter, Outcome, outcome_in, point_lookup
-from .overlay import INDEX_ENTRY_BYTES, Overlay
-from .snapshot import presence
+from .overlay import Overlay
+from .quota import GroupAdds, Quota
 
 if TYPE_CHECKING:
     from .obs import Observability
-    from .reflex import ReflexTable
 
 T = TypeVar("T")
 
-#: Op kinds whose quota charge is known from the op alone (upper bounds: every put a new
-#: record), so a batch of them can be checked against the slack (``Writer._quota_check``)
-#: and is charged exactly what the full check charges it. An event append is charged
-#: what it adds below the event capacity, and a reflex op the table growth it may cause:
-#: both need the store's state, and take the full check.
-_SLACK_KINDS = frozenset({OP_TOKEN_PUT, OP_TOKEN_DELETE, OP_CONNECTION_PUT, OP_CONNECTION_DELETE,
-                          OP_EVENT_TRIM, OP_OUTCOME_KEY})
-#: The slack of a limit that is not set.
-_UNLIMITED = 1 << 62
 #: Op kinds a batch may hold to be committed alone by a committer that finds no leader
 #: (``Writer._commit_solo``), after its OUTCOME_KEY op if it has one: no events to number,
 #: no reflexes to wait for.
@@ -148,17 +135,6 @@ class WriterOptions:
     #: batch is refused (QuotaExceededError) before anything of it is written.
     reflex_eviction: str = "evict"
     remember_keys: int = DEFAULT_REMEMBER_KEYS  #: the keys a keyed batch's record keeps (``outcomes``)
-
-
-@dataclass
-class _GroupAdds:
-    """What the batches accepted so far in one commit group will add (they are in neither
-    LMDB nor the overlay yet): quotas count them for the batches behind them."""
-
-    tokens: int = 0
-    bytes: int = 0
-    #: their ops, in log order (the reflex ones apply before a later batch's)
-    ops: list[Op] = field(default_factory=list)
 
 
 class _Wake(Protocol):
@@ -274,13 +250,6 @@ class Writer:
         self._qlock = threading.Lock()
         self._free = threading.Condition(self._qlock)
         self._exclusive_waiting = 0
-        #: accounted bytes that may still be added before cleanup must be looked at (the
-        #: groups' upper bounds are subtracted; looking recomputes it)
-        self._cleanup_headroom = 0
-        #: (Guardian.revision, tokens, bytes): what may still be added before a quota could
-        #: refuse, measured at a group's first batch and lowered by each batch accepted since
-        #: -- its upper-bound additions and what it adds to the overlay. None: measure again.
-        self._slack: tuple[int, int, int] | None = None
         self._queue: list[_Pending] = []
         self._leader = False
         #: the leader is a submitted batch whose lead waits for its ``defer`` (``submit``)
@@ -294,9 +263,7 @@ class Writer:
             obs.wal_write_seconds, obs.commit_seconds, obs.batch_records,
             ((PUTS_TOKENS, obs.token_creation_seconds), (PUTS_CONNECTIONS, obs.connection_creation_seconds)),
             lambda: obs.tracer)
-        self._refuse = options.reflex_eviction == "refuse"
-        self._table_seen: weakref.ref[ReflexTable] | None = None  # the version whose memory_bytes ...
-        self._table_bytes = 0            # ... is this
+        self._quota = Quota(guardian, kv, applier, overlay, options.reflex_eviction == "refuse")
         #: leads and finishes submitted batches (one thread, started by the first one)
         self._committer = Committer(self._lead, applier.wait_applied, "ngstore-committer")
         self.stats_counters = dict.fromkeys(STATS_COUNTERS, 0)
@@ -321,26 +288,8 @@ class Writer:
         return self._failed or self._log.failed or self._applier.failure
 
     def usage(self, overlay: bool = True) -> Usage:
-        """What the Guardian counts (``guardian``): LMDB's records plus what the overlay may
-        add, the reflex table's memory (plus, as an upper bound, the growth the overlay's
-        reflex puts may cause), the overlay's own memory (unless ``overlay`` is False: it is
-        transient, and no cleanup can free it), and the Guardian's reservations."""
-        a = self._applier
-        c = a.counters
-        pend = self._overlay.pending
-        table = a.reflex_table
-        seen = self._table_seen
-        if seen is None or seen() is not table:  # a version never changes: ask C once per version
-            # by weak reference: this accounting must not keep a version (or its lease) alive
-            self._table_seen = weakref.ref(table) if table is not None else None
-            self._table_bytes = table.memory_bytes if table is not None else 0
-        reflex_bytes = self._table_bytes
-        if pend.reflexes:
-            reflex_bytes = max(reflex_bytes, reflex_store.table_bytes_after(table, a.reflex_capacity, [],
-                                                                            pend.reflexes))
-        return Usage(tokens=c.tokens_live + pend.tokens, connections=c.connections_live + pend.connections,
-                     events=min(c.events_live + pend.events, a.event_capacity), reflex_bytes=reflex_bytes,
-                     overlay_bytes=self._overlay.memory_bytes if overlay else 0, reserved=self._guardian.reserved)
+        """What the Guardian counts (``Quota.usage``)."""
+        return self._quota.usage(overlay)
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
@@ -514,7 +463,7 @@ class Writer:
                     return
             try:
                 self._commit_group(group)
-                if self._cleanup_headroom <= 0:
+                if self._quota.cleanup_headroom <= 0:
                     self._maybe_cleanup()
             finally:
                 for q in group:
@@ -558,7 +507,7 @@ class Writer:
                 return at, wait, first_event, True
         body = ops[1:] if key is not None else ops  # a key adds nothing: one-op paths below
         try:
-            self._quota_check(body, None, len(payload))
+            self._quota.check(body, None, len(payload))
         except BaseException as exc:  # refused: nothing of it is written
             if obs is not None:
                 obs.event("quota_refused", error=str(exc))
@@ -594,7 +543,7 @@ class Writer:
                 rows += pack_timing_row(t_logged - t0, t1 - t0, *batch_summary(ops), t1, position)
             if len(rows) > _TIMING_BYTES_KEPT:
                 timings.drain()
-        if self._cleanup_headroom <= 0:
+        if self._quota.cleanup_headroom <= 0:
             self._maybe_cleanup()
         return position, tokens is None, None, False
 
@@ -631,144 +580,11 @@ class Writer:
             with self._qlock:
                 self._hand_over()
 
-    def _quota_check(self, ops: list[Op], group: _GroupAdds | None, overlay_bytes: int) -> int:
-        """Raises QuotaExceededError if the batch would pass a limit -- or, with
-        ``reflex_eviction="refuse"``, push a reflex out of the table -- and writes nothing
-        then; returns the tokens it may add. Counts with upper bounds (every put a new id or
-        reflex, the reflex table growing by the most its rule allows); when those would
-        refuse, applies the overlay and counts exactly, so a refusal never depends on how
-        far the applier has got. The overlay counts in the usage while it holds other
-        commits; a batch is not charged its own passage through it (transient, and bounded
-        by ``overlay_bytes``). Takes what it may add from the cleanup headroom and adds it
-        to ``group`` (None: a group of this batch alone). ``overlay_bytes``: the batch's
-        payload, what the overlay will hold of it besides its token index.
-
-        A batch of :data:`_SLACK_KINDS` ops is checked against the slack instead of a new
-        usage: the room left under each limit, measured at a group's first batch and
-        lowered by every batch accepted since. Usage only falls meanwhile (applies turn upper
-        bounds into exact counts, deletes free), so a batch the slack admits, the full
-        check would admit too; one it does not goes to the full check, which decides."""
-        slack = self._slack
-        add_tokens = add_bytes = entries = 0
-        for op in ops:
-            kind = op.kind
-            if kind == OP_TOKEN_PUT:
-                n = op.count
-                add_tokens += n
-                add_bytes += n * TOKEN_BYTES
-                entries += n
-            elif kind == OP_TOKEN_DELETE:
-                entries += op.count
-            elif kind == OP_CONNECTION_PUT:
-                add_bytes += op.count * CONNECTION_BYTES
-            elif kind not in _SLACK_KINDS:
-                slack = None
-                break
-        else:
-            if slack is None or slack[0] != self._guardian.revision:
-                slack = self._measure_slack(group)
-            if slack is not None and add_tokens <= slack[1] and add_bytes <= slack[2]:
-                self._slack = (slack[0], slack[1] - add_tokens,
-                               slack[2] - add_bytes - overlay_bytes - entries * INDEX_ENTRY_BYTES)
-                if group is not None:
-                    group.tokens += add_tokens
-                    group.bytes += add_bytes
-                    group.ops.extend(ops)
-                self._cleanup_headroom -= add_bytes
-                return add_tokens
-        self._slack = None  # measured again at the next group
-        return self._full_quota_check(ops, _GroupAdds() if group is None else group)
-
-    def _measure_slack(self, group: _GroupAdds | None) -> tuple[int, int, int] | None:
-        """The slack (see :meth:`_quota_check`) now, at a group's first batch; None within
-        a group (its earlier batches are in neither the usage nor the slack)."""
-        if group is not None and group.ops:
-            return None
-        g = self._guardian
-        usage = self.usage()
-        limit = g.byte_limit
-        return (g.revision, _UNLIMITED if g.max_tokens is None else g.max_tokens - usage.tokens,
-                _UNLIMITED if limit is None else limit - usage.bytes)
-
-    def _full_quota_check(self, ops: list[Op], group: _GroupAdds) -> int:
-        g = self._guardian
-        refuse = self._refuse and any(op.kind == OP_REFLEX_PUT for op in ops)
-        if refuse and self._overlay.pending.reflex_ops:
-            self._applier.wait_applied(self._overlay.last_position)  # plan on the table they make
-        usage, add_tokens, add_bytes = self._additions(ops, group, exact=False)
-        if g.exceeds(usage, add_tokens, add_bytes):  # else check() would pass: not asked again
-            usage, add_tokens, add_bytes = self._additions(ops, group, exact=True)
-            g.check(usage, add_tokens, add_bytes)
-        if refuse:
-            self._refuse_displacing(ops, group.ops)
-        group.tokens += add_tokens
-        group.bytes += add_bytes
-        group.ops.extend(ops)
-        self._cleanup_headroom -= add_bytes
-        return add_tokens
-
-    def _additions(self, ops: list[Op], group: _GroupAdds, exact: bool) -> tuple[Usage, int, int]:
-        """(usage, tokens, bytes) the batch may add; ``exact``: the overlay applied first and
-        token puts counted against LMDB (reflex puts stay upper bounds)."""
-        if exact:
-            self._applier.wait_applied(self._overlay.last_position)
-        usage = self.usage()
-        usage.tokens += group.tokens
-        usage.pending_bytes = group.bytes
-        add_tokens = add_bytes = 0
-        reflexes = False
-        for op in ops:
-            kind = op.kind
-            if kind == OP_TOKEN_PUT:
-                n = self._count_absent(op.data["id"]) if exact else op.count
-                add_tokens += n
-                add_bytes += n * TOKEN_BYTES
-            elif kind == OP_CONNECTION_PUT:
-                add_bytes += op.count * CONNECTION_BYTES  # an upper bound: overwrites add nothing
-            elif kind == OP_EVENT_APPEND:
-                live = usage.events
-                add_bytes += (min(self._applier.event_capacity, live + op.count) - live) * EVENT_BYTES
-            elif kind in REFLEX_KINDS:
-                reflexes = True
-        if reflexes:  # what the table may grow by
-            a = self._applier
-            earlier = [op for op in group.ops if op.kind in REFLEX_KINDS]
-            pending = 0 if exact else self._overlay.pending.reflexes
-            table = a.reflex_table
-            before = reflex_store.table_bytes_after(table, a.reflex_capacity, earlier, pending)
-            after = reflex_store.table_bytes_after(table, a.reflex_capacity, earlier + ops, pending)
-            add_bytes += max(0, after - before)  # the group's earlier batches counted theirs
-        return usage, add_tokens, add_bytes
-
-    def _refuse_displacing(self, ops: list[Op], earlier: list[Op]) -> None:
-        """``reflex_eviction="refuse"``: QuotaExceededError if a reflex put of the batch
-        would push a reflex out of the table (planned exactly; nothing is written)."""
-        a = self._applier
-        hit = reflex_store.first_displacing_put(a.reflex_table, a.reflex_capacity, earlier, ops)
-        if hit is None:
-            return
-        table = a.reflex_table
-        live = len(table) if table is not None else 0
-        self._guardian.quota_exceeded_total += 1
-        raise QuotaExceededError(
-            "reflex_capacity", live, sum(op.count for op in ops if op.kind == OP_REFLEX_PUT), a.reflex_capacity,
-            detail=f"with reflex_eviction='refuse', reflex #{hit[1]} of the batch's put #{hit[0]} would push a "
-                   "reflex out: the table is at capacity or its cell holds 4 reflexes already",
-            hint="store.resize_reflexes(n) to make room, or open with reflex_eviction='evict'")
-
-    def _count_absent(self, ids: np.ndarray) -> int:
-        """Ids of ``ids`` not present, exactly: the overlay is applied first."""
-        self._applier.wait_applied(self._overlay.last_position)
-        ids = np.unique(np.asarray(ids, dtype=np.uint32))
-        with ReadTxn(self._kv) as txn:
-            present = presence(txn, self._kv, self._applier.layout, ids, writing=True)
-        return int(ids.size - np.count_nonzero(present))
-
     def _commit_group(self, group: list[_Pending]) -> None:
         accepted: list[_Pending] = []
         duplicates: list[_Pending] = []
         keys: dict[bytes, _Pending] = {}  # the keys of the accepted batches
-        adds = _GroupAdds()
+        adds = GroupAdds()
         obs = self._obs
         t0 = time.perf_counter()
         for p in group:
@@ -785,7 +601,7 @@ class Writer:
                     p.error, p.done = refused(exc), True
                     continue
             try:
-                p.add_tokens = self._quota_check(p.ops, adds, len(p.payload))
+                p.add_tokens = self._quota.check(p.ops, adds, len(p.payload))
             except BaseException as exc:  # refused: nothing of it is written
                 p.error, p.done = refused(exc), True
                 if obs is not None:
@@ -1006,9 +822,9 @@ class Writer:
                 if p.wait_applied:
                     self._applier.wait_applied(p.position)
                 return CommitResult(p.position, p.first_event, True)
-        self._slack = None  # this batch goes to LMDB past the overlay: measure the slack again after it
+        self._quota.forget_slack()  # this batch goes to LMDB past the overlay
         try:
-            self._full_quota_check(ops, _GroupAdds())
+            self._quota.full_check(ops, GroupAdds())
         except BaseException as exc:
             if self._obs is not None:
                 self._obs.event("quota_refused", error=str(exc))
@@ -1098,10 +914,10 @@ class Writer:
         g = self._guardian
         limit = g.byte_limit
         if self.failed is not None or limit is None or not g.enable_aggressive_cleanup:
-            self._cleanup_headroom = 1 << 62
+            self._quota.cleanup_headroom = 1 << 62
             return
         usage = self.usage(overlay=False)
-        self._cleanup_headroom = int(self.CLEANUP_MARGIN * limit) - usage.bytes
+        self._quota.cleanup_headroom = int(self.CLEANUP_MARGIN * limit) - usage.bytes
         if not g.should_cleanup(usage, self.CLEANUP_MARGIN):
             return
         ops = []
@@ -1121,7 +937,7 @@ class Writer:
             # Usage counts the overlay's additions, not its trims: wait for this one to be
             # applied, so the next look sees what it freed (cleanup is rare).
             self._applier.wait_applied(p.position)
-            self._cleanup_headroom = int(self.CLEANUP_MARGIN * limit) - self.usage(overlay=False).bytes
+            self._quota.cleanup_headroom = int(self.CLEANUP_MARGIN * limit) - self.usage(overlay=False).bytes
             g.aggressive_cleanups_total += 1
             if self._obs is not None:
                 self._obs.event("cleanup", events_trimmed=n, hypotheses_evicted=int(stale.size),

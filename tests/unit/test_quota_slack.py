@@ -1,6 +1,6 @@
 """The writer checks a batch of token and connection ops against its quota slack --
 the room left under each limit, measured at a group's first batch and lowered by every
-batch accepted since -- instead of measuring the usage again (``Writer._quota_check``).
+batch accepted since -- instead of measuring the usage again (``Quota.check``).
 The slack may only ever admit what the full check admits: these tests run the same
 workloads with the slack and without it and require the same refusals and the same
 contents, and they hold the three ways usage grows outside the slack's count (a direct
@@ -12,7 +12,7 @@ import pytest
 from conftest import make_tokens
 
 import ngstore
-from ngstore.commit import Writer
+from ngstore.quota import Quota
 from ngstore.overlay import INDEX_ENTRY_BYTES
 from ngstore.records import CONNECTION_DTYPE, EVENT_DTYPE
 
@@ -65,7 +65,7 @@ def _workload(path: str, seed: int, **limits) -> tuple[list[bool], np.ndarray, i
                                     {"max_tokens": 1800, "max_bytes": 500_000}])
 def test_the_slack_refuses_exactly_what_the_full_check_refuses(tmp_path, monkeypatch, seed, limits):
     with_slack = _workload(str(tmp_path / "slack"), seed, **limits)
-    monkeypatch.setattr(Writer, "_measure_slack", lambda self, group: None)  # every batch: the full check
+    monkeypatch.setattr(Quota, "_measure_slack", lambda self, group: None)  # every batch: the full check
     without = _workload(str(tmp_path / "full"), seed, **limits)
     assert any(with_slack[0]), "the workload never reached a limit: it tests nothing"
     assert with_slack[0] == without[0]
@@ -121,6 +121,6 @@ def test_pending_commits_are_counted_by_the_slack_as_by_the_usage(tmp_path, monk
     # must see it fill as the usage does -- the same commit is refused with it and without.
     limit = 1_000_000
     with_slack = _fill_until_refused(str(tmp_path / "slack"), limit)
-    monkeypatch.setattr(Writer, "_measure_slack", lambda self, group: None)
+    monkeypatch.setattr(Quota, "_measure_slack", lambda self, group: None)
     assert with_slack == _fill_until_refused(str(tmp_path / "full"), limit)
     assert 0 < with_slack[0] < 100_000
