@@ -45,6 +45,7 @@ from .apply import ApplyResult, ApplyState, Entry, apply_ops
 from .checkpoint import Checkpointer
 from .directory import Directory
 from .errors import NgStoreError, StorageError, StoreState, refusal, storage_error
+from .interrupts import Gate, Signal
 from .kv import KV
 from .layout import ChunkLayout, Counters, Meta
 from .ops import Op
@@ -55,6 +56,10 @@ if TYPE_CHECKING:
     from .obs import Observability
 
 T = TypeVar("T")
+
+#: Seconds the idle applier, or a thread waiting for it, sleeps before it looks again
+#: without a notification (one an interrupt cut short: interrupts.py).
+IDLE_RECHECK = 1.0
 
 #: Called with each applied group's result, in the applier thread, in log order.
 ApplyListener = Callable[[ApplyResult], None]
@@ -73,7 +78,7 @@ class _Job:
 
     def __init__(self, fn: Callable[[], object]) -> None:
         self.fn = fn
-        self.done = threading.Event()
+        self.done = Signal()  # waited on by a committing thread: interrupts.py
         self.result: object = None
         self.error: BaseException | None = None
 
@@ -104,7 +109,10 @@ class Applier:
         self._checkpointer = Checkpointer(directory, kv, log, obs)
         kv.before_grow = lambda: self._checkpointer.write(self._applied, pin=False)
         self._listeners: list[ApplyListener] = []
-        self._cv = threading.Condition()
+        # Entered through its lock, and waited on with a bound (interrupts.py)
+        self._mutex = threading.RLock()
+        self._cv = threading.Condition(self._mutex)  # the applier thread's own waits
+        self._waiting = Gate()  # under _mutex: threads waiting for an apply (wait_applied)
         self._jobs: deque[_Job] = deque()
         self._wanted = 0
         self._stopping = False
@@ -234,8 +242,8 @@ class Applier:
                 self._checkpoint(pin=True)
         # Waiters wake after the checkpoint an apply made due: whoever waited for the
         # applier then also knows how that checkpoint went.
-        with self._cv:
-            self._cv.notify_all()
+        with self._mutex:
+            self._waiting.notify_all()
 
     def _checkpoint_due(self) -> bool:
         o = self._options
@@ -257,13 +265,13 @@ class Applier:
 
     def poke(self) -> None:
         """Tells the applier the overlay changed from empty (it sleeps until then)."""
-        with self._cv:
+        with self._mutex:
             self._cv.notify_all()
 
     def _run(self) -> None:
         o = self._options
         while True:
-            with self._cv:
+            with self._mutex:
                 while True:
                     if self._jobs:
                         job: _Job | None = self._jobs.popleft()
@@ -279,7 +287,7 @@ class Applier:
                         if due == 0.0:
                             job = None
                             break
-                    self._cv.wait(due)
+                    self._cv.wait(IDLE_RECHECK if due is None else due)
             try:
                 if job is not None:
                     job.result = job.fn()
@@ -308,8 +316,9 @@ class Applier:
             self._obs.event("error", op="apply", error=repr(exc))
             self._obs.logger.error("applying the overlay to LMDB failed: %r; the store refuses writes "
                                    "until reopened", exc)
-        with self._cv:
+        with self._mutex:
             self._cv.notify_all()
+            self._waiting.notify_all()
         return exc
 
     def _refusal(self) -> NgStoreError:
@@ -320,7 +329,7 @@ class Applier:
         if self._in_thread():
             return fn()
         job = _Job(fn)
-        with self._cv:
+        with self._mutex:
             if self._failure is not None:
                 raise self._refusal()
             self._jobs.append(job)
@@ -337,11 +346,15 @@ class Applier:
         if self._in_thread():
             self._drain()
             return
-        with self._cv:
-            while self._applied < position and self._failure is None and not self._stopping:
-                self._wanted = max(self._wanted, position)
-                self._cv.notify_all()
-                self._cv.wait()
+        while True:
+            with self._mutex:
+                if self._applied >= position or self._failure is not None or self._stopping:
+                    break
+                if position > self._wanted:
+                    self._wanted = position
+                    self._cv.notify_all()
+                waiter = self._waiting.add_waiter()
+            waiter.acquire(timeout=IDLE_RECHECK)
         if self._applied < position:
             raise self._refusal() if self._failure is not None else NgStoreError("the applier has stopped")
 
@@ -412,9 +425,10 @@ class Applier:
 
                 self.run(job)
         finally:
-            with self._cv:
+            with self._mutex:
                 self._stopping = True
                 self._cv.notify_all()
+                self._waiting.notify_all()
             if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join()
             self._overlay.wake_waiters()

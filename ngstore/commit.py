@@ -71,6 +71,7 @@ from .errors import (
     storage_error,
 )
 from .guardian import Guardian, Usage
+from .interrupts import Gate, Signal
 from .kv import KV
 from .layout import KnownOutcome
 from .obs.metrics import CommitTimings, pack_timing_row
@@ -115,6 +116,11 @@ CommitListener = Callable[[int, np.ndarray], None]
 #: exception a blocking commit would have raised.
 SubmitCallback = Callable[[CommitResult | BaseException], None]
 
+#: Seconds a committer waiting for its group, or an exclusive caller waiting for the
+#: leadership, sleeps before it looks again without a wake-up (one an interrupt cut
+#: short: interrupts.py).
+WAKE_RECHECK = 1.0
+
 
 #: The writer's counters (``Writer.stats_counters``; ``stats()`` shows them as zeros for a
 #: read-only handle).
@@ -156,6 +162,7 @@ class _Pending:
         "durability",
         "error",
         "first_event",
+        "handed",
         "key",
         "ops",
         "payload",
@@ -178,6 +185,8 @@ class _Pending:
         self.payload = b""
         self.add_tokens = 0
         self.done = False
+        #: its committer is to lead the group commit (``Writer._hand_over``)
+        self.handed = False
         self.position = 0
         self.first_event: int | None = None
         self.error: BaseException | None = None
@@ -190,6 +199,15 @@ class _Pending:
 
 
 _TIMING_BYTES_KEPT = CommitTimings.ROW_BYTES * CommitTimings.KEPT
+
+
+class _Turn:
+    """A leader's turn that no batch of the queue stands for (``Writer._lead``)."""
+
+    __slots__ = ("handed",)
+
+    def __init__(self) -> None:
+        self.handed = True
 
 
 class _NoWake:
@@ -245,18 +263,20 @@ class Writer:
         self._listeners: list[CommitListener] = []
         self._failed: BaseException | None = None
         self._closed = False
+        self._released = False  # release() ran to its end: the threads are stopped
         # Group commit: the queue and the leader flag under one plain lock (cheaper than a
         # Condition); a Condition on the same lock only for the rare exclusive callers.
         self._qlock = threading.Lock()
-        self._free = threading.Condition(self._qlock)
-        self._exclusive_waiting = 0
+        #: (batches, log position before them) while a group's write is in progress
+        self._writing: tuple[list[_Pending], int] | None = None
+        self._free = Gate()  # under _qlock: the exclusive callers waiting for the leadership
         self._queue: list[_Pending] = []
         self._leader = False
         #: the leader is a submitted batch whose lead waits for its ``defer`` (``submit``)
         self._lead_deferred = False
         self._unsynced = False
         self._flusher: threading.Thread | None = None
-        self._flusher_stop = threading.Event()
+        self._flusher_stop = Signal()
         #: per batch: its group's seconds logging and in all, its ``batch_summary``
         #: (``CommitTimings``), observed in bulk by ``observe_pending``
         self._timings = None if obs is None else CommitTimings(
@@ -328,19 +348,34 @@ class Writer:
             keyed = ops[0].kind == OP_OUTCOME_KEY  # a key is the first op (format §5.2)
             alone = all(op.kind in _SOLO_KINDS for op in (ops[1:] if keyed else ops))
         if alone:
-            with self._qlock:
-                solo = not self._leader
+            solo = led = False  # solo: this commit leads; led: it still does
+            before = self._log.last_position
+            try:
+                with self._qlock:
+                    if not self._leader:
+                        self._leader = solo = led = True
                 if solo:
-                    self._leader = True
-            if solo:
-                try:
                     position, wait, first_event, already = self._commit_solo(ops, durability, payload)
-                finally:
-                    with self._qlock:  # nobody queued meanwhile (the usual case): done leading
-                        if not self._queue and not self._exclusive_waiting:
-                            self._leader = solo = False
-                    if solo:
-                        self._lead()  # those who queued meanwhile; or give up leadership
+            except BaseException as exc:
+                if solo and not isinstance(exc, Exception):  # an interrupt (interrupts.py)
+                    self._finish_interrupted(ops, durability, payload, before)
+                raise
+            finally:
+                if led:
+                    turn: _Turn | None = None
+                    try:
+                        with self._qlock:  # nobody queued meanwhile (the usual case): done leading
+                            if not self._queue and not self._free.waiters:
+                                self._leader = led = False
+                        if led:  # those who queued meanwhile; or give up leadership
+                            turn = _Turn()
+                            self._lead(turn)
+                    except BaseException:
+                        if led and (turn is None or turn.handed):  # interrupted before _lead began
+                            with self._qlock:
+                                self._hand_over()
+                        raise
+            if solo:
                 if wait:  # too many token writes to index, or an original still in the overlay
                     try:
                         self._applier.wait_applied(position)
@@ -351,22 +386,31 @@ class Writer:
         wake.acquire()
         p = _Pending(ops, durability, wake)
         p.payload = payload
-        with self._qlock:
-            self._queue.append(p)
-            lead = not self._leader
-            if lead:
-                self._leader = True
-            kick, self._lead_deferred = self._lead_deferred, False
-        if kick:  # a submitted batch's lead waits for its event loop, which may be this thread
-            self._committer.request_lead()
-        while True:
-            if lead:
-                self._lead()
-            if not p.done:
-                wake.acquire()  # done, or asked to lead
-            if p.done:
-                break
-            lead = True  # the previous leader handed over
+        interrupt: BaseException | None = None
+        try:
+            with self._qlock:
+                if not self._leader:
+                    self._leader = p.handed = True
+                kick, self._lead_deferred = self._lead_deferred, False
+                self._queue.append(p)  # last: an interrupt finds the batch queued or not
+            if kick:  # a submitted batch's lead waits for its event loop, which may be this thread
+                self._committer.request_lead()
+        except BaseException as exc:
+            if isinstance(exc, Exception) or p not in self._queue:
+                raise
+            interrupt = exc  # queued: see it through (interrupts.py), then raise
+        while not p.done:
+            try:
+                if p.handed:  # first in line, or the previous leader handed over
+                    self._lead(p)
+                else:  # done, or asked to lead; bounded: a release an interrupt cut short
+                    wake.acquire(timeout=WAKE_RECHECK)
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    raise
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt
         if p.error is not None:
             raise p.error
         if p.wait_applied:
@@ -451,31 +495,121 @@ class Writer:
         else:
             callback(CommitResult(p.position, p.first_event, p.already))
 
-    def _lead(self) -> None:
+    def _lead(self, p: _Pending | _Turn | None = None) -> None:
         """Commits queued groups until the queue is empty (or LEADER_ROUNDS), waking each
-        committer whose batch is done; then hands over or gives up leadership."""
+        committer whose batch is done; then hands over or gives up leadership. ``p``: the
+        batch whose committer leads (None: the committer thread leads for a submitted
+        one). Interrupted, it hands over (interrupts.py)."""
+        if p is not None:
+            p.handed = False  # before any call: interrupted sooner, p's committer leads again
         rounds = 0
-        while True:
-            with self._qlock:
-                group, self._queue = self._queue, []
-                if not group:
-                    self._give_up_leadership()
+        leading = True  # changes with the leader flag, in the same statement
+        try:
+            while True:
+                group: list[_Pending] = []
+                try:
+                    with self._qlock:
+                        group, self._queue = self._queue, []
+                        if not group:
+                            self._leader = leading = False
+                            if self._free.waiters:
+                                self._free.notify_all()
+                            return
+                    self._commit_group(group)
+                    if self._quota.cleanup_headroom <= 0:
+                        self._maybe_cleanup()
+                except BaseException as exc:
+                    if not isinstance(exc, Exception):
+                        self._interrupted_group(group, exc)
+                    raise
+                finally:
+                    for q in group:
+                        if not q.done:  # only on an unexpected internal error
+                            q.error = q.error or NgStoreError("the commit was abandoned by an internal error")
+                            q.done = True
+                        try:
+                            q.wake.release()
+                        except RuntimeError:  # released already, and not taken: an interrupted wait
+                            pass
+                rounds += 1
+                if rounds >= self.LEADER_ROUNDS:  # hand over: _hand_over, without a call
+                    first = None
+                    try:
+                        with self._qlock:
+                            first = self._queue[0] if self._queue else None
+                            if first is not None:
+                                first.handed, leading = True, False
+                            else:
+                                self._leader = leading = False
+                                if self._free.waiters:
+                                    self._free.notify_all()
+                    finally:
+                        if first is not None:
+                            try:
+                                first.wake.release()
+                            except RuntimeError:  # released already, not taken: it sees ``handed``
+                                pass
                     return
-            try:
-                self._commit_group(group)
-                if self._quota.cleanup_headroom <= 0:
-                    self._maybe_cleanup()
-            finally:
-                for q in group:
-                    if not q.done:  # only on an unexpected internal error
-                        q.error = q.error or NgStoreError("the commit was abandoned by an internal error")
-                        q.done = True
-                    q.wake.release()
-            rounds += 1
-            if rounds >= self.LEADER_ROUNDS:
+        except BaseException:
+            if leading:
                 with self._qlock:
                     self._hand_over()
+            raise
+
+    def _interrupted_group(self, group: list[_Pending], exc: BaseException) -> None:
+        """An interrupt stopped the leader inside a group commit (interrupts.py). Nothing of
+        it in the log: its batches not done go back to the head of the queue, for the next
+        leader. All of its write in the log: the batches are finished as the write's return
+        would have (in the overlay, synced), unless they hold events (their listeners may
+        have run). Otherwise they fail as after a failed write, and the writer stops."""
+        writing, self._writing = self._writing, None
+        left = [q for q in group if not q.done]
+        if writing is not None:
+            left += [q for q in writing[0] if not q.done and q not in left]  # a cleanup's batch
+        if not left:
+            return
+        accepted, before = writing if writing is not None else ([], self._log.last_position)
+        log = self._log
+        try:
+            last = log.last_position
+            while last < before + len(accepted) and log.failed is None:  # frames written, not yet taken
+                taken = log.adopt_next()
+                if taken == last:
+                    break
+                last = taken
+            if last == before:
+                with self._qlock:
+                    self._queue[:0] = left
+                group[:] = [q for q in group if q.done]
                 return
+            if last == before + len(accepted) and not any(op.kind == OP_EVENT_APPEND for q in accepted
+                                                          for op in q.ops):
+                self._settle_appended(any(q.durability == "sync" for q in accepted),
+                                      any(q.durability == "async" for q in accepted))
+                for i, q in enumerate(accepted):
+                    if not q.done:
+                        self._finish_logged(q, before + 1 + i)
+                for q in left:
+                    if not q.done and q.dup_of is not None:
+                        self._settle_duplicate(q)
+                return
+        except Exception as failure:
+            exc = failure
+        self._fail([q for q in left if not q.done], exc, "an interrupted group commit", None, writing=True)
+
+    def _finish_logged(self, p: _Pending, position: int) -> None:
+        """What ``_commit_accepted`` does for a batch of no events once its record is in the
+        log at ``position``: without adding it to the overlay twice."""
+        p.position = position
+        tokens = token_writes(p.ops, self._options.index_limit)
+        p.wait_applied = tokens is None or any(op.kind in REFLEX_KINDS for op in p.ops)
+        key = (p.key, None) if p.key is not None else None
+        if self._overlay.last_position < position and self._applier.applied_position < position:
+            self._add_to_overlay(position, p.ops, p.payload, tokens, key)
+            self.stats_counters["commits_total"] += 1
+        elif p.key is not None and self._key_filter is not None:
+            self._key_filter.add(p.key, position)
+        p.done = True
 
     def _commit_solo(self, ops: list[Op], durability: str, payload: bytes) -> tuple[int, bool, int | None, bool]:
         """As the leader, with nobody queued: commits one batch of token and connection ops,
@@ -493,14 +627,10 @@ class Writer:
         first = ops[0]
         if first.kind == OP_OUTCOME_KEY:
             try:
-                if type(first) is KeyOp:  # the API's: its digest at hand (the rest are solo kinds)
-                    key = first.digest
-                else:
-                    key_and_remember = batch_key(ops)
-                    assert key_and_remember is not None  # its first op is a key
-                    key = key_and_remember[0]
+                key = _solo_key(ops)
+                assert key is not None  # its first op is a key
                 original = self._original(key)
-            except BaseException as exc:  # nothing of it is written
+            except Exception as exc:  # nothing of it is written
                 raise refused(exc) from None
             if original is not None:  # not written: the original's outcome
                 at, first_event, wait = original
@@ -508,7 +638,7 @@ class Writer:
         body = ops[1:] if key is not None else ops  # a key adds nothing: one-op paths below
         try:
             self._quota.check(body, None, len(payload))
-        except BaseException as exc:  # refused: nothing of it is written
+        except Exception as exc:  # refused: nothing of it is written
             if obs is not None:
                 obs.event("quota_refused", error=str(exc))
             raise refused(exc) from None
@@ -522,7 +652,7 @@ class Writer:
             self.stats_counters["wal_records_written_total"] += 1
             t_logged = time.perf_counter()
             self._settle_appended(durability == "sync", durability == "async")
-        except BaseException as exc:  # as _commit_accepted: the writer stops (fsyncgate)
+        except Exception as exc:  # as _commit_accepted: the writer stops (fsyncgate)
             p = _Pending(ops, durability, _NO_WAKE)
             self._fail([p], exc, "log append/sync", [position] if position is not None else [], writing)
             assert p.error is not None
@@ -547,38 +677,70 @@ class Writer:
             self._maybe_cleanup()
         return position, tokens is None, None, False
 
+    def _finish_interrupted(self, ops: list[Op], durability: str, payload: bytes, before: int) -> None:
+        """An interrupt stopped a solo commit that began with the log at ``before``. If its
+        record reached the log, finishes it -- in the overlay, synced as its mode says -- so
+        that this process goes on with the state recovery would find; if not, nothing of
+        it happened (interrupts.py). A failure here stops the writer as a failed write."""
+        log = self._log
+        try:
+            position = log.last_position
+            if position == before and log.failed is None:
+                position = log.adopt_next()
+            if position == before:
+                return
+            if position != before + 1:
+                raise AssertionError(f"the log moved from {before} to {position} under a solo commit")
+            key = _solo_key(ops)
+            body = ops[1:] if key is not None else ops
+            if self._overlay.last_position < position and self._applier.applied_position < position:
+                tokens = token_writes(body, self._options.index_limit)
+                self._add_to_overlay(position, body, payload, tokens, (key, None) if key is not None else None)
+                self.stats_counters["commits_total"] += 1
+            elif key is not None and self._key_filter is not None:  # what _add_to_overlay may not have done
+                self._key_filter.add(key, position)
+            self._settle_appended(durability == "sync", durability == "async")
+        except Exception as exc:
+            self._fail([], exc, "finishing an interrupted commit")
+
     def _give_up_leadership(self) -> None:
         """With ``_qlock`` held: no leader from now on; wake an exclusive caller waiting."""
         self._leader = False
-        if self._exclusive_waiting:
+        if self._free.waiters:
             self._free.notify_all()
 
     def _hand_over(self) -> None:
         """With ``_qlock`` held, as the leader: the oldest queued committer leads next (it
         alone may take the queue: the leader flag stays set), or no one if none waits."""
         if self._queue:
-            self._queue[0].wake.release()
+            first = self._queue[0]
+            first.handed = True
+            try:
+                first.wake.release()
+            except RuntimeError:  # released already, and not taken: its committer sees ``handed``
+                pass
         else:
             self._give_up_leadership()
 
     def _run_exclusive(self, fn: Callable[[], T]) -> T:
         """Runs ``fn`` as the commit leader (no group commit runs meanwhile)."""
-        with self._free:
-            self._exclusive_waiting += 1
-            try:
-                if self._lead_deferred:  # see _deferred_lead
-                    self._lead_deferred = False
-                    self._committer.request_lead()
-                while self._leader:
-                    self._free.wait()
-            finally:
-                self._exclusive_waiting -= 1
-            self._leader = True
+        led = False
         try:
+            while True:
+                with self._qlock:
+                    if self._lead_deferred:  # see _deferred_lead
+                        self._lead_deferred = False
+                        self._committer.request_lead()
+                    if not self._leader:
+                        self._leader = led = True
+                        break
+                    waiter = self._free.add_waiter()  # interrupts.Gate: what Condition.wait does
+                waiter.acquire(timeout=WAKE_RECHECK)
             return fn()
         finally:
-            with self._qlock:
-                self._hand_over()
+            if led:
+                with self._qlock:
+                    self._hand_over()
 
     def _commit_group(self, group: list[_Pending]) -> None:
         accepted: list[_Pending] = []
@@ -597,12 +759,12 @@ class Writer:
                 try:
                     if self._answer_if_committed(p):
                         continue
-                except BaseException as exc:
+                except Exception as exc:
                     p.error, p.done = refused(exc), True
                     continue
             try:
                 p.add_tokens = self._quota.check(p.ops, adds, len(p.payload))
-            except BaseException as exc:  # refused: nothing of it is written
+            except Exception as exc:  # refused: nothing of it is written
                 p.error, p.done = refused(exc), True
                 if obs is not None:
                     obs.event("quota_refused", error=str(exc))
@@ -699,11 +861,12 @@ class Writer:
             self._overlay.wait_for_room(nbytes, self._applier.failed_event)
             self.check_writable()
             writing = True
+            self._writing = (accepted, self._log.last_position)  # what an interrupt finishes
             positions = self._log.append([(wal.RECORD_BATCH, p.payload) for p in accepted])
             self.stats_counters["wal_records_written_total"] += len(accepted)
             t_logged = time.perf_counter()
             self._settle_appended(sync, asynchronous)
-        except BaseException as exc:
+        except Exception as exc:  # an interrupt goes on to _lead
             # fsyncgate: after a failed write or fsync the log's state is unknown; stop
             # writing. Reopening recovers whatever reached the log, each batch whole.
             self._fail(accepted, exc, "log append/sync", positions, writing)
@@ -726,6 +889,7 @@ class Writer:
             self._add_to_overlay(pos, p.ops, p.payload, tokens,
                                  (p.key, p.first_event) if p.key is not None else None)
             p.done = True
+        self._writing = None
         self.stats_counters["commits_total"] += len(accepted)
         timings = self._timings
         if timings is not None:  # observed, and traced when sampled, in bulk (CommitTimings)
@@ -863,12 +1027,12 @@ class Writer:
 
     def _ensure_flusher(self) -> None:
         if self._flusher is None or not self._flusher.is_alive():
-            self._flusher_stop.clear()
-            flusher = threading.Thread(target=self._flush_loop, name="ngstore-flusher", daemon=True)
+            stop = self._flusher_stop = Signal()
+            flusher = threading.Thread(target=self._flush_loop, args=(stop,), name="ngstore-flusher", daemon=True)
             flusher.start()  # kept once started: close() joins it (an interrupted start left one it could not)
             self._flusher = flusher
 
-    def _flush_loop(self) -> None:
+    def _flush_loop(self, stop: Signal) -> None:
         # Syncs start flush_interval apart, counted from the start of the previous sync
         # (at once after a sync that took longer). A batch written at t, just after a sync
         # began and too late for it, is then in the next sync, which starts by
@@ -877,7 +1041,7 @@ class Writer:
         # otherwise). Waiting flush_interval after a sync ended would add a second one.
         interval = self._options.flush_interval
         next_start = time.monotonic() + interval
-        while not self._flusher_stop.wait(max(0.0, next_start - time.monotonic())):
+        while not stop.wait(max(0.0, next_start - time.monotonic())):
             next_start = time.monotonic() + interval
             if self._unsynced and self._failed is None:
                 try:
@@ -953,6 +1117,9 @@ class Writer:
         final checkpoint empties the log, and the state file records a clean close. Then
         releases the applier and the log (the KV and the directory belong to the caller)."""
         if self._closed:
+            if not self._released:  # what a close an interrupt stopped left (each step may run again)
+                self._committer.close()
+                self.release()
             return
         try:
             self._kv.set_writer_barrier(None)
@@ -985,9 +1152,22 @@ class Writer:
             self._applier.close(final=False)
         finally:
             self._log.close()
+        self._released = True
 
 
 _ASK_AFTER_REOPEN = "For a batch with an idempotency key, call store.outcome(key) after reopening."
+
+
+def _solo_key(ops: list[Op]) -> bytes | None:
+    """The key digest of a batch of solo kinds, None when it has no key."""
+    first = ops[0]
+    if first.kind != OP_OUTCOME_KEY:
+        return None
+    if type(first) is KeyOp:  # the API's: its digest at hand
+        return first.digest
+    key = batch_key(ops)
+    assert key is not None  # its first op is a key
+    return key[0]
 
 
 def _committed_not_applied(position: int, cause: BaseException) -> NgStoreError:

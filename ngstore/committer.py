@@ -42,7 +42,10 @@ class Committer:
         self._lead = lead
         self._wait_applied = wait_applied
         self._name = name
-        self._cv = threading.Condition()
+        # Entered through its lock from the submitting threads, waited on with a bound
+        # (a notification an interrupt cut short delays this thread, never strands it).
+        self._mutex = threading.Lock()
+        self._cv = threading.Condition(self._mutex)
         self._lead_requested = False
         self._waiting: list[tuple[int, AfterApply]] = []
         self._stopping = False
@@ -50,20 +53,20 @@ class Committer:
 
     def request_lead(self) -> None:
         """Asks the thread to lead the group commit (the caller made it the leader)."""
-        with self._cv:
+        with self._mutex:
             self._lead_requested = True
             self._start()
             self._cv.notify()
 
     def after_apply(self, position: int, fn: AfterApply) -> None:
         """Calls ``fn`` in this thread once the applier has applied ``position``."""
-        with self._cv:
+        with self._mutex:
             self._waiting.append((position, fn))
             self._start()
             self._cv.notify()
 
     def _start(self) -> None:
-        """With ``_cv`` held: a thread runs (again, after :meth:`close`: a hand-over that
+        """With ``_mutex`` held: a thread runs (again, after :meth:`close`: a hand-over that
         races a close is still led; the thread ends once nothing is asked)."""
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
@@ -71,9 +74,9 @@ class Committer:
 
     def _run(self) -> None:
         while True:
-            with self._cv:
+            with self._mutex:
                 while not (self._lead_requested or self._waiting or self._stopping):
-                    self._cv.wait()
+                    self._cv.wait(1.0)
                 lead, self._lead_requested = self._lead_requested, False
                 waiting, self._waiting = self._waiting, []
                 if not lead and not waiting:
@@ -97,7 +100,7 @@ class Committer:
 
     def close(self) -> None:
         """Stops the thread once it has done what was asked of it."""
-        with self._cv:
+        with self._mutex:
             self._stopping = True
             thread = self._thread
             self._cv.notify()

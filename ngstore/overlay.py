@@ -59,6 +59,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .interrupts import Gate
 from .ops import (
     OP_CONNECTION_PUT,
     OP_EVENT_APPEND,
@@ -149,7 +150,7 @@ class Overlay:
         self.max_bytes = max_bytes
         self.max_lag = max_lag
         self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
+        self._room = Gate()  # under _lock: committers waiting for room (interrupts.py)
         self._entries: list[_Stored] = []
         self._tokens: dict[int, tuple[int, bytes | None]] = {}  # current: written since the last take
         self._taken: dict[int, tuple[int, bytes | None]] = {}  # written by the entries the applier took
@@ -170,11 +171,14 @@ class Overlay:
         if self._bytes + nbytes <= self.max_bytes and (not entries or
                                                        time.monotonic() - entries[0][2] <= self.max_lag):
             return False  # only the leader adds, and drop only puts a younger entry first
-        with self._room:
-            while self._entries and not failed.is_set() and (
-                    self._bytes + nbytes > self.max_bytes or time.monotonic() - self._entries[0][2] > self.max_lag):
-                self._room.wait(0.5)
-        return True
+        while True:
+            with self._lock:
+                entries = self._entries
+                if not entries or failed.is_set() or (self._bytes + nbytes <= self.max_bytes
+                                                      and time.monotonic() - entries[0][2] <= self.max_lag):
+                    return True
+                waiter = self._room.add_waiter()
+            waiter.acquire(timeout=0.5)
 
     def add(self, position: int, ops: list[Op], payload: bytes, tokens: list[tuple[int, bytes | None]] | None,
             key: tuple[bytes, int | None] | None = None) -> int:
@@ -190,20 +194,28 @@ class Overlay:
             t, c, e, r, ro = ops[0].count, 0, 0, 0, 0
         else:
             t, c, e, r, ro = Pending.delta(ops)
+        entry = (position, payload, time.monotonic(), t, c, e, r, ro)
+        nbytes = len(payload)
+        pending = self.pending
         with self._lock:
-            entry = (position, payload, time.monotonic(), t, c, e, r, ro)
-            self._entries.append(entry)
-            self._bytes += len(payload)
-            if one_put:
-                self.pending.tokens += t  # all that pending.add(entry) would add, without its call
-            else:
-                self.pending.add(entry)
-            if key is not None:
-                self._keys[key[0]] = (position, key[1])
+            # What may run twice first (an interrupt may stop a loop or a call): the index
+            # and the key. Then the counts and the entry, in statements without a call: an
+            # interrupt finds the entry added whole or not at all (interrupts.py), and
+            # ``last_position`` says which.
             if tokens:
                 index = self._tokens
                 for tid, record in tokens:
                     index[tid] = (position, record)
+            if key is not None:
+                self._keys[key[0]] = (position, key[1])
+            self._bytes += nbytes
+            pending.tokens += t
+            if not one_put:
+                pending.connections += c
+                pending.events += e
+                pending.reflexes += r
+                pending.reflex_ops += ro
+            self._entries.append(entry)
             return self._bytes
 
     # -- readers ---------------------------------------------------------------------
@@ -305,7 +317,7 @@ class Overlay:
         del forgotten, gone  # the deallocations, outside the lock
 
     def wake_waiters(self) -> None:
-        with self._room:
+        with self._lock:
             self._room.notify_all()
 
     def due_in(self, interval: float, threshold: int) -> float | None:

@@ -58,6 +58,13 @@ at an offset later appends would skip over. The only sound continuation is to cl
 reopen, which recovers from what is really on disk. ``drop_through`` failures do not poison
 the log: an unlink either happened or not, and both states are valid.
 
+An interrupt (``KeyboardInterrupt`` raised by a signal handler, which Python runs between
+bytecodes of the main thread) is not a failure: a write or fdatasync call is atomic against
+it, and the log's end moves in statements without a call between them. So an interrupt
+leaves the log as it was before the append or after it. Before it, the frame may lie
+whole past the end, where recovery would find it: the writer then calls ``adopt_next``,
+which takes it as appended (a partial frame stays past the end: the next append writes
+over it, and recovery would find a torn tail).
 """
 from __future__ import annotations
 
@@ -909,7 +916,7 @@ class Log:
             bufs.append(small)
         try:
             self._io.pwritev(self._fd, bufs, start)  # type: ignore[arg-type]
-        except BaseException as e:
+        except Exception as e:  # an interrupt is no failure: the log's end stays where it was
             raise self._poison(e, "appending to the log segment", seg.path) from e
         self._advance(seg, pos - 1, len(items), total, zend)
         return list(range(first_pos, pos))
@@ -959,7 +966,7 @@ class Log:
             else:
                 head = _frame_head(payload, seg.salt, pos, self._durable, typ, 0, raw)
                 self._io.pwritev(fd, [head + payload + bytes(zend - end)], start)
-        except BaseException as e:
+        except Exception as e:  # an interrupt is no failure: the log's end stays where it was
             raise self._poison(e, "appending to the log segment", seg.path) from e
         self._advance(seg, pos, 1, end - start, zend)
         return pos
@@ -975,11 +982,12 @@ class Log:
         """After a write of ``records`` frames (``total`` bytes) ending at position ``last``
         and the zero runway through ``zend``: the log's and the segment's new end."""
         end = self._write_off + total
+        zeroed = max(self._zeroed_until, zend)  # no call below: an interrupt (Ctrl-C) lands before or after
         with self._lock:
             self._last = last
             self._write_off = end
             self._appended += total
-            self._zeroed_until = max(self._zeroed_until, zend)
+            self._zeroed_until = zeroed
             if zend > end:  # a runway this object wrote
                 self._mappable_until = zend
             seg.last = last
@@ -987,6 +995,23 @@ class Log:
             seg.records += records
             a, _b = seg.runs[-1]
             seg.runs[-1] = (a, end)
+
+    def adopt_next(self) -> int:
+        """After an interrupted append (module docstring): adopts the frame of the next
+        position if one lies whole at the log's end, as if its append had returned, so that
+        the log this process goes on with is the one recovery would find. Returns the last
+        position."""
+        with self._sync_lock:
+            self._check_writable()
+            fd, seg, start, pos = self._fd, self._segs[-1], self._write_off, self._last + 1
+            assert fd is not None  # writable: open
+            data = self._io.pread(fd, FRAME_HEADER_SIZE, start)
+            length = FRAME_HEADER.unpack_from(data)[1] if len(data) == FRAME_HEADER_SIZE else -1
+            if 0 <= length <= MAX_RECORD_BYTES:
+                data += self._io.pread(fd, length, start + FRAME_HEADER_SIZE)
+                if not isinstance(_parse_frame(data, memoryview(data), 0, len(data), seg.salt, pos), str):
+                    self._advance(seg, pos, 1, len(data), start + len(data))
+            return self._last
 
     def sync(self) -> int:
         """fdatasync of the active segment (earlier segments were synced when sealed; the
@@ -1000,7 +1025,7 @@ class Log:
                 return self._durable
             try:
                 self._io.fdatasync(fd)  # type: ignore[arg-type]
-            except BaseException as e:
+            except Exception as e:  # an interrupt is no failure: the next sync covers the same bytes
                 raise self._poison(e, "syncing (fdatasync) the log segment", self._segs[-1].path) from e
             with self._lock:
                 self._durable = max(self._durable, target)
