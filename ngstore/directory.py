@@ -330,15 +330,22 @@ class Directory:
                     pass
 
     def release(self) -> None:
-        """Releases every lock this handle holds."""
+        """Releases every lock this handle holds. Safe to run again after an interrupt
+        stopped it (interrupts.py): a descriptor is unlocked (again, harmlessly) before it
+        is forgotten, and forgotten before it is closed -- at worst one stays open, unlocked."""
         errors: list[BaseException] = []
         for attr in ("_writer_fd", "_readers_fd"):
             fd = getattr(self, attr)
+            if fd is None:
+                continue
+            try:
+                self.io.unlock(fd, close=False)
+            except OSError as exc:  # pragma: no cover - unlocking a descriptor we own
+                errors.append(exc)
             setattr(self, attr, None)
-            if fd is not None:
-                try:
-                    self.io.unlock(fd)
-                except OSError as exc:  # pragma: no cover - closing a descriptor we own
-                    errors.append(exc)
+            try:
+                self.io.close(fd)
+            except OSError as exc:  # pragma: no cover - closing a descriptor we own
+                errors.append(exc)
         if errors:
             raise NgStoreError(f"{self.path}: releasing the store's locks failed: {errors[0]!r}") from errors[0]

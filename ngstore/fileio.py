@@ -356,12 +356,14 @@ class FileIO:
             raise
         return fd
 
-    def unlock(self, fd: int) -> None:
-        """Releases a lock taken by :meth:`lock` and closes its descriptor."""
+    def unlock(self, fd: int, *, close: bool = True) -> None:
+        """Releases a lock taken by :meth:`lock` and closes its descriptor (unless
+        ``close`` is False: unlocking again is then harmless)."""
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            self.close(fd)
+            if close:
+                self.close(fd)
 
     def probe_lock(self, path: str) -> bool:
         """True when someone holds an exclusive or shared ``flock`` on ``path`` that

@@ -356,6 +356,7 @@ class KV:
         #: Set in a child made by fork() (``_inherited_in_child``): nothing of this handle
         #: may be used here, and no transaction of it is ended.
         self.inherited = False
+        self._released = False  # close() ran
         _handles.add(self)
         self.env: lmdb.Environment = shared.env
         self.dbs: dict[bytes, Any] = shared.dbs
@@ -760,9 +761,11 @@ class KV:
     def close(self) -> None:
         """Releases this handle. The environment (its memory map) closes when the last
         handle is closed AND the last read transaction has ended, so a view that keeps
-        its transaction alive never sees unmapped memory."""
+        its transaction alive never sees unmapped memory. Idempotent."""
         self.unpin()
-        self._unref()
+        if not self._released:
+            self._released = True  # before: an interrupt may leave the handle held, never freed twice
+            self._unref()
 
     def _unref(self, reader: bool = False) -> None:
         if self.inherited:  # the parent's: never closed here

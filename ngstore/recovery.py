@@ -1,4 +1,5 @@
-"""Opening a store for writing: creation, power-loss rollback, log recovery and replay.
+"""Opening a store for writing: creation, power-loss rollback, log recovery and replay
+(and, in :func:`open_reader`, for reading).
 
 :func:`open_writer` is the one way a :class:`commit.Writer` comes to exist. In order:
 
@@ -44,13 +45,14 @@ from .directory import Directory
 from .errors import CorruptionError, NgStoreError, StorageError, StoreState, storage_error
 from .guardian import Guardian
 from .kv import KV, ReadTxn, restore_checkpoint_meta
-from .layout import ALL_LAYERS, DB_META, FORMAT_VERSION, M_FORMAT, encode_u64, initial_meta, seal_meta
+from .layout import ALL_LAYERS, DB_META, FORMAT_VERSION, M_FORMAT, Meta, encode_u64, initial_meta, seal_meta
 from .ops import decode_ops
 from .options import Options
 from .overlay import Overlay
 
 if TYPE_CHECKING:
     from .obs import Observability
+    from .reflex import ReflexTable
 
 #: Replay applies at most this many records, or this many payload bytes, per transaction.
 REPLAY_GROUP_RECORDS = 4096
@@ -85,6 +87,28 @@ class RecoveryInfo:
                       skipped=len(report.skipped) if report is not None else 0)
             obs.logger.warning("recovered %s: %d record(s) replayed%s", path, self.replayed_records,
                                "; LMDB rolled back to the checkpoint" if self.power_loss_rollback else "")
+
+
+def open_reader(directory: Directory, opts: Options) -> tuple[KV, Meta, ReflexTable | None]:
+    """Opens the store in ``directory`` read-only: its KV, its meta and its reflex table
+    (attached, None when it has none). On failure what it opened is closed again and the
+    reader lock released."""
+    directory.inspect(create=False, readonly=True)
+    directory.lock_reader()
+    try:
+        directory.check_readable(directory.read_state())
+        kv = KV(directory.path, readonly=True, map_size=opts.map_size, max_readers=opts.max_readers, io=opts.io,
+                walk=directory.live_writer_pid() is None, mode=directory.mode, verify=opts.verify)
+        try:
+            with ReadTxn(kv) as txn:
+                meta = kv.read_meta(txn)
+            return kv, meta, reflex_store.attach(kv)
+        except BaseException:
+            kv.close()
+            raise
+    except BaseException:
+        directory.release()
+        raise
 
 
 def open_writer(directory: Directory, opts: Options, guardian: Guardian,

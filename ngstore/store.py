@@ -1,7 +1,7 @@
 """The Store: one directory on disk, one writer process, any number of readers.
 
 This module is the facade. It opens a store (``recovery.open_writer`` for a writer,
-a read-only LMDB environment for a reader), wires the layers together and delegates:
+``recovery.open_reader`` for a reader), wires the layers together and delegates:
 
 * writes: :meth:`Store.batch` makes a ``batch.Batch`` whose commit is the writer's
   (``commit.Writer``: group commit, durability modes, the log, the overlay); the
@@ -46,7 +46,7 @@ from .ops import Op
 from .options import Options
 from .outcomes import Outcome, key_digest, key_op, keyed, outcome_in
 from .records import MAX_TOKEN_ID
-from .recovery import RecoveryInfo, open_writer
+from .recovery import RecoveryInfo, open_reader, open_writer
 from .reflex import Current, ReflexTable
 from .snapshot import Snapshot, token_record
 from .tokens import Token, TokenArray, token_of_image
@@ -112,7 +112,8 @@ class Store:
 
     def _open(self) -> tuple[KV, Meta]:
         if self.readonly:
-            return self._open_reader()
+            kv, meta, self._reader_reflexes.table = open_reader(self._directory, self.options)
+            return kv, meta
         span = self._obs.span("recovery") if self._obs is not None else None
         if span is None:
             kv, writer, self.recovery = open_writer(self._directory, self.options, self._guardian, None)
@@ -123,26 +124,6 @@ class Store:
         self._writer = writer
         with ReadTxn(kv) as txn:
             return kv, kv.read_meta(txn)
-
-    def _open_reader(self) -> tuple[KV, Meta]:
-        d = self._directory
-        d.inspect(create=False, readonly=True)
-        d.lock_reader()
-        try:
-            d.check_readable(d.read_state())
-            kv = KV(self.path, readonly=True, map_size=self.options.map_size, max_readers=self.options.max_readers,
-                    io=self.options.io, walk=d.live_writer_pid() is None, mode=d.mode, verify=self.options.verify)
-            try:
-                with ReadTxn(kv) as txn:
-                    meta = kv.read_meta(txn)
-                self._reader_reflexes.table = reflex_store.attach(kv)
-            except BaseException:
-                kv.close()
-                raise
-        except BaseException:
-            d.release()
-            raise
-        return kv, meta
 
     def _announce_open(self, meta: Meta) -> None:
         obs = self._obs
@@ -564,30 +545,38 @@ class Store:
 
     def close(self) -> None:
         """Checkpoints (writer), releases locks. Views already handed out stay valid."""
-        with self._lock:
-            if self._closing:
-                return
-            self._closing = True
+        ended = mine = False  # each step below may run again: a close an interrupt stopped goes on
         try:
-            if self._intuition is not None:
-                self._intuition.stop()
-            if self._writer is not None:
-                self._writer.close()
-        finally:
-            if self._obs is not None:
-                self._obs.publish_stats()  # the stats page's last values, while stats() answers
-            self._closed = True
-            forks.closed(self)
-            # The reader's own hold on its reflex table (and with it the read lease and the
-            # environment); a table handed out keeps its own lease.
-            self._reader_reflexes.table = None
-            if self._obs is not None:
-                self._obs.event("close")
-                self._obs.close()
+            with self._lock:
+                if self._closing:
+                    return
+                self._closing = mine = True
             try:
-                self._kv.close()
+                if self._intuition is not None:
+                    self._intuition.stop()
+                if self._writer is not None:
+                    self._writer.close()
             finally:
-                self._directory.release()
+                if self._writer is not None:
+                    self._writer.close()  # again if interrupted: its threads stop before the KV closes
+                if self._obs is not None and not self._closed:
+                    self._obs.publish_stats()  # the stats page's last values, while stats() answers
+                self._closed = True
+                forks.closed(self)
+                # The reader's own hold on its reflex table (and with it the read lease and the
+                # environment); a table handed out keeps its own lease.
+                self._reader_reflexes.table = None
+                if self._obs is not None:
+                    self._obs.event("close")
+                    self._obs.close()
+                try:
+                    self._kv.close()
+                finally:
+                    self._directory.release()
+            ended = True
+        finally:
+            if mine and not ended:  # interrupted (interrupts.py): the next close() finishes it
+                self._closing = False
 
     def __enter__(self) -> Store:
         return self

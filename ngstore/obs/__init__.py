@@ -318,8 +318,9 @@ class Observability:
 
     def close(self) -> None:
         """Uninstall hooks, stop the publisher (the page keeps its last values, flagged
-        closed), mark the ring closed and unmap it. Idempotent."""
-        if self._closed:
+        closed), mark the ring closed and unmap it. Idempotent: a close an interrupt stopped
+        (the store's close runs again) does what it left."""
+        if self._closed and self._publisher is None and not self._crash_installed and self.blackbox.path is None:
             return
         self._closed = True
         if self._crash_installed:

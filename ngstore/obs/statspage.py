@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..fileio import DEFAULT_IO, PRIVATE_MODE, FileIO
+from ..interrupts import Signal
 
 __all__ = [
     "PAGE_FILE",
@@ -148,7 +149,7 @@ class StatsPublisher:
         self._collect = collect
         self._io = io
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stop = Signal()  # set by a closing thread an interrupt may stop (interrupts.py)
         self._thread: threading.Thread | None = None
         self._generation = 0
         self._opened_ns = time.time_ns()
@@ -165,7 +166,7 @@ class StatsPublisher:
         except BaseException:
             io.close(fd)
             raise
-        self._fd = fd
+        self._fd: int | None = fd
         old = bytes(self._mm[:HEAD_BYTES])
         if old[:8] == PAGE_MAGIC:   # continue the previous writer's generation count
             self._generation = (_GEN.unpack_from(old, GEN_OFFSET)[0] + 1) & ~1
@@ -268,17 +269,26 @@ class StatsPublisher:
             self._thread.join(timeout=5)
             self._thread = None
         with self._lock:
-            if self._closed:
+            fd = self._fd
+            if fd is None:
                 return
             try:
-                self._write(*self._last, closed=True)
+                if not self._closed:
+                    self._write(*self._last, closed=True)
             finally:
+                # Each step may run again after an interrupt (interrupts.py). Unlock before
+                # closing: the mapping keeps a duplicate of the descriptor while it lives (a
+                # view of it may outlive the close), and a flock belongs to the open file
+                # both share. Forgotten after the unlock, the descriptor can leak, never stay
+                # locked nor be closed twice.
                 self._closed = True
                 try:
                     self._mm.close()
                 except BufferError:
                     pass
-                self._io.close(self._fd)   # drops the liveness lock
+                self._io.flock(fd, fcntl.LOCK_UN)
+                self._fd = None
+                self._io.close(fd)   # drops the liveness lock
 
     def inherited_in_child(self) -> None:
         """In a child made by fork(): the page is the parent's, and its publishing thread
@@ -291,8 +301,10 @@ class StatsPublisher:
             self._mm.close()
         except BufferError:
             pass
+        fd, self._fd = self._fd, None
         try:
-            self._io.close(self._fd)
+            if fd is not None:
+                self._io.close(fd)
         except OSError:
             pass
 
