@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import os
 import threading
 import time
@@ -105,7 +106,10 @@ class _Shared:
         self.dbs = dbs
         self.readonly = readonly
         self.refs = 0
-        self.open_readers = 0
+        #: The read transactions begun (``KV.begin_read``) and not ended. Held weakly: one
+        #: an interrupt kept from its owner (interrupts.py) stops counting once collected
+        #: (py-lmdb aborts it then), instead of refusing map growth for good.
+        self.open_txns: weakref.WeakSet[lmdb.Transaction] = weakref.WeakSet()
         #: Of the open readers, those of :class:`ReadTxn` (short internal reads): map growth
         #: waits for them, where a snapshot or a view makes it fail (it may live for hours).
         self.short_readers = 0
@@ -397,7 +401,7 @@ class KV:
                     raise translate(exc, "beginning a read transaction") from exc
             except lmdb.Error as exc:
                 raise translate(exc, "beginning a read transaction") from exc
-            self._shared.open_readers += 1
+            self._shared.open_txns.add(txn)
             self._shared.refs += 1  # the environment outlives its handles while a txn is open
         return txn
 
@@ -458,7 +462,7 @@ class KV:
         try:
             txn.abort()
         finally:
-            self._unref(reader=True)
+            self._unref(txn)
 
     def translated(self, exc: BaseException, doing: str = "reading") -> BaseException:
         """``exc`` as ngstore raises it: an LMDB error translated, anything else as is."""
@@ -604,11 +608,18 @@ class KV:
         or a view is not waited for."""
         shared = self._shared
         deadline = time.monotonic() + GROW_WAIT_SECONDS
-        while shared.open_readers and shared.open_readers == shared.short_readers:
-            left = deadline - time.monotonic()
-            if left <= 0 or not _reader_ended.wait(left):
-                break
-        return shared.open_readers
+        collected = False
+        while True:
+            open_readers = len(shared.open_txns)
+            if open_readers and open_readers == shared.short_readers:
+                left = deadline - time.monotonic()
+                if left > 0 and _reader_ended.wait(left):
+                    continue
+            if open_readers > shared.short_readers and not collected:
+                gc.collect()  # once: transactions an interrupt left unowned (see _Shared)
+                collected = True
+                continue
+            return open_readers
 
     def _busy_growing(self, size: int, busy: int) -> NgStoreError:
         return NgStoreError(f"the LMDB map of {self.path} is full at {size} bytes and cannot grow while "
@@ -767,13 +778,13 @@ class KV:
             self._released = True  # before: an interrupt may leave the handle held, never freed twice
             self._unref()
 
-    def _unref(self, reader: bool = False) -> None:
+    def _unref(self, txn: lmdb.Transaction | None = None) -> None:
         if self.inherited:  # the parent's: never closed here
             return
         with _registry_lock:
             shared = self._shared
-            if reader:
-                shared.open_readers -= 1
+            if txn is not None:  # an ended read transaction
+                shared.open_txns.discard(txn)
             shared.refs -= 1
             if shared.refs == 0:
                 if _registry.get(self.path) is shared:
@@ -832,10 +843,14 @@ class ReadTxn:
 
     def __enter__(self) -> lmdb.Transaction:
         kv = self._kv
-        with _registry_lock:  # begun and counted short at once (map growth reads both)
-            txn = kv.begin_read()
-            kv._shared.short_readers += 1
-        self._txn = txn
+        try:
+            with _registry_lock:  # begun and counted short at once (map growth reads both)
+                txn = kv.begin_read()
+                self._txn = txn  # no call between: an interrupt finds both done or neither
+                kv._shared.short_readers += 1
+        except BaseException:
+            self.__exit__(None, None, None)  # an interrupt after the begin: end it
+            raise
         return txn
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
