@@ -12,8 +12,8 @@ import pytest
 from conftest import make_tokens
 
 import ngstore
-from ngstore.quota import Quota
 from ngstore.overlay import INDEX_ENTRY_BYTES
+from ngstore.quota import Quota
 from ngstore.records import CONNECTION_DTYPE, EVENT_DTYPE
 
 
