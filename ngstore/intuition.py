@@ -69,6 +69,7 @@ from .connections import as_connection_array, encode_action
 from .errors import InvalidArgumentError, NgStoreError, NotFoundError
 from .experience import ExperienceStream
 from .inputs import state_coords
+from .interrupts import Signal
 from .layout import LEARN_MOMENTS_DTYPE
 from .learning import LearnedStatistics, make_fold, merge_folds
 from .records import CONNECTION_DTYPE, TOKEN_DTYPE, Mutability
@@ -289,7 +290,7 @@ class IntuitionEngine:
         self._failed = 0
         self._created_here = 0
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._stop = Signal()  # set by stop(), from a thread an interrupt may stop (interrupts.py)
         self._analysis_lock = threading.Lock()
         self.last_report: AnalysisReport | None = None
         #: events written before the last analysis cycle started (intuition_queue_size)
@@ -674,12 +675,12 @@ class IntuitionEngine:
         """Runs ``analyze()`` every ``analysis_interval_secs`` in a daemon thread."""
         if self._thread is not None and self._thread.is_alive():
             return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="ngstore-intuition", daemon=True)
+        stop = self._stop = Signal()
+        self._thread = threading.Thread(target=self._loop, args=(stop,), name="ngstore-intuition", daemon=True)
         self._thread.start()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._config.analysis_interval_secs):
+    def _loop(self, stop: Signal) -> None:
+        while not stop.wait(self._config.analysis_interval_secs):
             try:
                 self.analyze()
             except NgStoreError as exc:  # e.g. a quota refusal: keep running, remember it

@@ -43,6 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ..fileio import DEFAULT_IO, FileIO
+from ..interrupts import Signal
 from .metrics import StoreCollector
 from .statspage import PageHistograms, PublishedStats, merge_published, published_labels, read_stats_page
 from .tracing import SamplerConfig, Tracer, TraceSampler, from_headers, otel_available
@@ -450,20 +451,23 @@ def main_serve(path: str, host: str = "127.0.0.1", port: int = 9818, *,
 
     view = SidecarView(path)
     tracer, provider = sidecar_tracer()
+    stop = Signal()  # set from the signal handler: an Event's set could wait for its own thread's lock
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    # Before the server answers: a SIGTERM from then on is a clean exit, never the default kill.
+    prev = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         server = serve(view, host=host, port=port, name=path, tracer=tracer)
     except BaseException:
+        for sig, h in prev.items():
+            signal.signal(sig, h)
         if provider is not None:
             provider.shutdown()
         raise
     if not logging.getLogger("ngstore").handlers:
         enable_json_logging()
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    prev = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     _log.info("serving %s on %s", path, server.url, extra={"store_path": path})
     if ready is not None:
         ready.set()
