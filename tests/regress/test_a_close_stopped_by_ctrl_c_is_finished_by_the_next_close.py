@@ -13,21 +13,14 @@ import sys
 import textwrap
 
 import pytest
+from interrupting import PRELUDE
 
-SCRIPT = textwrap.dedent('''
-    import json, random, signal, sys, time
+SCRIPT = PRELUDE + textwrap.dedent('''
+    import json, random, sys, time
     import ngstore
 
     path, mode, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rng = random.Random(20261203)
-    armed = [False]
-
-    def on_alarm(signum, frame):
-        if armed[0]:
-            armed[0] = False
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGALRM, on_alarm)
     expect, out = {}, {"interrupted": 0, "closed": 0, "wrong": 0, "errors": []}
     close_time = None
     for r in range(rounds):
@@ -44,8 +37,7 @@ SCRIPT = textwrap.dedent('''
             close_time = time.perf_counter() - t0
             continue
         try:
-            armed[0] = True
-            signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, close_time))
+            arm(rng.uniform(1e-6, close_time))
             s.close()
             out["closed"] += 1
         except KeyboardInterrupt:
@@ -55,8 +47,7 @@ SCRIPT = textwrap.dedent('''
             except Exception as exc:
                 out["errors"].append(repr(exc))
         finally:
-            armed[0] = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            disarm()
     with ngstore.open(path) as s:
         out["wrong"] += sum(float(s.get_token(tid).weight) != w for tid, w in expect.items())
     print(json.dumps(out))

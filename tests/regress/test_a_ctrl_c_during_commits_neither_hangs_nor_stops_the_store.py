@@ -21,9 +21,10 @@ import sys
 import textwrap
 
 import pytest
+from interrupting import PRELUDE
 
-SCRIPT = textwrap.dedent('''
-    import json, random, signal, statistics, sys, threading, time
+SCRIPT = PRELUDE + textwrap.dedent('''
+    import json, random, statistics, sys, threading, time
     import ngstore
 
     path, mode, nthreads, commits = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -41,14 +42,6 @@ SCRIPT = textwrap.dedent('''
         return time.perf_counter() - t0
 
     typical = statistics.median(timed_commit(i) for i in range(500))  # every id the loop writes
-    armed = [False]
-
-    def on_alarm(signum, frame):
-        if armed[0]:
-            armed[0] = False
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGALRM, on_alarm)
     stop = threading.Event()
     errors, thread_acked = {}, {}
 
@@ -72,10 +65,9 @@ SCRIPT = textwrap.dedent('''
         tid, weight = 1 + i % 500, float(i)
         batch = token(tid, weight)
         try:
-            armed[0] = True
-            signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, 3 * typical))
+            arm(rng.uniform(1e-6, 3 * typical))
             s.put_tokens(batch)
-            armed[0] = False
+            disarm()
             acked[tid] = weight
         except KeyboardInterrupt:
             got = float(s.get_token(tid).weight)  # the store answers after the interrupt
@@ -85,8 +77,7 @@ SCRIPT = textwrap.dedent('''
             errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
             break
         finally:
-            armed[0] = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            disarm()
     stop.set()
     for t in threads:
         t.join()

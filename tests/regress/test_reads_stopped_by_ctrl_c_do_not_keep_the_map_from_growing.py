@@ -13,20 +13,14 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent('''
-    import json, random, signal, sys
+from interrupting import PRELUDE
+
+SCRIPT = PRELUDE + textwrap.dedent('''
+    import json, random, sys
     import numpy as np
     import ngstore
 
     rng = random.Random(20261203)
-    armed = [False]
-
-    def on_alarm(signum, frame):
-        if armed[0]:
-            armed[0] = False
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGALRM, on_alarm)
     s = ngstore.open(sys.argv[1], durability="none", map_size=64 << 20)
     s.put_tokens(ngstore.Token.create_batch(20_000, start=1).data)
     s.flush()
@@ -41,16 +35,14 @@ SCRIPT = textwrap.dedent('''
     for _ in range(2_000):
         read = rng.choice(reads)
         try:
-            armed[0] = True
-            signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-6, 60e-6))
+            arm(rng.uniform(1e-6, 60e-6))
             read()
         except KeyboardInterrupt:
             out["interrupted"] += 1
         except ngstore.NgStoreError as exc:
             out["errors"].append(repr(exc))
         finally:
-            armed[0] = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            disarm()
     try:
         for k in range(40):  # 128 MB of tokens: the 64 MiB map must grow
             s.put_tokens(ngstore.Token.create_batch(50_000, start=100_000 + 50_000 * k).data)
