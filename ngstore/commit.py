@@ -691,14 +691,9 @@ class Writer:
                 return
             if position != before + 1:
                 raise AssertionError(f"the log moved from {before} to {position} under a solo commit")
-            key = _solo_key(ops)
-            body = ops[1:] if key is not None else ops
-            if self._overlay.last_position < position and self._applier.applied_position < position:
-                tokens = token_writes(body, self._options.index_limit)
-                self._add_to_overlay(position, body, payload, tokens, (key, None) if key is not None else None)
-                self.stats_counters["commits_total"] += 1
-            elif key is not None and self._key_filter is not None:  # what _add_to_overlay may not have done
-                self._key_filter.add(key, position)
+            p = _Pending(ops, durability, _NO_WAKE)  # finished as a group's batch would be
+            p.payload = payload
+            self._finish_logged(p, position)
             self._settle_appended(durability == "sync", durability == "async")
         except Exception as exc:
             self._fail([], exc, "finishing an interrupted commit")
