@@ -23,7 +23,7 @@
 
 /* Bumped whenever a declaration in any csrc .cdef file, or a function of csrc/cpython/, changes
  * meaning. */
-#define NG_ABI_VERSION 9
+#define NG_ABI_VERSION 10
 
 /* Bytes of the checksum trailer after a stored value's record region (docs/format.md 3.0). */
 #define NG_CHECKSUM_BYTES 8

@@ -31,7 +31,7 @@ from .records import RAW64, TOKEN_DTYPE, TOKEN_SIZE
 
 #: Must equal ``NG_ABI_VERSION`` in ``csrc/ngcore.h``; bump both together whenever a
 #: declaration in a ``csrc/*.cdef`` or a function of ``csrc/cpython/`` changes meaning.
-ABI_VERSION = 9
+ABI_VERSION = 10
 
 _FIX = "reinstall it with `pip install .` (or `pip install -e .` in a checkout); a C compiler and cffi are needed"
 
@@ -82,6 +82,10 @@ Probe = _fastpath.Probe
 #: ``ng_wal_put_frame`` through the CPython API, for the log's mapped append
 #: (``walmap.put_frame`` documents it).
 put_frame_fast: Callable[[int, int, int, bytes, int, int, int, int], int] = _fastpath.put_frame
+#: ``chunk_record(chunk, slot, records_bytes)``: the 64 bytes of record ``slot`` of a token
+#: chunk value (bytes), or None when the presence bit at ``records_bytes`` is clear; a
+#: ValueError for a slot outside the chunk (``csrc/cpython/fastpath.c``).
+chunk_record: Callable[[Any, int, int], bytes | None] = _fastpath.chunk_record
 NOT_SIMPLE: int = _fastpath.NOT_SIMPLE
 #: ``sizeof(ng_reflex_hit)``, the bytes of a hit the probe copies.
 HIT_SIZE: int = _fastpath.HIT_SIZE

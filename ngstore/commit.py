@@ -253,6 +253,8 @@ class Writer:
         self._log = log
         self._applier = applier
         self._overlay = overlay
+        #: ``overlay.token``, bound once: the point reads' first step (``Store.get_token``)
+        self.pending_token = overlay.token
         self._guardian = guardian
         self._options = options
         self._obs = obs

@@ -79,6 +79,7 @@ from .fileio import DEFAULT_IO, PRIVATE_MODE, FileIO, lock_mode
 from .layout import ALL_DBS, DATA_FILE, DB_META, LMDB_LOCK_FILE, META_KEYS, Checkpoint, Meta
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space; disk use follows the data
 MAX_MAP_SIZE = 1 << 46
@@ -405,8 +406,8 @@ class KV:
             self._shared.refs += 1  # the environment outlives its handles while a txn is open
         return txn
 
-    def read_one(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(txn, values, *args)`` in a read transaction that sees every commit made so
+    def read_one(self, fn: Callable[[lmdb.Transaction, dict[Any, Any], A], T], arg: A) -> T:
+        """``fn(txn, values, arg)`` in a read transaction that sees every commit made so
         far, for one short read whose result is a copy (no view of the map may escape
         ``fn``): the point-read path. ``values`` is a dict ``fn`` may keep values of ``txn``
         in, by any key, for later calls: it lives as long as ``txn``.
@@ -421,7 +422,8 @@ class KV:
         counted as an open reader (``_grow`` ends it first) and never outlives the next
         commit, so it pins no page a later checkpoint frees. Without a writer here, each
         read begins a transaction of its own: another process may commit at any time.
-        LMDB errors are translated."""
+        LMDB errors are translated. One ``arg``, not ``*args``: forwarding an argument tuple
+        costs ~200 ns, a fifth of a point read."""
         shared = self._shared
         with _registry_lock:
             txn = shared.point_txn
@@ -442,7 +444,7 @@ class KV:
                 values.clear()
             if txn is not None:
                 try:
-                    return fn(txn, values, *args)
+                    return fn(txn, values, arg)
                 except lmdb.Error as exc:
                     raise translate(exc, f"reading {self.path}") from exc
                 finally:
@@ -450,7 +452,7 @@ class KV:
                         txn.abort()
         txn = self.begin_read()
         try:
-            return fn(txn, {}, *args)
+            return fn(txn, {}, arg)
         except lmdb.Error as exc:
             raise translate(exc, f"reading {self.path}") from exc
         finally:

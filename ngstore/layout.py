@@ -140,6 +140,8 @@ ALL_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_CONN_REVERSE, DB_EVENTS, DB_RE
 SEALED_DBS = (DB_META, DB_TOKENS, DB_CONNECTIONS, DB_EVENTS, DB_REFLEXES, DB_LEARN, DB_SPATIAL)
 
 _CONN_KEY = struct.Struct(">IIB")
+#: bytes of a ``connections`` key (``conn_key``): 9
+CONN_KEY_BYTES = _CONN_KEY.size
 _SEQ_KEY = struct.Struct(">Q")
 _CHUNK_KEY = struct.Struct(">I")
 _U64 = struct.Struct("<Q")

@@ -116,11 +116,11 @@ def point_lookup(kv: KV, digest: bytes) -> KnownOutcome | None:
     """:func:`lookup` as a point read (``KV.read_one``), for a writer: the transaction point
     reads share is ended by every LMDB commit, so it sees each key the applier recorded
     before dropping it from the overlay, and a keyed commit begins no transaction of its own."""
-    return kv.read_one(_lookup_in, kv.db(DB_OUTCOMES), digest, kv.path)
+    return kv.read_one(_lookup_in, (kv.db(DB_OUTCOMES), digest, kv.path))
 
 
-def _lookup_in(txn: Any, _values: dict[Any, Any], db: Any, digest: bytes, where: str) -> KnownOutcome | None:
-    return lookup(txn, db, digest, where)
+def _lookup_in(txn: Any, _values: dict[Any, Any], args: tuple[Any, bytes, str]) -> KnownOutcome | None:
+    return lookup(txn, *args)
 
 
 def header(txn: Any, db: Any, where: str) -> OutcomesHeader:
@@ -134,11 +134,11 @@ def outcome_in(kv: KV, digest: bytes, sees_everything: bool) -> Outcome:
     forgot no key, when the caller sees every commit (a writer that found no pending entry
     of the key); or neither. One point read (``KV.read_one``): a read transaction of its
     own would be an open reader, and a map growth meanwhile would fail and stop the writer."""
-    return kv.read_one(_outcome_in, kv.db(DB_OUTCOMES), digest, sees_everything, kv.path)
+    return kv.read_one(_outcome_in, (kv.db(DB_OUTCOMES), digest, sees_everything, kv.path))
 
 
-def _outcome_in(txn: Any, _values: dict[Any, Any], db: Any, digest: bytes, sees_everything: bool,
-                where: str) -> Outcome:
+def _outcome_in(txn: Any, _values: dict[Any, Any], args: tuple[Any, bytes, bool, str]) -> Outcome:
+    db, digest, sees_everything, where = args
     if lookup(txn, db, digest, where) is not None:
         return Outcome.COMMITTED
     if sees_everything and header(txn, db, where).forgotten == 0:
@@ -321,12 +321,12 @@ def _held_digests(kv: KV) -> bytes | None:
     db = kv.db(DB_OUTCOMES)
     if db is None:
         return b""
-    if kv.read_one(_held_in, db, kv.path) > FILTER_MAX_KEYS:
+    if kv.read_one(_held_in, (db, kv.path)) > FILTER_MAX_KEYS:
         return None
     parts: list[bytes] = []
     start = ORDER_PREFIX
     while True:
-        joined, last = kv.read_one(_order_slice, db, start)
+        joined, last = kv.read_one(_order_slice, (db, start))
         if joined is None:
             return None
         parts.append(joined)
@@ -335,14 +335,15 @@ def _held_digests(kv: KV) -> bytes | None:
         start = outcome_order_key(outcome_order_sequence(last) + 1)
 
 
-def _held_in(txn: Any, _values: dict[Any, Any], db: Any, where: str) -> int:
-    return header(txn, db, where).held
+def _held_in(txn: Any, _values: dict[Any, Any], args: tuple[Any, str]) -> int:
+    return header(txn, *args).held
 
 
-def _order_slice(txn: Any, _values: dict[Any, Any], db: Any, start: bytes) -> tuple[bytes | None, bytes | None]:
+def _order_slice(txn: Any, _values: dict[Any, Any], args: tuple[Any, bytes]) -> tuple[bytes | None, bytes | None]:
     """Up to ``_BUILD_SLICE`` digests of the order index from key ``start`` on, joined,
     and the last key read (None: the index ends here); ``(None, None)`` for an entry
     that is not 16 bytes. The order keys ("Q" ‖ sequence) are the last of the database."""
+    db, start = args
     cur = txn.cursor(db=db)
     if not cur.set_range(start):
         return b"", None

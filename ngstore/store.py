@@ -48,7 +48,7 @@ from .outcomes import Outcome, key_digest, key_op, keyed, outcome_in
 from .records import MAX_TOKEN_ID
 from .recovery import RecoveryInfo, open_reader, open_writer
 from .reflex import Current, ReflexTable
-from .snapshot import Snapshot, token_record
+from .snapshot import Snapshot, pair_key, pair_reader, token_reader
 from .tokens import Token, TokenArray, token_of_image
 
 if TYPE_CHECKING:
@@ -106,6 +106,7 @@ class Store:
                 self._obs.close()
             raise
         self._layout = ChunkLayout(meta.chunk_slots)
+        self._read_token, self._read_pair = token_reader(self._kv, self._layout), pair_reader(self._kv)
         self._meta = meta
         self._announce_open(meta)
         forks.opened(self)
@@ -288,13 +289,12 @@ class Store:
             token_id = int(ids_array([token_id])[0])
         w = self._writer
         if w is not None:
-            hit, record = w.overlay.token(token_id)
+            hit, record = w.pending_token(token_id)
             if hit:
                 return record
         else:
             self._kv.catch_up_with_writer()
-        kv = self._kv
-        return kv.read_one(token_record, kv, self._layout, token_id)
+        return self._kv.read_one(self._read_token, token_id)
 
     def get_tokens(self, ids: Any, *, missing: str = "raise") -> TokenArray:
         """Tokens for ``ids`` in the given order, as a TokenArray (a copy).
@@ -307,16 +307,24 @@ class Store:
     def get_connection(self, a: int, b: int, connection_type: int | None = None) -> Connection:
         """The connection (a, b[, type]) as a Connection copy; NotFoundError if absent.
 
-        Without ``connection_type`` the pair must hold exactly one connection."""
-        found = self.connections_between(a, b).data
-        if connection_type is not None:
-            found = found[found["connection_type"] == connection_type]
-        if found.shape[0] == 0:
-            kind = f" of type {connection_type:#x}" if connection_type is not None else ""
+        Without ``connection_type`` the pair must hold exactly one connection. A point
+        read: the shared read transaction of ``get_token``, no snapshot."""
+        self._check_open()
+        if type(a) is not int or type(b) is not int or not 0 <= min(a, b) <= max(a, b) <= MAX_TOKEN_ID:
+            a, b = ids_array([a, b]).tolist()
+        if self._writer is not None:
+            self._writer.barrier()  # connections are read from LMDB: what the overlay holds first
+        else:
+            self._kv.catch_up_with_writer()
+        key = pair_key(a, b, connection_type)
+        found = self._kv.read_one(self._read_pair, key) if key is not None else []
+        if not found:
+            kind = "" if connection_type is None else (
+                f" of type {key[8]:#x}" if key is not None else f" of type {connection_type!r}")
             raise NotFoundError(f"no connection {a}-{b}{kind}")
-        if found.shape[0] > 1:
-            raise InvalidArgumentError(f"{found.shape[0]} connections join {a} and {b}; pass connection_type=")
-        return Connection.from_record(found[0:1].copy())
+        if len(found) > 1:
+            raise InvalidArgumentError(f"{len(found)} connections join {a} and {b}; pass connection_type=")
+        return Connection.from_bytes(found[0])
 
     def get_connections(self, keys: Any, *, missing: str = "raise") -> ConnectionArray:
         """Connections for ``keys`` -- (a, b, type) triples, or connections whose key to

@@ -43,6 +43,44 @@ def test_several_types_per_pair_are_distinct_connections(store):
     assert store.get_connection(5, 6, 0x10).connection_type == 0x10
 
 
+@pytest.mark.parametrize("durability", ["none", "async", "sync"])
+def test_get_connection_is_a_point_read_that_sees_every_commit_before_it(store_path, durability):
+    # get_connection reads LMDB in the shared point-read transaction (no snapshot): it must
+    # still see each commit that returned before it, the overlay's included, in any mode.
+    with ngstore.open(store_path, durability=durability) as s:
+        for i in range(50):
+            c = _conns([(i, i + 1)], 0x10 + i % 3)
+            c["confidence"] = i
+            s.put_connections(c)
+            got = s.get_connection(i + 1, i)  # either order
+            assert (got.token_a, got.token_b, got.connection_type, got.confidence_raw) == (i, i + 1, 0x10 + i % 3, i)
+            assert s.get_connection(i, i + 1, np.uint8(0x10 + i % 3)).confidence_raw == i  # a numpy type
+            with pytest.raises(KeyError, match="of type 0x13"):
+                s.get_connection(i, i + 1, 0x13)
+        s.put_connections(_conns([(7, 8)], 0x15))  # a second type of the pair (7, 8)
+        with pytest.raises(ValueError, match="2 connections join 8 and 7"):
+            s.get_connection(8, 7)
+        assert s.get_connection(7, 8, 0x15).connection_type == 0x15
+        assert s.get_connection(7, 8, 0x10 + 7 % 3).confidence_raw == 7
+        s.delete_connections([(7, 8, 0x15)])
+        assert s.get_connection(8, 7).connection_type == 0x10 + 7 % 3
+        for bad_type in (256, -1, 0x10 + 0.5, "0x10"):  # no connection has such a type
+            with pytest.raises(KeyError):
+                s.get_connection(0, 1, bad_type)
+        with pytest.raises(KeyError):
+            s.get_connection(0, 2)
+        with pytest.raises(ValueError):
+            s.get_connection(-1, 2)
+        with pytest.raises(ValueError):
+            s.get_connection(0, 2**32)
+        assert s.get_connection(np.uint32(1), np.int64(0)).token_b == 1
+    with ngstore.open(store_path, readonly=True) as r:  # a reader begins a transaction per read
+        assert r.get_connection(10, 9).confidence_raw == 9
+        assert r.get_connection(8, 7).connection_type == 0x10 + 7 % 3
+        with pytest.raises(KeyError):
+            r.get_connection(99, 98)
+
+
 def test_overwriting_a_connection_does_not_count_twice(store):
     store.put_connections(_conns([(1, 2)]))
     c = _conns([(1, 2)])
