@@ -281,6 +281,7 @@ def _nearest(store: Any, rng: Any, queries: int = 100, k: int = 10) -> dict[str,
 def _graph_walk(store: Any, n: int, rng: Any, edges: int = 200_000, seeds: int = 1000) -> dict[str, float]:
     """Random connections among the tokens (one batch), then a 2-hop walk from many seeds."""
     from ngstore.connections import new_connections
+    from ngstore.records import ASSOCIATED_WITH
 
     a = rng.integers(0, n, size=edges, dtype=np.uint32)
     b = rng.integers(0, n, size=edges, dtype=np.uint32)
@@ -289,8 +290,11 @@ def _graph_walk(store: Any, n: int, rng: Any, edges: int = 200_000, seeds: int =
     store.flush()  # in LMDB, where walks read: not timed below
     start = rng.integers(0, n, size=seeds, dtype=np.uint32)
     t, hops = _best(lambda: store.k_hop(start, 2), 1)
+    # one connection at a time, by its key (new_connections' default type), in either order
+    pairs = list(zip(b[keep][:10_000].tolist(), a[keep][:10_000].tolist(), strict=True))
+    t_one, _ = _best(lambda: [store.get_connection(x, y, ASSOCIATED_WITH) for x, y in pairs], 3)
     return {"graph_edges": int(keep.sum()), "k_hop_seeds": seeds, "k_hop_ms": t * 1e3,
-            "k_hop_reached": len(hops.ids)}
+            "k_hop_reached": len(hops.ids), "get_connection_ns": t_one / len(pairs) * 1e9}
 
 
 def _asyncio_commits(path: str, n: int, max_tokens: int, max_bytes: int, tasks: int = 1000) -> dict[str, float]:
@@ -343,6 +347,8 @@ def _print_stress(res: dict[str, Any]) -> None:
         ("Read (random)", _fmt_ns(res["read_random_ns"]), _rate(res["read_random_ns"]),
          "53.4 ns", "get_tokens of N random ids"),
         ("Get one token", _fmt_ns(res["get_one_ns"]), _rate(res["get_one_ns"]), "-", "store.get_token(id)"),
+        ("Get one connection", _fmt_ns(res["get_connection_ns"]), _rate(res["get_connection_ns"]), "-",
+         "store.get_connection(a, b, type)"),
         ("Durable ingest", _fmt_ns(res["ingest_ns"]), _rate(res["ingest_ns"]), "-",
          "put_tokens, fsync'd before return"),
         ("Column scan", _fmt_ns(res["column_scan_ns"]), _rate(res["column_scan_ns"]), "-",

@@ -109,7 +109,7 @@ def test_stress_prints_the_table_and_the_memory_table(tmp_path):
     for row in ("Create (single)", "Create (batch)", "Clone", "Read (sequential)", "Read (random)",
                 "Get one token", "Durable ingest", "Column scan", "Durable commit (sync)",
                 "Commit (async)", "Group commit, 8 threads", "Reflex lookup (batch)",
-                "Reflex lookup (single)", "Analysis cycle", "Reopen"):
+                "Reflex lookup (single)", "Analysis cycle", "Get one connection", "Reopen"):
         assert f"| {row} |" in out, row
     assert "| Memory | ngstore | the original claimed |" in out
     assert "20,000 tokens on disk after ingest" in out
