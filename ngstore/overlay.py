@@ -9,7 +9,8 @@ The overlay holds:
 * an index of the tokens they write, ``id -> (position, record or None for a delete)``,
   so a point read (``get_token``, ``contains``) through the writer's handle sees its own
   writes without waiting for the applier; every other read first drains the overlay
-  (a *barrier*, see ``applier.Applier.wait_applied``);
+  (a *barrier*, see ``applier.Applier.wait_applied``) -- a read of connections alone,
+  only through the newest entry that wrote connections (``connection_position``);
 * the idempotency keys of its keyed entries, ``digest -> (position, first event)``, so
   ``outcome(key)`` and the writer's duplicate check see a key from the moment its batch is
   committed (``outcomes``);
@@ -61,6 +62,7 @@ import numpy as np
 
 from .interrupts import Gate
 from .ops import (
+    OP_CONNECTION_DELETE,
     OP_CONNECTION_PUT,
     OP_EVENT_APPEND,
     OP_ITEM_SIZE,
@@ -75,6 +77,8 @@ from .ops import (
 
 Entry = tuple[int, list[Op]]
 
+#: the ops that change the connections databases (a token delete leaves them alone)
+_CONNECTION_KINDS = frozenset((OP_CONNECTION_PUT, OP_CONNECTION_DELETE))
 _POSITION = itemgetter(0)
 _PAYLOAD = itemgetter(1)
 #: the counts of an entry, in Pending.add's order (tokens, connections, events, reflexes, reflex ops)
@@ -157,6 +161,9 @@ class Overlay:
         self._taken_through = 0  # the position of the last entry taken
         self._keys: dict[bytes, tuple[int, int | None]] = {}  # digest -> (position, first event)
         self._bytes = 0
+        #: the position of the newest entry that puts or deletes connections (0: none yet):
+        #: what a read of connections alone waits for (``Writer.connection_barrier``)
+        self._conn_position = 0
         self.pending = Pending()
 
     # -- the commit leader ------------------------------------------------------------
@@ -192,8 +199,10 @@ class Overlay:
         one_put = len(ops) == 1 and ops[0].kind == OP_TOKEN_PUT  # the usual commit
         if one_put:
             t, c, e, r, ro = ops[0].count, 0, 0, 0, 0
+            connections = False
         else:
             t, c, e, r, ro = Pending.delta(ops)
+            connections = any(op.kind in _CONNECTION_KINDS for op in ops)
         entry = (position, payload, time.monotonic(), t, c, e, r, ro)
         nbytes = len(payload)
         pending = self.pending
@@ -215,6 +224,8 @@ class Overlay:
                 pending.events += e
                 pending.reflexes += r
                 pending.reflex_ops += ro
+            if connections:
+                self._conn_position = position
             self._entries.append(entry)
             return self._bytes
 
@@ -341,6 +352,12 @@ class Overlay:
     @property
     def entries(self) -> int:
         return len(self._entries)
+
+    @property
+    def connection_position(self) -> int:
+        """The position of the newest entry, pending or applied, that puts or deletes
+        connections (0 when none has since the overlay was made)."""
+        return self._conn_position
 
     @property
     def last_position(self) -> int:

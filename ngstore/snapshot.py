@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from . import _native, graph, similarity, spatial
-from .connections import ConnectionArray
+from .connections import Connection, ConnectionArray
 from .errors import CorruptionError, InvalidArgumentError, NotFoundError, StoreClosedError
 from .inputs import connection_keys, ids_array
 from .kv import KV, ReadLease
@@ -58,7 +58,7 @@ from .layout import (
     meta_page_txnid,
     meta_region_bytes,
 )
-from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
+from .records import CONNECTION_DTYPE, EVENT_DTYPE, MAX_TOKEN_ID, TOKEN_DTYPE
 from .tokens import Token, TokenArray
 
 _ffi = _native.ffi
@@ -764,6 +764,23 @@ def pair_key(a: int, b: int, connection_type: Any) -> bytes | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return conn_key(lo, hi, t) if same and 0 <= t <= 255 else None
+
+
+def pair_connection(kv: KV, read: Callable[[Any, dict[Any, Any], bytes], list[bytes]], a: Any, b: Any,
+                    connection_type: Any) -> Connection:
+    """``Store.get_connection``'s read, once LMDB holds every connection committed:
+    through ``kv.read_one`` with ``read`` (the handle's ``pair_reader``)."""
+    if type(a) is not int or type(b) is not int or not 0 <= min(a, b) <= max(a, b) <= MAX_TOKEN_ID:
+        a, b = ids_array([a, b]).tolist()
+    key = pair_key(a, b, connection_type)
+    found = kv.read_one(read, key) if key is not None else []
+    if not found:
+        kind = "" if connection_type is None else (
+            f" of type {key[8]:#x}" if key is not None else f" of type {connection_type!r}")
+        raise NotFoundError(f"no connection {a}-{b}{kind}")
+    if len(found) > 1:
+        raise InvalidArgumentError(f"{len(found)} connections join {a} and {b}; pass connection_type=")
+    return Connection.from_bytes(found[0])
 
 
 def pair_reader(kv: KV) -> Callable[[Any, dict[Any, Any], bytes], list[bytes]]:

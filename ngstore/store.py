@@ -48,7 +48,7 @@ from .outcomes import Outcome, key_digest, key_op, keyed, outcome_in
 from .records import MAX_TOKEN_ID
 from .recovery import RecoveryInfo, open_reader, open_writer
 from .reflex import Current, ReflexTable
-from .snapshot import Snapshot, pair_key, pair_reader, token_reader
+from .snapshot import Snapshot, pair_connection, pair_reader, token_reader
 from .tokens import Token, TokenArray, token_of_image
 
 if TYPE_CHECKING:
@@ -247,11 +247,23 @@ class Store:
     def snapshot(self) -> Snapshot:
         """A consistent read view of the store (one LMDB read transaction) that includes
         every commit that returned before it was taken."""
+        self._current(connections_only=False)
+        return Snapshot(self._kv, self._layout, self.path)
+
+    def _current(self, connections_only: bool) -> None:
+        """Brings LMDB up to every commit that returned before (a reader: up to what the
+        writer published), or with ``connections_only`` every one that wrote connections:
+        what a read of connections alone needs, before its own read transaction."""
         self._check_open()
-        if self._writer is not None:
-            self._writer.barrier()
-        else:
+        if self._writer is None:
             self._kv.catch_up_with_writer()
+        elif connections_only:
+            self._writer.connection_barrier()
+        else:
+            self._writer.barrier()
+
+    def _connections_snapshot(self) -> Snapshot:
+        self._current(connections_only=True)
         return Snapshot(self._kv, self._layout, self.path)
 
     def count(self) -> int:
@@ -309,22 +321,8 @@ class Store:
 
         Without ``connection_type`` the pair must hold exactly one connection. A point
         read: the shared read transaction of ``get_token``, no snapshot."""
-        self._check_open()
-        if type(a) is not int or type(b) is not int or not 0 <= min(a, b) <= max(a, b) <= MAX_TOKEN_ID:
-            a, b = ids_array([a, b]).tolist()
-        if self._writer is not None:
-            self._writer.barrier()  # connections are read from LMDB: what the overlay holds first
-        else:
-            self._kv.catch_up_with_writer()
-        key = pair_key(a, b, connection_type)
-        found = self._kv.read_one(self._read_pair, key) if key is not None else []
-        if not found:
-            kind = "" if connection_type is None else (
-                f" of type {key[8]:#x}" if key is not None else f" of type {connection_type!r}")
-            raise NotFoundError(f"no connection {a}-{b}{kind}")
-        if len(found) > 1:
-            raise InvalidArgumentError(f"{len(found)} connections join {a} and {b}; pass connection_type=")
-        return Connection.from_bytes(found[0])
+        self._current(connections_only=True)  # connections are read from LMDB
+        return pair_connection(self._kv, self._read_pair, a, b, connection_type)
 
     def get_connections(self, keys: Any, *, missing: str = "raise") -> ConnectionArray:
         """Connections for ``keys`` -- (a, b, type) triples, or connections whose key to
@@ -332,12 +330,12 @@ class Store:
 
         ``missing="raise"`` raises NotFoundError naming absent keys; ``"skip"`` leaves
         them out."""
-        with self.snapshot() as snap:
+        with self._connections_snapshot() as snap:
             return snap.connections.get(keys, missing=missing)
 
     def connections_between(self, a: int, b: int) -> ConnectionArray:
         """Every connection joining tokens a and b (any order), as a ConnectionArray."""
-        with self.snapshot() as snap:
+        with self._connections_snapshot() as snap:
             return snap.connections.between(a, b)
 
     def neighbors(self, token_id: int, direction: str = "both") -> ConnectionArray:
@@ -345,17 +343,17 @@ class Store:
 
         ``"out"``: where it is ``token_a``; ``"in"``: where it is ``token_b``;
         ``"both"``: the union (a self-connection appears once)."""
-        with self.snapshot() as snap:
+        with self._connections_snapshot() as snap:
             return snap.connections.neighbors(token_id, direction)
 
     def k_hop(self, ids: Any, k: int, **options: Any) -> Hops:
         """``snapshot().connections.k_hop``: the tokens within ``k`` connections of ``ids``."""
-        with self.snapshot() as snap:
+        with self._connections_snapshot() as snap:
             return snap.connections.k_hop(ids, k, **options)
 
     def shortest_path(self, a: int, b: int, **options: Any) -> Path | None:
         """``snapshot().connections.shortest_path``: the cheapest path from ``a`` to ``b``."""
-        with self.snapshot() as snap:
+        with self._connections_snapshot() as snap:
             return snap.connections.shortest_path(a, b, **options)
 
     def count_connections(self) -> int:

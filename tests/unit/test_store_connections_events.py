@@ -81,6 +81,38 @@ def test_get_connection_is_a_point_read_that_sees_every_commit_before_it(store_p
             r.get_connection(99, 98)
 
 
+def test_reads_of_connections_wait_for_connection_commits_only(store_path):
+    # A read of connections alone (get_connection(s), connections_between, neighbors,
+    # k_hop, shortest_path) waits for the applier only while a commit that wrote
+    # connections is pending: token commits alone stay in the overlay, not applied for it.
+    # (stats() would apply them: the pending entries are read off the writer's overlay.)
+    with ngstore.open(store_path, durability="none", apply_interval=3600.0) as s:
+        pending = s._writer.overlay  # type: ignore[union-attr]
+        s.put_connections(_conns([(1, 2), (2, 3)]))
+        s.put_tokens(ngstore.Token.create_batch(3, start=1))
+        assert pending.entries == 2
+        assert s.get_connection(2, 1).token_b == 2  # waits for the connections' apply
+        assert pending.entries == 0  # (which took the token commit along, one group)
+        s.put_tokens(ngstore.Token.create_batch(1, start=9))
+        s.put_tokens(ngstore.Token.create_batch(1, start=10))
+        assert s.get_connection(1, 2).token_a == 1
+        assert len(s.get_connections([(1, 2, 0x50), (2, 3, 0x50)])) == 2
+        assert len(s.connections_between(3, 2)) == 1 and len(s.neighbors(2)) == 2
+        assert s.k_hop([1], 2).ids.tolist() == [1, 2, 3]
+        assert s.shortest_path(1, 3) is not None
+        assert pending.entries == 2  # no read of connections applied the token commits
+        assert s.get_token(10).id == 10 and pending.entries == 2  # point reads merge the overlay
+        s.delete_connections([(1, 2, 0x50)])
+        with pytest.raises(KeyError):
+            s.get_connection(1, 2)  # the delete is seen
+        assert pending.entries == 0
+        s.put_tokens(ngstore.Token.create_batch(1, start=11))
+        assert s.neighbors(2).token_b.tolist() == [3] and pending.entries == 1
+        with s.snapshot() as snap:  # a snapshot waits for every commit
+            assert snap.tokens.count() == 6
+        assert pending.entries == 0
+
+
 def test_overwriting_a_connection_does_not_count_twice(store):
     store.put_connections(_conns([(1, 2)]))
     c = _conns([(1, 2)])
