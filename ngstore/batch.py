@@ -37,7 +37,7 @@ from .ops import (
 )
 from .records import CONNECTION_DTYPE, EVENT_DTYPE, TOKEN_DTYPE
 from .tokens import as_token_array
-from .validation import check_connections
+from .validation import check_connections, connections_pass_defaults
 
 if TYPE_CHECKING:
     from .obs import Observability
@@ -143,7 +143,8 @@ class Batch:
             return
         t0 = time.perf_counter()
         try:
-            self._validate_connections(arr, "connection(s)")
+            if arr.size > _SMALL or not connections_pass_defaults(arr.tobytes()):  # else checked, no numpy
+                self._validate_connections(arr, "connection(s)")
         except ValidationError as exc:
             self._counters.connections_rejected_total += exc.n_failed
             self._counters.connections_validated_total += int(arr.size) - exc.n_failed

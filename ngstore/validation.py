@@ -57,6 +57,8 @@ is a Python int of any width (default: all 176 codes allowed).
 """
 from __future__ import annotations
 
+import math
+import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -321,6 +323,26 @@ def check_connections(connections: Any, *, allowed_types: Any = ALL_CONNECTION_T
     if not allow_self_loops:
         checks.append(("token_b", a == b, "token_a == token_b (self loop)", b))
     return _collect(checks, len(arr), max_reasons)
+
+
+#: The fields the default connection rules read, per 64-byte record: token_a, token_b,
+#: connection_type, pull_strength, preferred_distance, mutability (rigidity/255 is always
+#: within the default [0, 1]).
+_CONNECTION_RULE_FIELDS = struct.Struct("<IIB7xff8xB31x")
+
+
+def connections_pass_defaults(raw: bytes) -> bool:
+    """Whether every connection record of ``raw`` (concatenated 64-byte images) passes
+    :func:`check_connections` with its defaults -- read with ``struct``, without numpy:
+    the vectorised check of a one-connection commit cost ~30 µs, several times the
+    commit. False says only that ``check_connections`` must give the verdict (and the
+    reasons)."""
+    plo, phi = DEFAULT_PULL_STRENGTH_RANGE
+    for a, b, t, pull, distance, mutability in _CONNECTION_RULE_FIELDS.iter_unpack(raw):
+        if not (a <= b and t <= MAX_CONNECTION_TYPE and plo <= pull <= phi and mutability <= 2
+                and math.isfinite(distance)):
+            return False
+    return True
 
 
 def check_connection(connection: Any, **options: Any) -> list[tuple[str, str, object]]:

@@ -15,6 +15,7 @@ from ngstore.validation import (
     check_reflexes,
     check_token,
     check_tokens,
+    connections_pass_defaults,
     validate_connection,
     validate_reflex,
     validate_token,
@@ -285,3 +286,34 @@ def test_every_valid_reflex_is_a_valid_connection():
     reflexes = check_reflexes(arr).ok
     assert reflexes.any()
     assert check_connections(arr[reflexes]).all_ok
+
+
+def test_the_struct_check_of_small_batches_agrees_with_check_connections():
+    # connections_pass_defaults (a commit of a few connections, without numpy) must say True
+    # exactly when check_connections with its defaults passes every record: records with
+    # each field at, around and past its bounds, alone and in batches.
+    rng = np.random.default_rng(11)
+    edges = {
+        "token_a": [0, 1, 2**32 - 1], "token_b": [0, 1, 2**32 - 1],
+        "connection_type": [0, 0x50, 0xAF, 0xB0, 0xFF],
+        "pull_strength": [0.0, -0.0, 1e-45, 50.0, 100.0, np.nextafter(np.float32(100), np.float32(200)), -1e-45,
+                          np.inf, -np.inf, np.nan],
+        "preferred_distance": [0.0, -5.0, 3.4e38, np.inf, -np.inf, np.nan],
+        "mutability": [0, 1, 2, 3, 255],
+        "rigidity": [0, 128, 255],
+    }
+    recs = np.zeros(5000, CONNECTION_DTYPE)
+    for name, values in edges.items():
+        recs[name] = np.asarray(values, dtype=recs.dtype[name])[rng.integers(0, len(values), len(recs))]
+    agree = 0
+    for i in range(len(recs)):
+        one = recs[i:i + 1]
+        assert connections_pass_defaults(one.tobytes()) == check_connections(one).all_ok, one
+        agree += check_connections(one).all_ok
+    assert 0 < agree < len(recs)  # both verdicts were exercised
+    for k in (2, 7, 64):
+        for start in range(0, 600, k):
+            batch = recs[start:start + k]
+            assert connections_pass_defaults(batch.tobytes()) == check_connections(batch).all_ok
+    good = recs[[check_connections(recs[i:i + 1]).all_ok for i in range(len(recs))]]
+    assert connections_pass_defaults(good[:64].tobytes()) and connections_pass_defaults(b"")
