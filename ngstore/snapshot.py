@@ -643,26 +643,28 @@ class ConnectionView:
 
     def between(self, a: int, b: int) -> ConnectionArray:
         """Every connection joining tokens a and b (any order)."""
-        lo, hi = (a, b) if a <= b else (b, a)
-        ids_array([lo, hi])
-        return ConnectionArray(self._scan(DB_CONNECTIONS, conn_key(lo, hi, 0)[:8], reverse=False))
+        if type(a) is not int or type(b) is not int or not 0 <= min(a, b) <= max(a, b) <= MAX_TOKEN_ID:
+            a, b = ids_array([a, b]).tolist()
+        return ConnectionArray(self._scan(DB_CONNECTIONS, conn_key(min(a, b), max(a, b), 0)[:8], reverse=False))
 
     def neighbors(self, token_id: int, direction: str = "both") -> ConnectionArray:
         """Connections of ``token_id``: ``"out"`` where it is ``token_a``, ``"in"`` where it
         is ``token_b``, ``"both"`` the union (a self-connection appears once)."""
         if direction not in ("out", "in", "both"):
             raise InvalidArgumentError(f"direction must be 'out', 'in' or 'both', got {direction!r}")
-        ids_array([token_id])
+        if type(token_id) is not int or not 0 <= token_id <= MAX_TOKEN_ID:
+            token_id = int(ids_array([token_id])[0])
         prefix = conn_key(token_id, 0, 0)[:4]
-        parts = []
+        snap = self._snap
+        # records as bytes, joined once: np.concatenate of the two structured arrays and a
+        # mask to drop self-loops cost ~35 of a ~53 us call (numpy promotes every field)
+        found: list[bytes] = []
         if direction in ("out", "both"):
-            parts.append(self._scan(DB_CONNECTIONS, prefix, reverse=False))
+            found += connection_records(snap._kv, snap._txn(), prefix)
         if direction in ("in", "both"):
-            inn = self._scan(DB_CONN_REVERSE, prefix, reverse=True)
-            if direction == "both":
-                inn = inn[inn["token_a"] != inn["token_b"]]
-            parts.append(inn)
-        return ConnectionArray(np.concatenate(parts) if parts else np.zeros(0, CONNECTION_DTYPE))
+            inn = connection_records(snap._kv, snap._txn(), prefix, reverse=True)
+            found += [r for r in inn if r[:4] != r[4:8]] if direction == "both" else inn  # a self-loop once
+        return ConnectionArray(_records_array(found, CONNECTION_DTYPE, "connection", snap._path))
 
     def k_hop(self, ids: Any, k: int, *, types: Any = None, min_strength: float | None = None,
               direction: str = "both") -> graph.Hops:
