@@ -645,7 +645,9 @@ class ConnectionView:
         """Every connection joining tokens a and b (any order)."""
         if type(a) is not int or type(b) is not int or not 0 <= min(a, b) <= max(a, b) <= MAX_TOKEN_ID:
             a, b = ids_array([a, b]).tolist()
-        return ConnectionArray(self._scan(DB_CONNECTIONS, conn_key(min(a, b), max(a, b), 0)[:8], reverse=False))
+        snap = self._snap
+        found = connection_records(snap._kv, snap._txn(), conn_key(min(a, b), max(a, b), 0)[:CONN_KEY_BYTES - 1])
+        return ConnectionArray(_records_array(found, CONNECTION_DTYPE, "connection", snap._path))
 
     def neighbors(self, token_id: int, direction: str = "both") -> ConnectionArray:
         """Connections of ``token_id``: ``"out"`` where it is ``token_a``, ``"in"`` where it
@@ -712,7 +714,9 @@ class ConnectionView:
 
     def to_array(self) -> np.ndarray:
         """Every connection, in key order (a CONNECTION_DTYPE copy)."""
-        return self._scan(DB_CONNECTIONS, b"", reverse=False)
+        snap = self._snap
+        return _records_array(connection_records(snap._kv, snap._txn(), b""), CONNECTION_DTYPE, "connection",
+                              snap._path)
 
     def to_arrow(self, columns: Sequence[str] | None = None) -> Any:
         """Every connection, in key order, as a ``pyarrow.Table`` with a column per field
@@ -721,11 +725,6 @@ class ConnectionView:
         from . import arrow
 
         return arrow.records_table(self.to_array(), columns)
-
-    def _scan(self, dbname: bytes, prefix: bytes, reverse: bool) -> np.ndarray:
-        snap = self._snap
-        out = connection_records(snap._kv, snap._txn(), prefix, reverse)
-        return _records_array(out, CONNECTION_DTYPE, "connection", snap._path)
 
 
 def connection_records(kv: KV, txn: Any, prefix: bytes, reverse: bool = False) -> list[bytes]:
